@@ -1,0 +1,132 @@
+"""The `bnrun` command line: parses options, builds a configuration, delegates, prints.
+
+Results go to stdout; progress and errors go to stderr. Expected failures print one line and
+exit non-zero (2 for bad input, 130 for an interrupt); no command shows a traceback for them.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from bnrun.errors import BnrunError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Study a from-scratch Batch Norm on Fashion-MNIST: train, evaluate, report.")
+out = Console()
+err = Console(stderr=True)
+
+DbOption = Annotated[Optional[str], typer.Option("--db", help="Store: a SQLite path or SQLAlchemy URL [env BNRUN_DB; default ./bnrun.db].")]
+DataDirOption = Annotated[Optional[Path], typer.Option("--data-dir", help="Where Fashion-MNIST lives or goes [env BNRUN_DATA_DIR].")]
+
+
+def friendly_errors(command):
+    """Turn bnrun's expected failures and Ctrl-C into one stderr line and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except BnrunError as error:
+            err.print(f"bnrun: error: {error}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("bnrun: interrupted", highlight=False)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def split_list(value: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    unknown = [item for item in items if item not in allowed]
+    if unknown or not items:
+        raise UsageError(f"{option}: unknown value {', '.join(unknown) or repr(value)}; choose from {', '.join(allowed)} (comma-separated)")
+    return items
+
+
+@app.command()
+@friendly_errors
+def train(
+    arch: Annotated[str, typer.Option(help="mlp, cnn, or a comma list (mlp,cnn).")] = "cnn",
+    bn: Annotated[str, typer.Option(help="BN placement: none, pre = g(BN(f(x))), post = BN(g(f(x))); comma list allowed.")] = "pre",
+    bn_impl: Annotated[str, typer.Option(help="custom (bnrun.nn) or torch (reference baseline).")] = "custom",
+    seeds: Annotated[Optional[int], typer.Option(help="Run seeds 0..N-1.")] = None,
+    seed: Annotated[Optional[list[int]], typer.Option(help="An explicit seed (repeatable).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs [default: mlp 20, cnn 10].")] = None,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.05,
+    momentum: Annotated[float, typer.Option(help="SGD momentum (Nesterov).")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
+    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
+    schedule: Annotated[str, typer.Option(help="onecycle, cosine or constant.")] = "onecycle",
+    augment: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
+    train_subset: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
+    fused: Annotated[bool, typer.Option(help="The compiled fast path of the custom BN.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    force: Annotated[bool, typer.Option(help="Rerun trials already completed in the store.")] = False,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Train every arch × BN placement × seed; each trial becomes a row in the store."""
+    from bnrun import commands
+
+    sweep = commands.build_sweep(
+        archs=split_list(arch, commands.ARCHS, "--arch"), placements=split_list(bn, commands.PLACEMENTS, "--bn"),
+        bn_impl=bn_impl, seeds=seeds, explicit_seeds=seed or [], epochs=epochs, batch_size=batch_size, lr=lr,
+        momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, schedule=schedule, augment=augment,
+        train_subset=train_subset, fused=fused, device=device, force=force, data_dir=data_dir,
+    )
+    result = commands.train(sweep, db)
+    out.print(commands.sweep_summary(result))
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+@friendly_errors
+def eval_(
+    run_id: Annotated[int, typer.Option("--run-id", help="The run to evaluate.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Re-evaluate a stored trial (validation and test, running and population statistics)."""
+    from bnrun import commands, views
+
+    result = commands.evaluate(db, run_id, data_dir, device)
+    out.print(views.evaluation_table(result))
+
+
+@app.command()
+@friendly_errors
+def runs(
+    arch: Annotated[Optional[str], typer.Option(help="Filter: comma list of archs.")] = None,
+    bn: Annotated[Optional[str], typer.Option(help="Filter: comma list of placements.")] = None,
+    status: Annotated[Optional[str], typer.Option(help="Filter: comma list of statuses.")] = None,
+    db: DbOption = None,
+) -> None:
+    """List the trials in the store."""
+    from bnrun import commands, views
+
+    filters = commands.run_filters(arch, bn, status)
+    out.print(views.runs_table(commands.list_runs(db, filters)))
+
+
+@app.command()
+@friendly_errors
+def show(run_id: Annotated[int, typer.Argument(help="The run id.")], db: DbOption = None) -> None:
+    """One trial: configuration, final metrics and the per-epoch table."""
+    from bnrun import commands, views
+
+    run, epochs = commands.show_run(db, run_id)
+    out.print(views.run_table(run))
+    out.print(views.epochs_table(epochs))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,115 @@
+"""What each CLI command does, below the parsing: validate, open the store, delegate.
+
+Validation happens before the store or the data are touched, so bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from bnrun import data as data_mod
+from bnrun.config import DEVICES, OPTIMIZERS, SCHEDULES, SweepConfig, TrainConfig
+from bnrun.errors import UsageError
+from bnrun.models import ARCHS, BN_IMPLS, PLACEMENTS
+from bnrun.store import STATUSES, EpochRecord, RunRecord, Store
+
+__all__ = ["ARCHS", "PLACEMENTS", "build_sweep", "train", "evaluate", "list_runs", "show_run"]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+def _choose_seeds(seeds: int | None, explicit: list[int]) -> tuple[int, ...]:
+    _require(seeds is None or not explicit, "--seeds and --seed are exclusive; give one of them")
+    if explicit:
+        _require(all(s >= 0 for s in explicit), "--seed must be ≥ 0")
+        return tuple(dict.fromkeys(explicit))
+    count = 1 if seeds is None else seeds
+    _require(count > 0, f"--seeds must be a positive count, got {count}")
+    return tuple(range(count))
+
+
+def build_sweep(*, archs, placements, bn_impl, seeds, explicit_seeds, epochs, batch_size, lr, momentum,
+                weight_decay, optimizer, schedule, augment, train_subset, fused, device, force, data_dir) -> SweepConfig:
+    """Check every option and build the sweep's frozen configuration."""
+    from bnrun.train import resolve_device
+
+    _require(bn_impl in BN_IMPLS, f"--bn-impl: unknown value {bn_impl!r}; choose from {', '.join(BN_IMPLS)}")
+    _require(optimizer in OPTIMIZERS, f"--optimizer: unknown value {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    _require(schedule in SCHEDULES, f"--schedule: unknown value {schedule!r}; choose from {', '.join(SCHEDULES)}")
+    _require(device in DEVICES, f"--device: unknown value {device!r}; choose from {', '.join(DEVICES)}")
+    _require(epochs is None or epochs > 0, f"--epochs must be positive, got {epochs}")
+    _require(batch_size >= 2, f"--batch-size must be at least 2 (batch norm needs two values), got {batch_size}")
+    _require(lr > 0, f"--lr must be positive, got {lr}")
+    _require(momentum >= 0, f"--momentum must be ≥ 0, got {momentum}")
+    _require(weight_decay >= 0, f"--weight-decay must be ≥ 0, got {weight_decay}")
+    _require(train_subset is None or train_subset >= 2, f"--train-subset must be at least 2, got {train_subset}")
+    _require(not (fused and bn_impl == "torch"), "--fused applies to --bn-impl custom only")
+    _require(data_dir is None or Path(data_dir).expanduser().is_dir(), f"--data-dir {data_dir} does not exist")
+    try:
+        device = resolve_device(device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    base = TrainConfig(bn_impl=bn_impl, fused=fused, batch_size=batch_size, lr=lr, momentum=momentum,
+                       weight_decay=weight_decay, optimizer=optimizer, schedule=schedule, augment=augment,
+                       train_subset=train_subset, device=device)
+    return SweepConfig(archs=archs, placements=placements, seeds=_choose_seeds(seeds, explicit_seeds), base=base,
+                       epochs=epochs, force=force, data_dir=data_dir)
+
+
+@contextlib.contextmanager
+def open_store(db: str | None) -> Iterator[Store]:
+    store = Store(db)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def train(sweep: SweepConfig, db: str | None):
+    from bnrun.progress import RichReporter
+    from bnrun.train import run_sweep
+
+    data_mod.check_available(sweep.data_dir)  # before any row is written
+    with open_store(db) as store:
+        return run_sweep(sweep, store, RichReporter())
+
+
+def sweep_summary(result) -> str:
+    parts = [f"{len(result.completed)} completed", f"{len(result.skipped)} skipped (already in the store)"]
+    if result.diverged:
+        parts.append(f"{len(result.diverged)} diverged (runs {', '.join(map(str, result.diverged))})")
+    if result.failed:
+        parts.append(f"{len(result.failed)} failed (runs {', '.join(map(str, result.failed))})")
+    return "; ".join(parts)
+
+
+def evaluate(db: str | None, run_id: int, data_dir: Path | None, device: str):
+    from bnrun.evaluate import evaluate_run
+
+    with open_store(db) as store:
+        return evaluate_run(store, run_id, data_dir, device)
+
+
+def run_filters(arch: str | None, bn: str | None, status: str | None) -> dict[str, tuple[str, ...]]:
+    from bnrun.cli import split_list
+
+    return {
+        "archs": split_list(arch, ARCHS, "--arch") if arch else (),
+        "placements": split_list(bn, PLACEMENTS, "--bn") if bn else (),
+        "statuses": split_list(status, STATUSES, "--status") if status else (),
+    }
+
+
+def list_runs(db: str | None, filters: dict) -> list[RunRecord]:
+    with open_store(db) as store:
+        return store.list_runs(**filters)
+
+
+def show_run(db: str | None, run_id: int) -> tuple[RunRecord, list[EpochRecord]]:
+    with open_store(db) as store:
+        return store.get_run(run_id), store.epochs(run_id)

@@ -1,0 +1,191 @@
+"""Fashion-MNIST (Xiao et al., 2017, arXiv:1708.07747) as in-memory tensors.
+
+The official files are read through `torchvision.datasets.FashionMNIST`. Lookup order: the data
+directory (`--data-dir` or `BNRUN_DATA_DIR`, default `~/.cache/bnrun/data`); the system copy that
+Debian/Ubuntu's `dataset-fashion-mnist` installs (its verified archives are staged into the data
+directory and extracted there, without network); else torchvision downloads into the data dir.
+
+Images are normalized once with the training split's mean/std; training batches are slices of a
+seeded permutation, so no per-item transform runs in the training loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.datasets import FashionMNIST
+
+from bnrun.errors import DataError
+
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_DATA_DIR = Path("~/.cache/bnrun/data").expanduser()
+VALIDATION_SIZE = 5_000
+SPLIT_SEED = 20_170_825  # fixed: every trial and seed sees the same validation hold-out
+REMEDIES = (
+    "install the system copy (apt-get install dataset-fashion-mnist), "
+    "pass --data-dir DIR holding FashionMNIST/raw, or allow torchvision to download it"
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    images: Tensor  # (N, 1, 28, 28) float32, normalized
+    labels: Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class FashionMNISTData:
+    train: Split
+    val: Split
+    test: Split
+    mean: float
+    std: float
+
+
+def data_dir_from_env(explicit: Path | None = None) -> Path:
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("BNRUN_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
+
+
+# SHA-256 of the official files, uncompressed (the system package re-compresses them, so the
+# archives' md5s in torchvision do not apply to it).
+RAW_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _raw_dir(root: Path) -> Path:
+    return root / "FashionMNIST" / "raw"
+
+
+def _read_system_file(name: str) -> bytes:
+    try:
+        data = gzip.decompress((SYSTEM_DIR / f"{name}.gz").read_bytes())
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"damaged Fashion-MNIST file {SYSTEM_DIR / name}.gz ({_one_line(error)}): reinstall with apt-get install --reinstall dataset-fashion-mnist") from None
+    if _sha256(data) != RAW_SHA256[name]:
+        raise DataError(f"damaged Fashion-MNIST file {SYSTEM_DIR / name}.gz (checksum mismatch): reinstall with apt-get install --reinstall dataset-fashion-mnist")
+    return data
+
+
+def _stage_system_copy(root: Path) -> bool:
+    """Verify the system archives and extract them into root/FashionMNIST/raw; False if absent."""
+    if not all((SYSTEM_DIR / f"{name}.gz").is_file() for name in RAW_SHA256):
+        return False
+    raw = _raw_dir(root)
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in RAW_SHA256:
+        data = _read_system_file(name)
+        partial = raw / f"{name}.partial"
+        partial.write_bytes(data)
+        partial.replace(raw / name)  # atomic: a crash never leaves a half-written file
+    return True
+
+
+def verify_extracted(root: Path) -> None:
+    """Raise DataError if an extracted file differs from the official one."""
+    for name, digest in RAW_SHA256.items():
+        if _sha256((_raw_dir(root) / name).read_bytes()) != digest:
+            raise DataError(f"damaged Fashion-MNIST file {_raw_dir(root) / name} (checksum mismatch): delete it and run again; {REMEDIES}")
+
+
+def _extracted(root: Path) -> bool:
+    return all((_raw_dir(root) / name).is_file() for name in RAW_SHA256)
+
+
+def _open(root: Path, train: bool) -> FashionMNIST:
+    return FashionMNIST(str(root), train=train, download=True)
+
+
+def check_available(data_dir: Path | None = None) -> Path:
+    """Make sure the raw files are present and readable; returns the torchvision root.
+
+    Raises DataError with one line naming the remedies when they are not.
+    """
+    root = data_dir_from_env(data_dir)
+    if data_dir is not None and not root.is_dir():
+        raise DataError(f"data directory {root} does not exist; {REMEDIES}")
+    try:
+        if not _extracted(root):
+            _stage_system_copy(root)
+        _open(root, True), _open(root, False)
+        verify_extracted(root)
+    except DataError:
+        raise
+    except Exception as error:  # torchvision raises many kinds: network, md5, parse errors
+        raise DataError(f"Fashion-MNIST is not available in {root} ({_one_line(error)}); {REMEDIES}") from None
+    return root
+
+
+def _one_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+
+
+@functools.lru_cache(maxsize=4)
+def load(data_dir: Path | None = None, train_subset: int | None = None) -> FashionMNISTData:
+    """The three splits as normalized tensors (train 55,000 / val 5,000 / test 10,000)."""
+    root = check_available(data_dir)
+    try:
+        train_full, test = _open(root, True), _open(root, False)
+        images, labels = train_full.data, train_full.targets
+    except Exception as error:
+        raise DataError(f"cannot read Fashion-MNIST in {root} ({_one_line(error)}); {REMEDIES}") from None
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val_idx, train_idx = order[:VALIDATION_SIZE], order[VALIDATION_SIZE:]
+    if train_subset is not None:
+        train_idx = train_idx[:train_subset]
+    raw_train = images[train_idx].float().div_(255)
+    mean, std = raw_train.mean().item(), raw_train.std().item()
+
+    def split(x: Tensor, y: Tensor) -> Split:
+        x = x.float().div_(255).sub_(mean).div_(std).unsqueeze(1).contiguous()
+        return Split(x, y.long().contiguous())
+
+    return FashionMNISTData(
+        train=split(images[train_idx], labels[train_idx]),
+        val=split(images[val_idx], labels[val_idx]),
+        test=split(test.data, test.targets),
+        mean=mean,
+        std=std,
+    )
+
+
+def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    """Training batches: slices of a seeded permutation; a last batch of one is dropped (BN needs two)."""
+    order = torch.randperm(len(split), generator=generator)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) > 1:
+            yield split.images[idx], split.labels[idx]
+
+
+def ordered_batches(split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Evaluation batches in dataset order (views, no copies)."""
+    for start in range(0, len(split), batch_size):
+        yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
+
+
+def random_hflip(images: Tensor, generator: torch.Generator) -> Tensor:
+    """Mirror a random half of the batch left-right (garments are left-right symmetric classes)."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)

@@ -1,0 +1,103 @@
+"""`BatchNorm1d` and `BatchNorm2d`: thin modules over `bnrun.nn.functional`.
+
+Constructor signature, parameter and buffer names match `torch.nn.BatchNorm1d/2d`, so a
+state_dict moves between the two in either direction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bnrun.nn import functional as F
+
+
+class _BatchNorm(nn.Module):
+    """Shared state and forward; subclasses only say which input ranks they accept."""
+
+    _accepted_ranks: tuple[int, ...] = ()
+    _shape_names: str = ""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        fused: bool = False,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.fused = fused
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features, **factory))
+            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        if self.training or not self.track_running_stats:
+            return self._forward_batch_stats(x)
+        return F.batch_norm_eval(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
+
+    def _forward_batch_stats(self, x: Tensor) -> Tensor:
+        y, mean, var = F.batch_norm_train(x, self.weight, self.bias, self.eps, self.fused)
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            F.update_running_stats(self.running_mean, self.running_var, mean, var, F.values_per_channel(x), factor)
+        return y
+
+    def _check_input(self, x: Tensor) -> None:
+        name = type(self).__name__
+        if x.dim() not in self._accepted_ranks:
+            raise ValueError(f"{name} expected {self._shape_names} input, got a {x.dim()}D tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{name}({self.num_features}) expected {self.num_features} channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+        if self.training and F.values_per_channel(x) == 1:
+            raise ValueError(f"{name} expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}, fused={self.fused}"
+        )
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (N, C) or (N, C, L) input; statistics per channel over N (and L)."""
+
+    _accepted_ranks = (2, 3)
+    _shape_names = "2D (N, C) or 3D (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over (N, C, H, W) input; statistics per channel over N·H·W."""
+
+    _accepted_ranks = (4,)
+    _shape_names = "4D (N, C, H, W)"

@@ -1,0 +1,146 @@
+"""Batch Normalization as plain functions (Ioffe & Szegedy, 2015, arXiv:1502.03167).
+
+Training mode normalizes with the statistics of the mini-batch; prediction mode with given
+(running or population) statistics. Statistics are per channel, over every axis except dim 1:
+(N) for (N, C), (N, L) for (N, C, L), (N, H, W) for (N, C, H, W).
+
+The training-mode gradient is derived by hand (see `BatchNormFunction`), not taken by autograd
+over the forward ops, so the backward pass costs two reductions and one elementwise pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def reduction_dims(x: Tensor) -> tuple[int, ...]:
+    """The axes a per-channel statistic reduces over: all but the channel axis 1."""
+    return (0,) + tuple(range(2, x.dim()))
+
+
+def values_per_channel(x: Tensor) -> int:
+    """How many values each channel's statistic is computed from (N, N*L or N*H*W)."""
+    return x.numel() // x.shape[1]
+
+
+def channel_view(t: Tensor, x: Tensor) -> Tensor:
+    """Reshape a (C,) vector so it broadcasts against `x` along axis 1: (1, C, 1, ...)."""
+    return t.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and *biased* variance of a batch, each of shape (C,)."""
+    var, mean = torch.var_mean(x, dim=reduction_dims(x), correction=0)
+    return mean, var
+
+
+def unbiased(var: Tensor, n: int) -> Tensor:
+    """Bessel's correction of a biased variance computed from n values."""
+    return var * (n / (n - 1))
+
+
+def _affine(x_hat: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    if weight is not None:
+        x_hat = x_hat * channel_view(weight, x_hat)
+    if bias is not None:
+        x_hat = x_hat + channel_view(bias, x_hat)
+    return x_hat
+
+
+def normalize_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Training-mode forward: returns (y, x_hat, inv_std, mean, biased var)."""
+    mean, var = batch_statistics(x)
+    inv_std = torch.rsqrt(var + eps)
+    x_hat = (x - channel_view(mean, x)) * channel_view(inv_std, x)
+    return _affine(x_hat, weight, bias), x_hat, inv_std, mean, var
+
+
+def normalize_backward(
+    grad_y: Tensor, x_hat: Tensor, inv_std: Tensor, weight: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Closed-form gradients (dx, dγ, dβ) of the training-mode forward; see BatchNormFunction."""
+    dims = reduction_dims(x_hat)
+    grad_bias = grad_y.sum(dims)
+    grad_weight = (grad_y * x_hat).sum(dims)
+    scale = inv_std if weight is None else inv_std * weight
+    m = values_per_channel(x_hat)
+    # dx = γ/(σ·m) · (m·dy − Σdy − x̂·Σ(dy·x̂)), with Σdy = dβ and Σ(dy·x̂) = dγ.
+    grad_x = channel_view(scale, x_hat) * (
+        grad_y - channel_view(grad_bias / m, x_hat) - x_hat * channel_view(grad_weight / m, x_hat)
+    )
+    return grad_x, grad_weight, grad_bias
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm with a hand-derived backward.
+
+    Forward, per channel over m values: μ = mean(x), σ² = mean((x−μ)²) (biased),
+    x̂ = (x−μ)/√(σ²+ε), y = γ·x̂ + β.
+
+    Backward: dβ = Σ dy and dγ = Σ dy·x̂. Writing dx̂ = γ·dy and using ∂x̂ᵢ/∂xⱼ =
+    (δᵢⱼ − 1/m − x̂ᵢx̂ⱼ/m)/σ̂ (σ̂ = √(σ²+ε)), which follows from ∂μ/∂xⱼ = 1/m and
+    ∂σ²/∂xⱼ = 2(xⱼ−μ)/m, the chain rule collapses to
+        dx = γ/(m·σ̂) · (m·dy − Σdy − x̂·Σ(dy·x̂)),
+    which needs only the saved x̂ and 1/σ̂.
+    Returns (y, mean, biased var); the statistics carry no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, fused: bool = False):
+        forward_fn, _ = _kernels(fused)
+        y, x_hat, inv_std, mean, var = forward_fn(x, weight, bias, eps)
+        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.fused = fused
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
+        x_hat, inv_std, weight = ctx.saved_tensors
+        _, backward_fn = _kernels(ctx.fused)
+        grad_x, grad_weight, grad_bias = backward_fn(grad_y.contiguous(), x_hat, inv_std, weight)
+        return (
+            grad_x,
+            grad_weight if ctx.has_weight else None,
+            grad_bias if ctx.has_bias else None,
+            None,
+            None,
+        )
+
+
+def _kernels(fused: bool):
+    if fused:
+        from bnrun.nn import fused as fused_kernels
+
+        return fused_kernels.forward_kernel(), fused_kernels.backward_kernel()
+    return normalize_forward, normalize_backward
+
+
+def batch_norm_train(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5, fused: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Normalize with batch statistics; returns (y, batch mean, biased batch var)."""
+    return BatchNormFunction.apply(x, weight, bias, eps, fused)
+
+
+def batch_norm_eval(
+    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5
+) -> Tensor:
+    """Prediction mode: normalize with fixed per-channel statistics (running or population)."""
+    inv_std = torch.rsqrt(var + eps)
+    scale = inv_std if weight is None else weight * inv_std
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return x * channel_view(scale, x) + channel_view(shift, x)
+
+
+@torch.no_grad()
+def update_running_stats(
+    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, n: int, factor: float
+) -> None:
+    """Exponential moving average in place; the variance enters *unbiased*, as in torch.nn."""
+    running_mean.lerp_(mean.to(running_mean.dtype), factor)
+    running_var.lerp_(unbiased(var, n).to(running_var.dtype), factor)

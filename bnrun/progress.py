@@ -1,0 +1,79 @@
+"""Progress on stderr with rich: an overall bar for the sweep and a per-epoch bar with live loss.
+`SilentReporter` is the same interface doing nothing (library use, tests)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from bnrun.config import TrainConfig
+from bnrun.store import EpochRecord, FinalMetrics, RunRecord
+
+stderr = Console(stderr=True)
+
+
+def trial_label(config: TrainConfig, seed: int) -> str:
+    fused = "+fused" if config.fused else ""
+    return f"{config.arch} bn={config.bn} ({config.bn_impl}{fused}) seed={seed}"
+
+
+class SilentReporter:
+    def sweep_started(self, total: int) -> None: ...
+    def trial_skipped(self, done: RunRecord, config: TrainConfig, seed: int) -> None: ...
+    def trial_started(self, run_id: int, config: TrainConfig, seed: int) -> None: ...
+    def epoch_started(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def batch(self, loss: float) -> None: ...
+    def epoch_finished(self, record: EpochRecord) -> None: ...
+    def trial_finished(self, run_id: int, status: str, metrics: FinalMetrics | None, note: str = "") -> None: ...
+    def sweep_finished(self) -> None: ...
+
+
+Reporter = SilentReporter
+
+
+class RichReporter(SilentReporter):
+    """Bars on stderr; one summary line per trial so the log stays readable when piped."""
+
+    def __init__(self, console: Console = stderr) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.sweep_task = None
+        self.epoch_task = None
+        self.label = ""
+
+    def sweep_started(self, total: int) -> None:
+        self.progress.start()
+        self.sweep_task = self.progress.add_task("trials", total=total, info="")
+
+    def trial_skipped(self, done: RunRecord, config: TrainConfig, seed: int) -> None:
+        self.console.print(f"skip   {trial_label(config, seed)}: already completed as run {done.id} (--force reruns it)")
+        self.progress.advance(self.sweep_task)
+
+    def trial_started(self, run_id: int, config: TrainConfig, seed: int) -> None:
+        self.label = f"run {run_id}: {trial_label(config, seed)}"
+        self.progress.update(self.sweep_task, info=self.label)
+
+    def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
+        if self.epoch_task is not None:
+            self.progress.remove_task(self.epoch_task)
+        self.epoch_task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=batches, info="")
+
+    def batch(self, loss: float) -> None:
+        self.progress.update(self.epoch_task, advance=1, info=f"loss {loss:.4f}")
+
+    def epoch_finished(self, record: EpochRecord) -> None:
+        self.progress.update(self.epoch_task, info=f"loss {record.train_loss:.4f} val_acc {record.val_acc:.4f}")
+
+    def trial_finished(self, run_id: int, status: str, metrics: FinalMetrics | None, note: str = "") -> None:
+        if self.epoch_task is not None:
+            self.progress.remove_task(self.epoch_task)
+            self.epoch_task = None
+        detail = f"test_acc {metrics.test_acc_population:.4f} (population) {metrics.test_acc_running:.4f} (running)" if metrics else note
+        self.console.print(f"{status:<11} {self.label}: {detail}")
+        self.progress.advance(self.sweep_task)
+
+    def sweep_finished(self) -> None:
+        self.progress.stop()

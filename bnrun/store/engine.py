@@ -1,0 +1,176 @@
+"""Opening a store: URL resolution, pre-flight checks that never write, the SQLite engine
+(WAL, busy timeout, write transactions that begin IMMEDIATE) and serialized migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from bnrun.errors import StoreError
+from bnrun.store import migrate
+
+DEFAULT_DB = "bnrun.db"
+BUSY_TIMEOUT_S = 60
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def resolve_url(db: str | None) -> str:
+    """`--db` value, else $BNRUN_DB, else ./bnrun.db; a plain path becomes a sqlite URL."""
+    value = db or os.environ.get("BNRUN_DB") or DEFAULT_DB
+    if "://" in value:
+        return value
+    return f"sqlite:///{Path(value).expanduser().resolve()}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a sqlite URL, or None for other backends and in-memory stores."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def preflight(path: Path) -> None:
+    """Refuse, without writing anything, a path that cannot hold a bnrun store."""
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot create store {path}: directory {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK):
+            raise StoreError(f"cannot create store {path}: directory {path.parent} is not writable")
+        return
+    if path.is_dir():
+        raise StoreError(f"store path {path} is a directory; pass a file path with --db")
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise StoreError(f"store {path} is read-only (file or its directory); copy it somewhere writable or fix its permissions")
+    check_sqlite_header(path)
+
+
+def check_sqlite_header(path: Path) -> None:
+    """A non-empty file must start like SQLite and be as long as its header says."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("rb") as handle:
+        header = handle.read(100)
+    if not header.startswith(SQLITE_MAGIC):
+        raise StoreError(f"{path} is not a SQLite database; move it away or pass another --db")
+    if len(header) < 100:
+        raise StoreError(f"{path} is truncated ({size} bytes); restore it from a backup or pass another --db")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    header_size_valid = header[92:96] == header[24:28]
+    if header_size_valid and size < pages * page_size:
+        raise StoreError(f"{path} is truncated ({size} of {pages * page_size} bytes); restore it from a backup or pass another --db")
+
+
+def make_engine(url: str) -> Engine:
+    if make_url(url).get_backend_name() != "sqlite":
+        return create_engine(url)
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # transactions are begun by the "begin" hook
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+        dbapi_connection.execute("PRAGMA foreign_keys = ON")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        immediate = connection.get_execution_options().get("immediate", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive lock on `<db>.lock`, so concurrent first starts migrate exactly once."""
+    if path is None:
+        yield
+        return
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_schema(engine: Engine, path: Path | None) -> str | None:
+    """Bring the store to the head revision (backing up an older file first).
+
+    Returns the revision it upgraded from ("blank" for a new store), or None if it was current."""
+    head = migrate.head_revision()
+    with file_lock(path):
+        with engine.connect() as connection:
+            current = migrate.current_revision(connection)
+            if current == head:
+                return None
+            refuse_unknown(connection, current, path)
+            connection.commit()
+            if path is not None:
+                # Outside any transaction: SQLite cannot switch journal mode inside one.
+                connection.connection.dbapi_connection.execute("PRAGMA journal_mode = WAL")
+        if path is not None and current is not None:
+            backup(path, current)
+        with engine.connect().execution_options(immediate=True) as connection:
+            migrate.upgrade(connection)
+            connection.commit()
+        return current or "blank"
+
+
+def refuse_unknown(connection, current: str | None, path: Path | None) -> None:
+    name = path or "the store"
+    if current is not None and current not in migrate.known_revisions():
+        raise StoreError(f"{name} was written by a newer bnrun (schema revision {current}); upgrade bnrun or pass another --db")
+    if current is None:
+        tables = set(inspect(connection).get_table_names())
+        if tables:
+            raise StoreError(f"{name} is a SQLite database but not a bnrun store (tables: {', '.join(sorted(tables))[:120]}); pass another --db")
+
+
+def backup(path: Path, revision: str) -> Path:
+    """A consistent copy beside the store, named with its revision, before it is upgraded."""
+    target = path.with_name(f"{path.name}.bak-{revision}")
+    source = sqlite3.connect(path)
+    try:
+        with sqlite3.connect(target) as copy:
+            source.backup(copy)
+        copy.close()
+    finally:
+        source.close()
+    return target
+
+
+def open_engine(url: str) -> Engine:
+    """Check, connect and migrate; every failure becomes one StoreError line."""
+    path = sqlite_path(url)
+    if path is not None:
+        preflight(path)
+    engine = make_engine(url)
+    try:
+        ensure_schema(engine, path)
+    except StoreError:
+        engine.dispose()
+        raise
+    except (SQLAlchemyError, sqlite3.Error) as error:
+        engine.dispose()
+        raise StoreError(f"cannot open store {path or url}: {describe(error)}") from None
+    return engine
+
+
+def describe(error: BaseException) -> str:
+    original = getattr(error, "orig", None) or error
+    return (str(original).strip().splitlines() or [type(original).__name__])[0][:200]
+
+
+__all__ = ["open_engine", "resolve_url", "sqlite_path", "describe"]

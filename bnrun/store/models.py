@@ -1,0 +1,101 @@
+"""The ORM tables (SQLAlchemy 2.0). The schema itself is owned by the Alembic migrations in
+`migrations/`; a test asserts the two never drift apart."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    arch: Mapped[str] = mapped_column(String(8), index=True)
+    bn: Mapped[str] = mapped_column(String(8), index=True)
+    bn_impl: Mapped[str] = mapped_column(String(8))
+    fused: Mapped[bool] = mapped_column(Boolean)
+    seed: Mapped[int] = mapped_column(Integer)
+    epochs: Mapped[int] = mapped_column(Integer)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    lr: Mapped[float] = mapped_column(Float)
+    momentum: Mapped[float] = mapped_column(Float)
+    weight_decay: Mapped[float] = mapped_column(Float)
+    optimizer: Mapped[str] = mapped_column(String(16))
+    schedule: Mapped[str] = mapped_column(String(16))
+    augment: Mapped[bool] = mapped_column(Boolean)
+    train_subset: Mapped[int | None] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(16))
+    config_key: Mapped[str] = mapped_column(String(32), index=True)
+    config_json: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    train_acc: Mapped[float | None] = mapped_column(Float)
+    val_acc: Mapped[float | None] = mapped_column(Float)
+    best_val_acc: Mapped[float | None] = mapped_column(Float)
+    test_loss_running: Mapped[float | None] = mapped_column(Float)
+    test_acc_running: Mapped[float | None] = mapped_column(Float)
+    test_loss_population: Mapped[float | None] = mapped_column(Float)
+    test_acc_population: Mapped[float | None] = mapped_column(Float)
+    note: Mapped[str | None] = mapped_column(Text)
+    bnrun_version: Mapped[str] = mapped_column(String(32))
+    torch_version: Mapped[str] = mapped_column(String(32))
+    python_version: Mapped[str] = mapped_column(String(32))
+    git_commit: Mapped[str | None] = mapped_column(String(40))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+
+
+class Epoch(Base):
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("run_id", "epoch", name="uq_epochs_run_epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_acc: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float] = mapped_column(Float)
+    val_acc: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    train_seconds: Mapped[float] = mapped_column(Float)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), unique=True)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    device: Mapped[str] = mapped_column(String(16))
+    val_acc_running: Mapped[float] = mapped_column(Float)
+    val_acc_population: Mapped[float] = mapped_column(Float)
+    test_loss_running: Mapped[float] = mapped_column(Float)
+    test_acc_running: Mapped[float] = mapped_column(Float)
+    test_loss_population: Mapped[float] = mapped_column(Float)
+    test_acc_population: Mapped[float] = mapped_column(Float)
+    matches_stored: Mapped[bool] = mapped_column(Boolean)
+    bnrun_version: Mapped[str] = mapped_column(String(32))

@@ -1,0 +1,96 @@
+"""Plain records the store returns; the rest of bnrun never sees an ORM row or a session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+
+STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    status: str
+    arch: str
+    bn: str
+    bn_impl: str
+    fused: bool
+    seed: int
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    optimizer: str
+    schedule: str
+    augment: bool
+    train_subset: int | None
+    device: str
+    config_key: str
+    config_json: str
+    started_at: datetime
+    ended_at: datetime | None
+    heartbeat_at: datetime | None
+    duration_s: float | None
+    epochs_completed: int
+    train_loss: float | None
+    train_acc: float | None
+    val_acc: float | None
+    best_val_acc: float | None
+    test_loss_running: float | None
+    test_acc_running: float | None
+    test_loss_population: float | None
+    test_acc_population: float | None
+    note: str | None
+    bnrun_version: str
+    torch_version: str
+    python_version: str
+    git_commit: str | None
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float  # the whole epoch, validation included
+    train_seconds: float  # forward/backward/step only
+
+
+@dataclass(frozen=True)
+class FinalMetrics:
+    train_loss: float
+    train_acc: float
+    val_acc: float
+    best_val_acc: float
+    test_loss_running: float
+    test_acc_running: float
+    test_loss_population: float
+    test_acc_population: float
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    id: int
+    run_id: int
+    created_at: datetime
+    device: str
+    val_acc_running: float
+    val_acc_population: float
+    test_loss_running: float
+    test_acc_running: float
+    test_loss_population: float
+    test_acc_population: float
+    matches_stored: bool
+    bnrun_version: str
+
+
+def record_from_row(record_type: type, row: object):
+    """Copy the same-named attributes of an ORM row into a record dataclass."""
+    return record_type(**{f.name: getattr(row, f.name) for f in fields(record_type)})

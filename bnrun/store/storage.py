@@ -1,0 +1,201 @@
+"""`Store`: the only code that talks to the database. Methods take and return plain records;
+each runs in one short transaction (writes begin IMMEDIATE), and database errors become
+`StoreError` lines."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from bnrun.errors import StoreError
+from bnrun.store import engine as engine_mod
+from bnrun.store.models import Checkpoint, Epoch, Evaluation, Run
+from bnrun.store.records import EpochRecord, EvaluationRecord, FinalMetrics, RunRecord, record_from_row
+
+STALE_HEARTBEAT = timedelta(minutes=5)
+ORPHAN_NOTE = "process ended without finishing"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """A bnrun results store at a SQLAlchemy URL (a plain path means a SQLite file)."""
+
+    def __init__(self, db: str | None = None, reap: bool = True) -> None:
+        self.url = engine_mod.resolve_url(db)
+        self.path = engine_mod.sqlite_path(self.url)
+        self.engine = engine_mod.open_engine(self.url)
+        if reap:
+            self.reap_orphans()
+
+    @property
+    def name(self) -> str:
+        return str(self.path or self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def session(self, write: bool = False) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on error, errors made readable."""
+        bind = self.engine.execution_options(immediate=True) if write else self.engine
+        try:
+            with Session(bind, expire_on_commit=False) as session:
+                with session.begin():
+                    yield session
+        except (SQLAlchemyError, sqlite3.Error) as error:
+            raise StoreError(f"store {self.name}: {engine_mod.describe(error)}") from None
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def start_run(self, fields: dict, config_key: str, config_json: str) -> int:
+        now = utcnow()
+        row = Run(
+            status="running",
+            config_key=config_key,
+            config_json=config_json,
+            started_at=now,
+            heartbeat_at=now,
+            epochs_completed=0,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            **fields,
+        )
+        with self.session(write=True) as session:
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def heartbeat(self, run_id: int) -> None:
+        with self.session(write=True) as session:
+            session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
+
+    def add_epoch(self, run_id: int, epoch: EpochRecord) -> None:
+        with self.session(write=True) as session:
+            session.add(Epoch(run_id=run_id, **asdict(epoch)))
+            session.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(epochs_completed=epoch.epoch, heartbeat_at=utcnow(), train_loss=epoch.train_loss,
+                        train_acc=epoch.train_acc, val_acc=epoch.val_acc)
+            )
+
+    def complete_run(self, run_id: int, metrics: FinalMetrics, checkpoint: bytes) -> None:
+        """Final metrics, the checkpoint and the status in one transaction: all or nothing."""
+        with self.session(write=True) as session:
+            run = session.get(Run, run_id)
+            session.add(Checkpoint(run_id=run_id, blob=checkpoint, sha256=hashlib.sha256(checkpoint).hexdigest(),
+                                   size_bytes=len(checkpoint), created_at=utcnow()))
+            for key, value in asdict(metrics).items():
+                setattr(run, key, value)
+            self._end(run, "completed", None)
+
+    def end_run(self, run_id: int, status: str, note: str | None = None) -> None:
+        with self.session(write=True) as session:
+            self._end(session.get(Run, run_id), status, note)
+
+    @staticmethod
+    def _end(run: Run, status: str, note: str | None) -> None:
+        now = utcnow()
+        run.status, run.note, run.ended_at, run.heartbeat_at = status, note, now, now
+        run.duration_s = (now - run.started_at).total_seconds()
+
+    def reap_orphans(self) -> list[int]:
+        """Mark `running` rows whose process is gone (or whose heartbeat is stale) as failed."""
+        host, now = socket.gethostname(), utcnow()
+        with self.session(write=True) as session:
+            rows = session.scalars(select(Run).where(Run.status == "running")).all()
+            orphans = [r for r in rows if (r.host == host and not pid_alive(r.pid))
+                       or (r.heartbeat_at or r.started_at) < now - STALE_HEARTBEAT]
+            for run in orphans:
+                self._end(run, "failed", ORPHAN_NOTE)
+            return [run.id for run in orphans]
+
+    def find_completed(self, config_key: str, seed: int) -> RunRecord | None:
+        with self.session() as session:
+            row = session.scalars(
+                select(Run).where(Run.config_key == config_key, Run.seed == seed, Run.status == "completed")
+                .order_by(Run.id.desc())
+            ).first()
+            return record_from_row(RunRecord, row) if row else None
+
+    def get_run(self, run_id: int) -> RunRecord:
+        with self.session() as session:
+            row = session.get(Run, run_id)
+            if row is None:
+                raise StoreError(f"no run with id {run_id} in {self.name}; list them with: bnrun runs")
+            return record_from_row(RunRecord, row)
+
+    def list_runs(
+        self,
+        archs: tuple[str, ...] = (),
+        placements: tuple[str, ...] = (),
+        statuses: tuple[str, ...] = (),
+        impls: tuple[str, ...] = (),
+    ) -> list[RunRecord]:
+        query = select(Run).order_by(Run.id)
+        for column, values in ((Run.arch, archs), (Run.bn, placements), (Run.status, statuses), (Run.bn_impl, impls)):
+            if values:
+                query = query.where(column.in_(values))
+        with self.session() as session:
+            return [record_from_row(RunRecord, row) for row in session.scalars(query)]
+
+    def epochs(self, run_id: int) -> list[EpochRecord]:
+        with self.session() as session:
+            rows = session.scalars(select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch))
+            return [record_from_row(EpochRecord, row) for row in rows]
+
+    def epochs_by_run(self, run_ids: list[int]) -> dict[int, list[EpochRecord]]:
+        result: dict[int, list[EpochRecord]] = {run_id: [] for run_id in run_ids}
+        with self.session() as session:
+            rows = session.scalars(select(Epoch).where(Epoch.run_id.in_(run_ids)).order_by(Epoch.run_id, Epoch.epoch))
+            for row in rows:
+                result[row.run_id].append(record_from_row(EpochRecord, row))
+        return result
+
+    # -- checkpoints and evaluations ------------------------------------------------------------
+
+    def load_checkpoint(self, run_id: int) -> bytes:
+        """The stored checkpoint bytes, verified against their SHA-256."""
+        with self.session() as session:
+            row = session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id)).first()
+            if row is None:
+                raise StoreError(f"run {run_id} has no checkpoint (only completed runs keep one)")
+            blob, digest = row.blob, row.sha256
+        if hashlib.sha256(blob).hexdigest() != digest:
+            raise StoreError(f"the checkpoint of run {run_id} is damaged (SHA-256 mismatch); retrain it with: bnrun train ... --force")
+        return blob
+
+    def add_evaluation(self, run_id: int, values: dict) -> EvaluationRecord:
+        with self.session(write=True) as session:
+            row = Evaluation(run_id=run_id, created_at=utcnow(), **values)
+            session.add(row)
+            session.flush()
+            return record_from_row(EvaluationRecord, row)
+
+    def evaluations(self, run_id: int) -> list[EvaluationRecord]:
+        with self.session() as session:
+            rows = session.scalars(select(Evaluation).where(Evaluation.run_id == run_id).order_by(Evaluation.id))
+            return [record_from_row(EvaluationRecord, row) for row in rows]
