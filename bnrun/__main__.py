@@ -1,0 +1,5 @@
+"""`python -m bnrun` runs the CLI."""
+
+from bnrun.cli import main
+
+main()

@@ -1,0 +1,117 @@
+"""Failure handling: interrupts, divergence, invalid options, two writers on one store."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from bnrun.cli import app
+from conftest import bnrun_command, run_bnrun
+
+runner = CliRunner()
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def rows(db, query):
+    with sqlite3.connect(db) as connection:
+        return connection.execute(query).fetchall()
+
+
+@pytest.fixture
+def existing_store(tmp_path):
+    db = tmp_path / "existing.db"
+    result = runner.invoke(app, ["train", "--arch", "mlp", "--bn", "pre", "--epochs", "1", "--train-subset", "500", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    return db
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--arch", "resnet"], "--arch: unknown value resnet"),
+    (["--bn", "middle"], "--bn: unknown value middle"),
+    (["--seeds", "0"], "--seeds must be a positive count"),
+    (["--seeds", "-2"], "--seeds must be a positive count"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--data-dir", "/nonexistent/fmnist"], "--data-dir /nonexistent/fmnist does not exist"),
+])
+def test_invalid_options_exit_2_and_leave_store_identical(existing_store, args, message):
+    before = digest(existing_store)
+    result = run_bnrun("train", *args, "--db", str(existing_store), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert digest(existing_store) == before
+
+
+def test_unwritable_db_path_exits_2(tmp_path):
+    result = run_bnrun("train", "--arch", "mlp", "--db", str(tmp_path / "no" / "such" / "dir" / "x.db"), timeout=60)
+    assert result.returncode == 2
+    assert "directory" in result.stderr and "does not exist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_nan_loss_marks_diverged_and_sweep_goes_on(tmp_path):
+    db = tmp_path / "nan.db"
+    result = runner.invoke(app, ["train", "--arch", "mlp", "--bn", "none", "--seeds", "2", "--lr", "1e6",
+                                 "--schedule", "constant", "--epochs", "1", "--train-subset", "1000", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    statuses = rows(db, "select id, status, note from runs order by id")
+    assert [s[1] for s in statuses] == ["diverged", "diverged"]  # the second trial still ran
+    assert all("nan" in (s[2] or "").lower() or "inf" in (s[2] or "").lower() for s in statuses)
+    assert rows(db, "select count(*) from checkpoints") == [(0,)]
+
+
+def start_training(db, *extra):
+    return subprocess.Popen(bnrun_command("train", "--arch", "cnn", "--bn", "pre", "--epochs", "3", "--train-subset", "6000",
+                                          "--db", str(db), *extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(db, query, expected, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if db.exists() and rows(db, query) == expected:
+                return
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {query} == {expected}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_mid_epoch_keeps_finished_epochs(tmp_path, sig):
+    db = tmp_path / "sig.db"
+    process = start_training(db)
+    wait_for(db, "select count(*) from epochs", [(1,)])
+    time.sleep(1.0)  # now inside epoch 2
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert rows(db, "select status, epochs_completed from runs") == [("interrupted", 1)]
+    assert rows(db, "select epoch from epochs") == [(1,)]
+
+
+def test_two_processes_write_one_store(existing_store):
+    processes = [
+        subprocess.Popen(bnrun_command("train", "--arch", "mlp", "--bn", bn, "--seeds", "2", "--epochs", "2",
+                                       "--train-subset", "1500", "--db", str(existing_store)),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for bn in ("post", "none")
+    ]
+    outputs = [p.communicate(timeout=240) for p in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+        assert "locked" not in stderr
+    assert rows(existing_store, "select count(*) from runs where status = 'completed'") == [(5,)]
+    assert rows(existing_store, "select count(*) from epochs") == [(1 + 4 * 2,)]

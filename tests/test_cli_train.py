@@ -1,0 +1,88 @@
+"""The CLI end to end on a small subset of the real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from bnrun.cli import app
+from bnrun.store import Store
+
+runner = CliRunner()
+SMOKE = ["--epochs", "1", "--train-subset", "2000"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def trained_store(tmp_path_factory):
+    """Two CNN trials with BN pre, trained once for the tests of this module."""
+    db = tmp_path_factory.mktemp("e2e") / "e2e.db"
+    result = invoke("train", "--arch", "cnn", "--bn", "pre", "--seeds", "2", *SMOKE, "--db", str(db))
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def test_train_makes_completed_rows_with_epochs_and_checkpoints(trained_store):
+    store = Store(str(trained_store))
+    runs = store.list_runs()
+    assert [(r.id, r.status, r.arch, r.bn, r.seed) for r in runs] == [(1, "completed", "cnn", "pre", 0), (2, "completed", "cnn", "pre", 1)]
+    for run in runs:
+        assert len(store.epochs(run.id)) == 1
+        assert len(store.load_checkpoint(run.id)) > 1000
+        assert 0.5 < run.test_acc_population <= 1 and 0 < run.test_acc_running <= 1
+        assert run.torch_version and run.python_version and run.host and run.pid > 0
+    store.close()
+
+
+def test_eval_reproduces_stored_accuracy_exactly(trained_store):
+    result = invoke("eval", "--run-id", "1", "--db", str(trained_store))
+    assert result.exit_code == 0, result.output
+    store = Store(str(trained_store))
+    run, (evaluation,) = store.get_run(1), store.evaluations(1)
+    assert evaluation.test_acc_population == run.test_acc_population
+    assert evaluation.test_acc_running == run.test_acc_running
+    assert evaluation.matches_stored
+    store.close()
+
+
+def test_rerun_skips_completed_trials(trained_store):
+    result = invoke("train", "--arch", "cnn", "--bn", "pre", "--seeds", "2", *SMOKE, "--db", str(trained_store))
+    assert result.exit_code == 0, result.output
+    assert "0 completed; 2 skipped" in result.output
+    with sqlite3.connect(trained_store) as connection:
+        assert connection.execute("select count(*) from runs").fetchone()[0] == 2
+
+
+def test_runs_and_show(trained_store):
+    listed = invoke("runs", "--arch", "cnn", "--status", "completed", "--db", str(trained_store))
+    assert listed.exit_code == 0 and "2 runs" in listed.output
+    shown = invoke("show", "1", "--db", str(trained_store))
+    assert shown.exit_code == 0 and "epochs" in shown.output and "config_key" in shown.output
+
+
+def test_eval_unknown_run_is_one_line(trained_store):
+    result = invoke("eval", "--run-id", "99", "--db", str(trained_store))
+    assert result.exit_code == 2
+    assert "no run with id 99" in result.output and "Traceback" not in result.output
+
+
+def test_same_seed_same_initial_weights_across_placements():
+    import torch
+
+    from bnrun.models import build_model
+
+    def initial(bn, impl="custom"):
+        torch.manual_seed(5)
+        return {k: v for k, v in build_model("cnn", bn, impl).state_dict().items() if "running" not in k and "num_batches" not in k}
+
+    weights = [k for k in initial("none") if k.endswith("weight")]
+    pre, post, none, ref = initial("pre"), initial("post"), initial("none"), initial("pre", "torch")
+    conv_and_linear = [torch.cat([v.flatten() for v in d.values() if v.dim() > 1]) for d in (pre, post, none, ref)]
+    for other in conv_and_linear[1:]:
+        torch.testing.assert_close(conv_and_linear[0], other, rtol=0, atol=0)
+    assert weights

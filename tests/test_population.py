@@ -1,0 +1,65 @@
+"""Population statistics are the exact moments of each BN layer's input over the dataset,
+with the layers before it already in prediction mode."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import bnrun.nn as bnn
+from bnrun.nn.population import RunningMoments, recompute_population_statistics
+
+
+def three_bn_model() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), bnn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 3, 3), nn.ReLU(), bnn.BatchNorm2d(3),
+        nn.Flatten(), nn.Linear(3 * 4 * 4, 6), bnn.BatchNorm1d(6), nn.Linear(6, 2),
+    )
+
+
+def test_population_statistics_exact_over_uneven_batches():
+    torch.manual_seed(0)
+    model = three_bn_model()
+    data = torch.randn(1003, 1, 8, 8) * 2 + 0.5
+    model.train()
+    for start in range(0, 1003, 64):  # some training so the running averages are not the answer
+        model(data[start:start + 64])
+    batches = lambda: (data[i:i + 64] for i in range(0, len(data), 64))  # noqa: E731 - 1003 = 15·64 + 43
+    result = recompute_population_statistics(model, batches)
+    assert not model.training
+
+    # Direct computation, layer by layer, on the whole dataset at once, in float64.
+    expected = data.double()
+    reference = three_bn_model().double()
+    reference.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    reference.eval()
+    layers = [1, 5, 8]
+    x = expected
+    with torch.no_grad():
+        for index, module in enumerate(reference):
+            if index in layers:
+                dims = (0, 2, 3) if x.dim() == 4 else (0,)
+                mean, var = x.mean(dims), x.var(dims, unbiased=True)
+                name = str(index)
+                torch.testing.assert_close(result[name][0].double(), mean, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(result[name][1].double(), var, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(model[index].running_mean.double(), mean, atol=1e-5, rtol=1e-5)
+            x = module(x)
+    assert set(result) == {"1", "5", "8"}
+
+
+def test_running_moments_merge_equals_direct():
+    torch.manual_seed(1)
+    x = torch.randn(1003, 5, dtype=torch.float64) * 4 + 2
+    moments = RunningMoments()
+    for chunk in x.split(64):
+        moments.add(chunk)
+    assert moments.count == 1003
+    torch.testing.assert_close(moments.mean, x.mean(0), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(moments.unbiased_var(), x.var(0), atol=1e-12, rtol=1e-12)
+
+
+def test_model_without_bn_is_untouched():
+    model = nn.Sequential(nn.Linear(3, 2))
+    assert recompute_population_statistics(model, lambda: iter([torch.randn(4, 3)])) == {}
