@@ -128,5 +128,50 @@ def show(run_id: Annotated[int, typer.Argument(help="The run id.")], db: DbOptio
     out.print(views.epochs_table(epochs))
 
 
+ReportFormat = Annotated[str, typer.Option("--format", help="table, latex, markdown, csv or json.")]
+
+
+@app.command()
+@friendly_errors
+def report(
+    fmt: ReportFormat = "table",
+    output: Annotated[Optional[Path], typer.Option(help="Write to this file instead of stdout.")] = None,
+    standalone: Annotated[bool, typer.Option(help="LaTeX: a complete compilable document.")] = False,
+    metric: Annotated[str, typer.Option(help="Headline column: test_acc_population, test_acc_running, best_val_acc, val_acc, train_loss, seconds_per_epoch.")] = "test_acc_population",
+    arch: Annotated[Optional[str], typer.Option(help="Filter: comma list of archs.")] = None,
+    bn: Annotated[Optional[str], typer.Option(help="Filter: comma list of placements.")] = None,
+    bn_impl: Annotated[Optional[str], typer.Option(help="Filter: custom, torch.")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Filter: ids and ranges, e.g. 1-12,15.")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Filter: trials started on/after this date (YYYY-MM-DD[THH:MM]).")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds each group should have (grid completeness).")] = 3,
+    db: DbOption = None,
+) -> None:
+    """Mean ± std across seeds per configuration, paired comparisons, in five formats."""
+    from bnrun import commands
+
+    request = commands.report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds)
+    text = commands.report(db, request, standalone)
+    commands.emit(text, output, out)
+
+
+@app.command()
+@friendly_errors
+def plot(
+    output: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("learning_curves.png"),
+    arch: Annotated[Optional[str], typer.Option(help="Filter: comma list of archs.")] = None,
+    bn: Annotated[Optional[str], typer.Option(help="Filter: comma list of placements.")] = None,
+    bn_impl: Annotated[Optional[str], typer.Option(help="Filter: custom, torch.")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Filter: ids and ranges, e.g. 1-12,15.")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Filter: trials started on/after this date.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Learning curves (validation accuracy, training loss) with ±std bands, as a PNG."""
+    from bnrun import commands
+
+    request = commands.report_request("table", "test_acc_population", arch, bn, bn_impl, run_id, since, 3)
+    written = commands.plot(db, request, output)
+    err.print(written if isinstance(written, str) else f"wrote {written}", highlight=False)
+
+
 def main() -> None:
     app()

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from bnrun import data as data_mod
 from bnrun.config import DEVICES, OPTIMIZERS, SCHEDULES, SweepConfig, TrainConfig
 from bnrun.errors import UsageError
 from bnrun.models import ARCHS, BN_IMPLS, PLACEMENTS
+from bnrun.report import RunFilter
 from bnrun.store import STATUSES, EpochRecord, RunRecord, Store
 
 __all__ = ["ARCHS", "PLACEMENTS", "build_sweep", "train", "evaluate", "list_runs", "show_run"]
@@ -113,3 +116,79 @@ def list_runs(db: str | None, filters: dict) -> list[RunRecord]:
 def show_run(db: str | None, run_id: int) -> tuple[RunRecord, list[EpochRecord]]:
     with open_store(db) as store:
         return store.get_run(run_id), store.epochs(run_id)
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    fmt: str
+    metric: str
+    run_filter: RunFilter
+    expected_seeds: int
+
+
+EMPTY_HINT = "no completed trials match; run some first, e.g.: bnrun train --arch mlp,cnn --bn pre,post --seeds 3"
+
+
+def report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds) -> ReportRequest:
+    from bnrun.cli import split_list
+    from bnrun.formats import FORMATS
+    from bnrun.report import METRICS, parse_run_ids
+
+    _require(fmt in FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(FORMATS)}")
+    _require(metric in METRICS, f"--metric: unknown value {metric!r}; choose from {', '.join(METRICS)}")
+    _require(seeds > 0, f"--seeds must be positive, got {seeds}")
+    try:
+        ids = parse_run_ids(run_id) if run_id else None
+        since_dt = datetime.fromisoformat(since) if since else None
+    except ValueError as error:
+        raise UsageError(str(error) if run_id and "--run-id" in str(error) else f"--since: {since!r} is not a date like 2026-11-24") from None
+    run_filter = RunFilter(
+        archs=split_list(arch, ARCHS, "--arch") if arch else (),
+        placements=split_list(bn, PLACEMENTS, "--bn") if bn else (),
+        impls=split_list(bn_impl, BN_IMPLS, "--bn-impl") if bn_impl else (),
+        run_ids=ids, since=since_dt,
+    )
+    return ReportRequest(fmt, metric, run_filter, seeds)
+
+
+def build(db: str | None, request: ReportRequest):
+    from bnrun.report import build_report
+
+    with open_store(db) as store:
+        runs = store.list_runs()
+        result = build_report(runs, request.metric, request.run_filter, request.expected_seeds)
+        epochs = store.epochs_by_run([r.id for g in result.groups for r in g.runs]) if result.groups else {}
+    return result, epochs
+
+
+def report(db: str | None, request: ReportRequest, standalone: bool = False):
+    """A rich renderable (table format) or text; a hint string when nothing matches."""
+    from bnrun import formats
+
+    result, _ = build(db, request)
+    if not result.groups:
+        return EMPTY_HINT
+    if request.fmt == "table":
+        return formats.to_rich(result)
+    return formats.render_text(result, request.fmt, standalone)
+
+
+def plot(db: str | None, request: ReportRequest, output: Path):
+    from bnrun.plot import plot_learning_curves
+
+    result, epochs = build(db, request)
+    if not result.groups:
+        return EMPTY_HINT
+    return plot_learning_curves(list(result.groups), epochs, output)
+
+
+def emit(content, output: Path | None, console) -> None:
+    """Text to a file or stdout; a rich renderable always to the console."""
+    if output is not None and isinstance(content, str) and content != EMPTY_HINT:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(content)
+        return
+    if isinstance(content, str):
+        console.file.write(content if content.endswith("\n") else content + "\n")
+        return
+    console.print(content)

@@ -1,0 +1,182 @@
+"""Aggregation of completed trials: groups by configuration, mean ± sample std across seeds,
+paired comparisons by seed, and grid completeness. Pure functions over store records."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bnrun.stats import PairedTest, Summary, paired_t_test, summarize
+from bnrun.store import RunRecord
+
+IDENTITY = ("arch", "bn", "bn_impl", "fused")
+HYPERPARAMETERS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "augment", "train_subset")
+METRICS = {
+    "test_acc_population": "test acc. (population stats)",
+    "test_acc_running": "test acc. (running averages)",
+    "best_val_acc": "best val. acc.",
+    "val_acc": "final val. acc.",
+    "train_loss": "final train loss",
+    "seconds_per_epoch": "s / epoch",
+}
+PERCENT_METRICS = {"test_acc_population", "test_acc_running", "best_val_acc", "val_acc"}
+HIGHER_IS_BETTER = PERCENT_METRICS
+MIN_TRIALS = 3
+BN_ORDER = {"pre": 0, "post": 1, "none": 2}
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    archs: tuple[str, ...] = ()
+    placements: tuple[str, ...] = ()
+    impls: tuple[str, ...] = ()
+    run_ids: frozenset[int] | None = None
+    since: datetime | None = None
+
+    def accepts(self, run: RunRecord) -> bool:
+        return ((not self.archs or run.arch in self.archs) and (not self.placements or run.bn in self.placements)
+                and (not self.impls or run.bn_impl in self.impls)
+                and (self.run_ids is None or run.id in self.run_ids)
+                and (self.since is None or run.started_at >= self.since))
+
+
+@dataclass(frozen=True)
+class Group:
+    key: tuple  # IDENTITY values, then HYPERPARAMETERS values
+    runs: tuple[RunRecord, ...]  # completed only, by seed
+    stats: dict[str, Summary]
+    in_progress: int = 0  # running trials of this configuration
+
+    def value(self, name: str) -> object:
+        return dict(zip(IDENTITY + HYPERPARAMETERS, self.key))[name]
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(run.seed for run in self.runs)
+
+    def label(self) -> str:
+        impl = self.value("bn_impl") + ("+fused" if self.value("fused") else "")
+        return f"{self.value('arch')} bn={self.value('bn')}" + ("" if self.value("bn") == "none" else f" ({impl})")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    arch: str
+    a: str
+    b: str
+    metric: str
+    test: PairedTest
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Report:
+    groups: tuple[Group, ...]
+    varying: tuple[str, ...]  # hyperparameters that differ between groups (shown as columns)
+    excluded: dict[str, int]  # status -> trials left out
+    comparisons: tuple[Comparison, ...]
+    metric: str
+    expected_seeds: int
+    best: dict[str, tuple]  # arch -> key of the group with the best headline mean
+    per_seed: dict = field(default_factory=dict)
+
+
+def metric_value(run: RunRecord, name: str) -> float | None:
+    if name == "seconds_per_epoch":
+        return None if not run.duration_s or not run.epochs_completed else run.duration_s / run.epochs_completed
+    return getattr(run, name)
+
+
+def group_key(run: RunRecord) -> tuple:
+    return tuple(getattr(run, name) for name in IDENTITY + HYPERPARAMETERS)
+
+
+def sort_key(key: tuple) -> tuple:
+    arch, bn, impl, fused = key[:4]
+    return (arch, BN_ORDER.get(bn, 9), impl != "custom", fused, tuple(str(v) for v in key[4:]))
+
+
+def build_groups(runs: list[RunRecord]) -> list[Group]:
+    completed, running = defaultdict(list), Counter()
+    for run in runs:
+        if run.status == "completed":
+            completed[group_key(run)].append(run)
+        elif run.status == "running":
+            running[group_key(run)] += 1
+    groups = []
+    for key in sorted(completed, key=sort_key):
+        members = tuple(sorted(completed[key], key=lambda r: (r.seed, r.id)))
+        stats = {name: summarize([v for r in members if (v := metric_value(r, name)) is not None]) for name in METRICS}
+        groups.append(Group(key, members, stats, running[key]))
+    return groups
+
+
+def varying_hyperparameters(groups: list[Group]) -> tuple[str, ...]:
+    return tuple(name for name in HYPERPARAMETERS if len({g.value(name) for g in groups}) > 1)
+
+
+def best_per_arch(groups: list[Group], metric: str) -> dict[str, tuple]:
+    best: dict[str, tuple] = {}
+    sign = 1 if metric in HIGHER_IS_BETTER else -1
+    for group in groups:
+        mean = group.stats[metric].mean
+        arch = group.value("arch")
+        if mean is None:
+            continue
+        current = best.get(arch)
+        if current is None or sign * mean > sign * next(g for g in groups if g.key == current).stats[metric].mean:
+            best[arch] = group.key
+    return best
+
+
+def paired_comparisons(groups: list[Group], metric: str) -> list[Comparison]:
+    """pre − post and BN − none within each arch (and identical hyperparameters), custom − torch
+    for the same placement; paired over the seeds both groups completed."""
+    by_key = {g.key: g for g in groups}
+    wanted = [("pre", "custom", "post", "custom"), ("pre", "custom", "none", "custom"), ("post", "custom", "none", "custom"),
+              ("pre", "custom", "pre", "torch"), ("post", "custom", "post", "torch")]
+    comparisons = []
+    for group in groups:
+        arch, bn, impl, fused = group.key[:4]
+        for bn_a, impl_a, bn_b, impl_b in wanted:
+            if (bn, impl, fused) != (bn_a, impl_a, False):
+                continue
+            other_impl = "custom" if bn_b == "none" else impl_b
+            other = by_key.get((arch, bn_b, other_impl, False) + group.key[4:])
+            if other is None:
+                continue
+            comparisons.append(compare(group, other, metric))
+    return comparisons
+
+
+def compare(a: Group, b: Group, metric: str) -> Comparison:
+    values_a = {r.seed: metric_value(r, metric) for r in a.runs}
+    values_b = {r.seed: metric_value(r, metric) for r in b.runs}
+    seeds = tuple(sorted(s for s in values_a if s in values_b and values_a[s] is not None and values_b[s] is not None))
+    test = paired_t_test([values_a[s] for s in seeds], [values_b[s] for s in seeds])
+    return Comparison(a.value("arch"), a.label(), b.label(), metric, test, seeds)
+
+
+def build_report(runs: list[RunRecord], metric: str = "test_acc_population", run_filter: RunFilter = RunFilter(),
+                 expected_seeds: int = MIN_TRIALS) -> Report:
+    selected = [run for run in runs if run_filter.accepts(run)]
+    groups = build_groups(selected)
+    excluded = dict(Counter(run.status for run in selected if run.status not in ("completed", "running")))
+    per_seed = {g.key: {r.seed: {"run_id": r.id, **{m: metric_value(r, m) for m in METRICS}} for r in g.runs} for g in groups}
+    return Report(tuple(groups), varying_hyperparameters(groups), excluded, tuple(paired_comparisons(groups, metric)),
+                  metric, expected_seeds, best_per_arch(groups, metric), per_seed)
+
+
+def parse_run_ids(text: str) -> frozenset[int]:
+    """'1-12,15' -> {1, ..., 12, 15}."""
+    ids: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"--run-id: {part!r} is not an id or a range like 1-12")
+        ids.update(range(int(low), int(high or low) + 1))
+    return frozenset(ids)

@@ -1,0 +1,207 @@
+"""Aggregation on hand-made rows, the five formats, LaTeX that compiles, and the plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+from dataclasses import replace
+from datetime import datetime
+
+import pytest
+from typer.testing import CliRunner
+
+from bnrun import formats
+from bnrun.cli import app
+from bnrun.report import RunFilter, build_report, parse_run_ids
+from bnrun.stats import paired_t_test, student_t_two_sided_p, summarize
+from bnrun.store import EpochRecord, FinalMetrics, RunRecord, Store
+
+runner = CliRunner()
+
+
+def make_run(run_id, arch="cnn", bn="pre", impl="custom", seed=0, status="completed", acc=0.9, **extra) -> RunRecord:
+    values = dict(
+        id=run_id, status=status, arch=arch, bn=bn, bn_impl=impl, fused=False, seed=seed, epochs=10, batch_size=128,
+        lr=0.05, momentum=0.9, weight_decay=5e-4, optimizer="sgd", schedule="onecycle", augment=True, train_subset=None,
+        device="cpu", config_key="k", config_json="{}", started_at=datetime(2026, 11, 1), ended_at=None, heartbeat_at=None,
+        duration_s=100.0, epochs_completed=10, train_loss=0.2, train_acc=0.95, val_acc=acc, best_val_acc=acc,
+        test_loss_running=0.3, test_acc_running=None if acc is None else acc - 0.001, test_loss_population=0.3, test_acc_population=acc,
+        note=None, bnrun_version="0", torch_version="0", python_version="3", git_commit=None, host="h", pid=1,
+    )
+    values.update(extra)
+    return RunRecord(**values)
+
+
+def sample_runs() -> list[RunRecord]:
+    runs, next_id = [], 1
+    accuracies = {("pre", "custom"): [0.92, 0.93, 0.94], ("post", "custom"): [0.91, 0.915, 0.93], ("none", "custom"): [0.90, 0.90, 0.91]}
+    for (bn, impl), values in accuracies.items():
+        for seed, acc in enumerate(values):
+            runs.append(make_run(next_id, bn=bn, impl=impl, seed=seed, acc=acc))
+            next_id += 1
+    runs.append(make_run(next_id, bn="pre", seed=3, status="diverged", acc=None))
+    runs.append(make_run(next_id + 1, bn="post", seed=3, status="failed", acc=None))
+    runs.append(make_run(next_id + 2, arch="mlp", bn="pre", seed=0, acc=0.895))
+    return runs
+
+
+def test_groups_means_stds_and_exclusions():
+    report = build_report(sample_runs())
+    by_label = {g.label(): g for g in report.groups}
+    pre = by_label["cnn bn=pre (custom)"].stats["test_acc_population"]
+    assert pre.n == 3 and pre.mean == pytest.approx(0.93) and pre.std == pytest.approx(0.01)
+    post = by_label["cnn bn=post (custom)"].stats["test_acc_population"]
+    assert post.mean == pytest.approx((0.91 + 0.915 + 0.93) / 3)
+    assert post.std == pytest.approx(math.sqrt(sum((v - post.mean) ** 2 for v in (0.91, 0.915, 0.93)) / 2))
+    assert report.excluded == {"diverged": 1, "failed": 1}
+    mlp = by_label["mlp bn=pre (custom)"].stats["test_acc_population"]
+    assert mlp.n == 1 and mlp.std is None  # n=1: no sample std
+    assert report.best == {"cnn": by_label["cnn bn=pre (custom)"].key, "mlp": by_label["mlp bn=pre (custom)"].key}
+    assert report.varying == ()
+
+
+def test_hyperparameters_that_differ_split_groups_and_show():
+    runs = [make_run(1, seed=0), make_run(2, seed=1), make_run(3, seed=0, lr=0.1)]
+    report = build_report(runs)
+    assert len(report.groups) == 2 and report.varying == ("lr",)
+
+
+def test_filters():
+    runs = sample_runs()
+    assert {g.value("arch") for g in build_report(runs, run_filter=RunFilter(archs=("mlp",))).groups} == {"mlp"}
+    only = build_report(runs, run_filter=RunFilter(run_ids=parse_run_ids("1-3")))
+    assert [len(g.runs) for g in only.groups] == [3]
+    assert build_report(runs, run_filter=RunFilter(since=datetime(2027, 1, 1))).groups == ()
+    assert parse_run_ids("1-3, 7") == frozenset({1, 2, 3, 7})
+
+
+def test_paired_comparisons_use_shared_seeds():
+    report = build_report(sample_runs())
+    pre_post = next(c for c in report.comparisons if c.a == "cnn bn=pre (custom)" and c.b == "cnn bn=post (custom)")
+    assert pre_post.seeds == (0, 1, 2)
+    assert pre_post.test.mean_diff == pytest.approx(((0.92 - 0.91) + (0.93 - 0.915) + (0.94 - 0.93)) / 3)
+    assert pre_post.test.verdict().startswith("n=3:")
+
+
+def test_statistics_helpers():
+    assert summarize([]).mean is None and summarize([2.0]).std is None
+    assert student_t_two_sided_p(4.302652729911275, 2) == pytest.approx(0.05, abs=1e-6)
+    assert student_t_two_sided_p(2.228138851986274, 10) == pytest.approx(0.05, abs=1e-6)
+    assert paired_t_test([1.0, 2.0], [1.0, 2.0]).p_value is None  # no variation: no test
+    assert paired_t_test([1.0], [0.0]).verdict() == "n=1: cannot test"
+
+
+def test_csv_and_json_parse_back():
+    report = build_report(sample_runs())
+    rows = list(csv.DictReader(io.StringIO(formats.to_csv(report))))
+    pre = next(r for r in rows if r["arch"] == "cnn" and r["bn"] == "pre")
+    assert float(pre["test_acc_population_mean"]) == pytest.approx(0.93)
+    assert float(pre["test_acc_population_std"]) == pytest.approx(0.01)
+    assert json.loads(pre["run_ids"]) == [1, 2, 3]
+    payload = json.loads(formats.to_json(report))
+    group = next(g for g in payload["groups"] if g["arch"] == "cnn" and g["bn"] == "none")
+    assert group["n"] == 3 and group["test_acc_population_mean"] == pytest.approx(0.9033333, abs=1e-6)
+    assert group["per_seed"]["2"]["test_acc_population"] == pytest.approx(0.91)
+    assert payload["excluded"] == {"diverged": 1, "failed": 1}
+    assert any(c["a"] == "cnn bn=pre (custom)" and c["b"] == "cnn bn=none" for c in payload["comparisons"])
+
+
+def test_latex_cells_bold_and_escaping():
+    text = formats.to_latex(build_report(sample_runs()))
+    assert r"$\mathbf{93.00 \pm 1.00}$" in text
+    assert r"\toprule" in text and r"\bottomrule" in text
+    assert formats.latex_escape("a_b & 50% #1") == r"a\_b \& 50\% \#1"
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None and not os.environ.get("CI"),
+                    reason="pdflatex comes with texlive-latex-recommended, which .ci/run installs; CI never skips this")
+def test_standalone_latex_compiles(tmp_path):
+    source = tmp_path / "report.tex"
+    source.write_text(formats.to_latex(build_report(sample_runs()), standalone=True))
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", source.name], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert (tmp_path / "report.pdf").stat().st_size > 1000
+
+
+@pytest.fixture
+def small_store(tmp_path):
+    """A real store holding hand-made finished trials (no training needed)."""
+    db = tmp_path / "report.db"
+    store = Store(str(db))
+    for run in sample_runs():
+        fields = {k: getattr(run, k) for k in ("status", "arch", "bn", "bn_impl", "fused", "seed", "epochs", "batch_size", "lr",
+                                                "momentum", "weight_decay", "optimizer", "schedule", "augment", "train_subset",
+                                                "device", "bnrun_version", "torch_version", "python_version", "git_commit")}
+        fields.pop("status")
+        run_id = store.start_run(fields, "k", "{}")
+        for epoch in range(1, 4):
+            store.add_epoch(run_id, EpochRecord(epoch, 1.0 / epoch, 0.8, 0.5, 0.8 + epoch / 100, 0.05, 1.0, 0.9))
+        if run.status == "completed":
+            acc = run.test_acc_population
+            store.complete_run(run_id, FinalMetrics(0.2, 0.95, acc, acc, 0.3, acc - 0.001, 0.3, acc), b"x")
+        else:
+            store.end_run(run_id, run.status, "hand-made")
+    store.close()
+    return db
+
+
+@pytest.mark.parametrize("fmt", ["table", "latex", "markdown", "csv", "json"])
+def test_report_command_formats(small_store, tmp_path, fmt):
+    output = tmp_path / f"out.{fmt}"
+    args = ["report", "--db", str(small_store), "--format", fmt] + ([] if fmt == "table" else ["--output", str(output)])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = result.output if fmt == "table" else output.read_text()
+    assert "93.00" in text or "0.93" in text
+
+
+def test_report_grid_completeness_and_flags(small_store):
+    result = runner.invoke(app, ["report", "--db", str(small_store), "--format", "markdown", "--seeds", "4"])
+    assert "3/4" in result.output and "1/4" in result.output
+    assert "fewer than 3 completed trials: mlp bn=pre (custom)" in result.output
+    assert "1 diverged" in result.output and "1 failed" in result.output
+
+
+def test_report_on_empty_store_is_a_hint(tmp_path):
+    result = runner.invoke(app, ["report", "--db", str(tmp_path / "empty.db")])
+    assert result.exit_code == 0 and "bnrun train" in result.output
+    filtered = runner.invoke(app, ["report", "--arch", "mlp", "--bn", "post"])
+    assert filtered.exit_code == 0 and "no completed trials match" in filtered.output
+
+
+def test_report_bad_options_are_one_line(small_store):
+    for args in (["--format", "pdf"], ["--metric", "speed"], ["--run-id", "a-b"], ["--since", "yesterday"]):
+        result = runner.invoke(app, ["report", "--db", str(small_store), *args])
+        assert result.exit_code == 2 and "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_writes_a_sensible_png(small_store, tmp_path):
+    output = tmp_path / "curves.png"
+    result = runner.invoke(app, ["plot", "--db", str(small_store), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    width, height = png_size(output)
+    assert 800 <= width <= 3000 and 400 <= height <= 3000  # two archs: two rows of two panels
+    assert output.stat().st_size > 20_000
+
+
+def test_plot_on_empty_store_is_a_hint(tmp_path):
+    result = runner.invoke(app, ["plot", "--db", str(tmp_path / "none.db"), "--output", str(tmp_path / "x.png")])
+    assert result.exit_code == 0 and not (tmp_path / "x.png").exists()
+
+
+def test_group_label_for_replaced_run():
+    run = replace(make_run(1), bn="none")
+    assert build_report([run]).groups[0].label() == "cnn bn=none"
