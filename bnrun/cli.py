@@ -7,6 +7,7 @@ exit non-zero (2 for bad input, 130 for an interrupt); no command shows a traceb
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,7 +18,8 @@ from bnrun.errors import BnrunError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Study a from-scratch Batch Norm on Fashion-MNIST: train, evaluate, report.")
-out = Console()
+# Piped output (files, tests, CI logs) gets wide tables instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 DbOption = Annotated[Optional[str], typer.Option("--db", help="Store: a SQLite path or SQLAlchemy URL [env BNRUN_DB; default ./bnrun.db].")]
@@ -143,7 +145,7 @@ def report(
     bn_impl: Annotated[Optional[str], typer.Option(help="Filter: custom, torch.")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Filter: ids and ranges, e.g. 1-12,15.")] = None,
     since: Annotated[Optional[str], typer.Option(help="Filter: trials started on/after this date (YYYY-MM-DD[THH:MM]).")] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds each group should have (grid completeness).")] = 3,
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds each group should have [default: what its sweep asked for, else 3].")] = None,
     db: DbOption = None,
 ) -> None:
     """Mean ± std across seeds per configuration, paired comparisons, in five formats."""
@@ -168,7 +170,7 @@ def plot(
     """Learning curves (validation accuracy, training loss) with ±std bands, as a PNG."""
     from bnrun import commands
 
-    request = commands.report_request("table", "test_acc_population", arch, bn, bn_impl, run_id, since, 3)
+    request = commands.report_request("table", "test_acc_population", arch, bn, bn_impl, run_id, since, None)
     written = commands.plot(db, request, output)
     err.print(written if isinstance(written, str) else f"wrote {written}", highlight=False)
 

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from bnrun import data as data_mod
-from bnrun.config import DEVICES, OPTIMIZERS, SCHEDULES, SweepConfig, TrainConfig
+from bnrun.config import ARCHS, BN_IMPLS, DEVICES, OPTIMIZERS, PLACEMENTS, SCHEDULES, SweepConfig, TrainConfig
 from bnrun.errors import UsageError
-from bnrun.models import ARCHS, BN_IMPLS, PLACEMENTS
 from bnrun.report import RunFilter
 from bnrun.store import STATUSES, EpochRecord, RunRecord, Store
 
@@ -66,14 +64,26 @@ def build_sweep(*, archs, placements, bn_impl, seeds, explicit_seeds, epochs, ba
 
 @contextlib.contextmanager
 def open_store(db: str | None) -> Iterator[Store]:
+    """The store, after telling stderr what opening it changed (created, upgraded, runs reaped)."""
     store = Store(db)
+    if store.migration is not None:
+        notice(store.migration.describe(store.name))
+    if store.reaped:
+        notice(f"marked runs {', '.join(map(str, store.reaped))} failed: their process ended without finishing")
     try:
         yield store
     finally:
         store.close()
 
 
+def notice(message: str) -> None:
+    from bnrun.progress import stderr
+
+    stderr.print(f"bnrun: {message}", highlight=False, markup=False, soft_wrap=True)
+
+
 def train(sweep: SweepConfig, db: str | None):
+    from bnrun import data as data_mod
     from bnrun.progress import RichReporter
     from bnrun.train import run_sweep
 
@@ -123,7 +133,7 @@ class ReportRequest:
     fmt: str
     metric: str
     run_filter: RunFilter
-    expected_seeds: int
+    expected_seeds: int | None
 
 
 EMPTY_HINT = "no completed trials match; run some first, e.g.: bnrun train --arch mlp,cnn --bn pre,post --seeds 3"
@@ -136,7 +146,7 @@ def report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds) -> Repo
 
     _require(fmt in FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(FORMATS)}")
     _require(metric in METRICS, f"--metric: unknown value {metric!r}; choose from {', '.join(METRICS)}")
-    _require(seeds > 0, f"--seeds must be positive, got {seeds}")
+    _require(seeds is None or seeds > 0, f"--seeds must be positive, got {seeds}")
     try:
         ids = parse_run_ids(run_id) if run_id else None
         since_dt = datetime.fromisoformat(since) if since else None

@@ -7,6 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+ARCHS = ("mlp", "cnn")
+PLACEMENTS = ("none", "pre", "post")
+BN_IMPLS = ("custom", "torch")
 DEFAULT_EPOCHS = {"mlp": 20, "cnn": 10}
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")

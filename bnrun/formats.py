@@ -42,7 +42,7 @@ def plain_cell(summary: Summary, metric: str, pm: str = "±") -> str:
 
 
 def seeds_cell(report: Report, group: Group) -> str:
-    text = f"{len(group.runs)}/{report.expected_seeds}"
+    text = f"{len(group.runs)}/{group.expected_seeds}"
     return text + (f" (+{group.in_progress} running)" if group.in_progress else "")
 
 
@@ -179,7 +179,7 @@ def records(report: Report) -> list[dict]:
     rows = []
     for group in report.groups:
         row = {name: group.value(name) for name in ("arch", "bn", "bn_impl", "fused", *report.varying)}
-        row.update(n=len(group.runs), expected_seeds=report.expected_seeds, seeds=list(group.seeds),
+        row.update(n=len(group.runs), expected_seeds=group.expected_seeds, seeds=list(group.seeds),
                    run_ids=[r.id for r in group.runs], best_in_arch=report.best.get(group.value("arch")) == group.key)
         for metric in METRICS:
             row[f"{metric}_mean"], row[f"{metric}_std"] = group.stats[metric].mean, group.stats[metric].std

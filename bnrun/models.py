@@ -13,9 +13,7 @@ from torch import Tensor, nn
 
 import bnrun.nn as bnn
 
-ARCHS = ("mlp", "cnn")
-PLACEMENTS = ("none", "pre", "post")
-BN_IMPLS = ("custom", "torch")
+from bnrun.config import ARCHS, BN_IMPLS, PLACEMENTS
 
 MLP_WIDTHS = (784, 256, 128)
 CNN_CHANNELS = (32, 64)
@@ -80,7 +78,3 @@ def build_model(arch: str, bn: str, impl: str = "custom", fused: bool = False) -
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def forward_logits(model: nn.Module, x: Tensor) -> Tensor:
-    return model(x)

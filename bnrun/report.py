@@ -47,6 +47,7 @@ class Group:
     runs: tuple[RunRecord, ...]  # completed only, by seed
     stats: dict[str, Summary]
     in_progress: int = 0  # running trials of this configuration
+    expected_seeds: int = MIN_TRIALS  # what the grid asked for (or --seeds)
 
     def value(self, name: str) -> object:
         return dict(zip(IDENTITY + HYPERPARAMETERS, self.key))[name]
@@ -77,7 +78,6 @@ class Report:
     excluded: dict[str, int]  # status -> trials left out
     comparisons: tuple[Comparison, ...]
     metric: str
-    expected_seeds: int
     best: dict[str, tuple]  # arch -> key of the group with the best headline mean
     per_seed: dict = field(default_factory=dict)
 
@@ -97,18 +97,22 @@ def sort_key(key: tuple) -> tuple:
     return (arch, BN_ORDER.get(bn, 9), impl != "custom", fused, tuple(str(v) for v in key[4:]))
 
 
-def build_groups(runs: list[RunRecord]) -> list[Group]:
-    completed, running = defaultdict(list), Counter()
+def build_groups(runs: list[RunRecord], expected_seeds: int | None = None) -> list[Group]:
+    """Completed trials grouped by configuration; the expected seed count is `expected_seeds`,
+    else the largest grid any trial of the configuration was started in, else MIN_TRIALS."""
+    completed, running, grid = defaultdict(list), Counter(), Counter()
     for run in runs:
+        key = group_key(run)
+        grid[key] = max(grid[key], run.grid_seeds or 0)
         if run.status == "completed":
-            completed[group_key(run)].append(run)
+            completed[key].append(run)
         elif run.status == "running":
-            running[group_key(run)] += 1
+            running[key] += 1
     groups = []
     for key in sorted(completed, key=sort_key):
         members = tuple(sorted(completed[key], key=lambda r: (r.seed, r.id)))
         stats = {name: summarize([v for r in members if (v := metric_value(r, name)) is not None]) for name in METRICS}
-        groups.append(Group(key, members, stats, running[key]))
+        groups.append(Group(key, members, stats, running[key], expected_seeds or grid[key] or MIN_TRIALS))
     return groups
 
 
@@ -159,13 +163,13 @@ def compare(a: Group, b: Group, metric: str) -> Comparison:
 
 
 def build_report(runs: list[RunRecord], metric: str = "test_acc_population", run_filter: RunFilter = RunFilter(),
-                 expected_seeds: int = MIN_TRIALS) -> Report:
+                 expected_seeds: int | None = None) -> Report:
     selected = [run for run in runs if run_filter.accepts(run)]
-    groups = build_groups(selected)
+    groups = build_groups(selected, expected_seeds)
     excluded = dict(Counter(run.status for run in selected if run.status not in ("completed", "running")))
     per_seed = {g.key: {r.seed: {"run_id": r.id, **{m: metric_value(r, m) for m in METRICS}} for r in g.runs} for g in groups}
     return Report(tuple(groups), varying_hyperparameters(groups), excluded, tuple(paired_comparisons(groups, metric)),
-                  metric, expected_seeds, best_per_arch(groups, metric), per_seed)
+                  metric, best_per_arch(groups, metric), per_seed)
 
 
 def parse_run_ids(text: str) -> frozenset[int]:

@@ -146,9 +146,9 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def run_fields(config: TrainConfig, seed: int) -> dict:
+def run_fields(config: TrainConfig, seed: int, grid_seeds: int | None = None) -> dict:
     fields = dict(config.__dict__)
-    fields.update(seed=seed, bnrun_version=bnrun.__version__, torch_version=torch.__version__,
+    fields.update(seed=seed, grid_seeds=grid_seeds, bnrun_version=bnrun.__version__, torch_version=torch.__version__,
                   python_version=platform.python_version(), git_commit=git_commit())
     return fields
 
@@ -205,10 +205,11 @@ def finish(model, config, dataset, store, run_id, best_val, last: EpochRecord) -
     return metrics
 
 
-def run_trial(config: TrainConfig, seed: int, dataset, store: Store, reporter: Reporter) -> tuple[int, str]:
+def run_trial(config: TrainConfig, seed: int, dataset, store: Store, reporter: Reporter,
+              grid_seeds: int | None = None) -> tuple[int, str]:
     """One trial, start to honest end; returns (run id, final status). KeyboardInterrupt
     (Ctrl-C or SIGTERM) marks the trial interrupted and propagates."""
-    run_id = store.start_run(run_fields(config, seed), config.key(), json.dumps(config.identity(), sort_keys=True))
+    run_id = store.start_run(run_fields(config, seed, grid_seeds), config.key(), json.dumps(config.identity(), sort_keys=True))
     reporter.trial_started(run_id, config, seed)
     try:
         with heartbeat(store, run_id):
@@ -262,7 +263,7 @@ def run_sweep(sweep: SweepConfig, store: Store, reporter: Reporter) -> SweepResu
                 result.skipped.append(done.id)
                 reporter.trial_skipped(done, config, seed)
                 continue
-            run_id, status = run_trial(config, seed, dataset, store, reporter)
+            run_id, status = run_trial(config, seed, dataset, store, reporter, len(sweep.seeds))
             {"completed": result.completed, "diverged": result.diverged}.get(status, result.failed).append(run_id)
         reporter.sweep_finished()
     return result

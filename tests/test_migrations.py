@@ -20,7 +20,10 @@ def test_blank_store_is_migrated_to_head(tmp_path):
         assert migrate.current_revision(connection) == migrate.head_revision()
         inspector = inspect(connection)
         assert set(inspector.get_table_names()) == EXPECTED_TABLES
-        assert {c["name"] for c in inspector.get_columns("epochs")} >= {"run_id", "epoch", "train_loss", "val_acc", "lr", "seconds"}
+        assert {c["name"] for c in inspector.get_columns("epochs")} == {"id", "run_id", "epoch", "train_loss", "train_acc", "val_loss",
+                                                                       "val_acc", "lr", "seconds", "train_seconds"}
+        assert "grid_seeds" in {c["name"] for c in inspector.get_columns("runs")}
+        assert {c["name"] for c in inspector.get_columns("checkpoints")} == {"id", "run_id", "blob", "sha256", "size_bytes", "created_at"}
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     store.close()
 

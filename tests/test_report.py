@@ -32,7 +32,7 @@ def make_run(run_id, arch="cnn", bn="pre", impl="custom", seed=0, status="comple
         device="cpu", config_key="k", config_json="{}", started_at=datetime(2026, 11, 1), ended_at=None, heartbeat_at=None,
         duration_s=100.0, epochs_completed=10, train_loss=0.2, train_acc=0.95, val_acc=acc, best_val_acc=acc,
         test_loss_running=0.3, test_acc_running=None if acc is None else acc - 0.001, test_loss_population=0.3, test_acc_population=acc,
-        note=None, bnrun_version="0", torch_version="0", python_version="3", git_commit=None, host="h", pid=1,
+        note=None, bnrun_version="0", torch_version="0", python_version="3", git_commit=None, host="h", pid=1, grid_seeds=3,
     )
     values.update(extra)
     return RunRecord(**values)

@@ -8,6 +8,7 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, inspect
@@ -105,10 +106,22 @@ def file_lock(path: Path | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_schema(engine: Engine, path: Path | None) -> str | None:
-    """Bring the store to the head revision (backing up an older file first).
+@dataclass(frozen=True)
+class Migration:
+    """What opening the store changed: from which revision (None: a new store), and the backup."""
 
-    Returns the revision it upgraded from ("blank" for a new store), or None if it was current."""
+    from_revision: str | None
+    to_revision: str
+    backup: Path | None
+
+    def describe(self, name: str) -> str:
+        if self.from_revision is None:
+            return f"created store {name} (schema {self.to_revision})"
+        return f"upgraded store {name} from schema {self.from_revision} to {self.to_revision} (backup: {self.backup})"
+
+
+def ensure_schema(engine: Engine, path: Path | None) -> Migration | None:
+    """Bring the store to the head revision (backing up an older file first); None if current."""
     head = migrate.head_revision()
     with file_lock(path):
         with engine.connect() as connection:
@@ -120,12 +133,11 @@ def ensure_schema(engine: Engine, path: Path | None) -> str | None:
             if path is not None:
                 # Outside any transaction: SQLite cannot switch journal mode inside one.
                 connection.connection.dbapi_connection.execute("PRAGMA journal_mode = WAL")
-        if path is not None and current is not None:
-            backup(path, current)
+        saved = backup(path, current) if path is not None and current is not None else None
         with engine.connect().execution_options(immediate=True) as connection:
             migrate.upgrade(connection)
             connection.commit()
-        return current or "blank"
+        return Migration(current, head, saved)
 
 
 def refuse_unknown(connection, current: str | None, path: Path | None) -> None:
@@ -151,26 +163,29 @@ def backup(path: Path, revision: str) -> Path:
     return target
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str) -> tuple[Engine, Migration | None]:
     """Check, connect and migrate; every failure becomes one StoreError line."""
     path = sqlite_path(url)
     if path is not None:
         preflight(path)
     engine = make_engine(url)
     try:
-        ensure_schema(engine, path)
+        migration = ensure_schema(engine, path)
     except StoreError:
         engine.dispose()
         raise
     except (SQLAlchemyError, sqlite3.Error) as error:
         engine.dispose()
         raise StoreError(f"cannot open store {path or url}: {describe(error)}") from None
-    return engine
+    return engine, migration
 
 
 def describe(error: BaseException) -> str:
     original = getattr(error, "orig", None) or error
-    return (str(original).strip().splitlines() or [type(original).__name__])[0][:200]
+    text = (str(original).strip().splitlines() or [type(original).__name__])[0][:200]
+    if "disk I/O error" in text or "disk is full" in text:
+        text += " (check free disk space and file size limits; the failed write was rolled back)"
+    return text
 
 
 __all__ = ["open_engine", "resolve_url", "sqlite_path", "describe"]

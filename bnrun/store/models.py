@@ -55,6 +55,7 @@ class Run(Base):
     git_commit: Mapped[str | None] = mapped_column(String(40))
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
+    grid_seeds: Mapped[int | None] = mapped_column(Integer)  # seeds the sweep asked for (revision 0002)
 
 
 class Epoch(Base):

@@ -49,6 +49,7 @@ class RunRecord:
     git_commit: str | None
     host: str
     pid: int
+    grid_seeds: int | None
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,8 @@ class Store:
     def __init__(self, db: str | None = None, reap: bool = True) -> None:
         self.url = engine_mod.resolve_url(db)
         self.path = engine_mod.sqlite_path(self.url)
-        self.engine = engine_mod.open_engine(self.url)
-        if reap:
-            self.reap_orphans()
+        self.engine, self.migration = engine_mod.open_engine(self.url)
+        self.reaped = self.reap_orphans() if reap else []
 
     @property
     def name(self) -> str:
