@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,11 +27,19 @@ def rows(db, query):
         return connection.execute(query).fetchall()
 
 
-@pytest.fixture
-def existing_store(tmp_path):
-    db = tmp_path / "existing.db"
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    db = tmp_path_factory.mktemp("existing") / "existing.db"
     result = runner.invoke(app, ["train", "--arch", "mlp", "--bn", "pre", "--epochs", "1", "--train-subset", "500", "--db", str(db)])
     assert result.exit_code == 0, result.output
+    return db
+
+
+@pytest.fixture
+def existing_store(trained_once, tmp_path):
+    """A store holding one completed trial (a fresh copy per test)."""
+    db = tmp_path / "existing.db"
+    shutil.copyfile(trained_once, db)
     return db
 
 

@@ -40,22 +40,26 @@ def unbiased(var: Tensor, n: int) -> Tensor:
     return var * (n / (n - 1))
 
 
-def _affine(x_hat: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    if weight is not None:
-        x_hat = x_hat * channel_view(weight, x_hat)
-    if bias is not None:
-        x_hat = x_hat + channel_view(bias, x_hat)
-    return x_hat
+def scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """x · scale + shift per channel, in one pass over x (addcmul)."""
+    return torch.addcmul(channel_view(shift, x), x, channel_view(scale, x))
 
 
 def normalize_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Training-mode forward: returns (y, x_hat, inv_std, mean, biased var)."""
+    """Training-mode forward: returns (y, x_hat, inv_std, mean, biased var).
+
+    Two elementwise passes after the statistics: x̂ = x·(1/σ̂) − μ/σ̂, then y = γ·x̂ + β.
+    """
     mean, var = batch_statistics(x)
     inv_std = torch.rsqrt(var + eps)
-    x_hat = (x - channel_view(mean, x)) * channel_view(inv_std, x)
-    return _affine(x_hat, weight, bias), x_hat, inv_std, mean, var
+    x_hat = scale_shift(x, inv_std, -mean * inv_std)
+    if weight is None and bias is None:
+        return x_hat, x_hat, inv_std, mean, var
+    weight = torch.ones_like(inv_std) if weight is None else weight
+    bias = torch.zeros_like(inv_std) if bias is None else bias
+    return scale_shift(x_hat, weight, bias), x_hat, inv_std, mean, var
 
 
 def normalize_backward(
@@ -67,10 +71,10 @@ def normalize_backward(
     grad_weight = (grad_y * x_hat).sum(dims)
     scale = inv_std if weight is None else inv_std * weight
     m = values_per_channel(x_hat)
-    # dx = γ/(σ·m) · (m·dy − Σdy − x̂·Σ(dy·x̂)), with Σdy = dβ and Σ(dy·x̂) = dγ.
-    grad_x = channel_view(scale, x_hat) * (
-        grad_y - channel_view(grad_bias / m, x_hat) - x_hat * channel_view(grad_weight / m, x_hat)
-    )
+    # dx = γ/(σ̂·m) · (m·dy − Σdy − x̂·Σ(dy·x̂)), with Σdy = dβ and Σ(dy·x̂) = dγ,
+    # written as dy·k + x̂·l + c so that it costs two addcmul passes.
+    grad_x = scale_shift(grad_y, scale, -scale * grad_bias / m)
+    grad_x.addcmul_(x_hat, channel_view(-scale * grad_weight / m, x_hat))
     return grad_x, grad_weight, grad_bias
 
 

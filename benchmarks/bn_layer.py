@@ -1,0 +1,77 @@
+"""Forward+backward time of one batch-norm layer: torch's native kernel vs bnrun's custom
+layer (eager and fused), at the shapes the project's models use, measured in one run.
+
+    python benchmarks/bn_layer.py            # full measurement
+    python benchmarks/bn_layer.py --quick    # fewer repetitions
+
+Timings are interleaved (native, eager, fused, native, ...) and the median is reported, so a
+background load slows every variant alike instead of skewing the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+import warnings
+
+import torch
+
+import bnrun.nn as bnn
+
+SHAPES = [(128, 32, 28, 28), (128, 64, 14, 14), (128, 256), (128, 128)]
+
+
+def layer_for(shape, variant: str):
+    channels = shape[1]
+    if variant == "native":
+        return torch.nn.BatchNorm2d(channels) if len(shape) == 4 else torch.nn.BatchNorm1d(channels)
+    cls = bnn.BatchNorm2d if len(shape) == 4 else bnn.BatchNorm1d
+    return cls(channels, fused=variant == "fused")
+
+
+def step(layer, x, upstream) -> None:
+    x.grad = None
+    layer(x).backward(upstream)
+
+
+def time_once(layer, x, upstream, inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        step(layer, x, upstream)
+    return (time.perf_counter() - start) / inner
+
+
+def measure(shape, repeats: int, inner: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    upstream = torch.randn(shape)
+    layers = {name: layer_for(shape, name).train() for name in ("native", "eager", "fused")}
+    for layer in layers.values():  # warm-up; for "fused" this is where compilation happens
+        for _ in range(3):
+            step(layer, x, upstream)
+    samples: dict[str, list[float]] = {name: [] for name in layers}
+    for _ in range(repeats):
+        for name, layer in layers.items():
+            samples[name].append(time_once(layer, x, upstream, inner))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    repeats, inner = (5, 3) if args.quick else (15, 5)
+    warnings.simplefilter("always")
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print("| shape | native ms | custom eager ms | custom fused ms | eager / native | fused / native |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for shape in SHAPES:
+        t = measure(shape, repeats, inner)
+        print(f"| {tuple(shape)} | {t['native'] * 1e3:.3f} | {t['eager'] * 1e3:.3f} | {t['fused'] * 1e3:.3f} "
+              f"| {t['eager'] / t['native']:.2f}× | {t['fused'] / t['native']:.2f}× |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

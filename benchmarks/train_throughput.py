@@ -1,0 +1,98 @@
+"""Training throughput: images/s of one SGD step for the MLP and the CNN with BN none, torch's
+BatchNorm, bnrun's custom BN (eager) and custom BN (fused), with ratios to torch measured in the
+same run; then the share of a real epoch spent outside forward/backward/step (data handling).
+
+    python benchmarks/train_throughput.py           # full measurement
+    python benchmarks/train_throughput.py --quick   # fewer repetitions
+
+Step timings are interleaved across variants and the median is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from bnrun import data as data_mod
+from bnrun.config import TrainConfig
+from bnrun.models import build_model
+from bnrun.progress import SilentReporter
+from bnrun.train import make_optimizer, make_scheduler, steps_per_epoch, train_epoch
+
+VARIANTS = {"none": ("none", "custom", False), "torch": ("pre", "torch", False),
+            "custom eager": ("pre", "custom", False), "custom fused": ("pre", "custom", True)}
+BATCH = 128
+
+
+def make_step(arch: str, bn: str, impl: str, fused: bool, x, y):
+    torch.manual_seed(0)
+    model = build_model(arch, bn, impl, fused).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def step_times(arch: str, repeats: int, inner: int) -> dict[str, float]:
+    x, y = torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,))
+    steps = {name: make_step(arch, *spec, x, y) for name, spec in VARIANTS.items()}
+    for step in steps.values():
+        for _ in range(3):  # warm-up (compilation for the fused variant)
+            step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                step()
+            samples[name].append((time.perf_counter() - start) / inner)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    repeats, inner, images = (3, 3, 5_000) if args.quick else (9, 5, 20_000)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}")
+    print("| arch | variant | ms / step | images / s | step time / torch BN |")
+    print("|---|---|---:|---:|---:|")
+    for arch in ("mlp", "cnn"):
+        times = step_times(arch, repeats, inner)
+        for name, seconds in times.items():
+            print(f"| {arch} | {name} | {seconds * 1e3:.2f} | {BATCH / seconds:,.0f} | {seconds / times['torch']:.2f}× |", flush=True)
+    print()
+    print("| arch | epoch seconds (custom eager, %d images) | outside forward/backward/step |" % images)
+    print("|---|---:|---:|")
+    for arch in ("mlp", "cnn"):
+        total, outside = epoch_split(arch, images)
+        print(f"| {arch} | {total:.2f} | {100 * outside / total:.1f}% |", flush=True)
+
+
+def epoch_split(arch: str, images: int) -> tuple[float, float]:
+    """One real epoch through bnrun's training loop: (total seconds, seconds outside fwd/bwd/step)."""
+    dataset = data_mod.load(None, images)
+    config = replace(TrainConfig(arch=arch, epochs=1), train_subset=images)
+    torch.manual_seed(0)
+    model = build_model(arch, "pre", "custom")
+    optimizer = make_optimizer(config, model)
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch(images, config.batch_size))
+    start = time.perf_counter()
+    _, _, busy = train_epoch(model, optimizer, scheduler, dataset.train, config, torch.Generator().manual_seed(0),
+                             SilentReporter())
+    total = time.perf_counter() - start
+    return total, total - busy
+
+
+if __name__ == "__main__":
+    main()
