@@ -22,8 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
-DbOption = Annotated[Optional[str], typer.Option("--db", help="Store: a SQLite path or SQLAlchemy URL [env BNRUN_DB; default ./bnrun.db].")]
-DataDirOption = Annotated[Optional[Path], typer.Option("--data-dir", help="Where Fashion-MNIST lives or goes [env BNRUN_DATA_DIR].")]
+DbOption = Annotated[Optional[str], typer.Option("--db", help="Store: a SQLite path or SQLAlchemy URL (env BNRUN_DB; default ./bnrun.db).")]
+DataDirOption = Annotated[Optional[Path], typer.Option("--data-dir", help="Where Fashion-MNIST lives or goes (env BNRUN_DATA_DIR; default ~/.cache/bnrun/data).")]
 
 
 def friendly_errors(command):
@@ -59,7 +59,7 @@ def train(
     bn_impl: Annotated[str, typer.Option(help="custom (bnrun.nn) or torch (reference baseline).")] = "custom",
     seeds: Annotated[Optional[int], typer.Option(help="Run seeds 0..N-1.")] = None,
     seed: Annotated[Optional[list[int]], typer.Option(help="An explicit seed (repeatable).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs [default: mlp 20, cnn 10].")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: mlp 20, cnn 10).")] = None,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.05,
     momentum: Annotated[float, typer.Option(help="SGD momentum (Nesterov).")] = 0.9,
@@ -145,7 +145,7 @@ def report(
     bn_impl: Annotated[Optional[str], typer.Option(help="Filter: custom, torch.")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Filter: ids and ranges, e.g. 1-12,15.")] = None,
     since: Annotated[Optional[str], typer.Option(help="Filter: trials started on/after this date (YYYY-MM-DD[THH:MM]).")] = None,
-    seeds: Annotated[Optional[int], typer.Option(help="Seeds each group should have [default: what its sweep asked for, else 3].")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds each group should have (default: what its sweep asked for, else 3).")] = None,
     db: DbOption = None,
 ) -> None:
     """Mean ± std across seeds per configuration, paired comparisons, in five formats."""

@@ -193,12 +193,18 @@ def plot(db: str | None, request: ReportRequest, output: Path):
 
 
 def emit(content, output: Path | None, console) -> None:
-    """Text to a file or stdout; a rich renderable always to the console."""
-    if output is not None and isinstance(content, str) and content != EMPTY_HINT:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(content)
+    """Text or a rich renderable, to `output` if given (the empty-store hint always to the console)."""
+    if output is None or content == EMPTY_HINT:
+        if isinstance(content, str):
+            console.file.write(content if content.endswith("\n") else content + "\n")
+        else:
+            console.print(content)
         return
-    if isinstance(content, str):
-        console.file.write(content if content.endswith("\n") else content + "\n")
-        return
-    console.print(content)
+    from rich.console import Console
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w") as handle:
+        if isinstance(content, str):
+            handle.write(content)
+        else:
+            Console(file=handle, width=160, color_system=None).print(content)
