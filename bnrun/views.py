@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 
-from bnrun.evaluate import EvalResult
 from bnrun.store import EpochRecord, RunRecord
+
+if TYPE_CHECKING:  # importing bnrun.evaluate would pull in torch for every table
+    from bnrun.evaluate import EvalResult
 
 STATUS_STYLE = {"completed": "green", "running": "cyan", "failed": "red", "interrupted": "yellow", "diverged": "magenta"}
 
@@ -48,7 +52,7 @@ def epochs_table(epochs: list[EpochRecord]) -> Table:
     return table
 
 
-def evaluation_table(result: EvalResult) -> Table:
+def evaluation_table(result: "EvalResult") -> Table:
     run, ev = result.run, result.evaluation
     table = Table(title=f"run {run.id}: {run.arch} bn={run.bn} ({run.bn_impl}) seed={run.seed}, evaluation {ev.id}")
     for column in ("statistics", "val %", "test %", "test loss", "stored test %", "same"):

@@ -39,32 +39,29 @@ def step(layer, x, upstream):
 CASES = list(itertools.product(SHAPES, [0.1, 0.5, None], [True, False], [True, False], [1e-5, 1e-3], [torch.float32, torch.float64]))
 
 
+def assert_same_step(ours, ref, shape, dtype, scale=1.0, shift=0.0) -> None:
+    """One forward/backward through both layers on the same data: outputs and gradients match."""
+    x = torch.randn(shape, dtype=dtype) * scale + shift
+    upstream = torch.randn(shape, dtype=dtype)
+    (y_ours, g_ours), (y_ref, g_ref) = step(ours, x, upstream), step(ref, x, upstream)
+    torch.testing.assert_close(y_ours, y_ref, **TOL[dtype])
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+    ours.zero_grad(), ref.zero_grad()
+
+
 @pytest.mark.parametrize("shape,momentum,affine,track,eps,dtype", CASES)
 def test_matches_torch(shape, momentum, affine, track, eps, dtype):
     torch.manual_seed(0)
     ours, ref = pair(shape, momentum=momentum, affine=affine, track_running_stats=track, eps=eps, dtype=dtype)
-    tol = TOL[dtype]
     for _ in range(4):  # several training steps: running statistics accumulate
-        x = torch.randn(shape, dtype=dtype) * 3 + 1.5
-        upstream = torch.randn(shape, dtype=dtype)
-        y_ours, g_ours = step(ours, x, upstream)
-        y_ref, g_ref = step(ref, x, upstream)
-        torch.testing.assert_close(y_ours, y_ref, **tol)
-        for a, b in zip(g_ours, g_ref):
-            torch.testing.assert_close(a, b, **tol)
-        ours.zero_grad(), ref.zero_grad()
+        assert_same_step(ours, ref, shape, dtype, scale=3.0, shift=1.5)
     if track:
-        torch.testing.assert_close(ours.running_mean, ref.running_mean, **tol)
-        torch.testing.assert_close(ours.running_var, ref.running_var, **tol)
+        torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL[dtype])
+        torch.testing.assert_close(ours.running_var, ref.running_var, **TOL[dtype])
         assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item() == 4
     ours.eval(), ref.eval()
-    x = torch.randn(shape, dtype=dtype)
-    upstream = torch.randn(shape, dtype=dtype)
-    y_ours, g_ours = step(ours, x, upstream)
-    y_ref, g_ref = step(ref, x, upstream)
-    torch.testing.assert_close(y_ours, y_ref, **tol)
-    for a, b in zip(g_ours, g_ref):
-        torch.testing.assert_close(a, b, **tol)
+    assert_same_step(ours, ref, shape, dtype)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

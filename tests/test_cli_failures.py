@@ -80,7 +80,7 @@ def test_nan_loss_marks_diverged_and_sweep_goes_on(tmp_path):
 
 
 def start_training(db, *extra):
-    return subprocess.Popen(bnrun_command("train", "--arch", "cnn", "--bn", "pre", "--epochs", "3", "--train-subset", "6000",
+    return subprocess.Popen(bnrun_command("train", "--arch", "cnn", "--bn", "pre", "--epochs", "3", "--train-subset", "3000",
                                           "--db", str(db), *extra),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -89,7 +89,7 @@ def test_three_processes_start_together(tmp_path, initial):
 
 def test_sigkill_mid_epoch_then_runs_marks_failed(tmp_path):
     db = tmp_path / "killed.db"
-    process = popen("train", "--arch", "cnn", "--bn", "pre", "--epochs", "3", "--train-subset", "6000", "--db", str(db))
+    process = popen("train", "--arch", "cnn", "--bn", "pre", "--epochs", "3", "--train-subset", "3000", "--db", str(db))
     wait_until(lambda: db.exists() and query(db, "select count(*) from epochs") == [(1,)])
     time.sleep(1.0)  # inside epoch 2
     process.send_signal(signal.SIGKILL)
@@ -214,8 +214,8 @@ def test_disk_full_during_a_trial(tmp_path):
     db = tmp_path / "full.db"
     created = run_bnrun("runs", "--db", str(db), timeout=60)  # a fresh store, well under the limit
     assert created.returncode == 0
-    process = popen("train", "--arch", "cnn", "--bn", "pre", "--epochs", "1", "--train-subset", "300", "--db", str(db),
-                    preexec_fn=limit_file_size(600_000))  # the CNN checkpoint alone is ~1.7 MB
+    process = popen("train", "--arch", "mlp", "--bn", "pre", "--epochs", "1", "--train-subset", "300", "--db", str(db),
+                    preexec_fn=limit_file_size(600_000))  # the MLP checkpoint alone is ~0.95 MB
     _, stderr = process.communicate(timeout=180)
     assert process.returncode != 0
     assert "Traceback" not in stderr
