@@ -7,7 +7,7 @@ import torch
 
 import bnrun.nn as bnn
 from bnrun.nn import fused
-from bnrun.nn.functional import normalize_forward
+from bnrun.nn.functional import batch_norm_train_and_track
 
 
 @pytest.mark.parametrize("cls,shape", [(bnn.BatchNorm2d, (16, 4, 6, 6)), (bnn.BatchNorm1d, (32, 8))])
@@ -36,9 +36,10 @@ def test_compile_unavailable_falls_back_with_warning(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", no_compiler)
     with pytest.warns(RuntimeWarning, match="fused batch norm unavailable .*no C\\+\\+ compiler"):
-        kernel = fused._CompiledOrEager(normalize_forward)
+        kernel = fused._CompiledOrEager(batch_norm_train_and_track)
     x = torch.randn(8, 3)
-    torch.testing.assert_close(kernel(x, None, None, 1e-5)[0], normalize_forward(x, None, None, 1e-5)[0])
+    expected = batch_norm_train_and_track(x, None, None, None, None, 0.0)
+    torch.testing.assert_close(kernel(x, None, None, None, None, 0.0), expected)
 
 
 def test_compile_failure_at_first_call_falls_back_once(monkeypatch):
@@ -49,14 +50,24 @@ def test_compile_failure_at_first_call_falls_back_once(monkeypatch):
         raise RuntimeError("backend compiler failed")
 
     monkeypatch.setattr(torch, "compile", lambda fn, **_kwargs: broken_compiled)
-    kernel = fused._CompiledOrEager(normalize_forward)
+    kernel = fused._CompiledOrEager(batch_norm_train_and_track)
     x = torch.randn(8, 3)
     with pytest.warns(RuntimeWarning, match="backend compiler failed"):
-        kernel(x, None, None, 1e-5)
-    kernel(x, None, None, 1e-5)
+        kernel(x, None, None, None, None, 0.0)
+    kernel(x, None, None, None, None, 0.0)
     assert calls == [1]  # never retried: compilation cost is paid (or skipped) once per process
 
 
-def test_kernels_are_created_once_per_process():
-    assert fused.forward_kernel() is fused.forward_kernel()
-    assert fused.backward_kernel() is fused.backward_kernel()
+def test_kernel_is_created_once_per_process():
+    assert fused.train_kernel() is fused.train_kernel()
+
+
+def test_momentum_none_does_not_recompile_each_step():
+    torch._dynamo.reset()
+    fused.train_kernel.cache_clear()
+    layer = bnn.BatchNorm1d(4, momentum=None, fused=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        layer(torch.randn(8, 4))  # first call compiles
+        for _ in range(3):
+            layer(torch.randn(8, 4))  # a new EMA factor each step: no recompilation allowed
+    assert layer.num_batches_tracked.item() == 4

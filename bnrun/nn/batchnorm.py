@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from bnrun.nn import functional as F
+from bnrun.nn import fused as fused_kernels
 
 
 class _BatchNorm(nn.Module):
@@ -66,12 +67,15 @@ class _BatchNorm(nn.Module):
         return F.batch_norm_eval(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
 
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
-        y, mean, var = F.batch_norm_train(x, self.weight, self.bias, self.eps, self.fused)
-        if self.training and self.track_running_stats:
+        tracking = self.training and self.track_running_stats
+        factor = 0.0
+        if tracking:
             self.num_batches_tracked.add_(1)
             factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            F.update_running_stats(self.running_mean, self.running_var, mean, var, F.values_per_channel(x), factor)
-        return y
+        step = fused_kernels.train_kernel() if self.fused else F.batch_norm_train_and_track
+        # factor travels as a tensor so that a changing value (momentum=None) never recompiles
+        return step(x, self.weight, self.bias, self.running_mean if tracking else None,
+                    self.running_var if tracking else None, torch.tensor(factor, dtype=x.dtype), self.eps)
 
     def _check_input(self, x: Tensor) -> None:
         name = type(self).__name__

@@ -93,11 +93,9 @@ class BatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, fused: bool = False):
-        forward_fn, _ = _kernels(fused)
-        y, x_hat, inv_std, mean, var = forward_fn(x, weight, bias, eps)
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+        y, x_hat, inv_std, mean, var = normalize_forward(x, weight, bias, eps)
         ctx.save_for_backward(x_hat, inv_std, weight)
-        ctx.fused = fused
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
@@ -105,30 +103,32 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
         x_hat, inv_std, weight = ctx.saved_tensors
-        _, backward_fn = _kernels(ctx.fused)
-        grad_x, grad_weight, grad_bias = backward_fn(grad_y.contiguous(), x_hat, inv_std, weight)
-        return (
-            grad_x,
-            grad_weight if ctx.has_weight else None,
-            grad_bias if ctx.has_bias else None,
-            None,
-            None,
-        )
-
-
-def _kernels(fused: bool):
-    if fused:
-        from bnrun.nn import fused as fused_kernels
-
-        return fused_kernels.forward_kernel(), fused_kernels.backward_kernel()
-    return normalize_forward, normalize_backward
+        grad_x, grad_weight, grad_bias = normalize_backward(grad_y.contiguous(), x_hat, inv_std, weight)
+        return grad_x, grad_weight if ctx.has_weight else None, grad_bias if ctx.has_bias else None, None
 
 
 def batch_norm_train(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5, fused: bool = False
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Normalize with batch statistics; returns (y, batch mean, biased batch var)."""
-    return BatchNormFunction.apply(x, weight, bias, eps, fused)
+    return BatchNormFunction.apply(x, weight, bias, eps)
+
+
+def batch_norm_train_and_track(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    factor: Tensor | float,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Training mode in full: normalize with batch statistics and, when running statistics are
+    given, fold the batch statistics into them (`factor` is the EMA weight)."""
+    y, mean, var = BatchNormFunction.apply(x, weight, bias, eps)
+    if running_mean is not None:
+        update_running_stats(running_mean, running_var, mean, var, values_per_channel(x), factor)
+    return y
 
 
 def batch_norm_eval(
@@ -143,7 +143,7 @@ def batch_norm_eval(
 
 @torch.no_grad()
 def update_running_stats(
-    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, n: int, factor: float
+    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, n: int, factor: Tensor | float
 ) -> None:
     """Exponential moving average in place; the variance enters *unbiased*, as in torch.nn."""
     running_mean.lerp_(mean.to(running_mean.dtype), factor)

@@ -1,9 +1,11 @@
 """The opt-in fast path: the same batch-norm math, compiled once per process by torch.compile.
 
-Inductor fuses the statistics, normalization and affine steps of `normalize_forward` (and the
-two reductions plus the elementwise pass of `normalize_backward`) into a few loops, so the
-custom layer runs close to torch's native kernel. Where compilation is unavailable (no C++
-compiler, an unsupported platform) the kernels warn once and fall back to the eager functions.
+The whole training-mode step (`batch_norm_train_and_track`: the custom autograd Function with
+its hand-derived backward, plus the running-statistics update) is one compiled region, so
+Inductor fuses the statistics, normalization and affine passes, and separately the backward's
+two reductions and elementwise pass, into a few loops, and Python runs one call per layer
+instead of a dozen small ops. Where compilation is unavailable (no C++ compiler, an unsupported
+platform) it warns once and falls back to the eager function.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from bnrun.nn.functional import normalize_backward, normalize_forward
+from bnrun.nn.functional import batch_norm_train_and_track
 
 
 class _CompiledOrEager:
@@ -53,12 +55,6 @@ def _warn_fallback(error: Exception) -> None:
 
 
 @functools.cache
-def forward_kernel() -> _CompiledOrEager:
-    """The process-wide compiled forward (created, and compiled, on first use only)."""
-    return _CompiledOrEager(normalize_forward)
-
-
-@functools.cache
-def backward_kernel() -> _CompiledOrEager:
-    """The process-wide compiled backward."""
-    return _CompiledOrEager(normalize_backward)
+def train_kernel() -> _CompiledOrEager:
+    """The process-wide compiled training step (created on first use, compiled once per shape)."""
+    return _CompiledOrEager(batch_norm_train_and_track)
