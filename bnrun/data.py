@@ -44,6 +44,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @functools.cached_property
+    def with_mirrors(self) -> Tensor:
+        """(2N, 1, 28, 28): the images, then each mirrored left-right; built once, so a random
+        flip costs no per-batch pass (garments are left-right symmetric classes)."""
+        return torch.cat([self.images, self.images.flip(3)])
+
 
 @dataclass(frozen=True)
 class FashionMNISTData:
@@ -170,22 +176,24 @@ def load(data_dir: Path | None = None, train_subset: int | None = None) -> Fashi
     )
 
 
-def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-    """Training batches: slices of a seeded permutation; a last batch of one is dropped (BN needs two)."""
+def shuffled_batches(
+    split: Split, batch_size: int, generator: torch.Generator, flip: bool = False
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Training batches: slices of a seeded permutation, each image mirrored with probability
+    1/2 when `flip`; a last batch of one is dropped (BN needs two values)."""
     order = torch.randperm(len(split), generator=generator)
+    source = split.with_mirrors if flip else split.images
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        if len(idx) > 1:
-            yield split.images[idx], split.labels[idx]
+        if len(idx) < 2:
+            continue
+        labels = split.labels[idx]
+        if flip:
+            idx = idx + len(split) * (torch.rand(len(idx), generator=generator) < 0.5)
+        yield source[idx], labels
 
 
 def ordered_batches(split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """Evaluation batches in dataset order (views, no copies)."""
     for start in range(0, len(split), batch_size):
         yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
-
-
-def random_hflip(images: Tensor, generator: torch.Generator) -> Tensor:
-    """Mirror a random half of the batch left-right (garments are left-right symmetric classes)."""
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)

@@ -96,9 +96,7 @@ def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generat
     """One pass over the training split; returns (mean loss, accuracy, seconds in fwd/bwd/step)."""
     model.train()
     loss_sum, correct, seen, busy = 0.0, 0, 0, 0.0
-    for x, y in data_mod.shuffled_batches(split, config.batch_size, generator):
-        if config.augment:
-            x = data_mod.random_hflip(x, generator)
+    for x, y in data_mod.shuffled_batches(split, config.batch_size, generator, flip=config.augment):
         x, y = x.to(config.device, non_blocking=True), y.to(config.device, non_blocking=True)
         start = time.perf_counter()
         logits = model(x)

@@ -72,10 +72,12 @@ class _BatchNorm(nn.Module):
         if tracking:
             self.num_batches_tracked.add_(1)
             factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        step = fused_kernels.train_kernel() if self.fused else F.batch_norm_train_and_track
-        # factor travels as a tensor so that a changing value (momentum=None) never recompiles
-        return step(x, self.weight, self.bias, self.running_mean if tracking else None,
-                    self.running_var if tracking else None, torch.tensor(factor, dtype=x.dtype), self.eps)
+        running = (self.running_mean, self.running_var) if tracking else (None, None)
+        if self.fused:
+            # factor travels as a tensor so that a changing value (momentum=None) never recompiles
+            factor = torch.tensor(factor, dtype=x.dtype)
+            return fused_kernels.train_kernel()(x, self.weight, self.bias, *running, factor, self.eps)
+        return F.batch_norm_train_and_track(x, self.weight, self.bias, *running, factor, self.eps)
 
     def _check_input(self, x: Tensor) -> None:
         name = type(self).__name__

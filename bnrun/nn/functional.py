@@ -73,8 +73,9 @@ def normalize_backward(
     m = values_per_channel(x_hat)
     # dx = γ/(σ̂·m) · (m·dy − Σdy − x̂·Σ(dy·x̂)), with Σdy = dβ and Σ(dy·x̂) = dγ,
     # written as dy·k + x̂·l + c so that it costs two addcmul passes.
-    grad_x = scale_shift(grad_y, scale, -scale * grad_bias / m)
-    grad_x.addcmul_(x_hat, channel_view(-scale * grad_weight / m, x_hat))
+    k = scale / -m
+    grad_x = scale_shift(grad_y, scale, k * grad_bias)
+    grad_x.addcmul_(x_hat, channel_view(k * grad_weight, x_hat))
     return grad_x, grad_weight, grad_bias
 
 
