@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from bnrun.errors import BnrunError, UsageError
+from bnrun.errors import BnrunError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Study a from-scratch Batch Norm on Fashion-MNIST: train, evaluate, report.")
@@ -41,14 +41,6 @@ def friendly_errors(command):
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-def split_list(value: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
-    items = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
-    unknown = [item for item in items if item not in allowed]
-    if unknown or not items:
-        raise UsageError(f"{option}: unknown value {', '.join(unknown) or repr(value)}; choose from {', '.join(allowed)} (comma-separated)")
-    return items
 
 
 @app.command()
@@ -78,7 +70,8 @@ def train(
     from bnrun import commands
 
     sweep = commands.build_sweep(
-        archs=split_list(arch, commands.ARCHS, "--arch"), placements=split_list(bn, commands.PLACEMENTS, "--bn"),
+        archs=commands.split_list(arch, commands.ARCHS, "--arch"),
+        placements=commands.split_list(bn, commands.PLACEMENTS, "--bn"),
         bn_impl=bn_impl, seeds=seeds, explicit_seeds=seed or [], epochs=epochs, batch_size=batch_size, lr=lr,
         momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, schedule=schedule, augment=augment,
         train_subset=train_subset, fused=fused, device=device, force=force, data_dir=data_dir,

@@ -24,6 +24,15 @@ def _require(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
+def split_list(value: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """A comma list of allowed values, deduplicated in order; UsageError names the unknown ones."""
+    items = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    unknown = [item for item in items if item not in allowed]
+    if unknown or not items:
+        raise UsageError(f"{option}: unknown value {', '.join(unknown) or repr(value)}; choose from {', '.join(allowed)} (comma-separated)")
+    return items
+
+
 def _choose_seeds(seeds: int | None, explicit: list[int]) -> tuple[int, ...]:
     _require(seeds is None or not explicit, "--seeds and --seed are exclusive; give one of them")
     if explicit:
@@ -109,8 +118,6 @@ def evaluate(db: str | None, run_id: int, data_dir: Path | None, device: str):
 
 
 def run_filters(arch: str | None, bn: str | None, status: str | None) -> dict[str, tuple[str, ...]]:
-    from bnrun.cli import split_list
-
     return {
         "archs": split_list(arch, ARCHS, "--arch") if arch else (),
         "placements": split_list(bn, PLACEMENTS, "--bn") if bn else (),
@@ -140,7 +147,6 @@ EMPTY_HINT = "no completed trials match; run some first, e.g.: bnrun train --arc
 
 
 def report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds) -> ReportRequest:
-    from bnrun.cli import split_list
     from bnrun.formats import FORMATS
     from bnrun.report import METRICS, parse_run_ids
 

@@ -126,7 +126,7 @@ def batch_norm_train_and_track(
 ) -> Tensor:
     """Training mode in full: normalize with batch statistics and, when running statistics are
     given, fold the batch statistics into them (`factor` is the EMA weight)."""
-    y, mean, var = BatchNormFunction.apply(x, weight, bias, eps)
+    y, mean, var = batch_norm_train(x, weight, bias, eps)
     if running_mean is not None:
         update_running_stats(running_mean, running_var, mean, var, values_per_channel(x), factor)
     return y

@@ -47,6 +47,7 @@ class Store:
         self.url = engine_mod.resolve_url(db)
         self.path = engine_mod.sqlite_path(self.url)
         self.engine, self.migration = engine_mod.open_engine(self.url)
+        self._write_engine = self.engine.execution_options(immediate=True)
         self.reaped = self.reap_orphans() if reap else []
 
     @property
@@ -59,7 +60,7 @@ class Store:
     @contextlib.contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
         """One transaction: committed on success, rolled back on error, errors made readable."""
-        bind = self.engine.execution_options(immediate=True) if write else self.engine
+        bind = self._write_engine if write else self.engine
         try:
             with Session(bind, expire_on_commit=False) as session:
                 with session.begin():
