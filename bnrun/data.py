@@ -123,6 +123,7 @@ def _open(root: Path, train: bool) -> FashionMNIST:
     return FashionMNIST(str(root), train=train, download=True)
 
 
+@functools.lru_cache(maxsize=8)
 def check_available(data_dir: Path | None = None) -> Path:
     """Make sure the raw files are present and readable; returns the torchvision root.
 

@@ -27,7 +27,6 @@ def rebuild_model(run: RunRecord, blob: bytes) -> tuple[nn.Module, dict]:
     """The trained model with its running averages loaded, and the stored population statistics."""
     try:
         checkpoint = deserialize_checkpoint(blob)
-        torch.manual_seed(0)
         model = build_model(run.arch, run.bn, run.bn_impl, run.fused)
         model.load_state_dict(checkpoint["state_dict"])
     except Exception as error:  # noqa: BLE001 - an unreadable checkpoint is a store problem

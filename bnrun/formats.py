@@ -22,11 +22,14 @@ def columns(report: Report) -> tuple[str, ...]:
     return (report.metric,) + tuple(c for c in COLUMNS if c != report.metric)
 
 
-def scaled(summary: Summary, metric: str) -> tuple[float | None, float | None]:
+def scaled_pair(mean: float | None, std: float | None, metric: str) -> tuple[float | None, float | None]:
+    """Accuracies as percentages; other metrics unchanged."""
     factor = 100.0 if metric in PERCENT_METRICS else 1.0
-    mean = None if summary.mean is None else summary.mean * factor
-    std = None if summary.std is None else summary.std * factor
-    return mean, std
+    return (None if mean is None else mean * factor), (None if std is None else std * factor)
+
+
+def scaled(summary: Summary, metric: str) -> tuple[float | None, float | None]:
+    return scaled_pair(summary.mean, summary.std, metric)
 
 
 def digits(metric: str) -> int:
@@ -74,17 +77,12 @@ def footnotes(report: Report) -> list[str]:
 def comparison_lines(report: Report) -> list[str]:
     lines = []
     for c in report.comparisons:
-        mean, std = scaled_diff(c.test.mean_diff, c.test.std_diff, c.metric)
+        mean, std = scaled_pair(c.test.mean_diff, c.test.std_diff, c.metric)
         if mean is None:
             continue
         spread = f" ± {std:.2f}" if std is not None else ""
         lines.append(f"{c.a} − {c.b}: {mean:+.2f}{spread} ({METRICS[c.metric]}, paired by seed; {c.test.verdict()})")
     return lines
-
-
-def scaled_diff(mean, std, metric):
-    factor = 100.0 if metric in PERCENT_METRICS else 1.0
-    return (None if mean is None else mean * factor), (None if std is None else std * factor)
 
 
 # -- table -------------------------------------------------------------------------------------------

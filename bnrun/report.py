@@ -121,17 +121,14 @@ def varying_hyperparameters(groups: list[Group]) -> tuple[str, ...]:
 
 
 def best_per_arch(groups: list[Group], metric: str) -> dict[str, tuple]:
-    best: dict[str, tuple] = {}
+    best: dict[str, Group] = {}
     sign = 1 if metric in HIGHER_IS_BETTER else -1
     for group in groups:
         mean = group.stats[metric].mean
-        arch = group.value("arch")
-        if mean is None:
-            continue
-        current = best.get(arch)
-        if current is None or sign * mean > sign * next(g for g in groups if g.key == current).stats[metric].mean:
-            best[arch] = group.key
-    return best
+        current = best.get(group.value("arch"))
+        if mean is not None and (current is None or sign * mean > sign * current.stats[metric].mean):
+            best[group.value("arch")] = group
+    return {arch: group.key for arch, group in best.items()}
 
 
 def paired_comparisons(groups: list[Group], metric: str) -> list[Comparison]:
