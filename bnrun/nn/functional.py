@@ -29,10 +29,17 @@ def channel_view(t: Tensor, x: Tensor) -> Tensor:
     return t.view((1, -1) + (1,) * (x.dim() - 2))
 
 
-def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and *biased* variance of a batch, each of shape (C,)."""
-    var, mean = torch.var_mean(x, dim=reduction_dims(x), correction=0)
-    return mean, var
+def centered_statistics(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel mean and *biased* variance, each (C,), plus the centered batch x − μ.
+
+    Two passes (mean, then the mean of squared deviations), as torch's own kernel does: as
+    accurate as Welford's update, and on CPU several times faster than `torch.var_mean`, whose
+    reduction over non-contiguous axes is not vectorized (measured in benchmarks/bn_layer.py).
+    """
+    dims = reduction_dims(x)
+    mean = x.mean(dims)
+    centered = x - channel_view(mean, x)
+    return mean, (centered * centered).mean(dims), centered
 
 
 def unbiased(var: Tensor, n: int) -> Tensor:
@@ -41,8 +48,12 @@ def unbiased(var: Tensor, n: int) -> Tensor:
 
 
 def scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """x · scale + shift per channel, in one pass over x (addcmul)."""
-    return torch.addcmul(channel_view(shift, x), x, channel_view(scale, x))
+    """x · scale + shift with per-channel (C,) scale and shift, in a new tensor."""
+    scale, shift = channel_view(scale, x), channel_view(shift, x)
+    if x.dim() == 2:
+        return torch.addcmul(shift, x, scale)
+    # CPU addcmul does not vectorize a (1, C, 1, 1) broadcast; two binary passes are ~2x faster.
+    return (x * scale).add_(shift)
 
 
 def normalize_forward(
@@ -50,11 +61,11 @@ def normalize_forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Training-mode forward: returns (y, x_hat, inv_std, mean, biased var).
 
-    Two elementwise passes after the statistics: x̂ = x·(1/σ̂) − μ/σ̂, then y = γ·x̂ + β.
+    After the statistics, x̂ = (x − μ)·(1/σ̂) overwrites the centered batch, then y = γ·x̂ + β.
     """
-    mean, var = batch_statistics(x)
+    mean, var, centered = centered_statistics(x)
     inv_std = torch.rsqrt(var + eps)
-    x_hat = scale_shift(x, inv_std, -mean * inv_std)
+    x_hat = centered.mul_(channel_view(inv_std, x))
     if weight is None and bias is None:
         return x_hat, x_hat, inv_std, mean, var
     weight = torch.ones_like(inv_std) if weight is None else weight
@@ -71,11 +82,9 @@ def normalize_backward(
     grad_weight = (grad_y * x_hat).sum(dims)
     scale = inv_std if weight is None else inv_std * weight
     m = values_per_channel(x_hat)
-    # dx = γ/(σ̂·m) · (m·dy − Σdy − x̂·Σ(dy·x̂)), with Σdy = dβ and Σ(dy·x̂) = dγ,
-    # written as dy·k + x̂·l + c so that it costs two addcmul passes.
-    k = scale / -m
-    grad_x = scale_shift(grad_y, scale, k * grad_bias)
-    grad_x.addcmul_(x_hat, channel_view(k * grad_weight, x_hat))
+    # dx = γ/σ̂ · (dy − (Σdy + x̂·Σ(dy·x̂))/m), with Σdy = dβ and Σ(dy·x̂) = dγ.
+    grad_x = scale_shift(x_hat, grad_weight / -m, grad_bias / -m)
+    grad_x.add_(grad_y).mul_(channel_view(scale, x_hat))
     return grad_x, grad_weight, grad_bias
 
 
@@ -99,10 +108,13 @@ class BatchNormFunction(torch.autograd.Function):
         ctx.save_for_backward(x_hat, inv_std, weight)
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, grad_y: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
+        if grad_y is None:  # only the (non-differentiable) statistics were used downstream
+            return None, None, None, None
         x_hat, inv_std, weight = ctx.saved_tensors
         grad_x, grad_weight, grad_bias = normalize_backward(grad_y.contiguous(), x_hat, inv_std, weight)
         return grad_x, grad_weight if ctx.has_weight else None, grad_bias if ctx.has_bias else None, None
