@@ -184,6 +184,7 @@ def shuffled_batches(
     1/2 when `flip`; a last batch of one is dropped (BN needs two values)."""
     order = torch.randperm(len(split), generator=generator)
     source = split.with_mirrors if flip else split.images
+    rows = source.view(len(source), -1)  # index_select on rows is a memcpy each; x[idx] on 4D is ~4x slower
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         if len(idx) < 2:
@@ -191,7 +192,7 @@ def shuffled_batches(
         labels = split.labels[idx]
         if flip:
             idx = idx + len(split) * (torch.rand(len(idx), generator=generator) < 0.5)
-        yield source[idx], labels
+        yield torch.index_select(rows, 0, idx).view(-1, *source.shape[1:]), labels
 
 
 def ordered_batches(split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:

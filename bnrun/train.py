@@ -110,10 +110,10 @@ def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generat
         if not math.isfinite(loss_value):
             raise Diverged(f"training loss became {loss_value} at sample {seen + len(y)}")
         loss_sum += loss_value * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += (logits.argmax(1) == y).sum()  # a tensor: no per-batch conversion to Python
         seen += len(y)
         reporter.batch(loss_value)
-    return loss_sum / seen, correct / seen, busy
+    return loss_sum / seen, int(correct) / seen, busy
 
 
 def population_batches(split: data_mod.Split, device: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,22 @@ def test_ast_check_catches_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import torch.nn.functional as F\nfrom torch.nn import BatchNorm2d\ny = F.batch_norm(x, m, v)\nz = torch.native_batch_norm\n")
     assert len(forbidden_uses(bad)) == 3
+
+
+def forbidden_cpp_uses(path: Path) -> list[str]:
+    """ATen/libtorch batch-norm entry points named in C++ source (at::, torch::, torch::nn::, ...)."""
+    pattern = re.compile(r"\b(" + "|".join(sorted(FORBIDDEN, key=len, reverse=True)) + r")\b")
+    return [f"{path.name}:{n} {m.group(1)}" for n, line in enumerate(path.read_text().splitlines(), 1)
+            for m in pattern.finditer(line)]
+
+
+def test_bnrun_nn_cpp_kernel_never_calls_torch_batch_norm():
+    sources = sorted((Path(bnn.__file__).parent / "csrc").glob("*.cpp"))
+    assert sources
+    assert [use for path in sources for use in forbidden_cpp_uses(path)] == []
+
+
+def test_cpp_check_catches_a_violation(tmp_path):
+    bad = tmp_path / "bad.cpp"
+    bad.write_text("auto y = at::batch_norm(x, w, b, rm, rv, true, 0.1, 1e-5, false);\nauto t = at::native_batch_norm(x);\n")
+    assert len(forbidden_cpp_uses(bad)) == 2

@@ -1,4 +1,5 @@
-"""The fused (compiled) path matches the eager reference, and falls back with a warning."""
+"""The fused paths (C++ kernel on CPU, torch.compile elsewhere) match the eager reference and
+torch.nn, pass gradcheck, and fall back to eager with a warning where they cannot be built."""
 
 from __future__ import annotations
 
@@ -9,25 +10,97 @@ import bnrun.nn as bnn
 from bnrun.nn import fused
 from bnrun.nn.functional import batch_norm_train_and_track
 
+CASES = [
+    (bnn.BatchNorm2d, (16, 4, 6, 6), {}),
+    (bnn.BatchNorm1d, (32, 8), {}),
+    (bnn.BatchNorm1d, (8, 5, 7), {"momentum": None}),
+    (bnn.BatchNorm1d, (32, 8), {"affine": False}),
+    (bnn.BatchNorm2d, (4, 3, 5, 5), {"track_running_stats": False, "eps": 1e-3}),
+]
 
-@pytest.mark.parametrize("cls,shape", [(bnn.BatchNorm2d, (16, 4, 6, 6)), (bnn.BatchNorm1d, (32, 8))])
-def test_fused_matches_eager(cls, shape):
+
+def step_outputs(layer, x, upstream):
+    xi = x.clone().requires_grad_(True)
+    y = layer(xi)
+    y.backward(upstream)
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    return [y.detach(), xi.grad, *grads, *[b.clone() for b in layer.buffers()]]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("cls,shape,kwargs", CASES)
+def test_fused_cpu_kernel_matches_eager_and_torch(cls, shape, kwargs, dtype, tol):
+    assert fused.cpu_kernel() is not None, "the C++ kernel must build here (CI has g++ and ninja)"
     torch.manual_seed(0)
-    eager, compiled = cls(shape[1]), cls(shape[1], fused=True)
-    compiled.load_state_dict(eager.state_dict())
+    eager, fast = cls(shape[1], dtype=dtype, **kwargs), cls(shape[1], dtype=dtype, fused=True, **kwargs)
+    reference = getattr(torch.nn, cls.__name__)(shape[1], dtype=dtype, **kwargs)
+    if eager.affine:
+        with torch.no_grad():
+            eager.weight.uniform_(0.5, 1.5), eager.bias.normal_()
+    fast.load_state_dict(eager.state_dict())
+    reference.load_state_dict(eager.state_dict())
     for _ in range(3):
-        x = torch.randn(shape) * 2 + 1
-        upstream = torch.randn(shape)
-        outputs = []
-        for layer in (eager, compiled):
-            xi = x.clone().requires_grad_(True)
-            y = layer(xi)
-            y.backward(upstream)
-            outputs.append((y.detach(), xi.grad, layer.weight.grad.clone(), layer.bias.grad.clone()))
-            layer.zero_grad()
-        for a, b in zip(*outputs):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(eager.running_var, compiled.running_var)
+        x = torch.randn(shape, dtype=dtype) * 2 + 1
+        upstream = torch.randn(shape, dtype=dtype)
+        expected = step_outputs(eager, x, upstream)
+        for layer in (fast, reference):
+            for a, b in zip(expected, step_outputs(layer, x, upstream), strict=True):
+                torch.testing.assert_close(b, a, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (3, 2, 3, 4)])
+def test_cpu_kernel_gradcheck(shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+    kernel = fused.cpu_kernel()
+    assert torch.autograd.gradcheck(lambda *t: kernel.train(*t, None, None, 0.0, 1e-5), (x, weight, bias))
+
+
+def test_cpu_kernel_build_failure_warns_and_trains_eagerly(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*_args, **_kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    fused.cpu_kernel.cache_clear()
+    try:
+        layer, eager = bnn.BatchNorm1d(3, fused=True), bnn.BatchNorm1d(3)
+        x = torch.randn(8, 3)
+        with pytest.warns(RuntimeWarning, match="fused batch norm unavailable .*Ninja is required"):
+            y = layer(x)
+        torch.testing.assert_close(y, eager(x))
+        torch.testing.assert_close(layer.running_var, eager.running_var)
+    finally:
+        fused.cpu_kernel.cache_clear()
+
+
+def test_half_precision_on_cpu_takes_the_eager_path():
+    layer, eager = bnn.BatchNorm1d(3, fused=True).to(torch.bfloat16), bnn.BatchNorm1d(3).to(torch.bfloat16)
+    x = torch.randn(8, 3, dtype=torch.bfloat16)
+    torch.testing.assert_close(layer(x), eager(x))
+
+
+def test_kernels_are_created_once_per_process():
+    assert fused.cpu_kernel() is fused.cpu_kernel()
+    assert fused.compiled_kernel() is fused.compiled_kernel()
+
+
+# The torch.compile path serves non-CPU devices; it is exercised here on CPU tensors directly.
+
+
+def test_compiled_kernel_matches_eager():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(16, 4, 5, 5), torch.rand(4), torch.randn(4)
+    stats = [torch.zeros(4), torch.ones(4)], [torch.zeros(4), torch.ones(4)]
+    expected = batch_norm_train_and_track(x, weight, bias, *stats[0], 0.1)
+    got = fused.compiled_kernel()(x, weight, bias, *stats[1], torch.tensor(0.1), 1e-5)
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(*stats):
+        torch.testing.assert_close(a, b)
 
 
 def test_compile_unavailable_falls_back_with_warning(monkeypatch):
@@ -58,16 +131,11 @@ def test_compile_failure_at_first_call_falls_back_once(monkeypatch):
     assert calls == [1]  # never retried: compilation cost is paid (or skipped) once per process
 
 
-def test_kernel_is_created_once_per_process():
-    assert fused.train_kernel() is fused.train_kernel()
-
-
-def test_momentum_none_does_not_recompile_each_step():
+def test_changing_factor_does_not_recompile():
     torch._dynamo.reset()
-    fused.train_kernel.cache_clear()
-    layer = bnn.BatchNorm1d(4, momentum=None, fused=True)
+    fused.compiled_kernel.cache_clear()
+    kernel = fused.compiled_kernel()
+    running = torch.zeros(4), torch.ones(4)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        layer(torch.randn(8, 4))  # first call compiles
-        for _ in range(3):
-            layer(torch.randn(8, 4))  # a new EMA factor each step: no recompilation allowed
-    assert layer.num_batches_tracked.item() == 4
+        for step in range(1, 5):  # momentum=None: a new EMA factor 1/step each step
+            kernel(torch.randn(8, 4), None, None, *running, torch.tensor(1.0 / step), 1e-5)

@@ -74,9 +74,7 @@ class _BatchNorm(nn.Module):
             factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
         running = (self.running_mean, self.running_var) if tracking else (None, None)
         if self.fused:
-            # factor travels as a tensor so that a changing value (momentum=None) never recompiles
-            factor = torch.tensor(factor, dtype=x.dtype)
-            return fused_kernels.train_kernel()(x, self.weight, self.bias, *running, factor, self.eps)
+            return fused_kernels.train_step(x, self.weight, self.bias, *running, factor, self.eps)
         return F.batch_norm_train_and_track(x, self.weight, self.bias, *running, factor, self.eps)
 
     def _check_input(self, x: Tensor) -> None:

@@ -1,22 +1,86 @@
-"""The opt-in fast path: the same batch-norm math, compiled once per process by torch.compile.
+"""The opt-in fast path (`fused=True`): the same batch-norm math with one call per layer.
 
-The whole training-mode step (`batch_norm_train_and_track`: the custom autograd Function with
-its hand-derived backward, plus the running-statistics update) is one compiled region, so
-Inductor fuses the statistics, normalization and affine passes, and separately the backward's
-two reductions and elementwise pass, into a few loops, and Python runs one call per layer
-instead of a dozen small ops. Where compilation is unavailable (no C++ compiler, an unsupported
-platform) it warns once and falls back to the eager function.
+On CPU (float32/float64) it is `csrc/bn_cpu.cpp`: the statistics, normalization, affine step,
+running-statistics update and the hand-derived backward written as C++ loops, with the autograd
+node in C++ too, so a layer costs a few passes over memory and no Python per tensor op. It is
+built once per machine by `torch.utils.cpp_extension` (about a minute; cached under
+`~/.cache/torch_extensions`) and loaded once per process. On other devices (CUDA) the eager
+training step is compiled by torch.compile instead. Where either build is unavailable (no C++
+compiler, no ninja, an unsupported platform) it warns once and falls back to the eager path.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import shutil
 import warnings
+from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
+from torch import Tensor
 
 from bnrun.nn.functional import batch_norm_train_and_track
+
+CPU_SOURCE = Path(__file__).with_name("csrc") / "bn_cpu.cpp"
+CPU_DTYPES = (torch.float32, torch.float64)
+
+
+def train_step(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    factor: float,
+    eps: float,
+) -> Tensor:
+    """`functional.batch_norm_train_and_track` through the fastest path available for `x`."""
+    if x.device.type != "cpu":
+        # factor travels as a tensor so that a changing value (momentum=None) never recompiles
+        factor_tensor = torch.tensor(factor, dtype=x.dtype, device=x.device)
+        return compiled_kernel()(x, weight, bias, running_mean, running_var, factor_tensor, eps)
+    kernel = cpu_kernel() if _cpu_kernel_supports(x, weight, bias) else None
+    if kernel is None:
+        return batch_norm_train_and_track(x, weight, bias, running_mean, running_var, factor, eps)
+    return kernel.train(x, weight, bias, running_mean, running_var, factor, eps)
+
+
+def _cpu_kernel_supports(x: Tensor, *affine: Tensor | None) -> bool:
+    return x.dtype in CPU_DTYPES and all(t is None or t.dtype == x.dtype for t in affine)
+
+
+@functools.cache
+def cpu_kernel() -> ModuleType | None:
+    """The C++ extension, built on first use and loaded once per process; None where unavailable."""
+    try:
+        _put_pip_ninja_on_path()
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
+        from torch.utils import cpp_extension
+
+        return cpp_extension.load(
+            name="bnrun_bn_cpu",
+            sources=[str(CPU_SOURCE)],
+            extra_cflags=["-O3", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+        )
+    except Exception as error:  # noqa: BLE001 - any build failure means "no fast path here"
+        _warn_fallback(error)
+        return None
+
+
+def _put_pip_ninja_on_path() -> None:
+    """torch's build needs `ninja` on PATH; the `ninja` wheel installs it next to the interpreter."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 class _CompiledOrEager:
@@ -55,6 +119,6 @@ def _warn_fallback(error: Exception) -> None:
 
 
 @functools.cache
-def train_kernel() -> _CompiledOrEager:
-    """The process-wide compiled training step (created on first use, compiled once per shape)."""
+def compiled_kernel() -> _CompiledOrEager:
+    """The process-wide torch.compile'd training step for non-CPU devices (compiled once per shape)."""
     return _CompiledOrEager(batch_norm_train_and_track)

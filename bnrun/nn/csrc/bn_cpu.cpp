@@ -1,0 +1,241 @@
+// bnrun's fused CPU batch norm (training mode): the math of bnrun/nn/functional.py written as
+// loops, so that the statistics, the normalization and the affine step each cost one pass over
+// memory and Python is entered once per layer, not once per tensor op.
+//
+// The input is viewed as (N, C, S), S = 1 for (N, C), L for (N, C, L) and H·W for (N, C, H, W);
+// every statistic is per channel over m = N·S values. Per channel:
+//   forward   μ = Σx/m, σ² = Σ(x−μ)²/m (biased; two passes, like torch's kernel), ι = 1/√(σ²+ε),
+//             y = a·x + k with a = γι, k = β − μa; running stats move towards μ and σ²·m/(m−1).
+//   backward  dβ = Σdy, dγ = ι·Σdy·(x−μ), and the closed form of functional.normalize_backward,
+//             dx = γι·(dy − (dβ + x̂·dγ)/m), expanded to dx = a·dy + b·x + k per channel.
+// Sums run in float inside a row of S values and in double across rows.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <array>
+#include <vector>
+
+namespace {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct Shape {
+  int64_t n, c, s;
+  int64_t m() const { return n * s; }
+};
+
+Shape shape_of(const Tensor& x) {
+  const int64_t n = x.size(0), c = x.size(1);
+  return {n, c, x.numel() / (n * c)};
+}
+
+// Channels per task so that each thread gets enough work to be worth waking.
+int64_t grain(const Shape& shape) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, shape.m())); }
+
+// For channels [c0, c1): out[j][c - c0] = Σ over n, s of term(i, c)[j] for the flat index i of
+// (n, c, s); J terms are summed in the same pass. S == 1 walks rows of C contiguous channels
+// (vectorizes over c); S > 1 walks each channel's rows of S contiguous values.
+template <int J, typename scalar_t, typename Term>
+void channel_sums(const Shape& shape, int64_t c0, int64_t c1, Term term, std::array<double*, J> out) {
+  for (int j = 0; j < J; ++j) std::fill(out[j], out[j] + (c1 - c0), 0.0);
+  if (shape.s == 1) {
+    for (int64_t row = 0; row < shape.n * shape.c; row += shape.c) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const auto t = term(row + c, c);
+        for (int j = 0; j < J; ++j) out[j][c - c0] += t[j];
+      }
+    }
+    return;
+  }
+  for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t n = 0; n < shape.n; ++n) {
+      const int64_t base = (n * shape.c + c) * shape.s;
+      scalar_t r0 = 0, r1 = 0;
+#pragma omp simd reduction(+ : r0, r1)
+      for (int64_t s = 0; s < shape.s; ++s) {
+        const auto t = term(base + s, c);
+        r0 += t[0];
+        if constexpr (J == 2) r1 += t[1];
+      }
+      out[0][c - c0] += r0;
+      if constexpr (J == 2) out[1][c - c0] += r1;
+    }
+  }
+}
+
+// Per-channel mean and sum of squared deviations Σ(x − μ)², for channels [c0, c1).
+// S == 1: two passes over the (small, cache-resident) batch. S > 1: each row of S values is
+// summed twice while it sits in L1, and rows are merged with Chan et al.'s pairwise update, so
+// the batch is read from memory once and the result is as accurate as a two-pass computation.
+template <typename scalar_t>
+void channel_moments(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* px, double* mean, double* squares) {
+  if (shape.s == 1) {
+    channel_sums<1, scalar_t>(shape, c0, c1, [&](int64_t i, int64_t) { return std::array<scalar_t, 1>{px[i]}; }, {mean});
+    for (int64_t c = c0; c < c1; ++c) mean[c - c0] /= shape.m();
+    channel_sums<1, scalar_t>(
+        shape, c0, c1,
+        [&](int64_t i, int64_t c) {
+          const scalar_t d = px[i] - static_cast<scalar_t>(mean[c - c0]);
+          return std::array<scalar_t, 1>{d * d};
+        },
+        {squares});
+    return;
+  }
+  for (int64_t c = c0; c < c1; ++c) {
+    double count = 0, mu = 0, m2 = 0;
+    for (int64_t n = 0; n < shape.n; ++n) {
+      const scalar_t* row = px + (n * shape.c + c) * shape.s;
+      scalar_t sum = 0, row_m2 = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t s = 0; s < shape.s; ++s) sum += row[s];
+      const scalar_t row_mean = sum / shape.s;
+#pragma omp simd reduction(+ : row_m2)
+      for (int64_t s = 0; s < shape.s; ++s) row_m2 += (row[s] - row_mean) * (row[s] - row_mean);
+      const double merged = count + shape.s, delta = row_mean - mu;
+      mu += delta * shape.s / merged;
+      m2 += row_m2 + delta * delta * count * shape.s / merged;
+      count = merged;
+    }
+    mean[c - c0] = mu;
+    squares[c - c0] = m2;
+  }
+}
+
+// dst[i] = a[c]·src[i] + k[c] (+ b[c]·extra[i] when extra is given) for channels [c0, c1).
+template <typename scalar_t>
+void channel_affine(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* src, const scalar_t* a,
+                    const scalar_t* k, const scalar_t* extra, const scalar_t* b, scalar_t* dst) {
+  if (shape.s == 1) {  // rows of C contiguous channels: vectorize over c
+    for (int64_t row = 0; row < shape.n * shape.c; row += shape.c) {
+      if (extra == nullptr) {
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) dst[row + c] = a[c] * src[row + c] + k[c];
+      } else {
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) dst[row + c] = a[c] * src[row + c] + b[c] * extra[row + c] + k[c];
+      }
+    }
+    return;
+  }
+  for (int64_t n = 0; n < shape.n; ++n) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t base = (n * shape.c + c) * shape.s;
+      const scalar_t ac = a[c], kc = k[c];
+      if (extra == nullptr) {
+#pragma omp simd
+        for (int64_t s = 0; s < shape.s; ++s) dst[base + s] = ac * src[base + s] + kc;
+      } else {
+        const scalar_t bc = b[c];
+#pragma omp simd
+        for (int64_t s = 0; s < shape.s; ++s) dst[base + s] = ac * src[base + s] + bc * extra[base + s] + kc;
+      }
+    }
+  }
+}
+
+// Returns (y, mean, biased var, 1/σ̂).
+std::vector<Tensor> forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  const Shape shape = shape_of(x);
+  auto stats = x.options().dtype(x.scalar_type());
+  Tensor y = torch::empty_like(x), mean = torch::empty({shape.c}, stats), var = torch::empty({shape.c}, stats),
+         inv_std = torch::empty({shape.c}, stats);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnrun_forward", [&] {
+    const scalar_t *px = x.data_ptr<scalar_t>(), *pweight = weight.data_ptr<scalar_t>(), *pbias = bias.data_ptr<scalar_t>();
+    scalar_t *pmean = mean.data_ptr<scalar_t>(), *pvar = var.data_ptr<scalar_t>(), *pinv = inv_std.data_ptr<scalar_t>();
+    std::vector<scalar_t> a(shape.c), k(shape.c);
+    at::parallel_for(0, shape.c, grain(shape), [&](int64_t c0, int64_t c1) {
+      std::vector<double> means(c1 - c0), squares(c1 - c0);
+      channel_moments<scalar_t>(shape, c0, c1, px, means.data(), squares.data());
+      for (int64_t c = c0; c < c1; ++c) {
+        pmean[c] = static_cast<scalar_t>(means[c - c0]);
+        pvar[c] = static_cast<scalar_t>(squares[c - c0] / shape.m());
+        pinv[c] = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(pvar[c]) + eps));
+        a[c] = pweight[c] * pinv[c];
+        k[c] = pbias[c] - pmean[c] * a[c];
+      }
+      channel_affine<scalar_t>(shape, c0, c1, px, a.data(), k.data(), nullptr, nullptr, y.data_ptr<scalar_t>());
+    });
+  });
+  return {y, mean, var, inv_std};
+}
+
+// Returns (dx, dγ, dβ).
+std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& inv_std,
+                                    const Tensor& weight) {
+  const Shape shape = shape_of(x);
+  Tensor grad_x = torch::empty_like(x), grad_weight = torch::empty_like(mean), grad_bias = torch::empty_like(mean);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnrun_backward", [&] {
+    const scalar_t *px = x.data_ptr<scalar_t>(), *pdy = grad_y.data_ptr<scalar_t>(), *pweight = weight.data_ptr<scalar_t>();
+    const scalar_t *pmean = mean.data_ptr<scalar_t>(), *pinv = inv_std.data_ptr<scalar_t>();
+    scalar_t *pdw = grad_weight.data_ptr<scalar_t>(), *pdb = grad_bias.data_ptr<scalar_t>();
+    std::vector<scalar_t> a(shape.c), b(shape.c), k(shape.c);
+    at::parallel_for(0, shape.c, grain(shape), [&](int64_t c0, int64_t c1) {
+      std::vector<double> sum_dy(c1 - c0), sum_dy_centered(c1 - c0);
+      channel_sums<2, scalar_t>(
+          shape, c0, c1,
+          [&](int64_t i, int64_t c) { return std::array<scalar_t, 2>{pdy[i], pdy[i] * (px[i] - pmean[c])}; },
+          {sum_dy.data(), sum_dy_centered.data()});
+      for (int64_t c = c0; c < c1; ++c) {
+        const double inv = pinv[c], m = static_cast<double>(shape.m());
+        const double db = sum_dy[c - c0], dw = inv * sum_dy_centered[c - c0];
+        pdb[c] = static_cast<scalar_t>(db);
+        pdw[c] = static_cast<scalar_t>(dw);
+        const double ac = pweight[c] * inv;  // γι
+        const double bc = -ac * inv * dw / m;                       // coefficient of x (x̂ = ι(x − μ))
+        a[c] = static_cast<scalar_t>(ac);
+        b[c] = static_cast<scalar_t>(bc);
+        k[c] = static_cast<scalar_t>(-ac * db / m - bc * pmean[c]);
+      }
+      channel_affine<scalar_t>(shape, c0, c1, pdy, a.data(), k.data(), px, b.data(), grad_x.data_ptr<scalar_t>());
+    });
+  });
+  return {grad_x, grad_weight, grad_bias};
+}
+
+class TrainFunction : public torch::autograd::Function<TrainFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, Tensor x, Tensor weight, Tensor bias, double eps) {
+    x = x.contiguous();
+    weight = weight.contiguous();
+    bias = bias.contiguous();
+    auto out = forward_kernel(x, weight, bias, eps);  // y, mean, var, inv_std
+    ctx->save_for_backward({x, out[1], out[3], weight});
+    ctx->mark_non_differentiable({out[1], out[2]});
+    ctx->set_materialize_grads(false);
+    return {out[0], out[1], out[2]};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
+    auto saved = ctx->get_saved_variables();
+    auto g = backward_kernel(grads[0].contiguous(), saved[0], saved[1], saved[2], saved[3]);
+    return {g[0], g[1], g[2], Tensor()};
+  }
+};
+
+
+// The training step in full: normalize with batch statistics, fold them into the running ones.
+Tensor train(const Tensor& x, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
+             const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, double factor,
+             double eps) {
+  // Without affine parameters γ = 1 and β = 0; their gradients then go nowhere (nothing requires them).
+  const int64_t channels = x.size(1);
+  auto out = TrainFunction::apply(x, weight.has_value() ? *weight : torch::ones({channels}, x.options()),
+                                  bias.has_value() ? *bias : torch::zeros({channels}, x.options()), eps);
+  if (running_mean.has_value()) {
+    torch::NoGradGuard no_grad;
+    const double m = static_cast<double>(shape_of(x).m());
+    running_mean->lerp_(out[1].to(running_mean->scalar_type()), factor);
+    running_var->lerp_((out[2] * (m / (m - 1))).to(running_var->scalar_type()), factor);
+  }
+  return out[0];
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("train", &train, "bnrun fused training-mode batch norm (CPU)");
+}
