@@ -60,7 +60,7 @@ def train(
     schedule: Annotated[str, typer.Option(help="onecycle, cosine or constant.")] = "onecycle",
     augment: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
     train_subset: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
-    fused: Annotated[bool, typer.Option(help="The compiled fast path of the custom BN.")] = False,
+    fused: Annotated[bool, typer.Option(help="The fused fast path of the custom BN (C++ kernel on CPU, torch.compile on GPU).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Rerun trials already completed in the store.")] = False,
     db: DbOption = None,

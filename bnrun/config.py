@@ -24,7 +24,7 @@ class TrainConfig:
     arch: str = "cnn"  # mlp | cnn
     bn: str = "pre"  # none | pre (g(BN(f(x)))) | post (BN(g(f(x))))
     bn_impl: str = "custom"  # custom (bnrun.nn) | torch (reference baseline)
-    fused: bool = False  # the compiled BN fast path
+    fused: bool = False  # the fused BN fast path (bnrun.nn.fused)
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.05  # peak learning rate of the schedule
