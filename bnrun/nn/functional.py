@@ -26,6 +26,8 @@ def values_per_channel(x: Tensor) -> int:
 
 def channel_view(t: Tensor, x: Tensor) -> Tensor:
     """Reshape a (C,) vector so it broadcasts against `x` along axis 1: (1, C, 1, ...)."""
+    if x.dim() == 2:  # (C,) already broadcasts against (N, C); skipping the view saves a call per use
+        return t
     return t.view((1, -1) + (1,) * (x.dim() - 2))
 
 
