@@ -26,7 +26,6 @@ from torch import Tensor
 from bnrun.nn.functional import batch_norm_train_and_track
 
 CPU_SOURCE = Path(__file__).with_name("csrc") / "bn_cpu.cpp"
-CPU_DTYPES = (torch.float32, torch.float64)
 
 
 def train_step(
@@ -39,18 +38,16 @@ def train_step(
     eps: float,
 ) -> Tensor:
     """`functional.batch_norm_train_and_track` through the fastest path available for `x`."""
-    if x.device.type != "cpu":
-        # factor travels as a tensor so that a changing value (momentum=None) never recompiles
-        factor_tensor = torch.tensor(factor, dtype=x.dtype, device=x.device)
-        return compiled_kernel()(x, weight, bias, running_mean, running_var, factor_tensor, eps)
-    kernel = cpu_kernel() if _cpu_kernel_supports(x, weight, bias) else None
-    if kernel is None:
+    if x.is_cpu:
+        kernel = cpu_kernel()
+        # The kernel answers None for what it does not handle (half precision, mixed dtypes).
+        y = None if kernel is None else kernel.train(x, weight, bias, running_mean, running_var, factor, eps)
+        if y is not None:
+            return y
         return batch_norm_train_and_track(x, weight, bias, running_mean, running_var, factor, eps)
-    return kernel.train(x, weight, bias, running_mean, running_var, factor, eps)
-
-
-def _cpu_kernel_supports(x: Tensor, *affine: Tensor | None) -> bool:
-    return x.dtype in CPU_DTYPES and all(t is None or t.dtype == x.dtype for t in affine)
+    # factor travels as a tensor so that a changing value (momentum=None) never recompiles
+    factor_tensor = torch.tensor(factor, dtype=x.dtype, device=x.device)
+    return compiled_kernel()(x, weight, bias, running_mean, running_var, factor_tensor, eps)
 
 
 @functools.cache
@@ -64,12 +61,17 @@ def cpu_kernel() -> ModuleType | None:
         return cpp_extension.load(
             name="bnrun_bn_cpu",
             sources=[str(CPU_SOURCE)],
-            extra_cflags=["-O3", "-fopenmp"],
+            extra_cflags=["-O3", "-fopenmp", *_vector_flags()],
             extra_ldflags=["-fopenmp"],
         )
     except Exception as error:  # noqa: BLE001 - any build failure means "no fast path here"
         _warn_fallback(error)
         return None
+
+
+def _vector_flags() -> list[str]:
+    """AVX2/FMA where torch itself runs AVX2 or AVX-512 kernels on this CPU (the build is per machine)."""
+    return ["-mavx2", "-mfma"] if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else []
 
 
 def _put_pip_ninja_on_path() -> None:

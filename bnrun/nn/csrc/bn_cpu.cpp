@@ -4,16 +4,16 @@
 //
 // The input is viewed as (N, C, S), S = 1 for (N, C), L for (N, C, L) and H·W for (N, C, H, W);
 // every statistic is per channel over m = N·S values. Per channel:
-//   forward   μ = Σx/m, σ² = Σ(x−μ)²/m (biased; two passes, like torch's kernel), ι = 1/√(σ²+ε),
+//   forward   μ = Σx/m, σ² = Σ(x−μ)²/m (biased; see channel_moments), ι = 1/√(σ²+ε),
 //             y = a·x + k with a = γι, k = β − μa; running stats move towards μ and σ²·m/(m−1).
 //   backward  dβ = Σdy, dγ = ι·Σdy·(x−μ), and the closed form of functional.normalize_backward,
 //             dx = γι·(dy − (dβ + x̂·dγ)/m), expanded to dx = a·dy + b·x + k per channel.
-// Sums run in float inside a row of S values and in double across rows.
+// Sums run in scalar_t within a row of S values (a block of rows when S = 1), in double beyond.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
-#include <array>
+#include <algorithm>
 #include <vector>
 
 namespace {
@@ -35,33 +35,36 @@ Shape shape_of(const Tensor& x) {
 // Channels per task so that each thread gets enough work to be worth waking.
 int64_t grain(const Shape& shape) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, shape.m())); }
 
-// For channels [c0, c1): out[j][c - c0] = Σ over n, s of term(i, c)[j] for the flat index i of
-// (n, c, s); J terms are summed in the same pass. S == 1 walks rows of C contiguous channels
-// (vectorizes over c); S > 1 walks each channel's rows of S contiguous values.
-template <int J, typename scalar_t, typename Term>
-void channel_sums(const Shape& shape, int64_t c0, int64_t c1, Term term, std::array<double*, J> out) {
-  for (int j = 0; j < J; ++j) std::fill(out[j], out[j] + (c1 - c0), 0.0);
+// For channels [c0, c1): out[c - c0] = Σ over n, s of term(i, c), i the flat index of (n, c, s).
+// S == 1 walks rows of C contiguous channels, vectorized over c: blocks of rows are summed in
+// scalar_t, each block's sum then in double. S > 1 sums each row of S contiguous values in
+// scalar_t (vectorized), rows in double. (One term per call: a generic two-term version did not vectorize; see gradient_sums.)
+template <typename scalar_t, typename Term>
+void channel_sums(const Shape& shape, int64_t c0, int64_t c1, Term term, double* out) {
+  const int64_t width = c1 - c0;
+  std::fill(out, out + width, 0.0);
   if (shape.s == 1) {
-    for (int64_t row = 0; row < shape.n * shape.c; row += shape.c) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const auto t = term(row + c, c);
-        for (int j = 0; j < J; ++j) out[j][c - c0] += t[j];
+    constexpr int64_t kRowsPerBlock = 64;
+    std::vector<scalar_t> block(width);
+    for (int64_t first = 0; first < shape.n; first += kRowsPerBlock) {
+      std::fill(block.begin(), block.end(), scalar_t(0));
+      const int64_t last = std::min(shape.n, first + kRowsPerBlock);
+      for (int64_t row = first * shape.c; row < last * shape.c; row += shape.c) {
+        scalar_t* b = block.data() - c0;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) b[c] += term(row + c, c);
       }
+      for (int64_t i = 0; i < width; ++i) out[i] += block[i];
     }
     return;
   }
   for (int64_t c = c0; c < c1; ++c) {
     for (int64_t n = 0; n < shape.n; ++n) {
       const int64_t base = (n * shape.c + c) * shape.s;
-      scalar_t r0 = 0, r1 = 0;
-#pragma omp simd reduction(+ : r0, r1)
-      for (int64_t s = 0; s < shape.s; ++s) {
-        const auto t = term(base + s, c);
-        r0 += t[0];
-        if constexpr (J == 2) r1 += t[1];
-      }
-      out[0][c - c0] += r0;
-      if constexpr (J == 2) out[1][c - c0] += r1;
+      scalar_t row = 0;
+#pragma omp simd reduction(+ : row)
+      for (int64_t s = 0; s < shape.s; ++s) row += term(base + s, c);
+      out[c - c0] += row;
     }
   }
 }
@@ -73,15 +76,15 @@ void channel_sums(const Shape& shape, int64_t c0, int64_t c1, Term term, std::ar
 template <typename scalar_t>
 void channel_moments(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* px, double* mean, double* squares) {
   if (shape.s == 1) {
-    channel_sums<1, scalar_t>(shape, c0, c1, [&](int64_t i, int64_t) { return std::array<scalar_t, 1>{px[i]}; }, {mean});
+    channel_sums<scalar_t>(shape, c0, c1, [&](int64_t i, int64_t) { return px[i]; }, mean);
     for (int64_t c = c0; c < c1; ++c) mean[c - c0] /= shape.m();
-    channel_sums<1, scalar_t>(
+    channel_sums<scalar_t>(
         shape, c0, c1,
         [&](int64_t i, int64_t c) {
           const scalar_t d = px[i] - static_cast<scalar_t>(mean[c - c0]);
-          return std::array<scalar_t, 1>{d * d};
+          return d * d;
         },
-        {squares});
+        squares);
     return;
   }
   for (int64_t c = c0; c < c1; ++c) {
@@ -101,6 +104,37 @@ void channel_moments(const Shape& shape, int64_t c0, int64_t c1, const scalar_t*
     }
     mean[c - c0] = mu;
     squares[c - c0] = m2;
+  }
+}
+
+// Per-channel Σdy and Σdy·(x − μ) for channels [c0, c1). S > 1: both in one read of dy and x,
+// written out plainly so that the two-sum loop vectorizes; S == 1 (cache-resident): two passes.
+template <typename scalar_t>
+void gradient_sums(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* pdy, const scalar_t* px,
+                   const scalar_t* pmean, double* sum_dy, double* sum_dy_centered) {
+  if (shape.s == 1) {
+    channel_sums<scalar_t>(shape, c0, c1, [&](int64_t i, int64_t) { return pdy[i]; }, sum_dy);
+    channel_sums<scalar_t>(
+        shape, c0, c1, [&](int64_t i, int64_t c) { return pdy[i] * (px[i] - pmean[c]); }, sum_dy_centered);
+    return;
+  }
+  for (int64_t c = c0; c < c1; ++c) {
+    const scalar_t mu = pmean[c];
+    double total_dy = 0, total_dy_centered = 0;
+    for (int64_t n = 0; n < shape.n; ++n) {
+      const scalar_t* dy = pdy + (n * shape.c + c) * shape.s;
+      const scalar_t* x = px + (n * shape.c + c) * shape.s;
+      scalar_t r0 = 0, r1 = 0;
+#pragma omp simd reduction(+ : r0, r1)
+      for (int64_t s = 0; s < shape.s; ++s) {
+        r0 += dy[s];
+        r1 += dy[s] * (x[s] - mu);
+      }
+      total_dy += r0;
+      total_dy_centered += r1;
+    }
+    sum_dy[c - c0] = total_dy;
+    sum_dy_centered[c - c0] = total_dy_centered;
   }
 }
 
@@ -174,10 +208,7 @@ std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, const
     std::vector<scalar_t> a(shape.c), b(shape.c), k(shape.c);
     at::parallel_for(0, shape.c, grain(shape), [&](int64_t c0, int64_t c1) {
       std::vector<double> sum_dy(c1 - c0), sum_dy_centered(c1 - c0);
-      channel_sums<2, scalar_t>(
-          shape, c0, c1,
-          [&](int64_t i, int64_t c) { return std::array<scalar_t, 2>{pdy[i], pdy[i] * (px[i] - pmean[c])}; },
-          {sum_dy.data(), sum_dy_centered.data()});
+      gradient_sums<scalar_t>(shape, c0, c1, pdy, px, pmean, sum_dy.data(), sum_dy_centered.data());
       for (int64_t c = c0; c < c1; ++c) {
         const double inv = pinv[c], m = static_cast<double>(shape.m());
         const double db = sum_dy[c - c0], dw = inv * sum_dy_centered[c - c0];
@@ -217,19 +248,40 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
 };
 
 
+// float32/float64 on CPU, every per-channel tensor of x's dtype and contiguous (the loops read them raw).
+bool supported(const Tensor& x, std::initializer_list<const std::optional<Tensor>*> per_channel) {
+  if (!x.device().is_cpu() || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble)) return false;
+  for (const auto* t : per_channel) {
+    if (t->has_value() && ((*t)->scalar_type() != x.scalar_type() || !(*t)->is_contiguous() || !(*t)->device().is_cpu())) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // The training step in full: normalize with batch statistics, fold them into the running ones.
+// Returns an undefined tensor (None in Python) for input it does not handle; the caller goes eager.
 Tensor train(const Tensor& x, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
              const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, double factor,
              double eps) {
+  if (!supported(x, {&weight, &bias, &running_mean, &running_var})) return Tensor();
   // Without affine parameters γ = 1 and β = 0; their gradients then go nowhere (nothing requires them).
   const int64_t channels = x.size(1);
   auto out = TrainFunction::apply(x, weight.has_value() ? *weight : torch::ones({channels}, x.options()),
                                   bias.has_value() ? *bias : torch::zeros({channels}, x.options()), eps);
   if (running_mean.has_value()) {
-    torch::NoGradGuard no_grad;
+    // One loop over C instead of four tensor ops; bnrun.nn.fused checks the buffers' dtype is x's.
     const double m = static_cast<double>(shape_of(x).m());
-    running_mean->lerp_(out[1].to(running_mean->scalar_type()), factor);
-    running_var->lerp_((out[2] * (m / (m - 1))).to(running_var->scalar_type()), factor);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnrun_running_stats", [&] {
+      const scalar_t *mean = out[1].data_ptr<scalar_t>(), *var = out[2].data_ptr<scalar_t>();
+      scalar_t *rm = running_mean->data_ptr<scalar_t>(), *rv = running_var->data_ptr<scalar_t>();
+      for (int64_t c = 0; c < channels; ++c) {
+        rm[c] = static_cast<scalar_t>(rm[c] + factor * (mean[c] - rm[c]));
+        rv[c] = static_cast<scalar_t>(rv[c] + factor * (var[c] * m / (m - 1) - rv[c]));
+      }
+    });
+    running_mean->unsafeGetTensorImpl()->bump_version();  // as an in-place tensor op would
+    running_var->unsafeGetTensorImpl()->bump_version();
   }
   return out[0];
 }
