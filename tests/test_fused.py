@@ -59,6 +59,22 @@ def test_cpu_kernel_gradcheck(shape):
     assert torch.autograd.gradcheck(lambda *t: kernel.train(*t, None, None, 0.0, 1e-5), (x, weight, bias))
 
 
+@pytest.mark.parametrize("shape", [(4096, 8), (64, 4, 32, 32)])
+def test_cpu_kernel_statistics_stay_accurate_for_offset_inputs(shape):
+    """Large batches far from zero (mean 100, std 0.1) are where naive float32 sums cancel; the
+    kernel's blocked/merged sums must stay close to a float64 reference."""
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 0.1 + 100
+    layer = (bnn.BatchNorm2d if len(shape) == 4 else bnn.BatchNorm1d)(shape[1], fused=True)
+    y = layer(x)
+    reference = bnn.BatchNorm2d if len(shape) == 4 else bnn.BatchNorm1d
+    expected = reference(shape[1], dtype=torch.float64)(x.double())
+    torch.testing.assert_close(y.double(), expected, atol=5e-4, rtol=0)  # measured 8e-5
+    exact_var = x.double().var(dim=[d for d in range(x.dim()) if d != 1])
+    batch_var = (layer.running_var.double() - 0.9) / 0.1  # one step from 1 with momentum 0.1
+    torch.testing.assert_close(batch_var, exact_var, rtol=2e-4, atol=0)  # measured 3e-5
+
+
 def test_cpu_kernel_build_failure_warns_and_trains_eagerly(monkeypatch):
     from torch.utils import cpp_extension
 

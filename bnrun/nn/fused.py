@@ -3,7 +3,7 @@
 On CPU (float32/float64) it is `csrc/bn_cpu.cpp`: the statistics, normalization, affine step,
 running-statistics update and the hand-derived backward written as C++ loops, with the autograd
 node in C++ too, so a layer costs a few passes over memory and no Python per tensor op. It is
-built once per machine by `torch.utils.cpp_extension` (about a minute; cached under
+built once per machine by `torch.utils.cpp_extension` (about 25 s; cached under
 `~/.cache/torch_extensions`) and loaded once per process. On other devices (CUDA) the eager
 training step is compiled by torch.compile instead. Where either build is unavailable (no C++
 compiler, no ninja, an unsupported platform) it warns once and falls back to the eager path.

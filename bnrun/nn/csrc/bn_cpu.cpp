@@ -9,16 +9,18 @@
 //   backward  dβ = Σdy, dγ = ι·Σdy·(x−μ), and the closed form of functional.normalize_backward,
 //             dx = γι·(dy − (dβ + x̂·dγ)/m), expanded to dx = a·dy + b·x + k per channel.
 // Sums run in scalar_t within a row of S values (a block of rows when S = 1), in double beyond.
-#include <torch/extension.h>
-
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/python.h>
 
 #include <algorithm>
 #include <vector>
 
 namespace {
 
-using torch::Tensor;
+using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -174,8 +176,8 @@ void channel_affine(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* 
 std::vector<Tensor> forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
   const Shape shape = shape_of(x);
   auto stats = x.options().dtype(x.scalar_type());
-  Tensor y = torch::empty_like(x), mean = torch::empty({shape.c}, stats), var = torch::empty({shape.c}, stats),
-         inv_std = torch::empty({shape.c}, stats);
+  Tensor y = at::empty_like(x), mean = at::empty({shape.c}, stats), var = at::empty({shape.c}, stats),
+         inv_std = at::empty({shape.c}, stats);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnrun_forward", [&] {
     const scalar_t *px = x.data_ptr<scalar_t>(), *pweight = weight.data_ptr<scalar_t>(), *pbias = bias.data_ptr<scalar_t>();
     scalar_t *pmean = mean.data_ptr<scalar_t>(), *pvar = var.data_ptr<scalar_t>(), *pinv = inv_std.data_ptr<scalar_t>();
@@ -200,7 +202,7 @@ std::vector<Tensor> forward_kernel(const Tensor& x, const Tensor& weight, const 
 std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& inv_std,
                                     const Tensor& weight) {
   const Shape shape = shape_of(x);
-  Tensor grad_x = torch::empty_like(x), grad_weight = torch::empty_like(mean), grad_bias = torch::empty_like(mean);
+  Tensor grad_x = at::empty_like(x), grad_weight = at::empty_like(mean), grad_bias = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnrun_backward", [&] {
     const scalar_t *px = x.data_ptr<scalar_t>(), *pdy = grad_y.data_ptr<scalar_t>(), *pweight = weight.data_ptr<scalar_t>();
     const scalar_t *pmean = mean.data_ptr<scalar_t>(), *pinv = inv_std.data_ptr<scalar_t>();
@@ -267,8 +269,8 @@ Tensor train(const Tensor& x, const std::optional<Tensor>& weight, const std::op
   if (!supported(x, {&weight, &bias, &running_mean, &running_var})) return Tensor();
   // Without affine parameters γ = 1 and β = 0; their gradients then go nowhere (nothing requires them).
   const int64_t channels = x.size(1);
-  auto out = TrainFunction::apply(x, weight.has_value() ? *weight : torch::ones({channels}, x.options()),
-                                  bias.has_value() ? *bias : torch::zeros({channels}, x.options()), eps);
+  auto out = TrainFunction::apply(x, weight.has_value() ? *weight : at::ones({channels}, x.options()),
+                                  bias.has_value() ? *bias : at::zeros({channels}, x.options()), eps);
   if (running_mean.has_value()) {
     // One loop over C instead of four tensor ops; bnrun.nn.fused checks the buffers' dtype is x's.
     const double m = static_cast<double>(shape_of(x).m());
