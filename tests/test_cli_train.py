@@ -86,3 +86,18 @@ def test_same_seed_same_initial_weights_across_placements():
     for other in conv_and_linear[1:]:
         torch.testing.assert_close(conv_and_linear[0], other, rtol=0, atol=0)
     assert weights
+
+
+def test_fused_training_prepares_the_kernel_first_and_matches_eager(tmp_path):
+    """`--fused` announces the kernel build before any trial and trains like the eager path
+    (same seed, same batches; the layers agree to float rounding)."""
+    from conftest import run_bnrun
+
+    common = ["train", "--arch", "mlp", "--bn", "pre", "--seed", "0", "--device", "cpu", *SMOKE]
+    fused = run_bnrun(*common, "--fused", "--db", str(tmp_path / "fused.db"))
+    assert fused.returncode == 0, fused.stderr
+    assert "preparing the fused batch-norm kernel" in fused.stderr
+    assert invoke(*common, "--db", str(tmp_path / "eager.db")).exit_code == 0
+    (fast,), (eager,) = Store(str(tmp_path / "fused.db")).list_runs(), Store(str(tmp_path / "eager.db")).list_runs()
+    assert (fast.status, fast.fused, eager.fused) == ("completed", True, False)
+    assert fast.train_loss == pytest.approx(eager.train_loss, rel=1e-3)
