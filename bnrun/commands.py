@@ -97,16 +97,16 @@ def train(sweep: SweepConfig, db: str | None):
     from bnrun.train import run_sweep
 
     data_mod.check_available(sweep.data_dir)  # before any row is written
-    if sweep.base.fused and sweep.base.bn_impl == "custom" and _trains_on_cpu(sweep.base.device):
+    if sweep.base.fused and _trains_on_cpu(sweep.base.device):  # (--fused with --bn-impl torch is refused earlier)
         prepare_fused_kernel()
     with open_store(db) as store:
         return run_sweep(sweep, store, RichReporter())
 
 
 def _trains_on_cpu(device: str) -> bool:
-    import torch
+    from bnrun.train import resolve_device
 
-    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return device != "cuda" and resolve_device(device) == "cpu"  # resolve_device refuses an absent cuda
 
 
 def prepare_fused_kernel() -> None:

@@ -175,9 +175,8 @@ void channel_affine(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* 
 // Returns (y, mean, biased var, 1/σ̂).
 std::vector<Tensor> forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
   const Shape shape = shape_of(x);
-  auto stats = x.options().dtype(x.scalar_type());
-  Tensor y = at::empty_like(x), mean = at::empty({shape.c}, stats), var = at::empty({shape.c}, stats),
-         inv_std = at::empty({shape.c}, stats);
+  Tensor y = at::empty_like(x), mean = at::empty({shape.c}, x.options()), var = at::empty_like(mean),
+         inv_std = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnrun_forward", [&] {
     const scalar_t *px = x.data_ptr<scalar_t>(), *pweight = weight.data_ptr<scalar_t>(), *pbias = bias.data_ptr<scalar_t>();
     scalar_t *pmean = mean.data_ptr<scalar_t>(), *pvar = var.data_ptr<scalar_t>(), *pinv = inv_std.data_ptr<scalar_t>();
@@ -217,7 +216,7 @@ std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, const
         pdb[c] = static_cast<scalar_t>(db);
         pdw[c] = static_cast<scalar_t>(dw);
         const double ac = pweight[c] * inv;  // γι
-        const double bc = -ac * inv * dw / m;                       // coefficient of x (x̂ = ι(x − μ))
+        const double bc = -ac * inv * dw / m;  // coefficient of x (x̂ = ι(x − μ))
         a[c] = static_cast<scalar_t>(ac);
         b[c] = static_cast<scalar_t>(bc);
         k[c] = static_cast<scalar_t>(-ac * db / m - bc * pmean[c]);
@@ -249,7 +248,6 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
   }
 };
 
-
 // float32/float64 on CPU, every per-channel tensor of x's dtype and contiguous (the loops read them raw).
 bool supported(const Tensor& x, std::initializer_list<const std::optional<Tensor>*> per_channel) {
   if (!x.device().is_cpu() || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble)) return false;
@@ -272,7 +270,7 @@ Tensor train(const Tensor& x, const std::optional<Tensor>& weight, const std::op
   auto out = TrainFunction::apply(x, weight.has_value() ? *weight : at::ones({channels}, x.options()),
                                   bias.has_value() ? *bias : at::zeros({channels}, x.options()), eps);
   if (running_mean.has_value()) {
-    // One loop over C instead of four tensor ops; bnrun.nn.fused checks the buffers' dtype is x's.
+    // One loop over C instead of four tensor ops (supported() checked the buffers' dtype and layout).
     const double m = static_cast<double>(shape_of(x).m());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnrun_running_stats", [&] {
       const scalar_t *mean = out[1].data_ptr<scalar_t>(), *var = out[2].data_ptr<scalar_t>();
