@@ -50,6 +50,11 @@ class Split:
         flip costs no per-batch pass (garments are left-right symmetric classes)."""
         return torch.cat([self.images, self.images.flip(3)])
 
+    def training_distribution(self, flip: bool) -> Tensor:
+        """The images training draws from: with random flips (p = 1/2) every image and its mirror
+        equally often, so the pair set is that distribution exactly."""
+        return self.with_mirrors if flip else self.images
+
 
 @dataclass(frozen=True)
 class FashionMNISTData:
@@ -183,19 +188,25 @@ def shuffled_batches(
     """Training batches: slices of a seeded permutation, each image mirrored with probability
     1/2 when `flip`; a last batch of one is dropped (BN needs two values)."""
     order = torch.randperm(len(split), generator=generator)
-    source = split.with_mirrors if flip else split.images
+    kept = len(order) - 1 if len(order) % batch_size == 1 else len(order)
+    order = order[:kept]
+    labels = split.labels[order]
+    if flip:  # one draw for the epoch: the same random stream as one draw per batch, fewer calls
+        order = order + len(split) * (torch.rand(kept, generator=generator) < 0.5)
+    source = split.training_distribution(flip)
     rows = source.view(len(source), -1)  # index_select on rows is a memcpy each; x[idx] on 4D is ~4x slower
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        if len(idx) < 2:
-            continue
-        labels = split.labels[idx]
-        if flip:
-            idx = idx + len(split) * (torch.rand(len(idx), generator=generator) < 0.5)
-        yield torch.index_select(rows, 0, idx).view(-1, *source.shape[1:]), labels
+    for start in range(0, kept, batch_size):
+        batch = torch.index_select(rows, 0, order[start : start + batch_size])
+        yield batch.view(-1, *source.shape[1:]), labels[start : start + batch_size]
 
 
 def ordered_batches(split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """Evaluation batches in dataset order (views, no copies)."""
     for start in range(0, len(split), batch_size):
         yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
+
+
+def image_batches(images: Tensor, batch_size: int) -> Iterator[Tensor]:
+    """Consecutive slices of `images` (views, no copies)."""
+    for start in range(0, len(images), batch_size):
+        yield images[start : start + batch_size]

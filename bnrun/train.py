@@ -116,8 +116,11 @@ def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generat
     return loss_sum / seen, int(correct) / seen, busy
 
 
-def population_batches(split: data_mod.Split, device: str):
-    return lambda: (x.to(device) for x, _ in data_mod.ordered_batches(split, EVAL_BATCH))
+def population_batches(split: data_mod.Split, flip: bool, device: str):
+    """The training distribution (mirrors included when training flips), in order: population
+    statistics must describe what the network was trained on, not the un-augmented images."""
+    images = split.training_distribution(flip)
+    return lambda: (x.to(device) for x in data_mod.image_batches(images, EVAL_BATCH))
 
 
 def serialize_checkpoint(model: nn.Module, running_state: dict, population: dict, config: TrainConfig) -> bytes:
@@ -195,7 +198,7 @@ def fit(config: TrainConfig, seed: int, dataset: data_mod.FashionMNISTData, stor
 def finish(model, config, dataset, store, run_id, best_val, last: EpochRecord) -> FinalMetrics:
     test_loss_running, test_acc_running = evaluate(model, dataset.test, config.device)
     running_state = {k: v.clone() for k, v in model.state_dict().items()}
-    population = recompute_population_statistics(model, population_batches(dataset.train, config.device))
+    population = recompute_population_statistics(model, population_batches(dataset.train, config.augment, config.device))
     test_loss_pop, test_acc_pop = evaluate(model, dataset.test, config.device)
     metrics = FinalMetrics(last.train_loss, last.train_acc, last.val_acc, best_val, test_loss_running,
                            test_acc_running, test_loss_pop, test_acc_pop)

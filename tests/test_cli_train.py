@@ -50,6 +50,28 @@ def test_eval_reproduces_stored_accuracy_exactly(trained_store):
     store.close()
 
 
+def test_population_statistics_describe_the_mirrored_training_distribution(trained_store):
+    """Training flips at random, so the first BN layer's stored population statistics are the exact
+    moments of its input over every training image and its mirror, not the images alone."""
+    import torch
+
+    from bnrun import data
+    from bnrun.evaluate import rebuild_model
+
+    store = Store(str(trained_store))
+    model, population = rebuild_model(store.get_run(1), store.load_checkpoint(1))
+    store.close()
+    images = data.load(None, 2000).train.images.double()
+    conv = model[0].double()
+    with torch.no_grad():
+        mirrored = conv(torch.cat([images, images.flip(3)]))
+        plain = conv(images)
+    stored = population["1"]
+    torch.testing.assert_close(stored["mean"].double(), mirrored.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stored["var"].double(), mirrored.var((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(stored["var"].double(), plain.var((0, 2, 3)), rtol=1e-4, atol=1e-6)
+
+
 def test_rerun_skips_completed_trials(trained_store):
     result = invoke("train", "--arch", "cnn", "--bn", "pre", "--seeds", "2", *SMOKE, "--db", str(trained_store))
     assert result.exit_code == 0, result.output

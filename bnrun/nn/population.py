@@ -1,5 +1,6 @@
 """Population statistics: after training, replace every BN layer's running averages with the
-exact mean and unbiased variance of that layer's input over the whole training set.
+exact mean and unbiased variance of that layer's input over the whole training set (as training
+saw it: the caller passes the augmented images when training augments).
 
 Layers are processed in forward order; each pass runs the model in prediction mode, so the BN
 layers before the current one already use their population statistics, exactly as they will at
