@@ -95,7 +95,9 @@ def evaluate(model: nn.Module, split: data_mod.Split, device: str) -> tuple[floa
 def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generator, reporter: Reporter) -> tuple[float, float, float]:
     """One pass over the training split; returns (mean loss, accuracy, seconds in fwd/bwd/step)."""
     model.train()
-    loss_sum, correct, seen, busy = 0.0, 0, 0, 0.0
+    loss_sum, busy = 0.0, 0.0
+    outputs, targets = [], []  # scored once per epoch, not batch by batch
+    seen = 0
     for x, y in data_mod.shuffled_batches(split, config.batch_size, generator, flip=config.augment):
         x, y = x.to(config.device, non_blocking=True), y.to(config.device, non_blocking=True)
         start = time.perf_counter()
@@ -110,10 +112,12 @@ def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generat
         if not math.isfinite(loss_value):
             raise Diverged(f"training loss became {loss_value} at sample {seen + len(y)}")
         loss_sum += loss_value * len(y)
-        correct += (logits.argmax(1) == y).sum()  # a tensor: no per-batch conversion to Python
         seen += len(y)
+        outputs.append(logits.detach())
+        targets.append(y)
         reporter.batch(loss_value)
-    return loss_sum / seen, int(correct) / seen, busy
+    correct = int((torch.cat(outputs).argmax(1) == torch.cat(targets)).sum())
+    return loss_sum / seen, correct / seen, busy
 
 
 def population_batches(split: data_mod.Split, flip: bool, device: str):
