@@ -49,6 +49,54 @@ def test_fused_cpu_kernel_matches_eager_and_torch(cls, shape, kwargs, dtype, tol
                 torch.testing.assert_close(b, a, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("cls,shape", [(bnn.BatchNorm2d, (16, 4, 6, 6)), (bnn.BatchNorm1d, (32, 8))])
+def test_fused_relu_matches_batch_norm_then_relu(cls, shape, dtype, tol):
+    """relu=True: the kernel's g(BN(x)) equals torch.nn's BN followed by nn.ReLU, in training
+    (output, gradients, running statistics) and in prediction mode."""
+    torch.manual_seed(0)
+    fast = cls(shape[1], dtype=dtype, fused=True, relu=True)
+    reference = torch.nn.Sequential(getattr(torch.nn, cls.__name__)(shape[1], dtype=dtype), torch.nn.ReLU())
+    with torch.no_grad():
+        fast.weight.uniform_(0.5, 1.5), fast.bias.normal_()
+    reference[0].load_state_dict(fast.state_dict())
+    for _ in range(3):
+        x = torch.randn(shape, dtype=dtype) * 2 + 1
+        upstream = torch.randn(shape, dtype=dtype)
+        got, want = step_outputs(fast, x, upstream), step_outputs(reference, x, upstream)
+        assert (got[0] == 0).float().mean() > 0.2  # the ReLU is doing something
+        for a, b in zip(want, got, strict=True):
+            torch.testing.assert_close(b, a, atol=tol, rtol=tol)
+    fast.eval(), reference.eval()
+    x = torch.randn(shape, dtype=dtype)
+    torch.testing.assert_close(fast(x), reference(x), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (3, 2, 3, 4)])
+def test_cpu_kernel_with_relu_gradcheck(shape):
+    torch.manual_seed(1)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+    kernel = fused.cpu_kernel()
+    assert torch.autograd.gradcheck(lambda *t: kernel.train(*t, None, None, 0.0, 1e-5, True), (x, weight, bias))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_fused_model_computes_the_unfused_model_with_the_same_state_dict_keys(arch):
+    from bnrun.models import build_model
+
+    torch.manual_seed(0)
+    plain = build_model(arch, "pre", "custom", fused=False)
+    fast = build_model(arch, "pre", "custom", fused=True)
+    assert list(plain.state_dict()) == list(fast.state_dict())
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(16, 1, 28, 28)
+    torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-5)
+    fast.eval(), plain.eval()
+    torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (3, 2, 3, 4)])
 def test_cpu_kernel_gradcheck(shape):
     torch.manual_seed(0)
@@ -56,7 +104,7 @@ def test_cpu_kernel_gradcheck(shape):
     weight = torch.rand(shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
     kernel = fused.cpu_kernel()
-    assert torch.autograd.gradcheck(lambda *t: kernel.train(*t, None, None, 0.0, 1e-5), (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda *t: kernel.train(*t, None, None, 0.0, 1e-5, False), (x, weight, bias))
 
 
 @pytest.mark.parametrize("shape", [(4096, 8), (64, 4, 32, 32)])
@@ -90,6 +138,7 @@ def test_cpu_kernel_build_failure_warns_and_trains_eagerly(monkeypatch):
             y = layer(x)
         torch.testing.assert_close(y, eager(x))
         torch.testing.assert_close(layer.running_var, eager.running_var)
+        torch.testing.assert_close(bnn.BatchNorm1d(3, fused=True, relu=True)(x), torch.relu(eager(x)))
     finally:
         fused.cpu_kernel.cache_clear()
 
@@ -117,6 +166,14 @@ def test_compiled_kernel_matches_eager():
     torch.testing.assert_close(got, expected)
     for a, b in zip(*stats):
         torch.testing.assert_close(a, b)
+
+
+def test_compiled_kernel_with_relu_matches_eager():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(16, 4, 5, 5), torch.rand(4), torch.randn(4)
+    expected = torch.relu(batch_norm_train_and_track(x, weight, bias, None, None, 0.0))
+    got = fused.compiled_kernel(relu=True)(x, weight, bias, None, None, torch.tensor(0.0), 1e-5)
+    torch.testing.assert_close(got, expected)
 
 
 def test_compile_unavailable_falls_back_with_warning(monkeypatch):

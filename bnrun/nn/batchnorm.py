@@ -30,6 +30,7 @@ class _BatchNorm(nn.Module):
         dtype=None,
         *,
         fused: bool = False,
+        relu: bool = False,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
@@ -39,6 +40,7 @@ class _BatchNorm(nn.Module):
         self.affine = affine
         self.track_running_stats = track_running_stats
         self.fused = fused
+        self.relu = relu  # the layer is ReLU(BN(x)): the fused kernel applies it in its output pass
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features, **factory))
             self.bias = nn.Parameter(torch.zeros(num_features, **factory))
@@ -64,7 +66,8 @@ class _BatchNorm(nn.Module):
         self._check_input(x)
         if self.training or not self.track_running_stats:
             return self._forward_batch_stats(x)
-        return F.batch_norm_eval(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
+        y = F.batch_norm_eval(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
+        return torch.relu(y) if self.relu else y
 
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
         tracking = self.training and self.track_running_stats
@@ -74,8 +77,9 @@ class _BatchNorm(nn.Module):
             factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
         running = (self.running_mean, self.running_var) if tracking else (None, None)
         if self.fused:
-            return fused_kernels.train_step(x, self.weight, self.bias, *running, factor, self.eps)
-        return F.batch_norm_train_and_track(x, self.weight, self.bias, *running, factor, self.eps)
+            return fused_kernels.train_step(x, self.weight, self.bias, *running, factor, self.eps, self.relu)
+        y = F.batch_norm_train_and_track(x, self.weight, self.bias, *running, factor, self.eps)
+        return torch.relu(y) if self.relu else y
 
     def _check_input(self, x: Tensor) -> None:
         name = type(self).__name__
@@ -89,7 +93,7 @@ class _BatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}, fused={self.fused}"
+            f"track_running_stats={self.track_running_stats}, fused={self.fused}" + (", relu=True" if self.relu else "")
         )
 
 

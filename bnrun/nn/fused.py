@@ -1,4 +1,5 @@
-"""The opt-in fast path (`fused=True`): the same batch-norm math with one call per layer.
+"""The opt-in fast path (`fused=True`): the same batch-norm math with one call per layer, and
+for BN before the activation, g(BN(x)) with g = ReLU, the activation in the same call.
 
 On CPU (float32/float64) it is `csrc/bn_cpu.cpp`: the statistics, normalization, affine step,
 running-statistics update and the hand-derived backward written as C++ loops, with the autograd
@@ -36,18 +37,25 @@ def train_step(
     running_var: Tensor | None,
     factor: float,
     eps: float,
+    relu: bool = False,
 ) -> Tensor:
-    """`functional.batch_norm_train_and_track` through the fastest path available for `x`."""
+    """`functional.batch_norm_train_and_track` (then ReLU when `relu`) through the fastest path
+    available for `x`."""
     if x.is_cpu:
         kernel = cpu_kernel()
         # The kernel answers None for what it does not handle (half precision, mixed dtypes).
-        y = None if kernel is None else kernel.train(x, weight, bias, running_mean, running_var, factor, eps)
+        y = None if kernel is None else kernel.train(x, weight, bias, running_mean, running_var, factor, eps, relu)
         if y is not None:
             return y
-        return batch_norm_train_and_track(x, weight, bias, running_mean, running_var, factor, eps)
+        return train_then_relu(x, weight, bias, running_mean, running_var, factor, eps) if relu else \
+            batch_norm_train_and_track(x, weight, bias, running_mean, running_var, factor, eps)
     # factor travels as a tensor so that a changing value (momentum=None) never recompiles
     factor_tensor = torch.tensor(factor, dtype=x.dtype, device=x.device)
-    return compiled_kernel()(x, weight, bias, running_mean, running_var, factor_tensor, eps)
+    return compiled_kernel(relu)(x, weight, bias, running_mean, running_var, factor_tensor, eps)
+
+
+def train_then_relu(*args) -> Tensor:
+    return torch.relu(batch_norm_train_and_track(*args))
 
 
 @functools.cache
@@ -121,6 +129,7 @@ def _warn_fallback(error: Exception) -> None:
 
 
 @functools.cache
-def compiled_kernel() -> _CompiledOrEager:
-    """The process-wide torch.compile'd training step for non-CPU devices (compiled once per shape)."""
-    return _CompiledOrEager(batch_norm_train_and_track)
+def compiled_kernel(relu: bool = False) -> _CompiledOrEager:
+    """The process-wide torch.compile'd training step (then ReLU when `relu`) for non-CPU devices,
+    compiled once per shape."""
+    return _CompiledOrEager(train_then_relu if relu else batch_norm_train_and_track)

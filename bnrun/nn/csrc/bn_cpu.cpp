@@ -8,6 +8,8 @@
 //             y = a·x + k with a = γι, k = β − μa; running stats move towards μ and σ²·m/(m−1).
 //   backward  dβ = Σdy, dγ = ι·Σdy·(x−μ), and the closed form of functional.normalize_backward,
 //             dx = γι·(dy − (dβ + x̂·dγ)/m), expanded to dx = a·dy + b·x + k per channel.
+// With `relu` the layer is g(BN(x)) for g = ReLU (BN before the activation): max(y, 0) is taken in
+// the output pass, and the backward masks dy with the saved output as torch's ReLU does.
 // Sums run in scalar_t within a row of S values (a block of rows when S = 1), in double beyond.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -140,13 +142,18 @@ void gradient_sums(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* p
   }
 }
 
-// dst[i] = a[c]·src[i] + k[c] (+ b[c]·extra[i] when extra is given) for channels [c0, c1).
+// dst[i] = a[c]·src[i] + k[c] (+ b[c]·extra[i] when extra is given) for channels [c0, c1),
+// then max(dst[i], 0) when `relu` (only without extra; NaN stays NaN, as in torch.relu).
 template <typename scalar_t>
 void channel_affine(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* src, const scalar_t* a,
-                    const scalar_t* k, const scalar_t* extra, const scalar_t* b, scalar_t* dst) {
+                    const scalar_t* k, const scalar_t* extra, const scalar_t* b, scalar_t* dst, bool relu = false) {
+  const auto clamp = [](scalar_t v) { return v < scalar_t(0) ? scalar_t(0) : v; };
   if (shape.s == 1) {  // rows of C contiguous channels: vectorize over c
     for (int64_t row = 0; row < shape.n * shape.c; row += shape.c) {
-      if (extra == nullptr) {
+      if (extra == nullptr && relu) {
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) dst[row + c] = clamp(a[c] * src[row + c] + k[c]);
+      } else if (extra == nullptr) {
 #pragma omp simd
         for (int64_t c = c0; c < c1; ++c) dst[row + c] = a[c] * src[row + c] + k[c];
       } else {
@@ -160,7 +167,10 @@ void channel_affine(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* 
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t base = (n * shape.c + c) * shape.s;
       const scalar_t ac = a[c], kc = k[c];
-      if (extra == nullptr) {
+      if (extra == nullptr && relu) {
+#pragma omp simd
+        for (int64_t s = 0; s < shape.s; ++s) dst[base + s] = clamp(ac * src[base + s] + kc);
+      } else if (extra == nullptr) {
 #pragma omp simd
         for (int64_t s = 0; s < shape.s; ++s) dst[base + s] = ac * src[base + s] + kc;
       } else {
@@ -172,8 +182,8 @@ void channel_affine(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* 
   }
 }
 
-// Returns (y, mean, biased var, 1/σ̂).
-std::vector<Tensor> forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+// Returns (y, mean, biased var, 1/σ̂); y = max(BN(x), 0) when `relu`.
+std::vector<Tensor> forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, bool relu) {
   const Shape shape = shape_of(x);
   Tensor y = at::empty_like(x), mean = at::empty({shape.c}, x.options()), var = at::empty_like(mean),
          inv_std = at::empty_like(mean);
@@ -191,7 +201,7 @@ std::vector<Tensor> forward_kernel(const Tensor& x, const Tensor& weight, const 
         a[c] = pweight[c] * pinv[c];
         k[c] = pbias[c] - pmean[c] * a[c];
       }
-      channel_affine<scalar_t>(shape, c0, c1, px, a.data(), k.data(), nullptr, nullptr, y.data_ptr<scalar_t>());
+      channel_affine<scalar_t>(shape, c0, c1, px, a.data(), k.data(), nullptr, nullptr, y.data_ptr<scalar_t>(), relu);
     });
   });
   return {y, mean, var, inv_std};
@@ -229,22 +239,24 @@ std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, const
 
 class TrainFunction : public torch::autograd::Function<TrainFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, Tensor x, Tensor weight, Tensor bias, double eps) {
+  static variable_list forward(AutogradContext* ctx, Tensor x, Tensor weight, Tensor bias, double eps, bool relu) {
     x = x.contiguous();
     weight = weight.contiguous();
     bias = bias.contiguous();
-    auto out = forward_kernel(x, weight, bias, eps);  // y, mean, var, inv_std
-    ctx->save_for_backward({x, out[1], out[3], weight});
+    auto out = forward_kernel(x, weight, bias, eps, relu);  // y, mean, var, inv_std
+    ctx->save_for_backward({x, out[1], out[3], weight, relu ? out[0] : Tensor()});
     ctx->mark_non_differentiable({out[1], out[2]});
     ctx->set_materialize_grads(false);
     return {out[0], out[1], out[2]};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
     auto saved = ctx->get_saved_variables();
-    auto g = backward_kernel(grads[0].contiguous(), saved[0], saved[1], saved[2], saved[3]);
-    return {g[0], g[1], g[2], Tensor()};
+    Tensor grad_y = grads[0].contiguous();
+    if (saved[4].defined()) grad_y = at::threshold_backward(grad_y, saved[4], 0);  // ReLU's own backward
+    auto g = backward_kernel(grad_y, saved[0], saved[1], saved[2], saved[3]);
+    return {g[0], g[1], g[2], Tensor(), Tensor()};
   }
 };
 
@@ -259,16 +271,17 @@ bool supported(const Tensor& x, std::initializer_list<const std::optional<Tensor
   return true;
 }
 
-// The training step in full: normalize with batch statistics, fold them into the running ones.
-// Returns an undefined tensor (None in Python) for input it does not handle; the caller goes eager.
+// The training step in full: normalize with batch statistics (then ReLU when `relu`), fold them
+// into the running ones. Returns an undefined tensor (None in Python) for input it does not
+// handle; the caller goes eager.
 Tensor train(const Tensor& x, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
              const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var, double factor,
-             double eps) {
+             double eps, bool relu) {
   if (!supported(x, {&weight, &bias, &running_mean, &running_var})) return Tensor();
   // Without affine parameters γ = 1 and β = 0; their gradients then go nowhere (nothing requires them).
   const int64_t channels = x.size(1);
   auto out = TrainFunction::apply(x, weight.has_value() ? *weight : at::ones({channels}, x.options()),
-                                  bias.has_value() ? *bias : at::zeros({channels}, x.options()), eps);
+                                  bias.has_value() ? *bias : at::zeros({channels}, x.options()), eps, relu);
   if (running_mean.has_value()) {
     // One loop over C instead of four tensor ops (supported() checked the buffers' dtype and layout).
     const double m = static_cast<double>(shape_of(x).m());
@@ -289,5 +302,5 @@ Tensor train(const Tensor& x, const std::optional<Tensor>& weight, const std::op
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("train", &train, "bnrun fused training-mode batch norm (CPU)");
+  m.def("train", &train, "bnrun fused training-mode batch norm, optionally followed by ReLU (CPU)");
 }
