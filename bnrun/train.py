@@ -98,8 +98,10 @@ def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generat
     loss_sum, busy = 0.0, 0.0
     outputs, targets = [], []  # scored once per epoch, not batch by batch
     seen = 0
+    moves = torch.device(config.device).type != "cpu"  # batches are built on the CPU
     for x, y in data_mod.shuffled_batches(split, config.batch_size, generator, flip=config.augment):
-        x, y = x.to(config.device, non_blocking=True), y.to(config.device, non_blocking=True)
+        if moves:
+            x, y = x.to(config.device, non_blocking=True), y.to(config.device, non_blocking=True)
         start = time.perf_counter()
         logits = model(x)
         loss = F.cross_entropy(logits, y)
