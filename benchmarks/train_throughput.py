@@ -5,7 +5,9 @@ same run; then the share of a real epoch spent outside forward/backward/step (da
     python benchmarks/train_throughput.py           # full measurement
     python benchmarks/train_throughput.py --quick   # fewer repetitions
 
-Step timings are interleaved across variants and the median is reported.
+Step timings are interleaved across variants in rounds; the table gives the median time per
+step and the median over rounds of each round's ratio to torch's BN (paired, so that this VM's
+drifts in speed cancel).
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def make_step(arch: str, bn: str, impl: str, fused: bool, x, y):
     return step
 
 
-def step_times(arch: str, repeats: int, inner: int) -> dict[str, float]:
+def step_times(arch: str, repeats: int, inner: int) -> dict[str, list[float]]:
+    """Seconds per step for each variant, one sample per round; a round times every variant back
+    to back, so a round's ratios share the machine's state of that moment."""
     x, y = torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,))
     steps = {name: make_step(arch, *spec, x, y) for name, spec in VARIANTS.items()}
     for step in steps.values():
@@ -56,21 +60,23 @@ def step_times(arch: str, repeats: int, inner: int) -> dict[str, float]:
             for _ in range(inner):
                 step()
             samples[name].append((time.perf_counter() - start) / inner)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    repeats, inner, images = (3, 3, 5_000) if args.quick else (9, 5, None)  # None: the full training split
+    repeats, inner, images = (3, 3, 5_000) if args.quick else (15, 10, None)  # None: the full training split
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}")
-    print("| arch | variant | ms / step | images / s | step time / torch BN |")
+    print("| arch | variant | ms / step | images / s | step time / torch BN (median of paired ratios) |")
     print("|---|---|---:|---:|---:|")
     for arch in ("mlp", "cnn"):
-        times = step_times(arch, repeats, inner)
-        for name, seconds in times.items():
-            print(f"| {arch} | {name} | {seconds * 1e3:.2f} | {BATCH / seconds:,.0f} | {seconds / times['torch']:.2f}× |", flush=True)
+        samples = step_times(arch, repeats, inner)
+        for name, values in samples.items():
+            seconds = statistics.median(values)
+            ratio = statistics.median(a / b for a, b in zip(values, samples["torch"]))
+            print(f"| {arch} | {name} | {seconds * 1e3:.2f} | {BATCH / seconds:,.0f} | {ratio:.2f}× |", flush=True)
     print()
     print("| arch | images | epoch seconds (custom eager, median of epochs 2-4) | outside forward/backward/step: median (each epoch) |")
     print("|---|---:|---:|---:|")
