@@ -202,11 +202,10 @@ def shuffled_batches(
 
 def ordered_batches(split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """Evaluation batches in dataset order (views, no copies)."""
-    for start in range(0, len(split), batch_size):
-        yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
+    return zip(consecutive_batches(split.images, batch_size), consecutive_batches(split.labels, batch_size))
 
 
-def image_batches(images: Tensor, batch_size: int) -> Iterator[Tensor]:
-    """Consecutive slices of `images` (views, no copies)."""
-    for start in range(0, len(images), batch_size):
-        yield images[start : start + batch_size]
+def consecutive_batches(tensor: Tensor, batch_size: int) -> Iterator[Tensor]:
+    """Consecutive slices of `tensor` along its first axis (views, no copies)."""
+    for start in range(0, len(tensor), batch_size):
+        yield tensor[start : start + batch_size]

@@ -126,7 +126,7 @@ def population_batches(split: data_mod.Split, flip: bool, device: str):
     """The training distribution (mirrors included when training flips), in order: population
     statistics must describe what the network was trained on, not the un-augmented images."""
     images = split.training_distribution(flip)
-    return lambda: (x.to(device) for x in data_mod.image_batches(images, EVAL_BATCH))
+    return lambda: (x.to(device) for x in data_mod.consecutive_batches(images, EVAL_BATCH))
 
 
 def serialize_checkpoint(model: nn.Module, running_state: dict, population: dict, config: TrainConfig) -> bytes:

@@ -47,8 +47,7 @@ def train_step(
         y = None if kernel is None else kernel.train(x, weight, bias, running_mean, running_var, factor, eps, relu)
         if y is not None:
             return y
-        return train_then_relu(x, weight, bias, running_mean, running_var, factor, eps) if relu else \
-            batch_norm_train_and_track(x, weight, bias, running_mean, running_var, factor, eps)
+        return eager_step(relu)(x, weight, bias, running_mean, running_var, factor, eps)
     # factor travels as a tensor so that a changing value (momentum=None) never recompiles
     factor_tensor = torch.tensor(factor, dtype=x.dtype, device=x.device)
     return compiled_kernel(relu)(x, weight, bias, running_mean, running_var, factor_tensor, eps)
@@ -56,6 +55,11 @@ def train_step(
 
 def train_then_relu(*args) -> Tensor:
     return torch.relu(batch_norm_train_and_track(*args))
+
+
+def eager_step(relu: bool) -> Callable[..., Tensor]:
+    """The eager training step the fast paths stand in for."""
+    return train_then_relu if relu else batch_norm_train_and_track
 
 
 @functools.cache
@@ -132,4 +136,4 @@ def _warn_fallback(error: Exception) -> None:
 def compiled_kernel(relu: bool = False) -> _CompiledOrEager:
     """The process-wide torch.compile'd training step (then ReLU when `relu`) for non-CPU devices,
     compiled once per shape."""
-    return _CompiledOrEager(train_then_relu if relu else batch_norm_train_and_track)
+    return _CompiledOrEager(eager_step(relu))
