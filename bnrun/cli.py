@@ -43,39 +43,41 @@ def friendly_errors(command):
     return wrapper
 
 
+LIST = "; a comma list makes a grid axis"
+
+
 @app.command()
 @friendly_errors
 def train(
-    arch: Annotated[str, typer.Option(help="mlp, cnn, or a comma list (mlp,cnn).")] = "cnn",
-    bn: Annotated[str, typer.Option(help="BN placement: none, pre = g(BN(f(x))), post = BN(g(f(x))); comma list allowed.")] = "pre",
-    bn_impl: Annotated[str, typer.Option(help="custom (bnrun.nn) or torch (reference baseline).")] = "custom",
+    arch: Annotated[str, typer.Option(help="mlp or cnn" + LIST + " (mlp,cnn).")] = "cnn",
+    bn: Annotated[str, typer.Option(help="BN placement: none, pre = g(BN(f(x))), post = BN(g(f(x)))" + LIST + ".")] = "pre",
+    bn_impl: Annotated[str, typer.Option(help="custom (bnrun.nn) or torch (reference baseline)" + LIST + ".")] = "custom",
     seeds: Annotated[Optional[int], typer.Option(help="Run seeds 0..N-1.")] = None,
     seed: Annotated[Optional[list[int]], typer.Option(help="An explicit seed (repeatable).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: mlp 20, cnn 10).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.05,
-    momentum: Annotated[float, typer.Option(help="SGD momentum (Nesterov).")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
-    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
-    schedule: Annotated[str, typer.Option(help="onecycle, cosine or constant.")] = "onecycle",
+    epochs: Annotated[Optional[str], typer.Option(help="Epochs (default: mlp 20, cnn 10)" + LIST + ".")] = None,
+    batch_size: Annotated[str, typer.Option(help="Mini-batch size" + LIST + ".")] = "128",
+    lr: Annotated[str, typer.Option(help="Peak learning rate" + LIST + " (0.01,0.1,1).")] = "0.05",
+    momentum: Annotated[str, typer.Option(help="SGD momentum (Nesterov)" + LIST + ".")] = "0.9",
+    weight_decay: Annotated[str, typer.Option(help="Weight decay" + LIST + ".")] = "5e-4",
+    optimizer: Annotated[str, typer.Option(help="sgd or adam" + LIST + ".")] = "sgd",
+    schedule: Annotated[str, typer.Option(help="onecycle, cosine or constant" + LIST + ".")] = "onecycle",
     augment: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
-    train_subset: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
+    train_subset: Annotated[Optional[str], typer.Option(help="Use only the first N training images" + LIST + ".")] = None,
     fused: Annotated[bool, typer.Option(help="The fused fast path of the custom BN (C++ kernel on CPU, torch.compile on GPU).")] = False,
+    diagnostics: Annotated[bool, typer.Option(help="Also record batch-norm diagnostics: one-step loss ratio at init, gradient norms, BN input moments, train/test-mode gap, smoothness probes.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Rerun trials already completed in the store.")] = False,
     db: DbOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Train every arch × BN placement × seed; each trial becomes a row in the store."""
+    """Train the grid of every listed option's values × seeds; each trial becomes a row in the store."""
     from bnrun import commands
 
-    sweep = commands.build_sweep(
-        archs=commands.split_list(arch, commands.ARCHS, "--arch"),
-        placements=commands.split_list(bn, commands.PLACEMENTS, "--bn"),
-        bn_impl=bn_impl, seeds=seeds, explicit_seeds=seed or [], epochs=epochs, batch_size=batch_size, lr=lr,
-        momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, schedule=schedule, augment=augment,
-        train_subset=train_subset, fused=fused, device=device, force=force, data_dir=data_dir,
-    )
+    options = commands.GridOptions(arch=arch, bn=bn, bn_impl=bn_impl, epochs=epochs, batch_size=batch_size, lr=lr,
+                                   momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, schedule=schedule,
+                                   train_subset=train_subset)
+    sweep = commands.build_sweep(options, seeds=seeds, explicit_seeds=seed or [], augment=augment, fused=fused,
+                                 device=device, force=force, data_dir=data_dir, diagnostics=diagnostics)
     result = commands.train(sweep, db)
     out.print(commands.sweep_summary(result))
     if result.failed:
@@ -87,13 +89,14 @@ def train(
 def eval_(
     run_id: Annotated[int, typer.Option("--run-id", help="The run to evaluate.")],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    batch_stats: Annotated[Optional[str], typer.Option(help="Also predict with the statistics of each test batch of these sizes (comma list, each ≥ 2), e.g. 2,8,32,128.")] = None,
     db: DbOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Re-evaluate a stored trial (validation and test, running and population statistics)."""
+    """Re-evaluate a stored trial (validation and test, running and population statistics, optionally batch statistics)."""
     from bnrun import commands, views
 
-    result = commands.evaluate(db, run_id, data_dir, device)
+    result = commands.evaluate(db, run_id, data_dir, device, batch_stats)
     out.print(views.evaluation_table(result))
 
 
@@ -118,9 +121,28 @@ def show(run_id: Annotated[int, typer.Argument(help="The run id.")], db: DbOptio
     """One trial: configuration, final metrics and the per-epoch table."""
     from bnrun import commands, views
 
-    run, epochs = commands.show_run(db, run_id)
+    run, epochs, diagnostics = commands.show_run(db, run_id)
     out.print(views.run_table(run))
     out.print(views.epochs_table(epochs))
+    for table in views.diagnostics_tables(diagnostics, epochs):
+        out.print(table)
+
+
+@app.command()
+@friendly_errors
+def reproduce(
+    run_id: Annotated[int, typer.Argument(help="The stored run to train again.")],
+    scratch: Annotated[Optional[Path], typer.Option(help="Keep the reproduced run in this new store (default: a temporary one).")] = None,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Train a stored trial again from its configuration and seed (the store is only read) and compare: exit 0 if bit-identical, 1 if not."""
+    from bnrun import commands, views
+
+    result = commands.reproduce(db, run_id, scratch, data_dir)
+    out.print("\n".join(views.reproduction_lines(result)), highlight=False, markup=False)
+    if not result.identical:
+        raise typer.Exit(1)
 
 
 ReportFormat = Annotated[str, typer.Option("--format", help="table, latex, markdown, csv or json.")]
@@ -139,12 +161,13 @@ def report(
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Filter: ids and ranges, e.g. 1-12,15.")] = None,
     since: Annotated[Optional[str], typer.Option(help="Filter: trials started on/after this date (YYYY-MM-DD[THH:MM]).")] = None,
     seeds: Annotated[Optional[int], typer.Option(help="Seeds each group should have (default: what its sweep asked for, else 3).")] = None,
+    by: Annotated[Optional[str], typer.Option(help="Pivot: this option's values as columns (lr, batch_size, epochs, ...), placements as rows; diverged trials counted.")] = None,
     db: DbOption = None,
 ) -> None:
-    """Mean ± std across seeds per configuration, paired comparisons, in five formats."""
+    """Mean ± std across seeds per configuration, paired comparisons (95% CI, Holm-corrected), in five formats."""
     from bnrun import commands
 
-    request = commands.report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds)
+    request = commands.report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds, by)
     text = commands.report(db, request, standalone)
     commands.emit(text, output, out)
 
@@ -158,13 +181,16 @@ def plot(
     bn_impl: Annotated[Optional[str], typer.Option(help="Filter: custom, torch.")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Filter: ids and ranges, e.g. 1-12,15.")] = None,
     since: Annotated[Optional[str], typer.Option(help="Filter: trials started on/after this date.")] = None,
+    x: Annotated[Optional[str], typer.Option("--x", help="Plot the metric against this option (lr, batch_size, ...), one line per placement; diverged trials marked.")] = None,
+    metric: Annotated[str, typer.Option(help="The metric for --x (as in report).")] = "test_acc_population",
+    diagnostic: Annotated[Optional[str], typer.Option(help="Plot a diagnostic instead: loss_ratio, mode_gap, smoothness, grad_norm (train --diagnostics) or batch_stats (eval --batch-stats).")] = None,
     db: DbOption = None,
 ) -> None:
-    """Learning curves (validation accuracy, training loss) with ±std bands, as a PNG."""
+    """Learning curves with ±std bands (default), the metric against an option (--x), or a diagnostic, as a PNG."""
     from bnrun import commands
 
-    request = commands.report_request("table", "test_acc_population", arch, bn, bn_impl, run_id, since, None)
-    written = commands.plot(db, request, output)
+    request = commands.report_request("table", metric, arch, bn, bn_impl, run_id, since, None)
+    written = commands.plot(db, request, output, x, diagnostic)
     err.print(written if isinstance(written, str) else f"wrote {written}", highlight=False)
 
 

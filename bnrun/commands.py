@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -43,38 +43,82 @@ def _choose_seeds(seeds: int | None, explicit: list[int]) -> tuple[int, ...]:
     return tuple(range(count))
 
 
-def build_sweep(*, archs, placements, bn_impl, seeds, explicit_seeds, epochs, batch_size, lr, momentum,
-                weight_decay, optimizer, schedule, augment, train_subset, fused, device, force, data_dir) -> SweepConfig:
+def parse_numbers(text: str | int | float, kind: type, option: str, minimum: float, strict: bool = False) -> tuple:
+    """'0.01,0.1,1' -> (0.01, 0.1, 1.0): a comma list of numbers, each ≥ minimum (> with strict)."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    _require(bool(parts), f"{option}: no value given")
+    values = []
+    for part in parts:
+        try:
+            value = kind(part)
+        except ValueError:
+            raise UsageError(f"{option}: {part!r} is not {'an integer' if kind is int else 'a number'}") from None
+        bad = value <= minimum if strict else value < minimum
+        _require(not bad and value == value, f"{option} must be {'>' if strict else '≥'} {minimum:g}, got {part}")
+        values.append(value)
+    return tuple(dict.fromkeys(values))
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    """The training options as typed on the command line: each a value or a comma list."""
+
+    arch: str = "cnn"
+    bn: str = "pre"
+    bn_impl: str = "custom"
+    epochs: str | None = None
+    batch_size: str = "128"
+    lr: str = "0.05"
+    momentum: str = "0.9"
+    weight_decay: str = "5e-4"
+    optimizer: str = "sgd"
+    schedule: str = "onecycle"
+    train_subset: str | None = None
+
+
+def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
+    """Every option parsed and checked, in the order the grid is walked."""
+    subset = parse_numbers(options.train_subset, int, "--train-subset", 2) if options.train_subset else (None,)
+    batch_sizes = parse_numbers(options.batch_size, int, "--batch-size", 2)
+    return (
+        ("arch", split_list(options.arch, ARCHS, "--arch")),
+        ("bn", split_list(options.bn, PLACEMENTS, "--bn")),
+        ("bn_impl", split_list(options.bn_impl, BN_IMPLS, "--bn-impl")),
+        ("optimizer", split_list(options.optimizer, OPTIMIZERS, "--optimizer")),
+        ("schedule", split_list(options.schedule, SCHEDULES, "--schedule")),
+        ("epochs", parse_numbers(options.epochs, int, "--epochs", 0, strict=True) if options.epochs else (None,)),
+        ("batch_size", batch_sizes),
+        ("lr", parse_numbers(options.lr, float, "--lr", 0, strict=True)),
+        ("momentum", parse_numbers(options.momentum, float, "--momentum", 0)),
+        ("weight_decay", parse_numbers(options.weight_decay, float, "--weight-decay", 0)),
+        ("train_subset", subset),
+    )
+
+
+def build_sweep(options: GridOptions, *, seeds: int | None = None, explicit_seeds: list[int] = (), augment: bool = True,
+                fused: bool = False, device: str = "auto", force: bool = False, data_dir: Path | None = None,
+                diagnostics: bool = False) -> SweepConfig:
     """Check every option and build the sweep's frozen configuration."""
     from bnrun.train import resolve_device
 
-    _require(bn_impl in BN_IMPLS, f"--bn-impl: unknown value {bn_impl!r}; choose from {', '.join(BN_IMPLS)}")
-    _require(optimizer in OPTIMIZERS, f"--optimizer: unknown value {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-    _require(schedule in SCHEDULES, f"--schedule: unknown value {schedule!r}; choose from {', '.join(SCHEDULES)}")
+    axes = grid_axes(options)
     _require(device in DEVICES, f"--device: unknown value {device!r}; choose from {', '.join(DEVICES)}")
-    _require(epochs is None or epochs > 0, f"--epochs must be positive, got {epochs}")
-    _require(batch_size >= 2, f"--batch-size must be at least 2 (batch norm needs two values), got {batch_size}")
-    _require(lr > 0, f"--lr must be positive, got {lr}")
-    _require(momentum >= 0, f"--momentum must be ≥ 0, got {momentum}")
-    _require(weight_decay >= 0, f"--weight-decay must be ≥ 0, got {weight_decay}")
-    _require(train_subset is None or train_subset >= 2, f"--train-subset must be at least 2, got {train_subset}")
-    _require(not (fused and bn_impl == "torch"), "--fused applies to --bn-impl custom only")
+    _require(not (fused and dict(axes)["bn_impl"] == ("torch",)), "--fused applies to --bn-impl custom only")
     _require(data_dir is None or Path(data_dir).expanduser().is_dir(), f"--data-dir {data_dir} does not exist")
     try:
         device = resolve_device(device)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    base = TrainConfig(bn_impl=bn_impl, fused=fused, batch_size=batch_size, lr=lr, momentum=momentum,
-                       weight_decay=weight_decay, optimizer=optimizer, schedule=schedule, augment=augment,
-                       train_subset=train_subset, device=device)
-    return SweepConfig(archs=archs, placements=placements, seeds=_choose_seeds(seeds, explicit_seeds), base=base,
-                       epochs=epochs, force=force, data_dir=data_dir)
+    base = TrainConfig(fused=fused, augment=augment, device=device)
+    return SweepConfig(axes=axes, seeds=_choose_seeds(seeds, list(explicit_seeds)), base=base, force=force,
+                       data_dir=data_dir, diagnostics=diagnostics)
 
 
 @contextlib.contextmanager
-def open_store(db: str | None) -> Iterator[Store]:
-    """The store, after telling stderr what opening it changed (created, upgraded, runs reaped)."""
-    store = Store(db)
+def open_store(db: str | None, read_only: bool = False) -> Iterator[Store]:
+    """The store, after telling stderr what opening it changed (created, upgraded, runs reaped).
+    `read_only` stores are never created, migrated, reaped or written."""
+    store = Store(db, read_only=read_only)
     if store.migration is not None:
         notice(store.migration.describe(store.name))
     if store.reaped:
@@ -127,11 +171,27 @@ def sweep_summary(result) -> str:
     return "; ".join(parts)
 
 
-def evaluate(db: str | None, run_id: int, data_dir: Path | None, device: str):
+def evaluate(db: str | None, run_id: int, data_dir: Path | None, device: str, batch_stats: str | None = None):
     from bnrun.evaluate import evaluate_run
 
+    sizes = parse_numbers(batch_stats, int, "--batch-stats", 2) if batch_stats else ()
     with open_store(db) as store:
-        return evaluate_run(store, run_id, data_dir, device)
+        return evaluate_run(store, run_id, data_dir, device, sizes)
+
+
+def reproduce(db: str | None, run_id: int, scratch: Path | None, data_dir: Path | None):
+    """Retrain a stored trial into a scratch store; the original store is opened read-only."""
+    from bnrun import data as data_mod
+    from bnrun.progress import RichReporter
+    from bnrun.reproduce import reproduce_run
+    from bnrun.train import DatasetCache
+
+    _require(scratch is None or not scratch.exists(), f"--scratch {scratch} exists; give a new path (the reproduced run is kept there)")
+    _require(scratch is None or scratch.parent.is_dir(), f"--scratch: directory {scratch.parent if scratch else ''} does not exist")
+    with open_store(db, read_only=True) as store:
+        store.get_run(run_id)  # an unknown id fails before the data are touched
+        data_mod.check_available(data_dir)
+        return reproduce_run(store, run_id, DatasetCache(data_dir).get, RichReporter(), scratch)
 
 
 def run_filters(arch: str | None, bn: str | None, status: str | None) -> dict[str, tuple[str, ...]]:
@@ -143,13 +203,13 @@ def run_filters(arch: str | None, bn: str | None, status: str | None) -> dict[st
 
 
 def list_runs(db: str | None, filters: dict) -> list[RunRecord]:
-    with open_store(db) as store:
+    with open_store(db, read_only=True) as store:
         return store.list_runs(**filters)
 
 
-def show_run(db: str | None, run_id: int) -> tuple[RunRecord, list[EpochRecord]]:
-    with open_store(db) as store:
-        return store.get_run(run_id), store.epochs(run_id)
+def show_run(db: str | None, run_id: int) -> tuple[RunRecord, list[EpochRecord], list]:
+    with open_store(db, read_only=True) as store:
+        return store.get_run(run_id), store.epochs(run_id), store.diagnostics_by_run([run_id])[run_id]
 
 
 @dataclass(frozen=True)
@@ -158,16 +218,19 @@ class ReportRequest:
     metric: str
     run_filter: RunFilter
     expected_seeds: int | None
+    by: str | None = None  # pivot: this option's values as columns
 
 
 EMPTY_HINT = "no completed trials match; run some first, e.g.: bnrun train --arch mlp,cnn --bn pre,post --seeds 3"
 
 
-def report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds) -> ReportRequest:
+def report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds, by: str | None = None) -> ReportRequest:
     from bnrun.formats import FORMATS
-    from bnrun.report import METRICS, parse_run_ids
+    from bnrun.report import METRICS, PIVOT_FIELDS, parse_run_ids
 
     _require(fmt in FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(FORMATS)}")
+    by = by.replace("-", "_") if by else None
+    _require(by is None or by in PIVOT_FIELDS, f"--by: unknown option {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
     _require(metric in METRICS, f"--metric: unknown value {metric!r}; choose from {', '.join(METRICS)}")
     _require(seeds is None or seeds > 0, f"--seeds must be positive, got {seeds}")
     try:
@@ -181,23 +244,36 @@ def report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds) -> Repo
         impls=split_list(bn_impl, BN_IMPLS, "--bn-impl") if bn_impl else (),
         run_ids=ids, since=since_dt,
     )
-    return ReportRequest(fmt, metric, run_filter, seeds)
+    return ReportRequest(fmt, metric, run_filter, seeds, by)
 
 
 def build(db: str | None, request: ReportRequest):
+    with open_store(db, read_only=True) as store:
+        return build_in(store, request)
+
+
+def build_in(store: Store, request: ReportRequest):
     from bnrun.report import build_report
 
-    with open_store(db) as store:
-        runs = store.list_runs()
-        result = build_report(runs, request.metric, request.run_filter, request.expected_seeds)
-        epochs = store.epochs_by_run([r.id for g in result.groups for r in g.runs]) if result.groups else {}
+    result = build_report(store.list_runs(), request.metric, request.run_filter, request.expected_seeds)
+    epochs = store.epochs_by_run([r.id for g in result.groups for r in g.runs]) if result.groups else {}
     return result, epochs
+
+
+def build_pivot(db: str | None, request: ReportRequest):
+    from bnrun.report import build_pivot as pivot_of
+
+    with open_store(db, read_only=True) as store:
+        return pivot_of(store.list_runs(), request.by, request.metric, request.run_filter)
 
 
 def report(db: str | None, request: ReportRequest, standalone: bool = False):
     """A rich renderable (table format) or text; a hint string when nothing matches."""
     from bnrun import formats
 
+    if request.by:
+        pivot = build_pivot(db, request)
+        return formats.render_pivot(pivot, request.fmt, standalone) if pivot.rows else EMPTY_HINT
     result, _ = build(db, request)
     if not result.groups:
         return EMPTY_HINT
@@ -206,13 +282,51 @@ def report(db: str | None, request: ReportRequest, standalone: bool = False):
     return formats.render_text(result, request.fmt, standalone)
 
 
-def plot(db: str | None, request: ReportRequest, output: Path):
-    from bnrun.plot import plot_learning_curves
+DIAGNOSTICS = ("loss_ratio", "mode_gap", "smoothness", "grad_norm", "batch_stats")
 
-    result, epochs = build(db, request)
-    if not result.groups:
-        return EMPTY_HINT
-    return plot_learning_curves(list(result.groups), epochs, output)
+
+def plot(db: str | None, request: ReportRequest, output: Path, x: str | None = None, diagnostic: str | None = None):
+    """Learning curves; or the metric against option `x`; or one diagnostic. The hint when nothing matches."""
+    from bnrun import plot as plots
+    from bnrun.formats import PERCENT_METRICS
+    from bnrun.report import METRICS
+
+    _require(not (x and diagnostic), "--x and --diagnostic are exclusive; give one of them")
+    _require(diagnostic is None or diagnostic in DIAGNOSTICS, f"--diagnostic: unknown value {diagnostic!r}; choose from {', '.join(DIAGNOSTICS)}")
+    if x:
+        pivot = build_pivot(db, replace(request, by=x))
+        if not pivot.rows:
+            return EMPTY_HINT
+        scale = 100.0 if request.metric in PERCENT_METRICS else 1.0
+        return plots.plot_against_option(pivot, output, METRICS[request.metric], scale)
+    with open_store(db, read_only=True) as store:
+        result, epochs = build_in(store, request)
+        if not result.groups:
+            return EMPTY_HINT
+        run_ids = [r.id for g in result.groups for r in g.runs]
+        if diagnostic == "batch_stats":
+            return plots.plot_batch_stats(batch_stat_rows(store, result.groups), output)
+        if diagnostic:
+            return plots.plot_diagnostic(list(result.groups), store.diagnostics_by_run(run_ids), epochs, diagnostic, output)
+    return plots.plot_learning_curves(list(result.groups), epochs, output)
+
+
+def batch_stat_rows(store: Store, groups) -> list[tuple[str, dict[int, list[float]]]]:
+    """Per group: {batch size: [test accuracy per run]} from each run's latest `eval --batch-stats`."""
+    import json
+
+    rows = []
+    for group in groups:
+        series: dict[int, list[float]] = {}
+        for run in group.runs:
+            latest = [e for e in store.evaluations(run.id) if e.batch_stats_json]
+            for size, (_, accuracy) in (json.loads(latest[-1].batch_stats_json).items() if latest else ()):
+                series.setdefault(int(size), []).append(accuracy)
+        if series:
+            rows.append((f"{group.label()} (n={len(group.runs)})", series))
+    if not rows:
+        raise UsageError("no evaluation with batch statistics among these runs; run e.g.: bnrun eval --run-id N --batch-stats 2,8,32,128")
+    return rows
 
 
 def emit(content, output: Path | None, console) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from dataclasses import asdict, dataclass, field, replace
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 ARCHS = ("mlp", "cnn")
@@ -47,22 +49,54 @@ class TrainConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# The options a sweep can vary: each takes one value or a list, and the grid is their product.
+GRID_FIELDS = ("arch", "bn", "bn_impl", "epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer",
+               "schedule", "augment", "train_subset")
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
+
+
 @dataclass(frozen=True)
 class SweepConfig:
-    """A grid of trials: every arch × placement × seed over one base configuration."""
+    """A grid of trials: the product of `axes` (field → values, None in `epochs` meaning the
+    per-arch default) over one base configuration, times the seeds."""
 
-    archs: tuple[str, ...]
-    placements: tuple[str, ...]
+    axes: tuple[tuple[str, tuple], ...]
     seeds: tuple[int, ...]
     base: TrainConfig = field(default_factory=TrainConfig)
-    epochs: int | None = None  # None: the per-arch default in DEFAULT_EPOCHS
     force: bool = False
     data_dir: Path | None = None
+    diagnostics: bool = False  # record the batch-norm diagnostics (bnrun.diagnostics) with each trial
+
+    def __post_init__(self) -> None:
+        unknown = [name for name, _ in self.axes if name not in TRAIN_FIELDS]
+        if unknown:
+            raise ValueError(f"not a training option: {', '.join(unknown)}")
+
+    def configs(self) -> list[TrainConfig]:
+        names = [name for name, _ in self.axes]
+        configs = []
+        for combo in itertools.product(*(values for _, values in self.axes)):
+            chosen = dict(zip(names, combo))
+            config = replace(self.base, **chosen)
+            if chosen.get("epochs", config.epochs) is None:
+                config = replace(config, epochs=DEFAULT_EPOCHS[config.arch])
+            if config.bn_impl == "torch":  # the fused path is the custom BN's; torch.nn has its own
+                config = replace(config, fused=False)
+            configs.append(config)
+        return list(dict.fromkeys(configs))  # a repeated value adds no trial
 
     def trials(self) -> list[tuple[TrainConfig, int]]:
-        return [
-            (replace(self.base, arch=arch, bn=bn, epochs=self.epochs or DEFAULT_EPOCHS[arch]), seed)
-            for arch in self.archs
-            for bn in self.placements
-            for seed in self.seeds
-        ]
+        return [(config, seed) for config in self.configs() for seed in self.seeds]
+
+    def varied(self) -> dict[str, tuple]:
+        """The axes with more than one value (what the grid actually varies)."""
+        return {name: values for name, values in self.axes if len(values) > 1}
+
+    def describe(self) -> str:
+        """'2 arch × 3 lr × 3 seeds = 18 trials'."""
+        parts = [f"{len(values)} {name}" for name, values in self.varied().items()]
+        parts.append(f"{len(self.seeds)} seed" + ("s" if len(self.seeds) != 1 else ""))
+        total = len(self.trials())
+        product = math.prod(len(values) for values in self.varied().values()) * len(self.seeds)
+        suffix = "" if total == product else f" ({product - total} repeated)"
+        return " × ".join(parts) + f" = {total} trial" + ("s" if total != 1 else "") + suffix

@@ -1,12 +1,16 @@
 """`bnrun eval`: rebuild a stored trial from its configuration and checkpoint and evaluate it
-in prediction mode, with the running averages and with the population statistics."""
+in prediction mode, with the running averages and with the population statistics, and, when
+asked, with the statistics of each test batch of given sizes (Wu & Johnson 2021)."""
 
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import bnrun
@@ -21,6 +25,34 @@ from bnrun.train import deserialize_checkpoint, evaluate, resolve_device
 class EvalResult:
     run: RunRecord
     evaluation: EvaluationRecord
+
+    def batch_stats(self) -> dict[int, tuple[float, float]]:
+        """{batch size: (test loss, test accuracy)} with batch statistics, if asked for."""
+        raw = json.loads(self.evaluation.batch_stats_json or "{}")
+        return {int(size): (loss, acc) for size, (loss, acc) in raw.items()}
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Consecutive batches covering all n items; a trailing batch of one joins the one before
+    (a single value has no variance to normalize with)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(start, end) for start, end in zip(starts, starts[1:] + [n])]
+
+
+@torch.no_grad()
+def evaluate_with_batch_statistics(model: nn.Module, split: data_mod.Split, batch_size: int, device: str) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy with every BN layer normalizing each batch of `batch_size`
+    test images by that batch's own statistics (training mode on a copy: no running average moves)."""
+    probe = copy.deepcopy(model).train()
+    loss_sum, correct = 0.0, 0
+    for part in batch_slices(len(split), batch_size):
+        x, y = split.images[part].to(device), split.labels[part].to(device)
+        logits = probe(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(1) == y).sum())
+    return loss_sum / len(split), correct / len(split)
 
 
 def rebuild_model(run: RunRecord, blob: bytes) -> tuple[nn.Module, dict]:
@@ -42,7 +74,8 @@ def load_population(model: nn.Module, population: dict) -> None:
             modules[name].running_var.copy_(stats["var"])
 
 
-def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device: str = "cpu") -> EvalResult:
+def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device: str = "cpu",
+                 batch_sizes: tuple[int, ...] = ()) -> EvalResult:
     run = store.get_run(run_id)
     blob = store.load_checkpoint(run_id)
     model, population = rebuild_model(run, blob)
@@ -54,11 +87,13 @@ def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device
     load_population(model, population)
     _, val_population = evaluate(model, dataset.val, device)
     test_loss_population, test_acc_population = evaluate(model, dataset.test, device)
+    batch_stats = {size: evaluate_with_batch_statistics(model, dataset.test, size, device) for size in batch_sizes}
     matches = test_acc_population == run.test_acc_population and test_acc_running == run.test_acc_running
     evaluation = store.add_evaluation(run_id, dict(
         device=device, val_acc_running=val_running, val_acc_population=val_population,
         test_loss_running=test_loss_running, test_acc_running=test_acc_running,
         test_loss_population=test_loss_population, test_acc_population=test_acc_population,
         matches_stored=matches, bnrun_version=bnrun.__version__,
+        batch_stats_json=json.dumps({str(size): list(values) for size, values in batch_stats.items()}) if batch_stats else None,
     ))
     return EvalResult(run, evaluation)

@@ -10,7 +10,7 @@ from rich.console import Group as RichGroup
 from rich.table import Table
 from rich.text import Text
 
-from bnrun.report import METRICS, MIN_TRIALS, PERCENT_METRICS, Group, Report
+from bnrun.report import METRICS, MIN_TRIALS, PERCENT_METRICS, Group, Pivot, PivotRow, Report
 from bnrun.stats import Summary
 
 FORMATS = ("table", "latex", "markdown", "csv", "json")
@@ -81,8 +81,26 @@ def comparison_lines(report: Report) -> list[str]:
         if mean is None:
             continue
         spread = f" ± {std:.2f}" if std is not None else ""
-        lines.append(f"{c.a} − {c.b}: {mean:+.2f}{spread} ({METRICS[c.metric]}, paired by seed; {c.test.verdict()})")
+        lines.append(f"{c.a} − {c.b}: {mean:+.2f}{spread}{interval_text(c)} ({METRICS[c.metric]}, paired by seed; {c.test.verdict()})")
     return lines
+
+
+def comparisons_heading(report: Report) -> str:
+    return (f"paired comparisons (same seed = same initial weights and batch order; 95% CI of the mean difference; "
+            f"p-values Holm–Bonferroni corrected over all {len(report.comparisons)} comparisons):")
+
+
+def interval_text(c) -> str:
+    low, high = scaled_pair(c.test.ci_low, c.test.ci_high, c.metric)
+    return "" if low is None else f", 95% CI [{low:+.2f}, {high:+.2f}]"
+
+
+def comparison_record(c) -> dict:
+    t = c.test
+    return {"arch": c.arch, "a": c.a, "b": c.b, "metric": c.metric, "n": t.n, "seeds": list(c.seeds),
+            "mean_diff": t.mean_diff, "std_diff": t.std_diff, "ci95_low": t.ci_low, "ci95_high": t.ci_high, "t": t.t,
+            "p_value": t.p_value, "p_holm": t.p_holm, "significant_after_holm": t.significant(),
+            "too_few_seeds": t.too_few, "verdict": t.verdict()}
 
 
 # -- table -------------------------------------------------------------------------------------------
@@ -100,7 +118,7 @@ def to_rich(report: Report) -> RichGroup:
             values[headline - 1] = f"[yellow]{values[headline - 1]}[/]"
         table.add_row(*values)
     notes = [Text(line, style="dim") for line in footnotes(report)]
-    comparisons = [Text("paired comparisons (same seed = same initial weights and batch order):", style="bold")]
+    comparisons = [Text(comparisons_heading(report), style="bold")]
     comparisons += [Text("  " + line) for line in comparison_lines(report)] or [Text("  none (need matching groups)")]
     return RichGroup(table, *notes, *comparisons)
 
@@ -122,6 +140,14 @@ def latex_cell(summary: Summary, metric: str, bold: bool) -> str:
     d = digits(metric)
     body = f"{mean:.{d}f} \\pm {std:.{d}f}" if std is not None else f"{mean:.{d}f}"
     return f"$\\mathbf{{{body}}}$" if bold else f"${body}$"
+
+
+def latex_document(body: str, standalone: bool) -> str:
+    """The table alone, or (standalone) a complete compilable document around it."""
+    if not standalone:
+        return body
+    return ("\\documentclass{article}\n\\usepackage[margin=1.5cm,landscape]{geometry}\n\\usepackage{booktabs}\n"
+            "\\usepackage[utf8]{inputenc}\n\\begin{document}\n" + body + "\\end{document}\n")
 
 
 def to_latex(report: Report, standalone: bool = False) -> str:
@@ -151,11 +177,7 @@ def to_latex(report: Report, standalone: bool = False) -> str:
         cells += [latex_cell(group.stats[c], c, best and c == report.metric) for c in cols]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    body = "\n".join(lines) + "\n"
-    if not standalone:
-        return body
-    return ("\\documentclass{article}\n\\usepackage[margin=1.5cm,landscape]{geometry}\n\\usepackage{booktabs}\n"
-            "\\usepackage[utf8]{inputenc}\n\\begin{document}\n" + body + "\\end{document}\n")
+    return latex_document("\n".join(lines) + "\n", standalone)
 
 
 # -- Markdown, CSV, JSON ----------------------------------------------------------------------------------
@@ -169,7 +191,7 @@ def to_markdown(report: Report) -> str:
             index = len(values) - len(columns(report))
             values[index] = f"**{values[index]}**"
         lines.append("| " + " | ".join(values) + " |")
-    extra = [f"- {line}" for line in footnotes(report) + comparison_lines(report)]
+    extra = [f"- {line}" for line in footnotes(report) + [comparisons_heading(report)] + comparison_lines(report)]
     return "\n".join(lines + [""] + extra) + "\n"
 
 
@@ -187,10 +209,13 @@ def records(report: Report) -> list[dict]:
 
 
 def to_csv(report: Report) -> str:
-    rows = records(report)
+    """One row per group (row_type "group"), then one per paired comparison (row_type "comparison")."""
+    rows = [{"row_type": "group", **row} for row in records(report)]
+    rows += [{"row_type": "comparison", **comparison_record(c)} for c in report.comparisons]
+    fieldnames = list(dict.fromkeys(key for row in rows for key in row)) or ["row_type"]
     buffer = io.StringIO()
     flat = [{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in row.items()} for row in rows]
-    writer = csv.DictWriter(buffer, fieldnames=list(flat[0]) if flat else ["arch"])
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames)
     writer.writeheader()
     writer.writerows(flat)
     return buffer.getvalue()
@@ -201,12 +226,8 @@ def to_json(report: Report) -> str:
         "metric": report.metric,
         "groups": records(report),
         "excluded": report.excluded,
-        "comparisons": [
-            {"arch": c.arch, "a": c.a, "b": c.b, "metric": c.metric, "n": c.test.n, "seeds": list(c.seeds),
-             "mean_diff": c.test.mean_diff, "std_diff": c.test.std_diff, "t": c.test.t, "p_value": c.test.p_value,
-             "verdict": c.test.verdict()}
-            for c in report.comparisons
-        ],
+        "comparisons": [comparison_record(c) for c in report.comparisons],
+        "multiple_comparisons": "Holm–Bonferroni over all comparisons listed",
     }
     return json.dumps(payload, indent=2) + "\n"
 
@@ -215,3 +236,117 @@ def render_text(report: Report, fmt: str, standalone: bool = False) -> str:
     if fmt == "latex":
         return to_latex(report, standalone)
     return {"markdown": to_markdown, "csv": to_csv, "json": to_json}[fmt](report)
+
+
+# -- pivots (`report --by OPTION`) --------------------------------------------------------------------
+
+def pivot_scale(pivot: Pivot) -> tuple[float, int]:
+    return (100.0 if pivot.metric in PERCENT_METRICS else 1.0), digits(pivot.metric)
+
+
+def pivot_header(pivot: Pivot) -> list[str]:
+    return [*pivot.row_fields, *(f"{pivot.by}={value}" for value in pivot.columns)]
+
+
+def pivot_label_values(pivot: Pivot, row: PivotRow) -> list[str]:
+    return [str(row.labels[name]) for name in pivot.row_fields]
+
+
+def pivot_cells(pivot: Pivot, row: PivotRow, pm: str = "±") -> list[str]:
+    scale, d = pivot_scale(pivot)
+    return [row.cells[v].text(scale, d, pm) if v in row.cells else "" for v in pivot.columns]
+
+
+def pivot_notes(pivot: Pivot) -> list[str]:
+    return [f"{METRICS[pivot.metric]} by {pivot.by}: mean ± sample std over seeds of the completed trials; "
+            f"'diverged k/n': k of the n trials that ran to an outcome diverged (they are not in the mean)"]
+
+
+def pivot_to_rich(pivot: Pivot) -> RichGroup:
+    table = Table(title=f"bnrun report by {pivot.by}")
+    for name in pivot_header(pivot):
+        table.add_column(name, justify="left" if name in pivot.row_fields else "right")
+    for row in pivot.rows:
+        cells = pivot_cells(pivot, row)
+        cells = [f"[bold green]{c}[/]" if v == row.best else (f"[magenta]{c}[/]" if "diverged" in c else c)
+                 for v, c in zip(pivot.columns, cells)]
+        table.add_row(*pivot_label_values(pivot, row), *cells)
+    report = Report((), (), {}, pivot.comparisons, pivot.metric, {})
+    lines = [Text(line, style="dim") for line in pivot_notes(pivot)]
+    lines += [Text(comparisons_heading(report), style="bold")]
+    lines += [Text("  " + line) for line in comparison_lines(report)] or [Text("  none (need matching groups)")]
+    return RichGroup(table, *lines)
+
+
+def pivot_to_markdown(pivot: Pivot) -> str:
+    header = pivot_header(pivot)
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i < len(pivot.row_fields) else "---:" for i in range(len(header))) + "|"]
+    for row in pivot.rows:
+        cells = [f"**{c}**" if v == row.best else c for v, c in zip(pivot.columns, pivot_cells(pivot, row))]
+        lines.append("| " + " | ".join(pivot_label_values(pivot, row) + cells) + " |")
+    report = Report((), (), {}, pivot.comparisons, pivot.metric, {})
+    extra = [f"- {line}" for line in pivot_notes(pivot) + [comparisons_heading(report)] + comparison_lines(report)]
+    return "\n".join(lines + [""] + extra) + "\n"
+
+
+def pivot_to_latex(pivot: Pivot, standalone: bool = False) -> str:
+    header = [latex_escape(h) for h in pivot_header(pivot)]
+    lines = [
+        r"\begin{table}[t]", r"\centering",
+        rf"\caption{{Fashion-MNIST: {latex_escape(METRICS[pivot.metric])} by {latex_escape(pivot.by)}, mean $\pm$ sample std "
+        r"over seeds of the completed trials; diverged $k/n$: $k$ of $n$ trials diverged. Best per row in bold.}",
+        r"\label{tab:bnrun-by-" + latex_escape(pivot.by).replace("\\_", "-") + "}",
+        r"\begin{tabular}{" + "l" * len(pivot.row_fields) + "r" * len(pivot.columns) + "}",
+        r"\toprule", " & ".join(header) + r" \\", r"\midrule",
+    ]
+    for row in pivot.rows:
+        cells = [latex_pivot_cell(row.cells.get(value), value == row.best, pivot) for value in pivot.columns]
+        lines.append(" & ".join([latex_escape(v) for v in pivot_label_values(pivot, row)] + cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return latex_document("\n".join(lines) + "\n", standalone)
+
+
+def latex_pivot_cell(cell, best: bool, pivot: Pivot) -> str:
+    if cell is None:
+        return ""
+    scale, d = pivot_scale(pivot)
+    value = cell.value_text(scale, d, pm="\\pm")
+    parts = [(f"$\\mathbf{{{value}}}$" if best else f"${value}$")] if value else []
+    parts += [latex_escape(cell.flag_text())] if cell.diverged else []
+    return "; ".join(parts) or "--"
+
+
+def pivot_records(pivot: Pivot) -> list[dict]:
+    rows = []
+    for row in pivot.rows:
+        for value, cell in row.cells.items():
+            rows.append({**row.labels, pivot.by: value, "n": cell.summary.n, "mean": cell.summary.mean,
+                         "std": cell.summary.std, "diverged": cell.diverged, "ended": cell.ended,
+                         "run_ids": list(cell.run_ids), "best_in_row": value == row.best})
+    return rows
+
+
+def pivot_to_csv(pivot: Pivot) -> str:
+    rows = [{"row_type": "cell", **row} for row in pivot_records(pivot)]
+    rows += [{"row_type": "comparison", **comparison_record(c)} for c in pivot.comparisons]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)) or ["row_type"])
+    writer.writeheader()
+    writer.writerows({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+def pivot_to_json(pivot: Pivot) -> str:
+    payload = {"by": pivot.by, "metric": pivot.metric, "columns": list(pivot.columns), "cells": pivot_records(pivot),
+               "comparisons": [comparison_record(c) for c in pivot.comparisons],
+               "multiple_comparisons": "Holm–Bonferroni over all comparisons listed"}
+    return json.dumps(payload, indent=2) + "\n"
+
+
+def render_pivot(pivot: Pivot, fmt: str, standalone: bool = False):
+    if fmt == "table":
+        return pivot_to_rich(pivot)
+    if fmt == "latex":
+        return pivot_to_latex(pivot, standalone)
+    return {"markdown": pivot_to_markdown, "csv": pivot_to_csv, "json": pivot_to_json}[fmt](pivot)

@@ -1,5 +1,6 @@
-"""Learning curves: validation accuracy and training loss per epoch, a mean line with a ±std
-band per configuration, one row of panels per architecture. Written as a PNG (Agg backend)."""
+"""Figures, written as PNGs (Agg backend), each a mean line with a ±std band over seeds:
+learning curves per epoch; the headline metric against one option (`plot --x lr`); the
+batch-norm diagnostics (`plot --diagnostic ...`); accuracy against the statistics batch size."""
 
 from __future__ import annotations
 
@@ -47,9 +48,136 @@ def plot_learning_curves(groups: list[Group], epochs: dict[int, list[EpochRecord
             if field == "train_loss":
                 axis.set_yscale("log")
         axes[row][0].legend(fontsize=8, loc="lower right")
-    figure.suptitle("Fashion-MNIST learning curves: mean ± std over seeds")
+    return save(figure, output, dpi, "Fashion-MNIST learning curves: mean ± std over seeds")
+
+
+def spans_decades(values: list[float]) -> bool:
+    positive = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
+    return len(positive) == len(values) and len(values) > 1 and max(positive) / min(positive) >= 10
+
+
+def row_label(labels: dict) -> str:
+    text = f"bn={labels.get('bn')}"
+    if labels.get("bn") != "none" and "bn_impl" in labels:
+        text += f" ({labels['bn_impl']}{'+fused' if labels.get('fused') else ''})"
+    extras = [f"{k}={v}" for k, v in labels.items() if k not in ("arch", "bn", "bn_impl", "fused")]
+    return text + (f", {', '.join(extras)}" if extras else "")
+
+
+def plot_against_option(pivot, output: Path, metric_label: str, scale: float, dpi: int = 120) -> Path:
+    """The headline metric against one option: a mean line with a ±std band per placement, one panel
+    per architecture; an x marks each value where trials diverged, labelled k/n."""
+    archs = list(dict.fromkeys(row.labels.get("arch", "all") for row in pivot.rows))
+    figure, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)
+    for axis, arch in zip(axes[0], archs):
+        for row in (r for r in pivot.rows if r.labels.get("arch", "all") == arch):
+            points = [(v, c) for v, c in sorted(row.cells.items(), key=lambda item: item[0])]
+            done = [(v, c.summary.mean * scale, (c.summary.std or 0.0) * scale) for v, c in points if c.summary.mean is not None]
+            line = None
+            if done:
+                xs, means, stds = zip(*done)
+                line, = axis.plot(xs, means, marker="o", markersize=4, label=row_label(row.labels))
+                axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                                  color=line.get_color(), alpha=0.2)
+            for value, cell in points:
+                if cell.diverged:
+                    color = line.get_color() if line is not None else "red"
+                    axis.plot([value], [0.02], marker="x", color=color, markersize=9, mew=2,
+                              transform=axis.get_xaxis_transform(), clip_on=False)
+                    axis.annotate(f"{cell.diverged}/{cell.ended}", (value, 0.05), xycoords=("data", "axes fraction"),
+                                  fontsize=7, color=color, ha="center")
+        if spans_decades(list(pivot.columns)):
+            axis.set_xscale("log")
+        axis.set_title(f"{arch.upper()}: {metric_label} vs {pivot.by} (× = diverged k/n)")
+        axis.set_xlabel(pivot.by)
+        axis.set_ylabel(metric_label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return save(figure, output, dpi, f"mean ± std over seeds, by {pivot.by}")
+
+
+def save(figure, output: Path, dpi: int, title: str) -> Path:
+    figure.suptitle(title)
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=dpi)
     plt.close(figure)
     return output
+
+
+DIAGNOSTIC_PLOTS = {
+    # name: (kind, x axis: "x" (step size) or "epoch", y label, log x, log y)
+    "loss_ratio": ("loss_ratio", "x", "one-step loss ratio r(η) at initialization", True, True),
+    "mode_gap": ("mode_gap", "epoch", "val. acc. gap: prediction mode − batch statistics (points)", False, False),
+    "smoothness": ("beta_smoothness", "epoch", "effective β-smoothness along the gradient", False, True),
+    "grad_norm": ("grad_norm_total", "epoch", "gradient norm (all layers)", False, True),
+}
+
+
+def diagnostic_series(group: Group, diagnostics: dict, epochs: dict, kind: str, axis_field: str) -> dict[float, list[float]]:
+    """{x: [value per run]} of one diagnostic for a group's runs."""
+    series: dict[float, list[float]] = {}
+    for run in group.runs:
+        for x, value in run_diagnostic(diagnostics.get(run.id, []), epochs.get(run.id, []), kind, axis_field).items():
+            series.setdefault(x, []).append(value)
+    return series
+
+
+def run_diagnostic(records: list, epochs: list, kind: str, axis_field: str) -> dict[float, float]:
+    if kind == "mode_gap":
+        batch = {r.epoch: r.value for r in records if r.kind == "val_acc_batch_stats" and r.value is not None}
+        return {e.epoch: 100 * (e.val_acc - batch[e.epoch]) for e in epochs if e.epoch in batch}
+    if kind == "grad_norm_total":
+        totals: dict[float, float] = {}
+        for r in records:
+            if r.kind == "grad_norm" and r.value is not None:
+                totals[r.epoch] = totals.get(r.epoch, 0.0) + r.value ** 2
+        return {e: v ** 0.5 for e, v in totals.items()}
+    return {getattr(r, axis_field): r.value for r in records if r.kind == kind and r.value is not None}
+
+
+def plot_diagnostic(groups: list[Group], diagnostics: dict, epochs: dict, name: str, output: Path, dpi: int = 120) -> Path:
+    kind, axis_field, label, log_x, log_y = DIAGNOSTIC_PLOTS[name]
+    archs = list(dict.fromkeys(g.value("arch") for g in groups))
+    figure, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)
+    for axis, arch in zip(axes[0], archs):
+        for group in (g for g in groups if g.value("arch") == arch):
+            series = diagnostic_series(group, diagnostics, epochs, kind, axis_field)
+            if not series:
+                continue
+            xs = sorted(series)
+            values = [torch.tensor(series[x], dtype=torch.float64) for x in xs]
+            means = [v.mean().item() for v in values]
+            stds = [v.std().item() if len(v) > 1 else 0.0 for v in values]
+            line, = axis.plot(xs, means, marker="o", markersize=3, label=f"{group.label()} (n={len(group.runs)})")
+            axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                              color=line.get_color(), alpha=0.2)
+        if name == "loss_ratio":
+            axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        axis.set_xscale("log" if log_x else "linear")
+        axis.set_yscale("log" if log_y else "linear")
+        axis.set_title(f"{arch.upper()}: {label}")
+        axis.set_xlabel("step size η" if axis_field == "x" else "epoch")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return save(figure, output, dpi, "batch-norm diagnostics: mean ± std over seeds")
+
+
+def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]]]], output: Path, dpi: int = 120) -> Path:
+    """Test accuracy when prediction normalizes with the statistics of batches of each size
+    (Wu & Johnson 2021), one line per configuration: rows of (label, {batch size: [acc per run]})."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for label, series in rows:
+        xs = sorted(series)
+        values = [torch.tensor(series[x], dtype=torch.float64) * 100 for x in xs]
+        means = [v.mean().item() for v in values]
+        stds = [v.std().item() if len(v) > 1 else 0.0 for v in values]
+        line, = axis.plot(xs, means, marker="o", markersize=3, label=label)
+        axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                          color=line.get_color(), alpha=0.2)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("batch size whose statistics normalize the test images")
+    axis.set_ylabel("test accuracy (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return save(figure, output, dpi, "prediction with batch statistics (latest evaluation of each run)")

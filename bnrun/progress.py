@@ -18,7 +18,7 @@ def trial_label(config: TrainConfig, seed: int) -> str:
 
 
 class SilentReporter:
-    def sweep_started(self, total: int) -> None: ...
+    def sweep_started(self, total: int, description: str = "") -> None: ...
     def trial_skipped(self, done: RunRecord, config: TrainConfig, seed: int) -> None: ...
     def trial_started(self, run_id: int, config: TrainConfig, seed: int) -> None: ...
     def epoch_started(self, epoch: int, epochs: int, batches: int) -> None: ...
@@ -44,7 +44,9 @@ class RichReporter(SilentReporter):
         self.epoch_task = None
         self.label = ""
 
-    def sweep_started(self, total: int) -> None:
+    def sweep_started(self, total: int, description: str = "") -> None:
+        if description:
+            self.console.print(f"grid: {description}", highlight=False)
         self.progress.start()
         self.sweep_task = self.progress.add_task("trials", total=total, info="")
 

@@ -4,10 +4,10 @@ paired comparisons by seed, and grid completeness. Pure functions over store rec
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from bnrun.stats import PairedTest, Summary, paired_t_test, summarize
+from bnrun.stats import MIN_TRIALS, PairedTest, Summary, paired_t_test, summarize, with_holm
 from bnrun.store import RunRecord
 
 IDENTITY = ("arch", "bn", "bn_impl", "fused")
@@ -22,7 +22,6 @@ METRICS = {
 }
 PERCENT_METRICS = {"test_acc_population", "test_acc_running", "best_val_acc", "val_acc"}
 HIGHER_IS_BETTER = PERCENT_METRICS
-MIN_TRIALS = 3
 BN_ORDER = {"pre": 0, "post": 1, "none": 2}
 
 
@@ -165,8 +164,14 @@ def build_report(runs: list[RunRecord], metric: str = "test_acc_population", run
     groups = build_groups(selected, expected_seeds)
     excluded = dict(Counter(run.status for run in selected if run.status not in ("completed", "running")))
     per_seed = {g.key: {r.seed: {"run_id": r.id, **{m: metric_value(r, m) for m in METRICS}} for r in g.runs} for g in groups}
-    return Report(tuple(groups), varying_hyperparameters(groups), excluded, tuple(paired_comparisons(groups, metric)),
+    return Report(tuple(groups), varying_hyperparameters(groups), excluded, corrected(paired_comparisons(groups, metric)),
                   metric, best_per_arch(groups, metric), per_seed)
+
+
+def corrected(comparisons: list[Comparison]) -> tuple[Comparison, ...]:
+    """The comparisons with Holm-adjusted p-values, the family being every comparison reported."""
+    tests = with_holm([c.test for c in comparisons])
+    return tuple(replace(c, test=t) for c, t in zip(comparisons, tests))
 
 
 def parse_run_ids(text: str) -> frozenset[int]:
@@ -181,3 +186,86 @@ def parse_run_ids(text: str) -> frozenset[int]:
             raise ValueError(f"--run-id: {part!r} is not an id or a range like 1-12")
         ids.update(range(int(low), int(high or low) + 1))
     return frozenset(ids)
+
+
+# -- pivots: one option's values as columns (`bnrun report --by lr`) ------------------------------
+
+PIVOT_FIELDS = IDENTITY + HYPERPARAMETERS
+ENDED = ("completed", "diverged")
+
+
+@dataclass(frozen=True)
+class Cell:
+    summary: Summary  # of the completed trials
+    diverged: int
+    ended: int  # completed + diverged: the trials that ran to an outcome
+    run_ids: tuple[int, ...]
+
+    def value_text(self, scale: float, digits: int, pm: str = "±") -> str:
+        mean, std = self.summary.mean, self.summary.std
+        if mean is None:
+            return ""
+        return f"{mean * scale:.{digits}f}" + ("" if std is None else f" {pm} {std * scale:.{digits}f}")
+
+    def flag_text(self) -> str:
+        return f"diverged {self.diverged}/{self.ended}" if self.diverged else ""
+
+    def text(self, scale: float, digits: int, pm: str = "±") -> str:
+        return " · ".join(p for p in (self.value_text(scale, digits, pm), self.flag_text()) if p) or "—"
+
+
+@dataclass(frozen=True)
+class PivotRow:
+    labels: dict  # the row's identity: arch, bn, bn_impl, fused and any other varying option
+    cells: dict  # column value -> Cell
+    best: object | None  # the column value with the best mean in this row
+
+
+@dataclass(frozen=True)
+class Pivot:
+    by: str
+    metric: str
+    columns: tuple  # the option's values, ascending
+    row_fields: tuple[str, ...]
+    rows: tuple[PivotRow, ...]
+    comparisons: tuple[Comparison, ...]  # within each column (same option value), Holm-corrected
+
+
+def pivot_row_fields(runs: list[RunRecord], by: str) -> tuple[str, ...]:
+    """arch, bn and bn_impl, then whatever else varies among the runs (fused, other options)."""
+    def varies(name: str) -> bool:
+        return len({getattr(r, name) for r in runs}) > 1
+    shown = tuple(name for name in ("arch", "bn", "bn_impl") if name != by)
+    return shown + tuple(name for name in ("fused",) + HYPERPARAMETERS if name != by and varies(name))
+
+
+def build_pivot(runs: list[RunRecord], by: str, metric: str = "test_acc_population", run_filter: RunFilter = RunFilter()) -> Pivot:
+    """Trials that ran to an outcome, rows = configuration without `by`, columns = `by`'s values."""
+    if by not in PIVOT_FIELDS:
+        raise ValueError(f"cannot pivot by {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
+    selected = [run for run in runs if run_filter.accepts(run) and run.status in ENDED]
+    row_fields = pivot_row_fields(selected, by)
+    table: dict[tuple, dict[object, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+    for run in selected:
+        table[tuple(getattr(run, name) for name in row_fields)][getattr(run, by)].append(run)
+    columns = tuple(sorted({getattr(run, by) for run in selected}, key=lambda v: (v is None, v)))
+    rows = [pivot_row(dict(zip(row_fields, key)), cells, metric) for key, cells in table.items()]
+    rows.sort(key=lambda row: pivot_sort_key(row.labels))
+    comparisons = build_report(runs, metric, run_filter).comparisons
+    return Pivot(by, metric, columns, row_fields, tuple(rows), comparisons)
+
+
+def pivot_sort_key(labels: dict) -> tuple:
+    return (labels.get("arch", ""), BN_ORDER.get(labels.get("bn"), 9), labels.get("bn_impl") != "custom",
+            bool(labels.get("fused")), tuple(str(v) for k, v in labels.items() if k not in IDENTITY))
+
+
+def pivot_row(labels: dict, runs_by_value: dict, metric: str) -> PivotRow:
+    cells = {}
+    for value, members in runs_by_value.items():
+        completed = [r for r in members if r.status == "completed"]
+        values = [v for r in completed if (v := metric_value(r, metric)) is not None]
+        cells[value] = Cell(summarize(values), len(members) - len(completed), len(members), tuple(r.id for r in members))
+    sign = 1 if metric in HIGHER_IS_BETTER else -1
+    scored = [(sign * c.summary.mean, value) for value, c in cells.items() if c.summary.mean is not None]
+    return PivotRow(labels, cells, max(scored, key=lambda pair: pair[0])[1] if scored else None)

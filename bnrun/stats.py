@@ -1,9 +1,15 @@
-"""Small statistics without SciPy: sample mean/std and the paired t-test's two-sided p-value."""
+"""Statistics for the report: sample mean/std, Student's paired t-test with a confidence
+interval for the mean difference (scipy.stats), and Holm–Bonferroni over a family of tests."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from scipy import stats as scipy_stats
+
+MIN_TRIALS = 3  # below this a comparison is flagged: the t-test has too few degrees of freedom to mean much
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -30,54 +36,58 @@ class PairedTest:
     std_diff: float | None
     t: float | None
     p_value: float | None  # two-sided; None when n < 2 or the differences do not vary
+    ci_low: float | None = None  # CONFIDENCE interval of the mean difference
+    ci_high: float | None = None
+    p_holm: float | None = None  # Holm-adjusted over every comparison of the report
+
+    @property
+    def too_few(self) -> bool:
+        return self.n < MIN_TRIALS
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        """Significant after the Holm correction (the raw p-value when no family was corrected)."""
+        p = self.p_holm if self.p_holm is not None else self.p_value
+        return p is not None and p < alpha
 
     def verdict(self, alpha: float = 0.05) -> str:
         if self.n < 2 or self.p_value is None:
             return f"n={self.n}: cannot test"
-        word = "significant" if self.p_value < alpha else "not significant"
-        return f"n={self.n}: {word} (p={self.p_value:.3g})"
+        holm = "" if self.p_holm is None else f", Holm p={self.p_holm:.3g}"
+        word = "significant" if self.significant(alpha) else "not significant"
+        if self.p_holm is not None:
+            word += " after Holm"
+        few = f" (n < {MIN_TRIALS}: too few seeds to rely on)" if self.too_few else ""
+        return f"n={self.n}: {word} (p={self.p_value:.3g}{holm}){few}"
 
 
-def paired_t_test(a: list[float], b: list[float]) -> PairedTest:
-    """Student's paired t-test on a[i] − b[i]."""
+def paired_t_test(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> PairedTest:
+    """Student's paired t-test on a[i] − b[i], with the t-based confidence interval of the mean."""
     diffs = [x - y for x, y in zip(a, b, strict=True)]
     s = summarize(diffs)
-    if s.n < 2 or not s.std:
+    if s.n < 2:
         return PairedTest(s.n, s.mean, s.std, None, None)
-    t = s.mean / (s.std / math.sqrt(s.n))
-    return PairedTest(s.n, s.mean, s.std, t, student_t_two_sided_p(t, s.n - 1))
+    if not s.std:  # identical differences: no spread to test against, the interval is the point
+        return PairedTest(s.n, s.mean, s.std, None, None, s.mean, s.mean)
+    result = scipy_stats.ttest_rel(a, b)
+    interval = result.confidence_interval(confidence)
+    return PairedTest(s.n, s.mean, s.std, float(result.statistic), float(result.pvalue), float(interval.low),
+                      float(interval.high))
 
 
-def student_t_two_sided_p(t: float, df: int) -> float:
-    """P(|T| ≥ |t|) for Student's t with df degrees of freedom: I_{df/(df+t²)}(df/2, 1/2)."""
-    return regularized_incomplete_beta(df / (df + t * t), df / 2.0, 0.5)
+def holm_adjust(p_values: list[float | None]) -> list[float | None]:
+    """Holm–Bonferroni step-down adjusted p-values (None entries are left out of the family):
+    the i-th smallest of m becomes max over j ≤ i of min(1, (m − j + 1)·p_(j))."""
+    ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(ranked)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(ranked):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[index] = running
+    return adjusted
 
 
-def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_continued_fraction(x, a, b) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(1.0 - x, b, a) / b
-
-
-def _beta_continued_fraction(x: float, a: float, b: float, iterations: int = 300, eps: float = 1e-15) -> float:
-    """Lentz's method for the continued fraction of the incomplete beta function."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    result = d
-    for m in range(1, iterations + 1):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            result *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return result
+def with_holm(tests: list[PairedTest]) -> list[PairedTest]:
+    """The tests with `p_holm` filled in, the family being all of them."""
+    adjusted = holm_adjust([t.p_value for t in tests])
+    return [replace(t, p_holm=p) for t, p in zip(tests, adjusted)]

@@ -11,9 +11,7 @@ import contextlib
 import io
 import json
 import math
-import platform
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,13 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import bnrun
+
 from bnrun import data as data_mod
 from bnrun.config import SweepConfig, TrainConfig
+from bnrun.diagnostics import Diagnostics
 from bnrun.errors import StoreError
 from bnrun.models import build_model
 from bnrun.nn import recompute_population_statistics
 from bnrun.progress import Reporter
+from bnrun.provenance import provenance
 from bnrun.store import EpochRecord, FinalMetrics, Store
 
 EVAL_BATCH = 1000
@@ -144,19 +144,9 @@ def deserialize_checkpoint(blob: bytes) -> dict:
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(bnrun.__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def run_fields(config: TrainConfig, seed: int, grid_seeds: int | None = None) -> dict:
+def run_fields(config: TrainConfig, seed: int, grid_seeds: int | None = None, diagnostics: bool = False) -> dict:
     fields = dict(config.__dict__)
-    fields.update(seed=seed, grid_seeds=grid_seeds, bnrun_version=bnrun.__version__, torch_version=torch.__version__,
-                  python_version=platform.python_version(), git_commit=git_commit())
+    fields.update(seed=seed, grid_seeds=grid_seeds, diagnostics=diagnostics, **provenance(config.device))
     return fields
 
 
@@ -180,10 +170,14 @@ def heartbeat(store: Store, run_id: int) -> Iterator[None]:
 
 
 def fit(config: TrainConfig, seed: int, dataset: data_mod.FashionMNISTData, store: Store, run_id: int,
-        reporter: Reporter) -> FinalMetrics:
+        reporter: Reporter, diagnostics: bool = False) -> FinalMetrics:
     """Train, store each epoch, then compute population statistics and the test metrics."""
     torch.manual_seed(seed)
     model = build_model(config.arch, config.bn, config.bn_impl, config.fused).to(config.device)
+    probes = None
+    if diagnostics:
+        probes = Diagnostics(dataset, config.batch_size, config.device, lambda records: store.add_diagnostics(run_id, records))
+        probes.at_initialization(model)
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, steps_per_epoch(len(dataset.train), config.batch_size))
@@ -194,9 +188,13 @@ def fit(config: TrainConfig, seed: int, dataset: data_mod.FashionMNISTData, stor
         reporter.epoch_started(epoch, config.epochs, steps_per_epoch(len(dataset.train), config.batch_size))
         train_loss, train_acc, busy = train_epoch(model, optimizer, scheduler, dataset.train, config, generator, reporter)
         val_loss, val_acc = evaluate(model, dataset.val, config.device)
+        if not math.isfinite(val_loss):  # e.g. running statistics overflowed while the batch loss stayed finite
+            raise Diverged(f"validation loss became {val_loss} after epoch {epoch}")
         best_val = max(best_val, val_acc)
         record = EpochRecord(epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start, busy)
         store.add_epoch(run_id, record)
+        if probes is not None:
+            probes.after_epoch(model, epoch)
         reporter.epoch_finished(record)
     return finish(model, config, dataset, store, run_id, best_val, record)
 
@@ -213,14 +211,15 @@ def finish(model, config, dataset, store, run_id, best_val, last: EpochRecord) -
 
 
 def run_trial(config: TrainConfig, seed: int, dataset, store: Store, reporter: Reporter,
-              grid_seeds: int | None = None) -> tuple[int, str]:
+              grid_seeds: int | None = None, diagnostics: bool = False) -> tuple[int, str]:
     """One trial, start to honest end; returns (run id, final status). KeyboardInterrupt
     (Ctrl-C or SIGTERM) marks the trial interrupted and propagates."""
-    run_id = store.start_run(run_fields(config, seed, grid_seeds), config.key(), json.dumps(config.identity(), sort_keys=True))
+    fields = run_fields(config, seed, grid_seeds, diagnostics)
+    run_id = store.start_run(fields, config.key(), json.dumps(config.identity(), sort_keys=True))
     reporter.trial_started(run_id, config, seed)
     try:
         with heartbeat(store, run_id):
-            metrics = fit(config, seed, dataset, store, run_id, reporter)
+            metrics = fit(config, seed, dataset, store, run_id, reporter, diagnostics)
     except KeyboardInterrupt:
         store.end_run(run_id, "interrupted", "interrupted by the user (SIGINT/SIGTERM)")
         reporter.trial_finished(run_id, "interrupted", None)
@@ -256,21 +255,34 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class DatasetCache:
+    """The data loaded once per training subset a grid asks for (the last one kept)."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self.data_dir, self.subset, self.dataset = data_dir, None, None
+
+    def get(self, subset: int | None) -> data_mod.FashionMNISTData:
+        if self.dataset is None or subset != self.subset:
+            self.subset, self.dataset = subset, data_mod.load(self.data_dir, subset)
+        return self.dataset
+
+
 def run_sweep(sweep: SweepConfig, store: Store, reporter: Reporter) -> SweepResult:
     """Every trial of the grid; completed ones are skipped unless forced. A diverged trial or a
     training error does not stop the sweep; a store error does (nothing more could be recorded)."""
     result = SweepResult()
     trials = sweep.trials()
-    dataset = data_mod.load(sweep.data_dir, sweep.base.train_subset)
+    datasets = DatasetCache(sweep.data_dir)
     with sigterm_as_interrupt():
-        reporter.sweep_started(len(trials))
+        reporter.sweep_started(len(trials), sweep.describe())
         for config, seed in trials:
-            done = None if sweep.force else store.find_completed(config.key(), seed)
+            done = None if sweep.force else store.find_completed(config.key(), seed, sweep.diagnostics)
             if done is not None:
                 result.skipped.append(done.id)
                 reporter.trial_skipped(done, config, seed)
                 continue
-            run_id, status = run_trial(config, seed, dataset, store, reporter, len(sweep.seeds))
+            run_id, status = run_trial(config, seed, datasets.get(config.train_subset), store, reporter,
+                                       len(sweep.seeds), sweep.diagnostics)
             {"completed": result.completed, "diverged": result.diverged}.get(status, result.failed).append(run_id)
         reporter.sweep_finished()
     return result

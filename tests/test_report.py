@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from bnrun import formats
 from bnrun.cli import app
 from bnrun.report import RunFilter, build_report, parse_run_ids
-from bnrun.stats import paired_t_test, student_t_two_sided_p, summarize
+from bnrun.stats import holm_adjust, paired_t_test, summarize
 from bnrun.store import EpochRecord, FinalMetrics, RunRecord, Store
 
 runner = CliRunner()
@@ -91,10 +91,34 @@ def test_paired_comparisons_use_shared_seeds():
 
 def test_statistics_helpers():
     assert summarize([]).mean is None and summarize([2.0]).std is None
-    assert student_t_two_sided_p(4.302652729911275, 2) == pytest.approx(0.05, abs=1e-6)
-    assert student_t_two_sided_p(2.228138851986274, 10) == pytest.approx(0.05, abs=1e-6)
     assert paired_t_test([1.0, 2.0], [1.0, 2.0]).p_value is None  # no variation: no test
     assert paired_t_test([1.0], [0.0]).verdict() == "n=1: cannot test"
+
+
+def test_paired_t_test_against_hand_computed_values():
+    # differences 1, 2, 3: mean 2, sd 1, se 1/√3, t = 2√3 = 3.4641 on 2 df;
+    # two-sided p = 1 − |t|/√(t² + 2) for 2 df = 1 − 3.4641/3.7417 = 0.074180;
+    # 95 % CI = 2 ± t_{0.975, 2}·se = 2 ± 4.302653/√3 = [−0.484138, 4.484138].
+    test = paired_t_test([11.0, 12.0, 13.0], [10.0, 10.0, 10.0])
+    assert test.n == 3 and test.mean_diff == pytest.approx(2.0) and test.std_diff == pytest.approx(1.0)
+    assert test.t == pytest.approx(2 * math.sqrt(3))
+    assert test.p_value == pytest.approx(1 - 2 * math.sqrt(3) / math.sqrt(14), rel=1e-9)
+    assert (test.ci_low, test.ci_high) == (pytest.approx(-0.484138, abs=1e-6), pytest.approx(4.484138, abs=1e-6))
+    assert not test.too_few and "too few" in paired_t_test([2.0, 3.5], [1.0, 1.0]).verdict()
+
+
+def test_holm_order_and_values():
+    # sorted p: 0.01 (×4 = 0.04), 0.02 (×3 = 0.06), 0.03 (×2 = 0.06), 0.04 (×1, but monotone: 0.06); None stays out
+    assert holm_adjust([0.03, None, 0.01, 0.04, 0.02]) == [
+        pytest.approx(0.06), None, pytest.approx(0.04), pytest.approx(0.06), pytest.approx(0.06)]
+    assert holm_adjust([0.5, 0.9]) == [pytest.approx(1.0), pytest.approx(1.0)]  # capped at 1
+
+
+def test_report_applies_holm_over_all_its_comparisons():
+    report = build_report(sample_runs())
+    raw = [c.test.p_value for c in report.comparisons]
+    assert [c.test.p_holm for c in report.comparisons] == [pytest.approx(p) if p is not None else None for p in holm_adjust(raw)]
+    assert all(c.test.ci_low is not None for c in report.comparisons if c.test.p_value is not None)
 
 
 def test_csv_and_json_parse_back():

@@ -180,6 +180,64 @@ def open_engine(url: str) -> tuple[Engine, Migration | None]:
     return engine, migration
 
 
+def read_only_sqlite_url(path: Path) -> str:
+    """A URL that opens the file without ever writing: mode=ro, and immutable=1 when no writer has
+    a write-ahead log open (otherwise even a read-only connection creates -wal and -shm files)."""
+    wal = Path(f"{path}-wal")
+    flags = "mode=ro" + ("" if wal.exists() else "&immutable=1")
+    return f"sqlite:///file:{path}?{flags}&uri=true"
+
+
+def open_read_only(url: str) -> tuple[Engine, Path | None]:
+    """An engine that only reads a store at the head revision. An older SQLite store is read
+    through a migrated temporary copy (returned, for the caller to delete); nothing is created."""
+    path = sqlite_path(url)
+    if path is not None:
+        if not path.is_file():
+            raise StoreError(f"no store at {path}{' (a directory)' if path.is_dir() else ''}; check --db or BNRUN_DB (read-only commands never create one)")
+        check_sqlite_header(path)
+        url = read_only_sqlite_url(path)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = migrate.current_revision(connection)
+            if current != migrate.head_revision():
+                refuse_unknown(connection, current, path)
+    except (SQLAlchemyError, sqlite3.Error) as error:
+        engine.dispose()
+        raise StoreError(f"cannot read store {path or url}: {describe(error)}") from None
+    except StoreError:
+        engine.dispose()
+        raise
+    if current == migrate.head_revision():
+        return engine, None
+    engine.dispose()
+    if path is None:
+        raise StoreError(f"store {url} is at schema {current}, older than this bnrun's {migrate.head_revision()}; open it once with a writing command (bnrun train or eval) to upgrade it")
+    return migrated_copy(path, current)
+
+
+def migrated_copy(path: Path, revision: str | None) -> tuple[Engine, Path]:
+    """A temporary copy of an older store, brought to the head revision (the original is only read)."""
+    import tempfile
+
+    handle, name = tempfile.mkstemp(prefix="bnrun-readonly-", suffix=".db")
+    os.close(handle)
+    copy = Path(name)
+    source = sqlite3.connect(f"file:{path}?{read_only_sqlite_url(path).split('?', 1)[1]}", uri=True)
+    try:
+        with sqlite3.connect(copy) as target:
+            source.backup(target)
+        target.close()
+    finally:
+        source.close()
+    engine = make_engine(f"sqlite:///{copy}")
+    with engine.connect().execution_options(immediate=True) as connection:
+        migrate.upgrade(connection)
+        connection.commit()
+    return engine, copy
+
+
 def describe(error: BaseException) -> str:
     original = getattr(error, "orig", None) or error
     text = (str(original).strip().splitlines() or [type(original).__name__])[0][:200]

@@ -56,6 +56,13 @@ class Run(Base):
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     grid_seeds: Mapped[int | None] = mapped_column(Integer)  # seeds the sweep asked for (revision 0002)
+    # where it ran (revision 0003): what can change the numerics of the same seed
+    cpu_model: Mapped[str | None] = mapped_column(String(255))
+    cpu_features: Mapped[str | None] = mapped_column(String(255))
+    torch_threads: Mapped[int | None] = mapped_column(Integer)
+    gpu_name: Mapped[str | None] = mapped_column(String(255))
+    executor: Mapped[str | None] = mapped_column(String(32))
+    diagnostics: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class Epoch(Base):
@@ -100,3 +107,19 @@ class Evaluation(Base):
     test_acc_population: Mapped[float] = mapped_column(Float)
     matches_stored: Mapped[bool] = mapped_column(Boolean)
     bnrun_version: Mapped[str] = mapped_column(String(32))
+    batch_stats_json: Mapped[str | None] = mapped_column(Text)  # {batch size: [test loss, test acc]} (revision 0003)
+
+
+class Diagnostic(Base):
+    """One diagnostic value of a run (bnrun.diagnostics): `kind` at `epoch` (0 = initialization)
+    for `name` (a layer, or "model"), at `x` (a step size) where the kind has one."""
+
+    __tablename__ = "diagnostics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    epoch: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    x: Mapped[float | None] = mapped_column(Float)
+    value: Mapped[float | None] = mapped_column(Float)

@@ -50,6 +50,12 @@ class RunRecord:
     host: str
     pid: int
     grid_seeds: int | None
+    cpu_model: str | None = None
+    cpu_features: str | None = None
+    torch_threads: int | None = None
+    gpu_name: str | None = None
+    executor: str | None = None
+    diagnostics: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,16 @@ class EvaluationRecord:
     test_acc_population: float
     matches_stored: bool
     bnrun_version: str
+    batch_stats_json: str | None = None
+
+
+@dataclass(frozen=True)
+class DiagnosticRecord:
+    kind: str
+    epoch: int  # 0: at initialization
+    name: str  # a layer's name, or "model"
+    x: float | None  # the step size η where the kind has one
+    value: float | None  # None where the value was not finite
 
 
 def record_from_row(record_type: type, row: object):

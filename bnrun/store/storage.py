@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from bnrun.errors import StoreError
 from bnrun.store import engine as engine_mod
-from bnrun.store.models import Checkpoint, Epoch, Evaluation, Run
-from bnrun.store.records import EpochRecord, EvaluationRecord, FinalMetrics, RunRecord, record_from_row
+from bnrun.store.models import Checkpoint, Diagnostic, Epoch, Evaluation, Run
+from bnrun.store.records import DiagnosticRecord, EpochRecord, EvaluationRecord, FinalMetrics, RunRecord, record_from_row
 
 STALE_HEARTBEAT = timedelta(minutes=5)
 ORPHAN_NOTE = "process ended without finishing"
@@ -43,12 +43,20 @@ def pid_alive(pid: int) -> bool:
 class Store:
     """A bnrun results store at a SQLAlchemy URL (a plain path means a SQLite file)."""
 
-    def __init__(self, db: str | None = None, reap: bool = True) -> None:
+    def __init__(self, db: str | None = None, reap: bool = True, read_only: bool = False) -> None:
+        """`read_only`: never write, create, migrate or reap (runs, show, report, plot, reproduce)."""
         self.url = engine_mod.resolve_url(db)
         self.path = engine_mod.sqlite_path(self.url)
-        self.engine, self.migration = engine_mod.open_engine(self.url)
+        self.read_only = read_only
+        self._scratch_copy = None
+        if read_only:
+            self.engine, self._scratch_copy = engine_mod.open_read_only(self.url)
+            self.migration, self.reaped = None, []
+        else:
+            self.engine, self.migration = engine_mod.open_engine(self.url)
         self._write_engine = self.engine.execution_options(immediate=True)
-        self.reaped = self.reap_orphans() if reap else []
+        if not read_only:
+            self.reaped = self.reap_orphans() if reap else []
 
     @property
     def name(self) -> str:
@@ -56,10 +64,14 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._scratch_copy is not None:
+            self._scratch_copy.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
         """One transaction: committed on success, rolled back on error, errors made readable."""
+        if write and self.read_only:
+            raise StoreError(f"store {self.name} was opened read-only")
         bind = self._write_engine if write else self.engine
         try:
             with Session(bind, expire_on_commit=False) as session:
@@ -133,12 +145,13 @@ class Store:
                 self._end(run, "failed", ORPHAN_NOTE)
             return [run.id for run in orphans]
 
-    def find_completed(self, config_key: str, seed: int) -> RunRecord | None:
+    def find_completed(self, config_key: str, seed: int, with_diagnostics: bool = False) -> RunRecord | None:
+        """The latest completed run of this trial (one that recorded diagnostics, if asked)."""
+        query = select(Run).where(Run.config_key == config_key, Run.seed == seed, Run.status == "completed")
+        if with_diagnostics:
+            query = query.where(Run.diagnostics.is_(True))
         with self.session() as session:
-            row = session.scalars(
-                select(Run).where(Run.config_key == config_key, Run.seed == seed, Run.status == "completed")
-                .order_by(Run.id.desc())
-            ).first()
+            row = session.scalars(query.order_by(Run.id.desc())).first()
             return record_from_row(RunRecord, row) if row else None
 
     def get_run(self, run_id: int) -> RunRecord:
@@ -173,6 +186,18 @@ class Store:
             rows = session.scalars(select(Epoch).where(Epoch.run_id.in_(run_ids)).order_by(Epoch.run_id, Epoch.epoch))
             for row in rows:
                 result[row.run_id].append(record_from_row(EpochRecord, row))
+        return result
+
+    def add_diagnostics(self, run_id: int, records: list[DiagnosticRecord]) -> None:
+        with self.session(write=True) as session:
+            session.add_all(Diagnostic(run_id=run_id, **asdict(record)) for record in records)
+
+    def diagnostics_by_run(self, run_ids: list[int]) -> dict[int, list[DiagnosticRecord]]:
+        result: dict[int, list[DiagnosticRecord]] = {run_id: [] for run_id in run_ids}
+        with self.session() as session:
+            rows = session.scalars(select(Diagnostic).where(Diagnostic.run_id.in_(run_ids)).order_by(Diagnostic.id))
+            for row in rows:
+                result[row.run_id].append(record_from_row(DiagnosticRecord, row))
         return result
 
     # -- checkpoints and evaluations ------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Where a run ran: the facts that can change the numerics of the same seed on another machine
+(CPU model and the ISA features oneDNN/ATen dispatch on, torch's thread count, the GPU) plus the
+code that ran (versions, git commit). Stored with every run; `bnrun reproduce` compares them."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+import bnrun
+
+# CPU flags (as /proc/cpuinfo names them) that select different kernels or rounding paths.
+NUMERIC_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "avx_vnni")
+PROVENANCE_FIELDS = ("git_commit", "bnrun_version", "torch_version", "python_version", "cpu_model", "cpu_features",
+                     "torch_threads", "device", "gpu_name")
+
+
+@functools.cache
+def cpu_info() -> tuple[str, str]:
+    """(CPU model name, comma list of the NUMERIC_FEATURES it has)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model, ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return model, ",".join(f for f in NUMERIC_FEATURES if f in flags)
+
+
+def gpu_name(device: str) -> str | None:
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+@functools.cache
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(bnrun.__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance(device: str, executor: str = "local") -> dict:
+    """The run-row fields that say what ran where."""
+    model, features = cpu_info()
+    return dict(bnrun_version=bnrun.__version__, torch_version=torch.__version__,
+                python_version=platform.python_version(), git_commit=git_commit(), cpu_model=model,
+                cpu_features=features, torch_threads=torch.get_num_threads(), gpu_name=gpu_name(device),
+                executor=executor)
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """'torch_threads: 2 → 1' for every provenance field that differs between two runs."""
+    return [f"{name}: {a.get(name)} → {b.get(name)}" for name in PROVENANCE_FIELDS if a.get(name) != b.get(name)]
