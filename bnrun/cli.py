@@ -112,7 +112,7 @@ def runs(
     from bnrun import commands, views
 
     filters = commands.run_filters(arch, bn, status)
-    out.print(views.runs_table(commands.list_runs(db, filters)))
+    out.print(views.runs_table(*commands.list_runs(db, filters)))
 
 
 @app.command()

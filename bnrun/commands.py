@@ -54,7 +54,8 @@ def parse_numbers(text: str | int | float, kind: type, option: str, minimum: flo
         except ValueError:
             raise UsageError(f"{option}: {part!r} is not {'an integer' if kind is int else 'a number'}") from None
         bad = value <= minimum if strict else value < minimum
-        _require(not bad and value == value, f"{option} must be {'>' if strict else '≥'} {minimum:g}, got {part}")
+        bound = "positive" if strict else (f"at least {minimum:g}" if minimum else "≥ 0")
+        _require(not bad and value == value, f"{option} must be {bound}, got {part}")
         values.append(value)
     return tuple(dict.fromkeys(values))
 
@@ -163,7 +164,7 @@ def prepare_fused_kernel() -> None:
 
 
 def sweep_summary(result) -> str:
-    parts = [f"{len(result.completed)} completed", f"{len(result.skipped)} skipped (already in the store)"]
+    parts = [f"{len(result.completed)} completed", f"{len(result.skipped)} skipped (already completed or diverged in the store)"]
     if result.diverged:
         parts.append(f"{len(result.diverged)} diverged (runs {', '.join(map(str, result.diverged))})")
     if result.failed:
@@ -202,9 +203,10 @@ def run_filters(arch: str | None, bn: str | None, status: str | None) -> dict[st
     }
 
 
-def list_runs(db: str | None, filters: dict) -> list[RunRecord]:
+def list_runs(db: str | None, filters: dict) -> tuple[list[RunRecord], set[int]]:
+    """The runs, and the ids of `running` ones whose process is gone (reaped by the next writing command)."""
     with open_store(db, read_only=True) as store:
-        return store.list_runs(**filters)
+        return store.list_runs(**filters), store.orphan_ids()
 
 
 def show_run(db: str | None, run_id: int) -> tuple[RunRecord, list[EpochRecord], list]:
@@ -253,10 +255,13 @@ def build(db: str | None, request: ReportRequest):
 
 
 def build_in(store: Store, request: ReportRequest):
-    from bnrun.report import build_report
+    from bnrun.report import build_report, diagnostic_summaries
 
     result = build_report(store.list_runs(), request.metric, request.run_filter, request.expected_seeds)
-    epochs = store.epochs_by_run([r.id for g in result.groups for r in g.runs]) if result.groups else {}
+    run_ids = [r.id for g in result.groups for r in g.runs]
+    epochs = store.epochs_by_run(run_ids) if result.groups else {}
+    if any(r.diagnostics for g in result.groups for r in g.runs):
+        result = replace(result, diagnostics=diagnostic_summaries(result.groups, store.diagnostics_by_run(run_ids), epochs))
     return result, epochs
 
 

@@ -10,7 +10,7 @@ from rich.console import Group as RichGroup
 from rich.table import Table
 from rich.text import Text
 
-from bnrun.report import METRICS, MIN_TRIALS, PERCENT_METRICS, Group, Pivot, PivotRow, Report
+from bnrun.report import DIAGNOSTIC_SUMMARIES, METRICS, MIN_TRIALS, PERCENT_METRICS, Group, Pivot, PivotRow, Report
 from bnrun.stats import Summary
 
 FORMATS = ("table", "latex", "markdown", "csv", "json")
@@ -120,7 +120,28 @@ def to_rich(report: Report) -> RichGroup:
     notes = [Text(line, style="dim") for line in footnotes(report)]
     comparisons = [Text(comparisons_heading(report), style="bold")]
     comparisons += [Text("  " + line) for line in comparison_lines(report)] or [Text("  none (need matching groups)")]
-    return RichGroup(table, *notes, *comparisons)
+    extra = [diagnostics_table(report)] if report.diagnostics else []
+    return RichGroup(table, *notes, *comparisons, *extra)
+
+
+def diagnostic_cells(report: Report, group: Group) -> list[str]:
+    summaries = report.diagnostics.get(group.key, {})
+    cells = []
+    for name in DIAGNOSTIC_SUMMARIES:
+        s = summaries.get(name)
+        cells.append("—" if s is None or s.mean is None else f"{s.mean:.3g}" + ("" if s.std is None else f" ± {s.std:.2g}"))
+    return cells
+
+
+def diagnostics_table(report: Report) -> Table:
+    table = Table(title="diagnostics (runs trained with --diagnostics; mean ± std over seeds)")
+    table.add_column("group")
+    for label in DIAGNOSTIC_SUMMARIES.values():
+        table.add_column(label, justify="right")
+    for group in report.groups:
+        if group.key in report.diagnostics:
+            table.add_row(group.label(), *diagnostic_cells(report, group))
+    return table
 
 
 # -- LaTeX --------------------------------------------------------------------------------------------
@@ -192,7 +213,16 @@ def to_markdown(report: Report) -> str:
             values[index] = f"**{values[index]}**"
         lines.append("| " + " | ".join(values) + " |")
     extra = [f"- {line}" for line in footnotes(report) + [comparisons_heading(report)] + comparison_lines(report)]
-    return "\n".join(lines + [""] + extra) + "\n"
+    return "\n".join(lines + [""] + extra + diagnostics_markdown(report)) + "\n"
+
+
+def diagnostics_markdown(report: Report) -> list[str]:
+    if not report.diagnostics:
+        return []
+    lines = ["", "Diagnostics (mean ± std over seeds):", "",
+             "| group | " + " | ".join(DIAGNOSTIC_SUMMARIES.values()) + " |", "|---" + "|---:" * len(DIAGNOSTIC_SUMMARIES) + "|"]
+    lines += ["| " + " | ".join([g.label(), *diagnostic_cells(report, g)]) + " |" for g in report.groups if g.key in report.diagnostics]
+    return lines
 
 
 def records(report: Report) -> list[dict]:
@@ -204,6 +234,8 @@ def records(report: Report) -> list[dict]:
         for metric in METRICS:
             row[f"{metric}_mean"], row[f"{metric}_std"] = group.stats[metric].mean, group.stats[metric].std
         row["per_seed"] = {str(seed): values for seed, values in report.per_seed[group.key].items()}
+        for name, summary in report.diagnostics.get(group.key, {}).items():
+            row[f"diag_{name}_mean"], row[f"diag_{name}_std"] = summary.mean, summary.std
         rows.append(row)
     return rows
 

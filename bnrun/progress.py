@@ -51,7 +51,7 @@ class RichReporter(SilentReporter):
         self.sweep_task = self.progress.add_task("trials", total=total, info="")
 
     def trial_skipped(self, done: RunRecord, config: TrainConfig, seed: int) -> None:
-        self.console.print(f"skip   {trial_label(config, seed)}: already completed as run {done.id} (--force reruns it)")
+        self.console.print(f"skip   {trial_label(config, seed)}: already {done.status} as run {done.id} (--force reruns it)")
         self.progress.advance(self.sweep_task)
 
     def trial_started(self, run_id: int, config: TrainConfig, seed: int) -> None:

@@ -79,6 +79,7 @@ class Report:
     metric: str
     best: dict[str, tuple]  # arch -> key of the group with the best headline mean
     per_seed: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)  # group key -> {summary: Summary} (diagnostic_summaries)
 
 
 def metric_value(run: RunRecord, name: str) -> float | None:
@@ -269,3 +270,41 @@ def pivot_row(labels: dict, runs_by_value: dict, metric: str) -> PivotRow:
     sign = 1 if metric in HIGHER_IS_BETTER else -1
     scored = [(sign * c.summary.mean, value) for value, c in cells.items() if c.summary.mean is not None]
     return PivotRow(labels, cells, max(scored, key=lambda pair: pair[0])[1] if scored else None)
+
+
+# -- diagnostics per group (runs trained with --diagnostics) -----------------------------------------
+
+DIAGNOSTIC_SUMMARIES = {
+    "stable_eta": "largest η with r(η) < 1 at init",
+    "mode_gap": "val. gap, prediction − batch stats, last epoch (points)",
+    "beta_smoothness": "β-smoothness, last epoch",
+    "loss_range": "loss range along ∇L, last epoch",
+}
+
+
+def run_diagnostic_summary(records: list, epochs: list) -> dict[str, float]:
+    """The per-run numbers the report aggregates (only those the run has)."""
+    values: dict[str, float] = {}
+    helps = [r.x for r in records if r.kind == "loss_ratio" and r.value is not None and r.value < 1]
+    if any(r.kind == "loss_ratio" for r in records):
+        values["stable_eta"] = max(helps) if helps else 0.0
+    last = max((r.epoch for r in records), default=0)
+    final = {r.kind: r.value for r in records if r.epoch == last and r.name == "model" and r.value is not None}
+    epoch = next((e for e in epochs if e.epoch == last), None)
+    if epoch is not None and "val_acc_batch_stats" in final:
+        values["mode_gap"] = 100 * (epoch.val_acc - final["val_acc_batch_stats"])
+    for kind in ("beta_smoothness", "loss_range"):
+        if kind in final:
+            values[kind] = final[kind]
+    return values
+
+
+def diagnostic_summaries(groups: tuple[Group, ...], diagnostics: dict, epochs: dict) -> dict[tuple, dict[str, Summary]]:
+    """{group key: {summary name: mean ± std over the group's runs with diagnostics}}."""
+    result = {}
+    for group in groups:
+        per_run = [run_diagnostic_summary(diagnostics.get(r.id, []), epochs.get(r.id, [])) for r in group.runs]
+        per_run = [values for values in per_run if values]
+        if per_run:
+            result[group.key] = {name: summarize([v[name] for v in per_run if name in v]) for name in DIAGNOSTIC_SUMMARIES}
+    return result

@@ -37,6 +37,9 @@ EVAL_BATCH = 1000
 HEARTBEAT_S = 30.0
 
 
+OUTCOMES = ("completed", "diverged")  # results a re-run skips; failed, interrupted and reaped trials run again
+
+
 class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
@@ -276,7 +279,7 @@ def run_sweep(sweep: SweepConfig, store: Store, reporter: Reporter) -> SweepResu
     with sigterm_as_interrupt():
         reporter.sweep_started(len(trials), sweep.describe())
         for config, seed in trials:
-            done = None if sweep.force else store.find_completed(config.key(), seed, sweep.diagnostics)
+            done = None if sweep.force else store.find_completed(config.key(), seed, sweep.diagnostics, OUTCOMES)
             if done is not None:
                 result.skipped.append(done.id)
                 reporter.trial_skipped(done, config, seed)

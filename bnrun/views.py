@@ -19,14 +19,17 @@ def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
-def runs_table(runs: list[RunRecord]) -> Table:
+def runs_table(runs: list[RunRecord], orphans: set[int] = frozenset()) -> Table:
+    """`orphans`: running rows whose process is gone, shown as such (read-only: the next writing
+    command marks them failed)."""
     table = Table(title=f"{len(runs)} runs")
     for column in ("id", "status", "arch", "bn", "impl", "seed", "epochs", "test % (pop)", "test % (run)", "time", "note"):
         table.add_column(column, justify="right" if column in ("id", "seed", "epochs") else "left")
     for run in runs:
         style = STATUS_STYLE.get(run.status, "")
+        status = f"[{style}]{run.status}[/]" + (" [red](process gone)[/]" if run.id in orphans else "")
         table.add_row(
-            str(run.id), f"[{style}]{run.status}[/]", run.arch, run.bn, run.bn_impl + ("+fused" if run.fused else ""),
+            str(run.id), status, run.arch, run.bn, run.bn_impl + ("+fused" if run.fused else ""),
             str(run.seed), f"{run.epochs_completed}/{run.epochs}", pct(run.test_acc_population), pct(run.test_acc_running),
             "—" if run.duration_s is None else f"{run.duration_s:.0f}s", (run.note or "")[:60],
         )

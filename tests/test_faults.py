@@ -17,6 +17,8 @@ import pytest
 
 from conftest import REPO, bnrun_command, run_bnrun
 
+from bnrun.store import Store, migrate
+
 pytestmark = pytest.mark.faults
 FIXTURE_0001 = REPO / "tests" / "fixtures" / "store_0001.db"
 TINY = ["--arch", "mlp", "--bn", "pre", "--epochs", "1", "--train-subset", "500"]
@@ -95,8 +97,11 @@ def test_sigkill_mid_epoch_then_runs_marks_failed(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert query(db, "select status from runs") == [("running",)]
-    listed = run_bnrun("runs", "--db", str(db), timeout=60)
+    listed = run_bnrun("runs", "--db", str(db), timeout=60)  # read-only: flags the row, changes nothing
     assert listed.returncode == 0, listed.stderr
+    assert "process gone" in listed.stdout and query(db, "select status from runs") == [("running",)]
+    reaped = run_bnrun("eval", "--run-id", "1", "--db", str(db), timeout=60)  # any writing command reaps first
+    assert "marked runs 1 failed" in reaped.stderr
     assert query(db, "select status, note, epochs_completed from runs") == [("failed", "process ended without finishing", 1)]
     assert query(db, "select epoch from epochs") == [(1,)]
     assert "failed" in listed.stdout and "marked runs 1 failed" in listed.stderr
@@ -108,8 +113,8 @@ def test_stale_heartbeat_from_another_host_is_reaped(tmp_path):
     shutil.copyfile(FIXTURE_0001, db)
     with sqlite3.connect(db) as connection:
         connection.execute("update runs set status = 'running', heartbeat_at = '2026-01-01 00:00:00' where id = 2")
-    result = run_bnrun("runs", "--db", str(db), timeout=60)
-    assert result.returncode == 0, result.stderr
+    result = run_bnrun("eval", "--run-id", "999", "--db", str(db), timeout=60)  # a writing command: reaps, then fails
+    assert result.returncode == 2 and "marked runs 2 failed" in result.stderr
     assert query(db, "select status, note from runs where id = 2") == [("failed", "process ended without finishing")]
 
 
@@ -186,12 +191,11 @@ def test_read_only_store_is_refused_untouched(tmp_path):
 def test_older_store_is_backed_up_then_upgraded_with_rows_intact(tmp_path):
     db = tmp_path / "old.db"
     shutil.copyfile(FIXTURE_0001, db)
-    result = run_bnrun("runs", "--db", str(db), timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert "upgraded store" in result.stderr and "from schema 0001 to 0002" in result.stderr
+    result = run_bnrun("eval", "--run-id", "999", "--db", str(db), timeout=60)  # writing commands upgrade
+    assert "upgraded store" in result.stderr and f"from schema 0001 to {migrate.head_revision()}" in result.stderr
     backup = tmp_path / "old.db.bak-0001"
     assert query(backup, "select version_num from alembic_version") == [("0001",)]
-    assert query(db, "select version_num from alembic_version") == [("0002",)]
+    assert query(db, "select version_num from alembic_version") == [(migrate.head_revision(),)]
     assert query(db, "select id, status, seed, test_acc_population, grid_seeds from runs order by id") == [
         (1, "completed", 0, 0.785, None), (2, "diverged", 1, 0.785, None)]
     assert query(db, "select count(*) from epochs") == [(4,)]
@@ -212,8 +216,7 @@ def limit_file_size(limit: int):
 
 def test_disk_full_during_a_trial(tmp_path):
     db = tmp_path / "full.db"
-    created = run_bnrun("runs", "--db", str(db), timeout=60)  # a fresh store, well under the limit
-    assert created.returncode == 0
+    Store(str(db)).close()  # a fresh store, well under the limit
     process = popen("train", "--arch", "mlp", "--bn", "pre", "--epochs", "1", "--train-subset", "300", "--db", str(db),
                     preexec_fn=limit_file_size(600_000))  # the MLP checkpoint alone is ~0.95 MB
     _, stderr = process.communicate(timeout=180)

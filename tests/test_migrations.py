@@ -10,7 +10,7 @@ from bnrun.store import Store
 from bnrun.store import migrate
 from bnrun.store.models import Base
 
-EXPECTED_TABLES = {"alembic_version", "runs", "epochs", "checkpoints", "evaluations"}
+EXPECTED_TABLES = {"alembic_version", "runs", "epochs", "checkpoints", "evaluations", "diagnostics"}
 
 
 def test_blank_store_is_migrated_to_head(tmp_path):
@@ -22,7 +22,9 @@ def test_blank_store_is_migrated_to_head(tmp_path):
         assert set(inspector.get_table_names()) == EXPECTED_TABLES
         assert {c["name"] for c in inspector.get_columns("epochs")} == {"id", "run_id", "epoch", "train_loss", "train_acc", "val_loss",
                                                                        "val_acc", "lr", "seconds", "train_seconds"}
-        assert "grid_seeds" in {c["name"] for c in inspector.get_columns("runs")}
+        assert {"grid_seeds", "cpu_model", "cpu_features", "torch_threads", "gpu_name", "executor", "diagnostics"} <= {
+            c["name"] for c in inspector.get_columns("runs")}
+        assert {c["name"] for c in inspector.get_columns("diagnostics")} == {"id", "run_id", "kind", "epoch", "name", "x", "value"}
         assert {c["name"] for c in inspector.get_columns("checkpoints")} == {"id", "run_id", "blob", "sha256", "size_bytes", "created_at"}
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     store.close()

@@ -193,7 +193,9 @@ def test_report_grid_completeness_and_flags(small_store):
     assert "1 diverged" in result.output and "1 failed" in result.output
 
 
-def test_report_on_empty_store_is_a_hint(tmp_path):
+def test_report_on_empty_store_is_a_hint(tmp_path, isolated_store):
+    Store(str(tmp_path / "empty.db")).close()
+    Store(str(isolated_store)).close()
     result = runner.invoke(app, ["report", "--db", str(tmp_path / "empty.db")])
     assert result.exit_code == 0 and "bnrun train" in result.output
     filtered = runner.invoke(app, ["report", "--arch", "mlp", "--bn", "post"])
@@ -222,6 +224,7 @@ def test_plot_writes_a_sensible_png(small_store, tmp_path):
 
 
 def test_plot_on_empty_store_is_a_hint(tmp_path):
+    Store(str(tmp_path / "none.db")).close()
     result = runner.invoke(app, ["plot", "--db", str(tmp_path / "none.db"), "--output", str(tmp_path / "x.png")])
     assert result.exit_code == 0 and not (tmp_path / "x.png").exists()
 

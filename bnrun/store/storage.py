@@ -134,20 +134,30 @@ class Store:
         run.status, run.note, run.ended_at, run.heartbeat_at = status, note, now, now
         run.duration_s = (now - run.started_at).total_seconds()
 
+    @staticmethod
+    def _orphans(rows: list[Run]) -> list[Run]:
+        """`running` rows whose process is gone on this host, or whose heartbeat is stale."""
+        host, now = socket.gethostname(), utcnow()
+        return [r for r in rows if (r.host == host and not pid_alive(r.pid))
+                or (r.heartbeat_at or r.started_at) < now - STALE_HEARTBEAT]
+
     def reap_orphans(self) -> list[int]:
         """Mark `running` rows whose process is gone (or whose heartbeat is stale) as failed."""
-        host, now = socket.gethostname(), utcnow()
         with self.session(write=True) as session:
-            rows = session.scalars(select(Run).where(Run.status == "running")).all()
-            orphans = [r for r in rows if (r.host == host and not pid_alive(r.pid))
-                       or (r.heartbeat_at or r.started_at) < now - STALE_HEARTBEAT]
+            orphans = self._orphans(session.scalars(select(Run).where(Run.status == "running")).all())
             for run in orphans:
                 self._end(run, "failed", ORPHAN_NOTE)
             return [run.id for run in orphans]
 
-    def find_completed(self, config_key: str, seed: int, with_diagnostics: bool = False) -> RunRecord | None:
-        """The latest completed run of this trial (one that recorded diagnostics, if asked)."""
-        query = select(Run).where(Run.config_key == config_key, Run.seed == seed, Run.status == "completed")
+    def orphan_ids(self) -> set[int]:
+        """The runs the next writing command will reap (read only: for `bnrun runs` to flag them)."""
+        with self.session() as session:
+            return {run.id for run in self._orphans(session.scalars(select(Run).where(Run.status == "running")).all())}
+
+    def find_completed(self, config_key: str, seed: int, with_diagnostics: bool = False,
+                       statuses: tuple[str, ...] = ("completed",)) -> RunRecord | None:
+        """The latest run of this trial that ended in one of `statuses` (with diagnostics, if asked)."""
+        query = select(Run).where(Run.config_key == config_key, Run.seed == seed, Run.status.in_(statuses))
         if with_diagnostics:
             query = query.where(Run.diagnostics.is_(True))
         with self.session() as session:
