@@ -67,6 +67,10 @@ def train(
     diagnostics: Annotated[bool, typer.Option(help="Also record batch-norm diagnostics: one-step loss ratio at init, gradient norms, BN input moments, train/test-mode gap, smoothness probes.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Rerun trials already completed in the store.")] = False,
+    executor: Annotated[str, typer.Option(help="local (one trial after another, here) or ray (one Ray task per trial).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join, e.g. auto or 10.0.0.5:6379 (default: start a local one).")] = None,
+    cpus_per_trial: Annotated[float, typer.Option(help="Ray: CPUs each trial reserves (also its torch thread count).")] = 1.0,
+    gpus_per_trial: Annotated[float, typer.Option(help="Ray: GPUs each trial reserves.")] = 0.0,
     db: DbOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -78,7 +82,7 @@ def train(
                                    train_subset=train_subset)
     sweep = commands.build_sweep(options, seeds=seeds, explicit_seeds=seed or [], augment=augment, fused=fused,
                                  device=device, force=force, data_dir=data_dir, diagnostics=diagnostics)
-    result = commands.train(sweep, db)
+    result = commands.train(sweep, db, commands.executor_options(executor, ray_address, cpus_per_trial, gpus_per_trial))
     out.print(commands.sweep_summary(result))
     if result.failed:
         raise typer.Exit(1)

@@ -136,16 +136,37 @@ def notice(message: str) -> None:
     stderr.print(f"bnrun: {message}", highlight=False, markup=False, soft_wrap=True)
 
 
-def train(sweep: SweepConfig, db: str | None):
+EXECUTORS = ("local", "ray")
+
+
+def executor_options(executor: str, address: str | None, cpus: float, gpus: float):
+    """None for the local executor, else the Ray options, checked."""
+    _require(executor in EXECUTORS, f"--executor: unknown value {executor!r}; choose from {', '.join(EXECUTORS)}")
+    _require(executor == "ray" or (address is None and cpus == 1.0 and gpus == 0.0),
+             "--ray-address, --cpus-per-trial and --gpus-per-trial need --executor ray")
+    _require(cpus > 0, f"--cpus-per-trial must be positive, got {cpus:g}")
+    _require(gpus >= 0, f"--gpus-per-trial must be ≥ 0, got {gpus:g}")
+    if executor == "local":
+        return None
+    from bnrun.ray_executor import RayOptions
+
+    return RayOptions(address, cpus, gpus)
+
+
+def train(sweep: SweepConfig, db: str | None, ray_options=None):
     from bnrun import data as data_mod
     from bnrun.progress import RichReporter
-    from bnrun.train import run_sweep
+    from bnrun.sweep import run_sweep
 
     data_mod.check_available(sweep.data_dir)  # before any row is written
-    if sweep.base.fused and _trains_on_cpu(sweep.base.device):  # (--fused with --bn-impl torch is refused earlier)
+    if sweep.base.fused and _trains_on_cpu(sweep.base.device) and ray_options is None:  # (--fused with --bn-impl torch is refused earlier)
         prepare_fused_kernel()
     with open_store(db) as store:
-        return run_sweep(sweep, store, RichReporter())
+        if ray_options is None:
+            return run_sweep(sweep, store, RichReporter())
+        from bnrun.ray_executor import run_sweep_on_ray
+
+        return run_sweep_on_ray(sweep, store, RichReporter(), ray_options)
 
 
 def _trains_on_cpu(device: str) -> bool:
@@ -165,6 +186,8 @@ def prepare_fused_kernel() -> None:
 
 def sweep_summary(result) -> str:
     parts = [f"{len(result.completed)} completed", f"{len(result.skipped)} skipped (already completed or diverged in the store)"]
+    if result.elsewhere:
+        parts.append(f"{len(result.elsewhere)} running elsewhere (runs {', '.join(map(str, result.elsewhere))})")
     if result.diverged:
         parts.append(f"{len(result.diverged)} diverged (runs {', '.join(map(str, result.diverged))})")
     if result.failed:
@@ -185,7 +208,7 @@ def reproduce(db: str | None, run_id: int, scratch: Path | None, data_dir: Path 
     from bnrun import data as data_mod
     from bnrun.progress import RichReporter
     from bnrun.reproduce import reproduce_run
-    from bnrun.train import DatasetCache
+    from bnrun.sweep import DatasetCache
 
     _require(scratch is None or not scratch.exists(), f"--scratch {scratch} exists; give a new path (the reproduced run is kept there)")
     _require(scratch is None or scratch.parent.is_dir(), f"--scratch: directory {scratch.parent if scratch else ''} does not exist")

@@ -18,7 +18,8 @@ from bnrun import data as data_mod
 from bnrun.errors import StoreError
 from bnrun.models import build_model
 from bnrun.store import EvaluationRecord, RunRecord, Store
-from bnrun.train import deserialize_checkpoint, evaluate, resolve_device
+from bnrun.checkpoint import deserialize_checkpoint
+from bnrun.train import evaluate, resolve_device
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,9 @@ def footnotes(report: Report) -> list[str]:
     notes = [f"mean ± sample std (n−1) over seeds; headline: {METRICS[report.metric]}"]
     if report.excluded:
         notes.append("left out (not completed): " + ", ".join(f"{n} {status}" for status, n in sorted(report.excluded.items())))
+    if report.repeats:
+        notes.append(f"runs {', '.join(map(str, report.repeats))} repeat a (configuration, seed) that a later run holds: "
+                     "each seed is counted once, by its latest run")
     small = [g.label() for g in report.groups if len(g.runs) < MIN_TRIALS]
     if small:
         notes.append(f"fewer than {MIN_TRIALS} completed trials: " + "; ".join(small))
@@ -258,6 +261,7 @@ def to_json(report: Report) -> str:
         "metric": report.metric,
         "groups": records(report),
         "excluded": report.excluded,
+        "repeats_not_counted": list(report.repeats),
         "comparisons": [comparison_record(c) for c in report.comparisons],
         "multiple_comparisons": "Holm–Bonferroni over all comparisons listed",
     }

@@ -25,6 +25,7 @@ class SilentReporter:
     def batch(self, loss: float) -> None: ...
     def epoch_finished(self, record: EpochRecord) -> None: ...
     def trial_finished(self, run_id: int, status: str, metrics: FinalMetrics | None, note: str = "") -> None: ...
+    def remote_trial_finished(self, run_id: int | None, config: TrainConfig, seed: int, status: str) -> None: ...
     def sweep_finished(self) -> None: ...
 
 
@@ -51,7 +52,10 @@ class RichReporter(SilentReporter):
         self.sweep_task = self.progress.add_task("trials", total=total, info="")
 
     def trial_skipped(self, done: RunRecord, config: TrainConfig, seed: int) -> None:
-        self.console.print(f"skip   {trial_label(config, seed)}: already {done.status} as run {done.id} (--force reruns it)")
+        if done.status == "running":
+            self.console.print(f"skip   {trial_label(config, seed)}: running elsewhere as run {done.id} (host {done.host}, pid {done.pid})")
+        else:
+            self.console.print(f"skip   {trial_label(config, seed)}: already {done.status} as run {done.id} (--force reruns it)")
         self.progress.advance(self.sweep_task)
 
     def trial_started(self, run_id: int, config: TrainConfig, seed: int) -> None:
@@ -75,6 +79,12 @@ class RichReporter(SilentReporter):
             self.epoch_task = None
         detail = f"test_acc {metrics.test_acc_population:.4f} (population) {metrics.test_acc_running:.4f} (running)" if metrics else note
         self.console.print(f"{status:<11} {self.label}: {detail}")
+        self.progress.advance(self.sweep_task)
+
+    def remote_trial_finished(self, run_id: int | None, config: TrainConfig, seed: int, status: str) -> None:
+        """A trial an executor ran in another process (its epochs are in the store, not here)."""
+        where = f"run {run_id}" if run_id is not None else "no run"
+        self.console.print(f"{status:<11} {where}: {trial_label(config, seed)}")
         self.progress.advance(self.sweep_task)
 
     def sweep_finished(self) -> None:

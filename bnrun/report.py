@@ -80,6 +80,7 @@ class Report:
     best: dict[str, tuple]  # arch -> key of the group with the best headline mean
     per_seed: dict = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)  # group key -> {summary: Summary} (diagnostic_summaries)
+    repeats: tuple[int, ...] = ()  # runs not counted: a later run of the same configuration and seed is
 
 
 def metric_value(run: RunRecord, name: str) -> float | None:
@@ -159,14 +160,26 @@ def compare(a: Group, b: Group, metric: str) -> Comparison:
     return Comparison(a.value("arch"), a.label(), b.label(), metric, test, seeds)
 
 
+def count_once(runs: list[RunRecord]) -> tuple[list[RunRecord], tuple[int, ...]]:
+    """Each (configuration, seed) that ran to an outcome counted once, by its latest run; the ids
+    of the older repeats (two sweeps that ran the same trial before claims existed, or --force)."""
+    latest: dict[tuple, RunRecord] = {}
+    for run in sorted(runs, key=lambda r: r.id):
+        if run.status in ("completed", "diverged"):
+            latest[group_key(run), run.seed] = run
+    kept = {run.id for run in latest.values()}
+    repeats = tuple(r.id for r in runs if r.status in ("completed", "diverged") and r.id not in kept)
+    return [r for r in runs if r.id in kept or r.status not in ("completed", "diverged")], repeats
+
+
 def build_report(runs: list[RunRecord], metric: str = "test_acc_population", run_filter: RunFilter = RunFilter(),
                  expected_seeds: int | None = None) -> Report:
-    selected = [run for run in runs if run_filter.accepts(run)]
+    selected, repeats = count_once([run for run in runs if run_filter.accepts(run)])
     groups = build_groups(selected, expected_seeds)
     excluded = dict(Counter(run.status for run in selected if run.status not in ("completed", "running")))
     per_seed = {g.key: {r.seed: {"run_id": r.id, **{m: metric_value(r, m) for m in METRICS}} for r in g.runs} for g in groups}
     return Report(tuple(groups), varying_hyperparameters(groups), excluded, corrected(paired_comparisons(groups, metric)),
-                  metric, best_per_arch(groups, metric), per_seed)
+                  metric, best_per_arch(groups, metric), per_seed, repeats=repeats)
 
 
 def corrected(comparisons: list[Comparison]) -> tuple[Comparison, ...]:
@@ -244,7 +257,7 @@ def build_pivot(runs: list[RunRecord], by: str, metric: str = "test_acc_populati
     """Trials that ran to an outcome, rows = configuration without `by`, columns = `by`'s values."""
     if by not in PIVOT_FIELDS:
         raise ValueError(f"cannot pivot by {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
-    selected = [run for run in runs if run_filter.accepts(run) and run.status in ENDED]
+    selected, _ = count_once([run for run in runs if run_filter.accepts(run) and run.status in ENDED])
     row_fields = pivot_row_fields(selected, by)
     table: dict[tuple, dict[object, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
     for run in selected:

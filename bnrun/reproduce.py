@@ -83,7 +83,7 @@ def final_differences(a: RunRecord, b: RunRecord) -> tuple[Difference, ...]:
 def reproduce_run(original_store: Store, run_id: int, dataset_loader, reporter: Reporter,
                   scratch: Path | None = None) -> Reproduction:
     """Retrain run `run_id` of `original_store` (read only) into `scratch` (a temporary store if None)."""
-    from bnrun.train import run_trial
+    from bnrun.trial import TrialSpec, run_trial
 
     original = original_store.get_run(run_id)
     stored_epochs = original_store.epochs(run_id)
@@ -93,8 +93,8 @@ def reproduce_run(original_store: Store, run_id: int, dataset_loader, reporter: 
         store = Store(str(path))
         reporter.sweep_started(1, f"run {run_id} again")
         try:
-            new_id, _ = run_trial(config, original.seed, dataset_loader(config.train_subset), store, reporter,
-                                  original.grid_seeds)
+            spec = TrialSpec.of(config, original.seed, grid_seeds=original.grid_seeds, force=True)
+            new_id = run_trial(spec, dataset_loader(config.train_subset), store, reporter).run_id
             reproduced, new_epochs = store.get_run(new_id), store.epochs(new_id)
         finally:
             reporter.sweep_finished()

@@ -1,22 +1,16 @@
-"""Training one trial and sweeping a grid of them, recording everything in the store.
+"""Training one model: seed → weights and batch order, SGD (or Adam) under a one-cycle/cosine
+schedule, per-epoch validation in prediction mode (each epoch stored as it ends), then population
+statistics over the whole training set and the test set evaluated with both the running averages
+and the population statistics.
 
-A trial: seed → model and batch order, SGD (or Adam) under a one-cycle/cosine schedule, per-epoch
-validation in prediction mode, then population statistics over the whole training set and the
-test set evaluated with both the running averages and the population statistics.
+What runs a trial to an honest end (claims, heartbeat, signals) is `bnrun.trial`; what plans and
+dispatches a grid of them is `bnrun.sweep` (and `bnrun.ray_executor`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,32 +18,19 @@ from torch import nn
 
 
 from bnrun import data as data_mod
-from bnrun.config import SweepConfig, TrainConfig
+from bnrun.checkpoint import serialize_checkpoint
+from bnrun.config import TrainConfig
 from bnrun.diagnostics import Diagnostics
-from bnrun.errors import StoreError
 from bnrun.models import build_model
 from bnrun.nn import recompute_population_statistics
 from bnrun.progress import Reporter
-from bnrun.provenance import provenance
 from bnrun.store import EpochRecord, FinalMetrics, Store
 
 EVAL_BATCH = 1000
-HEARTBEAT_S = 30.0
-
-
-OUTCOMES = ("completed", "diverged")  # results a re-run skips; failed, interrupted and reaped trials run again
 
 
 class Diverged(Exception):
     """The training loss became NaN or infinite."""
-
-
-@dataclass
-class SweepResult:
-    completed: list[int] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)
-    diverged: list[int] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> str:
@@ -132,46 +113,6 @@ def population_batches(split: data_mod.Split, flip: bool, device: str):
     return lambda: (x.to(device) for x in data_mod.consecutive_batches(images, EVAL_BATCH))
 
 
-def serialize_checkpoint(model: nn.Module, running_state: dict, population: dict, config: TrainConfig) -> bytes:
-    """float32 weights with running averages, plus each BN layer's population statistics."""
-    buffer = io.BytesIO()
-    torch.save({
-        "state_dict": {k: v.detach().cpu() for k, v in running_state.items()},
-        "population": {name: {"mean": m.cpu(), "var": v.cpu()} for name, (m, v) in population.items()},
-        "config": config.identity(),
-    }, buffer)
-    return buffer.getvalue()
-
-
-def deserialize_checkpoint(blob: bytes) -> dict:
-    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-
-
-def run_fields(config: TrainConfig, seed: int, grid_seeds: int | None = None, diagnostics: bool = False) -> dict:
-    fields = dict(config.__dict__)
-    fields.update(seed=seed, grid_seeds=grid_seeds, diagnostics=diagnostics, **provenance(config.device))
-    return fields
-
-
-@contextlib.contextmanager
-def heartbeat(store: Store, run_id: int) -> Iterator[None]:
-    """Touch the run's heartbeat every HEARTBEAT_S seconds from a background thread."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(StoreError):
-                store.heartbeat(run_id)
-
-    thread = threading.Thread(target=beat, name=f"bnrun-heartbeat-{run_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
 def fit(config: TrainConfig, seed: int, dataset: data_mod.FashionMNISTData, store: Store, run_id: int,
         reporter: Reporter, diagnostics: bool = False) -> FinalMetrics:
     """Train, store each epoch, then compute population statistics and the test metrics."""
@@ -211,83 +152,3 @@ def finish(model, config, dataset, store, run_id, best_val, last: EpochRecord) -
                            test_acc_running, test_loss_pop, test_acc_pop)
     store.complete_run(run_id, metrics, serialize_checkpoint(model, running_state, population, config))
     return metrics
-
-
-def run_trial(config: TrainConfig, seed: int, dataset, store: Store, reporter: Reporter,
-              grid_seeds: int | None = None, diagnostics: bool = False) -> tuple[int, str]:
-    """One trial, start to honest end; returns (run id, final status). KeyboardInterrupt
-    (Ctrl-C or SIGTERM) marks the trial interrupted and propagates."""
-    fields = run_fields(config, seed, grid_seeds, diagnostics)
-    run_id = store.start_run(fields, config.key(), json.dumps(config.identity(), sort_keys=True))
-    reporter.trial_started(run_id, config, seed)
-    try:
-        with heartbeat(store, run_id):
-            metrics = fit(config, seed, dataset, store, run_id, reporter, diagnostics)
-    except KeyboardInterrupt:
-        store.end_run(run_id, "interrupted", "interrupted by the user (SIGINT/SIGTERM)")
-        reporter.trial_finished(run_id, "interrupted", None)
-        raise
-    except Diverged as error:
-        return _end(store, reporter, run_id, "diverged", str(error))
-    except StoreError as error:
-        _end(store, reporter, run_id, "failed", str(error))
-        raise
-    except Exception as error:  # noqa: BLE001 - any training failure is recorded; the sweep goes on
-        return _end(store, reporter, run_id, "failed", f"{type(error).__name__}: {error}")
-    reporter.trial_finished(run_id, "completed", metrics)
-    return run_id, "completed"
-
-
-def _end(store: Store, reporter: Reporter, run_id: int, status: str, note: str) -> tuple[int, str]:
-    with contextlib.suppress(StoreError):  # the store itself may be what failed (disk full)
-        store.end_run(run_id, status, note[:2000])
-    reporter.trial_finished(run_id, status, None, note)
-    return run_id, status
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Let SIGTERM end a trial the way Ctrl-C does."""
-    def handler(_signum, _frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class DatasetCache:
-    """The data loaded once per training subset a grid asks for (the last one kept)."""
-
-    def __init__(self, data_dir: Path | None) -> None:
-        self.data_dir, self.subset, self.dataset = data_dir, None, None
-
-    def get(self, subset: int | None) -> data_mod.FashionMNISTData:
-        if self.dataset is None or subset != self.subset:
-            self.subset, self.dataset = subset, data_mod.load(self.data_dir, subset)
-        return self.dataset
-
-
-def run_sweep(sweep: SweepConfig, store: Store, reporter: Reporter) -> SweepResult:
-    """Every trial of the grid; completed ones are skipped unless forced. A diverged trial or a
-    training error does not stop the sweep; a store error does (nothing more could be recorded)."""
-    result = SweepResult()
-    trials = sweep.trials()
-    datasets = DatasetCache(sweep.data_dir)
-    with sigterm_as_interrupt():
-        reporter.sweep_started(len(trials), sweep.describe())
-        for config, seed in trials:
-            done = None if sweep.force else store.find_completed(config.key(), seed, sweep.diagnostics, OUTCOMES)
-            if done is not None:
-                result.skipped.append(done.id)
-                reporter.trial_skipped(done, config, seed)
-                continue
-            run_id, status = run_trial(config, seed, datasets.get(config.train_subset), store, reporter,
-                                       len(sweep.seeds), sweep.diagnostics)
-            {"completed": result.completed, "diverged": result.diverged}.get(status, result.failed).append(run_id)
-        reporter.sweep_finished()
-    return result
-
-

@@ -27,3 +27,78 @@ def run_bnrun(*args: str, timeout: float = 240, env: dict | None = None) -> subp
     """bnrun in a subprocess, as a user runs it."""
     return subprocess.run(bnrun_command(*args), capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+# -- a real PostgreSQL server -------------------------------------------------------------------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL's tools refuse to run as root: run them as the postgres user then."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PostgresServer:
+    """initdb + pg_ctl in a temporary directory: trust on the Unix socket, SCRAM passwords on TCP."""
+
+    def __init__(self, base: Path) -> None:
+        import shutil
+
+        self.base, self.data, self.sockets, self.port = base, base / "data", base / "sockets", free_port()
+        self.sockets.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(base, "postgres")
+            shutil.chown(self.sockets, "postgres")
+        subprocess.run(as_postgres([str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
+                                    "--auth-host=scram-sha-256", "-E", "UTF8"]), check=True, capture_output=True)
+        options = f"-k {self.sockets} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
+        subprocess.run(as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(base / "log"),
+                                    "-w", "start"]), check=True, capture_output=True)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@/{database}?host={self.sockets}&port={self.port}"
+
+    def execute(self, sql: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.execute(text(sql))
+        engine.dispose()
+
+    def stop(self) -> None:
+        subprocess.run(as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    if not (PG_BIN / "initdb").exists():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL 15 is not installed; .ci/run installs Debian's postgresql package")
+        pytest.skip("PostgreSQL 15 is not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg")
+    import tempfile
+
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="bnrun-pg-")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    """A fresh, empty database on the session's server."""
+    import uuid
+
+    name = f"bnrun_{uuid.uuid4().hex[:12]}"
+    postgres_server.execute(f"CREATE DATABASE {name}")
+    return postgres_server.url(name)

@@ -11,29 +11,46 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from bnrun.errors import StoreError
 from bnrun.store import migrate
 
 DEFAULT_DB = "bnrun.db"
 BUSY_TIMEOUT_S = 60
+CONNECT_TIMEOUT_S = 10
+MIGRATION_LOCK_KEY = 0x626E72756E  # "bnrun": the advisory lock that serializes migrations on a server
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def resolve_url(db: str | None) -> str:
-    """`--db` value, else $BNRUN_DB, else ./bnrun.db; a plain path becomes a sqlite URL."""
+    """`--db` value, else $BNRUN_DB, else ./bnrun.db; a plain path becomes a sqlite URL, and a
+    PostgreSQL URL without a driver gets psycopg 3 (the `postgres` extra)."""
     value = db or os.environ.get("BNRUN_DB") or DEFAULT_DB
+    for scheme in ("postgresql://", "postgres://"):
+        if value.startswith(scheme):
+            return "postgresql+psycopg://" + value[len(scheme):]
     if "://" in value:
         return value
     return f"sqlite:///{Path(value).expanduser().resolve()}"
 
 
+def display_url(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL too broken to parse is shown as typed
+        return url
+
+
 def sqlite_path(url: str) -> Path | None:
     """The database file of a sqlite URL, or None for other backends and in-memory stores."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as error:
+        raise StoreError(f"bad store URL {display_url(url)!r}: {describe(error)}; expected a path or e.g. postgresql://user:password@host/dbname") from None
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
@@ -75,7 +92,7 @@ def check_sqlite_header(path: Path) -> None:
 
 def make_engine(url: str) -> Engine:
     if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url)
+        return server_engine(url)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -90,6 +107,39 @@ def make_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def server_engine(url: str) -> Engine:
+    """A database server's engine for one of many worker processes: a small pool (each trial
+    needs one connection, the heartbeat thread a second), connections checked before use (a
+    server restart or an idle timeout must not fail a trial), and a fresh pool in a forked child
+    (a connection must never be shared between processes)."""
+    engine = create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True, pool_recycle=1800,
+                           connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+    os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
+    return engine
+
+
+@contextlib.contextmanager
+def server_migration_lock(engine: Engine) -> Iterator[None]:
+    """A PostgreSQL advisory lock held while migrating, so concurrent first starts migrate once."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine, path: Path | None) -> Iterator[None]:
+    if engine.dialect.name == "postgresql":
+        with server_migration_lock(engine):
+            yield
+        return
+    with file_lock(path):
+        yield
 
 
 @contextlib.contextmanager
@@ -123,7 +173,7 @@ class Migration:
 def ensure_schema(engine: Engine, path: Path | None) -> Migration | None:
     """Bring the store to the head revision (backing up an older file first); None if current."""
     head = migrate.head_revision()
-    with file_lock(path):
+    with migration_lock(engine, path):
         with engine.connect() as connection:
             current = migrate.current_revision(connection)
             if current == head:
@@ -168,7 +218,7 @@ def open_engine(url: str) -> tuple[Engine, Migration | None]:
     path = sqlite_path(url)
     if path is not None:
         preflight(path)
-    engine = make_engine(url)
+    engine = checked_engine(url)
     try:
         migration = ensure_schema(engine, path)
     except StoreError:
@@ -176,8 +226,31 @@ def open_engine(url: str) -> tuple[Engine, Migration | None]:
         raise
     except (SQLAlchemyError, sqlite3.Error) as error:
         engine.dispose()
-        raise StoreError(f"cannot open store {path or url}: {describe(error)}") from None
+        raise StoreError(f"cannot open store {path or display_url(url)}: {describe(error)}{hint(error)}") from None
     return engine, migration
+
+
+def checked_engine(url: str) -> Engine:
+    """The engine, with a bad URL or a missing database driver said in one line."""
+    try:
+        return make_engine(url)
+    except NoSuchModuleError:
+        raise StoreError(f"no database driver for {display_url(url)}; for PostgreSQL: pip install 'bnrun[postgres]' (psycopg 3)") from None
+    except ImportError as error:
+        raise StoreError(f"the database driver for {display_url(url)} is missing ({error.name or error}); for PostgreSQL: pip install 'bnrun[postgres]'") from None
+    except ArgumentError as error:
+        raise StoreError(f"bad store URL {display_url(url)!r}: {describe(error)}; expected a path or e.g. postgresql://user:password@host/dbname") from None
+
+
+def hint(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error)
+    if "password authentication failed" in text or "no password supplied" in text:
+        return " (check the user and password in the URL)"
+    if "Connection refused" in text or "could not translate host name" in text or "timeout expired" in text:
+        return " (is the server running and reachable at that host and port?)"
+    if "does not exist" in text:
+        return " (create it first, e.g. createdb NAME)"
+    return ""
 
 
 def read_only_sqlite_url(path: Path) -> str:
@@ -197,7 +270,7 @@ def open_read_only(url: str) -> tuple[Engine, Path | None]:
             raise StoreError(f"no store at {path}{' (a directory)' if path.is_dir() else ''}; check --db or BNRUN_DB (read-only commands never create one)")
         check_sqlite_header(path)
         url = read_only_sqlite_url(path)
-    engine = make_engine(url)
+    engine = checked_engine(url)
     try:
         with engine.connect() as connection:
             current = migrate.current_revision(connection)
@@ -205,7 +278,7 @@ def open_read_only(url: str) -> tuple[Engine, Path | None]:
                 refuse_unknown(connection, current, path)
     except (SQLAlchemyError, sqlite3.Error) as error:
         engine.dispose()
-        raise StoreError(f"cannot read store {path or url}: {describe(error)}") from None
+        raise StoreError(f"cannot read store {path or display_url(url)}: {describe(error)}{hint(error)}") from None
     except StoreError:
         engine.dispose()
         raise
@@ -213,7 +286,7 @@ def open_read_only(url: str) -> tuple[Engine, Path | None]:
         return engine, None
     engine.dispose()
     if path is None:
-        raise StoreError(f"store {url} is at schema {current}, older than this bnrun's {migrate.head_revision()}; open it once with a writing command (bnrun train or eval) to upgrade it")
+        raise StoreError(f"store {display_url(url)} is at schema {current}, older than this bnrun's {migrate.head_revision()}; open it once with a writing command (bnrun train or eval) to upgrade it")
     return migrated_copy(path, current)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -15,6 +15,9 @@ class Base(DeclarativeBase):
 
 class Run(Base):
     __tablename__ = "runs"
+    # Exactly-once trials: at most one row per (configuration, seed) holds the claim (claim = 1):
+    # the running attempt or the outcome. NULLs never collide, so released rows stay as history.
+    __table_args__ = (Index("uq_runs_trial_claim", "config_key", "seed", "claim", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -63,6 +66,8 @@ class Run(Base):
     gpu_name: Mapped[str | None] = mapped_column(String(255))
     executor: Mapped[str | None] = mapped_column(String(32))
     diagnostics: Mapped[bool | None] = mapped_column(Boolean)
+    claim: Mapped[int | None] = mapped_column(Integer)  # 1: this row holds its trial (see __table_args__)
+    claim_token: Mapped[str | None] = mapped_column(String(64), index=True)  # an executor task, across its retries
 
 
 class Epoch(Base):

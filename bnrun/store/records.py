@@ -56,6 +56,8 @@ class RunRecord:
     gpu_name: str | None = None
     executor: str | None = None
     diagnostics: bool | None = None
+    claim: int | None = None
+    claim_token: str | None = None
 
 
 @dataclass(frozen=True)

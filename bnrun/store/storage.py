@@ -10,11 +10,11 @@ import os
 import socket
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bnrun.errors import StoreError
@@ -24,6 +24,16 @@ from bnrun.store.records import DiagnosticRecord, EpochRecord, EvaluationRecord,
 
 STALE_HEARTBEAT = timedelta(minutes=5)
 ORPHAN_NOTE = "process ended without finishing"
+LOST_ATTEMPT_NOTE = "attempt lost: its worker or node died, and the executor ran the trial again"
+OUTCOMES = ("completed", "diverged")  # results a re-run skips; failed, interrupted and reaped trials run again
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `claim_run` got: a new run id, or the run that already holds the trial."""
+
+    run_id: int | None
+    holder: RunRecord | None
 
 
 def utcnow() -> datetime:
@@ -82,27 +92,70 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------
 
-    def start_run(self, fields: dict, config_key: str, config_json: str) -> int:
-        now = utcnow()
-        row = Run(
-            status="running",
-            config_key=config_key,
-            config_json=config_json,
-            started_at=now,
-            heartbeat_at=now,
-            epochs_completed=0,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            **fields,
-        )
-        with self.session(write=True) as session:
-            session.add(row)
-            session.flush()
-            return row.id
+    def now(self, session: Session) -> datetime:
+        """The database server's clock (naive UTC): heartbeats and staleness never depend on
+        which client's clock is right."""
+        if self.engine.dialect.name == "postgresql":
+            return session.execute(text("SELECT timezone('UTC', now())")).scalar_one()
+        if self.engine.dialect.name == "sqlite":
+            value = session.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
+            return datetime.fromisoformat(value)
+        return utcnow()
 
-    def heartbeat(self, run_id: int) -> None:
+    def claim_run(self, fields: dict, config_key: str, config_json: str, token: str | None = None,
+                  force: bool = False, with_diagnostics: bool = False) -> Claim:
+        """Start the trial (config_key, seed) as a `running` row, unless the store already holds
+        it: completed or diverged (skipped unless `force`), or running elsewhere. The claim is
+        enforced by the database (a unique index over the claimed rows), not by timing.
+
+        `token` identifies one task across an executor's retries: a `running` row with the same
+        token is an attempt whose worker died, and is ended `failed` before the new attempt."""
         with self.session(write=True) as session:
-            session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
+            now = self.now(session)
+            if token is not None:
+                self._end_lost_attempts(session, token, now)
+            holder = self._claim_holder(session, config_key, fields["seed"])
+            if holder is not None and holder.status != "running" and (force or (with_diagnostics and not holder.diagnostics)):
+                holder.claim = None  # stays in the store as it ended; the new run holds the trial
+                holder = None
+            if holder is not None:
+                return Claim(None, record_from_row(RunRecord, holder))
+            row = Run(status="running", config_key=config_key, config_json=config_json, started_at=now, heartbeat_at=now,
+                      epochs_completed=0, host=socket.gethostname(), pid=os.getpid(), claim=1, claim_token=token, **fields)
+            try:
+                with session.begin_nested():
+                    session.add(row)
+            except IntegrityError:  # another process claimed it between our read and our insert
+                holder = self._claim_holder(session, config_key, fields["seed"])
+                return Claim(None, record_from_row(RunRecord, holder) if holder is not None else None)
+            return Claim(row.id, None)
+
+    @staticmethod
+    def _claim_holder(session: Session, config_key: str, seed: int) -> Run | None:
+        query = select(Run).where(Run.config_key == config_key, Run.seed == seed, Run.claim == 1)
+        return session.scalars(query).first()
+
+    def _end_lost_attempts(self, session: Session, token: str, now: datetime) -> None:
+        for row in session.scalars(select(Run).where(Run.claim_token == token, Run.status == "running")):
+            self._end(row, "failed", LOST_ATTEMPT_NOTE, now)
+
+    def end_attempts(self, tokens: list[str], status: str, note: str) -> list[int]:
+        """End the `running` rows of these executor tasks (the driver cancelled them)."""
+        if not tokens:
+            return []
+        with self.session(write=True) as session:
+            now = self.now(session)
+            rows = session.scalars(select(Run).where(Run.claim_token.in_(tokens), Run.status == "running")).all()
+            for row in rows:
+                self._end(row, status, note, now)
+            return [row.id for row in rows]
+
+    def start_run(self, fields: dict, config_key: str, config_json: str) -> int:
+        """A `running` row for the trial, whatever the store holds (`claim_run` is the careful way)."""
+        claim = self.claim_run(fields, config_key, config_json, force=True)
+        if claim.run_id is None:
+            raise StoreError(f"trial {config_key} seed {fields['seed']} is running elsewhere (run {claim.holder.id})")
+        return claim.run_id
 
     def add_epoch(self, run_id: int, epoch: EpochRecord) -> None:
         with self.session(write=True) as session:
@@ -110,7 +163,7 @@ class Store:
             session.execute(
                 update(Run)
                 .where(Run.id == run_id)
-                .values(epochs_completed=epoch.epoch, heartbeat_at=utcnow(), train_loss=epoch.train_loss,
+                .values(epochs_completed=epoch.epoch, heartbeat_at=self.now(session), train_loss=epoch.train_loss,
                         train_acc=epoch.train_acc, val_acc=epoch.val_acc)
             )
 
@@ -118,51 +171,47 @@ class Store:
         """Final metrics, the checkpoint and the status in one transaction: all or nothing."""
         with self.session(write=True) as session:
             run = session.get(Run, run_id)
+            now = self.now(session)
             session.add(Checkpoint(run_id=run_id, blob=checkpoint, sha256=hashlib.sha256(checkpoint).hexdigest(),
-                                   size_bytes=len(checkpoint), created_at=utcnow()))
+                                   size_bytes=len(checkpoint), created_at=now))
             for key, value in asdict(metrics).items():
                 setattr(run, key, value)
-            self._end(run, "completed", None)
+            self._end(run, "completed", None, now)
 
     def end_run(self, run_id: int, status: str, note: str | None = None) -> None:
         with self.session(write=True) as session:
-            self._end(session.get(Run, run_id), status, note)
+            self._end(session.get(Run, run_id), status, note, self.now(session))
 
     @staticmethod
-    def _end(run: Run, status: str, note: str | None) -> None:
-        now = utcnow()
+    def _end(run: Run, status: str, note: str | None, now: datetime) -> None:
+        """How a run ended; a trial that did not reach an outcome gives up its claim (it runs again)."""
         run.status, run.note, run.ended_at, run.heartbeat_at = status, note, now, now
         run.duration_s = (now - run.started_at).total_seconds()
+        if status not in OUTCOMES:
+            run.claim = None
 
     @staticmethod
-    def _orphans(rows: list[Run]) -> list[Run]:
-        """`running` rows whose process is gone on this host, or whose heartbeat is stale."""
-        host, now = socket.gethostname(), utcnow()
+    def _orphans(rows: list[Run], now: datetime) -> list[Run]:
+        """`running` rows whose process is gone on this host, or whose heartbeat is stale by the
+        server's clock (a row of another host is judged by its heartbeat alone)."""
+        host = socket.gethostname()
         return [r for r in rows if (r.host == host and not pid_alive(r.pid))
                 or (r.heartbeat_at or r.started_at) < now - STALE_HEARTBEAT]
 
     def reap_orphans(self) -> list[int]:
         """Mark `running` rows whose process is gone (or whose heartbeat is stale) as failed."""
         with self.session(write=True) as session:
-            orphans = self._orphans(session.scalars(select(Run).where(Run.status == "running")).all())
+            now = self.now(session)
+            orphans = self._orphans(session.scalars(select(Run).where(Run.status == "running")).all(), now)
             for run in orphans:
-                self._end(run, "failed", ORPHAN_NOTE)
+                self._end(run, "failed", ORPHAN_NOTE, now)
             return [run.id for run in orphans]
 
     def orphan_ids(self) -> set[int]:
         """The runs the next writing command will reap (read only: for `bnrun runs` to flag them)."""
         with self.session() as session:
-            return {run.id for run in self._orphans(session.scalars(select(Run).where(Run.status == "running")).all())}
-
-    def find_completed(self, config_key: str, seed: int, with_diagnostics: bool = False,
-                       statuses: tuple[str, ...] = ("completed",)) -> RunRecord | None:
-        """The latest run of this trial that ended in one of `statuses` (with diagnostics, if asked)."""
-        query = select(Run).where(Run.config_key == config_key, Run.seed == seed, Run.status.in_(statuses))
-        if with_diagnostics:
-            query = query.where(Run.diagnostics.is_(True))
-        with self.session() as session:
-            row = session.scalars(query.order_by(Run.id.desc())).first()
-            return record_from_row(RunRecord, row) if row else None
+            rows = session.scalars(select(Run).where(Run.status == "running")).all()
+            return {run.id for run in self._orphans(rows, self.now(session))}
 
     def get_run(self, run_id: int) -> RunRecord:
         with self.session() as session:

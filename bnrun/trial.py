@@ -1,0 +1,130 @@
+"""One trial from plain values, start to honest end: claim it in the store, train it with a
+heartbeat, record how it ended (completed, diverged, failed, interrupted). Every executor (the
+local loop, a Ray task) calls `run_trial` or `execute_trial`; nothing here plans a sweep."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bnrun.config import TrainConfig
+from bnrun.errors import StoreError
+from bnrun.progress import Reporter
+from bnrun.provenance import provenance
+from bnrun.store import Store
+from bnrun.train import Diverged, fit
+
+HEARTBEAT_S = 30.0
+SKIPPED, ELSEWHERE = "skipped", "running elsewhere"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial as plain values, the only thing that crosses process boundaries."""
+
+    config: dict  # TrainConfig's fields, device included
+    seed: int
+    grid_seeds: int | None = None
+    diagnostics: bool = False
+    force: bool = False  # run again even if the store holds an outcome
+
+    @classmethod
+    def of(cls, config: TrainConfig, seed: int, **options) -> "TrialSpec":
+        return cls(asdict(config), seed, **options)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.config)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    run_id: int | None  # the new run, or the one that already held the trial
+    status: str  # completed | diverged | failed | interrupted | skipped | running elsewhere
+
+
+def run_fields(config: TrainConfig, seed: int, grid_seeds: int | None = None, diagnostics: bool = False,
+               executor: str = "local") -> dict:
+    fields = dict(config.__dict__)
+    fields.update(seed=seed, grid_seeds=grid_seeds, diagnostics=diagnostics, **provenance(config.device, executor))
+    return fields
+
+
+@contextlib.contextmanager
+def heartbeat(store: Store, run_id: int) -> Iterator[None]:
+    """Touch the run's heartbeat every HEARTBEAT_S seconds from a background thread."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(StoreError):
+                store.heartbeat(run_id)
+
+    thread = threading.Thread(target=beat, name=f"bnrun-heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def run_trial(spec: TrialSpec, dataset, store: Store, reporter: Reporter, executor: str = "local",
+              token: str | None = None) -> TrialOutcome:
+    """Claim the trial and train it to an honest end. A trial the store already holds (an
+    outcome, or running elsewhere) is skipped. KeyboardInterrupt (Ctrl-C or SIGTERM) marks the
+    trial interrupted and propagates; a store error marks it failed and propagates."""
+    config = spec.train_config()
+    fields = run_fields(config, spec.seed, spec.grid_seeds, spec.diagnostics, executor)
+    claim = store.claim_run(fields, config.key(), json.dumps(config.identity(), sort_keys=True), token=token,
+                            force=spec.force, with_diagnostics=spec.diagnostics)
+    if claim.run_id is None:
+        reporter.trial_skipped(claim.holder, config, spec.seed)
+        return TrialOutcome(claim.holder.id, ELSEWHERE if claim.holder.status == "running" else SKIPPED)
+    run_id = claim.run_id
+    reporter.trial_started(run_id, config, spec.seed)
+    try:
+        with heartbeat(store, run_id):
+            metrics = fit(config, spec.seed, dataset, store, run_id, reporter, spec.diagnostics)
+    except KeyboardInterrupt:
+        store.end_run(run_id, "interrupted", "interrupted by the user (SIGINT/SIGTERM)")
+        reporter.trial_finished(run_id, "interrupted", None)
+        raise
+    except Diverged as error:
+        return _end(store, reporter, run_id, "diverged", str(error))
+    except StoreError as error:
+        _end(store, reporter, run_id, "failed", str(error))
+        raise
+    except Exception as error:  # noqa: BLE001 - any training failure is recorded; the sweep goes on
+        return _end(store, reporter, run_id, "failed", f"{type(error).__name__}: {error}")
+    reporter.trial_finished(run_id, "completed", metrics)
+    return TrialOutcome(run_id, "completed")
+
+
+def _end(store: Store, reporter: Reporter, run_id: int, status: str, note: str) -> TrialOutcome:
+    with contextlib.suppress(StoreError):  # the store itself may be what failed (disk full)
+        store.end_run(run_id, status, note[:2000])
+    reporter.trial_finished(run_id, status, None, note)
+    return TrialOutcome(run_id, status)
+
+
+def execute_trial(store_url: str, spec: TrialSpec, data_dir: str | None, token: str | None = None,
+                  executor: str = "local", threads: int | None = None) -> TrialOutcome:
+    """A trial from plain values, in whatever process an executor chose: open the store from its
+    URL, find the data locally, claim, train, record, close. Never given a live engine or session."""
+    import torch
+
+    from bnrun import data as data_mod
+    from bnrun.progress import SilentReporter
+
+    if threads:
+        torch.set_num_threads(threads)
+    dataset = data_mod.load(Path(data_dir) if data_dir else None, spec.config.get("train_subset"))
+    store = Store(store_url, reap=False)
+    try:
+        return run_trial(spec, dataset, store, SilentReporter(), executor, token)
+    finally:
+        store.close()
