@@ -99,20 +99,21 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
 def build_sweep(options: GridOptions, *, seeds: int | None = None, explicit_seeds: list[int] = (), augment: bool = True,
                 fused: bool = False, device: str = "auto", force: bool = False, data_dir: Path | None = None,
                 diagnostics: bool = False) -> SweepConfig:
-    """Check every option and build the sweep's frozen configuration."""
-    from bnrun.train import resolve_device
-
+    """Check every option and build the sweep's frozen configuration (torch is imported only
+    once everything else checked out, so that bad input is answered at once)."""
     axes = grid_axes(options)
+    chosen_seeds = _choose_seeds(seeds, list(explicit_seeds))
     _require(device in DEVICES, f"--device: unknown value {device!r}; choose from {', '.join(DEVICES)}")
     _require(not (fused and dict(axes)["bn_impl"] == ("torch",)), "--fused applies to --bn-impl custom only")
     _require(data_dir is None or Path(data_dir).expanduser().is_dir(), f"--data-dir {data_dir} does not exist")
+    from bnrun.train import resolve_device
+
     try:
         device = resolve_device(device)
     except ValueError as error:
         raise UsageError(str(error)) from None
     base = TrainConfig(fused=fused, augment=augment, device=device)
-    return SweepConfig(axes=axes, seeds=_choose_seeds(seeds, list(explicit_seeds)), base=base, force=force,
-                       data_dir=data_dir, diagnostics=diagnostics)
+    return SweepConfig(axes=axes, seeds=chosen_seeds, base=base, force=force, data_dir=data_dir, diagnostics=diagnostics)
 
 
 @contextlib.contextmanager

@@ -104,7 +104,6 @@ def test_sigkill_mid_epoch_then_runs_marks_failed(tmp_path):
     assert "marked runs 1 failed" in reaped.stderr
     assert query(db, "select status, note, epochs_completed from runs") == [("failed", "process ended without finishing", 1)]
     assert query(db, "select epoch from epochs") == [(1,)]
-    assert "failed" in listed.stdout and "marked runs 1 failed" in listed.stderr
     assert integrity(db) == "ok"
 
 

@@ -17,7 +17,7 @@ from conftest import run_bnrun
 from test_faults import read_only_command
 
 FIXTURE_0001 = Path(__file__).with_name("fixtures") / "store_0001.db"
-COMMANDS = (["runs"], ["show", "1"], ["report"], ["report", "--format", "json"], ["report", "--by", "bn", "--format", "csv"])
+COMMANDS = (["runs"], ["show", "1"], ["report", "--by", "bn", "--format", "csv"])
 
 
 def sha(path: Path) -> str:

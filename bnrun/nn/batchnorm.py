@@ -29,9 +29,13 @@ class _BatchNorm(nn.Module):
         device=None,
         dtype=None,
         *,
+        bias: bool = True,
         fused: bool = False,
         relu: bool = False,
     ) -> None:
+        """torch.nn.BatchNorm1d/2d's arguments (torch 2.14, `bias` included: False keeps γ and
+        drops β), plus bnrun's own: `fused` (the C++/compiled fast path) and `relu` (the layer is
+        ReLU(BN(x)), applied in the fused kernel's output pass)."""
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
@@ -43,7 +47,10 @@ class _BatchNorm(nn.Module):
         self.relu = relu  # the layer is ReLU(BN(x)): the fused kernel applies it in its output pass
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -75,6 +82,8 @@ class _BatchNorm(nn.Module):
         if tracking:
             self.num_batches_tracked.add_(1)
             factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        if x.shape[0] == 0:  # as torch: an empty batch gives an empty output and leaves the statistics alone
+            return x.clone()
         running = (self.running_mean, self.running_var) if tracking else (None, None)
         if self.fused:
             return fused_kernels.train_step(x, self.weight, self.bias, *running, factor, self.eps, self.relu)
@@ -85,9 +94,11 @@ class _BatchNorm(nn.Module):
         name = type(self).__name__
         if x.dim() not in self._accepted_ranks:
             raise ValueError(f"{name} expected {self._shape_names} input, got a {x.dim()}D tensor of shape {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError(f"{name} expected at least one channel, got input of shape {tuple(x.shape)}")
         if x.shape[1] != self.num_features:
             raise ValueError(f"{name}({self.num_features}) expected {self.num_features} channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
-        if self.training and F.values_per_channel(x) == 1:
+        if self.training and x.shape[0] > 0 and F.values_per_channel(x) == 1:
             raise ValueError(f"{name} expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
 
     def extra_repr(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def reduction_dims(x: Tensor) -> tuple[int, ...]:
@@ -114,6 +115,7 @@ class BatchNormFunction(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
+    @once_differentiable  # the closed form is not itself differentiated: double backward raises, never silently wrong
     def backward(ctx, grad_y: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
         if grad_y is None:  # only the (non-differentiable) statistics were used downstream
             return None, None, None, None

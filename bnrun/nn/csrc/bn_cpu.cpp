@@ -251,6 +251,10 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // The kernel's gradient is not itself differentiable: refuse create_graph=True rather than
+    // return a second derivative with terms missing.
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "bnrun's fused batch norm does not support double backward (create_graph=True); use fused=False");
     if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
     auto saved = ctx->get_saved_variables();
     Tensor grad_y = grads[0].contiguous();
@@ -263,6 +267,7 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
 // float32/float64 on CPU, every per-channel tensor of x's dtype and contiguous (the loops read them raw).
 bool supported(const Tensor& x, std::initializer_list<const std::optional<Tensor>*> per_channel) {
   if (!x.device().is_cpu() || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble)) return false;
+  if (x.dim() < 2 || x.numel() == 0) return false;  // an empty batch has no statistics (and m = 0 divides)
   for (const auto* t : per_channel) {
     if (t->has_value() && ((*t)->scalar_type() != x.scalar_type() || !(*t)->is_contiguous() || !(*t)->device().is_cpu())) {
       return false;
