@@ -4,6 +4,7 @@ killed mid-trial. Every trial ends completed exactly once; the lost attempt is f
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 
@@ -26,7 +27,7 @@ def rows(db, sql: str) -> list[tuple]:
     return result
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
     cluster_utils = pytest.importorskip("ray.cluster_utils")
     cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -41,6 +42,20 @@ def wait_for(condition, timeout: float = 180) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
+
+
+def test_ctrl_c_on_the_driver_cancels_the_tasks_and_marks_them_interrupted(cluster, tmp_path):
+    cluster, _ = cluster
+    db = tmp_path / "interrupted.db"
+    driver = subprocess.Popen(bnrun_command(*GRID, "--ray-address", cluster.address, "--db", str(db)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: db.exists() and rows(db, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0] == 2)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr
+    assert "interrupted" in stderr.splitlines()[-1]
+    statuses = rows(db, "SELECT status, claim FROM runs ORDER BY id")
+    assert statuses == [("interrupted", None), ("interrupted", None)], statuses  # the claims are free again
 
 
 def test_grid_on_two_worker_nodes_survives_a_dead_node(cluster, tmp_path):
