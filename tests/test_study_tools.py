@@ -115,12 +115,22 @@ def test_diagnostics_do_not_change_training(grid_store, tmp_path):
     assert (a.train_loss, a.test_acc_population, a.test_acc_running) == (b.train_loss, b.test_acc_population, b.test_acc_running)
 
 
-def test_eval_with_batch_statistics(grid_store, tmp_path):
-    db = tmp_path / "copy.db"
-    shutil.copy(grid_store, db)
+def trained_run(db) -> int:
+    """The id of the grid's completed BN-pre run."""
     store = Store(str(db))
     run_id = next(r.id for r in store.list_runs() if r.bn == "pre" and r.status == "completed")
     store.close()
+    return run_id
+
+
+def copy_of(grid_store, tmp_path, name: str):
+    db = tmp_path / name
+    shutil.copy(grid_store, db)
+    return db, trained_run(db)
+
+
+def test_eval_with_batch_statistics(grid_store, tmp_path):
+    db, run_id = copy_of(grid_store, tmp_path, "copy.db")
     result = invoke("eval", "--run-id", str(run_id), "--batch-stats", "2,8,32", "--db", str(db))
     assert result.exit_code == 0, result.output
     for size in (2, 8, 32):
@@ -138,9 +148,7 @@ def test_eval_with_batch_statistics(grid_store, tmp_path):
 
 
 def test_reproduce_is_bit_identical_on_this_machine(grid_store):
-    store = Store(str(grid_store))
-    run_id = next(r.id for r in store.list_runs() if r.bn == "pre" and r.status == "completed")
-    store.close()
+    run_id = trained_run(grid_store)
     before = grid_store.read_bytes()
     result = invoke("reproduce", str(run_id), "--db", str(grid_store))
     assert result.exit_code == 0, result.output
@@ -149,11 +157,7 @@ def test_reproduce_is_bit_identical_on_this_machine(grid_store):
 
 
 def test_reproduce_reports_the_first_epoch_that_differs(grid_store, tmp_path):
-    db = tmp_path / "altered.db"
-    shutil.copy(grid_store, db)
-    store = Store(str(db))
-    run_id = next(r.id for r in store.list_runs() if r.bn == "pre" and r.status == "completed")
-    store.close()
+    db, run_id = copy_of(grid_store, tmp_path, "altered.db")
     with sqlite3.connect(db) as connection:
         connection.execute("UPDATE epochs SET val_acc = val_acc + 0.01 WHERE run_id = ? AND epoch = 1", (run_id,))
     result = invoke("reproduce", str(run_id), "--db", str(db))

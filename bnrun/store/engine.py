@@ -203,14 +203,18 @@ def refuse_unknown(connection, current: str | None, path: Path | None) -> None:
 def backup(path: Path, revision: str) -> Path:
     """A consistent copy beside the store, named with its revision, before it is upgraded."""
     target = path.with_name(f"{path.name}.bak-{revision}")
-    source = sqlite3.connect(path)
+    copy_sqlite(sqlite3.connect(path), target)
+    return target
+
+
+def copy_sqlite(source: sqlite3.Connection, target: Path) -> None:
+    """SQLite's online backup of `source` into the file `target`; closes both connections."""
     try:
         with sqlite3.connect(target) as copy:
             source.backup(copy)
         copy.close()
     finally:
         source.close()
-    return target
 
 
 def open_engine(url: str) -> tuple[Engine, Migration | None]:
@@ -297,13 +301,7 @@ def migrated_copy(path: Path, revision: str | None) -> tuple[Engine, Path]:
     handle, name = tempfile.mkstemp(prefix="bnrun-readonly-", suffix=".db")
     os.close(handle)
     copy = Path(name)
-    source = sqlite3.connect(f"file:{path}?{read_only_sqlite_url(path).split('?', 1)[1]}", uri=True)
-    try:
-        with sqlite3.connect(copy) as target:
-            source.backup(target)
-        target.close()
-    finally:
-        source.close()
+    copy_sqlite(sqlite3.connect(f"file:{path}?{read_only_sqlite_url(path).split('?', 1)[1]}", uri=True), copy)
     engine = make_engine(f"sqlite:///{copy}")
     with engine.connect().execution_options(immediate=True) as connection:
         migrate.upgrade(connection)
