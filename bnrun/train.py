@@ -26,7 +26,11 @@ from bnrun.nn import recompute_population_statistics
 from bnrun.progress import Reporter
 from bnrun.store import EpochRecord, FinalMetrics, Store
 
-EVAL_BATCH = 1000
+# Prediction-mode batches (evaluation and population statistics). 128 CNN images make 13 MB
+# activations that stay in this CPU's 32 MB L3 cache; at 1000 every elementwise layer streams
+# 100 MB tensors from memory: the CNN's population statistics took 135 s at 1000 and 56 s at 128
+# (logits are bit-identical either way, checked on the shipped CNN and MLP checkpoints).
+EVAL_BATCH = 128
 
 
 class Diverged(Exception):

@@ -63,3 +63,16 @@ def test_running_moments_merge_equals_direct():
 def test_model_without_bn_is_untouched():
     model = nn.Sequential(nn.Linear(3, 2))
     assert recompute_population_statistics(model, lambda: iter([torch.randn(4, 3)])) == {}
+
+
+def test_running_moments_of_float32_batches_with_a_large_offset():
+    """Per-batch moments in float32 (two passes), merged in float64: as exact as float32 data allows,
+    also far from zero, where a one-pass E[x²] − E[x]² would lose every digit."""
+    torch.manual_seed(2)
+    x = torch.randn(4096, 3, 6, 6, dtype=torch.float64) * 0.5 + 1e4
+    moments = RunningMoments()
+    for chunk in x.float().split(500):
+        moments.add(chunk)
+    data = x.float().double()
+    torch.testing.assert_close(moments.mean, data.mean((0, 2, 3)), atol=0, rtol=1e-6)
+    torch.testing.assert_close(moments.unbiased_var(), data.var((0, 2, 3)), atol=0, rtol=1e-4)

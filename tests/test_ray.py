@@ -10,6 +10,7 @@ import time
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from bnrun.store.storage import LOST_ATTEMPT_NOTE
 from conftest import bnrun_command, run_bnrun
@@ -37,6 +38,14 @@ def cluster():
     cluster.shutdown()
 
 
+def running(db) -> int:
+    """Rows in `running` status (0 while the store is still being created)."""
+    try:
+        return rows(db, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0]
+    except OperationalError:
+        return 0
+
+
 def wait_for(condition, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -49,7 +58,7 @@ def test_ctrl_c_on_the_driver_cancels_the_tasks_and_marks_them_interrupted(clust
     db = tmp_path / "interrupted.db"
     driver = subprocess.Popen(bnrun_command(*GRID, "--ray-address", cluster.address, "--db", str(db)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: db.exists() and rows(db, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0] == 2)
+    wait_for(lambda: db.exists() and running(db) == 2)
     driver.send_signal(signal.SIGINT)
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr
@@ -67,8 +76,7 @@ def test_grid_on_two_worker_nodes_survives_a_dead_node(cluster, tmp_path):
     def two_trials_training() -> bool:
         if driver.poll() is not None:
             pytest.fail(driver.communicate()[1])
-        return db.exists() and rows(db, "SELECT count(*) FROM epochs")[0][0] >= 1 and \
-            rows(db, "SELECT count(*) FROM runs WHERE status = 'running'")[0][0] == 2
+        return db.exists() and running(db) == 2 and rows(db, "SELECT count(*) FROM epochs")[0][0] >= 1
 
     wait_for(two_trials_training)
     cluster.remove_node(workers[0], allow_graceful=False)  # the node and its worker die mid-trial

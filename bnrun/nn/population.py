@@ -23,8 +23,10 @@ class _StopForward(Exception):
 
 
 class RunningMoments:
-    """Exact per-channel count, mean and sum of squared deviations, merged batch by batch
-    (Chan et al.'s parallel update), in float64."""
+    """Exact per-channel count, mean and sum of squared deviations. Each batch's moments are
+    computed in two passes in the batch's own precision (float32 or float64, as the training
+    kernel computes batch statistics), then merged across batches in float64 with Chan et al.'s
+    parallel update, so the error does not grow with the number of batches."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -33,10 +35,14 @@ class RunningMoments:
 
     def add(self, x: Tensor) -> None:
         dims = reduction_dims(x)
-        x = x.detach().double()
+        x = x.detach()
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
         n = x.numel() // x.shape[1]
-        mean = x.mean(dims)
-        m2 = ((x - mean.view((1, -1) + (1,) * (x.dim() - 2))) ** 2).sum(dims)
+        batch_mean = x.mean(dims)
+        centered = x - batch_mean.view((1, -1) + (1,) * (x.dim() - 2))
+        m2 = centered.mul_(centered).sum(dims).double()
+        mean = batch_mean.double()
         if self.mean is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return
