@@ -61,6 +61,12 @@ def test_read_only_commands_match_a_writable_copy_and_write_nothing(tmp_path, ma
                                  text=True, timeout=120)
             assert got.returncode == 0 == expected.returncode, got.stderr
             assert got.stdout.replace(str(locked), "DB") == expected.stdout.replace(str(writable), "DB")
+        plots = [tmp_path / "rw.png", tmp_path / "ro.png"]
+        assert run_bnrun("plot", "--output", str(plots[0]), "--db", str(writable), timeout=120).returncode == 0
+        plotted = subprocess.run(read_only_command(directory, "plot", "--output", str(plots[1]), "--db", str(locked)),
+                                 capture_output=True, text=True, timeout=120)
+        assert plotted.returncode == 0, plotted.stderr
+        assert plots[1].stat().st_size > 10_000
     finally:
         directory.chmod(0o755)
     assert sha(locked) == before
