@@ -164,7 +164,7 @@ def small_store(tmp_path):
                                                 "momentum", "weight_decay", "optimizer", "schedule", "augment", "train_subset",
                                                 "device", "bnrun_version", "torch_version", "python_version", "git_commit")}
         fields.pop("status")
-        run_id = store.start_run(fields, "k", "{}")
+        run_id = store.claim_run(fields, f"{run.arch}-{run.bn}-{run.bn_impl}", "{}").run_id
         for epoch in range(1, 4):
             store.add_epoch(run_id, EpochRecord(epoch, 1.0 / epoch, 0.8, 0.5, 0.8 + epoch / 100, 0.05, 1.0, 0.9))
         if run.status == "completed":

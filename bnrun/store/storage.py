@@ -150,13 +150,6 @@ class Store:
                 self._end(row, status, note, now)
             return [row.id for row in rows]
 
-    def start_run(self, fields: dict, config_key: str, config_json: str) -> int:
-        """A `running` row for the trial, whatever the store holds (`claim_run` is the careful way)."""
-        claim = self.claim_run(fields, config_key, config_json, force=True)
-        if claim.run_id is None:
-            raise StoreError(f"trial {config_key} seed {fields['seed']} is running elsewhere (run {claim.holder.id})")
-        return claim.run_id
-
     def add_epoch(self, run_id: int, epoch: EpochRecord) -> None:
         with self.session(write=True) as session:
             session.add(Epoch(run_id=run_id, **asdict(epoch)))
