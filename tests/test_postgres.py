@@ -93,12 +93,13 @@ def test_three_processes_start_together_on_an_empty_database(pg_url):
 
 
 def test_sigkill_mid_trial_then_reaping(pg_url):
-    process = subprocess.Popen(bnrun_command("train", "--arch", "mlp", "--bn", "pre", "--epochs", "6", "--train-subset", "6000",
+    # CNN epochs of 3,000 images take a second or more: the kill lands inside epoch 2 of 3
+    process = subprocess.Popen(bnrun_command("train", "--arch", "cnn", "--bn", "pre", "--epochs", "3", "--train-subset", "3000",
                                              "--db", pg_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
-            if query(pg_url, "SELECT count(*) FROM epochs") == [(1,)]:
+            if query(pg_url, "SELECT count(*) FROM epochs")[0][0] >= 1:
                 break
         except Exception:  # noqa: BLE001 - the store may not exist yet
             pass
