@@ -77,9 +77,9 @@ def footnotes(report: Report) -> list[str]:
     return notes
 
 
-def comparison_lines(report: Report) -> list[str]:
+def comparison_lines(comparisons) -> list[str]:
     lines = []
-    for c in report.comparisons:
+    for c in comparisons:
         mean, std = scaled_pair(c.test.mean_diff, c.test.std_diff, c.metric)
         if mean is None:
             continue
@@ -88,9 +88,14 @@ def comparison_lines(report: Report) -> list[str]:
     return lines
 
 
-def comparisons_heading(report: Report) -> str:
+def comparisons_heading(comparisons) -> str:
     return (f"paired comparisons (same seed = same initial weights and batch order; 95% CI of the mean difference; "
-            f"p-values Holm–Bonferroni corrected over all {len(report.comparisons)} comparisons):")
+            f"p-values Holm–Bonferroni corrected over all {len(comparisons)} comparisons):")
+
+
+def rich_comparisons(comparisons) -> list[Text]:
+    lines = [Text(comparisons_heading(comparisons), style="bold")]
+    return lines + ([Text("  " + line) for line in comparison_lines(comparisons)] or [Text("  none (need matching groups)")])
 
 
 def interval_text(c) -> str:
@@ -121,10 +126,8 @@ def to_rich(report: Report) -> RichGroup:
             values[headline - 1] = f"[yellow]{values[headline - 1]}[/]"
         table.add_row(*values)
     notes = [Text(line, style="dim") for line in footnotes(report)]
-    comparisons = [Text(comparisons_heading(report), style="bold")]
-    comparisons += [Text("  " + line) for line in comparison_lines(report)] or [Text("  none (need matching groups)")]
     extra = [diagnostics_table(report)] if report.diagnostics else []
-    return RichGroup(table, *notes, *comparisons, *extra)
+    return RichGroup(table, *notes, *rich_comparisons(report.comparisons), *extra)
 
 
 def diagnostic_cells(report: Report, group: Group) -> list[str]:
@@ -215,7 +218,8 @@ def to_markdown(report: Report) -> str:
             index = len(values) - len(columns(report))
             values[index] = f"**{values[index]}**"
         lines.append("| " + " | ".join(values) + " |")
-    extra = [f"- {line}" for line in footnotes(report) + [comparisons_heading(report)] + comparison_lines(report)]
+    extra = [f"- {line}" for line in footnotes(report) + [comparisons_heading(report.comparisons)]
+             + comparison_lines(report.comparisons)]
     return "\n".join(lines + [""] + extra + diagnostics_markdown(report)) + "\n"
 
 
@@ -307,11 +311,8 @@ def pivot_to_rich(pivot: Pivot) -> RichGroup:
         cells = [f"[bold green]{c}[/]" if v == row.best else (f"[magenta]{c}[/]" if "diverged" in c else c)
                  for v, c in zip(pivot.columns, cells)]
         table.add_row(*pivot_label_values(pivot, row), *cells)
-    report = Report((), (), {}, pivot.comparisons, pivot.metric, {})
-    lines = [Text(line, style="dim") for line in pivot_notes(pivot)]
-    lines += [Text(comparisons_heading(report), style="bold")]
-    lines += [Text("  " + line) for line in comparison_lines(report)] or [Text("  none (need matching groups)")]
-    return RichGroup(table, *lines)
+    notes = [Text(line, style="dim") for line in pivot_notes(pivot)]
+    return RichGroup(table, *notes, *rich_comparisons(pivot.comparisons))
 
 
 def pivot_to_markdown(pivot: Pivot) -> str:
@@ -321,8 +322,8 @@ def pivot_to_markdown(pivot: Pivot) -> str:
     for row in pivot.rows:
         cells = [f"**{c}**" if v == row.best else c for v, c in zip(pivot.columns, pivot_cells(pivot, row))]
         lines.append("| " + " | ".join(pivot_label_values(pivot, row) + cells) + " |")
-    report = Report((), (), {}, pivot.comparisons, pivot.metric, {})
-    extra = [f"- {line}" for line in pivot_notes(pivot) + [comparisons_heading(report)] + comparison_lines(report)]
+    extra = [f"- {line}" for line in pivot_notes(pivot) + [comparisons_heading(pivot.comparisons)]
+             + comparison_lines(pivot.comparisons)]
     return "\n".join(lines + [""] + extra) + "\n"
 
 

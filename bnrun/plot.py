@@ -105,6 +105,18 @@ def save(figure, output: Path, dpi: int, title: str) -> Path:
     return output
 
 
+def band(axis, series: dict[float, list[float]], label: str, scale: float = 1.0):
+    """A mean line with a ±std band from {x: [value per run]}; returns the line."""
+    xs = sorted(series)
+    values = [torch.tensor(series[x], dtype=torch.float64) * scale for x in xs]
+    means = [v.mean().item() for v in values]
+    stds = [v.std().item() if len(v) > 1 else 0.0 for v in values]
+    line, = axis.plot(xs, means, marker="o", markersize=3, label=label)
+    axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                      color=line.get_color(), alpha=0.2)
+    return line
+
+
 DIAGNOSTIC_PLOTS = {
     # name: (kind, x axis: "x" (step size) or "epoch", y label, log x, log y)
     "loss_ratio": ("loss_ratio", "x", "one-step loss ratio r(η) at initialization", True, True),
@@ -145,13 +157,7 @@ def plot_diagnostic(groups: list[Group], diagnostics: dict, epochs: dict, name: 
             series = diagnostic_series(group, diagnostics, epochs, kind, axis_field)
             if not series:
                 continue
-            xs = sorted(series)
-            values = [torch.tensor(series[x], dtype=torch.float64) for x in xs]
-            means = [v.mean().item() for v in values]
-            stds = [v.std().item() if len(v) > 1 else 0.0 for v in values]
-            line, = axis.plot(xs, means, marker="o", markersize=3, label=f"{group.label()} (n={len(group.runs)})")
-            axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                              color=line.get_color(), alpha=0.2)
+            band(axis, series, f"{group.label()} (n={len(group.runs)})")
         if name == "loss_ratio":
             axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
         axis.set_xscale("log" if log_x else "linear")
@@ -168,13 +174,7 @@ def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]]]], output: Pat
     (Wu & Johnson 2021), one line per configuration: rows of (label, {batch size: [acc per run]})."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for label, series in rows:
-        xs = sorted(series)
-        values = [torch.tensor(series[x], dtype=torch.float64) * 100 for x in xs]
-        means = [v.mean().item() for v in values]
-        stds = [v.std().item() if len(v) > 1 else 0.0 for v in values]
-        line, = axis.plot(xs, means, marker="o", markersize=3, label=label)
-        axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                          color=line.get_color(), alpha=0.2)
+        band(axis, series, label, scale=100.0)
     axis.set_xscale("log", base=2)
     axis.set_xlabel("batch size whose statistics normalize the test images")
     axis.set_ylabel("test accuracy (%)")

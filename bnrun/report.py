@@ -9,6 +9,7 @@ from datetime import datetime
 
 from bnrun.stats import MIN_TRIALS, PairedTest, Summary, paired_t_test, summarize, with_holm
 from bnrun.store import RunRecord
+from bnrun.store.storage import OUTCOMES
 
 IDENTITY = ("arch", "bn", "bn_impl", "fused")
 HYPERPARAMETERS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "augment", "train_subset")
@@ -165,11 +166,11 @@ def count_once(runs: list[RunRecord]) -> tuple[list[RunRecord], tuple[int, ...]]
     of the older repeats (two sweeps that ran the same trial before claims existed, or --force)."""
     latest: dict[tuple, RunRecord] = {}
     for run in sorted(runs, key=lambda r: r.id):
-        if run.status in ("completed", "diverged"):
+        if run.status in OUTCOMES:
             latest[group_key(run), run.seed] = run
     kept = {run.id for run in latest.values()}
-    repeats = tuple(r.id for r in runs if r.status in ("completed", "diverged") and r.id not in kept)
-    return [r for r in runs if r.id in kept or r.status not in ("completed", "diverged")], repeats
+    repeats = tuple(r.id for r in runs if r.status in OUTCOMES and r.id not in kept)
+    return [r for r in runs if r.id in kept or r.status not in OUTCOMES], repeats
 
 
 def build_report(runs: list[RunRecord], metric: str = "test_acc_population", run_filter: RunFilter = RunFilter(),
@@ -205,7 +206,6 @@ def parse_run_ids(text: str) -> frozenset[int]:
 # -- pivots: one option's values as columns (`bnrun report --by lr`) ------------------------------
 
 PIVOT_FIELDS = IDENTITY + HYPERPARAMETERS
-ENDED = ("completed", "diverged")
 
 
 @dataclass(frozen=True)
@@ -257,7 +257,7 @@ def build_pivot(runs: list[RunRecord], by: str, metric: str = "test_acc_populati
     """Trials that ran to an outcome, rows = configuration without `by`, columns = `by`'s values."""
     if by not in PIVOT_FIELDS:
         raise ValueError(f"cannot pivot by {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
-    selected, _ = count_once([run for run in runs if run_filter.accepts(run) and run.status in ENDED])
+    selected, _ = count_once([run for run in runs if run_filter.accepts(run) and run.status in OUTCOMES])
     row_fields = pivot_row_fields(selected, by)
     table: dict[tuple, dict[object, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
     for run in selected:
