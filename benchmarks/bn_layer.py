@@ -1,5 +1,7 @@
 """Forward+backward time of one batch-norm layer: torch's native kernel vs bnrun's custom
-layer (eager and fused), at the shapes the project's models use, measured in one run.
+layer (eager and fused), at the shapes the project's models use, in fp32 and bf16 (the
+activations autocast hands BN; statistics and parameters fp32), NCHW and channels_last,
+measured in one run.
 
     python benchmarks/bn_layer.py            # full measurement
     python benchmarks/bn_layer.py --quick    # fewer repetitions
@@ -21,6 +23,7 @@ import torch
 import bnrun.nn as bnn
 
 SHAPES = [(128, 32, 28, 28), (128, 64, 14, 14), (128, 256), (128, 128)]
+CASES = [(dtype, layout) for dtype in (torch.float32, torch.bfloat16) for layout in ("nchw", "channels_last")]
 
 
 def layer_for(shape, variant: str):
@@ -43,10 +46,11 @@ def time_once(layer, x, upstream, inner: int) -> float:
     return (time.perf_counter() - start) / inner
 
 
-def measure(shape, repeats: int, inner: int) -> dict[str, float]:
+def measure(shape, dtype, layout: str, repeats: int, inner: int) -> dict[str, float]:
     torch.manual_seed(0)
-    x = torch.randn(shape, requires_grad=True)
-    upstream = torch.randn(shape)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format).requires_grad_(True)
+    upstream = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format)
     layers = {name: layer_for(shape, name).train() for name in ("native", "eager", "fused")}
     for layer in layers.values():  # warm-up; for "fused" this is where compilation happens
         for _ in range(3):
@@ -65,12 +69,16 @@ def main() -> None:
     repeats, inner = (5, 3) if args.quick else (15, 5)
     warnings.simplefilter("always")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print("| shape | native ms | custom eager ms | custom fused ms | eager / native | fused / native |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for shape in SHAPES:
-        t = measure(shape, repeats, inner)
-        print(f"| {tuple(shape)} | {t['native'] * 1e3:.3f} | {t['eager'] * 1e3:.3f} | {t['fused'] * 1e3:.3f} "
-              f"| {t['eager'] / t['native']:.2f}× | {t['fused'] / t['native']:.2f}× |", flush=True)
+    print("| shape | dtype | layout | native ms | custom eager ms | custom fused ms | eager / native | fused / native |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for dtype, layout in CASES:
+        for shape in SHAPES:
+            if layout == "channels_last" and len(shape) != 4:
+                continue
+            t = measure(shape, dtype, layout, repeats, inner)
+            print(f"| {tuple(shape)} | {str(dtype).removeprefix('torch.')} | {layout} | {t['native'] * 1e3:.3f} | "
+                  f"{t['eager'] * 1e3:.3f} | {t['fused'] * 1e3:.3f} | {t['eager'] / t['native']:.2f}× | "
+                  f"{t['fused'] / t['native']:.2f}× |", flush=True)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ def train(
     schedule: Annotated[str, typer.Option(help="onecycle, cosine or constant" + LIST + ".")] = "onecycle",
     augment: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
     train_subset: Annotated[Optional[str], typer.Option(help="Use only the first N training images" + LIST + ".")] = None,
-    fused: Annotated[bool, typer.Option(help="The fused fast path of the custom BN (C++ kernel on CPU, torch.compile on GPU).")] = False,
+    precision: Annotated[str, typer.Option(help="fp32, or bf16 (autocast; needs AVX512-BF16/AMX or a bf16 GPU)" + LIST + ".")] = "fp32",
+    fused: Annotated[Optional[bool], typer.Option("--fused/--no-fused", help="The custom BN's fused fast path (C++ kernel on CPU, torch.compile on GPU). Default: on.", show_default=False)] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="The CNN in channels_last (NHWC) memory order. Default: on.", show_default=False)] = None,
     diagnostics: Annotated[bool, typer.Option(help="Also record batch-norm diagnostics: one-step loss ratio at init, gradient norms, BN input moments, train/test-mode gap, smoothness probes.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Rerun trials already completed in the store.")] = False,
@@ -77,11 +79,11 @@ def train(
     """Train the grid of every listed option's values × seeds; each trial becomes a row in the store."""
     from bnrun import commands
 
-    options = commands.GridOptions(arch=arch, bn=bn, bn_impl=bn_impl, epochs=epochs, batch_size=batch_size, lr=lr,
+    options = commands.GridOptions(arch=arch, bn=bn, bn_impl=bn_impl, precision=precision, epochs=epochs, batch_size=batch_size, lr=lr,
                                    momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, schedule=schedule,
                                    train_subset=train_subset)
     sweep = commands.build_sweep(options, seeds=seeds, explicit_seeds=seed or [], augment=augment, fused=fused,
-                                 device=device, force=force, data_dir=data_dir, diagnostics=diagnostics)
+                                 channels_last=channels_last, device=device, force=force, data_dir=data_dir, diagnostics=diagnostics)
     result = commands.train(sweep, db, commands.executor_options(executor, ray_address, cpus_per_trial, gpus_per_trial))
     out.print(commands.sweep_summary(result))
     if result.failed:

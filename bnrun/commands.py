@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from bnrun.config import ARCHS, BN_IMPLS, DEVICES, OPTIMIZERS, PLACEMENTS, SCHEDULES, SweepConfig, TrainConfig
+from bnrun.config import ARCHS, BN_IMPLS, DEVICES, OPTIMIZERS, PLACEMENTS, PRECISIONS, SCHEDULES, SweepConfig, TrainConfig
 from bnrun.errors import UsageError
 from bnrun.report import RunFilter
 from bnrun.store import STATUSES, EpochRecord, RunRecord, Store
@@ -67,6 +67,7 @@ class GridOptions:
     arch: str = "cnn"
     bn: str = "pre"
     bn_impl: str = "custom"
+    precision: str = "fp32"
     epochs: str | None = None
     batch_size: str = "128"
     lr: str = "0.05"
@@ -85,6 +86,7 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
         ("arch", split_list(options.arch, ARCHS, "--arch")),
         ("bn", split_list(options.bn, PLACEMENTS, "--bn")),
         ("bn_impl", split_list(options.bn_impl, BN_IMPLS, "--bn-impl")),
+        ("precision", split_list(options.precision, PRECISIONS, "--precision")),
         ("optimizer", split_list(options.optimizer, OPTIMIZERS, "--optimizer")),
         ("schedule", split_list(options.schedule, SCHEDULES, "--schedule")),
         ("epochs", parse_numbers(options.epochs, int, "--epochs", 0, strict=True) if options.epochs else (None,)),
@@ -97,10 +99,11 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
 
 
 def build_sweep(options: GridOptions, *, seeds: int | None = None, explicit_seeds: list[int] = (), augment: bool = True,
-                fused: bool = False, device: str = "auto", force: bool = False, data_dir: Path | None = None,
-                diagnostics: bool = False) -> SweepConfig:
+                fused: bool | None = None, channels_last: bool | None = None, device: str = "auto", force: bool = False,
+                data_dir: Path | None = None, diagnostics: bool = False) -> SweepConfig:
     """Check every option and build the sweep's frozen configuration (torch is imported only
-    once everything else checked out, so that bad input is answered at once)."""
+    once everything else checked out, so that bad input is answered at once). `fused` and
+    `channels_last` default to the fast path (each applies where it can: the custom BN, the CNN)."""
     axes = grid_axes(options)
     chosen_seeds = _choose_seeds(seeds, list(explicit_seeds))
     _require(device in DEVICES, f"--device: unknown value {device!r}; choose from {', '.join(DEVICES)}")
@@ -112,8 +115,16 @@ def build_sweep(options: GridOptions, *, seeds: int | None = None, explicit_seed
         device = resolve_device(device)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    base = TrainConfig(fused=fused, augment=augment, device=device)
+    _require_precisions(dict(axes)["precision"], device)
+    base = TrainConfig(fused=fused is not False, channels_last=channels_last is not False, augment=augment, device=device)
     return SweepConfig(axes=axes, seeds=chosen_seeds, base=base, force=force, data_dir=data_dir, diagnostics=diagnostics)
+
+
+def _require_precisions(precisions: tuple[str, ...], device: str) -> None:
+    from bnrun.precision import bf16_unsupported
+
+    why = bf16_unsupported(device) if "bf16" in precisions else None
+    _require(why is None, f"--precision bf16: {why}; use --precision fp32")
 
 
 @contextlib.contextmanager
@@ -160,9 +171,9 @@ def train(sweep: SweepConfig, db: str | None, ray_options=None):
     from bnrun.sweep import run_sweep
 
     data_mod.check_available(sweep.data_dir)  # before any row is written
-    if sweep.base.fused and _trains_on_cpu(sweep.base.device) and ray_options is None:  # (--fused with --bn-impl torch is refused earlier)
-        prepare_fused_kernel()
     with open_store(db) as store:
+        if any(config.fused for config in sweep.configs()) and _trains_on_cpu(sweep.base.device) and ray_options is None:
+            prepare_fused_kernel()
         if ray_options is None:
             return run_sweep(sweep, store, RichReporter())
         from bnrun.ray_executor import run_sweep_on_ray
@@ -181,7 +192,8 @@ def prepare_fused_kernel() -> None:
     wait is announced and stays out of the first trial's epoch timings."""
     from bnrun.nn import fused
 
-    notice("preparing the fused batch-norm kernel (built once per machine, ~25 s the first time)")
+    if not fused.cpu_kernel_built():
+        notice("building the fused batch-norm kernel (once per machine, ~25 s)")
     fused.cpu_kernel()
 
 

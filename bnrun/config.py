@@ -16,17 +16,21 @@ DEFAULT_EPOCHS = {"mlp": 20, "cnn": 10}
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One trial's configuration, without its seed. Every field is part of the trial's identity
-    except `device` (where it ran does not change what was asked)."""
+    except `device` (where it ran does not change what was asked). The field defaults are the
+    reference path (fp32, NCHW, eager BN); the CLI's defaults are the fast path."""
 
     arch: str = "cnn"  # mlp | cnn
     bn: str = "pre"  # none | pre (g(BN(f(x)))) | post (BN(g(f(x))))
     bn_impl: str = "custom"  # custom (bnrun.nn) | torch (reference baseline)
     fused: bool = False  # the fused BN fast path (bnrun.nn.fused)
+    precision: str = "fp32"  # fp32 | bf16 (convolutions and linear layers under autocast; BN statistics stay fp32)
+    channels_last: bool = False  # the CNN's weights and activations in NHWC memory order
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.05  # peak learning rate of the schedule
@@ -41,7 +45,15 @@ class TrainConfig:
     def identity(self) -> dict:
         data = asdict(self)
         data.pop("device")
+        for name, value in LEGACY_VALUES.items():  # keeps the keys of trials stored before the field existed
+            if data[name] == value:
+                data.pop(name)
         return data
+
+    @classmethod
+    def from_identity(cls, identity: dict, **extra) -> "TrainConfig":
+        """The configuration a stored identity describes (fields it lacks take their legacy value)."""
+        return cls(**{**LEGACY_VALUES, **identity, **extra})
 
     def key(self) -> str:
         """A stable hash of the identity: equal keys (and seeds) mean the same trial."""
@@ -49,8 +61,12 @@ class TrainConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# Fields added after the first stores were written, with the value every older trial had: at
+# that value a field is left out of the identity, so older trials keep their keys.
+LEGACY_VALUES = {"precision": "fp32", "channels_last": False}
+
 # The options a sweep can vary: each takes one value or a list, and the grid is their product.
-GRID_FIELDS = ("arch", "bn", "bn_impl", "epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer",
+GRID_FIELDS = ("arch", "bn", "bn_impl", "precision", "epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer",
                "schedule", "augment", "train_subset")
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
@@ -80,8 +96,10 @@ class SweepConfig:
             config = replace(self.base, **chosen)
             if chosen.get("epochs", config.epochs) is None:
                 config = replace(config, epochs=DEFAULT_EPOCHS[config.arch])
-            if config.bn_impl == "torch":  # the fused path is the custom BN's; torch.nn has its own
+            if config.bn_impl == "torch" or config.bn == "none":  # the fused path is the custom BN's
                 config = replace(config, fused=False)
+            if config.arch != "cnn":  # a memory order of convolution activations; the MLP has none
+                config = replace(config, channels_last=False)
             configs.append(config)
         return list(dict.fromkeys(configs))  # a repeated value adds no trial
 

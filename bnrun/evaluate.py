@@ -17,6 +17,7 @@ import bnrun
 from bnrun import data as data_mod
 from bnrun.errors import StoreError
 from bnrun.models import build_model
+from bnrun.precision import autocast
 from bnrun.store import EvaluationRecord, RunRecord, Store
 from bnrun.checkpoint import deserialize_checkpoint
 from bnrun.train import evaluate, resolve_device
@@ -43,14 +44,16 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
 
 
 @torch.no_grad()
-def evaluate_with_batch_statistics(model: nn.Module, split: data_mod.Split, batch_size: int, device: str) -> tuple[float, float]:
+def evaluate_with_batch_statistics(model: nn.Module, split: data_mod.Split, batch_size: int, device: str,
+                                   precision: str = "fp32") -> tuple[float, float]:
     """Mean cross-entropy and accuracy with every BN layer normalizing each batch of `batch_size`
     test images by that batch's own statistics (training mode on a copy: no running average moves)."""
     probe = copy.deepcopy(model).train()
     loss_sum, correct = 0.0, 0
     for part in batch_slices(len(split), batch_size):
         x, y = split.images[part].to(device), split.labels[part].to(device)
-        logits = probe(x)
+        with autocast(precision, device):
+            logits = probe(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
     return loss_sum / len(split), correct / len(split)
@@ -60,7 +63,7 @@ def rebuild_model(run: RunRecord, blob: bytes) -> tuple[nn.Module, dict]:
     """The trained model with its running averages loaded, and the stored population statistics."""
     try:
         checkpoint = deserialize_checkpoint(blob)
-        model = build_model(run.arch, run.bn, run.bn_impl, run.fused)
+        model = build_model(run.arch, run.bn, run.bn_impl, run.fused, run.channels_last)
         model.load_state_dict(checkpoint["state_dict"])
     except Exception as error:  # noqa: BLE001 - an unreadable checkpoint is a store problem
         raise StoreError(f"the checkpoint of run {run.id} cannot be loaded ({type(error).__name__}); retrain it with --force") from None
@@ -83,12 +86,13 @@ def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device
     device = resolve_device(device)
     dataset = data_mod.load(data_dir, run.train_subset)
     model.to(device)
-    _, val_running = evaluate(model, dataset.val, device)
-    test_loss_running, test_acc_running = evaluate(model, dataset.test, device)
+    precision = run.precision
+    _, val_running = evaluate(model, dataset.val, device, precision)
+    test_loss_running, test_acc_running = evaluate(model, dataset.test, device, precision)
     load_population(model, population)
-    _, val_population = evaluate(model, dataset.val, device)
-    test_loss_population, test_acc_population = evaluate(model, dataset.test, device)
-    batch_stats = {size: evaluate_with_batch_statistics(model, dataset.test, size, device) for size in batch_sizes}
+    _, val_population = evaluate(model, dataset.val, device, precision)
+    test_loss_population, test_acc_population = evaluate(model, dataset.test, device, precision)
+    batch_stats = {size: evaluate_with_batch_statistics(model, dataset.test, size, device, precision) for size in batch_sizes}
     matches = test_acc_population == run.test_acc_population and test_acc_running == run.test_acc_running
     evaluation = store.add_evaluation(run_id, dict(
         device=device, val_acc_running=val_running, val_acc_population=val_population,

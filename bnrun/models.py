@@ -14,6 +14,7 @@ from torch import nn
 import bnrun.nn as bnn
 
 from bnrun.config import ARCHS, BN_IMPLS, PLACEMENTS
+from bnrun.precision import in_layout
 
 MLP_WIDTHS = (784, 256, 128)
 CNN_CHANNELS = (32, 64)
@@ -73,13 +74,25 @@ def build_cnn(bn: str = "pre", impl: str = "custom", fused: bool = False) -> nn.
     )
 
 
-def build_model(arch: str, bn: str, impl: str = "custom", fused: bool = False) -> nn.Sequential:
-    """The model for one trial; weights are drawn from torch's global RNG (seed it first)."""
+def build_model(arch: str, bn: str, impl: str = "custom", fused: bool = False, channels_last: bool = False) -> nn.Sequential:
+    """The model for one trial; weights are drawn from torch's global RNG (seed it first).
+    `channels_last` changes only the memory order of the weights, not their values."""
     if arch == "mlp":
         return build_mlp(bn, impl, fused)
     if arch == "cnn":
-        return build_cnn(bn, impl, fused)
+        return in_layout(build_cnn(bn, impl, fused), channels_last)
     raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+
+
+def bn_path(model: nn.Module, bn: str, impl: str) -> str | None:
+    """The batch-norm path the model's last training batch took: none, torch, or the custom
+    layers' paths (fused-cpu, compiled, eager; "+"-joined if layers differed); None before any."""
+    if bn == "none":
+        return "none"
+    if impl == "torch":
+        return "torch"
+    paths = sorted({m.path for m in model.modules() if isinstance(m, (bnn.BatchNorm1d, bnn.BatchNorm2d)) and m.path})
+    return "+".join(paths) or None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,7 +12,7 @@ from bnrun.store import RunRecord
 from bnrun.store.storage import OUTCOMES
 
 IDENTITY = ("arch", "bn", "bn_impl", "fused")
-HYPERPARAMETERS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "augment", "train_subset")
+HYPERPARAMETERS = ("precision", "channels_last", "epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "augment", "train_subset")
 METRICS = {
     "test_acc_population": "test acc. (population stats)",
     "test_acc_running": "test acc. (running averages)",

@@ -60,7 +60,7 @@ def stored_config(run: RunRecord) -> TrainConfig:
     unknown = sorted(set(identity) - known)
     if unknown:
         raise StoreError(f"run {run.id} was trained by a bnrun with options this one lacks ({', '.join(unknown)}); reproduce it with that version")
-    return TrainConfig(**identity, device=run.device)
+    return TrainConfig.from_identity(identity, device=run.device)
 
 
 def first_epoch_difference(stored: list[EpochRecord], reproduced: list[EpochRecord]) -> tuple[Difference, ...]:

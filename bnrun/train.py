@@ -21,8 +21,9 @@ from bnrun import data as data_mod
 from bnrun.checkpoint import serialize_checkpoint
 from bnrun.config import TrainConfig
 from bnrun.diagnostics import Diagnostics
-from bnrun.models import build_model
+from bnrun.models import bn_path, build_model
 from bnrun.nn import recompute_population_statistics
+from bnrun.precision import autocast
 from bnrun.progress import Reporter
 from bnrun.store import EpochRecord, FinalMetrics, Store
 
@@ -68,13 +69,14 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: data_mod.Split, device: str) -> tuple[float, float]:
+def evaluate(model: nn.Module, split: data_mod.Split, device: str, precision: str = "fp32") -> tuple[float, float]:
     """Mean cross-entropy and accuracy in prediction mode."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for x, y in data_mod.ordered_batches(split, EVAL_BATCH):
         x, y = x.to(device), y.to(device)
-        logits = model(x)
+        with autocast(precision, device):
+            logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     return loss_sum / len(split), correct / len(split)
@@ -91,7 +93,8 @@ def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generat
         if moves:
             x, y = x.to(config.device, non_blocking=True), y.to(config.device, non_blocking=True)
         start = time.perf_counter()
-        logits = model(x)
+        with autocast(config.precision, config.device):
+            logits = model(x).float()  # the loss in fp32
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -121,7 +124,7 @@ def fit(config: TrainConfig, seed: int, dataset: data_mod.FashionMNISTData, stor
         reporter: Reporter, diagnostics: bool = False) -> FinalMetrics:
     """Train, store each epoch, then compute population statistics and the test metrics."""
     torch.manual_seed(seed)
-    model = build_model(config.arch, config.bn, config.bn_impl, config.fused).to(config.device)
+    model = build_model(config.arch, config.bn, config.bn_impl, config.fused, config.channels_last).to(config.device)
     probes = None
     if diagnostics:
         probes = Diagnostics(dataset, config.batch_size, config.device, lambda records: store.add_diagnostics(run_id, records))
@@ -135,12 +138,12 @@ def fit(config: TrainConfig, seed: int, dataset: data_mod.FashionMNISTData, stor
         lr = optimizer.param_groups[0]["lr"]
         reporter.epoch_started(epoch, config.epochs, steps_per_epoch(len(dataset.train), config.batch_size))
         train_loss, train_acc, busy = train_epoch(model, optimizer, scheduler, dataset.train, config, generator, reporter)
-        val_loss, val_acc = evaluate(model, dataset.val, config.device)
+        val_loss, val_acc = evaluate(model, dataset.val, config.device, config.precision)
         if not math.isfinite(val_loss):  # e.g. running statistics overflowed while the batch loss stayed finite
             raise Diverged(f"validation loss became {val_loss} after epoch {epoch}")
         best_val = max(best_val, val_acc)
         record = EpochRecord(epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start, busy)
-        store.add_epoch(run_id, record)
+        store.add_epoch(run_id, record, bn_path=bn_path(model, config.bn, config.bn_impl))
         if probes is not None:
             probes.after_epoch(model, epoch)
         reporter.epoch_finished(record)
@@ -148,10 +151,11 @@ def fit(config: TrainConfig, seed: int, dataset: data_mod.FashionMNISTData, stor
 
 
 def finish(model, config, dataset, store, run_id, best_val, last: EpochRecord) -> FinalMetrics:
-    test_loss_running, test_acc_running = evaluate(model, dataset.test, config.device)
+    test_loss_running, test_acc_running = evaluate(model, dataset.test, config.device, config.precision)
     running_state = {k: v.clone() for k, v in model.state_dict().items()}
-    population = recompute_population_statistics(model, population_batches(dataset.train, config.augment, config.device))
-    test_loss_pop, test_acc_pop = evaluate(model, dataset.test, config.device)
+    with autocast(config.precision, config.device):
+        population = recompute_population_statistics(model, population_batches(dataset.train, config.augment, config.device))
+    test_loss_pop, test_acc_pop = evaluate(model, dataset.test, config.device, config.precision)
     metrics = FinalMetrics(last.train_loss, last.train_acc, last.val_acc, best_val, test_loss_running,
                            test_acc_running, test_loss_pop, test_acc_pop)
     store.complete_run(run_id, metrics, serialize_checkpoint(model, running_state, population, config))

@@ -36,6 +36,8 @@ def test_train_makes_completed_rows_with_epochs_and_checkpoints(trained_store):
         assert len(store.load_checkpoint(run.id)) > 1000
         assert 0.5 < run.test_acc_population <= 1 and 0 < run.test_acc_running <= 1
         assert run.torch_version and run.python_version and run.host and run.pid > 0
+        # the CLI's defaults: the fast path, recorded as what ran
+        assert (run.precision, run.channels_last, run.fused, run.bn_path) == ("fp32", True, True, "fused-cpu")
     store.close()
 
 
@@ -110,16 +112,16 @@ def test_same_seed_same_initial_weights_across_placements():
     assert weights
 
 
-def test_fused_training_prepares_the_kernel_first_and_matches_eager(tmp_path):
-    """`--fused` announces the kernel build before any trial and trains like the eager path
-    (same seed, same batches; the layers agree to float rounding)."""
+def test_fused_training_is_the_default_and_matches_eager(tmp_path):
+    """The fused path is the default, is recorded as the path that ran, and trains like the eager
+    path (`--no-fused`: same seed, same batches; the layers agree to float rounding)."""
     from conftest import run_bnrun
 
     common = ["train", "--arch", "mlp", "--bn", "pre", "--seed", "0", "--device", "cpu", *SMOKE]
-    fused = run_bnrun(*common, "--fused", "--db", str(tmp_path / "fused.db"))
+    fused = run_bnrun(*common, "--db", str(tmp_path / "fused.db"))
     assert fused.returncode == 0, fused.stderr
-    assert "preparing the fused batch-norm kernel" in fused.stderr
-    assert invoke(*common, "--db", str(tmp_path / "eager.db")).exit_code == 0
+    assert invoke(*common, "--no-fused", "--db", str(tmp_path / "eager.db")).exit_code == 0
     (fast,), (eager,) = Store(str(tmp_path / "fused.db")).list_runs(), Store(str(tmp_path / "eager.db")).list_runs()
     assert (fast.status, fast.fused, eager.fused) == ("completed", True, False)
+    assert (fast.bn_path, eager.bn_path) == ("fused-cpu", "eager")
     assert fast.train_loss == pytest.approx(eager.train_loss, rel=1e-3)

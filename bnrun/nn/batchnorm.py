@@ -45,6 +45,7 @@ class _BatchNorm(nn.Module):
         self.track_running_stats = track_running_stats
         self.fused = fused
         self.relu = relu  # the layer is ReLU(BN(x)): the fused kernel applies it in its output pass
+        self.path: str | None = None  # the training-mode path the last batch took (fused.PATHS)
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features, **factory))
             if bias:
@@ -73,6 +74,8 @@ class _BatchNorm(nn.Module):
         self._check_input(x)
         if self.training or not self.track_running_stats:
             return self._forward_batch_stats(x)
+        if self.fused and x.shape[0] > 0:
+            return fused_kernels.eval_step(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, self.relu)
         y = F.batch_norm_eval(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
         return torch.relu(y) if self.relu else y
 
@@ -86,7 +89,9 @@ class _BatchNorm(nn.Module):
             return x.clone()
         running = (self.running_mean, self.running_var) if tracking else (None, None)
         if self.fused:
-            return fused_kernels.train_step(x, self.weight, self.bias, *running, factor, self.eps, self.relu)
+            y, self.path = fused_kernels.train_step(x, self.weight, self.bias, *running, factor, self.eps, self.relu)
+            return y
+        self.path = fused_kernels.EAGER
         y = F.batch_norm_train_and_track(x, self.weight, self.bias, *running, factor, self.eps)
         return torch.relu(y) if self.relu else y
 

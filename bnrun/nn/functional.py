@@ -45,6 +45,17 @@ def centered_statistics(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return mean, (centered * centered).mean(dims), centered
 
 
+def in_op_math(x: Tensor) -> Tensor:
+    """x in the precision batch-norm arithmetic runs in: float32 for 16-bit floats, else x itself."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def laid_out_as(t: Tensor, like: Tensor) -> Tensor:
+    """t, dense in `like`'s memory format (contiguous or channels_last), copied only if it is not."""
+    channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
+    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 def unbiased(var: Tensor, n: int) -> Tensor:
     """Bessel's correction of a biased variance computed from n values."""
     return var * (n / (n - 1))
@@ -103,16 +114,20 @@ class BatchNormFunction(torch.autograd.Function):
         dx = γ/(m·σ̂) · (m·dy − Σdy − x̂·Σ(dy·x̂)),
     which needs only the saved x̂ and 1/σ̂.
     Returns (y, mean, biased var); the statistics carry no gradient.
+
+    16-bit input (bfloat16 under autocast) is normalized in float32, the statistics, x̂ and the
+    gradient sums stay float32, and y and dx come back in the input's dtype, as in torch's kernel.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-        y, x_hat, inv_std, mean, var = normalize_forward(x, weight, bias, eps)
+        ctx.input_dtype = x.dtype
+        y, x_hat, inv_std, mean, var = normalize_forward(in_op_math(x), weight, bias, eps)
         ctx.save_for_backward(x_hat, inv_std, weight)
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)
-        return y, mean, var
+        return y.to(x.dtype), mean, var
 
     @staticmethod
     @once_differentiable  # the closed form is not itself differentiated: double backward raises, never silently wrong
@@ -120,8 +135,8 @@ class BatchNormFunction(torch.autograd.Function):
         if grad_y is None:  # only the (non-differentiable) statistics were used downstream
             return None, None, None, None
         x_hat, inv_std, weight = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = normalize_backward(grad_y.contiguous(), x_hat, inv_std, weight)
-        return grad_x, grad_weight if ctx.has_weight else None, grad_bias if ctx.has_bias else None, None
+        grad_x, grad_weight, grad_bias = normalize_backward(laid_out_as(in_op_math(grad_y), x_hat), x_hat, inv_std, weight)
+        return grad_x.to(ctx.input_dtype), grad_weight if ctx.has_weight else None, grad_bias if ctx.has_bias else None, None
 
 
 def batch_norm_train(
@@ -148,14 +163,22 @@ def batch_norm_train_and_track(
     return y
 
 
+def batch_norm_eval_coefficients(
+    mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5
+) -> tuple[Tensor, Tensor]:
+    """Prediction mode as a per-channel affine map: (scale, shift) with BN(x) = scale·x + shift."""
+    inv_std = torch.rsqrt(var + eps)
+    scale = inv_std if weight is None else weight * inv_std
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return scale, shift
+
+
 def batch_norm_eval(
     x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5
 ) -> Tensor:
     """Prediction mode: normalize with fixed per-channel statistics (running or population)."""
-    inv_std = torch.rsqrt(var + eps)
-    scale = inv_std if weight is None else weight * inv_std
-    shift = -mean * scale if bias is None else bias - mean * scale
-    return x * channel_view(scale, x) + channel_view(shift, x)
+    scale, shift = batch_norm_eval_coefficients(mean, var, weight, bias, eps)
+    return (in_op_math(x) * channel_view(scale, x) + channel_view(shift, x)).to(x.dtype)
 
 
 @torch.no_grad()

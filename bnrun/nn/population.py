@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from bnrun.nn import fused
 from bnrun.nn.batchnorm import _BatchNorm
 from bnrun.nn.functional import reduction_dims
 
@@ -24,9 +25,9 @@ class _StopForward(Exception):
 
 class RunningMoments:
     """Exact per-channel count, mean and sum of squared deviations. Each batch's moments are
-    computed in two passes in the batch's own precision (float32 or float64, as the training
-    kernel computes batch statistics), then merged across batches in float64 with Chan et al.'s
-    parallel update, so the error does not grow with the number of batches."""
+    computed as the training kernel computes batch statistics (`batch_moments`), then merged across
+    batches in float64 with Chan et al.'s parallel update, so the error does not grow with the
+    number of batches."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -34,15 +35,7 @@ class RunningMoments:
         self.m2: Tensor | None = None
 
     def add(self, x: Tensor) -> None:
-        dims = reduction_dims(x)
-        x = x.detach()
-        if x.dtype not in (torch.float32, torch.float64):
-            x = x.float()
-        n = x.numel() // x.shape[1]
-        batch_mean = x.mean(dims)
-        centered = x - batch_mean.view((1, -1) + (1,) * (x.dim() - 2))
-        m2 = centered.mul_(centered).sum(dims).double()
-        mean = batch_mean.double()
+        n, mean, m2 = batch_moments(x.detach())
         if self.mean is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return
@@ -54,6 +47,20 @@ class RunningMoments:
 
     def unbiased_var(self) -> Tensor:
         return self.m2 / (self.count - 1)
+
+
+def batch_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
+    """(count, mean, Σ(x − μ)²) per channel, float64: from one read of the batch by the C++ kernel
+    (blocks summed twice in float32 while in cache, merged in double), else in two eager passes."""
+    fast = fused.moments(x)
+    if fast is not None:
+        return fast
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    dims = reduction_dims(x)
+    batch_mean = x.mean(dims)
+    centered = x - batch_mean.view((1, -1) + (1,) * (x.dim() - 2))
+    return x.numel() // x.shape[1], batch_mean.double(), centered.mul_(centered).sum(dims).double()
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.Module]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import false, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -68,6 +68,10 @@ class Run(Base):
     diagnostics: Mapped[bool | None] = mapped_column(Boolean)
     claim: Mapped[int | None] = mapped_column(Integer)  # 1: this row holds its trial (see __table_args__)
     claim_token: Mapped[str | None] = mapped_column(String(64), index=True)  # an executor task, across its retries
+    # revision 0004: precision and layout (trial options), and the batch-norm path that actually ran
+    precision: Mapped[str] = mapped_column(String(8), server_default="fp32")
+    channels_last: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    bn_path: Mapped[str | None] = mapped_column(String(64))
 
 
 class Epoch(Base):

@@ -58,6 +58,9 @@ class RunRecord:
     diagnostics: bool | None = None
     claim: int | None = None
     claim_token: str | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
+    bn_path: str | None = None  # e.g. fused-cpu, compiled, eager, torch, none; "+"-joined when layers differed
 
 
 @dataclass(frozen=True)

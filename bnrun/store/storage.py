@@ -150,15 +150,15 @@ class Store:
                 self._end(row, status, note, now)
             return [row.id for row in rows]
 
-    def add_epoch(self, run_id: int, epoch: EpochRecord) -> None:
+    def add_epoch(self, run_id: int, epoch: EpochRecord, bn_path: str | None = None) -> None:
+        """The epoch's row, the run's latest metrics and (when given) the BN path that ran."""
         with self.session(write=True) as session:
             session.add(Epoch(run_id=run_id, **asdict(epoch)))
-            session.execute(
-                update(Run)
-                .where(Run.id == run_id)
-                .values(epochs_completed=epoch.epoch, heartbeat_at=self.now(session), train_loss=epoch.train_loss,
-                        train_acc=epoch.train_acc, val_acc=epoch.val_acc)
-            )
+            values = dict(epochs_completed=epoch.epoch, heartbeat_at=self.now(session), train_loss=epoch.train_loss,
+                          train_acc=epoch.train_acc, val_acc=epoch.val_acc)
+            if bn_path is not None:
+                values["bn_path"] = bn_path
+            session.execute(update(Run).where(Run.id == run_id).values(**values))
 
     def complete_run(self, run_id: int, metrics: FinalMetrics, checkpoint: bytes) -> None:
         """Final metrics, the checkpoint and the status in one transaction: all or nothing."""

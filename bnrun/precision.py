@@ -1,0 +1,38 @@
+"""A trial's numeric precision and memory layout: bf16 autocast where the hardware has bf16 units
+(AVX512-BF16 or AMX on the CPU, a bf16-capable GPU), channels_last for the CNN.
+
+Under bf16 the convolutions and linear layers run in bf16 (oneDNN's AMX/AVX512-BF16 kernels on the
+CPU); weights, optimizer state, the loss and every batch-norm statistic stay fp32 (`bnrun.nn`
+takes bf16 activations and returns bf16, as torch's kernel does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def bf16_unsupported(device: str) -> str | None:
+    """Why bf16 cannot run at full speed on `device`, or None when it can."""
+    if torch.device(device).type == "cuda":
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 support"
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return None
+    from bnrun.provenance import cpu_info
+
+    return f"this CPU ({cpu_info()[0]}) has neither AVX512-BF16 nor AMX: bf16 would be emulated, slower than fp32"
+
+
+def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
+    """The context a trial's forward passes run in: bf16 autocast, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def in_layout(model: nn.Module, channels_last: bool) -> nn.Module:
+    """The model with its 4D weights (the convolutions') in channels_last order when asked; a
+    convolution then returns channels_last activations, and every later layer keeps that order."""
+    return model.to(memory_format=torch.channels_last) if channels_last else model
