@@ -117,6 +117,26 @@ def test_stale_heartbeat_from_another_host_is_reaped(tmp_path):
     assert query(db, "select status, note from runs where id = 2") == [("failed", "process ended without finishing")]
 
 
+def test_a_running_trial_keeps_its_heartbeat_fresh(tmp_path, monkeypatch):
+    """The heartbeat thread touches the row while the trial runs (a trial between two epochs for
+    longer than the staleness limit must not look dead to other hosts), and stops at the end."""
+    from bnrun import trial
+
+    monkeypatch.setattr(trial, "HEARTBEAT_S", 0.2)
+    store = Store(str(tmp_path / "beat.db"))
+    claim = store.claim_run(dict(arch="mlp", bn="pre", bn_impl="custom", fused=False, seed=0, epochs=1, batch_size=8,
+                                 lr=0.1, momentum=0.9, weight_decay=0.0, optimizer="sgd", schedule="constant",
+                                 augment=False, train_subset=None, device="cpu", bnrun_version="t", torch_version="t",
+                                 python_version="t", git_commit=None, grid_seeds=None), "key", "{}")
+    with sqlite3.connect(tmp_path / "beat.db") as connection:
+        connection.execute("update runs set heartbeat_at = '2026-01-01 00:00:00'")
+    with trial.heartbeat(store, claim.run_id):
+        time.sleep(1.0)
+    beat = store.get_run(claim.run_id).heartbeat_at
+    assert beat.year > 2026 or beat.month > 1  # touched by the thread, by the store's clock
+    store.close()
+
+
 # -- damaged or foreign stores -------------------------------------------------------------------------
 
 def random_bytes(path: Path) -> None:

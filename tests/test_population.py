@@ -3,6 +3,7 @@ with the layers before it already in prediction mode."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -10,18 +11,23 @@ import bnrun.nn as bnn
 from bnrun.nn.population import RunningMoments, recompute_population_statistics
 
 
-def three_bn_model() -> nn.Sequential:
+def three_bn_model(fused: bool = False) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3), bnn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 3, 3), nn.ReLU(), bnn.BatchNorm2d(3),
-        nn.Flatten(), nn.Linear(3 * 4 * 4, 6), bnn.BatchNorm1d(6), nn.Linear(6, 2),
+        nn.Conv2d(1, 4, 3), bnn.BatchNorm2d(4, fused=fused), nn.ReLU(),
+        nn.Conv2d(4, 3, 3), nn.ReLU(), bnn.BatchNorm2d(3, fused=fused),
+        nn.Flatten(), nn.Linear(3 * 4 * 4, 6), bnn.BatchNorm1d(6, fused=fused), nn.Linear(6, 2),
     )
 
 
-def test_population_statistics_exact_over_uneven_batches():
+@pytest.mark.parametrize("fused,channels_last", [(False, False), (True, True)], ids=["eager-nchw", "fused-channels_last"])
+def test_population_statistics_exact_over_uneven_batches(fused, channels_last):
+    """Also on the default trial path: channels_last activations, the kernel's prediction-mode pass
+    and its one-read per-batch moments."""
     torch.manual_seed(0)
-    model = three_bn_model()
+    model = three_bn_model(fused)
     data = torch.randn(1003, 1, 8, 8) * 2 + 0.5
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model.train()
     for start in range(0, 1003, 64):  # some training so the running averages are not the answer
         model(data[start:start + 64])

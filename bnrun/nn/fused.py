@@ -98,12 +98,18 @@ def eager_step(relu: bool) -> Callable[..., Tensor]:
 KERNEL_NAME = "bnrun_bn_cpu"
 
 
+def _cpp_extension() -> ModuleType:
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
+    from torch.utils import cpp_extension
+
+    return cpp_extension
+
+
 def cpu_kernel_built() -> bool:
     """Whether this machine's extension cache already holds a build of the kernel (torch rebuilds
     it anyway if the source changed since)."""
-    from torch.utils import cpp_extension
-
-    return (Path(cpp_extension._get_build_directory(KERNEL_NAME, verbose=False)) / f"{KERNEL_NAME}.so").exists()
+    build_directory = _cpp_extension()._get_build_directory(KERNEL_NAME, verbose=False)
+    return (Path(build_directory) / f"{KERNEL_NAME}.so").exists()
 
 
 @functools.cache
@@ -111,10 +117,7 @@ def cpu_kernel() -> ModuleType | None:
     """The C++ extension, built on first use and loaded once per process; None where unavailable."""
     try:
         _put_pip_ninja_on_path()
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
-        from torch.utils import cpp_extension
-
-        return cpp_extension.load(
+        return _cpp_extension().load(
             name=KERNEL_NAME,
             sources=[str(CPU_SOURCE)],
             extra_cflags=["-O3", "-fopenmp", *_vector_flags()],

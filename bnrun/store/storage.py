@@ -150,6 +150,11 @@ class Store:
                 self._end(row, status, note, now)
             return [row.id for row in rows]
 
+    def heartbeat(self, run_id: int) -> None:
+        """The trial's process is alive: touch its row (server clock), unless it has ended."""
+        with self.session(write=True) as session:
+            session.execute(update(Run).where(Run.id == run_id, Run.status == "running").values(heartbeat_at=self.now(session)))
+
     def add_epoch(self, run_id: int, epoch: EpochRecord, bn_path: str | None = None) -> None:
         """The epoch's row, the run's latest metrics and (when given) the BN path that ran."""
         with self.session(write=True) as session:
