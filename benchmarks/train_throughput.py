@@ -4,6 +4,8 @@ same run; then the share of a real epoch spent outside forward/backward/step (da
 
     python benchmarks/train_throughput.py           # full measurement
     python benchmarks/train_throughput.py --quick   # fewer repetitions
+    python benchmarks/train_throughput.py --channels-last [--precision bf16] --steps-only
+                                                    # the CNN in channels_last (and bf16 autocast)
 
 Step timings are interleaved across variants in rounds; the table gives the median time per
 step and the median over rounds of each round's ratio to torch's BN (paired, so that this VM's
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from bnrun import data as data_mod
 from bnrun.config import TrainConfig
 from bnrun.models import build_model
+from bnrun.precision import autocast
 from bnrun.progress import SilentReporter
 from bnrun.train import make_optimizer, make_scheduler, steps_per_epoch, train_epoch
 
@@ -31,13 +34,15 @@ VARIANTS = {"none": ("none", "custom", False), "torch": ("pre", "torch", False),
 BATCH = 128
 
 
-def make_step(arch: str, bn: str, impl: str, fused: bool, x, y):
+def make_step(arch: str, bn: str, impl: str, fused: bool, x, y, channels_last: bool = False, precision: str = "fp32"):
     torch.manual_seed(0)
-    model = build_model(arch, bn, impl, fused).train()
+    model = build_model(arch, bn, impl, fused, channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
+        with autocast(precision, "cpu"):
+            logits = model(x).float()
+        loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -45,11 +50,11 @@ def make_step(arch: str, bn: str, impl: str, fused: bool, x, y):
     return step
 
 
-def step_times(arch: str, repeats: int, inner: int) -> dict[str, list[float]]:
+def step_times(arch: str, repeats: int, inner: int, channels_last: bool = False, precision: str = "fp32") -> dict[str, list[float]]:
     """Seconds per step for each variant, one sample per round; a round times every variant back
     to back, so a round's ratios share the machine's state of that moment."""
     x, y = torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,))
-    steps = {name: make_step(arch, *spec, x, y) for name, spec in VARIANTS.items()}
+    steps = {name: make_step(arch, *spec, x, y, channels_last and arch == "cnn", precision) for name, spec in VARIANTS.items()}
     for step in steps.values():
         for _ in range(3):  # warm-up (compilation for the fused variant)
             step()
@@ -66,17 +71,23 @@ def step_times(arch: str, repeats: int, inner: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--channels-last", action="store_true", help="the CNN in channels_last order")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: under autocast")
+    parser.add_argument("--steps-only", action="store_true", help="skip the epoch measurement")
     args = parser.parse_args()
     repeats, inner, images = (3, 3, 5_000) if args.quick else (15, 10, None)  # None: the full training split
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}")
+    layout = "channels_last" if args.channels_last else "NCHW"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, {args.precision}, CNN in {layout}")
     print("| arch | variant | ms / step | images / s | step time / torch BN (median of paired ratios) |")
     print("|---|---|---:|---:|---:|")
     for arch in ("mlp", "cnn"):
-        samples = step_times(arch, repeats, inner)
+        samples = step_times(arch, repeats, inner, args.channels_last, args.precision)
         for name, values in samples.items():
             seconds = statistics.median(values)
             ratio = statistics.median(a / b for a, b in zip(values, samples["torch"]))
             print(f"| {arch} | {name} | {seconds * 1e3:.2f} | {BATCH / seconds:,.0f} | {ratio:.2f}× |", flush=True)
+    if args.steps_only:
+        return
     print()
     print("| arch | images | epoch seconds (custom eager, median of epochs 2-4) | outside forward/backward/step: median (each epoch) |")
     print("|---|---:|---:|---:|")
