@@ -135,7 +135,9 @@ def best_per_arch(groups: list[Group], metric: str) -> dict[str, tuple]:
 
 def paired_comparisons(groups: list[Group], metric: str) -> list[Comparison]:
     """pre − post and BN − none within each arch (and identical hyperparameters), custom − torch
-    for the same placement; paired over the seeds both groups completed."""
+    for the same placement; paired over the seeds both groups completed. The custom BN's groups
+    are compared on each path they ran (eager or fused) with the partner on the same path where it
+    has one (pre − post), else with the partner as it ran (no BN, torch.nn)."""
     by_key = {g.key: g for g in groups}
     wanted = [("pre", "custom", "post", "custom"), ("pre", "custom", "none", "custom"), ("post", "custom", "none", "custom"),
               ("pre", "custom", "pre", "torch"), ("post", "custom", "post", "torch")]
@@ -143,10 +145,11 @@ def paired_comparisons(groups: list[Group], metric: str) -> list[Comparison]:
     for group in groups:
         arch, bn, impl, fused = group.key[:4]
         for bn_a, impl_a, bn_b, impl_b in wanted:
-            if (bn, impl, fused) != (bn_a, impl_a, False):
+            if (bn, impl) != (bn_a, impl_a):
                 continue
             other_impl = "custom" if bn_b == "none" else impl_b
-            other = by_key.get((arch, bn_b, other_impl, False) + group.key[4:])
+            other_fused = fused if (bn_b != "none" and impl_b == "custom") else False
+            other = by_key.get((arch, bn_b, other_impl, other_fused) + group.key[4:])
             if other is None:
                 continue
             comparisons.append(compare(group, other, metric))

@@ -89,6 +89,20 @@ def test_paired_comparisons_use_shared_seeds():
     assert pre_post.test.verdict().startswith("n=3:")
 
 
+def test_fused_groups_are_compared_with_their_partners():
+    """On the fused default path: pre − post on the same path, BN − none, and custom − torch
+    (whose rows are never fused) are all reported, each paired by seed."""
+    runs, next_id = [], 1
+    for bn, impl, fused in (("pre", "custom", True), ("post", "custom", True), ("none", "custom", False), ("pre", "torch", False)):
+        for seed in range(3):
+            runs.append(make_run(next_id, bn=bn, impl=impl, seed=seed, acc=0.9 + 0.001 * next_id, fused=fused))
+            next_id += 1
+    labels = {(c.a, c.b) for c in build_report(runs).comparisons}
+    assert labels == {("cnn bn=pre (custom+fused)", "cnn bn=post (custom+fused)"),
+                      ("cnn bn=pre (custom+fused)", "cnn bn=none"), ("cnn bn=post (custom+fused)", "cnn bn=none"),
+                      ("cnn bn=pre (custom+fused)", "cnn bn=pre (torch)")}
+
+
 def test_statistics_helpers():
     assert summarize([]).mean is None and summarize([2.0]).std is None
     assert paired_t_test([1.0, 2.0], [1.0, 2.0]).p_value is None  # no variation: no test
