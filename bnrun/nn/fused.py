@@ -1,5 +1,6 @@
-"""The opt-in fast path (`fused=True`): the same batch-norm math with one call per layer, and
-for BN before the activation, g(BN(x)) with g = ReLU, the activation in the same call.
+"""The fast path (`fused=True`, `bnrun train`'s default): the same batch-norm math with one call
+per layer, and for BN before the activation, g(BN(x)) with g = ReLU, the activation in the same
+call; prediction mode and the per-batch moments of population statistics as one pass each.
 
 On CPU (float32/float64, and bfloat16/float16 activations with float32 statistics and parameters;
 contiguous or channels_last) it is `csrc/bn_cpu.cpp`: the statistics, normalization, affine step,
@@ -72,6 +73,7 @@ def eval_step(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias:
         y = kernel.affine(x, scale.contiguous(), shift.contiguous(), relu)
         if y is not None:
             return y
+        _warn_once(f"bnrun: the fused CPU batch norm cannot serve this {x.dtype} input in prediction mode; using the eager path")
     y = batch_norm_eval(x, mean, var, weight, bias, eps)
     return torch.relu(y) if relu else y
 
@@ -83,7 +85,10 @@ def moments(x: Tensor) -> tuple[int, Tensor, Tensor] | None:
     if kernel is None:
         return None
     count, mean, squares = kernel.moments(x)
-    return None if mean is None else (count, mean, squares)
+    if mean is None:
+        _warn_once(f"bnrun: the C++ kernel cannot take the moments of this {x.dtype} input; computing them eagerly")
+        return None
+    return count, mean, squares
 
 
 def train_then_relu(*args) -> Tensor:
