@@ -17,7 +17,7 @@ import bnrun
 from bnrun import data as data_mod
 from bnrun.errors import StoreError
 from bnrun.models import build_model
-from bnrun.precision import autocast
+from bnrun.precision import logits as precision_logits
 from bnrun.store import EvaluationRecord, RunRecord, Store
 from bnrun.checkpoint import deserialize_checkpoint
 from bnrun.train import evaluate, resolve_device
@@ -52,8 +52,7 @@ def evaluate_with_batch_statistics(model: nn.Module, split: data_mod.Split, batc
     loss_sum, correct = 0.0, 0
     for part in batch_slices(len(split), batch_size):
         x, y = split.images[part].to(device), split.labels[part].to(device)
-        with autocast(precision, device):
-            logits = probe(x).float()
+        logits = precision_logits(probe, x, precision, device)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
     return loss_sum / len(split), correct / len(split)

@@ -32,6 +32,12 @@ def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
+def logits(model: nn.Module, x: torch.Tensor, precision: str, device: str) -> torch.Tensor:
+    """The model's output for `x` under the trial's precision, in fp32 (the loss is taken in fp32)."""
+    with autocast(precision, device):
+        return model(x).float()
+
+
 def in_layout(model: nn.Module, channels_last: bool) -> nn.Module:
     """The model with its 4D weights (the convolutions') in channels_last order when asked; a
     convolution then returns channels_last activations, and every later layer keeps that order."""

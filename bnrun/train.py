@@ -23,7 +23,7 @@ from bnrun.config import TrainConfig
 from bnrun.diagnostics import Diagnostics
 from bnrun.models import bn_path, build_model
 from bnrun.nn import recompute_population_statistics
-from bnrun.precision import autocast
+from bnrun.precision import autocast, logits as precision_logits
 from bnrun.progress import Reporter
 from bnrun.store import EpochRecord, FinalMetrics, Store
 
@@ -75,8 +75,7 @@ def evaluate(model: nn.Module, split: data_mod.Split, device: str, precision: st
     loss_sum, correct = 0.0, 0
     for x, y in data_mod.ordered_batches(split, EVAL_BATCH):
         x, y = x.to(device), y.to(device)
-        with autocast(precision, device):
-            logits = model(x).float()
+        logits = precision_logits(model, x, precision, device)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     return loss_sum / len(split), correct / len(split)
@@ -93,8 +92,7 @@ def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generat
         if moves:
             x, y = x.to(config.device, non_blocking=True), y.to(config.device, non_blocking=True)
         start = time.perf_counter()
-        with autocast(config.precision, config.device):
-            logits = model(x).float()  # the loss in fp32
+        logits = precision_logits(model, x, config.precision, config.device)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
