@@ -67,6 +67,7 @@ def train(
     fused: Annotated[Optional[bool], typer.Option("--fused/--no-fused", help="The custom BN's fused fast path (C++ kernel on CPU, torch.compile on GPU). Default: on.", show_default=False)] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="The CNN in channels_last (NHWC) memory order. Default: on.", show_default=False)] = None,
     diagnostics: Annotated[bool, typer.Option(help="Also record batch-norm diagnostics: one-step loss ratio at init, gradient norms, BN input moments, train/test-mode gap, smoothness probes.")] = False,
+    checkpoint: Annotated[bool, typer.Option(help="Keep each completed trial's weights in the store (eval and reproduce need them); a large sweep may go without.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Rerun trials already completed in the store.")] = False,
     executor: Annotated[str, typer.Option(help="local (one trial after another, here) or ray (one Ray task per trial).")] = "local",
@@ -83,7 +84,8 @@ def train(
                                    momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, schedule=schedule,
                                    train_subset=train_subset)
     sweep = commands.build_sweep(options, seeds=seeds, explicit_seeds=seed or [], augment=augment, fused=fused,
-                                 channels_last=channels_last, device=device, force=force, data_dir=data_dir, diagnostics=diagnostics)
+                                 channels_last=channels_last, device=device, force=force, data_dir=data_dir, diagnostics=diagnostics,
+                                 checkpoint=checkpoint)
     result = commands.train(sweep, db, commands.executor_options(executor, ray_address, cpus_per_trial, gpus_per_trial))
     out.print(commands.sweep_summary(result))
     if result.failed:

@@ -100,7 +100,7 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
 
 def build_sweep(options: GridOptions, *, seeds: int | None = None, explicit_seeds: list[int] = (), augment: bool = True,
                 fused: bool | None = None, channels_last: bool | None = None, device: str = "auto", force: bool = False,
-                data_dir: Path | None = None, diagnostics: bool = False) -> SweepConfig:
+                data_dir: Path | None = None, diagnostics: bool = False, checkpoint: bool = True) -> SweepConfig:
     """Check every option and build the sweep's frozen configuration (torch is imported only
     once everything else checked out, so that bad input is answered at once). `fused` and
     `channels_last` default to the fast path (each applies where it can: the custom BN, the CNN)."""
@@ -117,7 +117,8 @@ def build_sweep(options: GridOptions, *, seeds: int | None = None, explicit_seed
         raise UsageError(str(error)) from None
     _require_precisions(dict(axes)["precision"], device)
     base = TrainConfig(fused=fused is not False, channels_last=channels_last is not False, augment=augment, device=device)
-    return SweepConfig(axes=axes, seeds=chosen_seeds, base=base, force=force, data_dir=data_dir, diagnostics=diagnostics)
+    return SweepConfig(axes=axes, seeds=chosen_seeds, base=base, force=force, data_dir=data_dir, diagnostics=diagnostics,
+                       checkpoint=checkpoint)
 
 
 def _require_precisions(precisions: tuple[str, ...], device: str) -> None:

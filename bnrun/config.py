@@ -82,6 +82,7 @@ class SweepConfig:
     force: bool = False
     data_dir: Path | None = None
     diagnostics: bool = False  # record the batch-norm diagnostics (bnrun.diagnostics) with each trial
+    checkpoint: bool = True  # keep each completed trial's weights in the store
 
     def __post_init__(self) -> None:
         unknown = [name for name, _ in self.axes if name not in TRAIN_FIELDS]

@@ -72,5 +72,6 @@ def run_sweep(sweep: SweepConfig, store: Store, reporter: Reporter) -> SweepResu
 
 def plan(sweep: SweepConfig) -> list[TrialSpec]:
     """The grid's trials as plain specs, in grid order."""
-    return [TrialSpec.of(config, seed, grid_seeds=len(sweep.seeds), diagnostics=sweep.diagnostics, force=sweep.force)
+    return [TrialSpec.of(config, seed, grid_seeds=len(sweep.seeds), diagnostics=sweep.diagnostics, force=sweep.force,
+                         checkpoint=sweep.checkpoint)
             for config, seed in sweep.trials()]

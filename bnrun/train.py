@@ -119,7 +119,7 @@ def population_batches(split: data_mod.Split, flip: bool, device: str):
 
 
 def fit(config: TrainConfig, seed: int, dataset: data_mod.FashionMNISTData, store: Store, run_id: int,
-        reporter: Reporter, diagnostics: bool = False) -> FinalMetrics:
+        reporter: Reporter, diagnostics: bool = False, keep_checkpoint: bool = True) -> FinalMetrics:
     """Train, store each epoch, then compute population statistics and the test metrics."""
     torch.manual_seed(seed)
     model = build_model(config.arch, config.bn, config.bn_impl, config.fused, config.channels_last).to(config.device)
@@ -145,10 +145,10 @@ def fit(config: TrainConfig, seed: int, dataset: data_mod.FashionMNISTData, stor
         if probes is not None:
             probes.after_epoch(model, epoch)
         reporter.epoch_finished(record)
-    return finish(model, config, dataset, store, run_id, best_val, record)
+    return finish(model, config, dataset, store, run_id, best_val, record, keep_checkpoint)
 
 
-def finish(model, config, dataset, store, run_id, best_val, last: EpochRecord) -> FinalMetrics:
+def finish(model, config, dataset, store, run_id, best_val, last: EpochRecord, keep_checkpoint: bool = True) -> FinalMetrics:
     test_loss_running, test_acc_running = evaluate(model, dataset.test, config.device, config.precision)
     running_state = {k: v.clone() for k, v in model.state_dict().items()}
     with autocast(config.precision, config.device):
@@ -156,5 +156,6 @@ def finish(model, config, dataset, store, run_id, best_val, last: EpochRecord) -
     test_loss_pop, test_acc_pop = evaluate(model, dataset.test, config.device, config.precision)
     metrics = FinalMetrics(last.train_loss, last.train_acc, last.val_acc, best_val, test_loss_running,
                            test_acc_running, test_loss_pop, test_acc_pop)
-    store.complete_run(run_id, metrics, serialize_checkpoint(model, running_state, population, config))
+    checkpoint = serialize_checkpoint(model, running_state, population, config) if keep_checkpoint else None
+    store.complete_run(run_id, metrics, checkpoint)
     return metrics

@@ -31,6 +31,7 @@ class TrialSpec:
     grid_seeds: int | None = None
     diagnostics: bool = False
     force: bool = False  # run again even if the store holds an outcome
+    checkpoint: bool = True  # keep the trained weights (eval, reproduce); a large sweep may go without
 
     @classmethod
     def of(cls, config: TrainConfig, seed: int, **options) -> "TrialSpec":
@@ -88,7 +89,7 @@ def run_trial(spec: TrialSpec, dataset, store: Store, reporter: Reporter, execut
     reporter.trial_started(run_id, config, spec.seed)
     try:
         with heartbeat(store, run_id):
-            metrics = fit(config, spec.seed, dataset, store, run_id, reporter, spec.diagnostics)
+            metrics = fit(config, spec.seed, dataset, store, run_id, reporter, spec.diagnostics, spec.checkpoint)
     except KeyboardInterrupt:
         store.end_run(run_id, "interrupted", "interrupted by the user (SIGINT/SIGTERM)")
         reporter.trial_finished(run_id, "interrupted", None)

@@ -125,3 +125,18 @@ def test_fused_training_is_the_default_and_matches_eager(tmp_path):
     assert (fast.status, fast.fused, eager.fused) == ("completed", True, False)
     assert (fast.bn_path, eager.bn_path) == ("fused-cpu", "eager")
     assert fast.train_loss == pytest.approx(eager.train_loss, rel=1e-3)
+
+
+def test_no_checkpoint_trial_completes_and_eval_says_why_in_one_line(tmp_path):
+    """A sweep may keep no weights (`--no-checkpoint`): the trial still completes with its metrics,
+    eval answers in one line rather than a traceback (reproduce retrains, so it needs none)."""
+    db = str(tmp_path / "light.db")
+    result = invoke("train", "--arch", "mlp", "--bn", "pre", "--seed", "0", *SMOKE, "--no-checkpoint", "--db", db)
+    assert result.exit_code == 0, result.output
+    (run,) = Store(db).list_runs()
+    assert run.status == "completed" and 0.5 < run.test_acc_population <= 1
+    assert sqlite3.connect(db).execute("select count(*) from checkpoints").fetchone() == (0,)
+    answer = invoke("eval", "--run-id", "1", "--db", db)
+    assert answer.exit_code == 2, answer.output
+    assert "run 1 has no checkpoint" in answer.output and "--no-checkpoint" in answer.output
+    assert "Traceback" not in answer.output and len(answer.output.strip().splitlines()) == 1

@@ -165,13 +165,15 @@ class Store:
                 values["bn_path"] = bn_path
             session.execute(update(Run).where(Run.id == run_id).values(**values))
 
-    def complete_run(self, run_id: int, metrics: FinalMetrics, checkpoint: bytes) -> None:
-        """Final metrics, the checkpoint and the status in one transaction: all or nothing."""
+    def complete_run(self, run_id: int, metrics: FinalMetrics, checkpoint: bytes | None) -> None:
+        """Final metrics, the checkpoint (None: trained without one) and the status in one
+        transaction: all or nothing."""
         with self.session(write=True) as session:
             run = session.get(Run, run_id)
             now = self.now(session)
-            session.add(Checkpoint(run_id=run_id, blob=checkpoint, sha256=hashlib.sha256(checkpoint).hexdigest(),
-                                   size_bytes=len(checkpoint), created_at=now))
+            if checkpoint is not None:
+                session.add(Checkpoint(run_id=run_id, blob=checkpoint, sha256=hashlib.sha256(checkpoint).hexdigest(),
+                                       size_bytes=len(checkpoint), created_at=now))
             for key, value in asdict(metrics).items():
                 setattr(run, key, value)
             self._end(run, "completed", None, now)
@@ -264,7 +266,7 @@ class Store:
         with self.session() as session:
             row = session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id)).first()
             if row is None:
-                raise StoreError(f"run {run_id} has no checkpoint (only completed runs keep one)")
+                raise StoreError(f"run {run_id} has no checkpoint (only completed runs keep one, and not those trained with --no-checkpoint)")
             blob, digest = row.blob, row.sha256
         if hashlib.sha256(blob).hexdigest() != digest:
             raise StoreError(f"the checkpoint of run {run_id} is damaged (SHA-256 mismatch); retrain it with: bnrun train ... --force")
