@@ -24,6 +24,7 @@ err = Console(stderr=True)
 
 DbOption = Annotated[Optional[str], typer.Option("--db", help="Store: a SQLite path or SQLAlchemy URL (env BNRUN_DB; default ./bnrun.db).")]
 DataDirOption = Annotated[Optional[Path], typer.Option("--data-dir", help="Where Fashion-MNIST lives or goes (env BNRUN_DATA_DIR; default ~/.cache/bnrun/data).")]
+WhereOption = Annotated[Optional[list[str]], typer.Option("--where", help="Filter: OPTION=VALUE, e.g. epochs=10 or batch_size=128 (repeatable).")]
 
 
 def friendly_errors(command):
@@ -168,6 +169,7 @@ def report(
     bn_impl: Annotated[Optional[str], typer.Option(help="Filter: custom, torch.")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Filter: ids and ranges, e.g. 1-12,15.")] = None,
     since: Annotated[Optional[str], typer.Option(help="Filter: trials started on/after this date (YYYY-MM-DD[THH:MM]).")] = None,
+    where: WhereOption = None,
     seeds: Annotated[Optional[int], typer.Option(help="Seeds each group should have (default: what its sweep asked for, else 3).")] = None,
     by: Annotated[Optional[str], typer.Option(help="Pivot: this option's values as columns (lr, batch_size, epochs, ...), placements as rows; diverged trials counted.")] = None,
     db: DbOption = None,
@@ -175,7 +177,7 @@ def report(
     """Mean ± std across seeds per configuration, paired comparisons (95% CI, Holm-corrected), in five formats."""
     from bnrun import commands
 
-    request = commands.report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds, by)
+    request = commands.report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds, by, where or [])
     text = commands.report(db, request, standalone)
     commands.emit(text, output, out)
 
@@ -189,6 +191,7 @@ def plot(
     bn_impl: Annotated[Optional[str], typer.Option(help="Filter: custom, torch.")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Filter: ids and ranges, e.g. 1-12,15.")] = None,
     since: Annotated[Optional[str], typer.Option(help="Filter: trials started on/after this date.")] = None,
+    where: WhereOption = None,
     x: Annotated[Optional[str], typer.Option("--x", help="Plot the metric against this option (lr, batch_size, ...), one line per placement; diverged trials marked.")] = None,
     metric: Annotated[str, typer.Option(help="The metric for --x (as in report).")] = "test_acc_population",
     diagnostic: Annotated[Optional[str], typer.Option(help="Plot a diagnostic instead: loss_ratio, mode_gap, smoothness, grad_norm (train --diagnostics) or batch_stats (eval --batch-stats).")] = None,
@@ -197,7 +200,7 @@ def plot(
     """Learning curves with ±std bands (default), the metric against an option (--x), or a diagnostic, as a PNG."""
     from bnrun import commands
 
-    request = commands.report_request("table", metric, arch, bn, bn_impl, run_id, since, None)
+    request = commands.report_request("table", metric, arch, bn, bn_impl, run_id, since, None, where=where or [])
     written = commands.plot(db, request, output, x, diagnostic)
     err.print(written if isinstance(written, str) else f"wrote {written}", highlight=False)
 

@@ -263,9 +263,10 @@ class ReportRequest:
 EMPTY_HINT = "no completed trials match; run some first, e.g.: bnrun train --arch mlp,cnn --bn pre,post --seeds 3"
 
 
-def report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds, by: str | None = None) -> ReportRequest:
+def report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds, by: str | None = None,
+                   where: list[str] = ()) -> ReportRequest:
     from bnrun.formats import FORMATS
-    from bnrun.report import METRICS, PIVOT_FIELDS, parse_run_ids
+    from bnrun.report import METRICS, PIVOT_FIELDS, parse_run_ids, parse_where
 
     _require(fmt in FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(FORMATS)}")
     by = by.replace("-", "_") if by else None
@@ -274,14 +275,16 @@ def report_request(fmt, metric, arch, bn, bn_impl, run_id, since, seeds, by: str
     _require(seeds is None or seeds > 0, f"--seeds must be positive, got {seeds}")
     try:
         ids = parse_run_ids(run_id) if run_id else None
+        conditions = parse_where(list(where))
         since_dt = datetime.fromisoformat(since) if since else None
     except ValueError as error:
-        raise UsageError(str(error) if run_id and "--run-id" in str(error) else f"--since: {since!r} is not a date like 2026-11-24") from None
+        known = any(flag in str(error) for flag in ("--run-id", "--where"))
+        raise UsageError(str(error) if known else f"--since: {since!r} is not a date like 2026-11-24") from None
     run_filter = RunFilter(
         archs=split_list(arch, ARCHS, "--arch") if arch else (),
         placements=split_list(bn, PLACEMENTS, "--bn") if bn else (),
         impls=split_list(bn_impl, BN_IMPLS, "--bn-impl") if bn_impl else (),
-        run_ids=ids, since=since_dt,
+        run_ids=ids, since=since_dt, where=conditions,
     )
     return ReportRequest(fmt, metric, run_filter, seeds, by)
 

@@ -84,7 +84,8 @@ def comparison_lines(comparisons) -> list[str]:
         if mean is None:
             continue
         spread = f" ± {std:.2f}" if std is not None else ""
-        lines.append(f"{c.a} − {c.b}: {mean:+.2f}{spread}{interval_text(c)} ({METRICS[c.metric]}, paired by seed; {c.test.verdict()})")
+        setting = f" at {c.setting}" if c.setting else ""
+        lines.append(f"{c.a} − {c.b}{setting}: {mean:+.2f}{spread}{interval_text(c)} ({METRICS[c.metric]}, paired by seed; {c.test.verdict()})")
     return lines
 
 
@@ -105,7 +106,7 @@ def interval_text(c) -> str:
 
 def comparison_record(c) -> dict:
     t = c.test
-    return {"arch": c.arch, "a": c.a, "b": c.b, "metric": c.metric, "n": t.n, "seeds": list(c.seeds),
+    return {"arch": c.arch, "a": c.a, "b": c.b, "setting": c.setting, "metric": c.metric, "n": t.n, "seeds": list(c.seeds),
             "mean_diff": t.mean_diff, "std_diff": t.std_diff, "ci95_low": t.ci_low, "ci95_high": t.ci_high, "t": t.t,
             "p_value": t.p_value, "p_holm": t.p_holm, "significant_after_holm": t.significant(),
             "too_few_seeds": t.too_few, "verdict": t.verdict()}

@@ -33,12 +33,42 @@ class RunFilter:
     impls: tuple[str, ...] = ()
     run_ids: frozenset[int] | None = None
     since: datetime | None = None
+    where: tuple[tuple[str, str], ...] = ()  # (option, value): keep trials whose option has this value
 
     def accepts(self, run: RunRecord) -> bool:
         return ((not self.archs or run.arch in self.archs) and (not self.placements or run.bn in self.placements)
                 and (not self.impls or run.bn_impl in self.impls)
                 and (self.run_ids is None or run.id in self.run_ids)
-                and (self.since is None or run.started_at >= self.since))
+                and (self.since is None or run.started_at >= self.since)
+                and all(option_matches(getattr(run, name), value) for name, value in self.where))
+
+
+def option_matches(stored: object, text: str) -> bool:
+    """A stored option value against its command-line spelling: 0.1 == 1e-1, true == True, none == NULL."""
+    if stored is None or text.lower() == "none":
+        return stored is None and text.lower() == "none"
+    if isinstance(stored, bool):
+        return text.lower() in (("true", "1", "yes") if stored else ("false", "0", "no"))
+    if isinstance(stored, (int, float)):
+        try:
+            return float(text) == float(stored)
+        except ValueError:
+            return False
+    return str(stored) == text
+
+
+def parse_where(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """['epochs=10', 'batch_size=128'] -> (('epochs', '10'), ('batch_size', '128'))."""
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not value.strip():
+            raise ValueError(f"--where: {item!r} is not OPTION=VALUE, e.g. epochs=10")
+        if name not in PIVOT_FIELDS:
+            raise ValueError(f"--where: unknown option {name!r}; choose from {', '.join(PIVOT_FIELDS)}")
+        pairs.append((name, value.strip()))
+    return tuple(pairs)
 
 
 @dataclass(frozen=True)
@@ -69,6 +99,7 @@ class Comparison:
     metric: str
     test: PairedTest
     seeds: tuple[int, ...]
+    setting: str = ""  # the varying hyperparameters both groups share, e.g. "lr=0.1, epochs=10"
 
 
 @dataclass(frozen=True)
@@ -133,7 +164,7 @@ def best_per_arch(groups: list[Group], metric: str) -> dict[str, tuple]:
     return {arch: group.key for arch, group in best.items()}
 
 
-def paired_comparisons(groups: list[Group], metric: str) -> list[Comparison]:
+def paired_comparisons(groups: list[Group], metric: str, varying: tuple[str, ...] = ()) -> list[Comparison]:
     """pre − post and BN − none within each arch (and identical hyperparameters), custom − torch
     for the same placement; paired over the seeds both groups completed. The custom BN's groups
     are compared on each path they ran (eager or fused) with the partner on the same path where it
@@ -152,7 +183,8 @@ def paired_comparisons(groups: list[Group], metric: str) -> list[Comparison]:
             other = by_key.get((arch, bn_b, other_impl, other_fused) + group.key[4:])
             if other is None:
                 continue
-            comparisons.append(compare(group, other, metric))
+            setting = ", ".join(f"{name}={group.value(name)}" for name in varying)
+            comparisons.append(replace(compare(group, other, metric), setting=setting))
     return comparisons
 
 
@@ -182,7 +214,8 @@ def build_report(runs: list[RunRecord], metric: str = "test_acc_population", run
     groups = build_groups(selected, expected_seeds)
     excluded = dict(Counter(run.status for run in selected if run.status not in ("completed", "running")))
     per_seed = {g.key: {r.seed: {"run_id": r.id, **{m: metric_value(r, m) for m in METRICS}} for r in g.runs} for g in groups}
-    return Report(tuple(groups), varying_hyperparameters(groups), excluded, corrected(paired_comparisons(groups, metric)),
+    varying = varying_hyperparameters(groups)
+    return Report(tuple(groups), varying, excluded, corrected(paired_comparisons(groups, metric, varying)),
                   metric, best_per_arch(groups, metric), per_seed, repeats=repeats)
 
 

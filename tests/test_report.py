@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from bnrun import formats
 from bnrun.cli import app
-from bnrun.report import RunFilter, build_report, parse_run_ids
+from bnrun.report import RunFilter, build_report, parse_run_ids, parse_where
 from bnrun.stats import holm_adjust, paired_t_test, summarize
 from bnrun.store import EpochRecord, FinalMetrics, RunRecord, Store
 
@@ -79,6 +79,30 @@ def test_filters():
     assert [len(g.runs) for g in only.groups] == [3]
     assert build_report(runs, run_filter=RunFilter(since=datetime(2027, 1, 1))).groups == ()
     assert parse_run_ids("1-3, 7") == frozenset({1, 2, 3, 7})
+
+
+def test_where_filters_on_any_option_as_spelled_on_the_command_line():
+    runs = [make_run(1, lr=0.1), make_run(2, lr=0.05, epochs=20), make_run(3, lr=0.1, train_subset=10000, augment=False)]
+
+    def kept(*conditions: str) -> list[int]:
+        return [r.id for r in runs if RunFilter(where=parse_where(list(conditions))).accepts(r)]
+
+    assert kept("lr=1e-1") == [1, 3] and kept("epochs=20") == [2] and kept("lr=0.1", "train-subset=none") == [1]
+    assert kept("augment=false") == [3] and kept("arch=cnn") == [1, 2, 3] and kept("arch=mlp") == []
+    for bad in ("lr", "lr=", "speed=3"):
+        with pytest.raises(ValueError, match="--where"):
+            parse_where([bad])
+
+
+def test_comparisons_name_the_setting_they_were_made_at():
+    """In a grid, every comparison says which values of the varying options it pairs."""
+    runs = [make_run(i + 1, bn=bn, lr=lr, seed=seed, acc=0.9 + 0.001 * i)
+            for i, (bn, lr, seed) in enumerate((b, l, s) for b in ("pre", "post") for l in (0.01, 0.1) for s in range(3))]
+    report = build_report(runs)
+    assert sorted(c.setting for c in report.comparisons) == ["lr=0.01", "lr=0.1"]
+    assert {line.split(":")[0] for line in formats.comparison_lines(report.comparisons)} == {
+        "cnn bn=pre (custom) − cnn bn=post (custom) at lr=0.01", "cnn bn=pre (custom) − cnn bn=post (custom) at lr=0.1"}
+    assert build_report(runs[:3] + runs[6:9]).comparisons[0].setting == ""  # one setting: nothing to name
 
 
 def test_paired_comparisons_use_shared_seeds():
@@ -217,7 +241,8 @@ def test_report_on_empty_store_is_a_hint(tmp_path, isolated_store):
 
 
 def test_report_bad_options_are_one_line(small_store):
-    for args in (["--format", "pdf"], ["--metric", "speed"], ["--run-id", "a-b"], ["--since", "yesterday"]):
+    for args in (["--format", "pdf"], ["--metric", "speed"], ["--run-id", "a-b"], ["--since", "yesterday"],
+                 ["--where", "lr"], ["--where", "speed=3"]):
         result = runner.invoke(app, ["report", "--db", str(small_store), *args])
         assert result.exit_code == 2 and "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
