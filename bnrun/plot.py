@@ -88,6 +88,8 @@ def plot_against_option(pivot, output: Path, metric_label: str, scale: float, dp
                                   fontsize=7, color=color, ha="center")
         if spans_decades(list(pivot.columns)):
             axis.set_xscale("log")
+            axis.minorticks_off()  # the grid's own values label the axis, not 3×10¹
+        axis.set_xticks(list(pivot.columns), [f"{value:g}" for value in pivot.columns])
         axis.set_title(f"{arch.upper()}: {metric_label} vs {pivot.by} (× = diverged k/n)")
         axis.set_xlabel(pivot.by)
         axis.set_ylabel(metric_label)
