@@ -2,7 +2,7 @@
 # The shipped study (issue: "the assignment at 5 seeds with the fast defaults, plus the
 # learning-rate × BN and batch-size × BN sweeps"), every command in the order it is run.
 # Each sweep resumes: run this again and completed (or diverged) trials are skipped.
-#   bash study/commands.sh [PART...]      parts: assignment seeds-mlp seeds-cnn mlp-lr cnn-lr mlp-bs batch-stats
+#   bash study/commands.sh [PART...]      parts: assignment seeds-mlp seeds-cnn seeds-cnn-rest mlp-lr cnn-lr mlp-bs batch-stats
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DB=${BNRUN_STUDY_DB:-study/bnrun.db}
@@ -19,8 +19,11 @@ for part in "${parts[@]}"; do
     seeds-mlp)  # 5 seeds of every MLP group, the torch.nn reference included
       bnrun train --arch mlp --bn none,pre,post --seeds 5 --diagnostics "${PAR[@]}" --db "$DB"
       bnrun train --arch mlp --bn pre,post --bn-impl torch --seeds 5 --diagnostics "${PAR[@]}" --db "$DB" ;;
-    seeds-cnn)  # the same for the CNN
+    seeds-cnn)  # the CNN groups; the torch.nn reference and no BN at 3 and 4 seeds (the session's budget)
       bnrun train --arch cnn --bn pre,post --seeds 5 --diagnostics "${PAR[@]}" --db "$DB"
+      bnrun train --arch cnn --bn pre,post --bn-impl torch --seeds 3 --diagnostics "${PAR[@]}" --db "$DB"
+      bnrun train --arch cnn --bn none --seeds 4 --diagnostics "${PAR[@]}" --db "$DB" ;;
+    seeds-cnn-rest)  # not run yet: takes the CNN's torch.nn and no-BN groups to 5 seeds (about 25 min here)
       bnrun train --arch cnn --bn pre,post --bn-impl torch --seeds 5 --diagnostics "${PAR[@]}" --db "$DB"
       bnrun train --arch cnn --bn none --seeds 5 --diagnostics "${PAR[@]}" --db "$DB" ;;
     mlp-lr)  # learning rate × BN: peak learning rates 0.003 to 3 (half-decade steps), 3 seeds, 10 epochs
