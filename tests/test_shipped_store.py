@@ -1,6 +1,6 @@
-"""The shipped results store (`bnrun.db`, the full experiment): every group has n = 3 completed
-trials and a shipped model re-evaluates to its stored accuracy. Works on a copy: the shipped
-file is never written."""
+"""The shipped results store (`bnrun.db`, the study): the assignment's groups at 5 seeds, the
+sweeps, and a shipped model that re-evaluates to its stored accuracy. Works on a copy: the
+shipped file is never written."""
 
 from __future__ import annotations
 
@@ -25,15 +25,42 @@ def shipped_copy(tmp_path):
     return copy
 
 
-def test_report_lists_every_group_with_three_seeds(shipped_copy):
-    result = runner.invoke(app, ["report", "--db", str(shipped_copy), "--format", "json"])
-    assert result.exit_code == 0, result.output
+DEFAULT_RECIPE = ["--where", "lr=0.05", "--where", "batch_size=128", "--where", "train_subset=none"]
+
+
+def report_json(db, *args: str) -> dict:
     import json
 
-    groups = json.loads(result.output)["groups"]
-    labels = {(g["arch"], g["bn"], g["bn_impl"]) for g in groups}
-    assert labels == {(a, bn, "custom") for a in ("mlp", "cnn") for bn in ("pre", "post", "none")} | {("mlp", "pre", "torch"), ("cnn", "pre", "torch")}
-    assert all(g["n"] == 3 and g["seeds"] == [0, 1, 2] for g in groups)
+    result = runner.invoke(app, ["report", "--db", str(db), "--format", "json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_assignment_groups_have_five_seeds_and_meet_the_targets(shipped_copy):
+    """Run ids 1-12 are the assignment's trials; with the default recipe every custom-BN group and
+    the MLP's no-BN and torch.nn groups have seeds 0-4, the CNN's reference groups at least 3."""
+    groups = {(g["arch"], g["bn"], g["bn_impl"]): g for g in report_json(shipped_copy, *DEFAULT_RECIPE)["groups"]}
+    assert set(groups) == {(a, bn, impl) for a in ("mlp", "cnn") for bn in ("pre", "post") for impl in ("custom", "torch")} | {
+        ("mlp", "none", "custom"), ("cnn", "none", "custom")}
+    for (arch, bn, impl), group in groups.items():
+        five = impl == "custom" and bn != "none" or arch == "mlp"
+        assert group["seeds"] == [0, 1, 2, 3, 4] if five else group["n"] >= 3, (arch, bn, impl)
+    mean = {key: g["test_acc_population"]["mean"] for key, g in groups.items()}
+    assert min(mean["cnn", "pre", "custom"], mean["cnn", "post", "custom"]) >= 0.930
+    assert mean["mlp", "pre", "custom"] >= 0.900
+    store = Store(str(shipped_copy), read_only=True)
+    assert [(r.arch, r.bn, r.seed) for r in store.list_runs()[:12]] == [
+        (arch, bn, seed) for arch in ("mlp", "cnn") for bn in ("pre", "post") for seed in range(3)]
+    store.close()
+
+
+@pytest.mark.parametrize(("by", "arch", "values"), [("lr", "mlp", [0.003, 0.01, 0.03, 0.05, 0.1, 0.3, 1.0, 3.0]),
+                                                     ("lr", "cnn", [0.01, 0.03, 0.05, 0.1, 0.3, 1.0, 3.0]),
+                                                     ("batch_size", "mlp", [16, 32, 64, 128, 256, 512])])
+def test_sweeps_pivot_by_their_option(shipped_copy, by, arch, values):
+    pivot = report_json(shipped_copy, "--by", by, "--arch", arch)
+    assert pivot["columns"] == values
+    assert {cell["bn"] for cell in pivot["cells"]} == {"none", "pre", "post"}
 
 
 def test_eval_run_12_reproduces_stored_accuracy(shipped_copy):
