@@ -5,7 +5,7 @@
 #   bash study/commands.sh [PART...]      parts: assignment seeds-mlp seeds-cnn seeds-cnn-rest mlp-lr cnn-lr mlp-bs batch-stats
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DB=${BNRUN_STUDY_DB:-study/bnrun.db}
+DB=${BNRUN_STUDY_DB:-bnrun.db}
 bnrun() { .venv/bin/bnrun "$@"; }
 # Two trials at a time, one core each, on a local Ray cluster (2 cores here).
 PAR=(--executor ray --cpus-per-trial 1)
@@ -23,7 +23,7 @@ for part in "${parts[@]}"; do
       bnrun train --arch cnn --bn pre,post --seeds 5 --diagnostics "${PAR[@]}" --db "$DB"
       bnrun train --arch cnn --bn pre,post --bn-impl torch --seeds 3 --diagnostics "${PAR[@]}" --db "$DB"
       bnrun train --arch cnn --bn none --seeds 2 --diagnostics "${PAR[@]}" --db "$DB" ;;
-    seeds-cnn-rest)  # not run yet: takes the CNN's torch.nn and no-BN groups to 5 seeds (about 30 min here)
+    seeds-cnn-rest)  # not run yet: takes the CNN's torch.nn and no-BN groups to 5 seeds (about 40 min here)
       bnrun train --arch cnn --bn pre,post --bn-impl torch --seeds 5 --diagnostics "${PAR[@]}" --db "$DB"
       bnrun train --arch cnn --bn none --seeds 5 --diagnostics "${PAR[@]}" --db "$DB" ;;
     mlp-lr)  # learning rate × BN: peak learning rates 0.003 to 3 (half-decade steps), 3 seeds, 10 epochs
