@@ -64,6 +64,9 @@ def train(
     schedule: Annotated[str, typer.Option(help="onecycle, cosine or constant" + LIST + ".")] = "onecycle",
     augment: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
     train_subset: Annotated[Optional[str], typer.Option(help="Use only the first N training images" + LIST + ".")] = None,
+    depth: Annotated[Optional[str], typer.Option(help="Hidden blocks (default: the assignment's model, MLP 256-128, CNN 2 conv blocks)" + LIST + ".")] = None,
+    width: Annotated[Optional[str], typer.Option(help="MLP hidden width (default 128 with --depth) or CNN base channels (default 32)" + LIST + ".")] = None,
+    dropout: Annotated[str, typer.Option(help="Dropout rate after each hidden block" + LIST + ".")] = "0",
     precision: Annotated[str, typer.Option(help="fp32, or bf16 (autocast; needs AVX512-BF16/AMX or a bf16 GPU)" + LIST + ".")] = "fp32",
     fused: Annotated[Optional[bool], typer.Option("--fused/--no-fused", help="The custom BN's fused fast path (C++ kernel on CPU, torch.compile on GPU). Default: on.", show_default=False)] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="The CNN in channels_last (NHWC) memory order. Default: on.", show_default=False)] = None,
@@ -83,7 +86,7 @@ def train(
 
     options = commands.GridOptions(arch=arch, bn=bn, bn_impl=bn_impl, precision=precision, epochs=epochs, batch_size=batch_size, lr=lr,
                                    momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, schedule=schedule,
-                                   train_subset=train_subset)
+                                   train_subset=train_subset, depth=depth, width=width, dropout=dropout)
     sweep = commands.build_sweep(options, seeds=seeds, explicit_seeds=seed or [], augment=augment, fused=fused,
                                  channels_last=channels_last, device=device, force=force, data_dir=data_dir, diagnostics=diagnostics,
                                  checkpoint=checkpoint)

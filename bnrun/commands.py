@@ -76,6 +76,9 @@ class GridOptions:
     optimizer: str = "sgd"
     schedule: str = "onecycle"
     train_subset: str | None = None
+    depth: str | None = None
+    width: str | None = None
+    dropout: str = "0"
 
 
 def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
@@ -95,7 +98,16 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
         ("momentum", parse_numbers(options.momentum, float, "--momentum", 0)),
         ("weight_decay", parse_numbers(options.weight_decay, float, "--weight-decay", 0)),
         ("train_subset", subset),
+        ("depth", parse_numbers(options.depth, int, "--depth", 1) if options.depth else (None,)),
+        ("width", parse_numbers(options.width, int, "--width", 1) if options.width else (None,)),
+        ("dropout", dropout_rates(options.dropout)),
     )
+
+
+def dropout_rates(text: str) -> tuple[float, ...]:
+    rates = parse_numbers(text, float, "--dropout", 0)
+    _require(all(rate < 1 for rate in rates), f"--dropout must be below 1, got {text}")
+    return rates
 
 
 def build_sweep(options: GridOptions, *, seeds: int | None = None, explicit_seeds: list[int] = (), augment: bool = True,

@@ -40,6 +40,9 @@ class TrainConfig:
     schedule: str = "onecycle"
     augment: bool = True  # random horizontal flips
     train_subset: int | None = None  # first N training images (quick runs and tests)
+    depth: int | None = None  # hidden blocks; None: the assignment's model (bnrun.models)
+    width: int | None = None  # MLP hidden width, or the CNN's base channel count; None: the assignment's
+    dropout: float = 0.0  # dropout after each hidden block (bnrun.models.hidden_block)
     device: str = "cpu"
 
     def identity(self) -> dict:
@@ -63,11 +66,19 @@ class TrainConfig:
 
 # Fields added after the first stores were written, with the value every older trial had: at
 # that value a field is left out of the identity, so older trials keep their keys.
-LEGACY_VALUES = {"precision": "fp32", "channels_last": False}
+LEGACY_VALUES = {"precision": "fp32", "channels_last": False, "depth": None, "width": None, "dropout": 0.0}
 
-# The options a sweep can vary: each takes one value or a list, and the grid is their product.
-GRID_FIELDS = ("arch", "bn", "bn_impl", "precision", "epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer",
-               "schedule", "augment", "train_subset")
+# The CNN's assignment model is depth 2 at base width 32: spelled out, it is the same trial.
+CNN_ASSIGNMENT = {"depth": 2, "width": 32}
+
+
+def canonical_model(config: TrainConfig) -> TrainConfig:
+    """`config` with model options equal to the assignment's CNN written as None (its legacy key)."""
+    if config.arch != "cnn":
+        return config
+    return replace(config, **{name: None for name, value in CNN_ASSIGNMENT.items() if getattr(config, name) == value})
+
+
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
 
@@ -101,7 +112,7 @@ class SweepConfig:
                 config = replace(config, fused=False)
             if config.arch != "cnn":  # a memory order of convolution activations; the MLP has none
                 config = replace(config, channels_last=False)
-            configs.append(config)
+            configs.append(canonical_model(config))
         return list(dict.fromkeys(configs))  # a repeated value adds no trial
 
     def trials(self) -> list[tuple[TrainConfig, int]]:

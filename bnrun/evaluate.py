@@ -16,7 +16,7 @@ from torch import nn
 import bnrun
 from bnrun import data as data_mod
 from bnrun.errors import StoreError
-from bnrun.models import build_model
+from bnrun.models import model_of
 from bnrun.precision import logits as precision_logits
 from bnrun.store import EvaluationRecord, RunRecord, Store
 from bnrun.checkpoint import deserialize_checkpoint
@@ -62,7 +62,7 @@ def rebuild_model(run: RunRecord, blob: bytes) -> tuple[nn.Module, dict]:
     """The trained model with its running averages loaded, and the stored population statistics."""
     try:
         checkpoint = deserialize_checkpoint(blob)
-        model = build_model(run.arch, run.bn, run.bn_impl, run.fused, run.channels_last)
+        model = model_of(run)
         model.load_state_dict(checkpoint["state_dict"])
     except Exception as error:  # noqa: BLE001 - an unreadable checkpoint is a store problem
         raise StoreError(f"the checkpoint of run {run.id} cannot be loaded ({type(error).__name__}); retrain it with --force") from None

@@ -3,11 +3,21 @@
 
 BN follows every hidden affine/conv layer, never the output layer. BN layers draw no random
 numbers, so for one seed every placement and implementation starts from identical weights.
+
+Depth and width (`--depth`, `--width`): unset, each model is the assignment's (MLP 784-256-128-10;
+CNN two conv blocks of 32 and 64 channels). The MLP at depth D has D hidden layers of width W
+(default 128). The CNN at depth D has D 3×3 conv blocks, W channels in the first and 2W in the
+rest (default W = 32), each followed by 2×2 max-pooling while the map is larger than 7×7 (so
+blocks 3 and later keep the 7×7 map), then a 128-unit layer: depth 2 at width 32 is the
+assignment's CNN, weight for weight. Dropout (`--dropout P`) closes each hidden block, after its
+activation and, for BN post, after the BN too: f → BN → g → dropout, f → g → BN → dropout. Dropout
+last keeps BN's statistics free of dropout's train/test shift (Li et al., 2019).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -16,10 +26,13 @@ import bnrun.nn as bnn
 from bnrun.config import ARCHS, BN_IMPLS, PLACEMENTS
 from bnrun.precision import in_layout
 
-MLP_WIDTHS = (784, 256, 128)
-CNN_CHANNELS = (32, 64)
+MLP_WIDTHS = (784, 256, 128)  # the assignment's MLP
+MLP_WIDTH = 128  # hidden width of an MLP built by depth
+MLP_DEPTH = 2
+CNN_DEPTH, CNN_WIDTH = 2, 32  # the assignment's CNN: two conv blocks, 32 then 64 channels
 CNN_HIDDEN = 128
 NUM_CLASSES = 10
+IMAGE_SIZE, SMALLEST_MAP = 28, 7
 
 
 def norm_factory(dim: int, impl: str, fused: bool) -> Callable[..., nn.Module]:
@@ -33,55 +46,91 @@ def norm_factory(dim: int, impl: str, fused: bool) -> Callable[..., nn.Module]:
     return lambda num_features, relu=False: layer(num_features, fused=fused, relu=relu)
 
 
-def hidden_block(affine: nn.Module, width: int, bn: str, norm: Callable[..., nn.Module], relu_in_norm: bool = False) -> list[nn.Module]:
-    """f, then g = ReLU, with BN placed before g (pre), after g (post) or nowhere (none).
-    `relu_in_norm` (the fused custom BN): pre's ReLU runs in the BN layer's own output pass, and an
-    Identity keeps the unfused model's layer indices, so state_dicts stay interchangeable."""
-    if bn == "pre" and relu_in_norm:
-        return [affine, norm(width, relu=True), nn.Identity()]
-    if bn == "pre":
-        return [affine, norm(width), nn.ReLU()]
-    if bn == "post":
-        return [affine, nn.ReLU(), norm(width)]
-    if bn == "none":
-        return [affine, nn.ReLU()]
-    raise ValueError(f"unknown BN placement {bn!r}; expected one of {PLACEMENTS}")
+@dataclass(frozen=True)
+class BlockSpec:
+    """How every hidden block of one model is built: BN placement, BN constructors, dropout."""
+
+    bn: str
+    norm1d: Callable[..., nn.Module]
+    norm2d: Callable[..., nn.Module]
+    relu_in_norm: bool = False  # the fused custom BN applies pre's ReLU in its own output pass
+    dropout: float = 0.0
+
+    @classmethod
+    def of(cls, bn: str, impl: str, fused: bool, dropout: float = 0.0) -> "BlockSpec":
+        return cls(bn, norm_factory(1, impl, fused), norm_factory(2, impl, fused), fused and impl == "custom", dropout)
 
 
-def build_mlp(bn: str = "pre", impl: str = "custom", fused: bool = False) -> nn.Sequential:
-    """784-256-128-10 MLP on flattened 28×28 images."""
-    norm, relu_in_norm = norm_factory(1, impl, fused), fused and impl == "custom"
+def hidden_block(affine: nn.Module, width: int, spec: BlockSpec, dim: int = 1) -> list[nn.Module]:
+    """f, then g = ReLU, with BN placed before g (pre), after g (post) or nowhere (none), then
+    dropout when asked. With `relu_in_norm`, an Identity keeps the unfused model's layer indices,
+    so state_dicts stay interchangeable."""
+    norm = spec.norm1d if dim == 1 else spec.norm2d
+    if spec.bn == "pre" and spec.relu_in_norm:
+        block = [affine, norm(width, relu=True), nn.Identity()]
+    elif spec.bn == "pre":
+        block = [affine, norm(width), nn.ReLU()]
+    elif spec.bn == "post":
+        block = [affine, nn.ReLU(), norm(width)]
+    elif spec.bn == "none":
+        block = [affine, nn.ReLU()]
+    else:
+        raise ValueError(f"unknown BN placement {spec.bn!r}; expected one of {PLACEMENTS}")
+    return block + ([nn.Dropout(spec.dropout)] if spec.dropout else [])
+
+
+def mlp_widths(depth: int | None, width: int | None) -> tuple[int, ...]:
+    """Input and hidden widths: the assignment's 784-256-128, or `depth` layers of `width`."""
+    if depth is None and width is None:
+        return MLP_WIDTHS
+    return (MLP_WIDTHS[0],) + (width or MLP_WIDTH,) * (MLP_DEPTH if depth is None else depth)
+
+
+def build_mlp(spec: BlockSpec, depth: int | None = None, width: int | None = None) -> nn.Sequential:
+    """An MLP on flattened 28×28 images (784-256-128-10 by default)."""
+    widths = mlp_widths(depth, width)
     layers: list[nn.Module] = [nn.Flatten()]  # (B, 1, 28, 28) -> (B, 784)
-    for width_in, width_out in zip(MLP_WIDTHS, MLP_WIDTHS[1:]):
-        layers += hidden_block(nn.Linear(width_in, width_out), width_out, bn, norm, relu_in_norm)
-    layers.append(nn.Linear(MLP_WIDTHS[-1], NUM_CLASSES))
+    for width_in, width_out in zip(widths, widths[1:]):
+        layers += hidden_block(nn.Linear(width_in, width_out), width_out, spec)
+    layers.append(nn.Linear(widths[-1], NUM_CLASSES))
     return nn.Sequential(*layers)
 
 
-def build_cnn(bn: str = "pre", impl: str = "custom", fused: bool = False) -> nn.Sequential:
-    """Two 3×3 conv blocks (32, 64 channels) each with 2×2 max-pooling, a 128-unit layer, 10 outputs."""
-    norm2d, norm1d = norm_factory(2, impl, fused), norm_factory(1, impl, fused)
-    relu_in_norm = fused and impl == "custom"
-    c1, c2 = CNN_CHANNELS
-    return nn.Sequential(
-        *hidden_block(nn.Conv2d(1, c1, 3, padding=1), c1, bn, norm2d, relu_in_norm),  # (B, 32, 28, 28)
-        nn.MaxPool2d(2),  # (B, 32, 14, 14)
-        *hidden_block(nn.Conv2d(c1, c2, 3, padding=1), c2, bn, norm2d, relu_in_norm),  # (B, 64, 14, 14)
-        nn.MaxPool2d(2),  # (B, 64, 7, 7)
-        nn.Flatten(),  # (B, 3136)
-        *hidden_block(nn.Linear(c2 * 7 * 7, CNN_HIDDEN), CNN_HIDDEN, bn, norm1d, relu_in_norm),
-        nn.Linear(CNN_HIDDEN, NUM_CLASSES),
-    )
+def build_cnn(spec: BlockSpec, depth: int | None = None, width: int | None = None) -> nn.Sequential:
+    """`depth` 3×3 conv blocks (2 by default: 32 then 64 channels, each with 2×2 max-pooling), a
+    128-unit layer, 10 outputs."""
+    base = width or CNN_WIDTH
+    layers: list[nn.Module] = []
+    channels, size = 1, IMAGE_SIZE
+    for block in range(depth or CNN_DEPTH):
+        out = base if block == 0 else 2 * base
+        layers += hidden_block(nn.Conv2d(channels, out, 3, padding=1), out, spec, dim=2)  # (B, out, size, size)
+        if size > SMALLEST_MAP:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        channels = out
+    layers.append(nn.Flatten())  # (B, channels·size·size)
+    layers += hidden_block(nn.Linear(channels * size * size, CNN_HIDDEN), CNN_HIDDEN, spec)
+    layers.append(nn.Linear(CNN_HIDDEN, NUM_CLASSES))
+    return nn.Sequential(*layers)
 
 
-def build_model(arch: str, bn: str, impl: str = "custom", fused: bool = False, channels_last: bool = False) -> nn.Sequential:
+def build_model(arch: str, bn: str, impl: str = "custom", fused: bool = False, channels_last: bool = False,
+                depth: int | None = None, width: int | None = None, dropout: float = 0.0) -> nn.Sequential:
     """The model for one trial; weights are drawn from torch's global RNG (seed it first).
     `channels_last` changes only the memory order of the weights, not their values."""
+    spec = BlockSpec.of(bn, impl, fused, dropout)
     if arch == "mlp":
-        return build_mlp(bn, impl, fused)
+        return build_mlp(spec, depth, width)
     if arch == "cnn":
-        return in_layout(build_cnn(bn, impl, fused), channels_last)
+        return in_layout(build_cnn(spec, depth, width), channels_last)
     raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+
+
+def model_of(config) -> nn.Sequential:
+    """The model a trial configuration (TrainConfig or RunRecord) describes."""
+    return build_model(config.arch, config.bn, config.bn_impl, config.fused, config.channels_last,
+                       config.depth, config.width, config.dropout)
 
 
 def bn_path(model: nn.Module, bn: str, impl: str) -> str | None:
@@ -94,6 +143,3 @@ def bn_path(model: nn.Module, bn: str, impl: str) -> str | None:
     paths = sorted({m.path for m in model.modules() if isinstance(m, (bnn.BatchNorm1d, bnn.BatchNorm2d)) and m.path})
     return "+".join(paths) or None
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

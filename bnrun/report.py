@@ -12,7 +12,8 @@ from bnrun.store import RunRecord
 from bnrun.store.storage import OUTCOMES
 
 IDENTITY = ("arch", "bn", "bn_impl", "fused")
-HYPERPARAMETERS = ("precision", "channels_last", "epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule", "augment", "train_subset")
+HYPERPARAMETERS = ("precision", "channels_last", "epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule",
+                   "augment", "train_subset", "depth", "width", "dropout")
 METRICS = {
     "test_acc_population": "test acc. (population stats)",
     "test_acc_running": "test acc. (running averages)",
@@ -20,9 +21,12 @@ METRICS = {
     "val_acc": "final val. acc.",
     "train_loss": "final train loss",
     "seconds_per_epoch": "s / epoch",
+    "gen_gap": "train − test acc.",
+    "gen_gap_loss": "test − train loss",
+    "train_gap": "last-epoch train − test acc.",
 }
-PERCENT_METRICS = {"test_acc_population", "test_acc_running", "best_val_acc", "val_acc"}
-HIGHER_IS_BETTER = PERCENT_METRICS
+PERCENT_METRICS = {"test_acc_population", "test_acc_running", "best_val_acc", "val_acc", "gen_gap", "train_gap"}
+HIGHER_IS_BETTER = PERCENT_METRICS - {"gen_gap", "train_gap"}
 BN_ORDER = {"pre": 0, "post": 1, "none": 2}
 
 
@@ -118,7 +122,20 @@ class Report:
 def metric_value(run: RunRecord, name: str) -> float | None:
     if name == "seconds_per_epoch":
         return None if not run.duration_s or not run.epochs_completed else run.duration_s / run.epochs_completed
+    if name in GAPS:
+        high, low = (getattr(run, field) for field in GAPS[name])
+        return None if high is None or low is None else high - low
     return getattr(run, name)
+
+
+# The generalization gap (Zhang et al., 2017): the final model in prediction mode on the training
+# split against the test split; train_gap uses the last epoch's running training accuracy
+# (training mode, augmented batches), the only train measure of trials stored before 0005.
+GAPS = {
+    "gen_gap": ("train_acc_population", "test_acc_population"),
+    "gen_gap_loss": ("test_loss_population", "train_loss_population"),
+    "train_gap": ("train_acc", "test_acc_population"),
+}
 
 
 def group_key(run: RunRecord) -> tuple:

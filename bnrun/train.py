@@ -21,7 +21,7 @@ from bnrun import data as data_mod
 from bnrun.checkpoint import serialize_checkpoint
 from bnrun.config import TrainConfig
 from bnrun.diagnostics import Diagnostics
-from bnrun.models import bn_path, build_model
+from bnrun.models import bn_path, model_of
 from bnrun.nn import recompute_population_statistics
 from bnrun.precision import autocast, logits as precision_logits
 from bnrun.progress import Reporter
@@ -122,7 +122,7 @@ def fit(config: TrainConfig, seed: int, dataset: data_mod.FashionMNISTData, stor
         reporter: Reporter, diagnostics: bool = False, keep_checkpoint: bool = True) -> FinalMetrics:
     """Train, store each epoch, then compute population statistics and the test metrics."""
     torch.manual_seed(seed)
-    model = build_model(config.arch, config.bn, config.bn_impl, config.fused, config.channels_last).to(config.device)
+    model = model_of(config).to(config.device)
     probes = None
     if diagnostics:
         probes = Diagnostics(dataset, config.batch_size, config.device, lambda records: store.add_diagnostics(run_id, records))
@@ -154,8 +154,9 @@ def finish(model, config, dataset, store, run_id, best_val, last: EpochRecord, k
     with autocast(config.precision, config.device):
         population = recompute_population_statistics(model, population_batches(dataset.train, config.augment, config.device))
     test_loss_pop, test_acc_pop = evaluate(model, dataset.test, config.device, config.precision)
+    train_loss_pop, train_acc_pop = evaluate(model, dataset.train, config.device, config.precision)
     metrics = FinalMetrics(last.train_loss, last.train_acc, last.val_acc, best_val, test_loss_running,
-                           test_acc_running, test_loss_pop, test_acc_pop)
+                           test_acc_running, test_loss_pop, test_acc_pop, train_loss_pop, train_acc_pop)
     checkpoint = serialize_checkpoint(model, running_state, population, config) if keep_checkpoint else None
     store.complete_run(run_id, metrics, checkpoint)
     return metrics

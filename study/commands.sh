@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# The shipped study (issue: "the assignment at 5 seeds with the fast defaults, plus the
-# learning-rate × BN and batch-size × BN sweeps"), every command in the order it is run.
-# Each sweep resumes: run this again and completed (or diverged) trials are skipped.
-#   bash study/commands.sh [PART...]      parts: assignment seeds-mlp seeds-cnn seeds-cnn-rest mlp-lr cnn-lr mlp-bs batch-stats
+# The shipped study, every command in the order it is run: the assignment at 5 seeds (the CNN's
+# placements at 12), learning-rate × BN and batch-size × BN sweeps, depth × BN and training-set
+# size × dropout × BN studies, prediction with batch statistics.
+# Each part resumes: run it again and completed (or diverged) trials are skipped.
+#   bash study/commands.sh [PART...]
+# parts: assignment seeds-mlp seeds-cnn seeds-cnn-rest seeds-cnn-12 mlp-lr cnn-lr mlp-bs batch-stats
+#        mlp-depth mlp-depth-lr mlp-reg
+# Every part pins the options whose default depends on the machine or the version (precision,
+# fused kernel, memory layout), so that it resumes into the same trials anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DB=${BNRUN_STUDY_DB:-bnrun.db}
-bnrun() { .venv/bin/bnrun "$@"; }
+PIN=(--precision fp32 --fused --channels-last)
+bnrun() { .venv/bin/bnrun "$1" "${PIN[@]}" "${@:2}"; }
+evaluate() { .venv/bin/bnrun eval "$@"; }
 # Two trials at a time, one core each, on a local Ray cluster (2 cores here).
 PAR=(--executor ray --cpus-per-trial 1)
 parts=("${@:-assignment seeds-mlp mlp-lr mlp-bs cnn-lr batch-stats seeds-cnn}")
@@ -19,13 +26,24 @@ for part in "${parts[@]}"; do
     seeds-mlp)  # 5 seeds of every MLP group, the torch.nn reference included
       bnrun train --arch mlp --bn none,pre,post --seeds 5 --diagnostics "${PAR[@]}" --db "$DB"
       bnrun train --arch mlp --bn pre,post --bn-impl torch --seeds 5 --diagnostics "${PAR[@]}" --db "$DB" ;;
-    seeds-cnn)  # the CNN groups; the torch.nn reference and no BN at 3 and 2 seeds (the session's budget)
+    seeds-cnn)  # the CNN groups; the torch.nn reference and no BN at 3 and 2 seeds (completed by seeds-cnn-rest)
       bnrun train --arch cnn --bn pre,post --seeds 5 --diagnostics "${PAR[@]}" --db "$DB"
       bnrun train --arch cnn --bn pre,post --bn-impl torch --seeds 3 --diagnostics "${PAR[@]}" --db "$DB"
       bnrun train --arch cnn --bn none --seeds 2 --diagnostics "${PAR[@]}" --db "$DB" ;;
-    seeds-cnn-rest)  # not run yet: takes the CNN's torch.nn and no-BN groups to 5 seeds (about 40 min here)
+    seeds-cnn-rest)  # the CNN's torch.nn and no-BN groups to 5 seeds
       bnrun train --arch cnn --bn pre,post --bn-impl torch --seeds 5 --diagnostics "${PAR[@]}" --db "$DB"
       bnrun train --arch cnn --bn none --seeds 5 --diagnostics "${PAR[@]}" --db "$DB" ;;
+    seeds-cnn-12)  # the CNN's custom placements to 12 seeds: pre − post to a CI of about ±0.1 points
+      bnrun train --arch cnn --bn pre,post --seeds 12 --diagnostics "${PAR[@]}" --db "$DB" ;;
+    mlp-depth)  # depth × BN: 1 to 32 hidden layers of 128 units, 10 epochs, learning rate fixed at 0.05
+      bnrun train --arch mlp --bn none,pre,post --depth 1,2,4,8,16,32 --width 128 --epochs 10 --seeds 3 \
+        --diagnostics --no-checkpoint "${PAR[@]}" --db "$DB" ;;
+    mlp-depth-lr)  # at depth 16: would a learning rate of its own change the answer? (0.05 is mlp-depth's)
+      bnrun train --arch mlp --bn none,pre,post --depth 16 --width 128 --lr 0.01,0.2,0.5 --epochs 10 --seeds 3 \
+        --no-checkpoint "${PAR[@]}" --db "$DB" ;;
+    mlp-reg)  # training-set size × dropout × BN: 2 hidden layers of 128 units, 30 epochs whatever the size
+      bnrun train --arch mlp --bn none,pre,post --depth 2 --width 128 --dropout 0,0.3 \
+        --train-subset 1000,5000,15000,55000 --epochs 30 --seeds 3 --no-checkpoint "${PAR[@]}" --db "$DB" ;;
     mlp-lr)  # learning rate × BN: peak learning rates 0.003 to 3 (half-decade steps), 3 seeds, 10 epochs
       bnrun train --arch mlp --bn none,pre,post --lr 0.003,0.01,0.03,0.1,0.3,1,3 --epochs 10 --seeds 3 \
         --no-checkpoint "${PAR[@]}" --db "$DB" ;;
@@ -37,7 +55,7 @@ for part in "${parts[@]}"; do
         --no-checkpoint "${PAR[@]}" --db "$DB" ;;
     batch-stats)  # prediction with the statistics of each test batch, on the assignment's models
       for id in $(seq 1 12); do
-        bnrun eval --run-id "$id" --batch-stats 2,4,8,16,32,64,128,256,512 --db "$DB" > /dev/null
+        evaluate --run-id "$id" --batch-stats 2,4,8,16,32,64,128,256,512 --db "$DB" > /dev/null
       done ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac

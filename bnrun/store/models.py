@@ -72,6 +72,12 @@ class Run(Base):
     precision: Mapped[str] = mapped_column(String(8), server_default="fp32")
     channels_last: Mapped[bool] = mapped_column(Boolean, server_default=false())
     bn_path: Mapped[str | None] = mapped_column(String(64))
+    # revision 0005: model options, and the training split in prediction mode (generalization gap)
+    depth: Mapped[int | None] = mapped_column(Integer)
+    width: Mapped[int | None] = mapped_column(Integer)
+    dropout: Mapped[float] = mapped_column(Float, server_default="0")
+    train_loss_population: Mapped[float | None] = mapped_column(Float)
+    train_acc_population: Mapped[float | None] = mapped_column(Float)
 
 
 class Epoch(Base):

@@ -61,6 +61,11 @@ class RunRecord:
     precision: str = "fp32"
     channels_last: bool = False
     bn_path: str | None = None  # e.g. fused-cpu, compiled, eager, torch, none; "+"-joined when layers differed
+    depth: int | None = None
+    width: int | None = None
+    dropout: float = 0.0
+    train_loss_population: float | None = None  # the training split in prediction mode, after training
+    train_acc_population: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ class FinalMetrics:
     test_acc_running: float
     test_loss_population: float
     test_acc_population: float
+    train_loss_population: float | None = None  # the (un-augmented) training split in prediction mode
+    train_acc_population: float | None = None
 
 
 @dataclass(frozen=True)
