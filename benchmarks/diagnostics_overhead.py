@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bnrun.commands import GridOptions, build_sweep
-from bnrun.progress import SilentReporter
+from bnrun.cli.options import GridOptions, build_sweep
+from bnrun.run.progress import SilentReporter
+from bnrun.run.sweep import run_sweep
 from bnrun.store import Store
-from bnrun.sweep import run_sweep
 
 
 def trial_seconds(arch: str, epochs: int | None, diagnostics: bool) -> tuple[float, float]:

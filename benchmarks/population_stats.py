@@ -18,11 +18,11 @@ from unittest import mock
 
 import torch
 
-from bnrun import data as data_mod
-from bnrun.models import build_model
 from bnrun.nn import population
 from bnrun.nn.fused import cpu_kernel
-from bnrun.train import EVAL_BATCH
+from bnrun.training import data as data_mod
+from bnrun.training.evaluation import EVAL_BATCH
+from bnrun.training.models import build_model
 
 
 def seconds(model, images) -> tuple[float, dict]:

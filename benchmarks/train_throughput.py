@@ -22,12 +22,12 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from bnrun import data as data_mod
 from bnrun.config import TrainConfig
-from bnrun.models import build_model
-from bnrun.precision import autocast
-from bnrun.progress import SilentReporter
-from bnrun.train import make_optimizer, make_scheduler, steps_per_epoch, train_epoch
+from bnrun.run.progress import SilentReporter
+from bnrun.training import data as data_mod
+from bnrun.training.loop import make_optimizer, make_scheduler, steps_per_epoch, train_epoch
+from bnrun.training.models import build_model
+from bnrun.training.precision import autocast
 
 VARIANTS = {"none": ("none", "custom", False), "torch": ("pre", "torch", False),
             "custom eager": ("pre", "custom", False), "custom fused": ("pre", "custom", True)}

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bnrun.precision import bf16_unsupported
 from bnrun.store import Store
+from bnrun.training.precision import bf16_unsupported
 
 REFERENCE = ["--precision", "fp32", "--no-fused", "--no-channels-last"]
 

@@ -23,7 +23,8 @@ PRECISIONS = ("fp32", "bf16")
 class TrainConfig:
     """One trial's configuration, without its seed. Every field is part of the trial's identity
     except `device` (where it ran does not change what was asked). The field defaults are the
-    reference path (fp32, NCHW, eager BN); the CLI's defaults are the fast path."""
+    training defaults everywhere (the CLI derives its own from them), on the reference path (fp32,
+    NCHW, eager BN); the CLI turns FAST_PATH on where it applies."""
 
     arch: str = "cnn"  # mlp | cnn
     bn: str = "pre"  # none | pre (g(BN(f(x)))) | post (BN(g(f(x))))
@@ -54,7 +55,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_identity(cls, identity: dict, **extra) -> "TrainConfig":
+    def from_identity(cls, identity: dict, **extra) -> TrainConfig:
         """The configuration a stored identity describes (fields it lacks take their legacy value)."""
         return cls(**{**LEGACY_VALUES, **identity, **extra})
 
@@ -62,6 +63,16 @@ class TrainConfig:
         """A stable hash of the identity: equal keys (and seeds) mean the same trial."""
         text = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# What the CLI trains by default on top of TrainConfig's defaults: the custom BN's fused kernel and
+# the CNN in channels_last (SweepConfig.configs drops each where it does not apply).
+FAST_PATH = {"fused": True, "channels_last": True}
+
+
+def impl_label(bn_impl: str, fused: bool) -> str:
+    """The batch-norm implementation as reports name it: custom, custom+fused, torch."""
+    return bn_impl + ("+fused" if fused else "")
 
 
 # Fields added after the first stores were written, with the value every older trial had: at

@@ -57,8 +57,8 @@ def test_population_statistics_describe_the_mirrored_training_distribution(train
     moments of its input over every training image and its mirror, not the images alone."""
     import torch
 
-    from bnrun import data
-    from bnrun.evaluate import rebuild_model
+    from bnrun.training import data
+    from bnrun.training.checkpoint import rebuild_model
 
     store = Store(str(trained_store))
     model, population = rebuild_model(store.get_run(1), store.load_checkpoint(1))
@@ -98,7 +98,7 @@ def test_eval_unknown_run_is_one_line(trained_store):
 def test_same_seed_same_initial_weights_across_placements():
     import torch
 
-    from bnrun.models import build_model
+    from bnrun.training.models import build_model
 
     def initial(bn, impl="custom"):
         torch.manual_seed(5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bnrun.data import Split, shuffled_batches
+from bnrun.training.data import Split, shuffled_batches
 
 
 def per_batch_reference(split: Split, batch_size: int, generator: torch.Generator, flip: bool):

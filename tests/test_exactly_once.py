@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from bnrun.report import build_report
+from bnrun.analysis.grouping import build_report
 from bnrun.store import Store
 from conftest import bnrun_command, run_bnrun
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bnrun import precision
 from bnrun.cli import app
-from bnrun.commands import GridOptions, build_sweep
+from bnrun.cli.options import GridOptions, build_sweep
 from bnrun.config import TrainConfig
 from bnrun.nn import fused
 from bnrun.store import Store
+from bnrun.training import precision
 from conftest import run_bnrun
 
 SHIPPED = Path(__file__).resolve().parents[1] / "bnrun.db"
@@ -106,7 +106,7 @@ def test_bf16_channels_last_cnn_step_matches_torch_bn(bn):
     channels_last activations and its statistics stay fp32."""
     import torch
 
-    from bnrun.models import build_model
+    from bnrun.training.models import build_model
 
     torch.manual_seed(0)
     ours = build_model("cnn", bn, "custom", fused=True, channels_last=True)

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, bnrun_command, run_bnrun
-
 from bnrun.store import Store, migrate
+from conftest import REPO, bnrun_command, run_bnrun
 
 pytestmark = pytest.mark.faults
 FIXTURE_0001 = REPO / "tests" / "fixtures" / "store_0001.db"
@@ -120,7 +119,7 @@ def test_stale_heartbeat_from_another_host_is_reaped(tmp_path):
 def test_a_running_trial_keeps_its_heartbeat_fresh(tmp_path, monkeypatch):
     """The heartbeat thread touches the row while the trial runs (a trial between two epochs for
     longer than the staleness limit must not look dead to other hosts), and stops at the end."""
-    from bnrun import trial
+    from bnrun.run import trial
 
     monkeypatch.setattr(trial, "HEARTBEAT_S", 0.2)
     store = Store(str(tmp_path / "beat.db"))

@@ -76,7 +76,7 @@ def test_fused_relu_matches_batch_norm_then_relu(cls, shape, dtype, tol):
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_fused_model_computes_the_unfused_model_with_the_same_state_dict_keys(arch):
-    from bnrun.models import build_model
+    from bnrun.training.models import build_model
 
     torch.manual_seed(0)
     plain = build_model(arch, "pre", "custom", fused=False)

@@ -6,8 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from bnrun.store import Store
-from bnrun.store import migrate
+from bnrun.store import Store, migrate
 from bnrun.store.models import Base
 
 EXPECTED_TABLES = {"alembic_version", "runs", "epochs", "checkpoints", "evaluations", "diagnostics"}

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 import bnrun.nn as bnn
 from bnrun.cli import app
 from bnrun.config import SweepConfig, TrainConfig
-from bnrun.models import build_model
 from bnrun.store import Store
+from bnrun.training.models import build_model
 
 runner = CliRunner()
 SMOKE = ["--epochs", "1", "--train-subset", "600"]
@@ -148,7 +148,7 @@ def test_report_by_depth_and_where_dropout(option_store):
 
 
 def test_generalization_gap_metrics(option_store):
-    from bnrun.report import metric_value
+    from bnrun.analysis.metrics import metric_value
 
     store = Store(str(option_store), read_only=True)
     run = store.list_runs()[0]

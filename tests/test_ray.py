@@ -93,8 +93,8 @@ def test_grid_on_two_worker_nodes_survives_a_dead_node(cluster, tmp_path):
 
 
 def test_sqlite_refused_for_a_cluster_on_other_hosts(monkeypatch, tmp_path):
-    from bnrun import ray_executor
     from bnrun.errors import UsageError
+    from bnrun.run import ray_executor
     from bnrun.store import Store
 
     ray = pytest.importorskip("ray")

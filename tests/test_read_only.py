@@ -11,10 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_faults import read_only_command
 
 from bnrun.store import Store
 from conftest import run_bnrun
-from test_faults import read_only_command
 
 FIXTURE_0001 = Path(__file__).with_name("fixtures") / "store_0001.db"
 COMMANDS = (["runs"], ["show", "1"], ["report", "--by", "bn", "--format", "csv"])

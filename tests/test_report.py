@@ -16,10 +16,13 @@ from datetime import datetime
 import pytest
 from typer.testing import CliRunner
 
-from bnrun import formats
+from bnrun.analysis import latex, machine
+from bnrun.analysis.grouping import RunFilter, build_report
+from bnrun.analysis.stats import holm_adjust, paired_t_test, summarize
+from bnrun.analysis.texts import comparison_lines
 from bnrun.cli import app
-from bnrun.report import RunFilter, build_report, parse_run_ids, parse_where
-from bnrun.stats import holm_adjust, paired_t_test, summarize
+from bnrun.cli.options import parse_run_ids, parse_where
+from bnrun.errors import UsageError
 from bnrun.store import EpochRecord, FinalMetrics, RunRecord, Store
 
 runner = CliRunner()
@@ -90,7 +93,7 @@ def test_where_filters_on_any_option_as_spelled_on_the_command_line():
     assert kept("lr=1e-1") == [1, 3] and kept("epochs=20") == [2] and kept("lr=0.1", "train-subset=none") == [1]
     assert kept("augment=false") == [3] and kept("arch=cnn") == [1, 2, 3] and kept("arch=mlp") == []
     for bad in ("lr", "lr=", "speed=3"):
-        with pytest.raises(ValueError, match="--where"):
+        with pytest.raises(UsageError, match="--where"):
             parse_where([bad])
 
 
@@ -100,7 +103,7 @@ def test_comparisons_name_the_setting_they_were_made_at():
             for i, (bn, lr, seed) in enumerate((b, l, s) for b in ("pre", "post") for l in (0.01, 0.1) for s in range(3))]
     report = build_report(runs)
     assert sorted(c.setting for c in report.comparisons) == ["lr=0.01", "lr=0.1"]
-    assert {line.split(":")[0] for line in formats.comparison_lines(report.comparisons)} == {
+    assert {line.split(":")[0] for line in comparison_lines(report.comparisons)} == {
         "cnn bn=pre (custom) − cnn bn=post (custom) at lr=0.01", "cnn bn=pre (custom) − cnn bn=post (custom) at lr=0.1"}
     assert build_report(runs[:3] + runs[6:9]).comparisons[0].setting == ""  # one setting: nothing to name
 
@@ -161,12 +164,12 @@ def test_report_applies_holm_over_all_its_comparisons():
 
 def test_csv_and_json_parse_back():
     report = build_report(sample_runs())
-    rows = list(csv.DictReader(io.StringIO(formats.to_csv(report))))
+    rows = list(csv.DictReader(io.StringIO(machine.report_csv(report))))
     pre = next(r for r in rows if r["arch"] == "cnn" and r["bn"] == "pre")
     assert float(pre["test_acc_population_mean"]) == pytest.approx(0.93)
     assert float(pre["test_acc_population_std"]) == pytest.approx(0.01)
     assert json.loads(pre["run_ids"]) == [1, 2, 3]
-    payload = json.loads(formats.to_json(report))
+    payload = json.loads(machine.report_json(report))
     group = next(g for g in payload["groups"] if g["arch"] == "cnn" and g["bn"] == "none")
     assert group["n"] == 3 and group["test_acc_population_mean"] == pytest.approx(0.9033333, abs=1e-6)
     assert group["per_seed"]["2"]["test_acc_population"] == pytest.approx(0.91)
@@ -175,17 +178,17 @@ def test_csv_and_json_parse_back():
 
 
 def test_latex_cells_bold_and_escaping():
-    text = formats.to_latex(build_report(sample_runs()))
+    text = latex.report_latex(build_report(sample_runs()))
     assert r"$\mathbf{93.00 \pm 1.00}$" in text
     assert r"\toprule" in text and r"\bottomrule" in text
-    assert formats.latex_escape("a_b & 50% #1") == r"a\_b \& 50\% \#1"
+    assert latex.latex_escape("a_b & 50% #1") == r"a\_b \& 50\% \#1"
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None and not os.environ.get("CI"),
                     reason="pdflatex comes with texlive-latex-recommended, which .ci/run installs; CI never skips this")
 def test_standalone_latex_compiles(tmp_path):
     source = tmp_path / "report.tex"
-    source.write_text(formats.to_latex(build_report(sample_runs()), standalone=True))
+    source.write_text(latex.report_latex(build_report(sample_runs()), standalone=True))
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", source.name], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:]
@@ -231,13 +234,15 @@ def test_report_grid_completeness_and_flags(small_store):
     assert "1 diverged" in result.output and "1 failed" in result.output
 
 
-def test_report_on_empty_store_is_a_hint(tmp_path, isolated_store):
+def test_report_on_empty_store_is_one_line_exit_1(tmp_path, isolated_store):
+    """Nothing matched: one line on stderr with a hint, exit 1, nothing on stdout."""
     Store(str(tmp_path / "empty.db")).close()
     Store(str(isolated_store)).close()
     result = runner.invoke(app, ["report", "--db", str(tmp_path / "empty.db")])
-    assert result.exit_code == 0 and "bnrun train" in result.output
-    filtered = runner.invoke(app, ["report", "--arch", "mlp", "--bn", "post"])
-    assert filtered.exit_code == 0 and "no completed trials match" in filtered.output
+    assert result.exit_code == 1 and "bnrun train" in result.stderr and not result.stdout
+    filtered = runner.invoke(app, ["report", "--arch", "mlp", "--bn", "post", "--by", "lr"])
+    assert filtered.exit_code == 1 and filtered.stderr.startswith("bnrun: error: no completed trials match")
+    assert len(filtered.stderr.strip().splitlines()) == 1
 
 
 def test_report_bad_options_are_one_line(small_store):
@@ -262,10 +267,10 @@ def test_plot_writes_a_sensible_png(small_store, tmp_path):
     assert output.stat().st_size > 20_000
 
 
-def test_plot_on_empty_store_is_a_hint(tmp_path):
+def test_plot_on_empty_store_is_one_line_exit_1(tmp_path):
     Store(str(tmp_path / "none.db")).close()
     result = runner.invoke(app, ["plot", "--db", str(tmp_path / "none.db"), "--output", str(tmp_path / "x.png")])
-    assert result.exit_code == 0 and not (tmp_path / "x.png").exists()
+    assert result.exit_code == 1 and "no completed trials match" in result.stderr and not (tmp_path / "x.png").exists()
 
 
 def test_group_label_for_replaced_run():

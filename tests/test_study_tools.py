@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bnrun.cli import app
-from bnrun.commands import GridOptions, build_sweep
+from bnrun.cli.options import GridOptions, build_sweep
 from bnrun.errors import UsageError
 from bnrun.store import Store
 

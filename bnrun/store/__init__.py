@@ -1,6 +1,6 @@
 """The results store: every trial, epoch, checkpoint and evaluation, in SQLite by default."""
 
-from bnrun.store.records import DiagnosticRecord, EpochRecord, EvaluationRecord, FinalMetrics, RunRecord, STATUSES
+from bnrun.store.records import STATUSES, DiagnosticRecord, EpochRecord, EvaluationRecord, FinalMetrics, RunRecord
 from bnrun.store.storage import Store
 
 __all__ = ["Store", "DiagnosticRecord", "RunRecord", "EpochRecord", "EvaluationRecord", "FinalMetrics", "STATUSES"]

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from bnrun.errors import StoreError
+from bnrun.errors import StoreError, first_line
 from bnrun.store import migrate
 
 DEFAULT_DB = "bnrun.db"
@@ -50,7 +50,9 @@ def sqlite_path(url: str) -> Path | None:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as error:
-        raise StoreError(f"bad store URL {display_url(url)!r}: {describe(error)}; expected a path or e.g. postgresql://user:password@host/dbname") from None
+        raise StoreError(
+            f"bad store URL {display_url(url)!r}: {describe(error)}; expected a path or e.g. postgresql://user:password@host/dbname"
+        ) from None
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
@@ -67,7 +69,9 @@ def preflight(path: Path) -> None:
     if path.is_dir():
         raise StoreError(f"store path {path} is a directory; pass a file path with --db")
     if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
-        raise StoreError(f"store {path} is read-only (file or its directory); copy it somewhere writable or fix its permissions")
+        raise StoreError(
+            f"store {path} is read-only (file or its directory); copy it somewhere writable or fix its permissions"
+        )
     check_sqlite_header(path)
 
 
@@ -87,7 +91,9 @@ def check_sqlite_header(path: Path) -> None:
     pages = int.from_bytes(header[28:32], "big")
     header_size_valid = header[92:96] == header[24:28]
     if header_size_valid and size < pages * page_size:
-        raise StoreError(f"{path} is truncated ({size} of {pages * page_size} bytes); restore it from a backup or pass another --db")
+        raise StoreError(
+            f"{path} is truncated ({size} of {pages * page_size} bytes); restore it from a backup or pass another --db"
+        )
 
 
 def make_engine(url: str) -> Engine:
@@ -114,8 +120,14 @@ def server_engine(url: str) -> Engine:
     needs one connection, the heartbeat thread a second), connections checked before use (a
     server restart or an idle timeout must not fail a trial), and a fresh pool in a forked child
     (a connection must never be shared between processes)."""
-    engine = create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True, pool_recycle=1800,
-                           connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+    engine = create_engine(
+        url,
+        pool_size=2,
+        max_overflow=2,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+    )
     os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
     return engine
 
@@ -193,11 +205,16 @@ def ensure_schema(engine: Engine, path: Path | None) -> Migration | None:
 def refuse_unknown(connection, current: str | None, path: Path | None) -> None:
     name = path or "the store"
     if current is not None and current not in migrate.known_revisions():
-        raise StoreError(f"{name} was written by a newer bnrun (schema revision {current}); upgrade bnrun or pass another --db")
+        raise StoreError(
+            f"{name} was written by a newer bnrun (schema revision {current}); upgrade bnrun or pass another --db"
+        )
     if current is None:
         tables = set(inspect(connection).get_table_names())
         if tables:
-            raise StoreError(f"{name} is a SQLite database but not a bnrun store (tables: {', '.join(sorted(tables))[:120]}); pass another --db")
+            raise StoreError(
+                f"{name} is a SQLite database but not a bnrun store (tables: "
+                f"{', '.join(sorted(tables))[:120]}); pass another --db"
+            )
 
 
 def backup(path: Path, revision: str) -> Path:
@@ -239,11 +256,18 @@ def checked_engine(url: str) -> Engine:
     try:
         return make_engine(url)
     except NoSuchModuleError:
-        raise StoreError(f"no database driver for {display_url(url)}; for PostgreSQL: pip install 'bnrun[postgres]' (psycopg 3)") from None
+        raise StoreError(
+            f"no database driver for {display_url(url)}; for PostgreSQL: pip install 'bnrun[postgres]' (psycopg 3)"
+        ) from None
     except ImportError as error:
-        raise StoreError(f"the database driver for {display_url(url)} is missing ({error.name or error}); for PostgreSQL: pip install 'bnrun[postgres]'") from None
+        raise StoreError(
+            f"the database driver for {display_url(url)} is missing ({error.name or error}); for PostgreSQL: "
+            "pip install 'bnrun[postgres]'"
+        ) from None
     except ArgumentError as error:
-        raise StoreError(f"bad store URL {display_url(url)!r}: {describe(error)}; expected a path or e.g. postgresql://user:password@host/dbname") from None
+        raise StoreError(
+            f"bad store URL {display_url(url)!r}: {describe(error)}; expected a path or e.g. postgresql://user:password@host/dbname"
+        ) from None
 
 
 def hint(error: BaseException) -> str:
@@ -271,7 +295,10 @@ def open_read_only(url: str) -> tuple[Engine, Path | None]:
     path = sqlite_path(url)
     if path is not None:
         if not path.is_file():
-            raise StoreError(f"no store at {path}{' (a directory)' if path.is_dir() else ''}; check --db or BNRUN_DB (read-only commands never create one)")
+            raise StoreError(
+                f"no store at {path}{' (a directory)' if path.is_dir() else ''}; check --db or BNRUN_DB "
+                "(read-only commands never create one)"
+            )
         check_sqlite_header(path)
         url = read_only_sqlite_url(path)
     engine = checked_engine(url)
@@ -290,7 +317,10 @@ def open_read_only(url: str) -> tuple[Engine, Path | None]:
         return engine, None
     engine.dispose()
     if path is None:
-        raise StoreError(f"store {display_url(url)} is at schema {current}, older than this bnrun's {migrate.head_revision()}; open it once with a writing command (bnrun train or eval) to upgrade it")
+        raise StoreError(
+            f"store {display_url(url)} is at schema {current}, older than this bnrun's "
+            f"{migrate.head_revision()}; open it once with a writing command (bnrun train or eval) to upgrade it"
+        )
     return migrated_copy(path, current)
 
 
@@ -311,10 +341,7 @@ def migrated_copy(path: Path, revision: str | None) -> tuple[Engine, Path]:
 
 def describe(error: BaseException) -> str:
     original = getattr(error, "orig", None) or error
-    text = (str(original).strip().splitlines() or [type(original).__name__])[0][:200]
+    text = first_line(original, 200)
     if "disk I/O error" in text or "disk is full" in text:
         text += " (check free disk space and file size limits; the failed write was rolled back)"
     return text
-
-
-__all__ = ["open_engine", "resolve_url", "sqlite_path", "describe"]

@@ -1,9 +1,16 @@
-"""Plain records the store returns; the rest of bnrun never sees an ORM row or a session."""
+"""Plain records the store returns; the rest of bnrun never sees an ORM row or a session. What
+training measures (epochs, final metrics, diagnostics) is defined by `bnrun.training.results`."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from datetime import datetime
+
+from bnrun.training.results import DiagnosticRecord, EpochRecord, FinalMetrics
+
+__all__ = ["STATUSES", "DiagnosticRecord", "EpochRecord", "EvaluationRecord", "FinalMetrics", "RunRecord",
+           "record_from_row"]
 
 STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
 
@@ -69,32 +76,6 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    seconds: float  # the whole epoch, validation included
-    train_seconds: float  # forward/backward/step only
-
-
-@dataclass(frozen=True)
-class FinalMetrics:
-    train_loss: float
-    train_acc: float
-    val_acc: float
-    best_val_acc: float
-    test_loss_running: float
-    test_acc_running: float
-    test_loss_population: float
-    test_acc_population: float
-    train_loss_population: float | None = None  # the (un-augmented) training split in prediction mode
-    train_acc_population: float | None = None
-
-
-@dataclass(frozen=True)
 class EvaluationRecord:
     id: int
     run_id: int
@@ -110,14 +91,10 @@ class EvaluationRecord:
     bnrun_version: str
     batch_stats_json: str | None = None
 
-
-@dataclass(frozen=True)
-class DiagnosticRecord:
-    kind: str
-    epoch: int  # 0: at initialization
-    name: str  # a layer's name, or "model"
-    x: float | None  # the step size η where the kind has one
-    value: float | None  # None where the value was not finite
+    def batch_stats(self) -> dict[int, tuple[float, float]]:
+        """{batch size: (test loss, test accuracy)} with batch statistics (empty when not asked for)."""
+        raw = json.loads(self.batch_stats_json or "{}")
+        return {int(size): (loss, acc) for size, (loss, acc) in raw.items()}
 
 
 def record_from_row(record_type: type, row: object):

@@ -11,16 +11,23 @@ import socket
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bnrun.errors import StoreError
-from bnrun.store import engine as engine_mod
+from bnrun.store.engine import describe, open_engine, open_read_only, resolve_url, sqlite_path
 from bnrun.store.models import Checkpoint, Diagnostic, Epoch, Evaluation, Run
-from bnrun.store.records import DiagnosticRecord, EpochRecord, EvaluationRecord, FinalMetrics, RunRecord, record_from_row
+from bnrun.store.records import (
+    DiagnosticRecord,
+    EpochRecord,
+    EvaluationRecord,
+    FinalMetrics,
+    RunRecord,
+    record_from_row,
+)
 
 STALE_HEARTBEAT = timedelta(minutes=5)
 ORPHAN_NOTE = "process ended without finishing"
@@ -37,7 +44,7 @@ class Claim:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def pid_alive(pid: int) -> bool:
@@ -55,15 +62,15 @@ class Store:
 
     def __init__(self, db: str | None = None, reap: bool = True, read_only: bool = False) -> None:
         """`read_only`: never write, create, migrate or reap (runs, show, report, plot, reproduce)."""
-        self.url = engine_mod.resolve_url(db)
-        self.path = engine_mod.sqlite_path(self.url)
+        self.url = resolve_url(db)
+        self.path = sqlite_path(self.url)
         self.read_only = read_only
         self._scratch_copy = None
         if read_only:
-            self.engine, self._scratch_copy = engine_mod.open_read_only(self.url)
+            self.engine, self._scratch_copy = open_read_only(self.url)
             self.migration, self.reaped = None, []
         else:
-            self.engine, self.migration = engine_mod.open_engine(self.url)
+            self.engine, self.migration = open_engine(self.url)
         self._write_engine = self.engine.execution_options(immediate=True)
         if not read_only:
             self.reaped = self.reap_orphans() if reap else []
@@ -88,7 +95,7 @@ class Store:
                 with session.begin():
                     yield session
         except (SQLAlchemyError, sqlite3.Error) as error:
-            raise StoreError(f"store {self.name}: {engine_mod.describe(error)}") from None
+            raise StoreError(f"store {self.name}: {describe(error)}") from None
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -115,13 +122,25 @@ class Store:
             if token is not None:
                 self._end_lost_attempts(session, token, now)
             holder = self._claim_holder(session, config_key, fields["seed"])
-            if holder is not None and holder.status != "running" and (force or (with_diagnostics and not holder.diagnostics)):
+            rerun = force or (with_diagnostics and not holder.diagnostics) if holder is not None else False
+            if holder is not None and holder.status != "running" and rerun:
                 holder.claim = None  # stays in the store as it ended; the new run holds the trial
                 holder = None
             if holder is not None:
                 return Claim(None, record_from_row(RunRecord, holder))
-            row = Run(status="running", config_key=config_key, config_json=config_json, started_at=now, heartbeat_at=now,
-                      epochs_completed=0, host=socket.gethostname(), pid=os.getpid(), claim=1, claim_token=token, **fields)
+            row = Run(
+                status="running",
+                config_key=config_key,
+                config_json=config_json,
+                started_at=now,
+                heartbeat_at=now,
+                epochs_completed=0,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                claim=1,
+                claim_token=token,
+                **fields,
+            )
             try:
                 with session.begin_nested():
                     session.add(row)
@@ -153,14 +172,21 @@ class Store:
     def heartbeat(self, run_id: int) -> None:
         """The trial's process is alive: touch its row (server clock), unless it has ended."""
         with self.session(write=True) as session:
-            session.execute(update(Run).where(Run.id == run_id, Run.status == "running").values(heartbeat_at=self.now(session)))
+            session.execute(
+                update(Run).where(Run.id == run_id, Run.status == "running").values(heartbeat_at=self.now(session))
+            )
 
     def add_epoch(self, run_id: int, epoch: EpochRecord, bn_path: str | None = None) -> None:
         """The epoch's row, the run's latest metrics and (when given) the BN path that ran."""
         with self.session(write=True) as session:
             session.add(Epoch(run_id=run_id, **asdict(epoch)))
-            values = dict(epochs_completed=epoch.epoch, heartbeat_at=self.now(session), train_loss=epoch.train_loss,
-                          train_acc=epoch.train_acc, val_acc=epoch.val_acc)
+            values = dict(
+                epochs_completed=epoch.epoch,
+                heartbeat_at=self.now(session),
+                train_loss=epoch.train_loss,
+                train_acc=epoch.train_acc,
+                val_acc=epoch.val_acc,
+            )
             if bn_path is not None:
                 values["bn_path"] = bn_path
             session.execute(update(Run).where(Run.id == run_id).values(**values))
@@ -172,8 +198,15 @@ class Store:
             run = session.get(Run, run_id)
             now = self.now(session)
             if checkpoint is not None:
-                session.add(Checkpoint(run_id=run_id, blob=checkpoint, sha256=hashlib.sha256(checkpoint).hexdigest(),
-                                       size_bytes=len(checkpoint), created_at=now))
+                session.add(
+                    Checkpoint(
+                        run_id=run_id,
+                        blob=checkpoint,
+                        sha256=hashlib.sha256(checkpoint).hexdigest(),
+                        size_bytes=len(checkpoint),
+                        created_at=now,
+                    )
+                )
             for key, value in asdict(metrics).items():
                 setattr(run, key, value)
             self._end(run, "completed", None, now)
@@ -195,8 +228,11 @@ class Store:
         """`running` rows whose process is gone on this host, or whose heartbeat is stale by the
         server's clock (a row of another host is judged by its heartbeat alone)."""
         host = socket.gethostname()
-        return [r for r in rows if (r.host == host and not pid_alive(r.pid))
-                or (r.heartbeat_at or r.started_at) < now - STALE_HEARTBEAT]
+        return [
+            r
+            for r in rows
+            if (r.host == host and not pid_alive(r.pid)) or (r.heartbeat_at or r.started_at) < now - STALE_HEARTBEAT
+        ]
 
     def reap_orphans(self) -> list[int]:
         """Mark `running` rows whose process is gone (or whose heartbeat is stale) as failed."""
@@ -266,10 +302,16 @@ class Store:
         with self.session() as session:
             row = session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id)).first()
             if row is None:
-                raise StoreError(f"run {run_id} has no checkpoint (only completed runs keep one, and not those trained with --no-checkpoint)")
+                raise StoreError(
+                    f"run {run_id} has no checkpoint (only completed runs keep one, and not those trained with "
+                    "--no-checkpoint)"
+                )
             blob, digest = row.blob, row.sha256
         if hashlib.sha256(blob).hexdigest() != digest:
-            raise StoreError(f"the checkpoint of run {run_id} is damaged (SHA-256 mismatch); retrain it with: bnrun train ... --force")
+            raise StoreError(
+                f"the checkpoint of run {run_id} is damaged (SHA-256 mismatch); retrain it with: bnrun train "
+                "... --force"
+            )
         return blob
 
     def add_evaluation(self, run_id: int, values: dict) -> EvaluationRecord:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torchvision.datasets import FashionMNIST
 
-from bnrun.errors import DataError
+from bnrun.errors import DataError, first_line
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DATA_DIR = Path("~/.cache/bnrun/data").expanduser()
@@ -93,9 +93,15 @@ def _read_system_file(name: str) -> bytes:
     try:
         data = gzip.decompress((SYSTEM_DIR / f"{name}.gz").read_bytes())
     except (OSError, EOFError, zlib.error) as error:
-        raise DataError(f"damaged Fashion-MNIST file {SYSTEM_DIR / name}.gz ({_one_line(error)}): reinstall with apt-get install --reinstall dataset-fashion-mnist") from None
+        raise DataError(
+            f"damaged Fashion-MNIST file {SYSTEM_DIR / name}.gz ({first_line(error)}): reinstall with apt-get "
+            "install --reinstall dataset-fashion-mnist"
+        ) from None
     if _sha256(data) != RAW_SHA256[name]:
-        raise DataError(f"damaged Fashion-MNIST file {SYSTEM_DIR / name}.gz (checksum mismatch): reinstall with apt-get install --reinstall dataset-fashion-mnist")
+        raise DataError(
+            f"damaged Fashion-MNIST file {SYSTEM_DIR / name}.gz (checksum mismatch): reinstall with apt-get "
+            "install --reinstall dataset-fashion-mnist"
+        )
     return data
 
 
@@ -117,7 +123,10 @@ def verify_extracted(root: Path) -> None:
     """Raise DataError if an extracted file differs from the official one."""
     for name, digest in RAW_SHA256.items():
         if _sha256((_raw_dir(root) / name).read_bytes()) != digest:
-            raise DataError(f"damaged Fashion-MNIST file {_raw_dir(root) / name} (checksum mismatch): delete it and run again; {REMEDIES}")
+            raise DataError(
+                f"damaged Fashion-MNIST file {_raw_dir(root) / name} (checksum mismatch): delete it and run "
+                f"again; {REMEDIES}"
+            )
 
 
 def _extracted(root: Path) -> bool:
@@ -145,12 +154,8 @@ def check_available(data_dir: Path | None = None) -> Path:
     except DataError:
         raise
     except Exception as error:  # torchvision raises many kinds: network, md5, parse errors
-        raise DataError(f"Fashion-MNIST is not available in {root} ({_one_line(error)}); {REMEDIES}") from None
+        raise DataError(f"Fashion-MNIST is not available in {root} ({first_line(error)}); {REMEDIES}") from None
     return root
-
-
-def _one_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
 
 
 @functools.lru_cache(maxsize=4)
@@ -161,7 +166,7 @@ def load(data_dir: Path | None = None, train_subset: int | None = None) -> Fashi
         train_full, test = _open(root, True), _open(root, False)
         images, labels = train_full.data, train_full.targets
     except Exception as error:
-        raise DataError(f"cannot read Fashion-MNIST in {root} ({_one_line(error)}); {REMEDIES}") from None
+        raise DataError(f"cannot read Fashion-MNIST in {root} ({first_line(error)}); {REMEDIES}") from None
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
     val_idx, train_idx = order[:VALIDATION_SIZE], order[VALIDATION_SIZE:]
     if train_subset is not None:

@@ -1,5 +1,5 @@
-"""A trial's numeric precision and memory layout: bf16 autocast where the hardware has bf16 units
-(AVX512-BF16 or AMX on the CPU, a bf16-capable GPU), channels_last for the CNN.
+"""A trial's numeric precision: bf16 autocast where the hardware has bf16 units (AVX512-BF16 or AMX
+on the CPU, a bf16-capable GPU).
 
 Under bf16 the convolutions and linear layers run in bf16 (oneDNN's AMX/AVX512-BF16 kernels on the
 CPU); weights, optimizer state, the loss and every batch-norm statistic stay fp32 (`bnrun.nn`
@@ -13,6 +13,8 @@ import contextlib
 import torch
 from torch import nn
 
+from bnrun.training.hardware import cpu_info
+
 
 def bf16_unsupported(device: str) -> str | None:
     """Why bf16 cannot run at full speed on `device`, or None when it can."""
@@ -20,8 +22,6 @@ def bf16_unsupported(device: str) -> str | None:
         return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 support"
     if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
         return None
-    from bnrun.provenance import cpu_info
-
     return f"this CPU ({cpu_info()[0]}) has neither AVX512-BF16 nor AMX: bf16 would be emulated, slower than fp32"
 
 
@@ -32,13 +32,8 @@ def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def logits(model: nn.Module, x: torch.Tensor, precision: str, device: str) -> torch.Tensor:
+def forward_logits(model: nn.Module, x: torch.Tensor, precision: str, device: str) -> torch.Tensor:
     """The model's output for `x` under the trial's precision, in fp32 (the loss is taken in fp32)."""
     with autocast(precision, device):
         return model(x).float()
 
-
-def in_layout(model: nn.Module, channels_last: bool) -> nn.Module:
-    """The model with its 4D weights (the convolutions') in channels_last order when asked; a
-    convolution then returns channels_last activations, and every later layer keeps that order."""
-    return model.to(memory_format=torch.channels_last) if channels_last else model

@@ -12,34 +12,10 @@ from pathlib import Path
 import torch
 
 import bnrun
+from bnrun.training.hardware import cpu_info, gpu_name
 
-# CPU flags (as /proc/cpuinfo names them) that select different kernels or rounding paths.
-NUMERIC_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "avx_vnni")
 PROVENANCE_FIELDS = ("git_commit", "bnrun_version", "torch_version", "python_version", "cpu_model", "cpu_features",
                      "torch_threads", "device", "gpu_name")
-
-
-@functools.cache
-def cpu_info() -> tuple[str, str]:
-    """(CPU model name, comma list of the NUMERIC_FEATURES it has)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return model, ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            model = value.strip()
-        elif key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return model, ",".join(f for f in NUMERIC_FEATURES if f in flags)
-
-
-def gpu_name(device: str) -> str | None:
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_name(torch.device(device))
 
 
 @functools.cache

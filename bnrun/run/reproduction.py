@@ -15,9 +15,11 @@ from pathlib import Path
 
 from bnrun.config import TrainConfig
 from bnrun.errors import StoreError
-from bnrun.progress import Reporter
-from bnrun.provenance import differences
+from bnrun.run.progress import Reporter
+from bnrun.run.provenance import differences
+from bnrun.run.trial import TrialSpec, run_trial
 from bnrun.store import EpochRecord, FinalMetrics, RunRecord, Store
+from bnrun.training.data import load
 
 EPOCH_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 FINAL_FIELDS = tuple(f.name for f in fields(FinalMetrics))
@@ -59,14 +61,20 @@ def stored_config(run: RunRecord) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(identity) - known)
     if unknown:
-        raise StoreError(f"run {run.id} was trained by a bnrun with options this one lacks ({', '.join(unknown)}); reproduce it with that version")
+        raise StoreError(
+            f"run {run.id} was trained by a bnrun with options this one lacks ({', '.join(unknown)}); reproduce "
+            "it with that version"
+        )
     return TrainConfig.from_identity(identity, device=run.device)
 
 
 def first_epoch_difference(stored: list[EpochRecord], reproduced: list[EpochRecord]) -> tuple[Difference, ...]:
     for a, b in zip(stored, reproduced):
-        found = tuple(Difference(f"epoch {a.epoch}", name, getattr(a, name), getattr(b, name))
-                      for name in EPOCH_FIELDS if getattr(a, name) != getattr(b, name))
+        found = tuple(
+            Difference(f"epoch {a.epoch}", name, getattr(a, name), getattr(b, name))
+            for name in EPOCH_FIELDS
+            if getattr(a, name) != getattr(b, name)
+        )
         if found:
             return found
     if len(stored) != len(reproduced):
@@ -76,15 +84,17 @@ def first_epoch_difference(stored: list[EpochRecord], reproduced: list[EpochReco
 
 
 def final_differences(a: RunRecord, b: RunRecord) -> tuple[Difference, ...]:
-    return tuple(Difference("final", name, getattr(a, name), getattr(b, name))
-                 for name in FINAL_FIELDS if getattr(a, name) != getattr(b, name))
+    return tuple(
+        Difference("final", name, getattr(a, name), getattr(b, name))
+        for name in FINAL_FIELDS
+        if getattr(a, name) != getattr(b, name)
+    )
 
 
-def reproduce_run(original_store: Store, run_id: int, dataset_loader, reporter: Reporter,
-                  scratch: Path | None = None) -> Reproduction:
+def reproduce_run(
+    original_store: Store, run_id: int, data_dir: Path | None, reporter: Reporter, scratch: Path | None = None
+) -> Reproduction:
     """Retrain run `run_id` of `original_store` (read only) into `scratch` (a temporary store if None)."""
-    from bnrun.trial import TrialSpec, run_trial
-
     original = original_store.get_run(run_id)
     stored_epochs = original_store.epochs(run_id)
     config = stored_config(original)
@@ -94,11 +104,16 @@ def reproduce_run(original_store: Store, run_id: int, dataset_loader, reporter: 
         reporter.sweep_started(1, f"run {run_id} again")
         try:
             spec = TrialSpec.of(config, original.seed, grid_seeds=original.grid_seeds, force=True)
-            new_id = run_trial(spec, dataset_loader(config.train_subset), store, reporter).run_id
+            new_id = run_trial(spec, load(data_dir, config.train_subset), store, reporter).run_id
             reproduced, new_epochs = store.get_run(new_id), store.epochs(new_id)
         finally:
             reporter.sweep_finished()
             store.close()
-    return Reproduction(original, reproduced, first_epoch_difference(stored_epochs, new_epochs),
-                        final_differences(original, reproduced),
-                        tuple(differences(original.__dict__, reproduced.__dict__)), scratch)
+    return Reproduction(
+        original,
+        reproduced,
+        first_epoch_difference(stored_epochs, new_epochs),
+        final_differences(original, reproduced),
+        tuple(differences(original.__dict__, reproduced.__dict__)),
+        scratch,
+    )

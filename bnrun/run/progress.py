@@ -1,35 +1,38 @@
 """Progress on stderr with rich: an overall bar for the sweep and a per-epoch bar with live loss.
-`SilentReporter` is the same interface doing nothing (library use, tests)."""
+`Reporter` is the interface executors report to; `SilentReporter` implements it doing nothing
+(library use, tests), `RichReporter` with bars."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bnrun.config import TrainConfig
+from bnrun.config import TrainConfig, impl_label
 from bnrun.store import EpochRecord, FinalMetrics, RunRecord
+from bnrun.training.results import TrainingProgress
 
 stderr = Console(stderr=True)
 
 
 def trial_label(config: TrainConfig, seed: int) -> str:
-    fused = "+fused" if config.fused else ""
-    return f"{config.arch} bn={config.bn} ({config.bn_impl}{fused}) seed={seed}"
+    return f"{config.arch} bn={config.bn} ({impl_label(config.bn_impl, config.fused)}) seed={seed}"
 
 
-class SilentReporter:
+class Reporter(TrainingProgress, Protocol):
+    """What a sweep tells whoever watches it, on top of the training loop's progress."""
+
     def sweep_started(self, total: int, description: str = "") -> None: ...
     def trial_skipped(self, done: RunRecord, config: TrainConfig, seed: int) -> None: ...
     def trial_started(self, run_id: int, config: TrainConfig, seed: int) -> None: ...
-    def epoch_started(self, epoch: int, epochs: int, batches: int) -> None: ...
-    def batch(self, loss: float) -> None: ...
-    def epoch_finished(self, record: EpochRecord) -> None: ...
     def trial_finished(self, run_id: int, status: str, metrics: FinalMetrics | None, note: str = "") -> None: ...
     def remote_trial_finished(self, run_id: int | None, config: TrainConfig, seed: int, status: str) -> None: ...
     def sweep_finished(self) -> None: ...
 
 
-Reporter = SilentReporter
+class SilentReporter(Reporter):
+    """A Reporter that reports nothing (every method is the protocol's own, doing nothing)."""
 
 
 class RichReporter(SilentReporter):
@@ -53,9 +56,14 @@ class RichReporter(SilentReporter):
 
     def trial_skipped(self, done: RunRecord, config: TrainConfig, seed: int) -> None:
         if done.status == "running":
-            self.console.print(f"skip   {trial_label(config, seed)}: running elsewhere as run {done.id} (host {done.host}, pid {done.pid})")
+            self.console.print(
+                f"skip   {trial_label(config, seed)}: running elsewhere as run {done.id} (host {done.host}, pid "
+                f"{done.pid})"
+            )
         else:
-            self.console.print(f"skip   {trial_label(config, seed)}: already {done.status} as run {done.id} (--force reruns it)")
+            self.console.print(
+                f"skip   {trial_label(config, seed)}: already {done.status} as run {done.id} (--force reruns it)"
+            )
         self.progress.advance(self.sweep_task)
 
     def trial_started(self, run_id: int, config: TrainConfig, seed: int) -> None:
@@ -77,7 +85,11 @@ class RichReporter(SilentReporter):
         if self.epoch_task is not None:
             self.progress.remove_task(self.epoch_task)
             self.epoch_task = None
-        detail = f"test_acc {metrics.test_acc_population:.4f} (population) {metrics.test_acc_running:.4f} (running)" if metrics else note
+        detail = (
+            f"test_acc {metrics.test_acc_population:.4f} (population) {metrics.test_acc_running:.4f} (running)"
+            if metrics
+            else note
+        )
         self.console.print(f"{status:<11} {self.label}: {detail}")
         self.progress.advance(self.sweep_task)
 

@@ -12,8 +12,9 @@ bit-identically with and without diagnostics.
   ‖∇_θ L_B‖₂ over each layer's parameters, and the mean and standard deviation of every value
   entering each BN layer (the "internal covariate shift" quantities of Ioffe & Szegedy 2015).
 - `val_acc_batch_stats` (every epoch): validation accuracy with BN in training mode, i.e. each
-  batch normalized by its own statistics, next to the epoch's prediction-mode `val_acc`: BN's
-  train/test discrepancy (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", arXiv:2105.07576).
+  batch normalized by its own statistics (`bnrun.training.evaluation`, under the trial's precision),
+  next to the epoch's prediction-mode `val_acc`: BN's train/test discrepancy (Wu & Johnson 2021,
+  "Rethinking 'Batch' in BatchNorm", arXiv:2105.07576).
 - `loss_range`, `grad_change`, `beta_smoothness` (every epoch): Santurkar et al. 2018, "How Does
   Batch Normalization Help Optimization?" (arXiv:1805.11604), along the gradient g = ∇L_B(w) at
   steps η ∈ SMOOTHNESS_STEPS: max − min of L_B(w − ηg) over η (η = 0 included), max ‖∇L_B(w − ηg) − g‖₂,
@@ -31,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnrun import data as data_mod
 from bnrun.nn import batchnorm_layers
-from bnrun.store import DiagnosticRecord
+from bnrun.training.data import FashionMNISTData, Split
+from bnrun.training.evaluation import evaluate_with_batch_statistics
+from bnrun.training.results import DiagnosticRecord
 
 PROBE_SEED = 1_805_11604  # fixed: every trial is probed on the same images
 PROBE_BATCHES = 4
@@ -42,7 +44,7 @@ SMOOTHNESS_STEPS = (0.05, 0.1, 0.2, 0.4)
 Batch = tuple[Tensor, Tensor]
 
 
-def probe_batches(split: data_mod.Split, batch_size: int, device: str) -> list[Batch]:
+def probe_batches(split: Split, batch_size: int, device: str) -> list[Batch]:
     """PROBE_BATCHES fixed batches of the trial's batch size, drawn with their own generator."""
     generator = torch.Generator().manual_seed(PROBE_SEED)
     count = min(len(split), PROBE_BATCHES * batch_size)
@@ -100,7 +102,9 @@ def loss_ratios(model: nn.Module, batches: list[Batch], etas=LOSS_RATIO_ETAS) ->
             step_along(probe, origin, grads, eta)
             with torch.no_grad():
                 sums[eta] += batch_loss(probe, batch).item() / loss
-    return [DiagnosticRecord("loss_ratio", 0, "model", eta, finite(total / len(batches))) for eta, total in sums.items()]
+    return [
+        DiagnosticRecord("loss_ratio", 0, "model", eta, finite(total / len(batches))) for eta, total in sums.items()
+    ]
 
 
 def layer_statistics(model: nn.Module, batches: list[Batch], epoch: int) -> list[DiagnosticRecord]:
@@ -108,6 +112,7 @@ def layer_statistics(model: nn.Module, batches: list[Batch], epoch: int) -> list
     probe = training_copy(model)
     names = {module: name for name, module in probe.named_modules()}
     captured: dict[str, Tensor] = {}
+
     def capture(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:  # returns None: the input is left as is
         captured.setdefault(names[module], inputs[0].detach().float())
 
@@ -119,25 +124,17 @@ def layer_statistics(model: nn.Module, batches: list[Batch], epoch: int) -> list
     finally:
         for hook in hooks:
             hook.remove()
-    records = [DiagnosticRecord("grad_norm", epoch, name, None, finite(norm([p.grad for p in module.parameters(recurse=False)])))
-               for name, module in probe.named_modules()
-               if any(p.grad is not None for p in module.parameters(recurse=False))]
+    records = [
+        DiagnosticRecord(
+            "grad_norm", epoch, name, None, finite(norm([p.grad for p in module.parameters(recurse=False)]))
+        )
+        for name, module in probe.named_modules()
+        if any(p.grad is not None for p in module.parameters(recurse=False))
+    ]
     for name, x in captured.items():
         records.append(DiagnosticRecord("bn_input_mean", epoch, name, None, finite(x.mean().item())))
         records.append(DiagnosticRecord("bn_input_std", epoch, name, None, finite(x.std().item())))
     return records
-
-
-@torch.no_grad()
-def batch_statistics_accuracy(model: nn.Module, split: data_mod.Split, batch_size: int, device: str) -> float:
-    """Accuracy with every BN layer normalizing each batch by that batch's own statistics."""
-    probe = training_copy(model)
-    correct = 0
-    for x, y in data_mod.ordered_batches(split, batch_size):
-        if len(y) < 2:  # a batch of one has no variance; the left-over image joins no batch
-            continue
-        correct += int((probe(x.to(device)).argmax(1) == y.to(device)).sum())
-    return correct / len(split)
 
 
 def smoothness(model: nn.Module, batches: list[Batch], epoch: int, steps=SMOOTHNESS_STEPS) -> list[DiagnosticRecord]:
@@ -160,25 +157,40 @@ def smoothness(model: nn.Module, batches: list[Batch], epoch: int, steps=SMOOTHN
         totals["loss_range"] += max(losses) - min(losses)
         totals["grad_change"] += max(changes)
         totals["beta_smoothness"] += max(betas)
-    return [DiagnosticRecord(kind, epoch, "model", None, finite(total / len(batches))) for kind, total in totals.items()]
+    return [
+        DiagnosticRecord(kind, epoch, "model", None, finite(total / len(batches))) for kind, total in totals.items()
+    ]
 
 
 class Diagnostics:
     """What a trial calls at initialization and after each epoch; records go to `save`."""
 
-    def __init__(self, dataset: data_mod.FashionMNISTData, batch_size: int, device: str,
-                 save: Callable[[list[DiagnosticRecord]], None]) -> None:
+    def __init__(
+        self,
+        dataset: FashionMNISTData,
+        batch_size: int,
+        device: str,
+        save: Callable[[list[DiagnosticRecord]], None],
+        precision: str = "fp32",
+    ) -> None:
         self.batches = probe_batches(dataset.train, batch_size, device)
         self.dataset, self.batch_size, self.device, self.save = dataset, batch_size, device, save
+        self.precision = precision
 
     def at_initialization(self, model: nn.Module) -> None:
         self._timed(0, lambda: loss_ratios(model, self.batches) + layer_statistics(model, self.batches, 0))
 
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
         def probes() -> list[DiagnosticRecord]:
-            accuracy = batch_statistics_accuracy(model, self.dataset.val, self.batch_size, self.device)
-            return ([DiagnosticRecord("val_acc_batch_stats", epoch, "model", None, accuracy)]
-                    + layer_statistics(model, self.batches, epoch) + smoothness(model, self.batches, epoch))
+            _, accuracy = evaluate_with_batch_statistics(
+                model, self.dataset.val, self.batch_size, self.device, self.precision
+            )
+            return (
+                [DiagnosticRecord("val_acc_batch_stats", epoch, "model", None, accuracy)]
+                + layer_statistics(model, self.batches, epoch)
+                + smoothness(model, self.batches, epoch)
+            )
+
         self._timed(epoch, probes)
 
     def _timed(self, epoch: int, probes: Callable[[], list[DiagnosticRecord]]) -> None:

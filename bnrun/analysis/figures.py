@@ -10,25 +10,40 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from bnrun.report import Group  # noqa: E402
+from bnrun.analysis.diagnostic_summaries import diagnostic_series  # noqa: E402
+from bnrun.analysis.grouping import Group  # noqa: E402
+from bnrun.analysis.pivots import Pivot  # noqa: E402
+from bnrun.analysis.stats import summarize  # noqa: E402
+from bnrun.config import impl_label  # noqa: E402
 from bnrun.store import EpochRecord  # noqa: E402
 
 PANELS = (("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0))
+
+
+def mean_and_std(values: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Per position, the mean and the sample std (0 for a single value) of the inner lists."""
+    summaries = [summarize(column) for column in values]
+    return [s.mean for s in summaries], [s.std or 0.0 for s in summaries]
 
 
 def curve(group: Group, epochs: dict[int, list[EpochRecord]], field: str, scale: float):
     """Mean and std over the group's trials, epoch by epoch (up to the shortest trial)."""
     series = [[getattr(e, field) * scale for e in epochs[run.id]] for run in group.runs]
     length = min(len(s) for s in series)
-    values = torch.tensor([s[:length] for s in series], dtype=torch.float64)
-    std = values.std(0, unbiased=True) if len(series) > 1 else torch.zeros(length, dtype=torch.float64)
-    return list(range(1, length + 1)), values.mean(0), std
+    means, stds = mean_and_std([[s[epoch] for s in series] for epoch in range(length)])
+    return list(range(1, length + 1)), means, stds
 
 
-def plot_learning_curves(groups: list[Group], epochs: dict[int, list[EpochRecord]], output: Path, dpi: int = 120) -> Path:
+def fill_band(axis, xs: list, means: list[float], stds: list[float], line) -> None:
+    axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                      color=line.get_color(), alpha=0.2)
+
+
+def plot_learning_curves(
+    groups: list[Group], epochs: dict[int, list[EpochRecord]], output: Path, dpi: int = 120
+) -> Path:
     archs = list(dict.fromkeys(g.value("arch") for g in groups))
     figure, axes = plt.subplots(len(archs), len(PANELS), figsize=(11, 3.8 * len(archs)), squeeze=False)
     for row, arch in enumerate(archs):
@@ -38,8 +53,8 @@ def plot_learning_curves(groups: list[Group], epochs: dict[int, list[EpochRecord
                 x, mean, std = curve(group, epochs, field, scale)
                 if not x:
                     continue
-                line, = axis.plot(x, mean, marker="o", markersize=3, label=f"{group.label()} (n={len(group.runs)})")
-                axis.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+                (line,) = axis.plot(x, mean, marker="o", markersize=3, label=f"{group.label()} (n={len(group.runs)})")
+                fill_band(axis, x, mean, std, line)
             axis.set_title(f"{arch.upper()}: {label}")
             axis.set_xlabel("epoch")
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -59,12 +74,12 @@ def spans_decades(values: list[float]) -> bool:
 def row_label(labels: dict) -> str:
     text = f"bn={labels.get('bn')}"
     if labels.get("bn") != "none" and "bn_impl" in labels:
-        text += f" ({labels['bn_impl']}{'+fused' if labels.get('fused') else ''})"
+        text += f" ({impl_label(labels['bn_impl'], labels.get('fused'))})"
     extras = [f"{k}={v}" for k, v in labels.items() if k not in ("arch", "bn", "bn_impl", "fused")]
     return text + (f", {', '.join(extras)}" if extras else "")
 
 
-def plot_against_option(pivot, output: Path, metric_label: str, scale: float, dpi: int = 120) -> Path:
+def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: float, dpi: int = 120) -> Path:
     """The headline metric against one option: a mean line with a ±std band per placement, one panel
     per architecture; an x marks each value where trials diverged, labelled k/n."""
     archs = list(dict.fromkeys(row.labels.get("arch", "all") for row in pivot.rows))
@@ -72,20 +87,37 @@ def plot_against_option(pivot, output: Path, metric_label: str, scale: float, dp
     for axis, arch in zip(axes[0], archs):
         for row in (r for r in pivot.rows if r.labels.get("arch", "all") == arch):
             points = [(v, c) for v, c in sorted(row.cells.items(), key=lambda item: item[0])]
-            done = [(v, c.summary.mean * scale, (c.summary.std or 0.0) * scale) for v, c in points if c.summary.mean is not None]
+            done = [
+                (v, c.summary.mean * scale, (c.summary.std or 0.0) * scale)
+                for v, c in points
+                if c.summary.mean is not None
+            ]
             line = None
             if done:
                 xs, means, stds = zip(*done)
-                line, = axis.plot(xs, means, marker="o", markersize=4, label=row_label(row.labels))
-                axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                                  color=line.get_color(), alpha=0.2)
+                (line,) = axis.plot(xs, means, marker="o", markersize=4, label=row_label(row.labels))
+                fill_band(axis, xs, means, stds, line)
             for value, cell in points:
                 if cell.diverged:
                     color = line.get_color() if line is not None else "red"
-                    axis.plot([value], [0.02], marker="x", color=color, markersize=9, mew=2,
-                              transform=axis.get_xaxis_transform(), clip_on=False)
-                    axis.annotate(f"{cell.diverged}/{cell.ended}", (value, 0.05), xycoords=("data", "axes fraction"),
-                                  fontsize=7, color=color, ha="center")
+                    axis.plot(
+                        [value],
+                        [0.02],
+                        marker="x",
+                        color=color,
+                        markersize=9,
+                        mew=2,
+                        transform=axis.get_xaxis_transform(),
+                        clip_on=False,
+                    )
+                    axis.annotate(
+                        f"{cell.diverged}/{cell.ended}",
+                        (value, 0.05),
+                        xycoords=("data", "axes fraction"),
+                        fontsize=7,
+                        color=color,
+                        ha="center",
+                    )
         if spans_decades(list(pivot.columns)):
             axis.set_xscale("log")
             axis.minorticks_off()  # the grid's own values label the axis, not 3×10¹
@@ -110,12 +142,9 @@ def save(figure, output: Path, dpi: int, title: str) -> Path:
 def band(axis, series: dict[float, list[float]], label: str, scale: float = 1.0):
     """A mean line with a ±std band from {x: [value per run]}; returns the line."""
     xs = sorted(series)
-    values = [torch.tensor(series[x], dtype=torch.float64) * scale for x in xs]
-    means = [v.mean().item() for v in values]
-    stds = [v.std().item() if len(v) > 1 else 0.0 for v in values]
-    line, = axis.plot(xs, means, marker="o", markersize=3, label=label)
-    axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                      color=line.get_color(), alpha=0.2)
+    means, stds = mean_and_std([[value * scale for value in series[x]] for x in xs])
+    (line,) = axis.plot(xs, means, marker="o", markersize=3, label=label)
+    fill_band(axis, xs, means, stds, line)
     return line
 
 
@@ -128,29 +157,9 @@ DIAGNOSTIC_PLOTS = {
 }
 
 
-def diagnostic_series(group: Group, diagnostics: dict, epochs: dict, kind: str, axis_field: str) -> dict[float, list[float]]:
-    """{x: [value per run]} of one diagnostic for a group's runs."""
-    series: dict[float, list[float]] = {}
-    for run in group.runs:
-        for x, value in run_diagnostic(diagnostics.get(run.id, []), epochs.get(run.id, []), kind, axis_field).items():
-            series.setdefault(x, []).append(value)
-    return series
-
-
-def run_diagnostic(records: list, epochs: list, kind: str, axis_field: str) -> dict[float, float]:
-    if kind == "mode_gap":
-        batch = {r.epoch: r.value for r in records if r.kind == "val_acc_batch_stats" and r.value is not None}
-        return {e.epoch: 100 * (e.val_acc - batch[e.epoch]) for e in epochs if e.epoch in batch}
-    if kind == "grad_norm_total":
-        totals: dict[float, float] = {}
-        for r in records:
-            if r.kind == "grad_norm" and r.value is not None:
-                totals[r.epoch] = totals.get(r.epoch, 0.0) + r.value ** 2
-        return {e: v ** 0.5 for e, v in totals.items()}
-    return {getattr(r, axis_field): r.value for r in records if r.kind == kind and r.value is not None}
-
-
-def plot_diagnostic(groups: list[Group], diagnostics: dict, epochs: dict, name: str, output: Path, dpi: int = 120) -> Path:
+def plot_diagnostic(
+    groups: list[Group], diagnostics: dict, epochs: dict, name: str, output: Path, dpi: int = 120
+) -> Path:
     kind, axis_field, label, log_x, log_y = DIAGNOSTIC_PLOTS[name]
     archs = list(dict.fromkeys(g.value("arch") for g in groups))
     figure, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)

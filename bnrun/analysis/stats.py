@@ -66,9 +66,9 @@ def paired_t_test(a: list[float], b: list[float], confidence: float = CONFIDENCE
         return PairedTest(s.n, s.mean, s.std, None, None)
     if not s.std:  # identical differences: no spread to test against, the interval is the point
         return PairedTest(s.n, s.mean, s.std, None, None, s.mean, s.mean)
-    from scipy import stats as scipy_stats  # imported on first use: commands that print no test start faster
+    from scipy.stats import ttest_rel  # imported on first use: commands that print no test start faster
 
-    result = scipy_stats.ttest_rel(a, b)
+    result = ttest_rel(a, b)
     interval = result.confidence_interval(confidence)
     return PairedTest(s.n, s.mean, s.std, float(result.statistic), float(result.pvalue), float(interval.low),
                       float(interval.high))

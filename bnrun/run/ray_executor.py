@@ -1,7 +1,7 @@
 """The Ray executor (`bnrun train --executor ray`, the `ray` extra): the driver migrates the
 store, plans the grid, and sends each trial to Ray as a task of plain values (the store URL, the
 trial spec, the data directory, a token); a worker opens the store itself and runs
-`bnrun.trial.execute_trial`. Ray retries a task whose worker or node died; the token lets the new
+`bnrun.run.trial.execute_trial`. Ray retries a task whose worker or node died; the token lets the new
 attempt end the lost one `failed` before it claims the trial again, so each trial still ends
 exactly once. Ctrl-C cancels the tasks and ends their rows `interrupted`.
 """
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bnrun.config import SweepConfig
-from bnrun.errors import UsageError
-from bnrun.progress import Reporter
+from bnrun.errors import UsageError, first_line
+from bnrun.run.progress import Reporter
+from bnrun.run.sweep import SweepResult, plan, sigterm_as_interrupt
+from bnrun.run.trial import TrialOutcome, TrialSpec, execute_trial
 from bnrun.store import Store
-from bnrun.sweep import SweepResult, plan, sigterm_as_interrupt
-from bnrun.trial import TrialOutcome, TrialSpec, execute_trial
 
 MAX_RETRIES = 3  # attempts after a worker or node died
 INTERRUPTED_NOTE = "interrupted: the Ray driver was stopped (SIGINT/SIGTERM) and cancelled the task"
@@ -40,7 +40,9 @@ def connect(options: RayOptions) -> None:
     try:
         ray.init(address=options.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     except ConnectionError as error:
-        raise UsageError(f"--ray-address {options.address}: cannot connect to a Ray cluster ({str(error).splitlines()[0][:160]})") from None
+        raise UsageError(
+            f"--ray-address {options.address}: cannot connect to a Ray cluster ({first_line(error)})"
+        ) from None
 
 
 def cluster_hosts() -> set[str]:
@@ -59,11 +61,15 @@ def require_shared_store(store: Store) -> None:
     hosts = cluster_hosts()
     elsewhere = hosts - {"127.0.0.1", "localhost", ray.util.get_node_ip_address()}
     if elsewhere:
-        raise UsageError(f"store {store.path} is a SQLite file, but the Ray cluster has nodes on other hosts "
-                         f"({', '.join(sorted(elsewhere))}); pass a server URL: --db postgresql://user:password@host/dbname")
+        raise UsageError(
+            f"store {store.path} is a SQLite file, but the Ray cluster has nodes on other hosts "
+            f"({', '.join(sorted(elsewhere))}); pass a server URL: --db postgresql://user:password@host/dbname"
+        )
 
 
-def run_trial_task(store_url: str, spec: dict, data_dir: str | None, token: str, threads: int) -> tuple[int | None, str]:
+def run_trial_task(
+    store_url: str, spec: dict, data_dir: str | None, token: str, threads: int
+) -> tuple[int | None, str]:
     """The Ray task: plain values in, plain values out."""
     outcome = execute_trial(store_url, TrialSpec(**spec), data_dir, token, executor="ray", threads=threads)
     return outcome.run_id, outcome.status
@@ -75,8 +81,12 @@ def run_sweep_on_ray(sweep: SweepConfig, store: Store, reporter: Reporter, optio
 
     connect(options)
     require_shared_store(store)
-    task = ray.remote(run_trial_task).options(num_cpus=options.cpus_per_trial, num_gpus=options.gpus_per_trial,
-                                              max_retries=MAX_RETRIES, retry_exceptions=False)
+    task = ray.remote(run_trial_task).options(
+        num_cpus=options.cpus_per_trial,
+        num_gpus=options.gpus_per_trial,
+        max_retries=MAX_RETRIES,
+        retry_exceptions=False,
+    )
     threads = max(1, int(options.cpus_per_trial))
     data_dir = str(Path(sweep.data_dir).expanduser()) if sweep.data_dir else None
     specs = plan(sweep)
@@ -110,7 +120,7 @@ def outcome_of(ref, token: str, store: Store) -> tuple[int | None, str]:
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        reason = first_line(error, 300)
         ended = store.end_attempts([token], "failed", f"Ray task failed: {reason}")
         return (ended[0] if ended else None), "failed"
 

@@ -11,7 +11,8 @@ rest (default W = 32), each followed by 2×2 max-pooling while the map is larger
 blocks 3 and later keep the 7×7 map), then a 128-unit layer: depth 2 at width 32 is the
 assignment's CNN, weight for weight. Dropout (`--dropout P`) closes each hidden block, after its
 activation and, for BN post, after the BN too: f → BN → g → dropout, f → g → BN → dropout. Dropout
-last keeps BN's statistics free of dropout's train/test shift (Li et al., 2019).
+last keeps BN's statistics free of dropout's train/test shift (Li et al., 2019). The CNN may be
+laid out channels_last (`in_layout`): the same weights in NHWC memory order.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-import bnrun.nn as bnn
-
 from bnrun.config import ARCHS, BN_IMPLS, PLACEMENTS
-from bnrun.precision import in_layout
+from bnrun.nn import BatchNorm1d, BatchNorm2d
 
 MLP_WIDTHS = (784, 256, 128)  # the assignment's MLP
 MLP_WIDTH = 128  # hidden width of an MLP built by depth
@@ -42,7 +42,7 @@ def norm_factory(dim: int, impl: str, fused: bool) -> Callable[..., nn.Module]:
         return nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d
     if impl != "custom":
         raise ValueError(f"unknown BN implementation {impl!r}; expected one of {BN_IMPLS}")
-    layer = bnn.BatchNorm1d if dim == 1 else bnn.BatchNorm2d
+    layer = BatchNorm1d if dim == 1 else BatchNorm2d
     return lambda num_features, relu=False: layer(num_features, fused=fused, relu=relu)
 
 
@@ -57,7 +57,7 @@ class BlockSpec:
     dropout: float = 0.0
 
     @classmethod
-    def of(cls, bn: str, impl: str, fused: bool, dropout: float = 0.0) -> "BlockSpec":
+    def of(cls, bn: str, impl: str, fused: bool, dropout: float = 0.0) -> BlockSpec:
         return cls(bn, norm_factory(1, impl, fused), norm_factory(2, impl, fused), fused and impl == "custom", dropout)
 
 
@@ -115,6 +115,12 @@ def build_cnn(spec: BlockSpec, depth: int | None = None, width: int | None = Non
     return nn.Sequential(*layers)
 
 
+def in_layout(model: nn.Module, channels_last: bool) -> nn.Module:
+    """The model with its 4D weights (the convolutions') in channels_last order when asked; a
+    convolution then returns channels_last activations, and every later layer keeps that order."""
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 def build_model(arch: str, bn: str, impl: str = "custom", fused: bool = False, channels_last: bool = False,
                 depth: int | None = None, width: int | None = None, dropout: float = 0.0) -> nn.Sequential:
     """The model for one trial; weights are drawn from torch's global RNG (seed it first).
@@ -140,6 +146,6 @@ def bn_path(model: nn.Module, bn: str, impl: str) -> str | None:
         return "none"
     if impl == "torch":
         return "torch"
-    paths = sorted({m.path for m in model.modules() if isinstance(m, (bnn.BatchNorm1d, bnn.BatchNorm2d)) and m.path})
+    paths = sorted({m.path for m in model.modules() if isinstance(m, (BatchNorm1d, BatchNorm2d)) and m.path})
     return "+".join(paths) or None
 

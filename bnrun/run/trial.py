@@ -13,10 +13,11 @@ from pathlib import Path
 
 from bnrun.config import TrainConfig
 from bnrun.errors import StoreError
-from bnrun.progress import Reporter
-from bnrun.provenance import provenance
+from bnrun.run.progress import Reporter, SilentReporter
+from bnrun.run.provenance import provenance
 from bnrun.store import Store
-from bnrun.train import Diverged, fit
+from bnrun.training.data import FashionMNISTData, load
+from bnrun.training.loop import Callbacks, Diverged, fit
 
 HEARTBEAT_S = 30.0
 SKIPPED, ELSEWHERE = "skipped", "running elsewhere"
@@ -34,7 +35,7 @@ class TrialSpec:
     checkpoint: bool = True  # keep the trained weights (eval, reproduce); a large sweep may go without
 
     @classmethod
-    def of(cls, config: TrainConfig, seed: int, **options) -> "TrialSpec":
+    def of(cls, config: TrainConfig, seed: int, **options) -> TrialSpec:
         return cls(asdict(config), seed, **options)
 
     def train_config(self) -> TrainConfig:
@@ -73,7 +74,17 @@ def heartbeat(store: Store, run_id: int) -> Iterator[None]:
         thread.join(timeout=5)
 
 
-def run_trial(spec: TrialSpec, dataset, store: Store, reporter: Reporter, executor: str = "local",
+def callbacks_into(store: Store, run_id: int, reporter: Reporter, diagnostics: bool) -> Callbacks:
+    """The training loop's callbacks: epochs, diagnostics and the outcome go to the store as they come."""
+    def completed(metrics, checkpoint: bytes | None) -> None:
+        store.complete_run(run_id, metrics, checkpoint)
+
+    return Callbacks(epoch_ended=lambda record, path: store.add_epoch(run_id, record, bn_path=path),
+                     completed=completed, progress=reporter,
+                     diagnostics=(lambda records: store.add_diagnostics(run_id, records)) if diagnostics else None)
+
+
+def run_trial(spec: TrialSpec, dataset: FashionMNISTData, store: Store, reporter: Reporter, executor: str = "local",
               token: str | None = None) -> TrialOutcome:
     """Claim the trial and train it to an honest end. A trial the store already holds (an
     outcome, or running elsewhere) is skipped. KeyboardInterrupt (Ctrl-C or SIGTERM) marks the
@@ -89,7 +100,8 @@ def run_trial(spec: TrialSpec, dataset, store: Store, reporter: Reporter, execut
     reporter.trial_started(run_id, config, spec.seed)
     try:
         with heartbeat(store, run_id):
-            metrics = fit(config, spec.seed, dataset, store, run_id, reporter, spec.diagnostics, spec.checkpoint)
+            callbacks = callbacks_into(store, run_id, reporter, spec.diagnostics)
+            metrics = fit(config, spec.seed, dataset, callbacks, spec.checkpoint)
     except KeyboardInterrupt:
         store.end_run(run_id, "interrupted", "interrupted by the user (SIGINT/SIGTERM)")
         reporter.trial_finished(run_id, "interrupted", None)
@@ -118,12 +130,9 @@ def execute_trial(store_url: str, spec: TrialSpec, data_dir: str | None, token: 
     URL, find the data locally, claim, train, record, close. Never given a live engine or session."""
     import torch
 
-    from bnrun import data as data_mod
-    from bnrun.progress import SilentReporter
-
     if threads:
         torch.set_num_threads(threads)
-    dataset = data_mod.load(Path(data_dir) if data_dir else None, spec.config.get("train_subset"))
+    dataset = load(Path(data_dir) if data_dir else None, spec.config.get("train_subset"))
     store = Store(store_url, reap=False)
     try:
         return run_trial(spec, dataset, store, SilentReporter(), executor, token)

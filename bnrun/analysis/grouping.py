@@ -1,0 +1,237 @@
+"""Aggregation of completed trials: filters, groups by configuration, mean ± sample std across
+seeds, paired comparisons by seed, and grid completeness. Pure functions over store records."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from bnrun.analysis.metrics import HIGHER_IS_BETTER, METRICS, metric_value
+from bnrun.analysis.stats import MIN_TRIALS, PairedTest, Summary, paired_t_test, summarize, with_holm
+from bnrun.config import impl_label
+from bnrun.store import RunRecord
+from bnrun.store.storage import OUTCOMES
+
+IDENTITY = ("arch", "bn", "bn_impl", "fused")
+HYPERPARAMETERS = (
+    "precision",
+    "channels_last",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "optimizer",
+    "schedule",
+    "augment",
+    "train_subset",
+    "depth",
+    "width",
+    "dropout",
+)
+BN_ORDER = {"pre": 0, "post": 1, "none": 2}
+
+
+PIVOT_FIELDS = IDENTITY + HYPERPARAMETERS  # the options a filter (--where) or a pivot (--by) can name
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    archs: tuple[str, ...] = ()
+    placements: tuple[str, ...] = ()
+    impls: tuple[str, ...] = ()
+    run_ids: frozenset[int] | None = None
+    since: datetime | None = None
+    where: tuple[tuple[str, str], ...] = ()  # (option, value): keep trials whose option has this value
+
+    def accepts(self, run: RunRecord) -> bool:
+        return (
+            (not self.archs or run.arch in self.archs)
+            and (not self.placements or run.bn in self.placements)
+            and (not self.impls or run.bn_impl in self.impls)
+            and (self.run_ids is None or run.id in self.run_ids)
+            and (self.since is None or run.started_at >= self.since)
+            and all(option_matches(getattr(run, name), value) for name, value in self.where)
+        )
+
+
+def option_matches(stored: object, text: str) -> bool:
+    """A stored option value against its command-line spelling: 0.1 == 1e-1, true == True, none == NULL."""
+    if stored is None or text.lower() == "none":
+        return stored is None and text.lower() == "none"
+    if isinstance(stored, bool):
+        return text.lower() in (("true", "1", "yes") if stored else ("false", "0", "no"))
+    if isinstance(stored, (int, float)):
+        try:
+            return float(text) == float(stored)
+        except ValueError:
+            return False
+    return str(stored) == text
+
+
+@dataclass(frozen=True)
+class Group:
+    key: tuple  # IDENTITY values, then HYPERPARAMETERS values
+    runs: tuple[RunRecord, ...]  # completed only, by seed
+    stats: dict[str, Summary]
+    in_progress: int = 0  # running trials of this configuration
+    expected_seeds: int = MIN_TRIALS  # what the grid asked for (or --seeds)
+
+    def value(self, name: str) -> object:
+        return dict(zip(IDENTITY + HYPERPARAMETERS, self.key))[name]
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(run.seed for run in self.runs)
+
+    def label(self) -> str:
+        impl = impl_label(self.value("bn_impl"), self.value("fused"))
+        return f"{self.value('arch')} bn={self.value('bn')}" + ("" if self.value("bn") == "none" else f" ({impl})")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    arch: str
+    a: str
+    b: str
+    metric: str
+    test: PairedTest
+    seeds: tuple[int, ...]
+    setting: str = ""  # the varying hyperparameters both groups share, e.g. "lr=0.1, epochs=10"
+
+
+@dataclass(frozen=True)
+class Report:
+    groups: tuple[Group, ...]
+    varying: tuple[str, ...]  # hyperparameters that differ between groups (shown as columns)
+    excluded: dict[str, int]  # status -> trials left out
+    comparisons: tuple[Comparison, ...]
+    metric: str
+    best: dict[str, tuple]  # arch -> key of the group with the best headline mean
+    per_seed: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)  # group key -> {summary: Summary} (diagnostic_summaries)
+    repeats: tuple[int, ...] = ()  # runs not counted: a later run of the same configuration and seed is
+
+
+def group_key(run: RunRecord) -> tuple:
+    return tuple(getattr(run, name) for name in IDENTITY + HYPERPARAMETERS)
+
+
+def sort_key(key: tuple) -> tuple:
+    arch, bn, impl, fused = key[:4]
+    return (arch, BN_ORDER.get(bn, 9), impl != "custom", fused, tuple(str(v) for v in key[4:]))
+
+
+def build_groups(runs: list[RunRecord], expected_seeds: int | None = None) -> list[Group]:
+    """Completed trials grouped by configuration; the expected seed count is `expected_seeds`,
+    else the largest grid any trial of the configuration was started in, else MIN_TRIALS."""
+    completed, running, grid = defaultdict(list), Counter(), Counter()
+    for run in runs:
+        key = group_key(run)
+        grid[key] = max(grid[key], run.grid_seeds or 0)
+        if run.status == "completed":
+            completed[key].append(run)
+        elif run.status == "running":
+            running[key] += 1
+    groups = []
+    for key in sorted(completed, key=sort_key):
+        members = tuple(sorted(completed[key], key=lambda r: (r.seed, r.id)))
+        stats = {name: summarize([v for r in members if (v := metric_value(r, name)) is not None]) for name in METRICS}
+        groups.append(Group(key, members, stats, running[key], expected_seeds or grid[key] or MIN_TRIALS))
+    return groups
+
+
+def varying_hyperparameters(groups: list[Group]) -> tuple[str, ...]:
+    return tuple(name for name in HYPERPARAMETERS if len({g.value(name) for g in groups}) > 1)
+
+
+def best_per_arch(groups: list[Group], metric: str) -> dict[str, tuple]:
+    best: dict[str, Group] = {}
+    sign = 1 if metric in HIGHER_IS_BETTER else -1
+    for group in groups:
+        mean = group.stats[metric].mean
+        current = best.get(group.value("arch"))
+        if mean is not None and (current is None or sign * mean > sign * current.stats[metric].mean):
+            best[group.value("arch")] = group
+    return {arch: group.key for arch, group in best.items()}
+
+
+def paired_comparisons(groups: list[Group], metric: str, varying: tuple[str, ...] = ()) -> list[Comparison]:
+    """pre − post and BN − none within each arch (and identical hyperparameters), custom − torch
+    for the same placement; paired over the seeds both groups completed. The custom BN's groups
+    are compared on each path they ran (eager or fused) with the partner on the same path where it
+    has one (pre − post), else with the partner as it ran (no BN, torch.nn)."""
+    by_key = {g.key: g for g in groups}
+    wanted = [
+        ("pre", "custom", "post", "custom"),
+        ("pre", "custom", "none", "custom"),
+        ("post", "custom", "none", "custom"),
+        ("pre", "custom", "pre", "torch"),
+        ("post", "custom", "post", "torch"),
+    ]
+    comparisons = []
+    for group in groups:
+        arch, bn, impl, fused = group.key[:4]
+        for bn_a, impl_a, bn_b, impl_b in wanted:
+            if (bn, impl) != (bn_a, impl_a):
+                continue
+            other_impl = "custom" if bn_b == "none" else impl_b
+            other_fused = fused if (bn_b != "none" and impl_b == "custom") else False
+            other = by_key.get((arch, bn_b, other_impl, other_fused) + group.key[4:])
+            if other is None:
+                continue
+            setting = ", ".join(f"{name}={group.value(name)}" for name in varying)
+            comparisons.append(replace(compare(group, other, metric), setting=setting))
+    return comparisons
+
+
+def compare(a: Group, b: Group, metric: str) -> Comparison:
+    values_a = {r.seed: metric_value(r, metric) for r in a.runs}
+    values_b = {r.seed: metric_value(r, metric) for r in b.runs}
+    seeds = tuple(sorted(s for s in values_a if s in values_b and values_a[s] is not None and values_b[s] is not None))
+    test = paired_t_test([values_a[s] for s in seeds], [values_b[s] for s in seeds])
+    return Comparison(a.value("arch"), a.label(), b.label(), metric, test, seeds)
+
+
+def count_once(runs: list[RunRecord]) -> tuple[list[RunRecord], tuple[int, ...]]:
+    """Each (configuration, seed) that ran to an outcome counted once, by its latest run; the ids
+    of the older repeats (two sweeps that ran the same trial before claims existed, or --force)."""
+    latest: dict[tuple, RunRecord] = {}
+    for run in sorted(runs, key=lambda r: r.id):
+        if run.status in OUTCOMES:
+            latest[group_key(run), run.seed] = run
+    kept = {run.id for run in latest.values()}
+    repeats = tuple(r.id for r in runs if r.status in OUTCOMES and r.id not in kept)
+    return [r for r in runs if r.id in kept or r.status not in OUTCOMES], repeats
+
+
+def build_report(
+    runs: list[RunRecord],
+    metric: str = "test_acc_population",
+    run_filter: RunFilter = RunFilter(),
+    expected_seeds: int | None = None,
+) -> Report:
+    selected, repeats = count_once([run for run in runs if run_filter.accepts(run)])
+    groups = build_groups(selected, expected_seeds)
+    excluded = dict(Counter(run.status for run in selected if run.status not in ("completed", "running")))
+    per_seed = {
+        g.key: {r.seed: {"run_id": r.id, **{m: metric_value(r, m) for m in METRICS}} for r in g.runs} for g in groups
+    }
+    varying = varying_hyperparameters(groups)
+    return Report(
+        tuple(groups),
+        varying,
+        excluded,
+        corrected(paired_comparisons(groups, metric, varying)),
+        metric,
+        best_per_arch(groups, metric),
+        per_seed,
+        repeats=repeats,
+    )
+
+
+def corrected(comparisons: list[Comparison]) -> tuple[Comparison, ...]:
+    """The comparisons with Holm-adjusted p-values, the family being every comparison reported."""
+    tests = with_holm([c.test for c in comparisons])
+    return tuple(replace(c, test=t) for c, t in zip(comparisons, tests))

@@ -1,0 +1,107 @@
+"""Pivots (`bnrun report --by OPTION`): one option's values as columns, the configurations without
+it as rows; each cell the completed trials' mean ± std and how many diverged."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from bnrun.analysis.grouping import (
+    BN_ORDER,
+    HYPERPARAMETERS,
+    IDENTITY,
+    PIVOT_FIELDS,
+    Comparison,
+    RunFilter,
+    build_report,
+    count_once,
+)
+from bnrun.analysis.metrics import HIGHER_IS_BETTER, digits, mean_std_text, metric_value, scaled_pair
+from bnrun.analysis.stats import Summary, summarize
+from bnrun.errors import UsageError
+from bnrun.store import RunRecord
+from bnrun.store.storage import OUTCOMES
+
+
+@dataclass(frozen=True)
+class Cell:
+    summary: Summary  # of the completed trials
+    diverged: int
+    ended: int  # completed + diverged: the trials that ran to an outcome
+    run_ids: tuple[int, ...]
+
+    def value_text(self, metric: str, pm: str = "±") -> str:
+        mean, std = scaled_pair(self.summary.mean, self.summary.std, metric)
+        return "" if mean is None else mean_std_text(mean, std, digits(metric), pm)
+
+    def flag_text(self) -> str:
+        return f"diverged {self.diverged}/{self.ended}" if self.diverged else ""
+
+    def text(self, metric: str) -> str:
+        return " · ".join(p for p in (self.value_text(metric), self.flag_text()) if p) or "—"
+
+
+@dataclass(frozen=True)
+class PivotRow:
+    labels: dict  # the row's identity: arch, bn, bn_impl, fused and any other varying option
+    cells: dict  # column value -> Cell
+    best: object | None  # the column value with the best mean in this row
+
+
+@dataclass(frozen=True)
+class Pivot:
+    by: str
+    metric: str
+    columns: tuple  # the option's values, ascending
+    row_fields: tuple[str, ...]
+    rows: tuple[PivotRow, ...]
+    comparisons: tuple[Comparison, ...]  # within each column (same option value), Holm-corrected
+
+
+def pivot_row_fields(runs: list[RunRecord], by: str) -> tuple[str, ...]:
+    """arch, bn and bn_impl, then whatever else varies among the runs (fused, other options)."""
+    def varies(name: str) -> bool:
+        return len({getattr(r, name) for r in runs}) > 1
+    shown = tuple(name for name in ("arch", "bn", "bn_impl") if name != by)
+    return shown + tuple(name for name in ("fused",) + HYPERPARAMETERS if name != by and varies(name))
+
+
+def build_pivot(
+    runs: list[RunRecord], by: str, metric: str = "test_acc_population", run_filter: RunFilter = RunFilter()
+) -> Pivot:
+    """Trials that ran to an outcome, rows = configuration without `by`, columns = `by`'s values."""
+    if by not in PIVOT_FIELDS:
+        raise UsageError(f"--by: unknown option {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
+    selected, _ = count_once([run for run in runs if run_filter.accepts(run) and run.status in OUTCOMES])
+    row_fields = pivot_row_fields(selected, by)
+    table: dict[tuple, dict[object, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+    for run in selected:
+        table[tuple(getattr(run, name) for name in row_fields)][getattr(run, by)].append(run)
+    columns = tuple(sorted({getattr(run, by) for run in selected}, key=lambda v: (v is None, v)))
+    rows = [pivot_row(dict(zip(row_fields, key)), cells, metric) for key, cells in table.items()]
+    rows.sort(key=lambda row: pivot_sort_key(row.labels))
+    comparisons = build_report(runs, metric, run_filter).comparisons
+    return Pivot(by, metric, columns, row_fields, tuple(rows), comparisons)
+
+
+def pivot_sort_key(labels: dict) -> tuple:
+    return (
+        labels.get("arch", ""),
+        BN_ORDER.get(labels.get("bn"), 9),
+        labels.get("bn_impl") != "custom",
+        bool(labels.get("fused")),
+        tuple(str(v) for k, v in labels.items() if k not in IDENTITY),
+    )
+
+
+def pivot_row(labels: dict, runs_by_value: dict, metric: str) -> PivotRow:
+    cells = {}
+    for value, members in runs_by_value.items():
+        completed = [r for r in members if r.status == "completed"]
+        values = [v for r in completed if (v := metric_value(r, metric)) is not None]
+        cells[value] = Cell(
+            summarize(values), len(members) - len(completed), len(members), tuple(r.id for r in members)
+        )
+    sign = 1 if metric in HIGHER_IS_BETTER else -1
+    scored = [(sign * c.summary.mean, value) for value, c in cells.items() if c.summary.mean is not None]
+    return PivotRow(labels, cells, max(scored, key=lambda pair: pair[0])[1] if scored else None)

@@ -1,0 +1,53 @@
+"""What a report or a figure asks of the store, answered: the report (with its diagnostics
+summaries and the runs' epochs), the pivot, the batch-statistics rows. "Nothing matched" is
+`NothingMatched`, never a value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from bnrun.analysis.diagnostic_summaries import batch_stat_rows, diagnostic_summaries
+from bnrun.analysis.grouping import Report, RunFilter, build_report
+from bnrun.analysis.pivots import Pivot, build_pivot
+from bnrun.errors import NothingMatched
+from bnrun.store import EpochRecord, Store
+
+NOTHING_MATCHED = "no completed trials match; run some first, e.g.: bnrun train --arch mlp,cnn --bn pre,post --seeds 3"
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    """What to report: the headline metric, which trials, how many seeds a group should have, and
+    optionally the option whose values become columns (a pivot)."""
+
+    metric: str = "test_acc_population"
+    run_filter: RunFilter = RunFilter()
+    expected_seeds: int | None = None
+    by: str | None = None
+
+
+def report_of(store: Store, request: ReportRequest) -> tuple[Report, dict[int, list[EpochRecord]]]:
+    """The report, with diagnostics summaries where its runs have them, and its runs' epochs."""
+    result = build_report(store.list_runs(), request.metric, request.run_filter, request.expected_seeds)
+    if not result.groups:
+        raise NothingMatched(NOTHING_MATCHED)
+    run_ids = [r.id for g in result.groups for r in g.runs]
+    epochs = store.epochs_by_run(run_ids)
+    if any(r.diagnostics for g in result.groups for r in g.runs):
+        result = replace(
+            result, diagnostics=diagnostic_summaries(result.groups, store.diagnostics_by_run(run_ids), epochs)
+        )
+    return result, epochs
+
+
+def pivot_of(store: Store, request: ReportRequest) -> Pivot:
+    pivot = build_pivot(store.list_runs(), request.by, request.metric, request.run_filter)
+    if not pivot.rows:
+        raise NothingMatched(NOTHING_MATCHED)
+    return pivot
+
+
+def batch_stats_of(store: Store, report: Report) -> list[tuple[str, dict[int, list[float]]]]:
+    """Per group of the report: {batch size: [test accuracy per run]} (bnrun eval --batch-stats)."""
+    evaluations = {run.id: store.evaluations(run.id) for group in report.groups for run in group.runs}
+    return batch_stat_rows(report.groups, evaluations)

@@ -1,0 +1,131 @@
+"""The report's and the pivot's texts, shared by every format: columns, cells (percent for
+accuracies, digits per metric), footnotes and the paired comparisons' lines."""
+
+from __future__ import annotations
+
+from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
+from bnrun.analysis.grouping import Comparison, Group, Report
+from bnrun.analysis.metrics import METRICS, digits, mean_std_text, scaled_pair
+from bnrun.analysis.pivots import Pivot, PivotRow
+from bnrun.analysis.stats import MIN_TRIALS, Summary
+from bnrun.config import impl_label
+
+COLUMNS = ("test_acc_population", "test_acc_running", "best_val_acc", "train_loss", "seconds_per_epoch")
+PLACEMENT_NAMES = {"pre": "pre: g(BN(f(x)))", "post": "post: BN(g(f(x)))", "none": "none"}
+LABEL_COLUMNS = ("arch", "BN", "impl")  # the report's left-aligned columns
+
+
+def columns(report: Report) -> tuple[str, ...]:
+    return (report.metric,) + tuple(c for c in COLUMNS if c != report.metric)
+
+
+def summary_text(summary: Summary, metric: str, pm: str = "±") -> str | None:
+    """The summary in the metric's unit and digits; None when it has no mean."""
+    mean, std = scaled_pair(summary.mean, summary.std, metric)
+    return None if mean is None else mean_std_text(mean, std, digits(metric), pm)
+
+
+def plain_cell(summary: Summary, metric: str) -> str:
+    text = summary_text(summary, metric)
+    return "—" if text is None else text
+
+
+def seeds_cell(group: Group) -> str:
+    text = f"{len(group.runs)}/{group.expected_seeds}"
+    return text + (f" (+{group.in_progress} running)" if group.in_progress else "")
+
+
+def impl_name(group: Group) -> str:
+    return "—" if group.value("bn") == "none" else impl_label(group.value("bn_impl"), group.value("fused"))
+
+
+def header_names(report: Report) -> list[str]:
+    return ["arch", "BN", "impl", *report.varying, "seeds", *(METRICS[c] for c in columns(report))]
+
+
+def row_values(report: Report, group: Group) -> list[str]:
+    return [group.value("arch"), group.value("bn"), impl_name(group), *(str(group.value(v)) for v in report.varying),
+            seeds_cell(group), *(plain_cell(group.stats[c], c) for c in columns(report))]
+
+
+def is_best(report: Report, group: Group) -> bool:
+    return report.best.get(group.value("arch")) == group.key
+
+
+def footnotes(report: Report) -> list[str]:
+    notes = [f"mean ± sample std (n−1) over seeds; headline: {METRICS[report.metric]}"]
+    if report.excluded:
+        notes.append(
+            "left out (not completed): " + ", ".join(f"{n} {status}" for status, n in sorted(report.excluded.items()))
+        )
+    if report.repeats:
+        notes.append(
+            f"runs {', '.join(map(str, report.repeats))} repeat a (configuration, seed) that a later run holds: "
+            "each seed is counted once, by its latest run"
+        )
+    small = [g.label() for g in report.groups if len(g.runs) < MIN_TRIALS]
+    if small:
+        notes.append(f"fewer than {MIN_TRIALS} completed trials: " + "; ".join(small))
+    return notes
+
+
+def comparison_lines(comparisons: tuple[Comparison, ...]) -> list[str]:
+    lines = []
+    for c in comparisons:
+        mean, std = scaled_pair(c.test.mean_diff, c.test.std_diff, c.metric)
+        if mean is None:
+            continue
+        spread = f" ± {std:.2f}" if std is not None else ""
+        setting = f" at {c.setting}" if c.setting else ""
+        lines.append(
+            f"{c.a} − {c.b}{setting}: {mean:+.2f}{spread}{interval_text(c)} ({METRICS[c.metric]}, "
+            f"paired by seed; {c.test.verdict()})"
+        )
+    return lines
+
+
+def comparisons_heading(comparisons: tuple[Comparison, ...]) -> str:
+    return (
+        f"paired comparisons (same seed = same initial weights and batch order; 95% CI of the mean difference; "
+        f"p-values Holm–Bonferroni corrected over all {len(comparisons)} comparisons):"
+    )
+
+
+def interval_text(c: Comparison) -> str:
+    low, high = scaled_pair(c.test.ci_low, c.test.ci_high, c.metric)
+    return "" if low is None else f", 95% CI [{low:+.2f}, {high:+.2f}]"
+
+
+def diagnostic_cells(report: Report, group: Group) -> list[str]:
+    summaries = report.diagnostics.get(group.key, {})
+    cells = []
+    for name in DIAGNOSTIC_SUMMARIES:
+        s = summaries.get(name)
+        cells.append(
+            "—" if s is None or s.mean is None else f"{s.mean:.3g}" + ("" if s.std is None else f" ± {s.std:.2g}")
+        )
+    return cells
+
+
+def diagnostic_rows(report: Report) -> list[list[str]]:
+    """One row per group with diagnostics: its label, then DIAGNOSTIC_SUMMARIES' cells."""
+    return [[g.label(), *diagnostic_cells(report, g)] for g in report.groups if g.key in report.diagnostics]
+
+
+def pivot_header(pivot: Pivot) -> list[str]:
+    return [*pivot.row_fields, *(f"{pivot.by}={value}" for value in pivot.columns)]
+
+
+def pivot_label_values(pivot: Pivot, row: PivotRow) -> list[str]:
+    return [str(row.labels[name]) for name in pivot.row_fields]
+
+
+def pivot_cells(pivot: Pivot, row: PivotRow) -> list[str]:
+    return [row.cells[v].text(pivot.metric) if v in row.cells else "" for v in pivot.columns]
+
+
+def pivot_notes(pivot: Pivot) -> list[str]:
+    return [
+        f"{METRICS[pivot.metric]} by {pivot.by}: mean ± sample std over seeds of the completed trials; "
+        f"'diverged k/n': k of the n trials that ran to an outcome diverged (they are not in the mean)"
+    ]

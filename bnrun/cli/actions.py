@@ -1,0 +1,161 @@
+"""What each CLI command does once its options are parsed: open the store, delegate to the layer
+below, hand back what the command prints. Opening the store tells stderr what it changed."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+
+from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
+from bnrun.cli.options import PlotRequest, RunListFilter, require
+from bnrun.config import SweepConfig
+from bnrun.store import EpochRecord, RunRecord, Store
+
+stderr = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def open_store(db: str | None, read_only: bool = False) -> Iterator[Store]:
+    """The store, after telling stderr what opening it changed (created, upgraded, runs reaped).
+    `read_only` stores are never created, migrated, reaped or written."""
+    store = Store(db, read_only=read_only)
+    if store.migration is not None:
+        notice(store.migration.describe(store.name))
+    if store.reaped:
+        notice(f"marked runs {', '.join(map(str, store.reaped))} failed: their process ended without finishing")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def notice(message: str) -> None:
+    stderr.print(f"bnrun: {message}", highlight=False, markup=False, soft_wrap=True)
+
+
+def train(sweep: SweepConfig, db: str | None, ray_options=None):
+    from bnrun.run.progress import RichReporter
+    from bnrun.run.sweep import run_sweep
+    from bnrun.training.data import check_available
+    from bnrun.training.hardware import trains_on_cpu
+
+    check_available(sweep.data_dir)  # before any row is written
+    with open_store(db) as store:
+        if any(config.fused for config in sweep.configs()) and trains_on_cpu(sweep.base.device) and ray_options is None:
+            prepare_fused_kernel()
+        if ray_options is None:
+            return run_sweep(sweep, store, RichReporter())
+        from bnrun.run.ray_executor import run_sweep_on_ray
+
+        return run_sweep_on_ray(sweep, store, RichReporter(), ray_options)
+
+
+def prepare_fused_kernel() -> None:
+    """Build (first time on this machine) and load the C++ kernel before any trial starts, so the
+    wait is announced and stays out of the first trial's epoch timings."""
+    from bnrun.nn import fused
+
+    if not fused.cpu_kernel_built():
+        notice("building the fused batch-norm kernel (once per machine, ~25 s)")
+    fused.cpu_kernel()
+
+
+def evaluate_stored(db: str | None, run_id: int, data_dir: Path | None, device: str, batch_sizes: tuple[int, ...] = ()):
+    from bnrun.run.reevaluation import evaluate_run
+
+    with open_store(db) as store:
+        return evaluate_run(store, run_id, data_dir, device, batch_sizes)
+
+
+def reproduce_stored(db: str | None, run_id: int, scratch: Path | None, data_dir: Path | None):
+    """Retrain a stored trial into a scratch store; the original store is opened read-only."""
+    from bnrun.run.progress import RichReporter
+    from bnrun.run.reproduction import reproduce_run
+    from bnrun.training.data import check_available
+
+    require(
+        scratch is None or not scratch.exists(),
+        f"--scratch {scratch} exists; give a new path (the reproduced run is kept there)",
+    )
+    require(
+        scratch is None or scratch.parent.is_dir(),
+        f"--scratch: directory {scratch.parent if scratch else ''} does not exist",
+    )
+    with open_store(db, read_only=True) as store:
+        store.get_run(run_id)  # an unknown id fails before the data are touched
+        check_available(data_dir)
+        return reproduce_run(store, run_id, data_dir, RichReporter(), scratch)
+
+
+def list_runs(db: str | None, filters: RunListFilter) -> tuple[list[RunRecord], set[int]]:
+    """The runs, and the ids of `running` ones whose process is gone (reaped by the next writing command)."""
+    with open_store(db, read_only=True) as store:
+        runs = store.list_runs(archs=filters.archs, placements=filters.placements, statuses=filters.statuses)
+        return runs, store.orphan_ids()
+
+
+def show_run(db: str | None, run_id: int) -> tuple[RunRecord, list[EpochRecord], list]:
+    with open_store(db, read_only=True) as store:
+        return store.get_run(run_id), store.epochs(run_id), store.diagnostics_by_run([run_id])[run_id]
+
+
+def report(db: str | None, request: ReportRequest, fmt: str, standalone: bool = False):
+    """A rich renderable (table format) or text; NothingMatched when no trial matches."""
+    from bnrun.analysis.rendering import render
+
+    with open_store(db, read_only=True) as store:
+        content = pivot_of(store, request) if request.by else report_of(store, request)[0]
+    return render(content, fmt, standalone)
+
+
+def plot(db: str | None, request: PlotRequest) -> Path:
+    """Learning curves; or the metric against option `x`; or one diagnostic: the PNG written."""
+    from bnrun.analysis import figures
+    from bnrun.analysis.metrics import METRICS, scale
+
+    metric = request.report.metric
+    with open_store(db, read_only=True) as store:
+        if request.x:
+            pivot = pivot_of(store, request.report)
+            return figures.plot_against_option(pivot, request.output, METRICS[metric], scale(metric))
+        result, epochs = report_of(store, request.report)
+        groups = list(result.groups)
+        if request.diagnostic == "batch_stats":
+            return figures.plot_batch_stats(batch_stats_of(store, result), request.output)
+        if request.diagnostic:
+            diagnostics = store.diagnostics_by_run([r.id for g in groups for r in g.runs])
+            return figures.plot_diagnostic(groups, diagnostics, epochs, request.diagnostic, request.output)
+    return figures.plot_learning_curves(groups, epochs, request.output)
+
+
+def sweep_summary(result) -> str:
+    parts = [
+        f"{len(result.completed)} completed",
+        f"{len(result.skipped)} skipped (already completed or diverged in the store)",
+    ]
+    if result.elsewhere:
+        parts.append(f"{len(result.elsewhere)} running elsewhere (runs {', '.join(map(str, result.elsewhere))})")
+    if result.diverged:
+        parts.append(f"{len(result.diverged)} diverged (runs {', '.join(map(str, result.diverged))})")
+    if result.failed:
+        parts.append(f"{len(result.failed)} failed (runs {', '.join(map(str, result.failed))})")
+    return "; ".join(parts)
+
+
+def emit(content, output: Path | None, console: Console) -> None:
+    """Text or a rich renderable, to `output` if given, else to the console."""
+    if output is None:
+        if isinstance(content, str):
+            console.file.write(content if content.endswith("\n") else content + "\n")
+        else:
+            console.print(content)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w") as handle:
+        if isinstance(content, str):
+            handle.write(content)
+        else:
+            Console(file=handle, width=160, color_system=None).print(content)

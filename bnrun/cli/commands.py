@@ -1,0 +1,334 @@
+"""The `bnrun` commands: each parses its options into a request, calls one action, prints.
+
+Results go to stdout; progress and errors go to stderr. Expected failures print one line and
+exit non-zero (2 for bad input, 1 when nothing matched or a trial failed, 130 for an interrupt);
+no command shows a traceback for them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from bnrun.cli.options import DEFAULTS, GridOptions
+from bnrun.config import DEFAULT_EPOCHS
+from bnrun.errors import BnrunError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Study a from-scratch Batch Norm on Fashion-MNIST: train, evaluate, report.")
+# Piped output (files, tests, CI logs) gets wide tables instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+GRID = GridOptions()  # the training options' defaults (TrainConfig's)
+LIST = "; a comma list makes a grid axis"
+PER_ARCH_EPOCHS = ", ".join(f"{arch} {epochs}" for arch, epochs in DEFAULT_EPOCHS.items())
+
+
+def option(help_text: str, *names: str, **settings) -> typer.models.OptionInfo:
+    return typer.Option(*names, help=help_text, **settings)
+
+
+DbOption = Annotated[
+    Optional[str], option("Store: a SQLite path or SQLAlchemy URL (env BNRUN_DB; default ./bnrun.db).", "--db")
+]
+DataDirOption = Annotated[
+    Optional[Path],
+    option("Where Fashion-MNIST lives or goes (env BNRUN_DATA_DIR; default ~/.cache/bnrun/data).", "--data-dir"),
+]
+WhereOption = Annotated[
+    Optional[list[str]], option("Filter: OPTION=VALUE, e.g. epochs=10 or batch_size=128 (repeatable).", "--where")
+]
+ArchFilter = Annotated[Optional[str], option("Filter: comma list of archs.")]
+BnFilter = Annotated[Optional[str], option("Filter: comma list of placements.")]
+ImplFilter = Annotated[Optional[str], option("Filter: custom, torch.")]
+RunIdFilter = Annotated[Optional[str], option("Filter: ids and ranges, e.g. 1-12,15.", "--run-id")]
+SinceFilter = Annotated[Optional[str], option("Filter: trials started on/after this date (YYYY-MM-DD[THH:MM]).")]
+
+
+def friendly_errors(command):
+    """Turn bnrun's expected failures and Ctrl-C into one stderr line and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except BnrunError as error:
+            err.print(f"bnrun: error: {error}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("bnrun: interrupted", highlight=False)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@friendly_errors
+def train(
+    arch: Annotated[str, option("mlp or cnn" + LIST + " (mlp,cnn).")] = GRID.arch,
+    bn: Annotated[str, option("BN placement: none, pre = g(BN(f(x))), post = BN(g(f(x)))" + LIST + ".")] = GRID.bn,
+    bn_impl: Annotated[str, option("custom (bnrun.nn) or torch (reference baseline)" + LIST + ".")] = GRID.bn_impl,
+    seeds: Annotated[Optional[int], option("Run seeds 0..N-1.")] = None,
+    seed: Annotated[Optional[list[int]], option("An explicit seed (repeatable).")] = None,
+    epochs: Annotated[Optional[str], option(f"Epochs (default: {PER_ARCH_EPOCHS})" + LIST + ".")] = GRID.epochs,
+    batch_size: Annotated[str, option("Mini-batch size" + LIST + ".")] = GRID.batch_size,
+    lr: Annotated[str, option("Peak learning rate" + LIST + " (0.01,0.1,1).")] = GRID.lr,
+    momentum: Annotated[str, option("SGD momentum (Nesterov)" + LIST + ".")] = GRID.momentum,
+    weight_decay: Annotated[str, option("Weight decay" + LIST + ".")] = GRID.weight_decay,
+    optimizer: Annotated[str, option("sgd or adam" + LIST + ".")] = GRID.optimizer,
+    schedule: Annotated[str, option("onecycle, cosine or constant" + LIST + ".")] = GRID.schedule,
+    augment: Annotated[bool, option("Random horizontal flips.")] = DEFAULTS.augment,
+    train_subset: Annotated[
+        Optional[str], option("Use only the first N training images" + LIST + ".")
+    ] = GRID.train_subset,
+    depth: Annotated[
+        Optional[str],
+        option("Hidden blocks (default: the assignment's model, MLP 256-128, CNN 2 conv blocks)" + LIST + "."),
+    ] = GRID.depth,
+    width: Annotated[
+        Optional[str],
+        option("MLP hidden width (default 128 with --depth) or CNN base channels (default 32)" + LIST + "."),
+    ] = GRID.width,
+    dropout: Annotated[str, option("Dropout rate after each hidden block" + LIST + ".")] = GRID.dropout,
+    precision: Annotated[
+        str, option("fp32, or bf16 (autocast; needs AVX512-BF16/AMX or a bf16 GPU)" + LIST + ".")
+    ] = GRID.precision,
+    fused: Annotated[
+        Optional[bool],
+        option(
+            "The custom BN's fused fast path (C++ kernel on CPU, torch.compile on GPU). Default: on.",
+            "--fused/--no-fused",
+            show_default=False,
+        ),
+    ] = None,
+    channels_last: Annotated[
+        Optional[bool],
+        option(
+            "The CNN in channels_last (NHWC) memory order. Default: on.",
+            "--channels-last/--no-channels-last",
+            show_default=False,
+        ),
+    ] = None,
+    diagnostics: Annotated[
+        bool,
+        option(
+            "Also record batch-norm diagnostics: one-step loss ratio at init, gradient norms, BN input moments, "
+            "train/test-mode gap, smoothness probes."
+        ),
+    ] = False,
+    checkpoint: Annotated[
+        bool,
+        option(
+            "Keep each completed trial's weights in the store (eval and reproduce need them); "
+            "a large sweep may go without."
+        ),
+    ] = True,
+    device: Annotated[str, option("auto, cpu or cuda.")] = "auto",
+    force: Annotated[bool, option("Rerun trials already completed in the store.")] = False,
+    executor: Annotated[
+        str, option("local (one trial after another, here) or ray (one Ray task per trial).")
+    ] = "local",
+    ray_address: Annotated[
+        Optional[str], option("Ray cluster to join, e.g. auto or 10.0.0.5:6379 (default: start a local one).")
+    ] = None,
+    cpus_per_trial: Annotated[float, option("Ray: CPUs each trial reserves (also its torch thread count).")] = 1.0,
+    gpus_per_trial: Annotated[float, option("Ray: GPUs each trial reserves.")] = 0.0,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Train the grid of every listed option's values × seeds; each trial becomes a row in the store."""
+    from bnrun.cli import actions, options
+
+    grid = GridOptions(
+        arch=arch,
+        bn=bn,
+        bn_impl=bn_impl,
+        precision=precision,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        optimizer=optimizer,
+        schedule=schedule,
+        train_subset=train_subset,
+        depth=depth,
+        width=width,
+        dropout=dropout,
+    )
+    sweep = options.build_sweep(
+        grid,
+        seeds=seeds,
+        explicit_seeds=seed or [],
+        augment=augment,
+        fused=fused,
+        channels_last=channels_last,
+        device=device,
+        force=force,
+        data_dir=data_dir,
+        diagnostics=diagnostics,
+        checkpoint=checkpoint,
+    )
+    result = actions.train(sweep, db, options.executor_options(executor, ray_address, cpus_per_trial, gpus_per_trial))
+    out.print(actions.sweep_summary(result))
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+@friendly_errors
+def eval_(
+    run_id: Annotated[int, option("The run to evaluate.", "--run-id")],
+    device: Annotated[str, option("auto, cpu or cuda.")] = "cpu",
+    batch_stats: Annotated[
+        Optional[str],
+        option(
+            "Also predict with the statistics of each test batch of these sizes (comma list, each ≥ 2), e.g. "
+            "2,8,32,128."
+        ),
+    ] = None,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Re-evaluate a stored trial (validation and test, running and population statistics, optionally batch
+    statistics)."""
+    from bnrun.cli import actions, views
+    from bnrun.cli.options import parse_numbers
+
+    sizes = parse_numbers(batch_stats, int, "--batch-stats", 2) if batch_stats else ()
+    out.print(views.evaluation_table(actions.evaluate_stored(db, run_id, data_dir, device, sizes)))
+
+
+@app.command()
+@friendly_errors
+def runs(
+    arch: ArchFilter = None,
+    bn: BnFilter = None,
+    status: Annotated[Optional[str], option("Filter: comma list of statuses.")] = None,
+    db: DbOption = None,
+) -> None:
+    """List the trials in the store."""
+    from bnrun.cli import actions, views
+    from bnrun.cli.options import run_list_filter
+
+    out.print(views.runs_table(*actions.list_runs(db, run_list_filter(arch, bn, status))))
+
+
+@app.command()
+@friendly_errors
+def show(run_id: Annotated[int, typer.Argument(help="The run id.")], db: DbOption = None) -> None:
+    """One trial: configuration, final metrics and the per-epoch table."""
+    from bnrun.cli import actions, views
+
+    run, epochs, diagnostics = actions.show_run(db, run_id)
+    out.print(views.run_table(run))
+    out.print(views.epochs_table(epochs))
+    for table in views.diagnostics_tables(diagnostics, epochs):
+        out.print(table)
+
+
+@app.command()
+@friendly_errors
+def reproduce(
+    run_id: Annotated[int, typer.Argument(help="The stored run to train again.")],
+    scratch: Annotated[
+        Optional[Path], option("Keep the reproduced run in this new store (default: a temporary one).")
+    ] = None,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Train a stored trial again from its configuration and seed (the store is only read) and compare: exit 0 if
+    bit-identical, 1 if not."""
+    from bnrun.cli import actions, views
+
+    result = actions.reproduce_stored(db, run_id, scratch, data_dir)
+    out.print("\n".join(views.reproduction_lines(result)), highlight=False, markup=False)
+    if not result.identical:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def report(
+    fmt: Annotated[str, option("table, latex, markdown, csv or json.", "--format")] = "table",
+    output: Annotated[Optional[Path], option("Write to this file instead of stdout.")] = None,
+    standalone: Annotated[bool, option("LaTeX: a complete compilable document.")] = False,
+    metric: Annotated[
+        str,
+        option(
+            "Headline column: test_acc_population, test_acc_running, best_val_acc, val_acc, train_loss, "
+            "seconds_per_epoch."
+        ),
+    ] = "test_acc_population",
+    arch: ArchFilter = None,
+    bn: BnFilter = None,
+    bn_impl: ImplFilter = None,
+    run_id: RunIdFilter = None,
+    since: SinceFilter = None,
+    where: WhereOption = None,
+    seeds: Annotated[
+        Optional[int], option("Seeds each group should have (default: what its sweep asked for, else 3).")
+    ] = None,
+    by: Annotated[
+        Optional[str],
+        option(
+            "Pivot: this option's values as columns (lr, batch_size, epochs, ...), placements as rows; "
+            "diverged trials counted."
+        ),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Mean ± std across seeds per configuration, paired comparisons (95% CI, Holm-corrected), in five formats."""
+    from bnrun.cli import actions
+    from bnrun.cli.options import FilterOptions, report_format, report_request
+
+    fmt = report_format(fmt)
+    filters = FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ()))
+    content = actions.report(db, report_request(filters, metric, seeds, by), fmt, standalone)
+    actions.emit(content, output, out)
+
+
+@app.command()
+@friendly_errors
+def plot(
+    output: Annotated[Path, option("PNG file to write.")] = Path("learning_curves.png"),
+    arch: ArchFilter = None,
+    bn: BnFilter = None,
+    bn_impl: ImplFilter = None,
+    metric: Annotated[str, option("The metric for --x (as in report).")] = "test_acc_population",
+    run_id: RunIdFilter = None,
+    since: SinceFilter = None,
+    where: WhereOption = None,
+    x: Annotated[
+        Optional[str],
+        option(
+            "Plot the metric against this option (lr, batch_size, ...), one line per placement; diverged trials "
+            "marked.",
+            "--x",
+        ),
+    ] = None,
+    diagnostic: Annotated[
+        Optional[str],
+        option(
+            "Plot a diagnostic instead: loss_ratio, mode_gap, smoothness, grad_norm (train --diagnostics) "
+            "or batch_stats (eval --batch-stats)."
+        ),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Learning curves with ±std bands (default), the metric against an option (--x), or a diagnostic, as a PNG."""
+    from bnrun.cli import actions
+    from bnrun.cli.options import FilterOptions, plot_request
+
+    filters = FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ()))
+    written = actions.plot(db, plot_request(filters, metric, output, x, diagnostic))
+    err.print(f"wrote {written}", highlight=False)
+
+
+def main() -> None:
+    app()

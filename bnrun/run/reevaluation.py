@@ -1,0 +1,61 @@
+"""`bnrun eval`: rebuild a stored trial from its configuration and checkpoint and evaluate it
+in prediction mode, with the running averages and with the population statistics, and, when
+asked, with the statistics of each test batch of given sizes (Wu & Johnson 2021), under the
+trial's precision; the evaluation is stored beside the trial."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import bnrun
+from bnrun.store import EvaluationRecord, RunRecord, Store
+from bnrun.training.checkpoint import load_population, rebuild_model
+from bnrun.training.data import load
+from bnrun.training.evaluation import evaluate_split, evaluate_with_batch_statistics
+from bnrun.training.hardware import resolve_device
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    run: RunRecord
+    evaluation: EvaluationRecord
+
+
+def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device: str = "cpu",
+                 batch_sizes: tuple[int, ...] = ()) -> EvalResult:
+    run = store.get_run(run_id)
+    blob = store.load_checkpoint(run_id)
+    model, population = rebuild_model(run, blob)
+    device = resolve_device(device)
+    dataset = load(data_dir, run.train_subset)
+    model.to(device)
+    precision = run.precision
+    _, val_running = evaluate_split(model, dataset.val, device, precision)
+    test_loss_running, test_acc_running = evaluate_split(model, dataset.test, device, precision)
+    load_population(model, population)
+    _, val_population = evaluate_split(model, dataset.val, device, precision)
+    test_loss_population, test_acc_population = evaluate_split(model, dataset.test, device, precision)
+    batch_stats = {
+        size: evaluate_with_batch_statistics(model, dataset.test, size, device, precision) for size in batch_sizes
+    }
+    matches = test_acc_population == run.test_acc_population and test_acc_running == run.test_acc_running
+    evaluation = store.add_evaluation(
+        run_id,
+        dict(
+            device=device,
+            val_acc_running=val_running,
+            val_acc_population=val_population,
+            test_loss_running=test_loss_running,
+            test_acc_running=test_acc_running,
+            test_loss_population=test_loss_population,
+            test_acc_population=test_acc_population,
+            matches_stored=matches,
+            bnrun_version=bnrun.__version__,
+            batch_stats_json=json.dumps({str(size): list(values) for size, values in batch_stats.items()})
+            if batch_stats
+            else None,
+        ),
+    )
+    return EvalResult(run, evaluation)

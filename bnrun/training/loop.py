@@ -1,0 +1,164 @@
+"""Training one model: seed → weights and batch order, SGD (or Adam) under a one-cycle/cosine
+schedule, per-epoch validation in prediction mode (each epoch reported as it ends), then population
+statistics over the whole training set and the test set evaluated with both the running averages
+and the population statistics. `fit` knows no store: it reports through `Callbacks`.
+
+What runs a trial to an honest end (claims, heartbeat, signals) is `bnrun.run.trial`; what plans
+and dispatches a grid of them is `bnrun.run.sweep` (and `bnrun.run.ray_executor`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnrun.config import TrainConfig
+from bnrun.nn import recompute_population_statistics
+from bnrun.training.checkpoint import serialize_checkpoint
+from bnrun.training.data import FashionMNISTData, Split, consecutive_batches, shuffled_batches
+from bnrun.training.diagnostics import Diagnostics
+from bnrun.training.evaluation import EVAL_BATCH, evaluate_split
+from bnrun.training.models import bn_path, model_of
+from bnrun.training.precision import autocast, forward_logits
+from bnrun.training.results import DiagnosticRecord, EpochRecord, FinalMetrics, TrainingProgress
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """Where `fit` reports: each epoch as it ends (with the batch-norm path it took), the outcome
+    (final metrics and, when kept, the checkpoint), diagnostics records when probes are asked for,
+    and progress."""
+
+    epoch_ended: Callable[[EpochRecord, str | None], None]
+    completed: Callable[[FinalMetrics, bytes | None], None]
+    progress: TrainingProgress
+    diagnostics: Callable[[list[DiagnosticRecord]], None] | None = None  # None: no probes
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle" and total >= 4:
+        # at least two warm-up steps: OneCycleLR divides by the warm-up length minus one
+        warmup = max(0.25, 2.5 / total)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return n // batch_size + (1 if n % batch_size > 1 else 0)
+
+
+def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generator,
+                reporter: TrainingProgress) -> tuple[float, float, float]:
+    """One pass over the training split; returns (mean loss, accuracy, seconds in fwd/bwd/step)."""
+    model.train()
+    loss_sum, busy = 0.0, 0.0
+    outputs, targets = [], []  # scored once per epoch, not batch by batch
+    seen = 0
+    moves = torch.device(config.device).type != "cpu"  # batches are built on the CPU
+    for x, y in shuffled_batches(split, config.batch_size, generator, flip=config.augment):
+        if moves:
+            x, y = x.to(config.device, non_blocking=True), y.to(config.device, non_blocking=True)
+        start = time.perf_counter()
+        logits = forward_logits(model, x, config.precision, config.device)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        busy += time.perf_counter() - start
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise Diverged(f"training loss became {loss_value} at sample {seen + len(y)}")
+        loss_sum += loss_value * len(y)
+        seen += len(y)
+        outputs.append(logits.detach())
+        targets.append(y)
+        reporter.batch(loss_value)
+    correct = int((torch.cat(outputs).argmax(1) == torch.cat(targets)).sum())
+    return loss_sum / seen, correct / seen, busy
+
+
+def population_batches(split: Split, flip: bool, device: str):
+    """The training distribution (mirrors included when training flips), in order: population
+    statistics must describe what the network was trained on, not the un-augmented images."""
+    images = split.training_distribution(flip)
+    return lambda: (x.to(device) for x in consecutive_batches(images, EVAL_BATCH))
+
+
+def fit(config: TrainConfig, seed: int, dataset: FashionMNISTData, callbacks: Callbacks,
+        keep_checkpoint: bool = True) -> FinalMetrics:
+    """Train, report each epoch, then compute population statistics and the test metrics."""
+    torch.manual_seed(seed)
+    model = model_of(config).to(config.device)
+    probes = None
+    if callbacks.diagnostics is not None:
+        probes = Diagnostics(dataset, config.batch_size, config.device, callbacks.diagnostics, config.precision)
+        probes.at_initialization(model)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = make_optimizer(config, model)
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch(len(dataset.train), config.batch_size))
+    best_val = 0.0
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        callbacks.progress.epoch_started(epoch, config.epochs, steps_per_epoch(len(dataset.train), config.batch_size))
+        train_loss, train_acc, busy = train_epoch(model, optimizer, scheduler, dataset.train, config, generator,
+                                                  callbacks.progress)
+        val_loss, val_acc = evaluate_split(model, dataset.val, config.device, config.precision)
+        if not math.isfinite(val_loss):  # e.g. running statistics overflowed while the batch loss stayed finite
+            raise Diverged(f"validation loss became {val_loss} after epoch {epoch}")
+        best_val = max(best_val, val_acc)
+        record = EpochRecord(epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start, busy)
+        callbacks.epoch_ended(record, bn_path(model, config.bn, config.bn_impl))
+        if probes is not None:
+            probes.after_epoch(model, epoch)
+        callbacks.progress.epoch_finished(record)
+    metrics, checkpoint = finish(model, config, dataset, best_val, record, keep_checkpoint)
+    callbacks.completed(metrics, checkpoint)
+    return metrics
+
+
+def finish(model: nn.Module, config: TrainConfig, dataset: FashionMNISTData, best_val: float, last: EpochRecord,
+           keep_checkpoint: bool = True) -> tuple[FinalMetrics, bytes | None]:
+    """The final metrics (the test split with running averages, then with population statistics) and the checkpoint."""
+    test_loss_running, test_acc_running = evaluate_split(model, dataset.test, config.device, config.precision)
+    running_state = {k: v.clone() for k, v in model.state_dict().items()}
+    with autocast(config.precision, config.device):
+        batches = population_batches(dataset.train, config.augment, config.device)
+        population = recompute_population_statistics(model, batches)
+    test_loss_pop, test_acc_pop = evaluate_split(model, dataset.test, config.device, config.precision)
+    train_loss_pop, train_acc_pop = evaluate_split(model, dataset.train, config.device, config.precision)
+    metrics = FinalMetrics(
+        last.train_loss,
+        last.train_acc,
+        last.val_acc,
+        best_val,
+        test_loss_running,
+        test_acc_running,
+        test_loss_pop,
+        test_acc_pop,
+        train_loss_pop,
+        train_acc_pop,
+    )
+    checkpoint = serialize_checkpoint(model, running_state, population, config) if keep_checkpoint else None
+    return metrics, checkpoint
