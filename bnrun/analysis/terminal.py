@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Group as RichGroup
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -21,15 +21,15 @@ def table(title: str, header: list[str], left: tuple[str, ...]) -> Table:
     return result
 
 
-def with_notes(body: Table, notes: list[str], comparisons: tuple[Comparison, ...], *extra: Table) -> RichGroup:
+def with_notes(body: Table, notes: list[str], comparisons: tuple[Comparison, ...], *extra: Table) -> Group:
     """The table, its footnotes (dim), the paired comparisons, then any further tables."""
     lines = [Text(texts.comparisons_heading(comparisons), style="bold")]
     compared = texts.comparison_lines(comparisons)
     lines += [Text("  " + line) for line in compared] or [Text("  none (need matching groups)")]
-    return RichGroup(body, *(Text(line, style="dim") for line in notes), *lines, *extra)
+    return Group(body, *(Text(line, style="dim") for line in notes), *lines, *extra)
 
 
-def report_table(report: Report) -> RichGroup:
+def report_table(report: Report) -> Group:
     body = table("bnrun report", texts.header_names(report), texts.LABEL_COLUMNS)
     for group in report.groups:
         values = texts.row_values(report, group)
@@ -51,7 +51,7 @@ def diagnostics_table(report: Report) -> Table:
     return body
 
 
-def pivot_table(pivot: Pivot) -> RichGroup:
+def pivot_table(pivot: Pivot) -> Group:
     body = table(f"bnrun report by {pivot.by}", texts.pivot_header(pivot), pivot.row_fields)
     for row in pivot.rows:
         cells = [f"[bold green]{c}[/]" if v == row.best else (f"[magenta]{c}[/]" if "diverged" in c else c)
