@@ -6,8 +6,10 @@ measured in one run.
     python benchmarks/bn_layer.py            # full measurement
     python benchmarks/bn_layer.py --quick    # fewer repetitions
 
-Timings are interleaved (native, eager, fused, native, ...) and the median is reported, so a
-background load slows every variant alike instead of skewing the ratios.
+Timings are interleaved (native, eager, fused, native, ...): the table gives each variant's median
+time and, as the ratios, the median over rounds of each round's ratio to native (paired, so that a
+background load or this VM's drifts in speed slow every variant of a round alike instead of skewing
+the ratios). The header names the vector instruction set the fused kernel was built for.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import warnings
 import torch
 
 import bnrun.nn as bnn
+from bnrun.nn import fused
 
 SHAPES = [(128, 32, 28, 28), (128, 64, 14, 14), (128, 256), (128, 128)]
 CASES = [(dtype, layout) for dtype in (torch.float32, torch.bfloat16) for layout in ("nchw", "channels_last")]
@@ -46,7 +49,8 @@ def time_once(layer, x, upstream, inner: int) -> float:
     return (time.perf_counter() - start) / inner
 
 
-def measure(shape, dtype, layout: str, repeats: int, inner: int) -> dict[str, float]:
+def measure(shape, dtype, layout: str, repeats: int, inner: int) -> dict[str, list[float]]:
+    """Seconds per step of each variant, one sample per round."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format).requires_grad_(True)
@@ -59,7 +63,11 @@ def measure(shape, dtype, layout: str, repeats: int, inner: int) -> dict[str, fl
     for _ in range(repeats):
         for name, layer in layers.items():
             samples[name].append(time_once(layer, x, upstream, inner))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def paired_ratio(samples: dict[str, list[float]], name: str) -> float:
+    return statistics.median(a / b for a, b in zip(samples[name], samples["native"]))
 
 
 def main() -> None:
@@ -68,17 +76,19 @@ def main() -> None:
     args = parser.parse_args()
     repeats, inner = (5, 3) if args.quick else (15, 5)
     warnings.simplefilter("always")
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"fused kernel built for {fused.kernel_isa()}")
     print("| shape | dtype | layout | native ms | custom eager ms | custom fused ms | eager / native | fused / native |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for dtype, layout in CASES:
         for shape in SHAPES:
             if layout == "channels_last" and len(shape) != 4:
                 continue
-            t = measure(shape, dtype, layout, repeats, inner)
-            print(f"| {tuple(shape)} | {str(dtype).removeprefix('torch.')} | {layout} | {t['native'] * 1e3:.3f} | "
-                  f"{t['eager'] * 1e3:.3f} | {t['fused'] * 1e3:.3f} | {t['eager'] / t['native']:.2f}× | "
-                  f"{t['fused'] / t['native']:.2f}× |", flush=True)
+            samples = measure(shape, dtype, layout, repeats, inner)
+            t = {name: statistics.median(values) * 1e3 for name, values in samples.items()}
+            print(f"| {tuple(shape)} | {str(dtype).removeprefix('torch.')} | {layout} | {t['native']:.3f} | "
+                  f"{t['eager']:.3f} | {t['fused']:.3f} | {paired_ratio(samples, 'eager'):.2f}× | "
+                  f"{paired_ratio(samples, 'fused'):.2f}× |", flush=True)
 
 
 if __name__ == "__main__":

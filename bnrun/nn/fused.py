@@ -5,13 +5,14 @@ call; prediction mode and the per-batch moments of population statistics as one 
 On CPU (float32/float64, and bfloat16/float16 activations with float32 statistics and parameters;
 contiguous or channels_last) it is `csrc/bn_cpu.cpp`: the statistics, normalization, affine step,
 running-statistics update and the hand-derived backward written as C++ loops, with the autograd
-node in C++ too, so a layer costs a few passes over memory and no Python per tensor op. It is
-built once per machine by `torch.utils.cpp_extension` (about 25 s; cached under
-`~/.cache/torch_extensions`) and loaded once per process. On other devices (CUDA) the eager
-training step is compiled by torch.compile instead. Where either build is unavailable (no C++
-compiler, no ninja, an unsupported platform), or the kernel cannot serve an input (say float32
-statistics with float64 input), it warns once per process and reason and runs the eager path;
-`train_step` says which path ran (`PATHS`), and every trial records it.
+nodes (training and prediction mode) in C++ too, so a layer costs a few passes over memory and no
+Python per tensor op. It is built once per machine by `torch.utils.cpp_extension` (about 30 s;
+cached under `~/.cache/torch_extensions`) with the vector instructions of this CPU (`kernel_isa`:
+AVX-512 with or without its bfloat16 conversions, AVX2, or none) and loaded once per process. On
+other devices (CUDA) the eager training step is compiled by torch.compile instead. Where either
+build is unavailable (no C++ compiler, no ninja, an unsupported platform), or the kernel cannot
+serve an input (say float32 statistics with float64 input), it warns once per process and reason
+and runs the eager path; `train_step` says which path ran (`PATHS`), and every trial records it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from bnrun.nn.functional import batch_norm_eval, batch_norm_eval_coefficients, batch_norm_train_and_track
+from bnrun.nn.functional import batch_norm_eval, batch_norm_train_and_track
 
 CPU_SOURCE = Path(__file__).with_name("csrc") / "bn_cpu.cpp"
 FUSED_CPU, COMPILED, EAGER = "fused-cpu", "compiled", "eager"
@@ -66,11 +67,11 @@ def train_step(
 def eval_step(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
               relu: bool = False) -> Tensor:
     """Prediction mode (`functional.batch_norm_eval`, then ReLU when `relu`) as one pass of the
-    C++ kernel on CPU; the eager ops elsewhere or for input the kernel does not handle."""
+    C++ kernel on CPU, differentiable like the eager ops; the eager ops elsewhere or for input the
+    kernel does not handle."""
     kernel = cpu_kernel() if x.is_cpu else None
     if kernel is not None:
-        scale, shift = batch_norm_eval_coefficients(mean, var, weight, bias, eps)
-        y = kernel.affine(x, scale.contiguous(), shift.contiguous(), relu)
+        y = kernel.eval(x, mean, var, weight, bias, eps, relu)
         if y is not None:
             return y
         _warn_once(f"bnrun: the fused CPU batch norm cannot serve this {x.dtype} input in prediction mode; using the eager path")
@@ -101,6 +102,23 @@ def eager_step(relu: bool) -> Callable[..., Tensor]:
 
 
 KERNEL_NAME = "bnrun_bn_cpu"
+# The kernel's builds, most capable first, with the compiler flags of each.
+_AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512"]
+_AVX2 = ["-mavx2", "-mfma", "-mf16c"]
+ISA_FLAGS: dict[str, list[str]] = {
+    "avx512-bf16": [*_AVX2, *_AVX512, "-mavx512bf16"],
+    "avx512": [*_AVX2, *_AVX512],
+    "avx2": _AVX2,
+    "scalar": [],
+}
+# The /proc/cpuinfo flags each build needs (x86 only; "scalar" runs anywhere).
+_ISA_CPU_FLAGS = {
+    "avx512-bf16": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"},
+    "avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"},
+    "avx2": {"avx2", "fma", "f16c"},
+}
+# What torch's own dispatch allows (it honours ATEN_CPU_CAPABILITY): bnrun never goes wider.
+_TORCH_CAPABILITY_ISAS = {"AVX512": {"avx512-bf16", "avx512", "avx2"}, "AVX2": {"avx2"}}
 
 
 def _cpp_extension() -> ModuleType:
@@ -108,6 +126,35 @@ def _cpp_extension() -> ModuleType:
     from torch.utils import cpp_extension
 
     return cpp_extension
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def supported_isas() -> tuple[str, ...]:
+    """The kernel builds this machine can run, most capable first (always ending in "scalar")."""
+    allowed = _TORCH_CAPABILITY_ISAS.get(torch.backends.cpu.get_cpu_capability(), set())
+    flags = _cpu_flags()
+    runnable = [isa for isa, needs in _ISA_CPU_FLAGS.items() if isa in allowed and needs <= flags]
+    return (*runnable, "scalar")
+
+
+def kernel_isa() -> str:
+    """The vector instruction set the kernel is built for on this machine: "avx512-bf16" (AVX-512
+    with its bfloat16 conversion), "avx512", "avx2" or "scalar" (whatever the compiler makes of
+    plain loops without extra -m flags)."""
+    return supported_isas()[0]
+
+
+def _kernel_name(isa: str) -> str:
+    return KERNEL_NAME if isa == kernel_isa() else f"{KERNEL_NAME}_{isa.replace('-', '_')}"
 
 
 def cpu_kernel_built() -> bool:
@@ -118,24 +165,23 @@ def cpu_kernel_built() -> bool:
 
 
 @functools.cache
-def cpu_kernel() -> ModuleType | None:
-    """The C++ extension, built on first use and loaded once per process; None where unavailable."""
+def cpu_kernel(isa: str | None = None) -> ModuleType | None:
+    """The C++ extension, built on first use and loaded once per process; None where unavailable.
+    `isa` (tests) asks for another of `supported_isas()` than this machine's own, as its own build."""
+    if isa is not None and isa == kernel_isa():
+        return cpu_kernel()
+    isa = isa or kernel_isa()
     try:
         _put_pip_ninja_on_path()
         return _cpp_extension().load(
-            name=KERNEL_NAME,
+            name=_kernel_name(isa),
             sources=[str(CPU_SOURCE)],
-            extra_cflags=["-O3", "-fopenmp", *_vector_flags()],
+            extra_cflags=["-O3", "-fopenmp", *ISA_FLAGS[isa]],
             extra_ldflags=["-fopenmp"],
         )
     except Exception as error:  # noqa: BLE001 - any build failure means "no fast path here"
         _warn_fallback(error)
         return None
-
-
-def _vector_flags() -> list[str]:
-    """AVX2/FMA where torch itself runs AVX2 or AVX-512 kernels on this CPU (the build is per machine)."""
-    return ["-mavx2", "-mfma"] if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else []
 
 
 def _put_pip_ninja_on_path() -> None:

@@ -1,22 +1,38 @@
-// bnrun's fused CPU batch norm (training mode): the math of bnrun/nn/functional.py written as
-// loops, so that the statistics, the normalization and the affine step each cost one pass over
-// memory and Python is entered once per layer, not once per tensor op.
+// bnrun's fused CPU batch norm: the math of bnrun/nn/functional.py written as loops, so that the
+// statistics, the normalization and the affine step cost the fewest passes over memory and Python
+// is entered once per layer, not once per tensor op. Training and prediction mode each have an
+// autograd node written here.
 //
 // The input is viewed as (N, C, S), S = 1 for (N, C), L for (N, C, L) and H·W for (N, C, H, W);
 // every statistic is per channel over m = N·S values. Per channel:
-//   forward   μ = Σx/m, σ² = Σ(x−μ)²/m (biased; see channel_moments), ι = 1/√(σ²+ε),
+//   forward   μ = Σx/m, σ² = Σ(x−μ)²/m (biased; see plane_moments), ι = 1/√(σ²+ε),
 //             y = a·x + k with a = γι, k = β − μa; running stats move towards μ and σ²·m/(m−1).
 //   backward  dβ = Σdy, dγ = ι·Σdy·(x−μ), and the closed form of functional.normalize_backward,
 //             dx = γι·(dy − (dβ + x̂·dγ)/m), expanded to dx = a·dy + b·x + k per channel.
+//   prediction mode: y = a·x + k with the running statistics; dx = a·dy, dβ = Σdy,
+//             dγ = ι·Σdy·(x−μ), dμ = −a·Σdy, dσ² = −½γι³·Σdy·(x−μ).
 // With `relu` the layer is g(BN(x)) for g = ReLU (BN before the activation): max(y, 0) is taken in
-// the output pass, and the backward masks dy with the saved output as torch's ReLU does.
+// the output pass, and the backward masks dy where the pre-activation a·x + k is ≤ 0, recomputed
+// from x in the same arithmetic as the forward (what torch's ReLU backward does with the saved
+// output, without reading it).
+//
+// Passes: forward reads x once for the moments and once more (read + write) for the output;
+// backward reads x and dy once for the two sums and once more for dx. Contiguous (N, C, S) input
+// is processed one channel at a time, so the second pass finds the channel's N·S values in L2.
 // Sums run in acc_t within a row of S values (a block of 64 rows when S = 1), in double beyond.
 //
 // Precision: x (and y, dy, dx) may be float32, float64, bfloat16 or float16; every per-channel
 // tensor (γ, β, running and saved statistics, dγ, dβ) and every arithmetic step is acc_t, the
-// op-math type (float32 for the 16-bit types), as in torch's own mixed-precision kernel.
+// op-math type (float32 for the 16-bit types), as in torch's own mixed-precision kernel. bfloat16
+// is read as its bits shifted into a float32 and written rounded to nearest even, in loops the
+// compiler vectorizes; with AVX512-BF16 the rounding is one instruction (vcvtneps2bf16).
 // Layout: contiguous input is (N, C, S); channels_last (N, C, H, W) is read in place as N·H·W rows
-// of C channels, i.e. (N·H·W, C, 1), and y and dx are allocated in x's layout.
+// of C channels, i.e. (N·H·W, C, 1), and y and dx are allocated in x's layout. Rows of channels are
+// split among threads in fixed chunks whose partial sums are merged in order: the result does
+// not depend on the number of threads.
+//
+// ISA: fused.py compiles this file per machine with the vector flags of its CPU (AVX-512, AVX2 or
+// none); `isa()` reports which code the build holds.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -25,9 +41,18 @@
 #include <torch/python.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define BNRUN_AVX512_BF16 1
+#endif
 
 namespace {
 
@@ -35,12 +60,117 @@ using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+constexpr const char* kIsa =
+#if defined(BNRUN_AVX512_BF16)
+    "avx512-bf16";
+#elif defined(__AVX512F__)
+    "avx512";
+#elif defined(__AVX2__)
+    "avx2";
+#else
+    "scalar";
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Element access: bfloat16 travels as its raw bits (uint16_t), the other types as themselves.
+
+template <typename scalar_t>
+struct Raw {
+  using type = scalar_t;
+};
+template <>
+struct Raw<c10::BFloat16> {
+  using type = uint16_t;
+};
+template <typename scalar_t>
+using raw_t = typename Raw<scalar_t>::type;
+
+inline float widen(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline float widen(float v) { return v; }
+inline double widen(double v) { return v; }
+inline float widen(c10::Half v) { return static_cast<float>(v); }
+
+// float32 → bfloat16 bits, rounded to nearest even; NaN stays a (quiet) NaN.
+inline uint16_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return f != f ? static_cast<uint16_t>(0x7FC0) : static_cast<uint16_t>(rounded);
+}
+
+// dst[0, n) = bfloat16(src[0, n)).
+inline void narrow_bf16(const float* src, uint16_t* dst, int64_t n) {
+#if defined(BNRUN_AVX512_BF16)
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+  if (i < n) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm256_mask_storeu_epi16(dst + i, mask, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src + i)));
+  }
+#else
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits(src[i]);
+#endif
+}
+
+// The generic bfloat16 rounding, whatever the build (tests compare the two).
+void narrow_bf16_generic(const float* src, uint16_t* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits(src[i]);
+}
+
+constexpr int64_t kTile = 256;
+
+// dst[i] = value(i) for i in [0, len), value(i) computed in acc_t. bfloat16 goes through a tile
+// in L1 so that the arithmetic loop and the rounding loop each vectorize.
+template <typename T, typename F>
+inline void write(T* dst, int64_t len, const F& value) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    float tile[kTile];
+    for (int64_t t0 = 0; t0 < len; t0 += kTile) {
+      const int64_t n = std::min(kTile, len - t0);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) tile[i] = value(t0 + i);
+      narrow_bf16(tile, dst + t0, n);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<T>(value(i));
+  }
+}
+
+// The pre-activation and the ReLU, shared by the forward and the backward's mask so that both
+// see the same value. The mask is threshold_backward's: the gradient passes unless y ≤ 0.
+template <typename acc_t>
+inline acc_t pre(acc_t a, acc_t x, acc_t k) {
+  return a * x + k;
+}
+template <bool kRelu, typename acc_t>
+inline acc_t activate(acc_t v) {
+  return kRelu && v < acc_t(0) ? acc_t(0) : v;  // NaN stays NaN, as in torch.relu
+}
+template <bool kRelu, typename acc_t>
+inline acc_t masked(acc_t g, acc_t a, acc_t x, acc_t k) {
+  return kRelu && pre(a, x, k) <= acc_t(0) ? acc_t(0) : g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shapes, layouts, work split.
+
 struct Shape {
   int64_t n, c, s;
   int64_t m() const { return n * s; }
 };
 
-bool rows_of_channels(const Tensor& x) { return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast); }
+bool rows_of_channels(const Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
 
 Shape shape_of(const Tensor& x) {
   const int64_t n = x.size(0), c = x.size(1);
@@ -58,239 +188,562 @@ Tensor laid_out_as(const Tensor& t, const Tensor& like) {
   return rows_of_channels(like) ? t.contiguous(at::MemoryFormat::ChannelsLast) : t.contiguous();
 }
 
-// Channels per task so that each thread gets enough work to be worth waking.
-int64_t grain(const Shape& shape) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, shape.m())); }
+constexpr int64_t kWork = 32768;     // values per task worth waking a thread for
+constexpr int64_t kBlockValues = 2048;  // values summed in acc_t before a merge in double (fits L1)
 
-// Per-channel mean and sum of squared deviations Σ(x − μ)², for channels [c0, c1), reading x from
-// memory once: each block of values (64 rows of C channels when S == 1, a row of S values when
-// S > 1) is summed twice while it sits in L1 (its mean, then its squared deviations), and blocks
-// are merged in double with Chan et al.'s pairwise update, as accurate as a two-pass computation.
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-void channel_moments(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* px, double* mean, double* squares) {
-  const int64_t width = c1 - c0;
-  if (shape.s == 1) {
-    constexpr int64_t kRowsPerBlock = 64;
-    std::vector<acc_t> sum(width), m2(width);
-    std::fill(mean, mean + width, 0.0);
-    std::fill(squares, squares + width, 0.0);
-    double count = 0;
-    for (int64_t first = 0; first < shape.n; first += kRowsPerBlock) {
-      const int64_t last = std::min(shape.n, first + kRowsPerBlock), rows = last - first;
-      std::fill(sum.begin(), sum.end(), acc_t(0));
-      std::fill(m2.begin(), m2.end(), acc_t(0));
-      acc_t *ps = sum.data() - c0, *pm = m2.data() - c0;
-      for (int64_t row = first * shape.c; row < last * shape.c; row += shape.c) {
+// Channels per task (S > 1), so that each thread gets enough work to be worth waking.
+int64_t channel_grain(const Shape& shape) { return std::max<int64_t>(1, kWork / std::max<int64_t>(1, shape.m())); }
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Rows of C channels (S == 1) are processed in stripes of R whole rows, P = R·C ≥ 256 values, so
+// that every loop runs over P contiguous values (channel i % C) with the per-channel vectors
+// repeated R times, instead of paying a loop's overhead per row of C. A block (the values summed
+// in acc_t) is whole stripes of at least 64 rows; a chunk (one task) is whole blocks, fixed by
+// the shape alone.
+struct Stripes {
+  int64_t rows, width, block_rows, chunk_rows, chunks;
+};
+
+Stripes stripes_of(const Shape& shape) {
+  const int64_t r = std::max<int64_t>(1, ceil_div(256, shape.c));
+  const int64_t block = r * ceil_div(64, r);
+  const int64_t chunk = block * std::max<int64_t>(1, ceil_div(kWork, block * shape.c));
+  return {r, r * shape.c, block, chunk, ceil_div(shape.n, chunk)};
+}
+
+// v (C values) repeated to fill one stripe.
+template <typename acc_t>
+void tile(const acc_t* v, const Stripes& st, int64_t channels, acc_t* out) {
+  for (int64_t r = 0; r < st.rows; ++r) std::copy(v, v + channels, out + r * channels);
+}
+template <typename acc_t>
+std::vector<acc_t> tiled(const acc_t* v, const Stripes& st, int64_t channels) {
+  std::vector<acc_t> out(st.width);
+  tile(v, st, channels, out.data());
+  return out;
+}
+
+// f(first value, count) for each stripe, or the partial stripe at the end, of rows [r0, r1).
+template <typename F>
+inline void for_each_stripe(const Shape& shape, const Stripes& st, int64_t r0, int64_t r1, const F& f) {
+  for (int64_t row = r0; row < r1; row += st.rows) f(row * shape.c, (std::min(r1, row + st.rows) - row) * shape.c);
+}
+
+// acc[i % C] summed over one stripe's worth of per-position sums, into per-channel `out`.
+template <typename acc_t>
+void fold(const acc_t* per_position, const Stripes& st, int64_t channels, acc_t* per_channel) {
+  std::copy(per_position, per_position + channels, per_channel);
+  for (int64_t r = 1; r < st.rows; ++r) {
+    const acc_t* part = per_position + r * channels;
 #pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) ps[c] += static_cast<acc_t>(px[row + c]);
-      }
-      for (int64_t c = c0; c < c1; ++c) ps[c] /= rows;  // now the block's mean
-      for (int64_t row = first * shape.c; row < last * shape.c; row += shape.c) {
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) {
-          const acc_t d = static_cast<acc_t>(px[row + c]) - ps[c];
-          pm[c] += d * d;
-        }
-      }
-      const double merged = count + rows;
-      for (int64_t i = 0; i < width; ++i) {
-        const double delta = sum[i] - mean[i];
-        mean[i] += delta * rows / merged;
-        squares[i] += m2[i] + delta * delta * count * rows / merged;
-      }
-      count = merged;
-    }
-    return;
-  }
-  for (int64_t c = c0; c < c1; ++c) {
-    double count = 0, mu = 0, m2 = 0;
-    for (int64_t n = 0; n < shape.n; ++n) {
-      const scalar_t* row = px + (n * shape.c + c) * shape.s;
-      acc_t sum = 0, row_m2 = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t s = 0; s < shape.s; ++s) sum += static_cast<acc_t>(row[s]);
-      const acc_t row_mean = sum / shape.s;
-#pragma omp simd reduction(+ : row_m2)
-      for (int64_t s = 0; s < shape.s; ++s) {
-        const acc_t d = static_cast<acc_t>(row[s]) - row_mean;
-        row_m2 += d * d;
-      }
-      const double merged = count + shape.s, delta = row_mean - mu;
-      mu += delta * shape.s / merged;
-      m2 += row_m2 + delta * delta * count * shape.s / merged;
-      count = merged;
-    }
-    mean[c - c0] = mu;
-    squares[c - c0] = m2;
+    for (int64_t c = 0; c < channels; ++c) per_channel[c] += part[c];
   }
 }
 
-// Per-channel Σdy and Σdy·(x − μ) for channels [c0, c1), both in one read of dy and x: blocks of
-// 64 rows (S == 1) or single rows (S > 1) are summed in acc_t, written out plainly so that the
-// two-sum loop vectorizes, and blocks are added up in double.
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-void gradient_sums(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* pdy, const scalar_t* px,
-                   const acc_t* pmean, double* sum_dy, double* sum_dy_centered) {
-  const int64_t width = c1 - c0;
-  if (shape.s == 1) {
-    constexpr int64_t kRowsPerBlock = 64;
-    std::vector<acc_t> r0(width), r1(width);
-    std::fill(sum_dy, sum_dy + width, 0.0);
-    std::fill(sum_dy_centered, sum_dy_centered + width, 0.0);
-    for (int64_t first = 0; first < shape.n; first += kRowsPerBlock) {
-      const int64_t last = std::min(shape.n, first + kRowsPerBlock);
-      std::fill(r0.begin(), r0.end(), acc_t(0));
-      std::fill(r1.begin(), r1.end(), acc_t(0));
-      acc_t *p0 = r0.data() - c0, *p1 = r1.data() - c0;
-      for (int64_t row = first * shape.c; row < last * shape.c; row += shape.c) {
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) {
-          const acc_t g = static_cast<acc_t>(pdy[row + c]);
-          p0[c] += g;
-          p1[c] += g * (static_cast<acc_t>(px[row + c]) - pmean[c]);
-        }
-      }
-      for (int64_t i = 0; i < width; ++i) {
-        sum_dy[i] += r0[i];
-        sum_dy_centered[i] += r1[i];
-      }
-    }
-    return;
-  }
-  for (int64_t c = c0; c < c1; ++c) {
-    const acc_t mu = pmean[c];
-    double total_dy = 0, total_dy_centered = 0;
-    for (int64_t n = 0; n < shape.n; ++n) {
-      const scalar_t* dy = pdy + (n * shape.c + c) * shape.s;
-      const scalar_t* x = px + (n * shape.c + c) * shape.s;
-      acc_t r0 = 0, r1 = 0;
-#pragma omp simd reduction(+ : r0, r1)
-      for (int64_t s = 0; s < shape.s; ++s) {
-        const acc_t g = static_cast<acc_t>(dy[s]);
-        r0 += g;
-        r1 += g * (static_cast<acc_t>(x[s]) - mu);
-      }
-      total_dy += r0;
-      total_dy_centered += r1;
-    }
-    sum_dy[c - c0] = total_dy;
-    sum_dy_centered[c - c0] = total_dy_centered;
-  }
+template <typename scalar_t>
+const raw_t<scalar_t>* in(const Tensor& t) {
+  return reinterpret_cast<const raw_t<scalar_t>*>(t.const_data_ptr());
+}
+template <typename scalar_t>
+raw_t<scalar_t>* out(Tensor& t) {
+  return reinterpret_cast<raw_t<scalar_t>*>(t.mutable_data_ptr());
 }
 
-// dst[i] = a[c]·src[i] + k[c] (+ b[c]·extra[i] when extra is given) for channels [c0, c1),
-// computed in acc_t, then max(dst[i], 0) when `relu` (only without extra; NaN stays NaN, as in torch.relu).
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-void channel_affine(const Shape& shape, int64_t c0, int64_t c1, const scalar_t* src, const acc_t* a,
-                    const acc_t* k, const scalar_t* extra, const acc_t* b, scalar_t* dst, bool relu = false) {
-  const auto clamp = [](acc_t v) { return v < acc_t(0) ? acc_t(0) : v; };
-  const auto in = [](scalar_t v) { return static_cast<acc_t>(v); };
-  if (shape.s == 1) {  // rows of C contiguous channels: vectorize over c
-    for (int64_t row = 0; row < shape.n * shape.c; row += shape.c) {
-      if (extra == nullptr && relu) {
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) dst[row + c] = static_cast<scalar_t>(clamp(a[c] * in(src[row + c]) + k[c]));
-      } else if (extra == nullptr) {
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) dst[row + c] = static_cast<scalar_t>(a[c] * in(src[row + c]) + k[c]);
-      } else {
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c)
-          dst[row + c] = static_cast<scalar_t>(a[c] * in(src[row + c]) + b[c] * in(extra[row + c]) + k[c]);
-      }
-    }
-    return;
+// Chan et al.'s pairwise update of (mean, m2) over `count` values by a part of `n` values; the
+// weights depend on the counts alone, so one pair serves every channel.
+struct Merge {
+  double to_mean, to_m2;
+  Merge(double count, double n) : to_mean(n / (count + n)), to_m2(count * n / (count + n)) {}
+  void operator()(double& mean, double& m2, double part_mean, double part_m2) const {
+    const double delta = part_mean - mean;
+    mean += delta * to_mean;
+    m2 += part_m2 + delta * delta * to_m2;
   }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Contiguous (N, C, S), S > 1: one channel's N rows of S values.
+
+// Sums of a block of rows run per position of the row (`lanes`, up to kLanes positions): the loop
+// over a row is then a plain vector add with no reduction to close, and each lane adds few values.
+constexpr int64_t kLanes = 4096;
+
+// f(row, lane offset, count) for the pieces of up to kLanes values of rows [first, last) of channel c.
+template <typename F>
+inline void for_each_piece(const Shape& shape, int64_t c, int64_t first, int64_t last, const F& f) {
+  for (int64_t n = first; n < last; ++n)
+    for (int64_t s0 = 0; s0 < shape.s; s0 += kLanes) f((n * shape.c + c) * shape.s + s0, std::min(kLanes, shape.s - s0));
+}
+
+// Rows per block: about kBlockValues values, at least 4 rows.
+int64_t plane_block(const Shape& shape) { return std::max<int64_t>(4, kBlockValues / shape.s); }
+
+template <typename acc_t>
+acc_t lane_sum(const std::vector<acc_t>& lanes) {
+  acc_t total = 0;
+  const acc_t* p = lanes.data();
+  const int64_t len = static_cast<int64_t>(lanes.size());
+#pragma omp simd reduction(+ : total)
+  for (int64_t i = 0; i < len; ++i) total += p[i];
+  return total;
+}
+
+// Mean and Σ(x − μ)² of channel c: each block of rows is summed twice while it sits in L1 (its
+// mean, then its squared deviations) and blocks are merged in double, as accurate as a two-pass
+// computation.
+template <typename T, typename acc_t>
+void plane_moments(const Shape& shape, int64_t c, const T* px, double& mean, double& squares) {
+  const int64_t block = plane_block(shape);
+  std::vector<acc_t> lanes(std::min(kLanes, shape.s));
+  acc_t* pl = lanes.data();
+  double count = 0, mu = 0, m2 = 0;
+  for (int64_t first = 0; first < shape.n; first += block) {
+    const int64_t last = std::min(shape.n, first + block);
+    std::fill(lanes.begin(), lanes.end(), acc_t(0));
+    for_each_piece(shape, c, first, last, [&](int64_t at, int64_t len) {
+      const T* x = px + at;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) pl[i] += widen(x[i]);
+    });
+    const acc_t block_mean = lane_sum(lanes) / static_cast<acc_t>((last - first) * shape.s);
+    std::fill(lanes.begin(), lanes.end(), acc_t(0));
+    for_each_piece(shape, c, first, last, [&](int64_t at, int64_t len) {
+      const T* x = px + at;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const acc_t d = widen(x[i]) - block_mean;
+        pl[i] += d * d;
+      }
+    });
+    const double n = static_cast<double>((last - first) * shape.s);
+    Merge(count, n)(mu, m2, block_mean, lane_sum(lanes));
+    count += n;
+  }
+  mean = mu;
+  squares = m2;
+}
+
+// y = g(a·x + k) over channel c.
+template <bool kRelu, typename T, typename acc_t>
+void plane_affine(const Shape& shape, int64_t c, const T* px, acc_t a, acc_t k, T* py) {
   for (int64_t n = 0; n < shape.n; ++n) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t base = (n * shape.c + c) * shape.s;
-      const acc_t ac = a[c], kc = k[c];
-      if (extra == nullptr && relu) {
-#pragma omp simd
-        for (int64_t s = 0; s < shape.s; ++s) dst[base + s] = static_cast<scalar_t>(clamp(ac * in(src[base + s]) + kc));
-      } else if (extra == nullptr) {
-#pragma omp simd
-        for (int64_t s = 0; s < shape.s; ++s) dst[base + s] = static_cast<scalar_t>(ac * in(src[base + s]) + kc);
-      } else {
-        const acc_t bc = b[c];
-#pragma omp simd
-        for (int64_t s = 0; s < shape.s; ++s)
-          dst[base + s] = static_cast<scalar_t>(ac * in(src[base + s]) + bc * in(extra[base + s]) + kc);
-      }
-    }
+    const int64_t base = (n * shape.c + c) * shape.s;
+    const T* x = px + base;
+    write(py + base, shape.s, [&](int64_t s) { return activate<kRelu>(pre(a, acc_t(widen(x[s])), k)); });
   }
 }
 
-#define BNRUN_DISPATCH(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+// Σg and Σg·(x − μ) over channel c, g = dy masked by the ReLU when kRelu: per lane in acc_t within
+// a block, in double beyond.
+template <bool kRelu, typename T, typename acc_t>
+void plane_gradient_sums(const Shape& shape, int64_t c, const T* pdy, const T* px, acc_t mu, acc_t a, acc_t k,
+                         double& sum_dy, double& sum_dy_centered) {
+  const int64_t block = plane_block(shape);
+  std::vector<acc_t> lanes0(std::min(kLanes, shape.s)), lanes1(lanes0.size());
+  acc_t *p0 = lanes0.data(), *p1 = lanes1.data();
+  double total_dy = 0, total_dy_centered = 0;
+  for (int64_t first = 0; first < shape.n; first += block) {
+    std::fill(lanes0.begin(), lanes0.end(), acc_t(0));
+    std::fill(lanes1.begin(), lanes1.end(), acc_t(0));
+    for_each_piece(shape, c, first, std::min(shape.n, first + block), [&](int64_t at, int64_t len) {
+      const T *dy = pdy + at, *x = px + at;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const acc_t xv = widen(x[i]);
+        const acc_t g = masked<kRelu>(acc_t(widen(dy[i])), a, xv, k);
+        p0[i] += g;
+        p1[i] += g * (xv - mu);
+      }
+    });
+    total_dy += lane_sum(lanes0);
+    total_dy_centered += lane_sum(lanes1);
+  }
+  sum_dy = total_dy;
+  sum_dy_centered = total_dy_centered;
+}
+
+// dx = A·g + B·x + K over channel c (kWithX), or dx = A·g; g masked as above with (a, k).
+template <bool kRelu, bool kWithX, typename T, typename acc_t>
+void plane_grad_input(const Shape& shape, int64_t c, const T* pdy, const T* px, acc_t a, acc_t k, acc_t A, acc_t B,
+                      acc_t K, T* pdx) {
+  for (int64_t n = 0; n < shape.n; ++n) {
+    const int64_t base = (n * shape.c + c) * shape.s;
+    const T *dy = pdy + base, *x = px + base;
+    write(pdx + base, shape.s, [&](int64_t s) {
+      if constexpr (!kRelu && !kWithX) {
+        return A * acc_t(widen(dy[s]));
+      } else {
+        const acc_t xv = widen(x[s]);
+        const acc_t g = masked<kRelu>(acc_t(widen(dy[s])), a, xv, k);
+        if constexpr (kWithX) {
+          return A * g + B * xv + K;
+        } else {
+          return A * g;
+        }
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows of C channels (S == 1: (N, C) and channels_last): vectorized across the channels.
+
+// Mean and Σ(x − μ)² per channel over rows [r0, r1): each block is summed twice while in L1 (its
+// mean, then its squared deviations), per stripe position then per channel, blocks merged in double.
+template <typename T, typename acc_t>
+void rows_moments(const Shape& shape, const Stripes& st, int64_t r0, int64_t r1, const T* px, double* mean,
+                  double* squares) {
+  const int64_t C = shape.c, P = st.width;
+  std::vector<acc_t> sum(P), m2(P), centre(P), channel_sum(C), channel_m2(C);
+  std::fill(mean, mean + C, 0.0);
+  std::fill(squares, squares + C, 0.0);
+  double count = 0;
+  for (int64_t first = r0; first < r1; first += st.block_rows) {
+    const int64_t last = std::min(r1, first + st.block_rows), rows = last - first;
+    acc_t *ps = sum.data(), *pm = m2.data(), *pc = centre.data();
+    std::fill(sum.begin(), sum.end(), acc_t(0));
+    std::fill(m2.begin(), m2.end(), acc_t(0));
+    for_each_stripe(shape, st, first, last, [&](int64_t at, int64_t len) {
+      const T* x = px + at;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) ps[i] += widen(x[i]);
+    });
+    fold(ps, st, C, channel_sum.data());
+    for (int64_t c = 0; c < C; ++c) channel_sum[c] /= static_cast<acc_t>(rows);  // now the block's mean
+    tile(channel_sum.data(), st, C, pc);
+    for_each_stripe(shape, st, first, last, [&](int64_t at, int64_t len) {
+      const T* x = px + at;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const acc_t d = widen(x[i]) - pc[i];
+        pm[i] += d * d;
+      }
+    });
+    fold(pm, st, C, channel_m2.data());
+    const Merge merge(count, static_cast<double>(rows));
+    for (int64_t c = 0; c < C; ++c) merge(mean[c], squares[c], pc[c], channel_m2[c]);
+    count += rows;
+  }
+}
+
+// Per-channel mean and Σ(x − μ)² over all rows: fixed chunks in parallel, merged in order.
+template <typename T, typename acc_t>
+void all_rows_moments(const Shape& shape, const T* px, double* mean, double* squares) {
+  const Stripes st = stripes_of(shape);
+  const int64_t C = shape.c;
+  std::vector<double> part_mean(st.chunks * C), part_m2(st.chunks * C);
+  at::parallel_for(0, st.chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      rows_moments<T, acc_t>(shape, st, i * st.chunk_rows, std::min(shape.n, (i + 1) * st.chunk_rows), px,
+                             &part_mean[i * C], &part_m2[i * C]);
+  });
+  std::copy(part_mean.begin(), part_mean.begin() + C, mean);
+  std::copy(part_m2.begin(), part_m2.begin() + C, squares);
+  for (int64_t i = 1; i < st.chunks; ++i) {
+    const double count = static_cast<double>(i * st.chunk_rows);
+    const Merge merge(count, static_cast<double>(std::min(shape.n, (i + 1) * st.chunk_rows)) - count);
+    for (int64_t c = 0; c < C; ++c) merge(mean[c], squares[c], part_mean[i * C + c], part_m2[i * C + c]);
+  }
+}
+
+// f(first value, count) for every stripe of all rows, stripes split among threads.
+template <typename F>
+void parallel_stripes(const Shape& shape, const Stripes& st, const F& f) {
+  const int64_t per_task = std::max<int64_t>(1, st.chunk_rows / st.rows);
+  at::parallel_for(0, ceil_div(shape.n, st.rows), per_task, [&](int64_t s0, int64_t s1) {
+    for_each_stripe(shape, st, s0 * st.rows, std::min(shape.n, s1 * st.rows), f);
+  });
+}
+
+// y = g(a·x + k) over all rows, in parallel.
+template <bool kRelu, typename T, typename acc_t>
+void rows_affine(const Shape& shape, const T* px, const acc_t* a, const acc_t* k, T* py) {
+  const Stripes st = stripes_of(shape);
+  const std::vector<acc_t> ta = tiled(a, st, shape.c), tk = tiled(k, st, shape.c);
+  const acc_t *pa = ta.data(), *pk = tk.data();
+  parallel_stripes(shape, st, [&](int64_t at, int64_t len) {
+    const T* x = px + at;
+    write(py + at, len, [&](int64_t i) { return activate<kRelu>(pre(pa[i], acc_t(widen(x[i])), pk[i])); });
+  });
+}
+
+// Σg and Σg·(x − μ) per channel over all rows: fixed chunks in parallel, summed in acc_t within a
+// block and in double beyond, merged in order.
+template <bool kRelu, typename T, typename acc_t>
+void all_rows_gradient_sums(const Shape& shape, const T* pdy, const T* px, const acc_t* mu, const acc_t* a,
+                            const acc_t* k, double* sum_dy, double* sum_dy_centered) {
+  const Stripes st = stripes_of(shape);
+  const int64_t C = shape.c, P = st.width;
+  const std::vector<acc_t> tmu = tiled(mu, st, C), ta = tiled(a, st, C), tk = tiled(k, st, C);
+  std::vector<double> part0(st.chunks * C, 0.0), part1(st.chunks * C, 0.0);
+  at::parallel_for(0, st.chunks, 1, [&](int64_t b, int64_t e) {
+    std::vector<acc_t> r0(P), r1(P), c0(C), c1(C);
+    const acc_t *pmu = tmu.data(), *pa = ta.data(), *pk = tk.data();
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t last_row = std::min(shape.n, (i + 1) * st.chunk_rows);
+      for (int64_t first = i * st.chunk_rows; first < last_row; first += st.block_rows) {
+        acc_t *p0 = r0.data(), *p1 = r1.data();
+        std::fill(r0.begin(), r0.end(), acc_t(0));
+        std::fill(r1.begin(), r1.end(), acc_t(0));
+        for_each_stripe(shape, st, first, std::min(last_row, first + st.block_rows), [&](int64_t at, int64_t len) {
+          const T *dy = pdy + at, *x = px + at;
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) {
+            const acc_t xv = widen(x[j]);
+            const acc_t g = masked<kRelu>(acc_t(widen(dy[j])), pa[j], xv, pk[j]);
+            p0[j] += g;
+            p1[j] += g * (xv - pmu[j]);
+          }
+        });
+        fold(p0, st, C, c0.data());
+        fold(p1, st, C, c1.data());
+        for (int64_t c = 0; c < C; ++c) {
+          part0[i * C + c] += c0[c];
+          part1[i * C + c] += c1[c];
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double t0 = 0, t1 = 0;
+    for (int64_t i = 0; i < st.chunks; ++i) {
+      t0 += part0[i * C + c];
+      t1 += part1[i * C + c];
+    }
+    sum_dy[c] = t0;
+    sum_dy_centered[c] = t1;
+  }
+}
+
+// dx = A·g + B·x + K per channel (kWithX), or dx = A·g, over all rows, in parallel.
+template <bool kRelu, bool kWithX, typename T, typename acc_t>
+void rows_grad_input(const Shape& shape, const T* pdy, const T* px, const acc_t* a, const acc_t* k, const acc_t* A,
+                     const acc_t* B, const acc_t* K, T* pdx) {
+  const Stripes st = stripes_of(shape);
+  const int64_t C = shape.c;
+  const std::vector<acc_t> ta = tiled(a, st, C), tk = tiled(k, st, C), tA = tiled(A, st, C);
+  const std::vector<acc_t> tB = kWithX ? tiled(B, st, C) : std::vector<acc_t>(), tK = kWithX ? tiled(K, st, C) : tB;
+  const acc_t *pa = ta.data(), *pk = tk.data(), *pA = tA.data(), *pB = tB.data(), *pK = tK.data();
+  parallel_stripes(shape, st, [&](int64_t at, int64_t len) {
+    const T *dy = pdy + at, *x = px + at;
+    write(pdx + at, len, [&](int64_t i) {
+      if constexpr (!kRelu && !kWithX) {
+        return pA[i] * acc_t(widen(dy[i]));
+      } else {
+        const acc_t xv = widen(x[i]);
+        const acc_t g = masked<kRelu>(acc_t(widen(dy[i])), pa[i], xv, pk[i]);
+        if constexpr (kWithX) {
+          return pA[i] * g + pB[i] * xv + pK[i];
+        } else {
+          return pA[i] * g;
+        }
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout-independent steps: each picks the (N, C, S) or the rows-of-channels loops.
+
+#define BNRUN_DISPATCH(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+
+template <typename F>
+void with_relu(bool relu, const F& f) {
+  if (relu) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
 
 at::TensorOptions per_channel_options(const Tensor& x) { return x.options().dtype(at::toOpMathType(x.scalar_type())); }
 
-// Returns (y, mean, biased var, 1/σ̂), the statistics in acc_t; y = max(BN(x), 0) when `relu`.
+template <typename acc_t>
+const acc_t* maybe(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
+}
+
+// Σg and Σg·(x − μ) per channel, in double; g = dy masked by the ReLU of a·x + k when `relu`.
+template <typename scalar_t, typename acc_t>
+void gradient_sums(const Shape& shape, bool relu, const Tensor& dy, const Tensor& x, const acc_t* mu, const acc_t* a,
+                   const acc_t* k, double* sum_dy, double* sum_dy_centered) {
+  using T = raw_t<scalar_t>;
+  with_relu(relu, [&](auto r) {
+    constexpr bool kRelu = decltype(r)::value;
+    if (shape.s == 1) {
+      all_rows_gradient_sums<kRelu, T, acc_t>(shape, in<scalar_t>(dy), in<scalar_t>(x), mu, a, k, sum_dy, sum_dy_centered);
+      return;
+    }
+    at::parallel_for(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)
+        plane_gradient_sums<kRelu, T, acc_t>(shape, c, in<scalar_t>(dy), in<scalar_t>(x), mu[c], a[c], k[c], sum_dy[c],
+                                              sum_dy_centered[c]);
+    });
+  });
+}
+
+// dx = A·g (+ B·x + K when `with_x`) per channel, g masked as in gradient_sums.
+template <typename scalar_t, typename acc_t>
+void grad_input(const Shape& shape, bool relu, bool with_x, const Tensor& dy, const Tensor& x, const acc_t* a,
+                const acc_t* k, const acc_t* A, const acc_t* B, const acc_t* K, Tensor& dx) {
+  using T = raw_t<scalar_t>;
+  const T *pdy = in<scalar_t>(dy), *px = in<scalar_t>(x);
+  T* pdx = out<scalar_t>(dx);
+  with_relu(relu, [&](auto r) {
+    constexpr bool kRelu = decltype(r)::value;
+    const auto run = [&](auto w) {
+      constexpr bool kWithX = decltype(w)::value;
+      if (shape.s == 1) {
+        rows_grad_input<kRelu, kWithX, T, acc_t>(shape, pdy, px, a, k, A, B, K, pdx);
+        return;
+      }
+      at::parallel_for(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c)
+          plane_grad_input<kRelu, kWithX, T, acc_t>(shape, c, pdy, px, a[c], k[c], A[c], kWithX ? B[c] : acc_t(0),
+                                                    kWithX ? K[c] : acc_t(0), pdx);
+      });
+    };
+    if (with_x) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
+    }
+  });
+}
+
+// y = g(a·x + k) per channel.
+template <typename scalar_t, typename acc_t>
+void affine_output(const Shape& shape, bool relu, const Tensor& x, const acc_t* a, const acc_t* k, Tensor& y) {
+  using T = raw_t<scalar_t>;
+  const T* px = in<scalar_t>(x);
+  T* py = out<scalar_t>(y);
+  with_relu(relu, [&](auto r) {
+    constexpr bool kRelu = decltype(r)::value;
+    if (shape.s == 1) {
+      rows_affine<kRelu, T, acc_t>(shape, px, a, k, py);
+      return;
+    }
+    // Prediction mode has no statistics pass to keep a channel together: split (n, c) planes.
+    const int64_t planes = shape.n * shape.c, grain = std::max<int64_t>(1, kWork / shape.s);
+    at::parallel_for(0, planes, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t c = p % shape.c;
+        write(py + p * shape.s, shape.s,
+              [&](int64_t s) { return activate<kRelu>(pre(a[c], acc_t(widen(px[p * shape.s + s])), k[c])); });
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training mode.
+
+// The per-channel statistics and output coefficients of a batch: mean, var (biased), ι, a, k.
+template <typename acc_t>
+struct Stats {
+  acc_t *mean, *var, *inv, *a, *k;
+  void set(int64_t c, double mu, double biased_var, double eps, const acc_t* weight, const acc_t* bias) {
+    mean[c] = static_cast<acc_t>(mu);
+    var[c] = static_cast<acc_t>(biased_var);
+    inv[c] = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(var[c]) + eps));
+    a[c] = (weight ? weight[c] : acc_t(1)) * inv[c];
+    k[c] = (bias ? bias[c] : acc_t(0)) - mean[c] * a[c];
+  }
+};
+
+// Returns (y, mean, biased var, 1/σ̂, a, k), the statistics in acc_t; y = max(BN(x), 0) when `relu`.
 std::vector<Tensor> forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, bool relu) {
   const Shape shape = shape_of(x);
   Tensor y = at::empty_like(x), mean = at::empty({shape.c}, per_channel_options(x)), var = at::empty_like(mean),
-         inv_std = at::empty_like(mean);
+         inv = at::empty_like(mean), a = at::empty_like(mean), k = at::empty_like(mean);
   BNRUN_DISPATCH(x.scalar_type(), "bnrun_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* px = x.data_ptr<scalar_t>();
-    const acc_t *pweight = weight.data_ptr<acc_t>(), *pbias = bias.data_ptr<acc_t>();
-    acc_t *pmean = mean.data_ptr<acc_t>(), *pvar = var.data_ptr<acc_t>(), *pinv = inv_std.data_ptr<acc_t>();
-    std::vector<acc_t> a(shape.c), k(shape.c);
-    at::parallel_for(0, shape.c, grain(shape), [&](int64_t c0, int64_t c1) {
-      std::vector<double> means(c1 - c0), squares(c1 - c0);
-      channel_moments<scalar_t>(shape, c0, c1, px, means.data(), squares.data());
-      for (int64_t c = c0; c < c1; ++c) {
-        pmean[c] = static_cast<acc_t>(means[c - c0]);
-        pvar[c] = static_cast<acc_t>(squares[c - c0] / shape.m());
-        pinv[c] = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(pvar[c]) + eps));
-        a[c] = pweight[c] * pinv[c];
-        k[c] = pbias[c] - pmean[c] * a[c];
-      }
-      channel_affine<scalar_t, acc_t>(shape, c0, c1, px, a.data(), k.data(), nullptr, nullptr, y.data_ptr<scalar_t>(), relu);
+    using T = raw_t<scalar_t>;
+    Stats<acc_t> st{mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(), inv.mutable_data_ptr<acc_t>(),
+                    a.mutable_data_ptr<acc_t>(), k.mutable_data_ptr<acc_t>()};
+    const acc_t *pw = maybe<acc_t>(weight), *pb = maybe<acc_t>(bias);
+    const double m = static_cast<double>(shape.m());
+    if (shape.s == 1) {
+      std::vector<double> mu(shape.c), squares(shape.c);
+      all_rows_moments<T, acc_t>(shape, in<scalar_t>(x), mu.data(), squares.data());
+      for (int64_t c = 0; c < shape.c; ++c) st.set(c, mu[c], squares[c] / m, eps, pw, pb);
+      affine_output<scalar_t, acc_t>(shape, relu, x, st.a, st.k, y);
+      return;
+    }
+    const T* px = in<scalar_t>(x);
+    T* py = out<scalar_t>(y);
+    with_relu(relu, [&](auto r) {
+      at::parallel_for(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {  // the output pass finds the channel still in L2
+          double mu, squares;
+          plane_moments<T, acc_t>(shape, c, px, mu, squares);
+          st.set(c, mu, squares / m, eps, pw, pb);
+          plane_affine<decltype(r)::value, T, acc_t>(shape, c, px, st.a[c], st.k[c], py);
+        }
+      });
     });
   });
-  return {y, mean, var, inv_std};
+  return {y, mean, var, inv, a, k};
 }
 
-// Returns (dx, dγ, dβ); dy must be laid out as x.
+// Returns (dx, dγ, dβ); dy must be laid out as x. a, k: the forward's output coefficients (the
+// ReLU mask); dγ only when weight is defined.
 std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& inv_std,
-                                    const Tensor& weight) {
+                                    const Tensor& weight, const Tensor& a, const Tensor& k, bool relu) {
   const Shape shape = shape_of(x);
   Tensor grad_x = at::empty_like(x), grad_weight = at::empty_like(mean), grad_bias = at::empty_like(mean);
   BNRUN_DISPATCH(x.scalar_type(), "bnrun_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t *px = x.data_ptr<scalar_t>(), *pdy = grad_y.data_ptr<scalar_t>();
-    const acc_t *pweight = weight.data_ptr<acc_t>(), *pmean = mean.data_ptr<acc_t>(), *pinv = inv_std.data_ptr<acc_t>();
-    acc_t *pdw = grad_weight.data_ptr<acc_t>(), *pdb = grad_bias.data_ptr<acc_t>();
-    std::vector<acc_t> a(shape.c), b(shape.c), k(shape.c);
-    at::parallel_for(0, shape.c, grain(shape), [&](int64_t c0, int64_t c1) {
-      std::vector<double> sum_dy(c1 - c0), sum_dy_centered(c1 - c0);
-      gradient_sums<scalar_t>(shape, c0, c1, pdy, px, pmean, sum_dy.data(), sum_dy_centered.data());
-      for (int64_t c = c0; c < c1; ++c) {
-        const double inv = pinv[c], m = static_cast<double>(shape.m());
-        const double db = sum_dy[c - c0], dw = inv * sum_dy_centered[c - c0];
-        pdb[c] = static_cast<acc_t>(db);
-        pdw[c] = static_cast<acc_t>(dw);
-        const double ac = pweight[c] * inv;  // γι
-        const double bc = -ac * inv * dw / m;  // coefficient of x (x̂ = ι(x − μ))
-        a[c] = static_cast<acc_t>(ac);
-        b[c] = static_cast<acc_t>(bc);
-        k[c] = static_cast<acc_t>(-ac * db / m - bc * pmean[c]);
-      }
-      channel_affine<scalar_t, acc_t>(shape, c0, c1, pdy, a.data(), k.data(), px, b.data(), grad_x.data_ptr<scalar_t>());
+    const acc_t *pw = maybe<acc_t>(weight), *pmean = mean.const_data_ptr<acc_t>(), *pinv = inv_std.const_data_ptr<acc_t>();
+    const acc_t *pa = a.const_data_ptr<acc_t>(), *pk = k.const_data_ptr<acc_t>();
+    acc_t *pdw = grad_weight.mutable_data_ptr<acc_t>(), *pdb = grad_bias.mutable_data_ptr<acc_t>();
+    std::vector<double> sum_dy(shape.c), sum_dy_centered(shape.c);
+    std::vector<acc_t> A(shape.c), B(shape.c), K(shape.c);
+    const auto coefficients = [&](int64_t c) {
+      const double inv = pinv[c], m = static_cast<double>(shape.m());
+      const double db = sum_dy[c], dw = inv * sum_dy_centered[c];
+      pdb[c] = static_cast<acc_t>(db);
+      pdw[c] = static_cast<acc_t>(dw);
+      const double ac = (pw ? pw[c] : acc_t(1)) * inv;  // γι
+      const double bc = -ac * inv * dw / m;             // coefficient of x (x̂ = ι(x − μ))
+      A[c] = static_cast<acc_t>(ac);
+      B[c] = static_cast<acc_t>(bc);
+      K[c] = static_cast<acc_t>(-ac * db / m - bc * pmean[c]);
+    };
+    if (shape.s == 1) {
+      gradient_sums<scalar_t, acc_t>(shape, relu, grad_y, x, pmean, pa, pk, sum_dy.data(), sum_dy_centered.data());
+      for (int64_t c = 0; c < shape.c; ++c) coefficients(c);
+      grad_input<scalar_t, acc_t>(shape, relu, true, grad_y, x, pa, pk, A.data(), B.data(), K.data(), grad_x);
+      return;
+    }
+    using T = raw_t<scalar_t>;
+    const T *pdy = in<scalar_t>(grad_y), *px = in<scalar_t>(x);
+    T* pdx = out<scalar_t>(grad_x);
+    with_relu(relu, [&](auto r) {
+      constexpr bool kRelu = decltype(r)::value;
+      at::parallel_for(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {  // the dx pass finds the channel's x and dy still in L2
+          plane_gradient_sums<kRelu, T, acc_t>(shape, c, pdy, px, pmean[c], pa[c], pk[c], sum_dy[c], sum_dy_centered[c]);
+          coefficients(c);
+          plane_grad_input<kRelu, true, T, acc_t>(shape, c, pdy, px, pa[c], pk[c], A[c], B[c], K[c], pdx);
+        }
+      });
     });
   });
-  return {grad_x, grad_weight, grad_bias};
+  return {grad_x, weight.defined() ? grad_weight : Tensor(), grad_bias};
 }
+
+const char* kNoDoubleBackward =
+    "bnrun's fused batch norm does not support double backward (create_graph=True); use fused=False";
 
 class TrainFunction : public torch::autograd::Function<TrainFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, Tensor x, Tensor weight, Tensor bias, double eps, bool relu) {
     x = dense(x);
-    weight = weight.contiguous();
-    bias = bias.contiguous();
-    auto out = forward_kernel(x, weight, bias, eps, relu);  // y, mean, var, inv_std
-    ctx->save_for_backward({x, out[1], out[3], weight, relu ? out[0] : Tensor()});
+    auto out = forward_kernel(x, weight, bias, eps, relu);  // y, mean, var, inv_std, a, k
+    ctx->save_for_backward({x, out[1], out[3], weight, out[4], out[5]});
+    ctx->saved_data["relu"] = relu;
     ctx->mark_non_differentiable({out[1], out[2]});
     ctx->set_materialize_grads(false);
     return {out[0], out[1], out[2]};
@@ -299,16 +752,91 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     // The kernel's gradient is not itself differentiable: refuse create_graph=True rather than
     // return a second derivative with terms missing.
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "bnrun's fused batch norm does not support double backward (create_graph=True); use fused=False");
+    TORCH_CHECK(!at::GradMode::is_enabled(), kNoDoubleBackward);
     if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
     auto saved = ctx->get_saved_variables();
-    Tensor grad_y = grads[0];
-    if (saved[4].defined()) grad_y = at::threshold_backward(grad_y, saved[4], 0);  // ReLU's own backward
-    auto g = backward_kernel(laid_out_as(grad_y, saved[0]), saved[0], saved[1], saved[2], saved[3]);
+    auto g = backward_kernel(laid_out_as(grads[0], saved[0]), saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
+                             ctx->saved_data["relu"].toBool());
     return {g[0], g[1], g[2], Tensor(), Tensor()};
   }
 };
+
+// ---------------------------------------------------------------------------------------------
+// Prediction mode.
+
+// Inputs: x, mean, var, weight, bias. Output: g(a·x + k).
+class EvalFunction : public torch::autograd::Function<EvalFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, Tensor x, Tensor mean, Tensor var, Tensor weight, Tensor bias,
+                               double eps, bool relu) {
+    x = dense(x);
+    const Shape shape = shape_of(x);
+    Tensor y = at::empty_like(x), inv = at::empty_like(mean), a = at::empty_like(mean), k = at::empty_like(mean);
+    BNRUN_DISPATCH(x.scalar_type(), "bnrun_eval", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const acc_t *pm = mean.const_data_ptr<acc_t>(), *pv = var.const_data_ptr<acc_t>();
+      const acc_t *pw = maybe<acc_t>(weight), *pb = maybe<acc_t>(bias);
+      acc_t *pi = inv.mutable_data_ptr<acc_t>(), *pa = a.mutable_data_ptr<acc_t>(), *pk = k.mutable_data_ptr<acc_t>();
+      for (int64_t c = 0; c < shape.c; ++c) {
+        const double iv = 1.0 / std::sqrt(static_cast<double>(pv[c]) + eps);
+        const double ac = (pw ? static_cast<double>(pw[c]) : 1.0) * iv;
+        pi[c] = static_cast<acc_t>(iv);
+        pa[c] = static_cast<acc_t>(ac);
+        pk[c] = static_cast<acc_t>((pb ? static_cast<double>(pb[c]) : 0.0) - static_cast<double>(pm[c]) * ac);
+      }
+      affine_output<scalar_t, acc_t>(shape, relu, x, pa, pk, y);
+    });
+    ctx->save_for_backward({x, mean, weight, inv, a, k});
+    ctx->saved_data["relu"] = relu;
+    ctx->set_materialize_grads(false);
+    return {y};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), kNoDoubleBackward);
+    variable_list result(7);
+    if (!grads[0].defined()) return result;
+    auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &mean = saved[1], &weight = saved[2], &inv = saved[3], &a = saved[4], &k = saved[5];
+    const Tensor dy = laid_out_as(grads[0], x);
+    const bool relu = ctx->saved_data["relu"].toBool();
+    const Shape shape = shape_of(x);
+    const bool sums = ctx->needs_input_grad(1) || ctx->needs_input_grad(2) || ctx->needs_input_grad(3) ||
+                      ctx->needs_input_grad(4);
+    BNRUN_DISPATCH(x.scalar_type(), "bnrun_eval_backward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const acc_t *pa = a.const_data_ptr<acc_t>(), *pk = k.const_data_ptr<acc_t>();
+      if (ctx->needs_input_grad(0)) {
+        result[0] = at::empty_like(x);
+        grad_input<scalar_t, acc_t>(shape, relu, false, dy, x, pa, pk, pa, nullptr, nullptr, result[0]);
+      }
+      if (!sums) return;
+      std::vector<double> s0(shape.c), s1(shape.c);
+      gradient_sums<scalar_t, acc_t>(shape, relu, dy, x, mean.const_data_ptr<acc_t>(), pa, pk, s0.data(), s1.data());
+      const Tensor options = a;
+      Tensor d_mean = at::empty_like(options), d_var = at::empty_like(options), d_weight = at::empty_like(options),
+             d_bias = at::empty_like(options);
+      const acc_t *pi = inv.const_data_ptr<acc_t>(), *pw = maybe<acc_t>(weight);
+      for (int64_t c = 0; c < shape.c; ++c) {
+        const double iv = pi[c], w = pw ? static_cast<double>(pw[c]) : 1.0;
+        d_mean.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(-static_cast<double>(pa[c]) * s0[c]);
+        d_var.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(-0.5 * w * iv * iv * iv * s1[c]);
+        d_weight.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(iv * s1[c]);
+        d_bias.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(s0[c]);
+      }
+      result[1] = d_mean;
+      result[2] = d_var;
+      result[3] = d_weight;
+      result[4] = d_bias;
+    });
+    for (int i = 1; i <= 4; ++i)
+      if (!ctx->needs_input_grad(i)) result[i] = Tensor();
+    return result;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Entry points.
 
 bool supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
@@ -325,31 +853,38 @@ std::string unsupported(const Tensor& x, std::initializer_list<const std::option
   for (const auto* t : per_channel) {
     if (!t->has_value()) continue;
     if ((*t)->scalar_type() != wanted)
-      return std::string(c10::toString((*t)->scalar_type())) + " parameters or buffers with " + c10::toString(x.scalar_type()) + " input";
+      return std::string(c10::toString((*t)->scalar_type())) + " parameters or buffers with " +
+             c10::toString(x.scalar_type()) + " input";
     if (!(*t)->is_contiguous() || !(*t)->device().is_cpu()) return "non-contiguous or non-CPU parameters or buffers";
   }
   return "";
 }
 
+// Autograd nodes take defined tensors only: without affine parameters γ = 1 and β = 0, whose
+// gradients then go nowhere (nothing requires them).
+Tensor or_ones(const std::optional<Tensor>& t, const Tensor& x) {
+  return t.has_value() ? *t : at::ones({x.size(1)}, per_channel_options(x));
+}
+Tensor or_zeros(const std::optional<Tensor>& t, const Tensor& x) {
+  return t.has_value() ? *t : at::zeros({x.size(1)}, per_channel_options(x));
+}
+
 // The training step in full: normalize with batch statistics (then ReLU when `relu`), fold them
 // into the running ones. Returns (y, "") or, for input it does not handle, (undefined, why): the
 // caller goes eager and says so.
-std::tuple<Tensor, std::string> train(const Tensor& x, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
-                                      const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
-                                      double factor, double eps, bool relu) {
+std::tuple<Tensor, std::string> train(const Tensor& x, const std::optional<Tensor>& weight,
+                                      const std::optional<Tensor>& bias, const std::optional<Tensor>& running_mean,
+                                      const std::optional<Tensor>& running_var, double factor, double eps, bool relu) {
   const std::string why = unsupported(x, {&weight, &bias, &running_mean, &running_var});
   if (!why.empty()) return {Tensor(), why};
-  // Without affine parameters γ = 1 and β = 0; their gradients then go nowhere (nothing requires them).
-  const int64_t channels = x.size(1);
-  const auto options = per_channel_options(x);
-  auto out = TrainFunction::apply(x, weight.has_value() ? *weight : at::ones({channels}, options),
-                                  bias.has_value() ? *bias : at::zeros({channels}, options), eps, relu);
+  auto out = TrainFunction::apply(x, or_ones(weight, x), or_zeros(bias, x), eps, relu);
   if (running_mean.has_value()) {
     // One loop over C instead of four tensor ops (unsupported() checked the buffers' dtype and layout).
+    const int64_t channels = x.size(1);
     const double m = static_cast<double>(x.numel() / channels);
     AT_DISPATCH_FLOATING_TYPES(out[1].scalar_type(), "bnrun_running_stats", [&] {
-      const scalar_t *mean = out[1].data_ptr<scalar_t>(), *var = out[2].data_ptr<scalar_t>();
-      scalar_t *rm = running_mean->data_ptr<scalar_t>(), *rv = running_var->data_ptr<scalar_t>();
+      const scalar_t *mean = out[1].const_data_ptr<scalar_t>(), *var = out[2].const_data_ptr<scalar_t>();
+      scalar_t *rm = running_mean->mutable_data_ptr<scalar_t>(), *rv = running_var->mutable_data_ptr<scalar_t>();
       for (int64_t c = 0; c < channels; ++c) {
         rm[c] = static_cast<scalar_t>(rm[c] + factor * (mean[c] - rm[c]));
         rv[c] = static_cast<scalar_t>(rv[c] + factor * (var[c] * m / (m - 1) - rv[c]));
@@ -361,6 +896,15 @@ std::tuple<Tensor, std::string> train(const Tensor& x, const std::optional<Tenso
   return {out[0], ""};
 }
 
+// Prediction mode: y = g(BN(x)) with the given statistics, one pass, in x's layout and dtype, as
+// an autograd node (gradients to x, γ, β and the statistics). Undefined for input it does not handle.
+Tensor eval(const Tensor& x, const Tensor& mean, const Tensor& var, const std::optional<Tensor>& weight,
+            const std::optional<Tensor>& bias, double eps, bool relu) {
+  const std::optional<Tensor> m(mean), v(var);
+  if (!unsupported(x, {&m, &v, &weight, &bias}).empty()) return Tensor();
+  return EvalFunction::apply(x, mean, var, or_ones(weight, x), or_zeros(bias, x), eps, relu)[0];
+}
+
 // Per-channel count, mean and Σ(x − μ)² of a batch, in double, from one read of x (the moments
 // population statistics merge across batches). Undefined tensors for input the kernel does not handle.
 std::tuple<int64_t, Tensor, Tensor> moments(const Tensor& x) {
@@ -369,29 +913,26 @@ std::tuple<int64_t, Tensor, Tensor> moments(const Tensor& x) {
   const Shape shape = shape_of(input);
   Tensor mean = at::empty({shape.c}, x.options().dtype(at::kDouble)), squares = at::empty_like(mean);
   BNRUN_DISPATCH(x.scalar_type(), "bnrun_moments", [&] {
-    at::parallel_for(0, shape.c, grain(shape), [&](int64_t c0, int64_t c1) {
-      channel_moments<scalar_t>(shape, c0, c1, input.data_ptr<scalar_t>(), mean.data_ptr<double>() + c0,
-                                squares.data_ptr<double>() + c0);
+    using acc_t = at::opmath_type<scalar_t>;
+    using T = raw_t<scalar_t>;
+    double *pm = mean.mutable_data_ptr<double>(), *ps = squares.mutable_data_ptr<double>();
+    if (shape.s == 1) {
+      all_rows_moments<T, acc_t>(shape, in<scalar_t>(input), pm, ps);
+      return;
+    }
+    at::parallel_for(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) plane_moments<T, acc_t>(shape, c, in<scalar_t>(input), pm[c], ps[c]);
     });
   });
   return {shape.m(), mean, squares};
 }
 
-// Prediction mode: y = scale·x + shift per channel (then max(y, 0) when `relu`), one pass, in x's
-// layout and dtype; scale and shift of x's op-math type. Undefined for input it does not handle.
-Tensor affine(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu) {
-  const std::optional<Tensor> a(scale), k(shift);
-  if (!unsupported(x, {&a, &k}).empty()) return Tensor();
-  const Tensor input = dense(x);
-  const Shape shape = shape_of(input);
-  Tensor y = at::empty_like(input);
-  BNRUN_DISPATCH(x.scalar_type(), "bnrun_affine", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    at::parallel_for(0, shape.c, grain(shape), [&](int64_t c0, int64_t c1) {
-      channel_affine<scalar_t, acc_t>(shape, c0, c1, input.data_ptr<scalar_t>(), scale.data_ptr<acc_t>(),
-                                      shift.data_ptr<acc_t>(), nullptr, nullptr, y.data_ptr<scalar_t>(), relu);
-    });
-  });
+// float32 → bfloat16 by the build's conversion (`vectorized`) or the generic rounding, for tests.
+Tensor to_bf16(const Tensor& x, bool vectorized) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "to_bf16 takes contiguous float32");
+  Tensor y = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+  auto* dst = reinterpret_cast<uint16_t*>(y.mutable_data_ptr());
+  (vectorized ? narrow_bf16 : narrow_bf16_generic)(x.const_data_ptr<float>(), dst, x.numel());
   return y;
 }
 
@@ -399,6 +940,8 @@ Tensor affine(const Tensor& x, const Tensor& scale, const Tensor& shift, bool re
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("train", &train, "bnrun fused training-mode batch norm, optionally followed by ReLU (CPU); returns (y, why-not)");
+  m.def("eval", &eval, "prediction-mode batch norm (autograd), optionally followed by ReLU (CPU); None if unsupported");
   m.def("moments", &moments, "per-channel (count, mean, sum of squared deviations) in double, one read of x (CPU)");
-  m.def("affine", &affine, "prediction-mode batch norm as one per-channel affine pass, optionally followed by ReLU (CPU)");
+  m.def("isa", [] { return std::string(kIsa); }, "the vector instruction set this build was compiled for");
+  m.def("to_bf16", &to_bf16, "float32 to bfloat16 by this build's conversion or the generic one (tests)");
 }
