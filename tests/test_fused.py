@@ -3,6 +3,7 @@ torch.nn, pass gradcheck, and fall back to eager with a warning where they canno
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import pytest
@@ -231,3 +232,173 @@ def test_channels_last_takes_no_hidden_layout_copy(fused_path):
               and any(list(s) == list(shape) for s in e.input_shapes)]
     assert copies == []
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+PREDICTION_LAYOUTS = {
+    "nc": ((64, 12), torch.contiguous_format),
+    "ncl": ((16, 6, 9), torch.contiguous_format),
+    "nchw": ((16, 8, 6, 7), torch.contiguous_format),
+    "channels_last": ((16, 8, 6, 7), torch.channels_last),
+}
+
+
+def torch_layer_for(shape, channels):
+    layer = (torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d)(channels)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
+        layer.bias.copy_(torch.rand(channels, generator=generator) * 2 - 1)
+        layer.running_mean.copy_(torch.randn(channels, generator=generator))
+        layer.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+    return layer
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("layout", PREDICTION_LAYOUTS)
+def test_prediction_mode_matches_torch_with_gradients(layout, dtype, relu):
+    """The fused path in prediction mode: output and the gradients to x, γ and β as torch.nn's
+    layer in eval mode (then ReLU when `relu`), in the input's dtype and memory format."""
+    shape, memory_format = PREDICTION_LAYOUTS[layout]
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 2 + 0.5).to(dtype).contiguous(memory_format=memory_format)
+    upstream = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format)
+    reference = torch_layer_for(shape, shape[1]).eval()
+    ours = (bnn.BatchNorm2d if len(shape) == 4 else bnn.BatchNorm1d)(shape[1], fused=True, relu=relu).eval()
+    ours.load_state_dict(reference.state_dict())
+    want = step_outputs_with(lambda t: torch.relu(reference(t)) if relu else reference(t), reference, x, upstream)
+    got = step_outputs_with(ours, ours, x, upstream)
+    assert got[0].dtype == got[1].dtype == dtype
+    assert got[0].is_contiguous(memory_format=memory_format) and got[1].is_contiguous(memory_format=memory_format)
+    if relu:
+        assert (got[0] == 0).float().mean() > 0.1  # the ReLU is doing something
+    for index, (a, b) in enumerate(zip(got, want, strict=True)):
+        if dtype == torch.bfloat16 and index < 2:  # y and dx: within bf16 rounding
+            torch.testing.assert_close(a.float(), b.float(), rtol=1.6e-2, atol=2e-2)
+        else:
+            torch.testing.assert_close(a.float(), b.float(), rtol=1e-4 if dtype == torch.bfloat16 else 1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (3, 2, 3, 4)])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_prediction_mode_gradcheck(shape, relu, channels_last):
+    """The prediction-mode node's gradients to x, γ, β and the statistics themselves (float64)."""
+    if channels_last and len(shape) != 4:
+        pytest.skip("channels_last is a 4D layout")
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    channels = shape[1]
+    inputs = (x.requires_grad_(True), torch.randn(channels, dtype=torch.float64, requires_grad=True),
+              (torch.rand(channels, dtype=torch.float64) + 0.5).requires_grad_(True),
+              (torch.rand(channels, dtype=torch.float64) + 0.5).requires_grad_(True),
+              torch.randn(channels, dtype=torch.float64, requires_grad=True))
+    kernel = fused.cpu_kernel()
+    assert torch.autograd.gradcheck(lambda *t: kernel.eval(*t, 1e-5, relu), inputs)
+
+
+def test_prediction_mode_keeps_the_graph_and_refuses_double_backward():
+    layer = bnn.BatchNorm2d(4, fused=True)
+    x = torch.randn(8, 4, 3, 3)
+    layer(x)
+    layer.eval()
+    y = layer(x.requires_grad_())
+    assert y.requires_grad and y.grad_fn is not None
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(gx, (layer.weight / torch.sqrt(layer.running_var + layer.eps)).view(1, 4, 1, 1).expand_as(x))
+    with pytest.raises(RuntimeError, match="double backward"):
+        (gx,) = torch.autograd.grad(layer(x).pow(2).sum(), x, create_graph=True)
+        gx.sum().backward()
+    with torch.no_grad():
+        assert not layer(x).requires_grad
+
+
+def test_kernel_isa_is_this_machines_best_build():
+    """The build the process uses holds the code kernel_isa() names, the best this CPU and torch's
+    own dispatch allow."""
+    kernel = fused.cpu_kernel()
+    assert kernel.isa() == fused.kernel_isa() == fused.supported_isas()[0]
+    assert fused.supported_isas()[-1] == "scalar"
+
+
+def special_floats() -> torch.Tensor:
+    """Ties (round to even), values just around them, extremes, infinities and ordinary randoms."""
+    bits = torch.tensor([0x3F808000, 0x3F818000, 0x3F808001, 0x3F817FFF, 0x7F7FFFFF, 0xFF7FFFFF, 0x00800000,
+                         0x7F800000, 0xFF800000, 0x80000000, 0], dtype=torch.int64).to(torch.int32)
+    return torch.cat([bits.view(torch.float32), torch.randn(1000) * 1e3, torch.randn(37)])
+
+
+@pytest.mark.parametrize("vectorized", [True, False], ids=["build", "generic"])
+def test_bfloat16_rounding_matches_torch(vectorized):
+    """float32 → bfloat16 by the build's conversion (AVX512-BF16 where built) and by the generic
+    loop: round to nearest even, as torch's own conversion, bit for bit (normal numbers, infinities);
+    NaN stays NaN. Subnormals are left out: vcvtneps2bf16 flushes them to zero."""
+    x = special_floats()
+    got = fused.cpu_kernel().to_bf16(x, vectorized)
+    assert torch.equal(got.view(torch.int16), x.to(torch.bfloat16).view(torch.int16))
+    nan = fused.cpu_kernel().to_bf16(torch.full((19,), float("nan")), vectorized)
+    assert torch.isnan(nan.float()).all()
+
+
+KERNEL_CASES = [((64, 16, 28, 28), torch.channels_last), ((8, 3, 5, 7), torch.channels_last),
+                ((300, 40), torch.contiguous_format), ((32, 6, 35), torch.contiguous_format),
+                ((16, 5, 28, 28), torch.contiguous_format)]
+
+
+def kernel_step(kernel, x, upstream, relu, reference):
+    """One training step and one prediction through `kernel` directly, and the same through torch's
+    float64 layer (`reference`; float32 sums over 50,000 values differ in the 5th digit between
+    summation orders, and the kernel's are the closer ones)."""
+    weight, bias = reference.weight.detach().float(), reference.bias.detach().float()
+    running = (reference.running_mean.float(), reference.running_var.float())
+    xi, w, b = (t.detach().clone().requires_grad_(True) for t in (x, weight, bias))
+    y, why = kernel.train(xi, w, b, *running, 0.1, 1e-5, relu)
+    assert why == ""
+    y.backward(upstream)
+    ours = [y.detach(), xi.grad, w.grad, b.grad, *running]
+    xe = x.detach().clone().requires_grad_(True)
+    ye = kernel.eval(xe, *running, weight, bias, 1e-5, relu)
+    ye.backward(upstream)
+    ours += [ye.detach(), xe.grad]
+    count, mean, squares = kernel.moments(x)
+    ours += [mean.float(), (squares / (count - 1)).float()]
+
+    x, upstream = x.double(), upstream.double()
+    theirs = step_outputs_with(lambda t: torch.relu(reference(t)) if relu else reference(t), reference, x, upstream)
+    theirs = theirs[:6]  # y, dx, dγ, dβ, running mean, running var
+    reference.eval()
+    xr = x.detach().clone().requires_grad_(True)
+    yr = torch.relu(reference(xr)) if relu else reference(xr)
+    yr.backward(upstream)
+    theirs += [yr.detach(), xr.grad]
+    dims = [0] + list(range(2, x.dim()))
+    theirs += [x.mean(dims), x.var(dims)]
+    return ours, theirs
+
+
+@pytest.mark.slow  # each build takes 30-60 s, once per machine
+@pytest.mark.parametrize("isa", list(fused.ISA_FLAGS))
+def test_every_build_this_cpu_can_run_matches_torch(isa):
+    """Each of the kernel's builds (AVX-512 with and without AVX512-BF16, AVX2, plain loops) that
+    this machine can run, built as its own extension: training step, prediction mode and moments
+    against torch.nn, fp32 and bf16, contiguous and channels_last, with and without the ReLU, at
+    shapes whose sizes leave vector tails and split into several chunks."""
+    if isa not in fused.supported_isas():
+        pytest.skip(f"this CPU (or torch's dispatch) cannot run the {isa} build: it runs {fused.supported_isas()}")
+    kernel = fused.cpu_kernel(isa)
+    assert kernel is not None and kernel.isa() == isa
+    for (shape, memory_format), dtype, relu in itertools.product(KERNEL_CASES, (torch.float32, torch.bfloat16),
+                                                                  (False, True)):
+        torch.manual_seed(0)
+        x = (torch.randn(shape) * 2 + 1).to(dtype).contiguous(memory_format=memory_format)
+        upstream = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format)
+        reference = torch_layer_for(shape, shape[1]).double()
+        ours, theirs = kernel_step(kernel, x, upstream, relu, reference)
+        for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            where = f"{isa} {shape} {dtype} {memory_format} relu={relu} output {index}"
+            if dtype == torch.bfloat16 and index in (0, 1, 6, 7):
+                torch.testing.assert_close(a.float(), b.float(), rtol=1.6e-2, atol=3e-2, msg=lambda m, where=where: f"{where}: {m}")
+            else:
+                torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-4, msg=lambda m, where=where: f"{where}: {m}")
+        assert ours[0].is_contiguous(memory_format=memory_format) and ours[1].is_contiguous(memory_format=memory_format)
