@@ -70,41 +70,61 @@ class _BatchNorm(nn.Module):
             self.running_var.fill_(1)
             self.num_batches_tracked.zero_()
 
+    # Parameters and buffers are read from their dicts (where nn.Module keeps them) rather than as
+    # attributes: nn.Module.__getattr__ costs a microsecond or more each, a noticeable share of a
+    # small layer's step.
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         if self.training or not self.track_running_stats:
             return self._forward_batch_stats(x)
+        buffers, params = self._buffers, self._parameters
+        mean, var, weight, bias = buffers["running_mean"], buffers["running_var"], params["weight"], params["bias"]
         if self.fused and x.shape[0] > 0:
-            return fused_kernels.eval_step(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, self.relu)
-        y = F.batch_norm_eval(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
+            return fused_kernels.eval_step(x, mean, var, weight, bias, self.eps, self.relu)
+        y = F.batch_norm_eval(x, mean, var, weight, bias, self.eps)
         return torch.relu(y) if self.relu else y
 
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
+        buffers, params = self._buffers, self._parameters
         tracking = self.training and self.track_running_stats
-        factor = 0.0
-        if tracking:
-            self.num_batches_tracked.add_(1)
-            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        if x.shape[0] == 0:  # as torch: an empty batch gives an empty output and leaves the statistics alone
+        counter = buffers["num_batches_tracked"] if tracking else None
+        empty = x.shape[0] == 0
+        if counter is not None and (self.momentum is None or not self.fused or empty):
+            counter.add_(1)  # otherwise the fused kernel counts the batch in the same call
+            factor = self.momentum if self.momentum is not None else 1.0 / float(counter)
+            counter = None
+        else:
+            factor = self.momentum if tracking else 0.0
+        if empty:  # as torch: an empty batch gives an empty output and leaves the statistics alone
             return x.clone()
-        running = (self.running_mean, self.running_var) if tracking else (None, None)
+        running = (buffers["running_mean"], buffers["running_var"]) if tracking else (None, None)
+        weight, bias = params["weight"], params["bias"]
         if self.fused:
-            y, self.path = fused_kernels.train_step(x, self.weight, self.bias, *running, factor, self.eps, self.relu)
-            return y
-        self.path = fused_kernels.EAGER
-        y = F.batch_norm_train_and_track(x, self.weight, self.bias, *running, factor, self.eps)
-        return torch.relu(y) if self.relu else y
+            y, path = fused_kernels.train_step(x, weight, bias, *running, factor, self.eps, self.relu, counter)
+        else:
+            path = fused_kernels.EAGER
+            y = F.batch_norm_train_and_track(x, weight, bias, *running, factor, self.eps)
+            y = torch.relu(y) if self.relu else y
+        if path != self.path:  # nn.Module.__setattr__ is slow; the path rarely changes
+            self.path = path
+        return y
 
     def _check_input(self, x: Tensor) -> None:
-        name = type(self).__name__
-        if x.dim() not in self._accepted_ranks:
-            raise ValueError(f"{name} expected {self._shape_names} input, got a {x.dim()}D tensor of shape {tuple(x.shape)}")
-        if x.shape[1] == 0:
-            raise ValueError(f"{name} expected at least one channel, got input of shape {tuple(x.shape)}")
-        if x.shape[1] != self.num_features:
-            raise ValueError(f"{name}({self.num_features}) expected {self.num_features} channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
-        if self.training and x.shape[0] > 0 and F.values_per_channel(x) == 1:
-            raise ValueError(f"{name} expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
+        shape = x.shape
+        if len(shape) not in self._accepted_ranks:
+            raise ValueError(f"{type(self).__name__} expected {self._shape_names} input, got a {len(shape)}D tensor "
+                             f"of shape {tuple(shape)}")
+        channels = shape[1]
+        if channels != self.num_features or channels == 0:
+            name = type(self).__name__
+            if channels == 0:
+                raise ValueError(f"{name} expected at least one channel, got input of shape {tuple(shape)}")
+            raise ValueError(f"{name}({self.num_features}) expected {self.num_features} channels, got {channels} "
+                             f"(input shape {tuple(shape)})")
+        if self.training and shape[0] > 0 and x.numel() == channels:
+            raise ValueError(f"{type(self).__name__} expected more than 1 value per channel when training, got input "
+                             f"of shape {tuple(shape)}")
 
     def extra_repr(self) -> str:
         return (

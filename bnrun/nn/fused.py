@@ -45,23 +45,34 @@ def train_step(
     factor: float,
     eps: float,
     relu: bool = False,
+    counter: Tensor | None = None,
 ) -> tuple[Tensor, str]:
     """`functional.batch_norm_train_and_track` (then ReLU when `relu`) through the fastest path
-    available for `x`; returns the output and the path that ran (one of `PATHS`)."""
+    available for `x`; returns the output and the path that ran (one of `PATHS`). `counter` (a
+    module's num_batches_tracked), when given, is incremented by one, in the kernel's own call."""
     if x.is_cpu:
         kernel = cpu_kernel()
         if kernel is None:
-            return eager_step(relu)(x, weight, bias, running_mean, running_var, factor, eps), EAGER
-        y, why_not = kernel.train(x, weight, bias, running_mean, running_var, factor, eps, relu)
+            return _eager(x, weight, bias, running_mean, running_var, factor, eps, relu, counter), EAGER
+        y, why_not = kernel.train(x, weight, bias, running_mean, running_var, factor, eps, relu, counter)
         if y is not None:
             return y, FUSED_CPU
         _warn_once(f"bnrun: the fused CPU batch norm cannot serve this input ({why_not}); using the eager path")
-        return eager_step(relu)(x, weight, bias, running_mean, running_var, factor, eps), EAGER
+        return _eager(x, weight, bias, running_mean, running_var, factor, eps, relu, counter), EAGER
+    if counter is not None:
+        counter.add_(1)
     # factor travels as a tensor so that a changing value (momentum=None) never recompiles
-    factor_tensor = torch.tensor(factor, dtype=x.dtype if running_mean is None else running_mean.dtype, device=x.device)
+    factor_dtype = x.dtype if running_mean is None else running_mean.dtype
+    factor_tensor = torch.tensor(factor, dtype=factor_dtype, device=x.device)
     kernel = compiled_kernel(relu)
     y = kernel(x, weight, bias, running_mean, running_var, factor_tensor, eps)
     return y, COMPILED if kernel.compiled is not None else EAGER
+
+
+def _eager(x, weight, bias, running_mean, running_var, factor, eps, relu, counter) -> Tensor:
+    if counter is not None:
+        counter.add_(1)
+    return eager_step(relu)(x, weight, bias, running_mean, running_var, factor, eps)
 
 
 def eval_step(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,

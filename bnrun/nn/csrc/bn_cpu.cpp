@@ -652,16 +652,26 @@ struct Stats {
   }
 };
 
-// Returns (y, mean, biased var, 1/σ̂, a, k), the statistics in acc_t; y = max(BN(x), 0) when `relu`.
-std::vector<Tensor> forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, bool relu) {
+// Rows of the (5, C) per-channel tensor the training step keeps: mean, biased var, 1/σ̂, a, k (one
+// allocation instead of five).
+enum StatRow : int64_t { kMean, kVar, kInv, kA, kK, kStatRows };
+
+template <typename acc_t>
+Stats<acc_t> stats_of(Tensor& stats) {
+  acc_t* p = stats.mutable_data_ptr<acc_t>();
+  const int64_t c = stats.size(1);
+  return {p + kMean * c, p + kVar * c, p + kInv * c, p + kA * c, p + kK * c};
+}
+
+// Returns (y, stats), stats as in StatRow, in acc_t; y = max(BN(x), 0) when `relu`.
+std::tuple<Tensor, Tensor> forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                                          bool relu) {
   const Shape shape = shape_of(x);
-  Tensor y = at::empty_like(x), mean = at::empty({shape.c}, per_channel_options(x)), var = at::empty_like(mean),
-         inv = at::empty_like(mean), a = at::empty_like(mean), k = at::empty_like(mean);
+  Tensor y = at::empty_like(x), stats = at::empty({kStatRows, shape.c}, per_channel_options(x));
   BNRUN_DISPATCH(x.scalar_type(), "bnrun_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using T = raw_t<scalar_t>;
-    Stats<acc_t> st{mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(), inv.mutable_data_ptr<acc_t>(),
-                    a.mutable_data_ptr<acc_t>(), k.mutable_data_ptr<acc_t>()};
+    Stats<acc_t> st = stats_of<acc_t>(stats);
     const acc_t *pw = maybe<acc_t>(weight), *pb = maybe<acc_t>(bias);
     const double m = static_cast<double>(shape.m());
     if (shape.s == 1) {
@@ -684,19 +694,19 @@ std::vector<Tensor> forward_kernel(const Tensor& x, const Tensor& weight, const 
       });
     });
   });
-  return {y, mean, var, inv, a, k};
+  return {y, stats};
 }
 
-// Returns (dx, dγ, dβ); dy must be laid out as x. a, k: the forward's output coefficients (the
-// ReLU mask); dγ only when weight is defined.
-std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& inv_std,
-                                    const Tensor& weight, const Tensor& a, const Tensor& k, bool relu) {
+// Returns (dx, dγ, dβ); dy must be laid out as x; stats: the forward's (StatRow), whose a and k
+// give the ReLU mask.
+std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, Tensor& stats, const Tensor& weight,
+                                    bool relu) {
   const Shape shape = shape_of(x);
-  Tensor grad_x = at::empty_like(x), grad_weight = at::empty_like(mean), grad_bias = at::empty_like(mean);
+  Tensor grad_x = at::empty_like(x), grad_weight = at::empty_like(weight), grad_bias = at::empty_like(weight);
   BNRUN_DISPATCH(x.scalar_type(), "bnrun_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t *pw = maybe<acc_t>(weight), *pmean = mean.const_data_ptr<acc_t>(), *pinv = inv_std.const_data_ptr<acc_t>();
-    const acc_t *pa = a.const_data_ptr<acc_t>(), *pk = k.const_data_ptr<acc_t>();
+    const Stats<acc_t> st = stats_of<acc_t>(stats);
+    const acc_t *pw = maybe<acc_t>(weight), *pmean = st.mean, *pinv = st.inv, *pa = st.a, *pk = st.k;
     acc_t *pdw = grad_weight.mutable_data_ptr<acc_t>(), *pdb = grad_bias.mutable_data_ptr<acc_t>();
     std::vector<double> sum_dy(shape.c), sum_dy_centered(shape.c);
     std::vector<acc_t> A(shape.c), B(shape.c), K(shape.c);
@@ -731,33 +741,56 @@ std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, const
       });
     });
   });
-  return {grad_x, weight.defined() ? grad_weight : Tensor(), grad_bias};
+  return {grad_x, grad_weight, grad_bias};
 }
 
 const char* kNoDoubleBackward =
     "bnrun's fused batch norm does not support double backward (create_graph=True); use fused=False";
 
+// Moves the running statistics towards the batch's: one loop over C instead of four tensor ops.
+template <typename acc_t>
+void update_running(const Stats<acc_t>& st, int64_t channels, double m, double factor, Tensor& running_mean,
+                    Tensor& running_var) {
+  acc_t *rm = running_mean.mutable_data_ptr<acc_t>(), *rv = running_var.mutable_data_ptr<acc_t>();
+  for (int64_t c = 0; c < channels; ++c) {
+    rm[c] = static_cast<acc_t>(rm[c] + factor * (st.mean[c] - rm[c]));
+    rv[c] = static_cast<acc_t>(rv[c] + factor * (st.var[c] * m / (m - 1) - rv[c]));
+  }
+  running_mean.unsafeGetTensorImpl()->bump_version();  // as an in-place tensor op would
+  running_var.unsafeGetTensorImpl()->bump_version();
+}
+
+// Inputs: x, weight, bias (variables); the running statistics (updated in place) are not. Output: y.
 class TrainFunction : public torch::autograd::Function<TrainFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, Tensor x, Tensor weight, Tensor bias, double eps, bool relu) {
+  static variable_list forward(AutogradContext* ctx, Tensor x, Tensor weight, Tensor bias,
+                               std::optional<Tensor> running_mean, std::optional<Tensor> running_var, double factor,
+                               double eps, bool relu) {
     x = dense(x);
-    auto out = forward_kernel(x, weight, bias, eps, relu);  // y, mean, var, inv_std, a, k
-    ctx->save_for_backward({x, out[1], out[3], weight, out[4], out[5]});
+    auto [y, stats] = forward_kernel(x, weight, bias, eps, relu);
+    if (running_mean.has_value()) {
+      AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "bnrun_running_stats", [&] {
+        const double m = static_cast<double>(x.numel() / x.size(1));
+        update_running(stats_of<scalar_t>(stats), x.size(1), m, factor, *running_mean, *running_var);
+      });
+    }
+    ctx->save_for_backward({x, weight, stats});
     ctx->saved_data["relu"] = relu;
-    ctx->mark_non_differentiable({out[1], out[2]});
     ctx->set_materialize_grads(false);
-    return {out[0], out[1], out[2]};
+    return {y};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     // The kernel's gradient is not itself differentiable: refuse create_graph=True rather than
     // return a second derivative with terms missing.
     TORCH_CHECK(!at::GradMode::is_enabled(), kNoDoubleBackward);
-    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    variable_list result(8);
+    if (!grads[0].defined()) return result;
     auto saved = ctx->get_saved_variables();
-    auto g = backward_kernel(laid_out_as(grads[0], saved[0]), saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
+    auto g = backward_kernel(laid_out_as(grads[0], saved[0]), saved[0], saved[2], saved[1],
                              ctx->saved_data["relu"].toBool());
-    return {g[0], g[1], g[2], Tensor(), Tensor()};
+    std::copy(g.begin(), g.end(), result.begin());
+    return result;
   }
 };
 
@@ -771,12 +804,14 @@ class EvalFunction : public torch::autograd::Function<EvalFunction> {
                                double eps, bool relu) {
     x = dense(x);
     const Shape shape = shape_of(x);
-    Tensor y = at::empty_like(x), inv = at::empty_like(mean), a = at::empty_like(mean), k = at::empty_like(mean);
+    // One allocation for ι, a and k (rows 0, 1, 2).
+    Tensor y = at::empty_like(x), coefficients = at::empty({3, shape.c}, mean.options());
     BNRUN_DISPATCH(x.scalar_type(), "bnrun_eval", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const acc_t *pm = mean.const_data_ptr<acc_t>(), *pv = var.const_data_ptr<acc_t>();
       const acc_t *pw = maybe<acc_t>(weight), *pb = maybe<acc_t>(bias);
-      acc_t *pi = inv.mutable_data_ptr<acc_t>(), *pa = a.mutable_data_ptr<acc_t>(), *pk = k.mutable_data_ptr<acc_t>();
+      acc_t* pi = coefficients.mutable_data_ptr<acc_t>();
+      acc_t *pa = pi + shape.c, *pk = pi + 2 * shape.c;
       for (int64_t c = 0; c < shape.c; ++c) {
         const double iv = 1.0 / std::sqrt(static_cast<double>(pv[c]) + eps);
         const double ac = (pw ? static_cast<double>(pw[c]) : 1.0) * iv;
@@ -786,7 +821,7 @@ class EvalFunction : public torch::autograd::Function<EvalFunction> {
       }
       affine_output<scalar_t, acc_t>(shape, relu, x, pa, pk, y);
     });
-    ctx->save_for_backward({x, mean, weight, inv, a, k});
+    ctx->save_for_backward({x, mean, weight, coefficients});
     ctx->saved_data["relu"] = relu;
     ctx->set_materialize_grads(false);
     return {y};
@@ -797,40 +832,36 @@ class EvalFunction : public torch::autograd::Function<EvalFunction> {
     variable_list result(7);
     if (!grads[0].defined()) return result;
     auto saved = ctx->get_saved_variables();
-    const Tensor &x = saved[0], &mean = saved[1], &weight = saved[2], &inv = saved[3], &a = saved[4], &k = saved[5];
+    const Tensor &x = saved[0], &mean = saved[1], &weight = saved[2], &coefficients = saved[3];
     const Tensor dy = laid_out_as(grads[0], x);
     const bool relu = ctx->saved_data["relu"].toBool();
     const Shape shape = shape_of(x);
-    const bool sums = ctx->needs_input_grad(1) || ctx->needs_input_grad(2) || ctx->needs_input_grad(3) ||
-                      ctx->needs_input_grad(4);
     BNRUN_DISPATCH(x.scalar_type(), "bnrun_eval_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const acc_t *pa = a.const_data_ptr<acc_t>(), *pk = k.const_data_ptr<acc_t>();
+      const acc_t* pi = coefficients.const_data_ptr<acc_t>();
+      const acc_t *pa = pi + shape.c, *pk = pi + 2 * shape.c;
       if (ctx->needs_input_grad(0)) {
         result[0] = at::empty_like(x);
         grad_input<scalar_t, acc_t>(shape, relu, false, dy, x, pa, pk, pa, nullptr, nullptr, result[0]);
       }
-      if (!sums) return;
+      if (!(ctx->needs_input_grad(1) || ctx->needs_input_grad(2) || ctx->needs_input_grad(3) ||
+            ctx->needs_input_grad(4)))
+        return;
       std::vector<double> s0(shape.c), s1(shape.c);
       gradient_sums<scalar_t, acc_t>(shape, relu, dy, x, mean.const_data_ptr<acc_t>(), pa, pk, s0.data(), s1.data());
-      const Tensor options = a;
-      Tensor d_mean = at::empty_like(options), d_var = at::empty_like(options), d_weight = at::empty_like(options),
-             d_bias = at::empty_like(options);
-      const acc_t *pi = inv.const_data_ptr<acc_t>(), *pw = maybe<acc_t>(weight);
-      for (int64_t c = 0; c < shape.c; ++c) {
-        const double iv = pi[c], w = pw ? static_cast<double>(pw[c]) : 1.0;
-        d_mean.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(-static_cast<double>(pa[c]) * s0[c]);
-        d_var.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(-0.5 * w * iv * iv * iv * s1[c]);
-        d_weight.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(iv * s1[c]);
-        d_bias.mutable_data_ptr<acc_t>()[c] = static_cast<acc_t>(s0[c]);
-      }
-      result[1] = d_mean;
-      result[2] = d_var;
-      result[3] = d_weight;
-      result[4] = d_bias;
+      const acc_t* pw = maybe<acc_t>(weight);
+      // d mean = −a·Σg, d var = −½γι³·Σg(x − μ), dγ = ι·Σg(x − μ), dβ = Σg
+      const auto gradient = [&](int index, auto value) {
+        if (!ctx->needs_input_grad(index)) return;
+        result[index] = at::empty_like(mean);
+        acc_t* out = result[index].template mutable_data_ptr<acc_t>();
+        for (int64_t c = 0; c < shape.c; ++c) out[c] = static_cast<acc_t>(value(c, static_cast<double>(pi[c])));
+      };
+      gradient(1, [&](int64_t c, double) { return -static_cast<double>(pa[c]) * s0[c]; });
+      gradient(2, [&](int64_t c, double iv) { return -0.5 * (pw ? static_cast<double>(pw[c]) : 1.0) * iv * iv * iv * s1[c]; });
+      gradient(3, [&](int64_t c, double iv) { return iv * s1[c]; });
+      gradient(4, [&](int64_t c, double) { return s0[c]; });
     });
-    for (int i = 1; i <= 4; ++i)
-      if (!ctx->needs_input_grad(i)) result[i] = Tensor();
     return result;
   }
 };
@@ -870,30 +901,22 @@ Tensor or_zeros(const std::optional<Tensor>& t, const Tensor& x) {
 }
 
 // The training step in full: normalize with batch statistics (then ReLU when `relu`), fold them
-// into the running ones. Returns (y, "") or, for input it does not handle, (undefined, why): the
-// caller goes eager and says so.
+// into the running ones, and count the batch in `counter` (the module's num_batches_tracked) when
+// given. Returns (y, "") or, for input it does not handle, (undefined, why) having changed nothing:
+// the caller goes eager and says so.
 std::tuple<Tensor, std::string> train(const Tensor& x, const std::optional<Tensor>& weight,
                                       const std::optional<Tensor>& bias, const std::optional<Tensor>& running_mean,
-                                      const std::optional<Tensor>& running_var, double factor, double eps, bool relu) {
+                                      const std::optional<Tensor>& running_var, double factor, double eps, bool relu,
+                                      const std::optional<Tensor>& counter) {
   const std::string why = unsupported(x, {&weight, &bias, &running_mean, &running_var});
   if (!why.empty()) return {Tensor(), why};
-  auto out = TrainFunction::apply(x, or_ones(weight, x), or_zeros(bias, x), eps, relu);
-  if (running_mean.has_value()) {
-    // One loop over C instead of four tensor ops (unsupported() checked the buffers' dtype and layout).
-    const int64_t channels = x.size(1);
-    const double m = static_cast<double>(x.numel() / channels);
-    AT_DISPATCH_FLOATING_TYPES(out[1].scalar_type(), "bnrun_running_stats", [&] {
-      const scalar_t *mean = out[1].const_data_ptr<scalar_t>(), *var = out[2].const_data_ptr<scalar_t>();
-      scalar_t *rm = running_mean->mutable_data_ptr<scalar_t>(), *rv = running_var->mutable_data_ptr<scalar_t>();
-      for (int64_t c = 0; c < channels; ++c) {
-        rm[c] = static_cast<scalar_t>(rm[c] + factor * (mean[c] - rm[c]));
-        rv[c] = static_cast<scalar_t>(rv[c] + factor * (var[c] * m / (m - 1) - rv[c]));
-      }
-    });
-    running_mean->unsafeGetTensorImpl()->bump_version();  // as an in-place tensor op would
-    running_var->unsafeGetTensorImpl()->bump_version();
+  if (counter.has_value()) {
+    TORCH_CHECK(counter->scalar_type() == at::kLong && counter->numel() == 1, "the counter is a long scalar");
+    ++*counter->mutable_data_ptr<int64_t>();
+    counter->unsafeGetTensorImpl()->bump_version();
   }
-  return {out[0], ""};
+  auto y = TrainFunction::apply(x, or_ones(weight, x), or_zeros(bias, x), running_mean, running_var, factor, eps, relu);
+  return {y[0], ""};
 }
 
 // Prediction mode: y = g(BN(x)) with the given statistics, one pass, in x's layout and dtype, as
@@ -939,7 +962,9 @@ Tensor to_bf16(const Tensor& x, bool vectorized) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("train", &train, "bnrun fused training-mode batch norm, optionally followed by ReLU (CPU); returns (y, why-not)");
+  m.def("train", &train, "bnrun fused training-mode batch norm, optionally followed by ReLU (CPU); returns (y, why-not)",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"), py::arg("running_var"),
+        py::arg("factor"), py::arg("eps"), py::arg("relu"), py::arg("counter") = py::none());
   m.def("eval", &eval, "prediction-mode batch norm (autograd), optionally followed by ReLU (CPU); None if unsupported");
   m.def("moments", &moments, "per-channel (count, mean, sum of squared deviations) in double, one read of x (CPU)");
   m.def("isa", [] { return std::string(kIsa); }, "the vector instruction set this build was compiled for");
