@@ -90,6 +90,9 @@ class Run(Base):
     dropout: Mapped[float] = mapped_column(Float, server_default="0")
     train_loss_population: Mapped[float | None] = mapped_column(Float)
     train_acc_population: Mapped[float | None] = mapped_column(Float)
+    # revision 0006: run management (a soft delete, and the user's own note; `note` says why a run failed)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    user_note: Mapped[str | None] = mapped_column(Text)
 
 
 class Epoch(Base):
@@ -150,3 +153,12 @@ class Diagnostic(Base):
     name: Mapped[str] = mapped_column(String(64))
     x: Mapped[float | None] = mapped_column(Float)
     value: Mapped[float | None] = mapped_column(Float)
+
+
+class Tag(Base):
+    """A user's label on a run (revision 0006): `bnrun tag RUN --add TAG`."""
+
+    __tablename__ = "tags"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)

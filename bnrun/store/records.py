@@ -9,8 +9,18 @@ from datetime import datetime
 
 from bnrun.training.results import DiagnosticRecord, EpochRecord, FinalMetrics
 
-__all__ = ["STATUSES", "DiagnosticRecord", "EpochRecord", "EvaluationRecord", "FinalMetrics", "RunRecord",
-           "record_from_row"]
+__all__ = [
+    "STATUSES",
+    "DiagnosticRecord",
+    "EpochRecord",
+    "EvaluationRecord",
+    "FinalMetrics",
+    "PurgeRecord",
+    "RunLabels",
+    "RunRecord",
+    "TrialHolder",
+    "record_from_row",
+]
 
 STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
 
@@ -73,6 +83,8 @@ class RunRecord:
     dropout: float = 0.0
     train_loss_population: float | None = None  # the training split in prediction mode, after training
     train_acc_population: float | None = None
+    deleted_at: datetime | None = None  # soft-deleted (bnrun delete): left out of runs, report and plot
+    user_note: str | None = None  # the user's own note (bnrun tag --note); `note` says why a run failed
 
 
 @dataclass(frozen=True)
@@ -100,3 +112,35 @@ class EvaluationRecord:
 def record_from_row(record_type: type, row: object):
     """Copy the same-named attributes of an ORM row into a record dataclass."""
     return record_type(**{f.name: getattr(row, f.name) for f in fields(record_type)})
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """What the user attached to a run: its tags (sorted) and its note."""
+
+    run_id: int
+    tags: tuple[str, ...]
+    user_note: str | None
+
+
+@dataclass(frozen=True)
+class PurgeRecord:
+    """What `Store.purge_runs` removed: the runs, and the rows that hung off them."""
+
+    run_ids: tuple[int, ...]
+    epochs: int
+    checkpoints: int
+    evaluations: int
+    diagnostics: int
+    tags: int
+
+
+@dataclass(frozen=True)
+class TrialHolder:
+    """The row that holds a trial (configuration key, seed): its outcome, or the running attempt."""
+
+    config_key: str
+    seed: int
+    run_id: int
+    status: str
+    diagnostics: bool | None = None  # a sweep with --diagnostics runs the trial again without them

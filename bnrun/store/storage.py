@@ -13,19 +13,22 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bnrun.errors import StoreError
 from bnrun.store.engine import describe, open_engine, open_read_only, resolve_url, sqlite_path
-from bnrun.store.models import Checkpoint, Diagnostic, Epoch, Evaluation, Run
+from bnrun.store.models import Checkpoint, Diagnostic, Epoch, Evaluation, Run, Tag
 from bnrun.store.records import (
     DiagnosticRecord,
     EpochRecord,
     EvaluationRecord,
     FinalMetrics,
+    PurgeRecord,
+    RunLabels,
     RunRecord,
+    TrialHolder,
     record_from_row,
 )
 
@@ -262,11 +265,19 @@ class Store:
         placements: tuple[str, ...] = (),
         statuses: tuple[str, ...] = (),
         impls: tuple[str, ...] = (),
+        deleted: bool | None = False,
+        tags: tuple[str, ...] = (),
     ) -> list[RunRecord]:
+        """The runs, by id. `deleted`: False leaves soft-deleted runs out, True lists only them, None
+        both; `tags`: only runs that carry every one of them."""
         query = select(Run).order_by(Run.id)
         for column, values in ((Run.arch, archs), (Run.bn, placements), (Run.status, statuses), (Run.bn_impl, impls)):
             if values:
                 query = query.where(column.in_(values))
+        if deleted is not None:
+            query = query.where(Run.deleted_at.is_not(None) if deleted else Run.deleted_at.is_(None))
+        for tag in tags:
+            query = query.where(Run.id.in_(select(Tag.run_id).where(Tag.tag == tag)))
         with self.session() as session:
             return [record_from_row(RunRecord, row) for row in session.scalars(query)]
 
@@ -325,3 +336,126 @@ class Store:
         with self.session() as session:
             rows = session.scalars(select(Evaluation).where(Evaluation.run_id == run_id).order_by(Evaluation.id))
             return [record_from_row(EvaluationRecord, row) for row in rows]
+
+    # -- run management: tags, notes, soft deletes, purges -------------------------------------
+
+    def get_runs(self, run_ids: list[int]) -> list[RunRecord]:
+        """These runs, in the order asked (deleted ones too); StoreError names any unknown id."""
+        with self.session() as session:
+            return [record_from_row(RunRecord, row) for row in self._rows(session, run_ids)]
+
+    def _rows(self, session: Session, run_ids: list[int]) -> list[Run]:
+        rows = {row.id: row for row in session.scalars(select(Run).where(Run.id.in_(set(run_ids))))}
+        missing = [str(run_id) for run_id in dict.fromkeys(run_ids) if run_id not in rows]
+        if missing:
+            raise StoreError(f"no run with id {', '.join(missing)} in {self.name}; list them with: bnrun runs")
+        return [rows[run_id] for run_id in dict.fromkeys(run_ids)]
+
+    def labels(self, run_ids: list[int]) -> dict[int, RunLabels]:
+        """Each run's tags and note."""
+        with self.session() as session:
+            return self._labels(session, run_ids)
+
+    @staticmethod
+    def _labels(session: Session, run_ids: list[int]) -> dict[int, RunLabels]:
+        tags: dict[int, list[str]] = {run_id: [] for run_id in run_ids}
+        for row in session.scalars(select(Tag).where(Tag.run_id.in_(set(run_ids))).order_by(Tag.tag)):
+            tags[row.run_id].append(row.tag)
+        notes = dict(session.execute(select(Run.id, Run.user_note).where(Run.id.in_(set(run_ids)))).all())
+        return {run_id: RunLabels(run_id, tuple(tags[run_id]), notes.get(run_id)) for run_id in run_ids}
+
+    def label_runs(
+        self, run_ids: list[int], add: tuple[str, ...] = (), remove: tuple[str, ...] = (), note: str | None = None
+    ) -> list[RunLabels]:
+        """Add and remove tags (adding a tag a run has, or removing one it lacks, changes nothing);
+        `note` replaces the user's note ("" clears it; None leaves it)."""
+        with self.session(write=True) as session:
+            rows = self._rows(session, run_ids)
+            ids = [row.id for row in rows]
+            if remove:
+                session.execute(delete(Tag).where(Tag.run_id.in_(ids), Tag.tag.in_(remove)))
+            present = set(
+                session.execute(select(Tag.run_id, Tag.tag).where(Tag.run_id.in_(ids), Tag.tag.in_(add))).all()
+            )
+            session.add_all(
+                Tag(run_id=run_id, tag=tag)
+                for run_id in ids
+                for tag in dict.fromkeys(add)
+                if (run_id, tag) not in present
+            )
+            if note is not None:
+                for row in rows:
+                    row.user_note = note or None
+            session.flush()
+            labels = self._labels(session, ids)
+            return [labels[run_id] for run_id in ids]
+
+    def _refuse_running(self, rows: list[Run], action: str) -> None:
+        running = [str(row.id) for row in rows if row.status == "running"]
+        if running:
+            raise StoreError(
+                f"run {', '.join(running)} is running; a running trial is never {action} (wait for it to end)"
+            )
+
+    def delete_runs(self, run_ids: list[int]) -> list[RunRecord]:
+        """Soft delete: the runs stay in the store, marked, and are left out of runs, report and plot
+        until restored. A deleted run gives up its trial's claim, so `bnrun train` runs the trial
+        again. Refuses (and changes nothing) if any of them is running."""
+        with self.session(write=True) as session:
+            rows = self._rows(session, run_ids)
+            self._refuse_running(rows, "deleted")
+            now = self.now(session)
+            for row in rows:
+                if row.deleted_at is None:
+                    row.deleted_at, row.claim = now, None
+            return [record_from_row(RunRecord, row) for row in rows]
+
+    def restore_runs(self, run_ids: list[int]) -> list[RunRecord]:
+        """Undo a soft delete. A restored outcome takes its trial's claim back unless another run
+        holds the trial by now (it then stays as history, like a run trained again with --force)."""
+        with self.session(write=True) as session:
+            rows = self._rows(session, run_ids)
+            for row in rows:
+                if row.deleted_at is None:
+                    continue
+                row.deleted_at = None
+                if row.status in OUTCOMES and self._claim_holder(session, row.config_key, row.seed) is None:
+                    row.claim = 1
+                session.flush()
+            return [record_from_row(RunRecord, row) for row in rows]
+
+    def purge_runs(self, run_ids: list[int]) -> PurgeRecord:
+        """Remove the runs for good, with their epochs, checkpoints, evaluations, diagnostics and
+        tags. Refuses (and removes nothing) if any of them is running."""
+        with self.session(write=True) as session:
+            rows = self._rows(session, run_ids)
+            self._refuse_running(rows, "purged")
+            ids = [row.id for row in rows]
+            counts = {}
+            for name, table in (
+                ("epochs", Epoch),
+                ("checkpoints", Checkpoint),
+                ("evaluations", Evaluation),
+                ("diagnostics", Diagnostic),
+                ("tags", Tag),
+            ):
+                counts[name] = session.execute(delete(table).where(table.run_id.in_(ids))).rowcount
+            session.execute(delete(Run).where(Run.id.in_(ids)))
+            return PurgeRecord(run_ids=tuple(ids), **counts)
+
+    def trial_holders(self, config_keys: list[str]) -> list[TrialHolder]:
+        """The rows holding trials of these configurations (their outcome or running attempt):
+        what a sweep over them would skip."""
+        holders: list[TrialHolder] = []
+        keys = list(dict.fromkeys(config_keys))
+        with self.session() as session:
+            for start in range(0, len(keys), 500):  # well under every backend's bound-parameter limit
+                query = select(Run.config_key, Run.seed, Run.id, Run.status, Run.diagnostics).where(
+                    Run.config_key.in_(keys[start : start + 500]), Run.claim == 1
+                )
+                holders.extend(TrialHolder(*row) for row in session.execute(query))
+        return holders
+
+    def count_runs(self) -> int:
+        with self.session() as session:
+            return session.execute(select(func.count()).select_from(Run)).scalar_one()
