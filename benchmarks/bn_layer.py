@@ -76,9 +76,11 @@ def main() -> None:
     args = parser.parse_args()
     repeats, inner = (5, 3) if args.quick else (15, 5)
     warnings.simplefilter("always")
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    machine = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {machine}, {torch.get_num_threads()} threads, "
           f"fused kernel built for {fused.kernel_isa()}")
-    print("| shape | dtype | layout | native ms | custom eager ms | custom fused ms | eager / native | fused / native |")
+    print("| shape | dtype | layout | native ms | custom eager ms | custom fused ms "
+          "| eager / native | fused / native |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for dtype, layout in CASES:
         for shape in SHAPES:

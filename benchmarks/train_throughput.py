@@ -6,6 +6,13 @@ same run; then the share of a real epoch spent outside forward/backward/step (da
     python benchmarks/train_throughput.py --quick   # fewer repetitions
     python benchmarks/train_throughput.py --channels-last [--precision bf16] --steps-only
                                                     # the CNN in channels_last (and bf16 autocast)
+    python benchmarks/train_throughput.py --prediction [--channels-last] [--precision bf16]
+                                                    # the CNN's prediction-mode work instead
+
+With --prediction, what a trial does after training, for the CNN with torch's BN and with the
+fused custom BN (its ReLU in the BN's output pass), in the same layout and precision: evaluation
+(prediction-mode forward over a split) and population statistics (`bnrun.nn.population`), on
+synthetic images, interleaved in rounds like the steps.
 
 Step timings are interleaved across variants in rounds; the table gives the median time per
 step and the median over rounds of each round's ratio to torch's BN (paired, so that this VM's
@@ -23,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from bnrun.config import TrainConfig
+from bnrun.nn import recompute_population_statistics
 from bnrun.run.progress import SilentReporter
 from bnrun.training import data as data_mod
 from bnrun.training.loop import make_optimizer, make_scheduler, steps_per_epoch, train_epoch
@@ -68,16 +76,68 @@ def step_times(arch: str, repeats: int, inner: int, channels_last: bool = False,
     return samples
 
 
+PREDICTION_IMAGES = 5_120
+PREDICTION_BATCH = 128  # as bnrun's evaluation and population statistics (training.evaluation.EVAL_BATCH)
+
+
+def prediction_times(repeats: int, channels_last: bool, precision: str) -> dict[str, dict[str, list[float]]]:
+    """Seconds per pass over PREDICTION_IMAGES of evaluation and of population statistics, for the
+    CNN with torch's BN and with the fused custom BN, one sample per round."""
+    images = torch.randn(PREDICTION_IMAGES, 1, 28, 28)
+
+    def batches():
+        return (images[start:start + PREDICTION_BATCH] for start in range(0, PREDICTION_IMAGES, PREDICTION_BATCH))
+
+    def evaluate(model) -> None:
+        model.eval()
+        with torch.no_grad(), autocast(precision, "cpu"):
+            for x in batches():
+                model(x)
+
+    def population(model) -> None:
+        with autocast(precision, "cpu"):
+            recompute_population_statistics(model, batches)
+
+    torch.manual_seed(0)
+    models = {name: build_model("cnn", "pre", impl, fused, channels_last)
+              for name, (_, impl, fused) in VARIANTS.items() if name in ("torch", "custom fused")}
+    samples: dict[str, dict[str, list[float]]] = {}
+    for task, run in (("evaluation", evaluate), ("population statistics", population)):
+        samples[task] = {name: [] for name in models}
+        for model in models.values():  # warm-up
+            run(model)
+        for _ in range(repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                run(model)
+                samples[task][name].append(time.perf_counter() - start)
+    return samples
+
+
+def print_prediction(repeats: int, channels_last: bool, precision: str) -> None:
+    print("| task | torch BN s | custom fused s | custom fused / torch BN (median of paired ratios) |")
+    print("|---|---:|---:|---:|")
+    for task, times in prediction_times(repeats, channels_last, precision).items():
+        ratio = statistics.median(a / b for a, b in zip(times["custom fused"], times["torch"]))
+        print(f"| {task} | {statistics.median(times['torch']):.3f} | {statistics.median(times['custom fused']):.3f} "
+              f"| {ratio:.2f}× |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--channels-last", action="store_true", help="the CNN in channels_last order")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: under autocast")
     parser.add_argument("--steps-only", action="store_true", help="skip the epoch measurement")
+    parser.add_argument("--prediction", action="store_true",
+                        help="time the CNN's evaluation and population statistics instead of training steps")
     args = parser.parse_args()
     repeats, inner, images = (3, 3, 5_000) if args.quick else (15, 10, None)  # None: the full training split
     layout = "channels_last" if args.channels_last else "NCHW"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, {args.precision}, CNN in {layout}")
+    if args.prediction:
+        print_prediction(3 if args.quick else 7, args.channels_last, args.precision)
+        return
     print("| arch | variant | ms / step | images / s | step time / torch BN (median of paired ratios) |")
     print("|---|---|---:|---:|---:|")
     for arch in ("mlp", "cnn"):

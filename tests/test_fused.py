@@ -189,7 +189,8 @@ def test_dtype_and_layout_match_torch(layout, dtype, tol, fused_path, relu):
         if index < 2 and tol is None:
             torch.testing.assert_close(a.float(), b.float(), rtol=1.6e-2, atol=2e-2)
         else:
-            torch.testing.assert_close(a.float(), b.float(), rtol=1e-3 if tol is None else tol, atol=1e-3 if tol is None else tol)
+            close = 1e-3 if tol is None else tol
+            torch.testing.assert_close(a.float(), b.float(), rtol=close, atol=close)
 
 
 def step_outputs_with(forward, layer, x, upstream):
@@ -306,7 +307,8 @@ def test_prediction_mode_keeps_the_graph_and_refuses_double_backward():
     y = layer(x.requires_grad_())
     assert y.requires_grad and y.grad_fn is not None
     (gx,) = torch.autograd.grad(y.sum(), x)
-    torch.testing.assert_close(gx, (layer.weight / torch.sqrt(layer.running_var + layer.eps)).view(1, 4, 1, 1).expand_as(x))
+    scale = (layer.weight / torch.sqrt(layer.running_var + layer.eps)).view(1, 4, 1, 1)
+    torch.testing.assert_close(gx, scale.expand_as(x))
     with pytest.raises(RuntimeError, match="double backward"):
         (gx,) = torch.autograd.grad(layer(x).pow(2).sum(), x, create_graph=True)
         gx.sum().backward()
@@ -397,8 +399,7 @@ def test_every_build_this_cpu_can_run_matches_torch(isa):
         ours, theirs = kernel_step(kernel, x, upstream, relu, reference)
         for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
             where = f"{isa} {shape} {dtype} {memory_format} relu={relu} output {index}"
-            if dtype == torch.bfloat16 and index in (0, 1, 6, 7):
-                torch.testing.assert_close(a.float(), b.float(), rtol=1.6e-2, atol=3e-2, msg=lambda m, where=where: f"{where}: {m}")
-            else:
-                torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-4, msg=lambda m, where=where: f"{where}: {m}")
+            rtol, atol = (1.6e-2, 3e-2) if dtype == torch.bfloat16 and index in (0, 1, 6, 7) else (1e-4, 1e-4)
+            torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol,
+                                       msg=lambda m, where=where: f"{where}: {m}")
         assert ours[0].is_contiguous(memory_format=memory_format) and ours[1].is_contiguous(memory_format=memory_format)

@@ -52,7 +52,8 @@ def in_op_math(x: Tensor) -> Tensor:
 
 def laid_out_as(t: Tensor, like: Tensor) -> Tensor:
     """t, dense in `like`'s memory format (contiguous or channels_last), copied only if it is not."""
-    channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
+    channels_last = (like.dim() == 4 and not like.is_contiguous()
+                     and like.is_contiguous(memory_format=torch.channels_last))
     return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
@@ -135,8 +136,10 @@ class BatchNormFunction(torch.autograd.Function):
         if grad_y is None:  # only the (non-differentiable) statistics were used downstream
             return None, None, None, None
         x_hat, inv_std, weight = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = normalize_backward(laid_out_as(in_op_math(grad_y), x_hat), x_hat, inv_std, weight)
-        return grad_x.to(ctx.input_dtype), grad_weight if ctx.has_weight else None, grad_bias if ctx.has_bias else None, None
+        grad_y = laid_out_as(in_op_math(grad_y), x_hat)
+        grad_x, grad_weight, grad_bias = normalize_backward(grad_y, x_hat, inv_std, weight)
+        return (grad_x.to(ctx.input_dtype), grad_weight if ctx.has_weight else None,
+                grad_bias if ctx.has_bias else None, None)
 
 
 def batch_norm_train(

@@ -85,7 +85,8 @@ def eval_step(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias:
         y = kernel.eval(x, mean, var, weight, bias, eps, relu)
         if y is not None:
             return y
-        _warn_once(f"bnrun: the fused CPU batch norm cannot serve this {x.dtype} input in prediction mode; using the eager path")
+        _warn_once(f"bnrun: the fused CPU batch norm cannot serve this {x.dtype} input in prediction mode; "
+                   "using the eager path")
     y = batch_norm_eval(x, mean, var, weight, bias, eps)
     return torch.relu(y) if relu else y
 

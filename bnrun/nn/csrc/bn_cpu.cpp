@@ -19,7 +19,9 @@
 // Passes: forward reads x once for the moments and once more (read + write) for the output;
 // backward reads x and dy once for the two sums and once more for dx. Contiguous (N, C, S) input
 // is processed one channel at a time, so the second pass finds the channel's N·S values in L2.
-// Sums run in acc_t within a row of S values (a block of 64 rows when S = 1), in double beyond.
+// Sums run in acc_t per vector lane within a block (about 2048 values of a channel, or 64 rows of
+// channels when S = 1), in double beyond; the moments of a block are taken twice while it sits in
+// L1 (its mean, then its squared deviations) and blocks merged with Chan et al.'s update.
 //
 // Precision: x (and y, dy, dx) may be float32, float64, bfloat16 or float16; every per-channel
 // tensor (γ, β, running and saved statistics, dγ, dβ) and every arithmetic step is acc_t, the
@@ -273,7 +275,8 @@ constexpr int64_t kLanes = 4096;
 template <typename F>
 inline void for_each_piece(const Shape& shape, int64_t c, int64_t first, int64_t last, const F& f) {
   for (int64_t n = first; n < last; ++n)
-    for (int64_t s0 = 0; s0 < shape.s; s0 += kLanes) f((n * shape.c + c) * shape.s + s0, std::min(kLanes, shape.s - s0));
+    for (int64_t s0 = 0; s0 < shape.s; s0 += kLanes)
+      f((n * shape.c + c) * shape.s + s0, std::min(kLanes, shape.s - s0));
 }
 
 // Rows per block: about kBlockValues values, at least 4 rows.
@@ -546,7 +549,8 @@ void rows_grad_input(const Shape& shape, const T* pdy, const T* px, const acc_t*
 // ---------------------------------------------------------------------------------------------
 // Layout-independent steps: each picks the (N, C, S) or the rows-of-channels loops.
 
-#define BNRUN_DISPATCH(TYPE, NAME, ...) AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+#define BNRUN_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 template <typename F>
 void with_relu(bool relu, const F& f) {
@@ -572,7 +576,8 @@ void gradient_sums(const Shape& shape, bool relu, const Tensor& dy, const Tensor
   with_relu(relu, [&](auto r) {
     constexpr bool kRelu = decltype(r)::value;
     if (shape.s == 1) {
-      all_rows_gradient_sums<kRelu, T, acc_t>(shape, in<scalar_t>(dy), in<scalar_t>(x), mu, a, k, sum_dy, sum_dy_centered);
+      all_rows_gradient_sums<kRelu, T, acc_t>(shape, in<scalar_t>(dy), in<scalar_t>(x), mu, a, k, sum_dy,
+                                              sum_dy_centered);
       return;
     }
     at::parallel_for(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
@@ -734,7 +739,8 @@ std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, Tenso
       constexpr bool kRelu = decltype(r)::value;
       at::parallel_for(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {  // the dx pass finds the channel's x and dy still in L2
-          plane_gradient_sums<kRelu, T, acc_t>(shape, c, pdy, px, pmean[c], pa[c], pk[c], sum_dy[c], sum_dy_centered[c]);
+          plane_gradient_sums<kRelu, T, acc_t>(shape, c, pdy, px, pmean[c], pa[c], pk[c], sum_dy[c],
+                                               sum_dy_centered[c]);
           coefficients(c);
           plane_grad_input<kRelu, true, T, acc_t>(shape, c, pdy, px, pa[c], pk[c], A[c], B[c], K[c], pdx);
         }
@@ -858,7 +864,9 @@ class EvalFunction : public torch::autograd::Function<EvalFunction> {
         for (int64_t c = 0; c < shape.c; ++c) out[c] = static_cast<acc_t>(value(c, static_cast<double>(pi[c])));
       };
       gradient(1, [&](int64_t c, double) { return -static_cast<double>(pa[c]) * s0[c]; });
-      gradient(2, [&](int64_t c, double iv) { return -0.5 * (pw ? static_cast<double>(pw[c]) : 1.0) * iv * iv * iv * s1[c]; });
+      gradient(2, [&](int64_t c, double iv) {
+        return -0.5 * (pw ? static_cast<double>(pw[c]) : 1.0) * iv * iv * iv * s1[c];
+      });
       gradient(3, [&](int64_t c, double iv) { return iv * s1[c]; });
       gradient(4, [&](int64_t c, double) { return s0[c]; });
     });
@@ -962,7 +970,8 @@ Tensor to_bf16(const Tensor& x, bool vectorized) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("train", &train, "bnrun fused training-mode batch norm, optionally followed by ReLU (CPU); returns (y, why-not)",
+  m.def("train", &train,
+        "bnrun fused training-mode batch norm, optionally followed by ReLU (CPU); returns (y, why-not)",
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"), py::arg("running_var"),
         py::arg("factor"), py::arg("eps"), py::arg("relu"), py::arg("counter") = py::none());
   m.def("eval", &eval, "prediction-mode batch norm (autograd), optionally followed by ReLU (CPU); None if unsupported");
