@@ -24,6 +24,7 @@ from bnrun.cli import app
 from bnrun.cli.options import parse_run_ids, parse_where
 from bnrun.errors import UsageError
 from bnrun.store import EpochRecord, FinalMetrics, RunRecord, Store
+from conftest import REPO
 
 runner = CliRunner()
 
@@ -92,9 +93,12 @@ def test_where_filters_on_any_option_as_spelled_on_the_command_line():
 
     assert kept("lr=1e-1") == [1, 3] and kept("epochs=20") == [2] and kept("lr=0.1", "train-subset=none") == [1]
     assert kept("augment=false") == [3] and kept("arch=cnn") == [1, 2, 3] and kept("arch=mlp") == []
-    for bad in ("lr", "lr=", "speed=3"):
+    assert kept("lr=0.05,0.1") == [1, 2, 3] and kept("lr=0.05,0.1", "lr=0.1,0.3") == [1, 3]
+    for bad in ("lr", "lr=", "speed=3", "lr=abc", "augment=no", "epochs=1.5", "arch=resnet", "lr=none"):
         with pytest.raises(UsageError, match="--where"):
             parse_where([bad])
+    with pytest.raises(UsageError, match="contradictory"):
+        parse_where(["epochs=10", "epochs=20"])
 
 
 def test_comparisons_name_the_setting_they_were_made_at():
@@ -186,13 +190,27 @@ def test_latex_cells_bold_and_escaping():
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None and not os.environ.get("CI"),
                     reason="pdflatex comes with texlive-latex-recommended, which .ci/run installs; CI never skips this")
-def test_standalone_latex_compiles(tmp_path):
+@pytest.mark.parametrize("shipped", [False, True], ids=["hand-made", "shipped-grid"])
+def test_standalone_latex_compiles_fits_the_page_and_carries_comparisons_and_diagnostics(tmp_path, shipped):
+    """The table, the paired comparisons with Holm and the diagnostics, with no line wider than the page."""
     source = tmp_path / "report.tex"
-    source.write_text(latex.report_latex(build_report(sample_runs()), standalone=True))
+    if shipped:
+        store = REPO / "bnrun.db"
+        if not store.exists():
+            pytest.skip("no shipped bnrun.db")
+        result = runner.invoke(app, ["report", "--format", "latex", "--standalone", "--run-id", "1-32,204-215",
+                                     "--db", str(store), "--output", str(source)])
+        assert result.exit_code == 0, result.output
+    else:
+        source.write_text(latex.report_latex(build_report(sample_runs()), standalone=True))
+    text = source.read_text()
+    assert "Holm" in text and r"\label{tab:bnrun-comparisons}" in text
+    assert (r"\label{tab:bnrun-diagnostics}" in text) == shipped
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", source.name], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:]
     assert (tmp_path / "report.pdf").stat().st_size > 1000
+    assert "Overfull \\hbox" not in (tmp_path / "report.log").read_text(errors="replace")
 
 
 @pytest.fixture
@@ -228,7 +246,7 @@ def test_report_command_formats(small_store, tmp_path, fmt):
 
 
 def test_report_grid_completeness_and_flags(small_store):
-    result = runner.invoke(app, ["report", "--db", str(small_store), "--format", "markdown", "--seeds", "4"])
+    result = runner.invoke(app, ["report", "--db", str(small_store), "--format", "markdown", "--seeds", "4", "--all"])
     assert "3/4" in result.output and "1/4" in result.output
     assert "fewer than 3 completed trials: mlp bn=pre (custom)" in result.output
     assert "1 diverged" in result.output and "1 failed" in result.output
@@ -241,7 +259,7 @@ def test_report_on_empty_store_is_one_line_exit_1(tmp_path, isolated_store):
     result = runner.invoke(app, ["report", "--db", str(tmp_path / "empty.db")])
     assert result.exit_code == 1 and "bnrun train" in result.stderr and not result.stdout
     filtered = runner.invoke(app, ["report", "--arch", "mlp", "--bn", "post", "--by", "lr"])
-    assert filtered.exit_code == 1 and filtered.stderr.startswith("bnrun: error: no completed trials match")
+    assert filtered.exit_code == 1 and filtered.stderr.startswith("bnrun: error: no completed trials in the store")
     assert len(filtered.stderr.strip().splitlines()) == 1
 
 
@@ -270,7 +288,8 @@ def test_plot_writes_a_sensible_png(small_store, tmp_path):
 def test_plot_on_empty_store_is_one_line_exit_1(tmp_path):
     Store(str(tmp_path / "none.db")).close()
     result = runner.invoke(app, ["plot", "--db", str(tmp_path / "none.db"), "--output", str(tmp_path / "x.png")])
-    assert result.exit_code == 1 and "no completed trials match" in result.stderr and not (tmp_path / "x.png").exists()
+    assert result.exit_code == 1 and "no completed trials in the store" in result.stderr
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_group_label_for_replaced_run():

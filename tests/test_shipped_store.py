@@ -65,7 +65,7 @@ def test_sweeps_pivot_by_their_option(shipped_copy, by, arch, values):
 
 
 def test_eval_run_12_reproduces_stored_accuracy(shipped_copy):
-    result = runner.invoke(app, ["eval", "--run-id", "12", "--db", str(shipped_copy)])
+    result = runner.invoke(app, ["eval", "--run-id", "12", "--save", "--db", str(shipped_copy)])
     assert result.exit_code == 0, result.output
     store = Store(str(shipped_copy))
     run, evaluation = store.get_run(12), store.evaluations(12)[-1]

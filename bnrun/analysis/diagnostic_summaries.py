@@ -81,9 +81,10 @@ def run_diagnostic(
 
 
 def batch_stat_rows(
-    groups: tuple[Group, ...], evaluations: dict[int, list[EvaluationRecord]]
+    groups: tuple[Group, ...], evaluations: dict[int, list[EvaluationRecord]], varying: tuple[str, ...] = ()
 ) -> list[tuple[str, dict[int, list[float]]]]:
-    """Per group: {batch size: [test accuracy per run]} from each run's latest `eval --batch-stats`."""
+    """Per group: {batch size: [test accuracy per run]} from each run's latest stored `eval --batch-stats`;
+    each labelled with the `varying` options too."""
     rows = []
     for group in groups:
         series: dict[int, list[float]] = {}
@@ -92,10 +93,10 @@ def batch_stat_rows(
             for size, (_, accuracy) in latest[-1].batch_stats().items() if latest else ():
                 series.setdefault(size, []).append(accuracy)
         if series:
-            rows.append((f"{group.label()} (n={len(group.runs)})", series))
+            rows.append((f"{group.label(varying)} (n={len(group.runs)})", series))
     if not rows:
         raise UsageError(
-            "no evaluation with batch statistics among these runs; run e.g.: bnrun eval --run-id N "
-            "--batch-stats 2,8,32,128"
+            "no stored evaluation with batch statistics among these runs; run e.g.: bnrun eval N "
+            "--batch-stats 2,8,32,128 --save"
         )
     return rows

@@ -1,6 +1,8 @@
-"""Figures, written as PNGs (Agg backend), each a mean line with a ±std band over seeds:
-learning curves per epoch; the headline metric against one option (`plot --x lr`); the
-batch-norm diagnostics (`plot --diagnostic ...`); accuracy against the statistics batch size."""
+"""Figures (PNG, PDF or SVG by the file's extension; Agg backend), each a mean line with a ±std band
+over seeds: learning curves per epoch; the headline metric against one option (`plot --x lr`); the
+batch-norm diagnostics (`plot --diagnostic ...`); accuracy against the statistics batch size.
+Bands stay inside the metric's range (0-100 % for accuracies), cells with fewer than three seeds show
+their seeds as points instead of a band, and a figure refuses more series than it can tell apart."""
 
 from __future__ import annotations
 
@@ -13,13 +15,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bnrun.analysis.diagnostic_summaries import diagnostic_series  # noqa: E402
-from bnrun.analysis.grouping import Group  # noqa: E402
+from bnrun.analysis.grouping import Group, Report  # noqa: E402
 from bnrun.analysis.pivots import Pivot  # noqa: E402
-from bnrun.analysis.stats import summarize  # noqa: E402
+from bnrun.analysis.stats import MIN_TRIALS, summarize  # noqa: E402
 from bnrun.config import impl_label  # noqa: E402
+from bnrun.errors import UsageError  # noqa: E402
 from bnrun.store import EpochRecord  # noqa: E402
 
 PANELS = (("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0))
+MAX_SERIES = 12  # more lines than this in one figure cannot be told apart
+PERCENT_RANGE = (0.0, 100.0)
+
+
+def check_series(count: int, varying: tuple[str, ...] | list[str], hint: str = "") -> None:
+    """Refuse a figure of more than MAX_SERIES lines, naming the options that multiply them."""
+    if count <= MAX_SERIES:
+        return
+    names = ", ".join(varying) or "the configurations"
+    example = f" (e.g. --where {varying[0]}=VALUE)" if varying else ""
+    raise UsageError(
+        f"{count} series would share one figure (they differ in {names}); at most {MAX_SERIES} can be told apart: "
+        f"add --where OPTION=VALUE{example} or --arch/--bn{hint}"
+    )
 
 
 def mean_and_std(values: list[list[float]]) -> tuple[list[float], list[float]]:
@@ -36,14 +53,30 @@ def curve(group: Group, epochs: dict[int, list[EpochRecord]], field: str, scale:
     return list(range(1, length + 1)), means, stds
 
 
-def fill_band(axis, xs: list, means: list[float], stds: list[float], line) -> None:
-    axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                      color=line.get_color(), alpha=0.2)
+def fill_band(axis, xs: list, means: list[float], stds: list[float], line,
+              bounds: tuple[float | None, float | None] = (None, None), where: list[bool] | None = None) -> None:
+    """The ±std band around a line, clipped to the metric's `bounds`, drawn only `where` it means something."""
+    low, high = bounds
+
+    def clip(value: float) -> float:
+        value = value if low is None else max(low, value)
+        return value if high is None else min(high, value)
+
+    axis.fill_between(xs, [clip(m - s) for m, s in zip(means, stds)], [clip(m + s) for m, s in zip(means, stds)],
+                      color=line.get_color(), alpha=0.2, where=where, interpolate=False, linewidth=0)
+
+
+def within(axis, bounds: tuple[float, float]) -> None:
+    """Keep the y axis inside the metric's range (no accuracy below 0 % or above 100 %)."""
+    bottom, top = axis.get_ylim()
+    axis.set_ylim(max(bottom, bounds[0]), min(top, bounds[1] + 0.5))
 
 
 def plot_learning_curves(
-    groups: list[Group], epochs: dict[int, list[EpochRecord]], output: Path, dpi: int = 120
+    report: Report, epochs: dict[int, list[EpochRecord]], output: Path, dpi: int = 120
 ) -> Path:
+    groups = list(report.groups)
+    check_series(len(groups), report.varying)
     archs = list(dict.fromkeys(g.value("arch") for g in groups))
     figure, axes = plt.subplots(len(archs), len(PANELS), figsize=(11, 3.8 * len(archs)), squeeze=False)
     for row, arch in enumerate(archs):
@@ -53,8 +86,9 @@ def plot_learning_curves(
                 x, mean, std = curve(group, epochs, field, scale)
                 if not x:
                     continue
-                (line,) = axis.plot(x, mean, marker="o", markersize=3, label=f"{group.label()} (n={len(group.runs)})")
-                fill_band(axis, x, mean, std, line)
+                name = f"{report.label(group)} (n={len(group.runs)})"
+                (line,) = axis.plot(x, mean, marker="o", markersize=3, label=name)
+                fill_band(axis, x, mean, std, line, PERCENT_RANGE if scale == 100.0 else (0.0, None))
             axis.set_title(f"{arch.upper()}: {label}")
             axis.set_xlabel("epoch")
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -62,6 +96,8 @@ def plot_learning_curves(
             axis.grid(alpha=0.3)
             if field == "train_loss":
                 axis.set_yscale("log")
+            else:
+                within(axis, PERCENT_RANGE)
         axes[row][0].legend(fontsize=8, loc="lower right")
     return save(figure, output, dpi, "Fashion-MNIST learning curves: mean ± std over seeds")
 
@@ -80,44 +116,21 @@ def row_label(labels: dict) -> str:
 
 
 def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: float, dpi: int = 120) -> Path:
-    """The headline metric against one option: a mean line with a ±std band per placement, one panel
-    per architecture; an x marks each value where trials diverged, labelled k/n."""
+    """The headline metric against one option: a mean line per placement with a ±std band where at
+    least MIN_TRIALS seeds completed and the seeds as points where fewer did, one panel per
+    architecture; an x marks each value where trials diverged, labelled k/n, one level per line so
+    that coinciding marks stay apart."""
+    check_series(len(pivot.rows), [f for f in pivot.row_fields if f not in ("arch", "bn", "bn_impl", "fused")])
+    bounds = PERCENT_RANGE if scale == 100.0 else (None, None)
     archs = list(dict.fromkeys(row.labels.get("arch", "all") for row in pivot.rows))
     figure, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)
     for axis, arch in zip(axes[0], archs):
-        for row in (r for r in pivot.rows if r.labels.get("arch", "all") == arch):
-            points = [(v, c) for v, c in sorted(row.cells.items(), key=lambda item: item[0])]
-            done = [
-                (v, c.summary.mean * scale, (c.summary.std or 0.0) * scale)
-                for v, c in points
-                if c.summary.mean is not None
-            ]
-            line = None
-            if done:
-                xs, means, stds = zip(*done)
-                (line,) = axis.plot(xs, means, marker="o", markersize=4, label=row_label(row.labels))
-                fill_band(axis, xs, means, stds, line)
-            for value, cell in points:
-                if cell.diverged:
-                    color = line.get_color() if line is not None else "red"
-                    axis.plot(
-                        [value],
-                        [0.02],
-                        marker="x",
-                        color=color,
-                        markersize=9,
-                        mew=2,
-                        transform=axis.get_xaxis_transform(),
-                        clip_on=False,
-                    )
-                    axis.annotate(
-                        f"{cell.diverged}/{cell.ended}",
-                        (value, 0.05),
-                        xycoords=("data", "axes fraction"),
-                        fontsize=7,
-                        color=color,
-                        ha="center",
-                    )
+        rows = [r for r in pivot.rows if r.labels.get("arch", "all") == arch]
+        for level, row in enumerate(rows):
+            line = option_line(axis, row, scale, bounds)
+            divergence_marks(axis, row, line, level)
+        if scale == 100.0:
+            within(axis, PERCENT_RANGE)
         if spans_decades(list(pivot.columns)):
             axis.set_xscale("log")
             axis.minorticks_off()  # the grid's own values label the axis, not 3×10¹
@@ -127,7 +140,39 @@ def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: fl
         axis.set_ylabel(metric_label)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    return save(figure, output, dpi, f"mean ± std over seeds, by {pivot.by}")
+    return save(figure, output, dpi, f"mean ± std over seeds (points: the seeds of cells with n < {MIN_TRIALS}), "
+                                     f"by {pivot.by}")
+
+
+def option_line(axis, row, scale: float, bounds: tuple):
+    """One row of the pivot: its mean line, the band where n ≥ MIN_TRIALS, the seeds where n is smaller."""
+    done = [(v, c) for v, c in sorted(row.cells.items(), key=lambda item: item[0]) if c.summary.mean is not None]
+    if not done:
+        return None
+    xs = [v for v, _ in done]
+    means = [c.summary.mean * scale for _, c in done]
+    stds = [(c.summary.std or 0.0) * scale for _, c in done]
+    (line,) = axis.plot(xs, means, marker="o", markersize=4, label=row_label(row.labels))
+    enough = [c.summary.n >= MIN_TRIALS for _, c in done]
+    fill_band(axis, xs, means, stds, line, bounds, where=enough)
+    for value, cell in done:
+        if cell.summary.n < MIN_TRIALS and len(cell.values) > 1:
+            axis.plot([value] * len(cell.values), [v * scale for v in cell.values], linestyle="none", marker="_",
+                      markersize=10, mew=1.5, color=line.get_color(), alpha=0.8)
+    return line
+
+
+def divergence_marks(axis, row, line, level: int) -> None:
+    """An x at each value where the row's trials diverged, labelled k/n, at the row's own height."""
+    color = line.get_color() if line is not None else "red"
+    height = 0.03 + 0.065 * level
+    for value, cell in sorted(row.cells.items(), key=lambda item: item[0]):
+        if not cell.diverged:
+            continue
+        axis.plot([value], [height], marker="x", color=color, markersize=8, mew=2,
+                  transform=axis.get_xaxis_transform(), clip_on=False)
+        axis.annotate(f"{cell.diverged}/{cell.ended}", (value, height), xycoords=("data", "axes fraction"),
+                      xytext=(6, 0), textcoords="offset points", fontsize=7, color=color, ha="left", va="center")
 
 
 def save(figure, output: Path, dpi: int, title: str) -> Path:
@@ -139,12 +184,13 @@ def save(figure, output: Path, dpi: int, title: str) -> Path:
     return output
 
 
-def band(axis, series: dict[float, list[float]], label: str, scale: float = 1.0):
-    """A mean line with a ±std band from {x: [value per run]}; returns the line."""
+def band(axis, series: dict[float, list[float]], label: str, scale: float = 1.0,
+         bounds: tuple[float | None, float | None] = (None, None)):
+    """A mean line with a ±std band (clipped to `bounds`) from {x: [value per run]}; returns the line."""
     xs = sorted(series)
     means, stds = mean_and_std([[value * scale for value in series[x]] for x in xs])
     (line,) = axis.plot(xs, means, marker="o", markersize=3, label=label)
-    fill_band(axis, xs, means, stds, line)
+    fill_band(axis, xs, means, stds, line, bounds)
     return line
 
 
@@ -158,9 +204,11 @@ DIAGNOSTIC_PLOTS = {
 
 
 def plot_diagnostic(
-    groups: list[Group], diagnostics: dict, epochs: dict, name: str, output: Path, dpi: int = 120
+    report: Report, diagnostics: dict, epochs: dict, name: str, output: Path, dpi: int = 120
 ) -> Path:
     kind, axis_field, label, log_x, log_y = DIAGNOSTIC_PLOTS[name]
+    groups = list(report.groups)
+    check_series(len(groups), report.varying)
     archs = list(dict.fromkeys(g.value("arch") for g in groups))
     figure, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)
     for axis, arch in zip(axes[0], archs):
@@ -168,7 +216,8 @@ def plot_diagnostic(
             series = diagnostic_series(group, diagnostics, epochs, kind, axis_field)
             if not series:
                 continue
-            band(axis, series, f"{group.label()} (n={len(group.runs)})")
+            band(axis, series, f"{report.label(group)} (n={len(group.runs)})", bounds=(0.0, None) if log_y else
+                 (None, None))
         if name == "loss_ratio":
             axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
         axis.set_xscale("log" if log_x else "linear")
@@ -183,9 +232,11 @@ def plot_diagnostic(
 def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]]]], output: Path, dpi: int = 120) -> Path:
     """Test accuracy when prediction normalizes with the statistics of batches of each size
     (Wu & Johnson 2021), one line per configuration: rows of (label, {batch size: [acc per run]})."""
+    check_series(len(rows), [])
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for label, series in rows:
-        band(axis, series, label, scale=100.0)
+        band(axis, series, label, scale=100.0, bounds=PERCENT_RANGE)
+    within(axis, PERCENT_RANGE)
     axis.set_xscale("log", base=2)
     axis.set_xlabel("batch size whose statistics normalize the test images")
     axis.set_ylabel("test accuracy (%)")

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, METRICS, metric_value
 from bnrun.analysis.stats import MIN_TRIALS, PairedTest, Summary, paired_t_test, summarize, with_holm
-from bnrun.config import impl_label
+from bnrun.config import DEFAULT_EPOCHS, TrainConfig, canonical_model, impl_label
 from bnrun.store import RunRecord
 from bnrun.store.storage import OUTCOMES
 
@@ -34,40 +34,53 @@ BN_ORDER = {"pre": 0, "post": 1, "none": 2}
 
 
 PIVOT_FIELDS = IDENTITY + HYPERPARAMETERS  # the options a filter (--where) or a pivot (--by) can name
+# The options that make the training recipe; precision and memory layout, like the fused path, only change
+# how the same math is computed, so a report of the default recipe keeps them (as columns where they vary).
+RECIPE = tuple(name for name in HYPERPARAMETERS if name not in ("precision", "channels_last"))
+
+
+def default_recipe(arch: str) -> dict[str, object]:
+    """The training defaults (TrainConfig's, with the arch's default epochs) of the RECIPE options."""
+    config = canonical_model(TrainConfig(arch=arch, epochs=DEFAULT_EPOCHS.get(arch, TrainConfig.epochs)))
+    return {name: getattr(config, name) for name in RECIPE}
+
+
+def off_recipe(run: RunRecord) -> tuple[str, ...]:
+    """The RECIPE options whose value in `run` is not the training default."""
+    defaults = default_recipe(run.arch)
+    return tuple(name for name in RECIPE if getattr(run, name) != defaults[name])
+
+
+def value_order(value: object) -> tuple:
+    """Sorts one option's values: numbers as numbers, None last."""
+    if value is None:
+        return (2, 0, "")
+    if isinstance(value, (int, float)):
+        return (0, value, "")
+    return (1, 0, str(value))
 
 
 @dataclass(frozen=True)
 class RunFilter:
     archs: tuple[str, ...] = ()
     placements: tuple[str, ...] = ()
-    impls: tuple[str, ...] = ()
+    impls: tuple[str, ...] = ()  # implementation names or labels: custom (fused or not), custom+fused, torch
     run_ids: frozenset[int] | None = None
     since: datetime | None = None
-    where: tuple[tuple[str, str], ...] = ()  # (option, value): keep trials whose option has this value
+    where: tuple[tuple[str, tuple], ...] = ()  # (option, values): keep trials whose option has one of these values
 
     def accepts(self, run: RunRecord) -> bool:
         return (
             (not self.archs or run.arch in self.archs)
             and (not self.placements or run.bn in self.placements)
-            and (not self.impls or run.bn_impl in self.impls)
+            and (not self.impls or run.bn_impl in self.impls or impl_label(run.bn_impl, run.fused) in self.impls)
             and (self.run_ids is None or run.id in self.run_ids)
             and (self.since is None or run.started_at >= self.since)
-            and all(option_matches(getattr(run, name), value) for name, value in self.where)
+            and all(getattr(run, name) in values for name, values in self.where)
         )
 
-
-def option_matches(stored: object, text: str) -> bool:
-    """A stored option value against its command-line spelling: 0.1 == 1e-1, true == True, none == NULL."""
-    if stored is None or text.lower() == "none":
-        return stored is None and text.lower() == "none"
-    if isinstance(stored, bool):
-        return text.lower() in (("true", "1", "yes") if stored else ("false", "0", "no"))
-    if isinstance(stored, (int, float)):
-        try:
-            return float(text) == float(stored)
-        except ValueError:
-            return False
-    return str(stored) == text
+    def is_empty(self) -> bool:
+        return self == RunFilter()
 
 
 @dataclass(frozen=True)
@@ -85,9 +98,11 @@ class Group:
     def seeds(self) -> tuple[int, ...]:
         return tuple(run.seed for run in self.runs)
 
-    def label(self) -> str:
+    def label(self, varying: tuple[str, ...] = ()) -> str:
+        """'cnn bn=pre (custom+fused)', then the `varying` options' values: 'cnn bn=none, lr=0.1'."""
         impl = impl_label(self.value("bn_impl"), self.value("fused"))
-        return f"{self.value('arch')} bn={self.value('bn')}" + ("" if self.value("bn") == "none" else f" ({impl})")
+        text = f"{self.value('arch')} bn={self.value('bn')}" + ("" if self.value("bn") == "none" else f" ({impl})")
+        return ", ".join([text, *(f"{name}={self.value(name)}" for name in varying)])
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,12 @@ class Report:
     per_seed: dict = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)  # group key -> {summary: Summary} (diagnostic_summaries)
     repeats: tuple[int, ...] = ()  # runs not counted: a later run of the same configuration and seed is
+    per_arch: dict = field(default_factory=dict)  # arch -> {option: value} for options set per arch (a caption)
+    left_out: str = ""  # what a default selection left out, and how to see it
+
+    def label(self, group: Group) -> str:
+        """The group's label with every option that varies among the groups: no two groups share one."""
+        return group.label(self.varying)
 
 
 def group_key(run: RunRecord) -> tuple:
@@ -120,7 +141,7 @@ def group_key(run: RunRecord) -> tuple:
 
 def sort_key(key: tuple) -> tuple:
     arch, bn, impl, fused = key[:4]
-    return (arch, BN_ORDER.get(bn, 9), impl != "custom", fused, tuple(str(v) for v in key[4:]))
+    return (arch, tuple(value_order(v) for v in key[4:]), BN_ORDER.get(bn, 9), impl != "custom", fused)
 
 
 def build_groups(runs: list[RunRecord], expected_seeds: int | None = None) -> list[Group]:
@@ -143,7 +164,24 @@ def build_groups(runs: list[RunRecord], expected_seeds: int | None = None) -> li
 
 
 def varying_hyperparameters(groups: list[Group]) -> tuple[str, ...]:
-    return tuple(name for name in HYPERPARAMETERS if len({g.value(name) for g in groups}) > 1)
+    """The options that differ between groups of one architecture (columns, and part of every label)."""
+    by_arch = defaultdict(list)
+    for group in groups:
+        by_arch[group.value("arch")].append(group)
+    return tuple(
+        name for name in HYPERPARAMETERS if any(len({g.value(name) for g in same}) > 1 for same in by_arch.values())
+    )
+
+
+def per_arch_settings(groups: list[Group], varying: tuple[str, ...]) -> dict[str, dict[str, object]]:
+    """{arch: {option: value}} for the options that are constant within each architecture but differ
+    between architectures (the per-arch defaults: epochs, channels_last); empty when nothing differs."""
+    archs = list(dict.fromkeys(g.value("arch") for g in groups))
+    names = [n for n in HYPERPARAMETERS if n not in varying and len({g.value(n) for g in groups}) > 1]
+    if not names:
+        return {}
+    first = {g.value("arch"): g for g in groups}
+    return {arch: {name: first[arch].value(name) for name in names} for arch in archs}
 
 
 def best_per_arch(groups: list[Group], metric: str) -> dict[str, tuple]:
@@ -206,13 +244,28 @@ def count_once(runs: list[RunRecord]) -> tuple[list[RunRecord], tuple[int, ...]]
     return [r for r in runs if r.id in kept or r.status not in OUTCOMES], repeats
 
 
+def default_selection(runs: list[RunRecord]) -> tuple[list[RunRecord], str]:
+    """The trials of the default recipe, and a note on what was left out and how to see it ("" when nothing was)."""
+    kept = [run for run in runs if not off_recipe(run)]
+    if len(kept) == len(runs) or not kept:
+        return runs, ""
+    options = sorted({name for run in runs for name in off_recipe(run)}, key=RECIPE.index)
+    return kept, (
+        f"default recipe only: {len(runs) - len(kept)} of {len(runs)} trials left out (other {', '.join(options)}); "
+        "--all shows every trial, --where OPTION=VALUE selects"
+    )
+
+
 def build_report(
     runs: list[RunRecord],
     metric: str = "test_acc_population",
     run_filter: RunFilter = RunFilter(),
     expected_seeds: int | None = None,
+    default_only: bool = False,
 ) -> Report:
-    selected, repeats = count_once([run for run in runs if run_filter.accepts(run)])
+    """`default_only`: keep the default recipe's trials (`default_selection`), saying what was left out."""
+    chosen, left_out = default_selection(runs) if default_only else (runs, "")
+    selected, repeats = count_once([run for run in chosen if run_filter.accepts(run)])
     groups = build_groups(selected, expected_seeds)
     excluded = dict(Counter(run.status for run in selected if run.status not in ("completed", "running")))
     per_seed = {
@@ -228,6 +281,8 @@ def build_report(
         best_per_arch(groups, metric),
         per_seed,
         repeats=repeats,
+        per_arch=per_arch_settings(groups, varying),
+        left_out=left_out,
     )
 
 

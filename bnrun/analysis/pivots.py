@@ -15,6 +15,7 @@ from bnrun.analysis.grouping import (
     RunFilter,
     build_report,
     count_once,
+    value_order,
 )
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, digits, mean_std_text, metric_value, scaled_pair
 from bnrun.analysis.stats import Summary, summarize
@@ -29,6 +30,7 @@ class Cell:
     diverged: int
     ended: int  # completed + diverged: the trials that ran to an outcome
     run_ids: tuple[int, ...]
+    values: tuple[float, ...] = ()  # the completed trials' metric values (a figure draws them where n is small)
 
     def value_text(self, metric: str, pm: str = "±") -> str:
         mean, std = scaled_pair(self.summary.mean, self.summary.std, metric)
@@ -77,7 +79,7 @@ def build_pivot(
     table: dict[tuple, dict[object, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
     for run in selected:
         table[tuple(getattr(run, name) for name in row_fields)][getattr(run, by)].append(run)
-    columns = tuple(sorted({getattr(run, by) for run in selected}, key=lambda v: (v is None, v)))
+    columns = tuple(sorted({getattr(run, by) for run in selected}, key=value_order))
     rows = [pivot_row(dict(zip(row_fields, key)), cells, metric) for key, cells in table.items()]
     rows.sort(key=lambda row: pivot_sort_key(row.labels))
     comparisons = build_report(runs, metric, run_filter).comparisons
@@ -90,7 +92,7 @@ def pivot_sort_key(labels: dict) -> tuple:
         BN_ORDER.get(labels.get("bn"), 9),
         labels.get("bn_impl") != "custom",
         bool(labels.get("fused")),
-        tuple(str(v) for k, v in labels.items() if k not in IDENTITY),
+        tuple(value_order(v) for k, v in labels.items() if k not in IDENTITY),
     )
 
 
@@ -100,7 +102,7 @@ def pivot_row(labels: dict, runs_by_value: dict, metric: str) -> PivotRow:
         completed = [r for r in members if r.status == "completed"]
         values = [v for r in completed if (v := metric_value(r, metric)) is not None]
         cells[value] = Cell(
-            summarize(values), len(members) - len(completed), len(members), tuple(r.id for r in members)
+            summarize(values), len(members) - len(completed), len(members), tuple(r.id for r in members), tuple(values)
         )
     sign = 1 if metric in HIGHER_IS_BETTER else -1
     scored = [(sign * c.summary.mean, value) for value, c in cells.items() if c.summary.mean is not None]

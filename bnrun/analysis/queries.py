@@ -12,7 +12,21 @@ from bnrun.analysis.pivots import Pivot, build_pivot
 from bnrun.errors import NothingMatched
 from bnrun.store import EpochRecord, Store
 
-NOTHING_MATCHED = "no completed trials match; run some first, e.g.: bnrun train --arch mlp,cnn --bn pre,post --seeds 3"
+EMPTY_STORE = (
+    "no completed trials in the store; run some first, e.g.: bnrun train --arch mlp,cnn --bn pre,post --seeds 3"
+)
+NOTHING_MATCHED = (
+    "no completed trial matches these filters (the store holds {count}); bnrun runs lists them, "
+    "bnrun report --all groups them all"
+)
+
+
+def nothing_matched(runs: list) -> NothingMatched:
+    """The error for an empty selection: an empty store asks for trials, a full one for other filters."""
+    completed = sum(run.status == "completed" for run in runs)
+    if not completed:
+        return NothingMatched(EMPTY_STORE)
+    return NothingMatched(NOTHING_MATCHED.format(count=f"{completed} completed"))
 
 
 @dataclass(frozen=True)
@@ -24,13 +38,19 @@ class ReportRequest:
     run_filter: RunFilter = RunFilter()
     expected_seeds: int | None = None
     by: str | None = None
+    everything: bool = False  # --all: no default selection
+
+    def default_only(self) -> bool:
+        """No filter, no pivot and no --all: the report shows the default recipe's groups."""
+        return not self.everything and self.by is None and self.run_filter.is_empty()
 
 
 def report_of(store: Store, request: ReportRequest) -> tuple[Report, dict[int, list[EpochRecord]]]:
     """The report, with diagnostics summaries where its runs have them, and its runs' epochs."""
-    result = build_report(store.list_runs(), request.metric, request.run_filter, request.expected_seeds)
+    runs = store.list_runs()
+    result = build_report(runs, request.metric, request.run_filter, request.expected_seeds, request.default_only())
     if not result.groups:
-        raise NothingMatched(NOTHING_MATCHED)
+        raise nothing_matched(runs)
     run_ids = [r.id for g in result.groups for r in g.runs]
     epochs = store.epochs_by_run(run_ids)
     if any(r.diagnostics for g in result.groups for r in g.runs):
@@ -41,13 +61,14 @@ def report_of(store: Store, request: ReportRequest) -> tuple[Report, dict[int, l
 
 
 def pivot_of(store: Store, request: ReportRequest) -> Pivot:
-    pivot = build_pivot(store.list_runs(), request.by, request.metric, request.run_filter)
+    runs = store.list_runs()
+    pivot = build_pivot(runs, request.by, request.metric, request.run_filter)
     if not pivot.rows:
-        raise NothingMatched(NOTHING_MATCHED)
+        raise nothing_matched(runs)
     return pivot
 
 
 def batch_stats_of(store: Store, report: Report) -> list[tuple[str, dict[int, list[float]]]]:
     """Per group of the report: {batch size: [test accuracy per run]} (bnrun eval --batch-stats)."""
     evaluations = {run.id: store.evaluations(run.id) for group in report.groups for run in group.runs}
-    return batch_stat_rows(report.groups, evaluations)
+    return batch_stat_rows(report.groups, evaluations, report.varying)

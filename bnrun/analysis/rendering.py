@@ -9,12 +9,14 @@ from bnrun.analysis.pivots import Pivot
 FORMATS = ("table", "latex", "markdown", "csv", "json")
 
 
-def render(content: Report | Pivot, fmt: str, standalone: bool = False):
-    """`standalone`: LaTeX as a complete compilable document."""
+def render(content: Report | Pivot, fmt: str, standalone: bool = False, wide: bool = False):
+    """`standalone`: LaTeX as a complete compilable document; `wide`: the terminal table with every metric
+    and the diagnostics (the other formats always carry them)."""
     if isinstance(content, Pivot):
         renderers = {"table": terminal.pivot_table, "markdown": markdown.pivot_markdown, "csv": machine.pivot_csv,
                      "json": machine.pivot_json}
         return latex.pivot_latex(content, standalone) if fmt == "latex" else renderers[fmt](content)
-    renderers = {"table": terminal.report_table, "markdown": markdown.report_markdown, "csv": machine.report_csv,
-                 "json": machine.report_json}
+    if fmt == "table":
+        return terminal.report_table(content, wide)
+    renderers = {"markdown": markdown.report_markdown, "csv": machine.report_csv, "json": machine.report_json}
     return latex.report_latex(content, standalone) if fmt == "latex" else renderers[fmt](content)

@@ -11,12 +11,22 @@ from bnrun.analysis.stats import MIN_TRIALS, Summary
 from bnrun.config import impl_label
 
 COLUMNS = ("test_acc_population", "test_acc_running", "best_val_acc", "train_loss", "seconds_per_epoch")
+NARROW = ("test_acc_population", "test_acc_running")  # the terminal table's metrics without --wide
 PLACEMENT_NAMES = {"pre": "pre: g(BN(f(x)))", "post": "post: BN(g(f(x)))", "none": "none"}
 LABEL_COLUMNS = ("arch", "BN", "impl")  # the report's left-aligned columns
 
 
-def columns(report: Report) -> tuple[str, ...]:
-    return (report.metric,) + tuple(c for c in COLUMNS if c != report.metric)
+def columns(report: Report, wide: bool = True) -> tuple[str, ...]:
+    """The headline metric first, then the others (without `wide`: one more, NARROW's first other, unless
+    varying options already take the room)."""
+    others = tuple(c for c in COLUMNS if c != report.metric)
+    narrow = () if report.varying else tuple(c for c in NARROW if c != report.metric)[:1]
+    return (report.metric,) + (others if wide else narrow)
+
+
+def hidden_columns(report: Report) -> list[str]:
+    """What the narrow terminal table leaves for --wide."""
+    return [METRICS[c] for c in columns(report) if c not in columns(report, wide=False)]
 
 
 def summary_text(summary: Summary, metric: str, pm: str = "±") -> str | None:
@@ -39,13 +49,27 @@ def impl_name(group: Group) -> str:
     return "—" if group.value("bn") == "none" else impl_label(group.value("bn_impl"), group.value("fused"))
 
 
-def header_names(report: Report) -> list[str]:
-    return ["arch", "BN", "impl", *report.varying, "seeds", *(METRICS[c] for c in columns(report))]
+def header_names(report: Report, wide: bool = True) -> list[str]:
+    return ["arch", "BN", "impl", *report.varying, "seeds", *(METRICS[c] for c in columns(report, wide))]
 
 
-def row_values(report: Report, group: Group) -> list[str]:
+def row_values(report: Report, group: Group, wide: bool = True) -> list[str]:
     return [group.value("arch"), group.value("bn"), impl_name(group), *(str(group.value(v)) for v in report.varying),
-            seeds_cell(group), *(plain_cell(group.stats[c], c) for c in columns(report))]
+            seeds_cell(group), *(plain_cell(group.stats[c], c) for c in columns(report, wide))]
+
+
+def settings_text(settings: dict) -> str:
+    return ", ".join(f"{name}={value}" for name, value in settings.items())
+
+
+def caption_lines(report: Report) -> list[str]:
+    """What the table's rows share: the options set per architecture, and what a default selection left out."""
+    lines = []
+    if report.per_arch:
+        lines.append("; ".join(f"{arch}: {settings_text(settings)}" for arch, settings in report.per_arch.items()))
+    if report.left_out:
+        lines.append(report.left_out)
+    return lines
 
 
 def is_best(report: Report, group: Group) -> bool:
@@ -53,7 +77,7 @@ def is_best(report: Report, group: Group) -> bool:
 
 
 def footnotes(report: Report) -> list[str]:
-    notes = [f"mean ± sample std (n−1) over seeds; headline: {METRICS[report.metric]}"]
+    notes = caption_lines(report) + [f"mean ± sample std (n−1) over seeds; headline: {METRICS[report.metric]}"]
     if report.excluded:
         notes.append(
             "left out (not completed): " + ", ".join(f"{n} {status}" for status, n in sorted(report.excluded.items()))
@@ -63,7 +87,7 @@ def footnotes(report: Report) -> list[str]:
             f"runs {', '.join(map(str, report.repeats))} repeat a (configuration, seed) that a later run holds: "
             "each seed is counted once, by its latest run"
         )
-    small = [g.label() for g in report.groups if len(g.runs) < MIN_TRIALS]
+    small = [report.label(g) for g in report.groups if len(g.runs) < MIN_TRIALS]
     if small:
         notes.append(f"fewer than {MIN_TRIALS} completed trials: " + "; ".join(small))
     return notes
@@ -85,9 +109,10 @@ def comparison_lines(comparisons: tuple[Comparison, ...]) -> list[str]:
 
 
 def comparisons_heading(comparisons: tuple[Comparison, ...]) -> str:
+    tested = sum(c.test.p_value is not None for c in comparisons)
     return (
         f"paired comparisons (same seed = same initial weights and batch order; 95% CI of the mean difference; "
-        f"p-values Holm–Bonferroni corrected over all {len(comparisons)} comparisons):"
+        f"p-values Holm–Bonferroni corrected over the {tested} comparisons with a test):"
     )
 
 
@@ -109,7 +134,7 @@ def diagnostic_cells(report: Report, group: Group) -> list[str]:
 
 def diagnostic_rows(report: Report) -> list[list[str]]:
     """One row per group with diagnostics: its label, then DIAGNOSTIC_SUMMARIES' cells."""
-    return [[g.label(), *diagnostic_cells(report, g)] for g in report.groups if g.key in report.diagnostics]
+    return [[report.label(g), *diagnostic_cells(report, g)] for g in report.groups if g.key in report.diagnostics]
 
 
 def pivot_header(pivot: Pivot) -> list[str]:

@@ -12,16 +12,17 @@ from rich.console import Console
 from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
 from bnrun.cli.options import PlotRequest, RunListFilter, require
 from bnrun.config import SweepConfig
+from bnrun.errors import UsageError
 from bnrun.store import EpochRecord, RunRecord, Store
 
 stderr = Console(stderr=True)
 
 
 @contextlib.contextmanager
-def open_store(db: str | None, read_only: bool = False) -> Iterator[Store]:
+def open_store(db: str | None, read_only: bool = False, create: bool = False) -> Iterator[Store]:
     """The store, after telling stderr what opening it changed (created, upgraded, runs reaped).
-    `read_only` stores are never created, migrated, reaped or written."""
-    store = Store(db, read_only=read_only)
+    `read_only` stores are never created, migrated, reaped or written; only `create` (train) makes a new one."""
+    store = Store(db, read_only=read_only, create=create)
     if store.migration is not None:
         notice(store.migration.describe(store.name))
     if store.reaped:
@@ -43,7 +44,7 @@ def train(sweep: SweepConfig, db: str | None, ray_options=None):
     from bnrun.training.hardware import trains_on_cpu
 
     check_available(sweep.data_dir)  # before any row is written
-    with open_store(db) as store:
+    with open_store(db, create=True) as store:
         if any(config.fused for config in sweep.configs()) and trains_on_cpu(sweep.base.device) and ray_options is None:
             prepare_fused_kernel()
         if ray_options is None:
@@ -63,11 +64,13 @@ def prepare_fused_kernel() -> None:
     fused.cpu_kernel()
 
 
-def evaluate_stored(db: str | None, run_id: int, data_dir: Path | None, device: str, batch_sizes: tuple[int, ...] = ()):
+def evaluate_stored(db: str | None, run_id: int, data_dir: Path | None, device: str, batch_sizes: tuple[int, ...] = (),
+                    save: bool = False):
+    """Evaluate a stored trial; the store is only read unless `save` keeps the evaluation in it."""
     from bnrun.run.reevaluation import evaluate_run
 
-    with open_store(db) as store:
-        return evaluate_run(store, run_id, data_dir, device, batch_sizes)
+    with open_store(db, read_only=not save) as store:
+        return evaluate_run(store, run_id, data_dir, device, batch_sizes, save=save)
 
 
 def reproduce_stored(db: str | None, run_id: int, scratch: Path | None, data_dir: Path | None):
@@ -102,13 +105,13 @@ def show_run(db: str | None, run_id: int) -> tuple[RunRecord, list[EpochRecord],
         return store.get_run(run_id), store.epochs(run_id), store.diagnostics_by_run([run_id])[run_id]
 
 
-def report(db: str | None, request: ReportRequest, fmt: str, standalone: bool = False):
+def report(db: str | None, request: ReportRequest, fmt: str, standalone: bool = False, wide: bool = False):
     """A rich renderable (table format) or text; NothingMatched when no trial matches."""
     from bnrun.analysis.rendering import render
 
     with open_store(db, read_only=True) as store:
         content = pivot_of(store, request) if request.by else report_of(store, request)[0]
-    return render(content, fmt, standalone)
+    return render(content, fmt, standalone, wide)
 
 
 def plot(db: str | None, request: PlotRequest) -> Path:
@@ -122,13 +125,12 @@ def plot(db: str | None, request: PlotRequest) -> Path:
             pivot = pivot_of(store, request.report)
             return figures.plot_against_option(pivot, request.output, METRICS[metric], scale(metric))
         result, epochs = report_of(store, request.report)
-        groups = list(result.groups)
         if request.diagnostic == "batch_stats":
             return figures.plot_batch_stats(batch_stats_of(store, result), request.output)
         if request.diagnostic:
-            diagnostics = store.diagnostics_by_run([r.id for g in groups for r in g.runs])
-            return figures.plot_diagnostic(groups, diagnostics, epochs, request.diagnostic, request.output)
-    return figures.plot_learning_curves(groups, epochs, request.output)
+            diagnostics = store.diagnostics_by_run([r.id for g in result.groups for r in g.runs])
+            return figures.plot_diagnostic(result, diagnostics, epochs, request.diagnostic, request.output)
+    return figures.plot_learning_curves(result, epochs, request.output)
 
 
 def sweep_summary(result) -> str:
@@ -145,17 +147,21 @@ def sweep_summary(result) -> str:
     return "; ".join(parts)
 
 
-def emit(content, output: Path | None, console: Console) -> None:
-    """Text or a rich renderable, to `output` if given, else to the console."""
+def emit(content, output: Path | None, console: Console) -> Path | None:
+    """Text or a rich renderable, to `output` if given (the path written), else to the console (None)."""
     if output is None:
         if isinstance(content, str):
             console.file.write(content if content.endswith("\n") else content + "\n")
         else:
             console.print(content)
-        return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w") as handle:
-        if isinstance(content, str):
-            handle.write(content)
-        else:
-            Console(file=handle, width=160, color_system=None).print(content)
+        return None
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("w") as handle:
+            if isinstance(content, str):
+                handle.write(content)
+            else:
+                Console(file=handle, width=console.width, color_system=None).print(content)
+    except OSError as error:
+        raise UsageError(f"--output {output}: cannot write ({error.strerror or error})") from None
+    return output

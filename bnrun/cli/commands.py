@@ -8,7 +8,6 @@ no command shows a traceback for them.
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,11 +20,63 @@ from bnrun.errors import BnrunError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Study a from-scratch Batch Norm on Fashion-MNIST: train, evaluate, report.")
-# Piped output (files, tests, CI logs) gets wide tables instead of rich's 80-column default.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+
+
+class CommandConsole:
+    """Rich's console, built afresh for each use: its width is COLUMNS if set, else the terminal's, else 80
+    (also when piped), read when the command prints, not when bnrun was imported."""
+
+    def __init__(self, **settings) -> None:
+        self.settings = settings
+
+    def __getattr__(self, name: str):
+        return getattr(Console(**self.settings), name)
+
+
+out = CommandConsole()
+err = CommandConsole(stderr=True)
 GRID = GridOptions()  # the training options' defaults (TrainConfig's)
-LIST = "; a comma list makes a grid axis"
+LIST = ""  # the grid panels' titles say that every option in them takes a comma list
+GRID_NOTE = "; a comma list of values is a grid axis"
+TRAIN_PANELS = {
+    "The model" + GRID_NOTE: ("arch", "bn", "bn_impl", "depth", "width", "dropout"),
+    "The recipe" + GRID_NOTE: ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule",
+                               "augment", "train_subset"),
+    "Seeds": ("seeds", "seed"),
+    "How it runs (rounding, not math)": ("precision", "fused", "channels_last", "device"),
+    "What is kept": ("diagnostics", "checkpoint", "force", "dry_run", "yes", "db", "data_dir"),
+    "Ray": ("executor", "ray_address", "cpus_per_trial", "gpus_per_trial"),
+}
+
+
+class PanelledCommand(typer.core.TyperCommand):
+    """A command whose --help groups its options into rich panels by parameter name (`panels`), so
+    that each panel's columns fit 80 columns."""
+
+    panels: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        panel_of = {name: panel for panel, names in self.panels.items() for name in names}
+        for param in self.params:
+            if param.name in panel_of:
+                param.rich_help_panel = panel_of[param.name]
+
+
+class TrainCommand(PanelledCommand):
+    panels = TRAIN_PANELS
+
+
+FILTER_PANEL = {"Which trials (default: the default recipe's)": ("arch", "bn", "bn_impl", "run_id", "since", "where",
+                                                                   "everything", "db")}
+
+
+class ReportCommand(PanelledCommand):
+    panels = {"What to show": ("fmt", "output", "standalone", "wide", "metric", "seeds", "by"), **FILTER_PANEL}
+
+
+class PlotCommand(PanelledCommand):
+    panels = {"What to draw": ("output", "x", "metric", "diagnostic"), **FILTER_PANEL}
 PER_ARCH_EPOCHS = ", ".join(f"{arch} {epochs}" for arch, epochs in DEFAULT_EPOCHS.items())
 
 
@@ -41,11 +92,12 @@ DataDirOption = Annotated[
     option("Where Fashion-MNIST lives or goes (env BNRUN_DATA_DIR; default ~/.cache/bnrun/data).", "--data-dir"),
 ]
 WhereOption = Annotated[
-    Optional[list[str]], option("Filter: OPTION=VALUE, e.g. epochs=10 or batch_size=128 (repeatable).", "--where")
+    Optional[list[str]],
+    option("Filter: OPTION=VALUE[,VALUE...], e.g. epochs=10 or lr=0.1,0.3 (repeatable).", "--where"),
 ]
 ArchFilter = Annotated[Optional[str], option("Filter: comma list of archs.")]
 BnFilter = Annotated[Optional[str], option("Filter: comma list of placements.")]
-ImplFilter = Annotated[Optional[str], option("Filter: custom, torch.")]
+ImplFilter = Annotated[Optional[str], option("Filter: comma list of custom, custom+fused, torch.")]
 RunIdFilter = Annotated[Optional[str], option("Filter: ids and ranges, e.g. 1-12,15.", "--run-id")]
 SinceFilter = Annotated[Optional[str], option("Filter: trials started on/after this date (YYYY-MM-DD[THH:MM]).")]
 
@@ -67,7 +119,7 @@ def friendly_errors(command):
     return wrapper
 
 
-@app.command()
+@app.command(cls=TrainCommand)
 @friendly_errors
 def train(
     arch: Annotated[str, option("mlp or cnn" + LIST + " (mlp,cnn).")] = GRID.arch,
@@ -117,8 +169,8 @@ def train(
     diagnostics: Annotated[
         bool,
         option(
-            "Also record batch-norm diagnostics: one-step loss ratio at init, gradient norms, BN input moments, "
-            "train/test-mode gap, smoothness probes."
+            "Also record the batch-norm diagnostics (loss ratio at init, gradient norms, BN input moments, "
+            "mode gap, smoothness)."
         ),
     ] = False,
     checkpoint: Annotated[
@@ -192,6 +244,9 @@ def eval_(
             "2,8,32,128."
         ),
     ] = None,
+    save: Annotated[
+        bool, option("Keep the evaluation in the store (plot --diagnostic batch_stats reads it); default: only read.")
+    ] = False,
     db: DbOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -201,7 +256,8 @@ def eval_(
     from bnrun.cli.options import parse_numbers
 
     sizes = parse_numbers(batch_stats, int, "--batch-stats", 2) if batch_stats else ()
-    out.print(views.evaluation_table(actions.evaluate_stored(db, run_id, data_dir, device, sizes)))
+    result = actions.evaluate_stored(db, run_id, data_dir, device, sizes, save)
+    out.print(views.evaluation_table(result))
 
 
 @app.command()
@@ -252,12 +308,18 @@ def reproduce(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=ReportCommand)
 @friendly_errors
 def report(
     fmt: Annotated[str, option("table, latex, markdown, csv or json.", "--format")] = "table",
-    output: Annotated[Optional[Path], option("Write to this file instead of stdout.")] = None,
-    standalone: Annotated[bool, option("LaTeX: a complete compilable document.")] = False,
+    output: Annotated[
+        Optional[Path], option("Write to this file (or a report.EXT inside this directory) instead of stdout.")
+    ] = None,
+    standalone: Annotated[bool, option("LaTeX only: a complete compilable document.", "--standalone")] = False,
+    wide: Annotated[
+        bool, option("Table only: every metric and the diagnostics (wider than 80 columns).", "--wide")
+    ] = False,
+    everything: Annotated[bool, option("Every trial, not only the default recipe's.", "--all")] = False,
     metric: Annotated[
         str,
         option(
@@ -285,22 +347,33 @@ def report(
 ) -> None:
     """Mean ± std across seeds per configuration, paired comparisons (95% CI, Holm-corrected), in five formats."""
     from bnrun.cli import actions
-    from bnrun.cli.options import FilterOptions, report_format, report_request
+    from bnrun.cli.options import FilterOptions, report_format, report_output, report_request
 
-    fmt = report_format(fmt)
+    fmt = report_format(fmt, standalone, wide)
     filters = FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ()))
-    content = actions.report(db, report_request(filters, metric, seeds, by), fmt, standalone)
-    actions.emit(content, output, out)
+    content = actions.report(db, report_request(filters, metric, seeds, by, everything), fmt, standalone, wide)
+    written = actions.emit(content, report_output(output, fmt), out)
+    if written is not None:
+        err.print(f"wrote {written}", highlight=False, markup=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=PlotCommand)
 @friendly_errors
 def plot(
-    output: Annotated[Path, option("PNG file to write.")] = Path("learning_curves.png"),
+    output: Annotated[
+        Optional[Path],
+        option(
+            "The figure: .png, .pdf or .svg, or a directory (default: learning_curves.png, METRIC_by_X.png or "
+            "DIAGNOSTIC.png)."
+        ),
+    ] = None,
+    everything: Annotated[bool, option("Every trial, not only the default recipe's.", "--all")] = False,
     arch: ArchFilter = None,
     bn: BnFilter = None,
     bn_impl: ImplFilter = None,
-    metric: Annotated[str, option("The metric for --x (as in report).")] = "test_acc_population",
+    metric: Annotated[
+        Optional[str], option("The metric for --x (as in report; default test_acc_population).", show_default=False)
+    ] = None,
     run_id: RunIdFilter = None,
     since: SinceFilter = None,
     where: WhereOption = None,
@@ -321,13 +394,13 @@ def plot(
     ] = None,
     db: DbOption = None,
 ) -> None:
-    """Learning curves with ±std bands (default), the metric against an option (--x), or a diagnostic, as a PNG."""
+    """Learning curves with ±std bands (default), the metric against an option (--x), or a diagnostic."""
     from bnrun.cli import actions
     from bnrun.cli.options import FilterOptions, plot_request
 
     filters = FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ()))
-    written = actions.plot(db, plot_request(filters, metric, output, x, diagnostic))
-    err.print(f"wrote {written}", highlight=False)
+    written = actions.plot(db, plot_request(filters, metric, output, x, diagnostic, everything))
+    err.print(f"wrote {written}", highlight=False, markup=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ store or the data, so bad input changes nothing."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -81,22 +82,77 @@ def parse_run_ids(text: str) -> frozenset[int]:
         low, _, high = part.partition("-")
         if not low.isdigit() or (high and not high.isdigit()):
             raise UsageError(f"--run-id: {part!r} is not an id or a range like 1-12")
+        require(not high or int(high) >= int(low), f"--run-id: {part!r} runs backwards; write {high}-{low}")
         ids.update(range(int(low), int(high or low) + 1))
+    require(bool(ids), f"--run-id: no id in {text!r}")
     return frozenset(ids)
 
 
-def parse_where(items: list[str]) -> tuple[tuple[str, str], ...]:
-    """['epochs=10', 'batch_size=128'] -> (('epochs', '10'), ('batch_size', '128'))."""
-    pairs = []
+IMPL_LABELS = ("custom", "custom+fused", "torch")  # --bn-impl and --where bn_impl=: names and the tables' labels
+CHOICES = {"arch": ARCHS, "bn": PLACEMENTS, "bn_impl": IMPL_LABELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+           "precision": PRECISIONS}
+BOOLEANS = {"true": True, "false": False}
+
+
+def option_kind(name: str) -> type:
+    """A training option's value type, read off TrainConfig's defaults (the options that default to None
+    take integers)."""
+    default = getattr(DEFAULTS, name)
+    return int if default is None else type(default)
+
+
+def option_value(name: str, text: str) -> object:
+    """One --where value as the store holds it: a choice, a bool (true/false), a number, or none."""
+    where = f"--where {name}={text}"
+    if name in CHOICES:
+        require(text in CHOICES[name], f"{where}: choose from {', '.join(CHOICES[name])}")
+        return text
+    if text.lower() == "none":
+        require(getattr(DEFAULTS, name) is None, f"{where}: {name} always has a value")
+        return None
+    if option_kind(name) is bool:
+        require(text.lower() in BOOLEANS, f"{where}: {name} is true or false")
+        return BOOLEANS[text.lower()]
+    try:
+        value = option_kind(name)(text)
+    except ValueError:
+        kind = "an integer" if option_kind(name) is int else "a number"
+        raise UsageError(f"{where}: {text!r} is not {kind}") from None
+    require(math.isfinite(value), f"{where}: not a finite number")
+    return value
+
+
+def parse_where(items: list[str]) -> tuple[tuple[str, tuple], ...]:
+    """['epochs=10', 'lr=0.1,0.3'] -> (('epochs', (10,)), ('lr', (0.1, 0.3))): each option's allowed values,
+    typed as the store holds them; an option named twice keeps the values both allow (none: contradictory)."""
+    allowed: dict[str, tuple] = {}
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or not value.strip():
-            raise UsageError(f"--where: {item!r} is not OPTION=VALUE, e.g. epochs=10")
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if not sep or not parts:
+            raise UsageError(f"--where: {item!r} is not OPTION=VALUE, e.g. epochs=10 or lr=0.1,0.3")
         if name not in PIVOT_FIELDS:
             raise UsageError(f"--where: unknown option {name!r}; choose from {', '.join(PIVOT_FIELDS)}")
-        pairs.append((name, value.strip()))
-    return tuple(pairs)
+        values = tuple(dict.fromkeys(option_value(name, part) for part in parts))
+        allowed[name] = both(allowed[name], values, f"--where {name}") if name in allowed else values
+    return tuple(allowed.items())
+
+
+def both(first: tuple, second: tuple, what: str) -> tuple:
+    """The values two conditions on one option both allow; UsageError when none."""
+    common = tuple(value for value in first if value in second)
+    require(bool(common), f"contradictory filters: {what} cannot be both {spelled(first)} and {spelled(second)}")
+    return common
+
+
+def spelled(values: tuple) -> str:
+    def one(value: object) -> str:
+        if value is None or isinstance(value, bool):
+            return str(value).lower()
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return ",".join(one(value) for value in values)
 
 
 def parse_since(text: str) -> datetime:
@@ -271,29 +327,89 @@ class FilterOptions:
     where: tuple[str, ...] = field(default_factory=tuple)
 
     def run_filter(self) -> RunFilter:
+        """The filter, with --arch/--bn/--bn-impl and --where on the same option merged (UsageError when
+        together they allow nothing)."""
+        where = dict(parse_where(list(self.where)))
+        lists = {"arch": optional_list(self.arch, ARCHS, "--arch"), "bn": optional_list(self.bn, PLACEMENTS, "--bn"),
+                 "bn_impl": optional_list(self.bn_impl, IMPL_LABELS, "--bn-impl")}
+        for name, given in lists.items():
+            if name in where:
+                lists[name] = merged(name, given, where.pop(name))
         return RunFilter(
-            archs=optional_list(self.arch, ARCHS, "--arch"),
-            placements=optional_list(self.bn, PLACEMENTS, "--bn"),
-            impls=optional_list(self.bn_impl, BN_IMPLS, "--bn-impl"),
+            archs=lists["arch"],
+            placements=lists["bn"],
+            impls=lists["bn_impl"],
             run_ids=parse_run_ids(self.run_id) if self.run_id else None,
             since=parse_since(self.since) if self.since else None,
-            where=parse_where(list(self.where)),
+            where=tuple(where.items()),
         )
 
 
+def merged(name: str, given: tuple[str, ...], where: tuple[str, ...]) -> tuple[str, ...]:
+    """--arch/--bn/--bn-impl's values with --where's on the same option (for bn_impl, custom includes
+    custom+fused); UsageError when none is left."""
+    if not given:
+        return where
+    if name != "bn_impl":
+        return both(given, where, f"--{name} and --where {name}")
+
+    def covers(a: str, b: str) -> bool:
+        return a == b or (a == "custom" and b == "custom+fused")
+
+    pairs = [(a, b) for a in given for b in where if covers(a, b) or covers(b, a)]
+    common = tuple(dict.fromkeys(b if covers(a, b) else a for a, b in pairs))
+    require(bool(common), f"contradictory filters: --bn-impl {','.join(given)} and --where bn_impl={','.join(where)}")
+    return common
+
+
 def report_request(
-    filters: FilterOptions, metric: str, seeds: int | None = None, by: str | None = None
+    filters: FilterOptions, metric: str, seeds: int | None = None, by: str | None = None, everything: bool = False
 ) -> ReportRequest:
+    """`everything` (--all): every trial instead of the default recipe's, which only an unfiltered report selects."""
     by = by.replace("-", "_") if by else None
     require(by is None or by in PIVOT_FIELDS, f"--by: unknown option {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
     require(metric in METRICS, f"--metric: unknown value {metric!r}; choose from {', '.join(METRICS)}")
     require(seeds is None or seeds > 0, f"--seeds must be positive, got {seeds}")
-    return ReportRequest(metric, filters.run_filter(), seeds, by)
+    run_filter = filters.run_filter()
+    require(
+        not everything or (run_filter.is_empty() and by is None),
+        "--all applies only without filters and pivots (those already choose the trials); drop --all",
+    )
+    return ReportRequest(metric, run_filter, seeds, by, everything)
 
 
-def report_format(fmt: str) -> str:
+REPORT_FILES = {"table": "report.txt", "latex": "report.tex", "markdown": "report.md", "csv": "report.csv",
+                "json": "report.json"}  # the file `report --output DIRECTORY` writes
+
+
+def report_format(fmt: str, standalone: bool = False, wide: bool = False) -> str:
     require(fmt in FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(FORMATS)}")
+    require(not standalone or fmt == "latex", "--standalone applies to --format latex only")
+    require(not wide or fmt == "table", f"--wide applies to --format table only (--format {fmt} has every column)")
     return fmt
+
+
+def report_output(output: Path | None, fmt: str) -> Path | None:
+    """Where the report goes: None for stdout; a directory gets REPORT_FILES' name inside it."""
+    if output is None:
+        return None
+    return output / REPORT_FILES[fmt] if output.is_dir() else output
+
+
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def figure_output(output: Path | None, default_name: str) -> Path:
+    """The figure's path: `default_name` when not given, inside `output` when it is a directory; the
+    extension (the file's format) must be one of FIGURE_FORMATS."""
+    path = Path(default_name) if output is None else (output / default_name if output.is_dir() else output)
+    extension = path.suffix.lower().lstrip(".")
+    require(
+        extension in FIGURE_FORMATS,
+        f"--output {path}: {'no extension' if not extension else f'unknown extension .{extension}'}; "
+        f"end the file name in {', '.join('.' + f for f in FIGURE_FORMATS)}",
+    )
+    return path
 
 
 @dataclass(frozen=True)
@@ -307,13 +423,23 @@ class PlotRequest:
 
 
 def plot_request(
-    filters: FilterOptions, metric: str, output: Path, x: str | None, diagnostic: str | None
+    filters: FilterOptions,
+    metric: str | None,
+    output: Path | None,
+    x: str | None,
+    diagnostic: str | None,
+    everything: bool = False,
 ) -> PlotRequest:
     require(not (x and diagnostic), "--x and --diagnostic are exclusive; give one of them")
     require(
         diagnostic is None or diagnostic in DIAGNOSTICS,
         f"--diagnostic: unknown value {diagnostic!r}; choose from {', '.join(DIAGNOSTICS)}",
     )
+    require(metric is None or x is not None, "--metric applies to --x only (learning curves and diagnostics "
+            "have their own axes); add --x OPTION or drop --metric")
     x = x.replace("-", "_") if x else None
     require(x is None or x in PIVOT_FIELDS, f"--x: unknown option {x!r}; choose from {', '.join(PIVOT_FIELDS)}")
-    return PlotRequest(report_request(filters, metric, by=x), output, x, diagnostic)
+    metric = metric or "test_acc_population"
+    name = f"{metric}_by_{x}.png" if x else (f"{diagnostic}.png" if diagnostic else "learning_curves.png")
+    path = figure_output(output, name)
+    return PlotRequest(report_request(filters, metric, by=x, everything=everything), path, x, diagnostic)

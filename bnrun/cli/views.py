@@ -93,7 +93,8 @@ def epochs_table(epochs: list[EpochRecord]) -> Table:
 
 def evaluation_table(result: EvalResult) -> Table:
     run, ev = result.run, result.evaluation
-    table = Table(title=f"run {run.id}: {run.arch} bn={run.bn} ({run.bn_impl}) seed={run.seed}, evaluation {ev.id}")
+    table = Table(title=f"run {run.id}: {run.arch} bn={run.bn} ({run.bn_impl}) seed={run.seed}, "
+                  + (f"evaluation {ev.id}" if ev.id is not None else "not stored (--save keeps it)"))
     for column in ("statistics", "val %", "test %", "test loss", "stored test %", "same"):
         table.add_column(column, justify="right")
     rows = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import bnrun
@@ -20,11 +21,12 @@ from bnrun.training.hardware import resolve_device
 @dataclass(frozen=True)
 class EvalResult:
     run: RunRecord
-    evaluation: EvaluationRecord
+    evaluation: EvaluationRecord  # its id is None when it was not stored
 
 
 def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device: str = "cpu",
-                 batch_sizes: tuple[int, ...] = ()) -> EvalResult:
+                 batch_sizes: tuple[int, ...] = (), save: bool = True) -> EvalResult:
+    """`save` stores the evaluation beside the trial (otherwise the store is only read)."""
     run = store.get_run(run_id)
     blob = store.load_checkpoint(run_id)
     model, population = rebuild_model(run, blob)
@@ -41,21 +43,20 @@ def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device
         size: evaluate_with_batch_statistics(model, dataset.test, size, device, precision) for size in batch_sizes
     }
     matches = test_acc_population == run.test_acc_population and test_acc_running == run.test_acc_running
-    evaluation = store.add_evaluation(
-        run_id,
-        dict(
-            device=device,
-            val_acc_running=val_running,
-            val_acc_population=val_population,
-            test_loss_running=test_loss_running,
-            test_acc_running=test_acc_running,
-            test_loss_population=test_loss_population,
-            test_acc_population=test_acc_population,
-            matches_stored=matches,
-            bnrun_version=bnrun.__version__,
-            batch_stats_json=json.dumps({str(size): list(values) for size, values in batch_stats.items()})
-            if batch_stats
-            else None,
-        ),
+    values = dict(
+        device=device,
+        val_acc_running=val_running,
+        val_acc_population=val_population,
+        test_loss_running=test_loss_running,
+        test_acc_running=test_acc_running,
+        test_loss_population=test_loss_population,
+        test_acc_population=test_acc_population,
+        matches_stored=matches,
+        bnrun_version=bnrun.__version__,
+        batch_stats_json=json.dumps({str(size): list(values) for size, values in batch_stats.items()})
+        if batch_stats
+        else None,
     )
-    return EvalResult(run, evaluation)
+    if not save:
+        return EvalResult(run, EvaluationRecord(id=None, run_id=run_id, created_at=datetime.now(), **values))
+    return EvalResult(run, store.add_evaluation(run_id, values))

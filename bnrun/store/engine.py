@@ -156,16 +156,33 @@ def migration_lock(engine: Engine, path: Path | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def file_lock(path: Path | None) -> Iterator[None]:
-    """An exclusive lock on `<db>.lock`, so concurrent first starts migrate exactly once."""
+    """An exclusive lock on `<db>.lock`, so concurrent first starts migrate exactly once. The holder
+    removes the file before letting go, so none outlives its command; a waiter that then gets the lock
+    on the removed file sees that the path no longer names it and locks the path anew."""
     if path is None:
         yield
         return
-    with open(f"{path}.lock", "a") as handle:
+    lock = Path(f"{path}.lock")
+    while True:
+        handle = open(lock, "a")
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        if same_file(lock, handle):
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def same_file(path: Path, handle) -> bool:
+    """Whether `path` still names the open file `handle` (another holder may have removed it)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -234,10 +251,13 @@ def copy_sqlite(source: sqlite3.Connection, target: Path) -> None:
         source.close()
 
 
-def open_engine(url: str) -> tuple[Engine, Migration | None]:
-    """Check, connect and migrate; every failure becomes one StoreError line."""
+def open_engine(url: str, create: bool = True) -> tuple[Engine, Migration | None]:
+    """Check, connect and migrate; every failure becomes one StoreError line. Without `create` a SQLite
+    file that does not exist is refused (nothing is created)."""
     path = sqlite_path(url)
     if path is not None:
+        if not create:
+            require_store_file(path, "only bnrun train creates one")
         preflight(path)
     engine = checked_engine(url)
     try:
@@ -281,6 +301,13 @@ def hint(error: BaseException) -> str:
     return ""
 
 
+def require_store_file(path: Path, why: str) -> None:
+    if not path.is_file():
+        raise StoreError(
+            f"no store at {path}{' (a directory)' if path.is_dir() else ''}; check --db or BNRUN_DB ({why})"
+        )
+
+
 def read_only_sqlite_url(path: Path) -> str:
     """A URL that opens the file without ever writing: mode=ro, and immutable=1 when no writer has
     a write-ahead log open (otherwise even a read-only connection creates -wal and -shm files)."""
@@ -294,11 +321,7 @@ def open_read_only(url: str) -> tuple[Engine, Path | None]:
     through a migrated temporary copy (returned, for the caller to delete); nothing is created."""
     path = sqlite_path(url)
     if path is not None:
-        if not path.is_file():
-            raise StoreError(
-                f"no store at {path}{' (a directory)' if path.is_dir() else ''}; check --db or BNRUN_DB "
-                "(read-only commands never create one)"
-            )
+        require_store_file(path, "read-only commands never create one")
         check_sqlite_header(path)
         url = read_only_sqlite_url(path)
     engine = checked_engine(url)

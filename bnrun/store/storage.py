@@ -63,8 +63,9 @@ def pid_alive(pid: int) -> bool:
 class Store:
     """A bnrun results store at a SQLAlchemy URL (a plain path means a SQLite file)."""
 
-    def __init__(self, db: str | None = None, reap: bool = True, read_only: bool = False) -> None:
-        """`read_only`: never write, create, migrate or reap (runs, show, report, plot, reproduce)."""
+    def __init__(self, db: str | None = None, reap: bool = True, read_only: bool = False, create: bool = True) -> None:
+        """`read_only`: never write, create, migrate or reap (runs, show, report, plot, reproduce); without
+        `create`, a SQLite store that does not exist is refused instead of created (every command but train)."""
         self.url = resolve_url(db)
         self.path = sqlite_path(self.url)
         self.read_only = read_only
@@ -73,7 +74,7 @@ class Store:
             self.engine, self._scratch_copy = open_read_only(self.url)
             self.migration, self.reaped = None, []
         else:
-            self.engine, self.migration = open_engine(self.url)
+            self.engine, self.migration = open_engine(self.url, create)
         self._write_engine = self.engine.execution_options(immediate=True)
         if not read_only:
             self.reaped = self.reap_orphans() if reap else []

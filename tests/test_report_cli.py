@@ -1,0 +1,235 @@
+"""report, plot and eval as a user types them: tables that fit 80 columns, the default selection,
+one line (exit 2) for every mistake, "nothing matched" as its own error, output paths, numbers in
+numeric order, figures inside the metric's range, and stores and lock files nobody asked for."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from bnrun.analysis import figures
+from bnrun.analysis.pivots import Cell, Pivot, PivotRow
+from bnrun.analysis.stats import summarize
+from bnrun.cli import app
+from bnrun.store import Store
+from conftest import REPO, run_bnrun
+
+SHIPPED = REPO / "bnrun.db"
+shipped = pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
+runner = CliRunner()
+NARROW = {"COLUMNS": "80"}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A copy of the shipped store (never written by these tests either)."""
+    copy = tmp_path_factory.mktemp("study") / "study.db"
+    shutil.copyfile(SHIPPED, copy)
+    return copy
+
+
+def fits(text: str, width: int = 80) -> None:
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= width, text
+
+
+def one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, (result.exit_code, result.output)
+    assert "Traceback" not in result.output and not result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bnrun: error: "), result.stderr
+    return lines[0]
+
+
+def invoke(*args: str, env: dict | None = None):
+    return runner.invoke(app, list(args), env=env)
+
+
+@shipped
+def test_the_headline_fits_80_columns_when_piped(study):
+    for args in (["report", "--run-id", "1-12"], ["report"], ["report", "--all"], ["report", "--by", "lr", "--arch", "mlp"]):
+        result = run_bnrun(*args, "--db", str(study), env=NARROW, timeout=120)
+        assert result.returncode == 0, result.stderr
+        fits(result.stdout)
+    table = run_bnrun("report", "--run-id", "1-12", "--db", str(study), env=NARROW).stdout
+    assert "93.19 ± 0.22" in table and "custom+fused" in table  # cells whole, labels as --where takes them
+    assert "cnn: channels_last=True, epochs=10; mlp: channels_last=False, epochs=20" in table
+
+
+@shipped
+def test_piped_output_follows_columns(study):
+    wide = run_bnrun("report", "--wide", "--run-id", "1-12", "--db", str(study), env={"COLUMNS": "200"})
+    assert wide.returncode == 0 and max(len(line) for line in wide.stdout.splitlines()) > 80
+    assert "diagnostics" in wide.stdout and "s / epoch" in wide.stdout
+
+
+@shipped
+def test_the_default_report_is_the_default_recipe_and_agrees_with_the_readme(study):
+    result = invoke("report", "--db", str(study), env=NARROW)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "default recipe only: 171 of 215 trials left out" in text and "--all" in text
+    assert "corrected over the 10 comparisons with a test" in text
+    assert "mlp bn=pre (custom+fused) − mlp bn=none: +0.29 ± 0.11" in text
+    assert "significant after Holm (p=0.00427, Holm p=0.0427)" in text
+    assert "fewer than 3 completed trials: cnn bn=none" in text
+
+
+@shipped
+def test_every_group_label_is_unique(study):
+    result = invoke("report", "--all", "--format", "markdown", "--db", str(study))
+    assert result.exit_code == 0, result.output
+    small = next(line for line in result.stdout.splitlines() if line.startswith("- fewer than 3"))
+    labels = small.split(": ", 1)[1].split("; ")
+    assert len(labels) == len(set(labels)) and all("lr=" in label for label in labels)
+
+
+@shipped
+def test_batch_sizes_sort_as_numbers(study):
+    filters = ["--arch", "mlp", "--where", "epochs=10", "--where", "lr=0.05", "--db", str(study)]
+    payload = json.loads(invoke("report", "--format", "json", *filters).stdout)
+    sizes = [group["batch_size"] for group in payload["groups"] if group["bn"] == "pre"]
+    assert sizes == [16, 32, 64, 128, 256, 512]
+    settings = [c["setting"] for c in payload["comparisons"] if c["b"] == "mlp bn=post (custom+fused)"]
+    assert settings == [f"batch_size={size}" for size in sizes]
+    pivot = json.loads(invoke("report", "--format", "json", "--by", "batch_size", *filters).stdout)
+    assert pivot["columns"] == sizes
+
+
+@shipped
+@pytest.mark.parametrize("args,message", [
+    (["plot", "--x", "learning_rate"], "--x: unknown option 'learning_rate'"),
+    (["plot", "--output", "c.jpgx"], "unknown extension .jpgx; end the file name in .png, .pdf, .svg"),
+    (["plot", "--output", "noext"], "--output noext: no extension"),
+    (["plot", "--metric", "best_val_acc"], "--metric applies to --x only"),
+    (["plot", "--x", "lr"], "series would share one figure"),
+    (["report", "--standalone"], "--standalone applies to --format latex only"),
+    (["report", "--wide", "--format", "csv"], "--wide applies to --format table only"),
+    (["report", "--all", "--arch", "mlp"], "--all applies only without filters"),
+    (["report", "--where", "lr=abc"], "--where lr=abc: 'abc' is not a number"),
+    (["report", "--where", "augment=no"], "--where augment=no: augment is true or false"),
+    (["report", "--where", "bn_impl=fused"], "--where bn_impl=fused: choose from custom, custom+fused, torch"),
+    (["report", "--run-id", "12-1"], "--run-id: '12-1' runs backwards"),
+    (["report", "--arch", "mlp", "--where", "arch=cnn"], "contradictory filters: --arch and --where arch"),
+    (["report", "--where", "epochs=10", "--where", "epochs=20"], "contradictory filters: --where epochs"),
+    (["report", "--bn-impl", "torch", "--where", "bn_impl=custom+fused"], "contradictory filters"),
+])
+def test_every_mistake_is_one_line_exit_2(study, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(invoke(*args, "--db", str(study)))
+    assert message in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+@shipped
+def test_where_takes_comma_lists_and_the_tables_labels(study):
+    either = json.loads(invoke("report", "--format", "json", "--arch", "cnn", "--where", "lr=0.1,0.3",
+                               "--db", str(study)).stdout)
+    assert {g["lr"] for g in either["groups"]} == {0.1, 0.3}
+    fused = json.loads(invoke("report", "--format", "json", "--where", "bn_impl=custom+fused", "--db", str(study)).stdout)
+    assert {(g["bn_impl"], g["fused"]) for g in fused["groups"]} == {("custom", True)}
+
+
+@shipped
+def test_a_well_formed_filter_that_matches_nothing_is_exit_1(study):
+    line = one_line_error(invoke("report", "--where", "lr=0.7", "--db", str(study)), code=1)
+    assert "no completed trial matches these filters" in line and "bnrun runs" in line
+
+
+@shipped
+def test_output_to_a_directory_writes_inside_and_says_where(study, tmp_path):
+    result = invoke("report", "--output", str(tmp_path), "--db", str(study))
+    assert result.exit_code == 0 and result.stderr.strip() == f"wrote {tmp_path / 'report.txt'}"
+    assert "bnrun report" in (tmp_path / "report.txt").read_text()
+    latex = invoke("report", "--format", "latex", "--output", str(tmp_path), "--db", str(study))
+    assert latex.stderr.strip() == f"wrote {tmp_path / 'report.tex'}"
+    plot = invoke("plot", "--output", str(tmp_path), "--db", str(study))
+    assert plot.exit_code == 0 and plot.stderr.strip() == f"wrote {tmp_path / 'learning_curves.png'}"
+    assert (tmp_path / "learning_curves.png").stat().st_size > 20_000
+    svg = invoke("plot", "--x", "lr", "--arch", "mlp", "--where", "epochs=10", "--where", "batch_size=128",
+                 "--output", str(tmp_path / "lr.svg"), "--db", str(study))
+    assert svg.exit_code == 0 and (tmp_path / "lr.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_figures_keep_accuracy_inside_0_to_100(tmp_path, monkeypatch):
+    """A cell with one seed at chance and one trained: its seeds are drawn, no band leaves 0-100 %,
+    and two placements' divergence marks at one value do not coincide."""
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda figure, output, dpi, title: drawn.append(figure) or output)
+
+    def cell(*values, diverged=0):
+        return Cell(summarize(list(values)), diverged, len(values) + diverged, (), tuple(values))
+
+    rows = (
+        PivotRow({"arch": "cnn", "bn": "pre"}, {0.1: cell(0.88, 0.89, 0.90), 0.3: cell(0.85, 0.99, 0.86),
+                                                 3.0: cell(diverged=3)}, 0.1),
+        PivotRow({"arch": "cnn", "bn": "none"}, {0.1: cell(0.84, 0.85, 0.86), 0.3: cell(0.10, 0.85, diverged=1),
+                                                  3.0: cell(diverged=3)}, 0.1),
+    )
+    figures.plot_against_option(Pivot("lr", "test_acc_population", (0.1, 0.3, 3.0), ("arch", "bn"), rows, ()),
+                                tmp_path / "x.png", "test acc.", 100.0)
+    (axis,) = drawn[0].axes
+    bands = [path.vertices[:, 1] for collection in axis.collections for path in collection.get_paths()]
+    assert bands and all(0 <= y.min() and y.max() <= 100 for y in bands)
+    assert axis.get_ylim()[0] >= 0
+    seeds = [line for line in axis.lines if line.get_linestyle() == "None" and line.get_marker() == "_"]
+    assert sorted(seeds[0].get_ydata()) == pytest.approx([10.0, 85.0])
+    marks = [(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in axis.lines if line.get_marker() == "x"]
+    assert len(marks) == 3 and len(set(marks)) == 3  # two at lr 3, apart
+
+
+@shipped
+def test_a_default_plot_has_few_series(study, tmp_path):
+    result = invoke("plot", "--output", str(tmp_path / "curves.png"), "--db", str(study))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("command", [["train", "--help"], ["report", "--help"], ["plot", "--help"], ["eval", "--help"]])
+def test_help_fits_80_columns(command):
+    result = run_bnrun(*command, env=NARROW, timeout=60)
+    assert result.returncode == 0
+    fits(result.stdout)
+    assert len(result.stdout.splitlines()) <= 110
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("trained")
+    db = directory / "one.db"
+    result = run_bnrun("train", "--arch", "mlp", "--epochs", "1", "--train-subset", "400", "--db", str(db), timeout=300)
+    assert result.returncode == 0, result.stderr
+    return db
+
+
+def test_no_lock_file_outlives_a_command(trained):
+    assert not list(trained.parent.glob("*.lock"))
+    Store(str(trained)).close()
+    assert not list(trained.parent.glob("*.lock"))
+
+
+def test_eval_reads_unless_asked_to_save(trained, tmp_path):
+    db = tmp_path / "copy.db"
+    shutil.copyfile(trained, db)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    result = run_bnrun("eval", "--run-id", "1", "--db", str(db), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "not stored" in result.stdout
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before and sorted(p.name for p in tmp_path.iterdir()) == ["copy.db"]
+    saved = run_bnrun("eval", "--run-id", "1", "--save", "--db", str(db), timeout=300)
+    assert saved.returncode == 0, saved.stderr
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("select count(*) from evaluations").fetchone() == (1,)
+    assert not list(tmp_path.glob("*.lock"))
+
+
+def test_eval_never_creates_a_store(tmp_path):
+    result = run_bnrun("eval", "--run-id", "1", "--db", str(tmp_path / "typo.db"), timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no store at {tmp_path / 'typo.db'}" in lines[0]
+    assert list(tmp_path.iterdir()) == []
