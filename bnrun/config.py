@@ -70,6 +70,17 @@ class TrainConfig:
 FAST_PATH = {"fused": True, "channels_last": True}
 
 
+# Under the onecycle schedule SGD's momentum cycles inversely to the learning rate, between
+# momentum − MOMENTUM_SPREAD and momentum + MOMENTUM_SPREAD: the default 0.9 gives 0.85–0.95, torch
+# OneCycleLR's own cycle, which every trial before the option took effect ran. 0: no momentum.
+MOMENTUM_SPREAD = 0.05
+
+
+def momentum_cycle(momentum: float) -> tuple[float, float]:
+    """(lowest, highest) momentum of the onecycle schedule; rounded so 0.9 gives exactly 0.85, 0.95."""
+    return round(momentum - MOMENTUM_SPREAD, 12), round(momentum + MOMENTUM_SPREAD, 12)
+
+
 def impl_label(bn_impl: str, fused: bool) -> str:
     """The batch-norm implementation as reports name it: custom, custom+fused, torch."""
     return bn_impl + ("+fused" if fused else "")
@@ -123,6 +134,8 @@ class SweepConfig:
                 config = replace(config, fused=False)
             if config.arch != "cnn":  # a memory order of convolution activations; the MLP has none
                 config = replace(config, channels_last=False)
+            if config.optimizer == "adam":  # AdamW has no momentum option (its beta1 cycle is fixed)
+                config = replace(config, momentum=TrainConfig.momentum)
             configs.append(canonical_model(config))
         return list(dict.fromkeys(configs))  # a repeated value adds no trial
 

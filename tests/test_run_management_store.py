@@ -11,17 +11,45 @@ from bnrun.store import Store
 from bnrun.store.records import FinalMetrics
 from bnrun.training.results import EpochRecord
 
-FIELDS = dict(arch="mlp", bn="pre", bn_impl="custom", fused=False, epochs=1, batch_size=128, lr=0.05, momentum=0.9,
-              weight_decay=5e-4, optimizer="sgd", schedule="onecycle", augment=True, train_subset=600, device="cpu",
-              bnrun_version="0", torch_version="0", python_version="0", grid_seeds=None)
+FIELDS = dict(
+    arch="mlp",
+    bn="pre",
+    bn_impl="custom",
+    fused=False,
+    epochs=1,
+    batch_size=128,
+    lr=0.05,
+    momentum=0.9,
+    weight_decay=5e-4,
+    optimizer="sgd",
+    schedule="onecycle",
+    augment=True,
+    train_subset=600,
+    device="cpu",
+    bnrun_version="0",
+    torch_version="0",
+    python_version="0",
+    grid_seeds=None,
+)
 METRICS = FinalMetrics(**{name: 0.5 for name in FinalMetrics.__dataclass_fields__})
 
 
 def add_trial(store: Store, seed: int, key: str = "k", finish: bool = True) -> int:
     claim = store.claim_run({**FIELDS, "seed": seed}, key, json.dumps({"key": key}))
     if finish:
-        store.add_epoch(claim.run_id, EpochRecord(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=0.05,
-                                                  seconds=1.0, train_seconds=1.0))
+        store.add_epoch(
+            claim.run_id,
+            EpochRecord(
+                epoch=1,
+                train_loss=1.0,
+                train_acc=0.5,
+                val_loss=1.0,
+                val_acc=0.5,
+                lr=0.05,
+                seconds=1.0,
+                train_seconds=1.0,
+            ),
+        )
         store.complete_run(claim.run_id, METRICS, b"weights")
     return claim.run_id
 
@@ -37,8 +65,10 @@ def store(request, tmp_path):
 def test_tags_and_notes(store):
     a, b = add_trial(store, 0), add_trial(store, 1)
     labels = store.label_runs([a, b], add=("baseline", "lr-sweep", "baseline"), note="first try")
-    assert [(l.run_id, l.tags, l.user_note) for l in labels] == [(a, ("baseline", "lr-sweep"), "first try"),
-                                                                 (b, ("baseline", "lr-sweep"), "first try")]
+    assert [(l.run_id, l.tags, l.user_note) for l in labels] == [
+        (a, ("baseline", "lr-sweep"), "first try"),
+        (b, ("baseline", "lr-sweep"), "first try"),
+    ]
     store.label_runs([a], add=("baseline",), remove=("lr-sweep", "absent"), note="")
     assert store.labels([a, b])[a].tags == ("baseline",) and store.labels([a])[a].user_note is None
     assert [r.id for r in store.list_runs(tags=("lr-sweep",))] == [b]
@@ -59,7 +89,10 @@ def test_soft_delete_restore_and_the_trials_claim(store):
     assert {(h.seed, h.run_id) for h in store.trial_holders(["k"])} == {(1, b)}  # the deleted trial runs again
     (restored,) = store.restore_runs([a])
     assert restored.deleted_at is None and restored.claim == 1
-    assert {(h.seed, h.run_id, h.status) for h in store.trial_holders(["k"])} == {(0, a, "completed"), (1, b, "completed")}
+    assert {(h.seed, h.run_id, h.status) for h in store.trial_holders(["k"])} == {
+        (0, a, "completed"),
+        (1, b, "completed"),
+    }
 
 
 def test_restore_after_the_trial_ran_again_keeps_the_new_run(store):
@@ -82,9 +115,20 @@ def test_running_trials_are_never_deleted_or_purged(store):
 def test_purge_removes_everything(store):
     a, b = add_trial(store, 0), add_trial(store, 1)
     store.label_runs([a], add=("gone",))
-    store.add_evaluation(a, dict(device="cpu", val_acc_running=0.5, val_acc_population=0.5, test_loss_running=1.0,
-                                 test_acc_running=0.5, test_loss_population=1.0, test_acc_population=0.5, matches_stored=True,
-                                 bnrun_version="0"))
+    store.add_evaluation(
+        a,
+        dict(
+            device="cpu",
+            val_acc_running=0.5,
+            val_acc_population=0.5,
+            test_loss_running=1.0,
+            test_acc_running=0.5,
+            test_loss_population=1.0,
+            test_acc_population=0.5,
+            matches_stored=True,
+            bnrun_version="0",
+        ),
+    )
     purged = store.purge_runs([a])
     assert (purged.run_ids, purged.epochs, purged.checkpoints, purged.evaluations, purged.tags) == ((a,), 1, 1, 1, 1)
     assert [r.id for r in store.list_runs(deleted=None)] == [b]

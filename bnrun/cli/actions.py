@@ -9,11 +9,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bnrun.analysis.comparison import RunDiff, diff_runs
+from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
 from bnrun.cli.options import PlotRequest, RunListFilter, require
 from bnrun.config import SweepConfig
 from bnrun.errors import UsageError
-from bnrun.store import EpochRecord, RunRecord, Store
+from bnrun.store import EpochRecord, RunLabels, RunRecord, Store
 
 stderr = Console(stderr=True)
 
@@ -68,9 +70,14 @@ def evaluate_stored(db: str | None, run_id: int, data_dir: Path | None, device: 
                     save: bool = False):
     """Evaluate a stored trial; the store is only read unless `save` keeps the evaluation in it."""
     from bnrun.run.reevaluation import evaluate_run
+    from bnrun.training.hardware import resolve_device
 
+    try:
+        device = resolve_device(device)  # a device this machine lacks is a usage error, before the store is opened
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     with open_store(db, read_only=not save) as store:
-        return evaluate_run(store, run_id, data_dir, device, batch_sizes, save=save)
+        return evaluate_run(store, run_id, data_dir, device, batch_sizes, progress=notice, save=save)
 
 
 def reproduce_stored(db: str | None, run_id: int, scratch: Path | None, data_dir: Path | None):
@@ -165,3 +172,108 @@ def emit(content, output: Path | None, console: Console) -> Path | None:
     except OSError as error:
         raise UsageError(f"--output {output}: cannot write ({error.strerror or error})") from None
     return output
+
+
+# -- run management: runs, show, compare, tag, delete, restore, export, dry-run -------------------------------
+
+def list_selected(db: str | None, query: RunQuery) -> tuple[list[RunRecord], set[int], dict[int, RunLabels], int]:
+    """The runs the query selects (sorted, limited), the ids of `running` ones whose process is
+    gone, their labels, and how many matched before the limit."""
+    from dataclasses import replace
+
+    with open_store(db, read_only=True) as store:
+        runs = store.list_runs(statuses=query.statuses, deleted=query.deleted, tags=query.tags)
+        matched = select_runs(runs, replace(query, limit=None))
+        chosen = matched if query.limit is None else matched[:query.limit]
+        return chosen, store.orphan_ids(), store.labels([run.id for run in chosen]), len(matched)
+
+
+def show_stored(db: str | None, run_id: int):
+    """One run with its epochs, diagnostics, labels and stored evaluations."""
+    with open_store(db, read_only=True) as store:
+        run = store.get_run(run_id)
+        return (run, store.epochs(run_id), store.diagnostics_by_run([run_id])[run_id], store.labels([run_id])[run_id],
+                store.evaluations(run_id))
+
+
+def compare_stored(db: str | None, a: int, b: int) -> RunDiff:
+    with open_store(db, read_only=True) as store:
+        first, second = store.get_runs([a, b]) if a != b else store.get_runs([a]) * 2
+        epochs = store.epochs_by_run([a, b])
+    return diff_runs(first, second, epochs[a], epochs[b])
+
+
+def label_stored(db: str | None, run_ids: list[int], add: tuple[str, ...], remove: tuple[str, ...],
+                 note: str | None) -> list[RunLabels]:
+    """Change the runs' tags and note; with nothing to change, only read them."""
+    if not add and not remove and note is None:
+        with open_store(db, read_only=True) as store:
+            labels = store.labels(store_ids(store, run_ids))
+            return [labels[run_id] for run_id in run_ids]
+    with open_store(db, read_only=True) as store:
+        store_ids(store, run_ids)  # unknown ids refused before the store is opened for writing
+    with open_store(db) as store:
+        return store.label_runs(run_ids, add, remove, note)
+
+
+def store_ids(store: Store, run_ids: list[int]) -> list[int]:
+    return [run.id for run in store.get_runs(run_ids)]
+
+
+def deletable(db: str | None, run_ids: list[int]) -> list[RunRecord]:
+    """The runs to delete, read only: unknown ids and running trials refused before anything is asked."""
+    with open_store(db, read_only=True) as store:
+        runs = store.get_runs(run_ids)
+    running = [str(run.id) for run in runs if run.status == "running"]
+    require(not running, f"run {', '.join(running)} is running; a running trial is never deleted (wait for it to end)")
+    return runs
+
+
+def delete_stored(db: str | None, run_ids: list[int], purge: bool):
+    """Soft-delete the runs (a list of records), or purge them (a PurgeRecord)."""
+    with open_store(db) as store:
+        return store.purge_runs(run_ids) if purge else store.delete_runs(run_ids)
+
+
+def restore_stored(db: str | None, run_ids: list[int]) -> list[RunRecord]:
+    with open_store(db, read_only=True) as store:
+        store_ids(store, run_ids)
+    with open_store(db) as store:
+        return store.restore_runs(run_ids)
+
+
+def export_runs(db: str | None, query: RunQuery, fmt: str) -> str:
+    from bnrun.analysis import export
+
+    runs, _, labels, _ = list_selected(db, query)
+    return export.render(export.run_rows(runs, labels), fmt, export.RUN_COLUMNS)
+
+
+def export_epochs(db: str | None, run_ids: list[int], fmt: str) -> str:
+    from bnrun.analysis import export
+
+    with open_store(db, read_only=True) as store:
+        ids = store_ids(store, run_ids)
+        epochs = store.epochs_by_run(ids)
+    return export.render(export.epoch_rows({run_id: epochs[run_id] for run_id in ids}), fmt, export.EPOCH_COLUMNS)
+
+
+def export_model(db: str | None, run_id: int, output: Path, statistics: str) -> dict:
+    from bnrun.run.export import export_model as write_model
+
+    with open_store(db, read_only=True) as store:
+        run, blob = store.get_run(run_id), store.load_checkpoint(run_id)
+    return write_model(run, blob, output, statistics)
+
+
+def plan(sweep: SweepConfig, db: str | None):
+    """What `train` would do with this sweep, read only (a missing store is not created)."""
+    from bnrun.run.plan import plan_sweep
+    from bnrun.store.engine import resolve_url, sqlite_path
+
+    path = sqlite_path(resolve_url(db))
+    if path is not None and not path.exists():
+        return plan_sweep(sweep, [], store_exists=False), str(path)
+    with open_store(db, read_only=True) as store:
+        holders = store.trial_holders([config.key() for config in sweep.configs()])
+        return plan_sweep(sweep, holders), store.name

@@ -8,6 +8,7 @@ no command shows a traceback for them.
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -100,6 +101,13 @@ BnFilter = Annotated[Optional[str], option("Filter: comma list of placements.")]
 ImplFilter = Annotated[Optional[str], option("Filter: comma list of custom, custom+fused, torch.")]
 RunIdFilter = Annotated[Optional[str], option("Filter: ids and ranges, e.g. 1-12,15.", "--run-id")]
 SinceFilter = Annotated[Optional[str], option("Filter: trials started on/after this date (YYYY-MM-DD[THH:MM]).")]
+StatusFilter = Annotated[Optional[str], option("Filter: comma list of statuses.")]
+TagFilter = Annotated[Optional[list[str]], option("Filter: runs with this tag (repeatable: with every one).")]
+SortOption = Annotated[
+    str, option("Sort by a field or metric (id, started_at, lr, test_acc_population, ...); -FIELD descending.")
+]
+LimitOption = Annotated[Optional[int], option("Show only the first N (after sorting).")]
+RunArguments = Annotated[list[str], typer.Argument(help="Run ids or ranges, e.g. 3 5-7.", show_default=False)]
 
 
 def friendly_errors(command):
@@ -130,7 +138,14 @@ def train(
     epochs: Annotated[Optional[str], option(f"Epochs (default: {PER_ARCH_EPOCHS})" + LIST + ".")] = GRID.epochs,
     batch_size: Annotated[str, option("Mini-batch size" + LIST + ".")] = GRID.batch_size,
     lr: Annotated[str, option("Peak learning rate" + LIST + " (0.01,0.1,1).")] = GRID.lr,
-    momentum: Annotated[str, option("SGD momentum (Nesterov)" + LIST + ".")] = GRID.momentum,
+    momentum: Annotated[
+        Optional[str],
+        option(
+            "SGD's Nesterov momentum (default 0.9). Under --schedule onecycle it cycles inversely to the learning "
+            "rate between momentum-0.05 and momentum+0.05 (the default: 0.85-0.95), so it must be 0 (none) or in "
+            "[0.05, 0.95); --optimizer sgd only" + LIST + "."
+        ),
+    ] = GRID.momentum,
     weight_decay: Annotated[str, option("Weight decay" + LIST + ".")] = GRID.weight_decay,
     optimizer: Annotated[str, option("sgd or adam" + LIST + ".")] = GRID.optimizer,
     schedule: Annotated[str, option("onecycle, cosine or constant" + LIST + ".")] = GRID.schedule,
@@ -190,11 +205,16 @@ def train(
     ] = None,
     cpus_per_trial: Annotated[float, option("Ray: CPUs each trial reserves (also its torch thread count).")] = 1.0,
     gpus_per_trial: Annotated[float, option("Ray: GPUs each trial reserves.")] = 0.0,
+    dry_run: Annotated[
+        bool,
+        option("Print the grid and what the store already holds of it, then exit (nothing is trained or created)."),
+    ] = False,
+    yes: Annotated[bool, option("Train a grid of more than 10,000 trials.")] = False,
     db: DbOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Train the grid of every listed option's values × seeds; each trial becomes a row in the store."""
-    from bnrun.cli import actions, options
+    from bnrun.cli import actions, options, views
 
     grid = GridOptions(
         arch=arch,
@@ -225,8 +245,15 @@ def train(
         data_dir=data_dir,
         diagnostics=diagnostics,
         checkpoint=checkpoint,
+        yes=yes,
     )
-    result = actions.train(sweep, db, options.executor_options(executor, ray_address, cpus_per_trial, gpus_per_trial))
+    executor_settings = options.executor_options(executor, ray_address, cpus_per_trial, gpus_per_trial)
+    if dry_run:
+        plan, store_name = actions.plan(sweep, db)
+        out.print("\n".join(views.plan_lines(plan, store_name)), highlight=False, markup=False)
+        out.print(views.plan_table(plan))
+        return
+    result = actions.train(sweep, db, executor_settings)
     out.print(actions.sweep_summary(result))
     if result.failed:
         raise typer.Exit(1)
@@ -235,8 +262,9 @@ def train(
 @app.command("eval")
 @friendly_errors
 def eval_(
-    run_id: Annotated[int, option("The run to evaluate.", "--run-id")],
-    device: Annotated[str, option("auto, cpu or cuda.")] = "cpu",
+    run: Annotated[Optional[int], typer.Argument(help="The run to evaluate.", show_default=False)] = None,
+    run_id: Annotated[Optional[int], option("The run to evaluate (as the argument).", "--run-id")] = None,
+    device: Annotated[str, option("auto, cpu or cuda.")] = "auto",
     batch_stats: Annotated[
         Optional[str],
         option(
@@ -253,10 +281,11 @@ def eval_(
     """Re-evaluate a stored trial (validation and test, running and population statistics, optionally batch
     statistics)."""
     from bnrun.cli import actions, views
-    from bnrun.cli.options import parse_numbers
+    from bnrun.cli.options import parse_numbers, run_argument, usable_device
 
+    chosen = run_argument(run, run_id)
     sizes = parse_numbers(batch_stats, int, "--batch-stats", 2) if batch_stats else ()
-    result = actions.evaluate_stored(db, run_id, data_dir, device, sizes, save)
+    result = actions.evaluate_stored(db, chosen, data_dir, usable_device(device), sizes, save)
     out.print(views.evaluation_table(result))
 
 
@@ -265,27 +294,48 @@ def eval_(
 def runs(
     arch: ArchFilter = None,
     bn: BnFilter = None,
-    status: Annotated[Optional[str], option("Filter: comma list of statuses.")] = None,
+    bn_impl: ImplFilter = None,
+    status: StatusFilter = None,
+    run_id: RunIdFilter = None,
+    since: SinceFilter = None,
+    where: WhereOption = None,
+    tag: TagFilter = None,
+    sort: SortOption = "id",
+    limit: LimitOption = None,
+    deleted: Annotated[
+        bool, option("List the deleted runs instead (bnrun delete; bring one back with bnrun restore).")
+    ] = False,
     db: DbOption = None,
 ) -> None:
-    """List the trials in the store."""
+    """List the trials in the store: the options that vary among them as columns, the ones they share below."""
     from bnrun.cli import actions, views
-    from bnrun.cli.options import run_list_filter
+    from bnrun.cli.options import FilterOptions, run_query
 
-    out.print(views.runs_table(*actions.list_runs(db, run_list_filter(arch, bn, status))))
+    query = run_query(
+        FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ())), status, tag, sort, limit, deleted
+    )
+    out.print(views.runs_table(*actions.list_selected(db, query)))
 
 
 @app.command()
 @friendly_errors
-def show(run_id: Annotated[int, typer.Argument(help="The run id.")], db: DbOption = None) -> None:
-    """One trial: configuration, final metrics and the per-epoch table."""
+def show(
+    run_id: Annotated[int, typer.Argument(help="The run id.")],
+    all_fields: Annotated[
+        bool, option("Also the internal fields (claim, process, key, CPU features...).", "--all")
+    ] = False,
+    db: DbOption = None,
+) -> None:
+    """One trial: configuration, final metrics, tags and note, the per-epoch table, its stored evaluations."""
     from bnrun.cli import actions, views
 
-    run, epochs, diagnostics = actions.show_run(db, run_id)
-    out.print(views.run_table(run))
+    run, epochs, diagnostics, labels, evaluations = actions.show_stored(db, run_id)
+    out.print(views.run_table(run, labels, all_fields))
     out.print(views.epochs_table(epochs))
     for table in views.diagnostics_tables(diagnostics, epochs):
         out.print(table)
+    if evaluations:
+        out.print(views.evaluations_table(evaluations))
 
 
 @app.command()
@@ -401,6 +451,194 @@ def plot(
     filters = FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ()))
     written = actions.plot(db, plot_request(filters, metric, output, x, diagnostic, everything))
     err.print(f"wrote {written}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+@friendly_errors
+def compare(
+    a: Annotated[int, typer.Argument(help="The first run.", show_default=False)],
+    b: Annotated[int, typer.Argument(help="The second run.", show_default=False)],
+    db: DbOption = None,
+) -> None:
+    """Two runs side by side: the options that differ, the final metrics and their difference, the curves."""
+    from bnrun.cli import actions, views
+
+    for table in views.comparison_tables(actions.compare_stored(db, a, b)):
+        out.print(table)
+
+
+@app.command()
+@friendly_errors
+def tag(
+    runs: RunArguments,
+    add: Annotated[Optional[list[str]], option("Add this tag (repeatable).")] = None,
+    remove: Annotated[Optional[list[str]], option("Remove this tag (repeatable).")] = None,
+    note: Annotated[
+        Optional[str], option('Your note on the runs, replacing the one they had ("" clears it).', show_default=False)
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Tag runs and note on them (bnrun runs --tag TAG filters); with neither, print their tags and notes."""
+    from bnrun.cli import actions, views
+    from bnrun.cli.options import run_ids_of, tags_of
+
+    labels = actions.label_stored(db, run_ids_of(runs), tags_of(add, "--add"), tags_of(remove, "--remove"), note)
+    out.print("\n".join(views.labels_lines(labels)), highlight=False, markup=False)
+
+
+@app.command()
+@friendly_errors
+def delete(
+    runs: RunArguments,
+    purge: Annotated[
+        bool, option("Remove the runs for good: rows, epochs, checkpoints, diagnostics, evaluations, tags.")
+    ] = False,
+    yes: Annotated[bool, option("Do not ask for confirmation (needed without a terminal).")] = False,
+    db: DbOption = None,
+) -> None:
+    """Delete runs (runs, report and plot leave them out; bnrun restore undoes it), or --purge them for good.
+
+    A running trial is never deleted. The deleted runs stay listed by: bnrun runs --deleted."""
+    from bnrun.cli import actions
+    from bnrun.cli.options import run_ids_of
+    from bnrun.errors import UsageError
+
+    ids = run_ids_of(runs)
+    chosen = actions.deletable(db, ids)
+    plural = "s" if len(chosen) != 1 else ""
+    what = f"{'purge' if purge else 'delete'} {len(chosen)} run{plural} ({', '.join(map(str, ids))})"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"not asking without a terminal: pass --yes to {what}")
+        typer.confirm(f"{what[0].upper()}{what[1:]}{', for good' if purge else ''}?", abort=True, err=True)
+    result = actions.delete_stored(db, ids, purge)
+    if purge:
+        out.print(
+            f"purged runs {', '.join(map(str, result.run_ids))} with {result.epochs} epochs, {result.checkpoints} "
+            f"checkpoints, {result.evaluations} evaluations, {result.diagnostics} diagnostics, {result.tags} tags",
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"deleted runs {', '.join(map(str, ids))}; bring them back with: bnrun restore {' '.join(map(str, ids))}",
+            highlight=False,
+        )
+
+
+@app.command()
+@friendly_errors
+def restore(runs: RunArguments, db: DbOption = None) -> None:
+    """Bring deleted runs back (bnrun delete without --purge)."""
+    from bnrun.cli import actions
+    from bnrun.cli.options import run_ids_of
+
+    restored = actions.restore_stored(db, run_ids_of(runs))
+    out.print(f"restored runs {', '.join(str(run.id) for run in restored)}", highlight=False)
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Runs and epochs as CSV or JSON; a trained model as a .pt file.")
+app.add_typer(export_app, name="export")
+ExportFormat = Annotated[str, option("csv or json.", "--format")]
+OutputOption = Annotated[Optional[Path], option("Write to this file instead of stdout.")]
+
+
+@export_app.command("runs")
+@friendly_errors
+def export_runs(
+    fmt: ExportFormat = "csv",
+    output: OutputOption = None,
+    arch: ArchFilter = None,
+    bn: BnFilter = None,
+    bn_impl: ImplFilter = None,
+    status: StatusFilter = None,
+    run_id: RunIdFilter = None,
+    since: SinceFilter = None,
+    where: WhereOption = None,
+    tag: TagFilter = None,
+    sort: SortOption = "id",
+    limit: LimitOption = None,
+    deleted: Annotated[bool, option("Export the deleted runs instead.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Every stored field of the runs (filters as in bnrun runs), one row or object per run, with its tags."""
+    from bnrun.cli import actions
+    from bnrun.cli.options import FilterOptions, export_format, run_query
+
+    fmt = export_format(fmt)
+    query = run_query(
+        FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ())), status, tag, sort, limit, deleted
+    )
+    actions.emit(actions.export_runs(db, query, fmt), output, out)
+
+
+@export_app.command("epochs")
+@friendly_errors
+def export_epochs(
+    runs: RunArguments, fmt: ExportFormat = "csv", output: OutputOption = None, db: DbOption = None
+) -> None:
+    """The per-epoch rows of the runs (loss, accuracy, learning rate, seconds), one row or object per epoch."""
+    from bnrun.cli import actions
+    from bnrun.cli.options import export_format, run_ids_of
+
+    fmt = export_format(fmt)
+    actions.emit(actions.export_epochs(db, run_ids_of(runs), fmt), output, out)
+
+
+@export_app.command("model")
+@friendly_errors
+def export_model(
+    run: Annotated[int, typer.Argument(help="The run whose trained model to write.", show_default=False)],
+    output: Annotated[Path, option("The .pt file to write.")] = Path("model.pt"),
+    statistics: Annotated[
+        str, option("What the BN layers normalize with: population (statistics over the training split) or running.")
+    ] = "population",
+    db: DbOption = None,
+) -> None:
+    """Write a run's trained model as a .pt file for torch.load(path, weights_only=True).
+
+    It holds "state_dict" (plain tensors), "model" (build_model's arguments), "config", "run_id", "test_acc".
+
+    Load it with:
+
+    saved = torch.load("model.pt", weights_only=True)
+
+    model = bnrun.training.models.build_model(**saved["model"])
+
+    model.load_state_dict(saved["state_dict"])
+
+    With saved["model"]["fused"] = False the same weights load into the eager layers (no compiled kernel)."""
+    from bnrun.cli import actions
+    from bnrun.cli.options import STATISTICS, require
+
+    require(
+        statistics in STATISTICS, f"--statistics: unknown value {statistics!r}; choose from {', '.join(STATISTICS)}"
+    )
+    require(output.parent.is_dir(), f"--output: directory {output.parent} does not exist")
+    saved = actions.export_model(db, run, output, statistics)
+    err.print(
+        f"wrote {output} (run {run}, {saved['model']['arch']} bn={saved['model']['bn']}, {statistics} statistics)",
+        highlight=False,
+        markup=False,
+    )
+
+
+def show_version(value: bool) -> None:
+    if value:
+        import importlib.metadata
+
+        import bnrun
+
+        typer.echo(f"bnrun {bnrun.__version__} (torch {importlib.metadata.version('torch')})")
+        raise typer.Exit()
+
+
+@app.callback()
+def bnrun_options(
+    version: Annotated[
+        bool, option("Print bnrun's and torch's versions and exit.", "--version", callback=show_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Study a from-scratch Batch Norm on Fashion-MNIST: train, evaluate, report."""
 
 
 def main() -> None:

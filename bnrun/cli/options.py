@@ -5,11 +5,13 @@ store or the data, so bad input changes nothing."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from bnrun.analysis.grouping import PIVOT_FIELDS, RunFilter
+from bnrun.analysis.listing import RunQuery
 from bnrun.analysis.metrics import METRICS
 from bnrun.analysis.queries import ReportRequest
 from bnrun.analysis.rendering import FORMATS
@@ -18,6 +20,7 @@ from bnrun.config import (
     BN_IMPLS,
     DEVICES,
     FAST_PATH,
+    MOMENTUM_SPREAD,
     OPTIMIZERS,
     PLACEMENTS,
     PRECISIONS,
@@ -29,6 +32,7 @@ from bnrun.errors import UsageError
 from bnrun.store import STATUSES
 
 EXECUTORS = ("local", "ray")
+MAX_TRIALS = 10_000  # a larger grid needs --yes
 DIAGNOSTICS = ("loss_ratio", "mode_gap", "smoothness", "grad_norm", "batch_stats")
 DEFAULTS = TrainConfig()  # the training defaults; the CLI's are these, spelled as options
 
@@ -67,7 +71,8 @@ def parse_numbers(text: str | int | float, kind: type, option: str, minimum: flo
             raise UsageError(f"{option}: {part!r} is not {'an integer' if kind is int else 'a number'}") from None
         bad = value <= minimum if strict else value < minimum
         bound = "positive" if strict else (f"at least {minimum:g}" if minimum else "≥ 0")
-        require(not bad and value == value, f"{option} must be {bound}, got {part}")
+        require(math.isfinite(value), f"{option} must be a finite number, got {part}")
+        require(not bad, f"{option} must be {bound}, got {part}")
         values.append(value)
     return tuple(dict.fromkeys(values))
 
@@ -178,7 +183,7 @@ class GridOptions:
     epochs: str | None = None
     batch_size: str = str(DEFAULTS.batch_size)
     lr: str = number_text(DEFAULTS.lr)
-    momentum: str = number_text(DEFAULTS.momentum)
+    momentum: str | None = None  # None: the default (an explicit value must have an effect)
     weight_decay: str = number_text(DEFAULTS.weight_decay)
     optimizer: str = DEFAULTS.optimizer
     schedule: str = DEFAULTS.schedule
@@ -204,12 +209,68 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
         ("epochs", optional_numbers(options.epochs, int, "--epochs", 0, strict=True)),
         ("batch_size", parse_numbers(options.batch_size, int, "--batch-size", 2)),
         ("lr", parse_numbers(options.lr, float, "--lr", 0, strict=True)),
-        ("momentum", parse_numbers(options.momentum, float, "--momentum", 0)),
+        ("momentum", momentum_values(options.momentum or number_text(DEFAULTS.momentum))),
         ("weight_decay", parse_numbers(options.weight_decay, float, "--weight-decay", 0)),
         ("train_subset", optional_numbers(options.train_subset, int, "--train-subset", 2)),
         ("depth", optional_numbers(options.depth, int, "--depth", 1)),
         ("width", optional_numbers(options.width, int, "--width", 1)),
         ("dropout", dropout_rates(options.dropout)),
+    )
+
+
+def momentum_values(text: str) -> tuple[float, ...]:
+    values = parse_numbers(text, float, "--momentum", 0)
+    require(all(value < 1 for value in values), f"--momentum must be below 1, got {text}")
+    return values
+
+
+def require_momentum_cycle(axes: dict[str, tuple]) -> None:
+    """Under onecycle SGD's momentum cycles MOMENTUM_SPREAD around the option (bnrun.config):
+    it must stay within [0, 1), so a nonzero value lies in [0.05, 0.95)."""
+    if "onecycle" not in axes["schedule"] or "sgd" not in axes["optimizer"]:
+        return
+    bad = [number_text(m) for m in axes["momentum"] if m and not (MOMENTUM_SPREAD <= m < 1 - MOMENTUM_SPREAD)]
+    require(
+        not bad,
+        f"--momentum {', '.join(bad)}: under --schedule onecycle momentum cycles ±{MOMENTUM_SPREAD:g} around "
+        f"it, so give 0 (no momentum) or a value in [{MOMENTUM_SPREAD:g}, {1 - MOMENTUM_SPREAD:g})",
+    )
+
+
+def require_effect(
+    options: GridOptions, axes: dict[str, tuple], fused: bool | None, channels_last: bool | None
+) -> None:
+    """An option given on the command line must change some trial of the grid."""
+    require(
+        options.momentum is None or "sgd" in axes["optimizer"],
+        "--momentum applies to --optimizer sgd only (AdamW has none; under onecycle its beta1 cycles 0.85-0.95)",
+    )
+    require(not (fused and axes["bn_impl"] == ("torch",)), "--fused applies to --bn-impl custom only")
+    require(not (fused and axes["bn"] == ("none",)), "--fused applies to batch norm: --bn pre or post")
+    require(
+        channels_last is None or "cnn" in axes["arch"], "--channels-last/--no-channels-last applies to --arch cnn only"
+    )
+    require(
+        axes["bn"] != ("none",) or axes["bn_impl"] == (DEFAULTS.bn_impl,), "--bn-impl applies to --bn pre or post only"
+    )
+
+
+def grid_size(axes: dict[str, tuple], seed_count: int, base: TrainConfig) -> int:
+    """How many trials the grid holds, without building its list of trials (nor, when the
+    product of the axes alone is beyond the limit, its configurations)."""
+    product = math.prod(len(values) for values in axes.values())
+    if product > MAX_TRIALS * 10:  # repeated configurations never shrink a grid tenfold
+        return product * seed_count
+    configs = SweepConfig(axes=tuple(axes.items()), seeds=(0,), base=base).configs()
+    return len(configs) * seed_count
+
+
+def require_grid_size(count: int, seed_count: int, yes: bool) -> None:
+    require(
+        yes or count <= MAX_TRIALS,
+        f"the grid holds {count:,} trials ({count // seed_count:,} configurations × "
+        f"{seed_count:,} seeds), more than {MAX_TRIALS:,}; pass --yes to train it, or "
+        "--dry-run to look at it",
     )
 
 
@@ -219,14 +280,20 @@ def dropout_rates(text: str) -> tuple[float, ...]:
     return rates
 
 
-def choose_seeds(seeds: int | None, explicit: list[int]) -> tuple[int, ...]:
+def seed_count(seeds: int | None, explicit: list[int]) -> int:
+    """How many seeds the options ask for, checked, without listing them."""
     require(seeds is None or not explicit, "--seeds and --seed are exclusive; give one of them")
     if explicit:
         require(all(s >= 0 for s in explicit), "--seed must be ≥ 0")
-        return tuple(dict.fromkeys(explicit))
+        return len(set(explicit))
     count = 1 if seeds is None else seeds
     require(count > 0, f"--seeds must be a positive count, got {count}")
-    return tuple(range(count))
+    return count
+
+
+def choose_seeds(seeds: int | None, explicit: list[int]) -> tuple[int, ...]:
+    seed_count(seeds, explicit)
+    return tuple(dict.fromkeys(explicit)) if explicit else tuple(range(1 if seeds is None else seeds))
 
 
 def build_sweep(
@@ -242,14 +309,21 @@ def build_sweep(
     data_dir: Path | None = None,
     diagnostics: bool = False,
     checkpoint: bool = True,
+    yes: bool = False,
 ) -> SweepConfig:
     """Check every option and build the sweep's frozen configuration (torch is imported only
     once everything else checked out, so that bad input is answered at once). `fused` and
-    `channels_last` unset take FAST_PATH's value (each applies where it can: the custom BN, the CNN)."""
+    `channels_last` unset take FAST_PATH's value (each applies where it can: the custom BN, the CNN).
+    A grid of more than MAX_TRIALS trials needs `yes`; it is counted before it is built."""
     axes = grid_axes(options)
+    count = seed_count(seeds, list(explicit_seeds))
+    require_momentum_cycle(dict(axes))
+    require_effect(options, dict(axes), fused, channels_last)
+    fast = {"fused": fused, "channels_last": channels_last}
+    fast_base = TrainConfig(**{name: FAST_PATH[name] if value is None else value for name, value in fast.items()})
+    require_grid_size(grid_size(dict(axes), count, fast_base), count, yes)
     chosen_seeds = choose_seeds(seeds, list(explicit_seeds))
     require(device in DEVICES, f"--device: unknown value {device!r}; choose from {', '.join(DEVICES)}")
-    require(not (fused and dict(axes)["bn_impl"] == ("torch",)), "--fused applies to --bn-impl custom only")
     require(data_dir is None or Path(data_dir).expanduser().is_dir(), f"--data-dir {data_dir} does not exist")
     from bnrun.training.hardware import resolve_device
 
@@ -258,7 +332,6 @@ def build_sweep(
     except ValueError as error:
         raise UsageError(str(error)) from None
     require_precisions(dict(axes)["precision"], device)
-    fast = {"fused": fused, "channels_last": channels_last}
     base = TrainConfig(
         **{name: FAST_PATH[name] if value is None else value for name, value in fast.items()},
         augment=augment,
@@ -443,3 +516,80 @@ def plot_request(
     name = f"{metric}_by_{x}.png" if x else (f"{diagnostic}.png" if diagnostic else "learning_curves.png")
     path = figure_output(output, name)
     return PlotRequest(report_request(filters, metric, by=x, everything=everything), path, x, diagnostic)
+
+
+# -- run management ---------------------------------------------------------------------------------------
+
+TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/=+-]{0,63}")
+
+
+def run_ids_of(values: list[str], option: str = "RUN") -> list[int]:
+    """['3', '5-7,9'] -> [3, 5, 6, 7, 9]: run ids as arguments, each an id or a range, in order."""
+    ids: list[int] = []
+    for value in values:
+        try:
+            ids.extend(sorted(parse_run_ids(value)))
+        except UsageError:
+            raise UsageError(f"{option}: {value!r} is not a run id or a range like 5-7") from None
+    require(bool(ids), f"{option}: give at least one run id")
+    return list(dict.fromkeys(ids))
+
+
+def tags_of(values: list[str] | None, option: str) -> tuple[str, ...]:
+    tags = tuple(dict.fromkeys(values or ()))
+    bad = [tag for tag in tags if not TAG_PATTERN.fullmatch(tag)]
+    require(
+        not bad,
+        f"{option}: {bad[0]!r} is not a tag (letters, digits and _ . : / = + -, up to 64, no spaces)" if bad else "",
+    )
+    return tags
+
+
+def run_query(
+    filters: FilterOptions,
+    status: str | None = None,
+    tags: list[str] | None = None,
+    sort: str = "id",
+    limit: int | None = None,
+    deleted: bool = False,
+) -> RunQuery:
+    """`bnrun runs` and `bnrun export runs`: which runs, in which order, how many."""
+    from bnrun.analysis.listing import sort_key_name
+
+    try:
+        sort_key_name(sort)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    require(limit is None or limit > 0, f"--limit must be a positive count, got {limit}")
+    return RunQuery(
+        run_filter=filters.run_filter(),
+        statuses=optional_list(status, STATUSES, "--status"),
+        tags=tags_of(tags, "--tag"),
+        deleted=True if deleted else False,
+        sort=sort,
+        limit=limit,
+    )
+
+
+EXPORT_FORMATS = ("csv", "json")
+STATISTICS = ("population", "running")
+
+
+def export_format(fmt: str) -> str:
+    require(fmt in EXPORT_FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    return fmt
+
+
+def run_argument(run: int | None, run_id: int | None) -> int:
+    """The run as an argument (`bnrun eval 3`) or, as before, `--run-id 3`."""
+    require(run is not None or run_id is not None, "give the run id: bnrun eval RUN (or --run-id RUN)")
+    require(
+        run is None or run_id is None or run == run_id, f"two run ids given ({run} and --run-id {run_id}); give one"
+    )
+    return run if run is not None else run_id
+
+
+def usable_device(device: str) -> str:
+    """--device checked: auto, cpu, or cuda where there is one."""
+    require(device in DEVICES, f"--device: unknown value {device!r}; choose from {', '.join(DEVICES)}")
+    return device

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
+from rich import box
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from bnrun.analysis.diagnostic_summaries import mode_gap
 from bnrun.config import impl_label
-from bnrun.store import DiagnosticRecord, EpochRecord, RunRecord
+from bnrun.store import DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord
 
 if TYPE_CHECKING:  # importing the run layer would pull in torch for every table
+    from bnrun.analysis.comparison import RunDiff
+    from bnrun.run.plan import SweepPlan
     from bnrun.run.reevaluation import EvalResult
     from bnrun.run.reproduction import Reproduction
 
@@ -27,53 +33,6 @@ def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
-def runs_table(runs: list[RunRecord], orphans: set[int] = frozenset()) -> Table:
-    """`orphans`: running rows whose process is gone, shown as such (read-only: the next writing
-    command marks them failed)."""
-    table = Table(title=f"{len(runs)} runs")
-    for column in (
-        "id",
-        "status",
-        "arch",
-        "bn",
-        "impl",
-        "seed",
-        "epochs",
-        "test % (pop)",
-        "test % (run)",
-        "time",
-        "note",
-    ):
-        table.add_column(column, justify="right" if column in ("id", "seed", "epochs") else "left")
-    for run in runs:
-        style = STATUS_STYLE.get(run.status, "")
-        status = f"[{style}]{run.status}[/]" + (" [red](process gone)[/]" if run.id in orphans else "")
-        table.add_row(
-            str(run.id),
-            status,
-            run.arch,
-            run.bn,
-            impl_label(run.bn_impl, run.fused),
-            str(run.seed),
-            f"{run.epochs_completed}/{run.epochs}",
-            pct(run.test_acc_population),
-            pct(run.test_acc_running),
-            "—" if run.duration_s is None else f"{run.duration_s:.0f}s",
-            (run.note or "")[:60],
-        )
-    return table
-
-
-def run_table(run: RunRecord) -> Table:
-    table = Table(title=f"run {run.id}", show_header=False)
-    table.add_column("field")
-    table.add_column("value")
-    for key, value in run.__dict__.items():
-        if key != "config_json":
-            table.add_row(key, "—" if value is None else str(value))
-    return table
-
-
 def epochs_table(epochs: list[EpochRecord]) -> Table:
     table = Table(title="epochs")
     for column in ("epoch", "train loss", "train %", "val loss", "val %", "lr", "seconds"):
@@ -81,9 +40,9 @@ def epochs_table(epochs: list[EpochRecord]) -> Table:
     for e in epochs:
         table.add_row(
             str(e.epoch),
-            f"{e.train_loss:.4f}",
+            num(e.train_loss),
             pct(e.train_acc),
-            f"{e.val_loss:.4f}",
+            num(e.val_loss),
             pct(e.val_acc),
             f"{e.lr:.4g}",
             f"{e.seconds:.1f}",
@@ -93,7 +52,7 @@ def epochs_table(epochs: list[EpochRecord]) -> Table:
 
 def evaluation_table(result: EvalResult) -> Table:
     run, ev = result.run, result.evaluation
-    table = Table(title=f"run {run.id}: {run.arch} bn={run.bn} ({run.bn_impl}) seed={run.seed}, "
+    table = Table(title=f"run {run.id}: {run.arch} bn={run.bn} {impl_label(run.bn_impl, run.fused)} seed={run.seed}, "
                   + (f"evaluation {ev.id}" if ev.id is not None else "not stored (--save keeps it)"))
     for column in ("statistics", "val %", "test %", "test loss", "stored test %", "same"):
         table.add_column(column, justify="right")
@@ -210,3 +169,329 @@ def reproduction_lines(result: Reproduction) -> list[str]:
     else:
         lines.append("provenance: same commit, versions, CPU features, threads and device")
     return lines
+
+
+# -- run management: runs, show, compare, tag, dry-run --------------------------------------------------
+
+
+def option_text(value: object) -> str:
+    """An option's value as the command line spells it."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def when(value: datetime | None) -> str:
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    minutes, secs = divmod(round(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{value:.0f}s")
+
+
+COLUMN_NAMES = {
+    "batch_size": "batch",
+    "weight_decay": "wd",
+    "train_subset": "subset",
+    "momentum": "mom.",
+    "channels_last": "NHWC",
+    "precision": "prec.",
+    "optimizer": "optim.",
+    "schedule": "sched.",
+    "augment": "flip",
+}
+
+
+def runs_table(runs: list[RunRecord], orphans: set[int], labels: dict[int, RunLabels], total: int) -> Table:
+    """The runs with the options that vary among them as columns, the shared ones in the caption;
+    numbers never wrap, labels and notes fold (80 columns)."""
+    from bnrun.analysis.listing import option_value, shared_options, varying_options
+
+    varying = varying_options(runs)
+    title = f"{len(runs)} runs" + ("" if total == len(runs) else f" (of {total} matching)")
+    shared = shared_options(runs)
+    caption = (
+        "all: " + ", ".join(f"{name}={option_text(value)}" for name, value in shared.items())
+        if shared and len(runs) > 1
+        else None
+    )
+    table = Table(
+        title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left"
+    )
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("status", min_width=9)  # "completed"; a mark like "(deleted)" folds below it
+    for name in varying:
+        table.add_column(
+            COLUMN_NAMES.get(name, name),
+            justify="right" if name not in ("arch", "bn", "impl") else "left",
+            overflow="fold",
+        )
+    for name in ("epochs", "test % pop", "test % run", "time"):
+        table.add_column(name, justify="right", no_wrap=name != "test % pop" and name != "test % run")
+    show_tags = any(labels.get(run.id) and labels[run.id].tags for run in runs)
+    show_notes = any(run.note or run.user_note for run in runs)
+    if show_tags:
+        table.add_column("tags", overflow="fold", min_width=8)
+    if show_notes:
+        table.add_column("note", overflow="fold", min_width=8)
+    for run in runs:
+        style = STATUS_STYLE.get(run.status, "")
+        status = f"[{style}]{run.status}[/]" + (" [red](process gone)[/]" if run.id in orphans else "")
+        status += " [dim](deleted)[/]" if run.deleted_at else ""
+        cells = [
+            str(run.id),
+            status,
+            *(option_text(option_value(run, name)) for name in varying),
+            f"{run.epochs_completed}/{run.epochs}",
+            pct(run.test_acc_population),
+            pct(run.test_acc_running),
+            seconds(run.duration_s),
+        ]
+        if show_tags:
+            cells.append(", ".join(labels[run.id].tags) if run.id in labels else "")
+        if show_notes:
+            cells.append(escape("; ".join(text for text in (run.user_note, run.note) if text)))
+        table.add_row(*cells)
+    return table
+
+
+INTERNAL = (
+    "config_key",
+    "config_json",
+    "heartbeat_at",
+    "host",
+    "pid",
+    "claim",
+    "claim_token",
+    "cpu_features",
+    "torch_threads",
+    "grid_seeds",
+    "epochs_completed",
+    "bn_impl",
+    "fused",
+)
+METRIC_ROWS = (
+    ("test acc. (population)", "test_acc_population"),
+    ("test acc. (running avg.)", "test_acc_running"),
+    ("best val. acc.", "best_val_acc"),
+    ("final val. acc.", "val_acc"),
+    ("final train acc.", "train_acc"),
+    ("train acc. (population)", "train_acc_population"),
+)
+LOSS_ROWS = (
+    ("final train loss", "train_loss"),
+    ("test loss (population)", "test_loss_population"),
+    ("test loss (running avg.)", "test_loss_running"),
+    ("train loss (population)", "train_loss_population"),
+)
+
+
+def run_table(run: RunRecord, labels: RunLabels | None, everything: bool = False) -> Table:
+    """One run: what it is, how it ended, what it measured, where it ran. Internal fields (the
+    claim, the process, the key) only with `everything`."""
+    table = Table(title=f"run {run.id}", show_header=False, box=box.SIMPLE, pad_edge=False)
+    table.add_column("field", no_wrap=True, style="bold")
+    table.add_column("value", overflow="fold")
+    rows = [
+        ("status", run.status + (f" (deleted {when(run.deleted_at)})" if run.deleted_at else "")),
+        ("implementation", impl_label(run.bn_impl, run.fused)),
+        ("epochs", f"{run.epochs_completed}/{run.epochs}"),
+    ]
+    if labels is not None and labels.tags:
+        rows.append(("tags", ", ".join(labels.tags)))
+    if run.user_note:
+        rows.append(("note (yours)", run.user_note))
+    if run.note:
+        rows.append(("why it ended", run.note))
+    rows += [(label, pct_sign(getattr(run, name))) for label, name in METRIC_ROWS]
+    rows += [(label, num(getattr(run, name))) for label, name in LOSS_ROWS]
+    rows += [("started", when(run.started_at)), ("ended", when(run.ended_at)), ("duration", seconds(run.duration_s))]
+    skip = {
+        "id",
+        "status",
+        "note",
+        "user_note",
+        "deleted_at",
+        "started_at",
+        "ended_at",
+        "duration_s",
+        "epochs",
+        *(name for _, name in METRIC_ROWS),
+        *(name for _, name in LOSS_ROWS),
+    }
+    for key, value in run.__dict__.items():
+        if key in skip or (key in INTERNAL and not everything):
+            continue
+        rows.append((key, when(value) if isinstance(value, datetime) else option_text(num_or(value))))
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    return table
+
+
+def num_or(value: object) -> object:
+    """Floats to 4 significant digits; anything else as it is."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
+def pct_sign(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f} %"
+
+
+def evaluations_table(evaluations: list[EvaluationRecord]) -> Table | None:
+    """The run's stored evaluations (bnrun eval)."""
+    if not evaluations:
+        return None
+    table = Table(title="evaluations (bnrun eval)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("id", "when", "device", "val % run", "val % pop", "test % run", "test % pop", "same"):
+        table.add_column(
+            column, justify="right" if column not in ("when", "device") else "left", no_wrap=column == "when"
+        )
+    for e in evaluations:
+        table.add_row(
+            str(e.id),
+            when(e.created_at),
+            e.device,
+            pct(e.val_acc_running),
+            pct(e.val_acc_population),
+            pct(e.test_acc_running),
+            pct(e.test_acc_population),
+            "yes" if e.matches_stored else "[red]no[/]",
+        )
+    return table
+
+
+def difference(kind: str, a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "—"
+    if kind == "pct":
+        return f"{100 * (b - a):+.2f} pp"
+    return f"{b - a:+.4g}" + (" s" if kind == "seconds" else "")
+
+
+def metric_text(kind: str, value: float | None) -> str:
+    if kind == "pct":
+        return pct_sign(value)
+    if kind == "seconds":
+        return "—" if value is None else f"{value:.3g} s"
+    return num(value)
+
+
+def comparison_tables(diff: RunDiff) -> list:
+    """`bnrun compare`: configuration, final metrics, per-epoch curves."""
+    a, b = diff.a.id, diff.b.id
+    shared = ", ".join(f"{name}={option_text(value)}" for name, value in diff.shared)
+    config = Table(title=f"run {a} vs run {b}: configuration", box=box.SIMPLE_HEAD, pad_edge=False)
+    config.add_column("option", no_wrap=True)
+    for run_id in (a, b):
+        config.add_column(f"run {run_id}", overflow="fold")
+    for name, va, vb in diff.options:
+        mark = "" if va == vb else "[bold]"
+        config.add_row(f"{mark}{name}", option_text(va), option_text(vb))
+    metrics = Table(title="final metrics", box=box.SIMPLE_HEAD, pad_edge=False)
+    metrics.add_column("metric", no_wrap=True)
+    for header in (f"run {a}", f"run {b}", f"{b} − {a}"):
+        metrics.add_column(header, justify="right", no_wrap=True)
+    for label, kind, va, vb in diff.metrics:
+        metrics.add_row(label, metric_text(kind, va), metric_text(kind, vb), difference(kind, va, vb))
+    curves = Table(title="per epoch", box=box.SIMPLE_HEAD, pad_edge=False)
+    curves.add_column("epoch", justify="right", no_wrap=True)
+    for header in (f"train loss {a}", f"train loss {b}", f"val % {a}", f"val % {b}"):
+        curves.add_column(header, justify="right")
+    for epoch, ea, eb in diff.curves:
+        curves.add_row(
+            str(epoch),
+            num(ea and ea.train_loss),
+            num(eb and eb.train_loss),
+            pct(ea and ea.val_acc),
+            pct(eb and eb.val_acc),
+        )
+    same = Text(f"same in both: {shared}\n" if shared else "", style="dim")
+    return [config, same, metrics, curves]
+
+
+def labels_lines(labels: list[RunLabels]) -> list[str]:
+    """'run 3: tags a, b; note: text' per run."""
+    return [
+        f"run {item.run_id}: tags {', '.join(item.tags) or '—'}"
+        + (f"; note: {item.user_note}" if item.user_note else "")
+        for item in labels
+    ]
+
+
+PLAN_ROWS = 40  # configurations listed by --dry-run; the totals always cover all
+
+
+def plan_table(plan: SweepPlan) -> Table:
+    """`train --dry-run`: each configuration (the options that vary), what the store holds of it and
+    what would run."""
+    shown = plan.configs[:PLAN_ROWS]
+    more = len(plan.configs) - len(shown)
+    caption = f"and {more} more configurations (counted in the totals)" if more else None
+    table = Table(
+        title=f"{len(plan.configs)} configurations × {plan.configs[0].seeds if plan.configs else 0} seeds",
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption_justify="left",
+    )
+    for name in plan.varied:
+        table.add_column(COLUMN_NAMES.get(name, name), overflow="fold")
+    for column in ("done", "diverged", "running", "to run"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for planned in shown:
+        options = [option_text(getattr(planned.config, name)) for name in plan.varied]
+        table.add_row(
+            *options, str(planned.completed), str(planned.diverged), str(planned.running), str(planned.to_run)
+        )
+    return table
+
+
+def plan_lines(plan: SweepPlan, store_name: str) -> list[str]:
+    """The grid's size, the options every trial shares, and the totals."""
+    first = plan.configs[0].config if plan.configs else None
+    shared = [
+        f"{name}={option_text(getattr(first, name))}"
+        for name in TRAIN_OPTIONS
+        if first is not None and name not in plan.varied
+    ]
+    held = (
+        "no store yet (training creates it)"
+        if not plan.store_exists
+        else (
+            f"the store holds {plan.total('completed')} completed, {plan.total('diverged')} diverged, "
+            f"{plan.total('running')} running"
+        )
+    )
+    to_run = f"{store_name}: {held}; {plan.total('to_run')} to run"
+    return [plan.description, "every trial: " + ", ".join(shared), to_run]
+
+
+TRAIN_OPTIONS = (
+    "arch",
+    "bn",
+    "bn_impl",
+    "fused",
+    "precision",
+    "channels_last",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "optimizer",
+    "schedule",
+    "augment",
+    "train_subset",
+    "depth",
+    "width",
+    "dropout",
+    "device",
+)

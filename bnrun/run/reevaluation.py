@@ -6,6 +6,7 @@ trial's precision; the evaluation is stored beside the trial."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,20 +26,27 @@ class EvalResult:
 
 
 def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device: str = "cpu",
-                 batch_sizes: tuple[int, ...] = (), save: bool = True) -> EvalResult:
-    """`save` stores the evaluation beside the trial (otherwise the store is only read)."""
+                 batch_sizes: tuple[int, ...] = (), progress: Callable[[str], None] = lambda _step: None,
+                 save: bool = True) -> EvalResult:
+    """`progress` hears each step before it starts (an evaluation takes tens of seconds); `save` stores the
+    evaluation beside the trial (otherwise the store is only read)."""
     run = store.get_run(run_id)
     blob = store.load_checkpoint(run_id)
     model, population = rebuild_model(run, blob)
     device = resolve_device(device)
+    progress("loading Fashion-MNIST")
     dataset = load(data_dir, run.train_subset)
     model.to(device)
     precision = run.precision
+    progress(f"evaluating run {run_id} on {device}: validation and test with the running averages")
     _, val_running = evaluate_split(model, dataset.val, device, precision)
     test_loss_running, test_acc_running = evaluate_split(model, dataset.test, device, precision)
     load_population(model, population)
+    progress(f"evaluating run {run_id}: validation and test with the population statistics")
     _, val_population = evaluate_split(model, dataset.val, device, precision)
     test_loss_population, test_acc_population = evaluate_split(model, dataset.test, device, precision)
+    if batch_sizes:
+        progress(f"evaluating run {run_id}: test with batch statistics, batches of {', '.join(map(str, batch_sizes))}")
     batch_stats = {
         size: evaluate_with_batch_statistics(model, dataset.test, size, device, precision) for size in batch_sizes
     }

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnrun.config import TrainConfig
+from bnrun.config import TrainConfig, momentum_cycle
 from bnrun.nn import recompute_population_statistics
 from bnrun.training.checkpoint import serialize_checkpoint
 from bnrun.training.data import FashionMNISTData, Split, consecutive_batches, shuffled_batches
@@ -52,12 +52,24 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
                            weight_decay=config.weight_decay, nesterov=config.momentum > 0)
 
 
+def onecycle_momentum(config: TrainConfig) -> dict:
+    """OneCycleLR's momentum cycle: SGD's follows --momentum (bnrun.config.momentum_cycle; 0: none);
+    AdamW's beta1 keeps torch's 0.85–0.95."""
+    if config.optimizer != "sgd":
+        return {}
+    if config.momentum == 0:
+        return {"cycle_momentum": False}
+    low, high = momentum_cycle(config.momentum)
+    return {"base_momentum": low, "max_momentum": high}
+
+
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle" and total >= 4:
         # at least two warm-up steps: OneCycleLR divides by the warm-up length minus one
         warmup = max(0.25, 2.5 / total)
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup,
+                                                   **onecycle_momentum(config))
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)

@@ -1,0 +1,386 @@
+"""Run management as a user types it: compare, tag, delete/restore/purge, export, the runs
+filters at 80 columns, train --dry-run, --version, eval's run argument, and the training options'
+checks (the momentum rule under onecycle, ranges, options without effect)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+import sqlite3
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from bnrun.cli import app
+from bnrun.store import Store
+from conftest import run_bnrun
+
+runner = CliRunner()
+SMOKE = ["--epochs", "1", "--train-subset", "600"]
+WIDE = {"COLUMNS": "80"}
+
+
+def invoke(*args: str, **kwargs):
+    return runner.invoke(app, list(args), **kwargs)
+
+
+def fits(text: str, width: int = 80) -> None:
+    """Every line within `width` columns, and no cell cut short."""
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= width, text
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Three MLP trials on 600 images: lr 0.05 and 0.1 at seed 0, lr 0.1 at seed 1 (runs 1, 2, 3)."""
+    db = tmp_path_factory.mktemp("runmgmt") / "trained.db"
+    for lr, seeds in (("0.05", "1"), ("0.1", "2")):
+        result = invoke("train", "--arch", "mlp", "--lr", lr, "--seeds", seeds, *SMOKE, "--db", str(db))
+        assert result.exit_code == 0, result.output
+    return db
+
+
+@pytest.fixture
+def db(trained, tmp_path):
+    """A private copy of the trained store, for the tests that change it."""
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(trained, copy)
+    return copy
+
+
+# -- compare ---------------------------------------------------------------------------------------
+
+
+def test_compare_shows_the_configuration_diff_metrics_and_curves_at_80_columns(trained):
+    result = run_bnrun("compare", "1", "2", "--db", str(trained), env=WIDE)
+    assert result.returncode == 0, result.stderr
+    fits(result.stdout)
+    text = result.stdout
+    assert re.search(r"lr\s+0\.05\s+0\.1\b", text)  # the option that differs
+    assert "batch_size" not in text.split("same in both:")[0]  # an equal option only in the line below the table
+    assert "test acc. (population)" in text and "pp" in text  # metrics side by side with the difference
+    assert re.search(r"^\s*1\s+\d\.\d{3}", text, re.M)  # epoch 1's curve row
+    assert "custom+fused" in text
+
+
+def test_compare_refuses_an_unknown_run(trained):
+    result = run_bnrun("compare", "1", "99", "--db", str(trained))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "99" in result.stderr
+
+
+# -- tag and note ------------------------------------------------------------------------------------
+
+
+def test_tag_add_remove_note_and_filter(db):
+    assert invoke("tag", "1", "2", "--add", "baseline", "--add", "sweep", "--db", str(db)).exit_code == 0
+    result = invoke("tag", "2", "--remove", "sweep", "--note", "lr too high?", "--db", str(db))
+    assert result.exit_code == 0, result.output
+    assert "run 2: tags baseline; note: lr too high?" in result.stdout
+    listed = run_bnrun("runs", "--tag", "sweep", "--db", str(db), env=WIDE)
+    assert listed.returncode == 0 and re.findall(
+        r"^\s*(\d+)\s+(?:completed|running|failed|diverged|interrupted)", listed.stdout, re.M
+    ) == ["1"]
+    shown = run_bnrun("show", "2", "--db", str(db), env=WIDE)
+    assert "lr too high?" in shown.stdout and "baseline" in shown.stdout
+    store = Store(str(db), read_only=True)
+    assert store.get_run(2).note is None and store.get_run(2).user_note == "lr too high?"
+    store.close()
+
+
+def test_tag_refuses_a_bad_tag_and_changes_nothing(db):
+    result = invoke("tag", "1", "--add", "two words", "--db", str(db))
+    assert result.exit_code == 2 and "tag" in result.output
+    store = Store(str(db), read_only=True)
+    assert store.labels([1])[1].tags == ()
+    store.close()
+
+
+# -- delete, restore, purge ----------------------------------------------------------------------------
+
+
+def report_ids(db) -> list[str]:
+    result = run_bnrun("report", "--format", "json", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    return sorted(str(run_id) for group in json.loads(result.stdout)["groups"] for run_id in group["run_ids"])
+
+
+def runs_ids(*args: str) -> list[str]:
+    result = run_bnrun("runs", *args, env=WIDE)
+    assert result.returncode == 0, result.stderr
+    return re.findall(r"^\s*(\d+)\s+(?:completed|running|failed|diverged|interrupted)", result.stdout, re.M)
+
+
+def test_delete_without_a_terminal_needs_yes(db):
+    result = invoke("delete", "1", "--db", str(db))
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1 and "--yes" in result.output
+    assert runs_ids("--db", str(db)) == ["1", "2", "3"]
+
+
+def test_soft_delete_hides_the_run_until_restored(db):
+    before = report_ids(db)
+    result = invoke("delete", "1", "--yes", "--db", str(db))
+    assert result.exit_code == 0, result.output
+    assert runs_ids("--db", str(db)) == ["2", "3"]
+    assert runs_ids("--deleted", "--db", str(db)) == ["1"]
+    assert "1" not in report_ids(db)
+    assert invoke("restore", "1", "--db", str(db)).exit_code == 0
+    assert runs_ids("--db", str(db)) == ["1", "2", "3"] and report_ids(db) == before
+
+
+def test_purge_removes_the_run_and_everything_it_had(db):
+    assert invoke("tag", "1", "--add", "gone", "--db", str(db)).exit_code == 0
+    result = invoke("delete", "1", "--purge", "--yes", "--db", str(db))
+    assert result.exit_code == 0, result.output
+    connection = sqlite3.connect(db)
+    for table in ("runs", "epochs", "checkpoints", "evaluations", "diagnostics", "tags"):
+        column = "id" if table == "runs" else "run_id"
+        assert connection.execute(f"SELECT count(*) FROM {table} WHERE {column} = 1").fetchone() == (0,), table
+    assert connection.execute("SELECT count(*) FROM runs").fetchone() == (2,)
+    connection.close()
+
+
+def test_a_running_trial_is_never_deleted(db):
+    store = Store(str(db))
+    fields = {
+        name: getattr(store.get_run(1), name)
+        for name in (
+            "arch",
+            "bn",
+            "bn_impl",
+            "fused",
+            "epochs",
+            "batch_size",
+            "lr",
+            "momentum",
+            "weight_decay",
+            "optimizer",
+            "schedule",
+            "augment",
+            "train_subset",
+            "device",
+            "bnrun_version",
+            "torch_version",
+            "python_version",
+        )
+    }
+    running = store.claim_run({**fields, "seed": 7}, "running-key", "{}").run_id  # held by this (live) process
+    store.close()
+    for extra in ([], ["--purge"]):
+        result = invoke("delete", str(running), *extra, "--yes", "--db", str(db))
+        assert result.exit_code == 2 and "running" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert runs_ids("--status", "running", "--db", str(db)) == [str(running)]
+
+
+# -- export --------------------------------------------------------------------------------------------
+
+
+def test_export_runs_as_csv_and_json(trained, tmp_path):
+    result = run_bnrun("export", "runs", "--format", "csv", "--where", "lr=0.1", "--db", str(trained))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [row["id"] for row in rows] == ["2", "3"] and {row["lr"] for row in rows} == {"0.1"}
+    target = tmp_path / "runs.json"
+    assert (
+        run_bnrun("export", "runs", "--format", "json", "--output", str(target), "--db", str(trained)).returncode == 0
+    )
+    records = json.loads(target.read_text())
+    assert [r["id"] for r in records] == [1, 2, 3] and records[0]["status"] == "completed"
+    assert isinstance(records[0]["test_acc_population"], float) and records[0]["tags"] == []
+
+
+def test_export_epochs(trained):
+    result = run_bnrun("export", "epochs", "1", "2", "--db", str(trained))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(row["run_id"], row["epoch"]) for row in rows] == [("1", "1"), ("2", "1")]
+    assert (
+        json.loads(run_bnrun("export", "epochs", "1", "--format", "json", "--db", str(trained)).stdout)[0]["val_acc"]
+        > 0
+    )
+
+
+def test_exported_model_loads_with_weights_only_and_gives_the_same_logits(trained, tmp_path):
+    import torch
+
+    from bnrun.training.checkpoint import load_population, rebuild_model
+    from bnrun.training.models import build_model
+
+    target = tmp_path / "model.pt"
+    result = run_bnrun("export", "model", "2", "--output", str(target), "--db", str(trained))
+    assert result.returncode == 0, result.stderr
+    saved = torch.load(target, weights_only=True)
+    model = build_model(**saved["model"])
+    model.load_state_dict(saved["state_dict"])
+    store = Store(str(trained), read_only=True)
+    reference, population = rebuild_model(store.get_run(2), store.load_checkpoint(2))
+    store.close()
+    load_population(reference, population)
+    x = torch.randn(16, 1, 28, 28)
+    torch.testing.assert_close(model.eval()(x), reference.eval()(x), rtol=0, atol=0)
+    assert saved["config"]["lr"] == 0.1 and saved["run_id"] == 2
+
+
+# -- runs: filters, sort, limit, 80 columns --------------------------------------------------------------
+
+
+def test_runs_filters_sort_and_limit_fit_80_columns(trained):
+    result = run_bnrun("runs", "--db", str(trained), env=WIDE)
+    assert result.returncode == 0, result.stderr
+    fits(result.stdout)
+    assert re.search(r"\blr\b", result.stdout)  # lr varies among the listed runs: a column
+    assert runs_ids("--where", "lr=0.1", "--db", str(trained)) == ["2", "3"]
+    assert runs_ids("--run-id", "1-2", "--db", str(trained)) == ["1", "2"]
+    assert runs_ids("--sort", "-id", "--limit", "2", "--db", str(trained)) == ["3", "2"]
+    assert runs_ids("--sort", "lr", "--db", str(trained))[0] == "1"
+    only = run_bnrun("runs", "--where", "lr=0.1", "--db", str(trained), env=WIDE)
+    fits(only.stdout)
+    bad = run_bnrun("runs", "--sort", "nonsense", "--db", str(trained))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+# -- show ------------------------------------------------------------------------------------------------
+
+
+def test_show_is_formatted_and_hides_internal_fields(trained):
+    result = run_bnrun("show", "1", "--db", str(trained), env=WIDE)
+    assert result.returncode == 0, result.stderr
+    fits(result.stdout)
+    assert "claim_token" not in result.stdout and "pid" not in result.stdout.split()
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\b(?!\.)", result.stdout)  # to the second
+    assert re.search(r"test acc\. \(population\)\s+\d+\.\d\d %", result.stdout)
+    assert "custom+fused" in result.stdout
+    full = run_bnrun("show", "1", "--all", "--db", str(trained), env=WIDE)
+    assert "claim_token" in full.stdout
+
+
+# -- train --dry-run ---------------------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_grid_and_creates_no_store(tmp_path):
+    db = tmp_path / "never.db"
+    result = run_bnrun(
+        "train", "--arch", "mlp,cnn", "--lr", "0.05,0.1", "--seeds", "3", "--dry-run", "--db", str(db), env=WIDE
+    )
+    assert result.returncode == 0, result.stderr
+    assert "12 trials" in result.stdout and "12 to run" in result.stdout
+    fits(result.stdout)
+    assert not db.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_dry_run_counts_what_the_store_holds(trained):
+    result = run_bnrun(
+        "train", "--arch", "mlp", "--lr", "0.05,0.1", "--seeds", "3", *SMOKE, "--dry-run", "--db", str(trained)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "3 completed" in result.stdout and "3 to run" in result.stdout
+
+
+# -- --version, eval ---------------------------------------------------------------------------------------
+
+
+def test_version():
+    import importlib.metadata
+
+    import bnrun
+
+    result = run_bnrun("--version")
+    assert result.returncode == 0
+    assert f"bnrun {bnrun.__version__}" in result.stdout and importlib.metadata.version("torch") in result.stdout
+
+
+def test_eval_takes_the_run_id_as_an_argument_with_progress_and_one_label(db):
+    result = run_bnrun("eval", "1", "--save", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert "custom+fused" in result.stdout and "(custom)" not in result.stdout
+    assert "evaluating" in result.stderr
+    assert invoke("eval", "--run-id", "1", "--save", "--db", str(db)).exit_code == 0  # the option still works
+    both = invoke("eval", "1", "--run-id", "2", "--db", str(db))
+    assert both.exit_code == 2
+    store = Store(str(db), read_only=True)
+    assert len(store.evaluations(1)) == 2 and all(e.matches_stored for e in store.evaluations(1))
+    store.close()
+    shown = run_bnrun("show", "1", "--db", str(db), env=WIDE)
+    assert "evaluations" in shown.stdout
+    fits(shown.stdout)
+
+
+# -- training options: the momentum rule, ranges, options without effect --------------------------------------
+
+
+def test_default_onecycle_cycles_momentum_between_085_and_095():
+    import torch
+
+    from bnrun.config import TrainConfig
+    from bnrun.training.loop import make_optimizer, make_scheduler
+
+    for momentum, low, high in ((0.9, 0.85, 0.95), (0.5, 0.45, 0.55)):
+        model = torch.nn.Linear(2, 2)
+        optimizer = make_optimizer(TrainConfig(momentum=momentum), model)
+        scheduler = make_scheduler(TrainConfig(momentum=momentum), optimizer, 10)
+        seen = []
+        for _ in range(100):
+            seen.append(optimizer.param_groups[0]["momentum"])
+            optimizer.step()
+            scheduler.step()
+        assert min(seen) == pytest.approx(low) and max(seen) == pytest.approx(high)
+        if momentum == 0.9:
+            assert (min(seen), max(seen)) == (0.85, 0.95)  # bit for bit today's cycle: stored trials keep their meaning
+
+
+def test_momentum_changes_training_under_onecycle(tmp_path):
+    db = tmp_path / "m.db"
+    result = invoke("train", "--arch", "mlp", "--momentum", "0.5,0.9", *SMOKE, "--db", str(db))
+    assert result.exit_code == 0, result.output
+    store = Store(str(db), read_only=True)
+    a, b = store.list_runs()
+    store.close()
+    assert (a.momentum, b.momentum) == (0.5, 0.9)
+    assert a.train_loss != b.train_loss
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--lr", "inf"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "0"], "--lr"),
+        (["--momentum", "1"], "--momentum"),
+        (["--momentum", "1.5"], "--momentum"),
+        (["--momentum", "-0.1"], "--momentum"),
+        (["--momentum", "0.96"], "onecycle"),
+        (["--weight-decay", "inf"], "--weight-decay"),
+        (["--weight-decay", "nan"], "--weight-decay"),
+        (["--optimizer", "adam", "--momentum", "0.5"], "--momentum"),
+        (["--arch", "mlp", "--channels-last"], "--channels-last"),
+        (["--bn", "none", "--fused"], "--fused"),
+        (["--seeds", "100000000"], "--yes"),
+        (["--seeds", "5001", "--arch", "mlp,cnn"], "--yes"),
+    ],
+)
+def test_training_options_out_of_range_or_without_effect_are_refused(tmp_path, args, words):
+    db = tmp_path / "refused.db"
+    started = time.monotonic()
+    result = run_bnrun("train", *args, "--db", str(db), timeout=60)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.stderr
+    assert not db.exists()
+
+
+def test_momentum_help_tells_what_runs():
+    result = run_bnrun("train", "--help", env=WIDE)
+    assert "0.85" in result.stdout and "Nesterov" in result.stdout
+
+
+def test_large_grid_is_counted_not_built(tmp_path):
+    """A grid above the limit passes with --yes; --dry-run counts it without materializing it."""
+    result = run_bnrun("train", "--seeds", "20000", "--yes", "--dry-run", "--db", str(tmp_path / "x.db"), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "20000 trials" in result.stdout.replace(",", "")
