@@ -127,6 +127,17 @@ def test_every_mistake_is_one_line_exit_2(study, tmp_path, monkeypatch, args, me
 
 
 @shipped
+@shipped
+@pytest.mark.parametrize("device,message", [("gpu", "--device: unknown value 'gpu'"), ("cuda", "no CUDA device")])
+def test_eval_on_a_device_this_machine_lacks_is_one_line(study, device, message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert message in one_line_error(invoke("eval", "--run-id", "12", "--device", device, "--db", str(study)))
+
+
+@shipped
 def test_where_takes_comma_lists_and_the_tables_labels(study):
     either = json.loads(invoke("report", "--format", "json", "--arch", "cnn", "--where", "lr=0.1,0.3",
                                "--db", str(study)).stdout)
