@@ -204,7 +204,10 @@ def train(
         Optional[str], option("Ray cluster to join, e.g. auto or 10.0.0.5:6379 (default: start a local one).")
     ] = None,
     cpus_per_trial: Annotated[float, option("Ray: CPUs each trial reserves (also its torch thread count).")] = 1.0,
-    gpus_per_trial: Annotated[float, option("Ray: GPUs each trial reserves.")] = 0.0,
+    gpus_per_trial: Annotated[
+        Optional[float],
+        option("Ray: GPUs each trial reserves. Default: 1 with --device cuda, else 0.", show_default=False),
+    ] = None,
     dry_run: Annotated[
         bool,
         option("Print the grid and what the store already holds of it, then exit (nothing is trained or created)."),
@@ -246,8 +249,10 @@ def train(
         diagnostics=diagnostics,
         checkpoint=checkpoint,
         yes=yes,
+        executor=executor,
     )
-    executor_settings = options.executor_options(executor, ray_address, cpus_per_trial, gpus_per_trial)
+    executor_settings = options.executor_options(executor, ray_address, cpus_per_trial, gpus_per_trial,
+                                                 sweep.base.device)
     if dry_run:
         plan, store_name = actions.plan(sweep, db)
         out.print("\n".join(views.plan_lines(plan, store_name)), highlight=False, markup=False)

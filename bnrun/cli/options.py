@@ -310,11 +310,13 @@ def build_sweep(
     diagnostics: bool = False,
     checkpoint: bool = True,
     yes: bool = False,
+    executor: str = "local",
 ) -> SweepConfig:
     """Check every option and build the sweep's frozen configuration (torch is imported only
     once everything else checked out, so that bad input is answered at once). `fused` and
     `channels_last` unset take FAST_PATH's value (each applies where it can: the custom BN, the CNN).
-    A grid of more than MAX_TRIALS trials needs `yes`; it is counted before it is built."""
+    A grid of more than MAX_TRIALS trials needs `yes`; it is counted before it is built. `--device
+    cuda` is checked here unless Ray trains elsewhere (then the cluster's GPUs are counted)."""
     axes = grid_axes(options)
     count = seed_count(seeds, list(explicit_seeds))
     require_momentum_cycle(dict(axes))
@@ -328,7 +330,7 @@ def build_sweep(
     from bnrun.training.hardware import resolve_device
 
     try:
-        device = resolve_device(device)
+        device = device if executor == "ray" and device == "cuda" else resolve_device(device)
     except ValueError as error:
         raise UsageError(str(error)) from None
     require_precisions(dict(axes)["precision"], device)
@@ -355,15 +357,19 @@ def require_precisions(precisions: tuple[str, ...], device: str) -> None:
     require(why is None, f"--precision bf16: {why}; use --precision fp32")
 
 
-def executor_options(executor: str, address: str | None, cpus: float, gpus: float):
-    """None for the local executor, else the Ray options, checked."""
+def executor_options(executor: str, address: str | None, cpus: float, gpus: float | None, device: str = "cpu"):
+    """None for the local executor, else the Ray options, checked (`gpus` None: the executor's
+    rule, one GPU per trial on --device cuda)."""
     require(executor in EXECUTORS, f"--executor: unknown value {executor!r}; choose from {', '.join(EXECUTORS)}")
     require(
-        executor == "ray" or (address is None and cpus == 1.0 and gpus == 0.0),
+        executor == "ray" or (address is None and cpus == 1.0 and gpus is None),
         "--ray-address, --cpus-per-trial and --gpus-per-trial need --executor ray",
     )
     require(cpus > 0, f"--cpus-per-trial must be positive, got {cpus:g}")
-    require(gpus >= 0, f"--gpus-per-trial must be ≥ 0, got {gpus:g}")
+    if gpus is not None:
+        require(gpus >= 0, f"--gpus-per-trial must be ≥ 0, got {gpus:g}")
+        require(gpus == 0 or device == "cuda",
+                f"--gpus-per-trial {gpus:g}: a trial on --device {device} never uses a GPU; pass --device cuda")
     if executor == "local":
         return None
     from bnrun.run.ray_executor import RayOptions

@@ -9,7 +9,10 @@ nodes (training and prediction mode) in C++ too, so a layer costs a few passes o
 Python per tensor op. It is built once per machine by `torch.utils.cpp_extension` (about 30 s;
 cached under `~/.cache/torch_extensions`) with the vector instructions of this CPU (`kernel_isa`:
 AVX-512 with or without its bfloat16 conversions, AVX2, or none) and loaded once per process. On
-other devices (CUDA) the eager training step is compiled by torch.compile instead. Where either
+other devices (CUDA) the eager training step is compiled by torch.compile instead
+(`compiled_train_step`): the batch dimension is dynamic, so one graph serves every batch size of a
+shape (the last partial batch, evaluation batches), `warm_up` compiles a model's graphs, forward
+and backward, before a trial's first epoch, and no step builds a tensor from host data. Where either
 build is unavailable (no C++ compiler, no ninja, an unsupported platform), or the kernel cannot
 serve an input (say float32 statistics with float64 input), it warns once per process and reason
 and runs the eager path; `train_step` says which path ran (`PATHS`), and every trial records it.
@@ -17,6 +20,7 @@ and runs the eager path; `train_step` says which path ran (`PATHS`), and every t
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -27,7 +31,7 @@ from types import ModuleType
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bnrun.nn.functional import batch_norm_eval, batch_norm_train_and_track
 
@@ -59,14 +63,58 @@ def train_step(
             return y, FUSED_CPU
         _warn_once(f"bnrun: the fused CPU batch norm cannot serve this input ({why_not}); using the eager path")
         return _eager(x, weight, bias, running_mean, running_var, factor, eps, relu, counter), EAGER
+    return compiled_train_step(x, weight, bias, running_mean, running_var, factor, eps, relu, counter)
+
+
+def compiled_train_step(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    factor: float,
+    eps: float,
+    relu: bool = False,
+    counter: Tensor | None = None,
+) -> tuple[Tensor, str]:
+    """`train_step` through torch.compile (the path of every device but the CPU's; the tests run it
+    on CPU tensors): the batch dimension marked dynamic, the factor a device tensor made once."""
     if counter is not None:
         counter.add_(1)
-    # factor travels as a tensor so that a changing value (momentum=None) never recompiles
-    factor_dtype = x.dtype if running_mean is None else running_mean.dtype
-    factor_tensor = torch.tensor(factor, dtype=factor_dtype, device=x.device)
     kernel = compiled_kernel(relu)
+    torch._dynamo.maybe_mark_dynamic(x, 0)
+    factor_tensor = _factor_tensor(factor, x.dtype if running_mean is None else running_mean.dtype, x.device)
     y = kernel(x, weight, bias, running_mean, running_var, factor_tensor, eps)
     return y, COMPILED if kernel.compiled is not None else EAGER
+
+
+@functools.lru_cache(maxsize=64)
+def _factor_tensor(factor: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The running-statistics factor as a 0-dim tensor on `device`: a tensor, so that a changing
+    value (momentum=None) never recompiles; made by a fill on the device (no copy from the host, no
+    wait), once per value."""
+    return torch.full((), factor, dtype=dtype, device=device)
+
+
+def warm_up(model: nn.Module, x: Tensor) -> None:
+    """Compile the training step's graphs for `model` fed batches like `x`: a training-mode forward
+    and backward, and a forward without gradients (batch-statistics evaluation), on a copy of the
+    model with the random streams restored, so the trial's weights, running statistics and random
+    draws are untouched. Compile time then stays out of the first epoch, and a compiled backward that
+    fails, which would otherwise surface in the trial's own `loss.backward()`, outside the fallback,
+    turns the compiled path off here, with the usual warning."""
+    probe = copy.deepcopy(model).train()
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        try:
+            probe(x).float().sum().backward()
+            with torch.no_grad():
+                probe(x)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any compile failure means "no compiled path here"
+            _warn_fallback(error)
+            for relu in (False, True):
+                compiled_kernel(relu).compiled = None
 
 
 def _eager(x, weight, bias, running_mean, running_var, factor, eps, relu, counter) -> Tensor:
@@ -219,15 +267,27 @@ class _CompiledOrEager:
             return self.eager(*args)
         try:
             return self.compiled(*args)
+        except torch.OutOfMemoryError:  # the device is full: the eager step would not fit either
+            raise
         except Exception as error:  # noqa: BLE001 - any backend failure means "no fast path here"
             _warn_fallback(error)
             self.compiled = None
             return self.eager(*args)
 
 
+RECOMPILE_LIMIT = 64
+
+
 def _try_compile(fn: Callable) -> Callable | None:
+    # One graph per channel count (parameters have static shapes), rank, layout, dtype and grad
+    # mode: a trial with diagnostics makes 6 of one step function, a sweep over models in one
+    # process more, so the limit (8 by default) is raised. Past it torch would run the step eagerly
+    # and say nothing; raising instead lets `_CompiledOrEager` fall back with a warning, and the run
+    # record the eager path.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     try:
-        return torch.compile(fn, fullgraph=True, dynamic=False)
+        return torch.compile(fn, fullgraph=True)
     except Exception as error:  # noqa: BLE001
         _warn_fallback(error)
         return None
@@ -248,5 +308,5 @@ def _warn_once(message: str) -> None:
 @functools.cache
 def compiled_kernel(relu: bool = False) -> _CompiledOrEager:
     """The process-wide torch.compile'd training step (then ReLU when `relu`) for non-CPU devices,
-    compiled once per shape."""
+    compiled once per channel shape, layout, dtype and grad mode (batch sizes share a graph)."""
     return _CompiledOrEager(eager_step(relu))

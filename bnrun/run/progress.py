@@ -1,4 +1,4 @@
-"""Progress on stderr with rich: an overall bar for the sweep and a per-epoch bar with live loss.
+"""Progress on stderr with rich: an overall bar for the sweep and a per-epoch bar (its loss at the epoch's end).
 `Reporter` is the interface executors report to; `SilentReporter` implements it doing nothing
 (library use, tests), `RichReporter` with bars."""
 
@@ -75,8 +75,8 @@ class RichReporter(SilentReporter):
             self.progress.remove_task(self.epoch_task)
         self.epoch_task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=batches, info="")
 
-    def batch(self, loss: float) -> None:
-        self.progress.update(self.epoch_task, advance=1, info=f"loss {loss:.4f}")
+    def batch(self) -> None:
+        self.progress.update(self.epoch_task, advance=1)
 
     def epoch_finished(self, record: EpochRecord) -> None:
         self.progress.update(self.epoch_task, info=f"loss {record.train_loss:.4f} val_acc {record.val_acc:.4f}")

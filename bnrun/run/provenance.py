@@ -1,6 +1,7 @@
 """Where a run ran: the facts that can change the numerics of the same seed on another machine
-(CPU model and the ISA features oneDNN/ATen dispatch on, torch's thread count, the GPU) plus the
-code that ran (versions, git commit). Stored with every run; `bnrun reproduce` compares them."""
+(CPU model and the ISA features oneDNN/ATen dispatch on, torch's thread count; on CUDA the GPU,
+the CUDA, cuDNN and driver versions, TF32 and cuDNN determinism) plus the code that ran
+(versions, git commit). Stored with every run; `bnrun reproduce` compares them."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from pathlib import Path
 import torch
 
 import bnrun
-from bnrun.training.hardware import cpu_info, gpu_name
+from bnrun.training.hardware import cpu_info, cuda_settings, cuda_versions, gpu_name
 
 PROVENANCE_FIELDS = ("git_commit", "bnrun_version", "torch_version", "python_version", "cpu_model", "cpu_features",
-                     "torch_threads", "device", "gpu_name")
+                     "torch_threads", "device", "gpu_name", "cuda_version", "cudnn_version", "gpu_driver", "tf32",
+                     "cudnn_deterministic")
 
 
 @functools.cache
@@ -34,7 +36,7 @@ def provenance(device: str, executor: str = "local") -> dict:
     return dict(bnrun_version=bnrun.__version__, torch_version=torch.__version__,
                 python_version=platform.python_version(), git_commit=git_commit(), cpu_model=model,
                 cpu_features=features, torch_threads=torch.get_num_threads(), gpu_name=gpu_name(device),
-                executor=executor)
+                executor=executor, **cuda_versions(device), **cuda_settings(device))
 
 
 def differences(a: dict, b: dict) -> list[str]:

@@ -4,6 +4,10 @@ trial spec, the data directory, a token); a worker opens the store itself and ru
 `bnrun.run.trial.execute_trial`. Ray retries a task whose worker or node died; the token lets the new
 attempt end the lost one `failed` before it claims the trial again, so each trial still ends
 exactly once. Ctrl-C cancels the tasks and ends their rows `interrupted`.
+
+`--device cuda` reserves one GPU per trial unless `--gpus-per-trial` says otherwise, and a task
+that reserves a GPU runs in a worker process of its own (`max_calls=1`): a reused worker would keep
+the CUDA context of the GPU its first task was given.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ INTERRUPTED_NOTE = "interrupted: the Ray driver was stopped (SIGINT/SIGTERM) and
 class RayOptions:
     address: str | None = None  # None: start a local Ray instance
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: 1 for a trial on --device cuda, else 0
+
+    def gpus_for(self, device: str) -> float:
+        """GPUs each trial on `device` reserves."""
+        if self.gpus_per_trial is not None:
+            return self.gpus_per_trial
+        return 1.0 if device.startswith("cuda") else 0.0
 
 
 def connect(options: RayOptions) -> None:
@@ -67,6 +77,25 @@ def require_shared_store(store: Store) -> None:
         )
 
 
+def require_gpus(gpus: float) -> None:
+    """Refuse a GPU reservation the cluster cannot grant (its tasks would wait forever)."""
+    import ray
+
+    total = ray.cluster_resources().get("GPU", 0)
+    if gpus > total:
+        raise UsageError(f"each trial reserves {gpus:g} GPU (--gpus-per-trial), but the Ray cluster has {total:g}; "
+                         "start the workers on GPU machines or pass --device cpu")
+
+
+def remote_task(function, cpus: float, gpus: float):
+    """`function` as a Ray remote function, its resources declared on `ray.remote` itself (a task
+    that reserves a GPU gets max_calls=1: a fresh worker process per task)."""
+    import ray
+
+    once = {"max_calls": 1} if gpus > 0 else {}
+    return ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES, retry_exceptions=False, **once)(function)
+
+
 def run_trial_task(
     store_url: str, spec: dict, data_dir: str | None, token: str, threads: int
 ) -> tuple[int | None, str]:
@@ -81,18 +110,16 @@ def run_sweep_on_ray(sweep: SweepConfig, store: Store, reporter: Reporter, optio
 
     connect(options)
     require_shared_store(store)
-    task = ray.remote(run_trial_task).options(
-        num_cpus=options.cpus_per_trial,
-        num_gpus=options.gpus_per_trial,
-        max_retries=MAX_RETRIES,
-        retry_exceptions=False,
-    )
+    gpus = options.gpus_for(sweep.base.device)
+    require_gpus(gpus)
+    task = remote_task(run_trial_task, options.cpus_per_trial, gpus)
     threads = max(1, int(options.cpus_per_trial))
     data_dir = str(Path(sweep.data_dir).expanduser()) if sweep.data_dir else None
     specs = plan(sweep)
     result = SweepResult()
     with sigterm_as_interrupt():
-        reporter.sweep_started(len(specs), sweep.describe() + f" on Ray ({options.cpus_per_trial:g} CPU per trial)")
+        per_trial = f"{options.cpus_per_trial:g} CPU" + (f", {gpus:g} GPU" if gpus else "")
+        reporter.sweep_started(len(specs), sweep.describe() + f" on Ray ({per_trial} per trial)")
         pending = {}
         for spec in specs:
             token = uuid.uuid4().hex

@@ -93,6 +93,12 @@ class Run(Base):
     # revision 0006: run management (a soft delete, and the user's own note; `note` says why a run failed)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
     user_note: Mapped[str | None] = mapped_column(Text)
+    # revision 0007: on CUDA, the versions and settings that change numerics (NULL for CPU runs)
+    cuda_version: Mapped[str | None] = mapped_column(String(32))
+    cudnn_version: Mapped[str | None] = mapped_column(String(32))
+    gpu_driver: Mapped[str | None] = mapped_column(String(64))
+    tf32: Mapped[bool | None] = mapped_column(Boolean)
+    cudnn_deterministic: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class Epoch(Base):

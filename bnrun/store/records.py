@@ -85,6 +85,11 @@ class RunRecord:
     train_acc_population: float | None = None
     deleted_at: datetime | None = None  # soft-deleted (bnrun delete): left out of runs, report and plot
     user_note: str | None = None  # the user's own note (bnrun tag --note); `note` says why a run failed
+    cuda_version: str | None = None  # on CUDA (revision 0007): the runtime torch was built with
+    cudnn_version: str | None = None
+    gpu_driver: str | None = None
+    tf32: bool | None = None  # fp32 convolutions and matmuls allowed to round to TF32
+    cudnn_deterministic: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ Debian/Ubuntu's `dataset-fashion-mnist` installs (its verified archives are stag
 directory and extracted there, without network); else torchvision downloads into the data dir.
 
 Images are normalized once with the training split's mean/std; training batches are slices of a
-seeded permutation, so no per-item transform runs in the training loop.
+seeded permutation, so no per-item transform runs in the training loop. On an accelerator the
+splits are copied to the device once per trial (`FashionMNISTData.to`) and batches are gathered
+and flipped there; the permutation and the flip draws still come from the trial's CPU generator,
+so the batch order is the same on every device.
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ class Split:
         equally often, so the pair set is that distribution exactly."""
         return self.with_mirrors if flip else self.images
 
+    def to(self, device: str | torch.device) -> Split:
+        """The split on `device` (itself where it is already there)."""
+        if self.images.device == torch.device(device):
+            return self
+        return Split(self.images.to(device), self.labels.to(device))
+
 
 @dataclass(frozen=True)
 class FashionMNISTData:
@@ -63,6 +72,12 @@ class FashionMNISTData:
     test: Split
     mean: float
     std: float
+
+    def to(self, device: str | torch.device) -> FashionMNISTData:
+        """The three splits on `device`, copied once (itself on the CPU)."""
+        if torch.device(device).type == "cpu":
+            return self
+        return FashionMNISTData(self.train.to(device), self.val.to(device), self.test.to(device), self.mean, self.std)
 
 
 def data_dir_from_env(explicit: Path | None = None) -> Path:
@@ -195,10 +210,13 @@ def shuffled_batches(
     order = torch.randperm(len(split), generator=generator)
     kept = len(order) - 1 if len(order) % batch_size == 1 else len(order)
     order = order[:kept]
+    # one draw for the epoch: the same random stream as one draw per batch, fewer calls
+    flipped = torch.rand(kept, generator=generator) < 0.5 if flip else None
+    source = split.training_distribution(flip)  # on the split's device, mirrors included
+    order = order.to(source.device)  # the epoch's one copy to an accelerator; a no-op on the CPU
     labels = split.labels[order]
-    if flip:  # one draw for the epoch: the same random stream as one draw per batch, fewer calls
-        order = order + len(split) * (torch.rand(kept, generator=generator) < 0.5)
-    source = split.training_distribution(flip)
+    if flipped is not None:
+        order = order + len(split) * flipped.to(source.device)
     rows = source.view(len(source), -1)  # index_select on rows is a memcpy each; x[idx] on 4D is ~4x slower
     shape = (-1, *source.shape[1:])
     for idx, batch_labels in zip(order.split(batch_size), labels.split(batch_size)):

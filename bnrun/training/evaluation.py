@@ -21,17 +21,33 @@ from bnrun.training.precision import forward_logits
 EVAL_BATCH = 128
 
 
+class Tally:
+    """The summed loss and the count of correct predictions over batches, kept on the device and
+    read once (a read per batch would make the host wait for the device at every batch). The loss
+    sums in float64 in batch order, as a Python float would, so the mean is the same on the CPU."""
+
+    def __init__(self, device: str | torch.device) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        self.correct += (logits.argmax(1) == y).sum()
+
+    def means(self, n: int) -> tuple[float, float]:
+        """(mean loss, accuracy) over n items: the one read from the device."""
+        return self.loss_sum.item() / n, self.correct.item() / n
+
+
 @torch.no_grad()
 def evaluate_split(model: nn.Module, split: Split, device: str, precision: str = "fp32") -> tuple[float, float]:
     """Mean cross-entropy and accuracy in prediction mode."""
     model.eval()
-    loss_sum, correct = 0.0, 0
+    tally = Tally(device)
     for x, y in ordered_batches(split, EVAL_BATCH):
-        x, y = x.to(device), y.to(device)
-        logits = forward_logits(model, x, precision, device)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return loss_sum / len(split), correct / len(split)
+        x, y = x.to(device), y.to(device)  # no-ops where the split is on the device already
+        tally.add(forward_logits(model, x, precision, device), y)
+    return tally.means(len(split))
 
 
 def batch_slices(n: int, batch_size: int) -> list[slice]:
@@ -49,10 +65,8 @@ def evaluate_with_batch_statistics(model: nn.Module, split: Split, batch_size: i
     """Mean cross-entropy and accuracy with every BN layer normalizing each batch of `batch_size`
     images by that batch's own statistics (training mode on a copy: no running average moves)."""
     probe = copy.deepcopy(model).train()
-    loss_sum, correct = 0.0, 0
+    tally = Tally(device)
     for part in batch_slices(len(split), batch_size):
         x, y = split.images[part].to(device), split.labels[part].to(device)
-        logits = forward_logits(probe, x, precision, device)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(1) == y).sum())
-    return loss_sum / len(split), correct / len(split)
+        tally.add(forward_logits(probe, x, precision, device), y)
+    return tally.means(len(split))

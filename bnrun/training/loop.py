@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnrun.config import TrainConfig, momentum_cycle
-from bnrun.nn import recompute_population_statistics
+from bnrun.nn import fused, recompute_population_statistics
 from bnrun.training.checkpoint import serialize_checkpoint
 from bnrun.training.data import FashionMNISTData, Split, consecutive_batches, shuffled_batches
 from bnrun.training.diagnostics import Diagnostics
 from bnrun.training.evaluation import EVAL_BATCH, evaluate_split
+from bnrun.training.hardware import apply_cuda_settings
 from bnrun.training.models import bn_path, model_of
 from bnrun.training.precision import autocast, forward_logits
 from bnrun.training.results import DiagnosticRecord, EpochRecord, FinalMetrics, TrainingProgress
@@ -81,15 +82,13 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generator,
                 reporter: TrainingProgress) -> tuple[float, float, float]:
-    """One pass over the training split; returns (mean loss, accuracy, seconds in fwd/bwd/step)."""
+    """One pass over the training split; returns (mean loss, accuracy, seconds in fwd/bwd/step).
+    A step never waits for the device: losses and logits stay there and are read once, at the
+    epoch's end, where a NaN/inf loss is found (`epoch_scores`)."""
     model.train()
-    loss_sum, busy = 0.0, 0.0
-    outputs, targets = [], []  # scored once per epoch, not batch by batch
-    seen = 0
-    moves = torch.device(config.device).type != "cpu"  # batches are built on the CPU
+    busy = 0.0
+    losses, sizes, outputs, targets = [], [], [], []
     for x, y in shuffled_batches(split, config.batch_size, generator, flip=config.augment):
-        if moves:
-            x, y = x.to(config.device, non_blocking=True), y.to(config.device, non_blocking=True)
         start = time.perf_counter()
         logits = forward_logits(model, x, config.precision, config.device)
         loss = F.cross_entropy(logits, y)
@@ -98,16 +97,27 @@ def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generat
         optimizer.step()
         scheduler.step()
         busy += time.perf_counter() - start
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise Diverged(f"training loss became {loss_value} at sample {seen + len(y)}")
-        loss_sum += loss_value * len(y)
-        seen += len(y)
+        losses.append(loss.detach())
+        sizes.append(len(y))
         outputs.append(logits.detach())
         targets.append(y)
-        reporter.batch(loss_value)
+        reporter.batch()
+    loss, accuracy = epoch_scores(losses, sizes, outputs, targets)
+    return loss, accuracy, busy
+
+
+def epoch_scores(losses: list[torch.Tensor], sizes: list[int], outputs: list[torch.Tensor],
+                 targets: list[torch.Tensor]) -> tuple[float, float]:
+    """The epoch's mean loss (summed batch by batch as Python floats, as it always was) and
+    accuracy, from one read of the device; Diverged names the first batch whose loss was NaN/inf."""
+    loss_sum, seen = 0.0, 0
+    for value, size in zip(torch.stack(losses).tolist(), sizes):
+        if not math.isfinite(value):
+            raise Diverged(f"training loss became {value} at sample {seen + size} (found at the end of the epoch)")
+        loss_sum += value * size
+        seen += size
     correct = int((torch.cat(outputs).argmax(1) == torch.cat(targets)).sum())
-    return loss_sum / seen, correct / seen, busy
+    return loss_sum / seen, correct / seen
 
 
 def population_batches(split: Split, flip: bool, device: str):
@@ -119,13 +129,17 @@ def population_batches(split: Split, flip: bool, device: str):
 
 def fit(config: TrainConfig, seed: int, dataset: FashionMNISTData, callbacks: Callbacks,
         keep_checkpoint: bool = True) -> FinalMetrics:
-    """Train, report each epoch, then compute population statistics and the test metrics."""
+    """Train, report each epoch, then compute population statistics and the test metrics. On an
+    accelerator the splits are copied there once, and the numerics settings are applied first."""
     torch.manual_seed(seed)
+    apply_cuda_settings(config.device)
+    dataset = dataset.to(config.device)
     model = model_of(config).to(config.device)
     probes = None
     if callbacks.diagnostics is not None:
         probes = Diagnostics(dataset, config.batch_size, config.device, callbacks.diagnostics, config.precision)
         probes.at_initialization(model)
+    warm_up(model, config, dataset.train)
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, steps_per_epoch(len(dataset.train), config.batch_size))
@@ -148,6 +162,16 @@ def fit(config: TrainConfig, seed: int, dataset: FashionMNISTData, callbacks: Ca
     metrics, checkpoint = finish(model, config, dataset, best_val, record, keep_checkpoint)
     callbacks.completed(metrics, checkpoint)
     return metrics
+
+
+def warm_up(model: nn.Module, config: TrainConfig, split: Split) -> None:
+    """Off the CPU, compile the fused batch norm's graphs (`bnrun.nn.fused.warm_up`) before the first
+    epoch's clock starts; on the CPU the C++ kernel needs none."""
+    compiled = config.fused and config.bn_impl == "custom" and config.bn != "none"
+    if not compiled or torch.device(config.device).type == "cpu":
+        return
+    with autocast(config.precision, config.device):
+        fused.warm_up(model, split.images[: config.batch_size])
 
 
 def finish(model: nn.Module, config: TrainConfig, dataset: FashionMNISTData, best_val: float, last: EpochRecord,
