@@ -70,11 +70,12 @@ def parity(shape: tuple[int, ...], channels_last: bool, relu: bool) -> tuple[boo
         for layer in (custom, reference):
             layer.zero_grad()
     worst = max(errors)
-    return worst < 1e-3 and custom.path == "compiled", f"max |diff| {worst:.1e}, path {custom.path}"
+    return worst < 1e-3 and custom.path == "compiled", f"largest difference {worst:.1e} (relative to the largest value), path {custom.path}"
 
 
 def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1.0))
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1.0))
 
 
 def synthetic_data(n: int = 2000) -> FashionMNISTData:
@@ -132,8 +133,10 @@ def host_syncs(config: TrainConfig) -> tuple[bool, str]:
             train_epoch(model, optimizer, scheduler, data.train, config, generator, Quiet())
         finally:
             torch.cuda.set_sync_debug_mode("default")
+    # expected per epoch, none per step: the batch order and the flips copied to the device, and
+    # the one read of the epoch's losses and of its accuracy
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
-    return len(syncs) <= 3, f"{len(syncs)} in an epoch of {steps} steps"
+    return len(syncs) <= 4, f"{len(syncs)} in an epoch of {steps} steps (at most 4 expected)"
 
 
 def step_time(config: TrainConfig) -> float:
