@@ -251,3 +251,14 @@ def test_gpu_tasks_get_a_gpu_and_a_fresh_worker_each():
     finally:
         ray.shutdown()
 
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check runs for real on a GPU")
+def test_gpu_check_fails_loudly_without_a_gpu():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "no CUDA device" in result.stderr
