@@ -42,7 +42,7 @@ def test_train_makes_completed_rows_with_epochs_and_checkpoints(trained_store):
 
 
 def test_eval_reproduces_stored_accuracy_exactly(trained_store):
-    result = invoke("eval", "--run-id", "1", "--db", str(trained_store))
+    result = invoke("eval", "1", "--save", "--db", str(trained_store))
     assert result.exit_code == 0, result.output
     store = Store(str(trained_store))
     run, (evaluation,) = store.get_run(1), store.evaluations(1)
@@ -86,7 +86,8 @@ def test_runs_and_show(trained_store):
     listed = invoke("runs", "--arch", "cnn", "--status", "completed", "--db", str(trained_store))
     assert listed.exit_code == 0 and "2 runs" in listed.output
     shown = invoke("show", "1", "--db", str(trained_store))
-    assert shown.exit_code == 0 and "epochs" in shown.output and "config_key" in shown.output
+    assert shown.exit_code == 0 and "epochs" in shown.output and "config_key" not in shown.output
+    assert "config_key" in invoke("show", "1", "--all", "--db", str(trained_store)).output
 
 
 def test_eval_unknown_run_is_one_line(trained_store):

@@ -131,7 +131,7 @@ def copy_of(grid_store, tmp_path, name: str):
 
 def test_eval_with_batch_statistics(grid_store, tmp_path):
     db, run_id = copy_of(grid_store, tmp_path, "copy.db")
-    result = invoke("eval", "--run-id", str(run_id), "--batch-stats", "2,8,32", "--db", str(db))
+    result = invoke("eval", str(run_id), "--batch-stats", "2,8,32", "--save", "--db", str(db))
     assert result.exit_code == 0, result.output
     for size in (2, 8, 32):
         assert f"batches of {size}" in result.output

@@ -29,12 +29,16 @@ STATUS_STYLE = {
 }
 
 
+# Tables that fit 80 columns: a rule under the header, no vertical lines, one space between columns.
+COMPACT = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True}
+
+
 def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
 def epochs_table(epochs: list[EpochRecord]) -> Table:
-    table = Table(title="epochs")
+    table = Table(title="epochs", **COMPACT)
     for column in ("epoch", "train loss", "train %", "val loss", "val %", "lr", "seconds"):
         table.add_column(column, justify="right")
     for e in epochs:
@@ -81,7 +85,8 @@ def diagnostics_tables(records: list[DiagnosticRecord], epochs: list[EpochRecord
     values."""
     if not records:
         return []
-    ratio = Table(title="one-step loss ratio at initialization, r(η) = L(w − η∇L)/L(w) (Bjorck et al. 2018)")
+    title = "one-step loss ratio at initialization, r(η) = L(w − η∇L)/L(w) (Bjorck et al. 2018)"
+    ratio = Table(title=title, min_width=48, **COMPACT)  # the title in two lines, not a thin column
     ratio.add_column("η", justify="right")
     ratio.add_column("r(η)", justify="right")
     for (_, _, eta), value in sorted(diagnostic_values(records, "loss_ratio").items(), key=lambda item: item[0][2]):
@@ -92,18 +97,12 @@ def diagnostics_tables(records: list[DiagnosticRecord], epochs: list[EpochRecord
 def epoch_probe_table(records: list[DiagnosticRecord], epochs: list[EpochRecord]) -> Table:
     table = Table(
         title="per epoch: prediction vs batch-statistics validation accuracy; smoothness along the gradient "
-              "(Santurkar et al. 2018)"
+              "(Santurkar et al. 2018)",
+        **COMPACT,
     )
-    for column in (
-        "epoch",
-        "val % (running)",
-        "val % (batch stats)",
-        "gap",
-        "loss range",
-        "max ‖Δ∇L‖",
-        "β-smoothness",
-        "probe s",
-    ):
+    # headers broken by hand: rich would rather cut a word than fold a header
+    for column in ("epoch", "val %\nrunning", "val %\nbatch\nstats", "gap", "loss\nrange", "max\n‖Δ∇L‖", "β-smoothness",
+                   "probe\ns"):
         table.add_column(column, justify="right")
     kinds = {
         kind: {e: v for (e, _, _), v in diagnostic_values(records, kind).items()}
@@ -127,7 +126,8 @@ def epoch_probe_table(records: list[DiagnosticRecord], epochs: list[EpochRecord]
 
 def layer_table(records: list[DiagnosticRecord]) -> Table:
     last = max((r.epoch for r in records), default=0)
-    table = Table(title=f"per layer, at initialization → after epoch {last}: gradient norm; BN input mean and std")
+    title = f"per layer, at initialization → after epoch {last}: gradient norm; BN input mean and std"
+    table = Table(title=title, **COMPACT)
     for column in ("layer", "‖∇‖ init", f"‖∇‖ epoch {last}", "BN input mean", "BN input std"):
         table.add_column(column, justify="left" if column == "layer" else "right")
     values = {kind: diagnostic_values(records, kind) for kind in ("grad_norm", "bn_input_mean", "bn_input_std")}
