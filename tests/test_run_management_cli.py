@@ -384,3 +384,13 @@ def test_large_grid_is_counted_not_built(tmp_path):
     result = run_bnrun("train", "--seeds", "20000", "--yes", "--dry-run", "--db", str(tmp_path / "x.db"), timeout=60)
     assert result.returncode == 0, result.stderr
     assert "20000 trials" in result.stdout.replace(",", "")
+
+
+def test_runs_of_the_shipped_store_fit_80_columns():
+    """Hundreds of runs varying in many options: the telling ones as columns, the rest named below."""
+    from conftest import REPO
+
+    result = run_bnrun("runs", "--db", str(REPO / "bnrun.db"), env=WIDE)
+    assert result.returncode == 0, result.stderr
+    fits(result.stdout)
+    assert "also varying" in result.stdout

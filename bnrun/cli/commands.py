@@ -319,7 +319,7 @@ def runs(
     query = run_query(
         FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ())), status, tag, sort, limit, deleted
     )
-    out.print(views.runs_table(*actions.list_selected(db, query)))
+    out.print(views.runs_table(*actions.list_selected(db, query), width=out.width))
 
 
 @app.command()

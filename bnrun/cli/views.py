@@ -210,34 +210,35 @@ COLUMN_NAMES = {
 }
 
 
-def runs_table(runs: list[RunRecord], orphans: set[int], labels: dict[int, RunLabels], total: int) -> Table:
-    """The runs with the options that vary among them as columns, the shared ones in the caption;
-    numbers never wrap, labels and notes fold (80 columns)."""
+def runs_table(
+    runs: list[RunRecord], orphans: set[int], labels: dict[int, RunLabels], total: int, width: int = 80
+) -> Table:
+    """The runs with the options that vary among them as columns (as many as fit `width`, the
+    most telling first; the others named below), the shared ones in the caption; numbers and
+    labels never wrap, statuses, tags and notes fold."""
     from bnrun.analysis.listing import option_value, shared_options, varying_options
 
-    varying = varying_options(runs)
     title = f"{len(runs)} runs" + ("" if total == len(runs) else f" (of {total} matching)")
-    shared = shared_options(runs)
-    caption = (
-        "all: " + ", ".join(f"{name}={option_text(value)}" for name, value in shared.items())
-        if shared and len(runs) > 1
-        else None
-    )
-    table = Table(
-        title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left"
-    )
-    table.add_column("id", justify="right", no_wrap=True)
-    table.add_column("status", min_width=9)  # "completed"; a mark like "(deleted)" folds below it
-    for name in varying:
-        table.add_column(
-            COLUMN_NAMES.get(name, name),
-            justify="right" if name not in ("arch", "bn", "impl") else "left",
-            overflow="fold",
-        )
-    for name in ("epochs", "test % pop", "test % run", "time"):
-        table.add_column(name, justify="right", no_wrap=name != "test % pop" and name != "test % run")
     show_tags = any(labels.get(run.id) and labels[run.id].tags for run in runs)
     show_notes = any(run.note or run.user_note for run in runs)
+    status_width = max([len(run.status) for run in runs] + [6])
+    fixed = [max([len(str(run.id)) for run in runs] + [2]), status_width, 6, 6, 6, 5] + [8] * (show_tags + show_notes)
+    candidates = tuple(name for name in varying_options(runs) if name != "epochs")  # the epochs column shows them
+    varying, hidden = fitting_columns(runs, candidates, width - sum(w + 2 for w in fixed), option_value)
+    shared = shared_options(runs)
+    parts = []
+    if shared and len(runs) > 1:
+        parts.append("all: " + ", ".join(f"{name}={option_text(value)}" for name, value in shared.items()))
+    if hidden:
+        parts.append("also varying (see bnrun show, or filter with --where): " + ", ".join(hidden))
+    caption = "; ".join(parts) or None
+    table = Table(title=title, caption=caption, caption_justify="left", **COMPACT)
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("status", min_width=status_width)  # a mark like "(deleted)" folds below the status
+    for name in varying:
+        table.add_column(COLUMN_NAMES.get(name, name), justify="left" if name in LABELS else "right", no_wrap=True)
+    for name in ("epochs", "test %\npop", "test %\nrun", "time"):
+        table.add_column(name, justify="right", no_wrap=True)
     if show_tags:
         table.add_column("tags", overflow="fold", min_width=8)
     if show_notes:
@@ -292,6 +293,29 @@ LOSS_ROWS = (
     ("test loss (running avg.)", "test_loss_running"),
     ("train loss (population)", "train_loss_population"),
 )
+
+
+LABELS = ("arch", "bn", "impl", "optimizer", "schedule", "precision")
+# The order in which varying options claim the listing's columns: what tells runs apart first.
+COLUMN_PRIORITY = ("arch", "bn", "impl", "lr", "batch_size", "epochs", "train_subset", "depth", "width", "dropout",
+                   "optimizer", "schedule", "momentum", "weight_decay", "seed", "precision", "channels_last", "augment")
+
+
+def fitting_columns(runs: list[RunRecord], varying: tuple[str, ...], budget: int, value_of) -> tuple[list, list]:
+    """The varying options that fit `budget` characters as columns (in COLUMN_PRIORITY order,
+    shown in listing order), and the ones left out."""
+    shown, left = [], []
+    def rank(name: str) -> int:
+        return COLUMN_PRIORITY.index(name) if name in COLUMN_PRIORITY else len(COLUMN_PRIORITY)
+
+    for name in sorted(varying, key=rank):
+        cell = max([len(COLUMN_NAMES.get(name, name))] + [len(option_text(value_of(run, name))) for run in runs])
+        if cell + 2 <= budget:
+            shown.append(name)
+            budget -= cell + 2
+        else:
+            left.append(name)
+    return [name for name in varying if name in shown], left
 
 
 def run_table(run: RunRecord, labels: RunLabels | None, everything: bool = False) -> Table:
