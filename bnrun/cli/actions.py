@@ -235,11 +235,14 @@ def delete_stored(db: str | None, run_ids: list[int], purge: bool):
         return store.purge_runs(run_ids) if purge else store.delete_runs(run_ids)
 
 
-def restore_stored(db: str | None, run_ids: list[int]) -> list[RunRecord]:
+def restore_stored(db: str | None, run_ids: list[int]) -> tuple[list[int], list[int]]:
+    """Undo the soft delete of the runs: (the ids restored, the ids that were not deleted)."""
     with open_store(db, read_only=True) as store:
-        store_ids(store, run_ids)
-    with open_store(db) as store:
-        return store.restore_runs(run_ids)
+        deleted = [run.id for run in store.get_runs(run_ids) if run.deleted_at is not None]
+    if deleted:
+        with open_store(db) as store:
+            store.restore_runs(deleted)
+    return deleted, [run_id for run_id in run_ids if run_id not in deleted]
 
 
 def export_runs(db: str | None, query: RunQuery, fmt: str) -> str:

@@ -537,8 +537,10 @@ def restore(runs: RunArguments, db: DbOption = None) -> None:
     from bnrun.cli import actions
     from bnrun.cli.options import run_ids_of
 
-    restored = actions.restore_stored(db, run_ids_of(runs))
-    out.print(f"restored runs {', '.join(str(run.id) for run in restored)}", highlight=False)
+    restored, untouched = actions.restore_stored(db, run_ids_of(runs))
+    lines = [f"restored runs {', '.join(map(str, restored))}"] if restored else []
+    lines += [f"not deleted, left as they are: runs {', '.join(map(str, untouched))}"] if untouched else []
+    out.print("\n".join(lines), highlight=False)
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Runs and epochs as CSV or JSON; a trained model as a .pt file.")
