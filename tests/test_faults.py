@@ -99,7 +99,7 @@ def test_sigkill_mid_epoch_then_runs_marks_failed(tmp_path):
     listed = run_bnrun("runs", "--db", str(db), timeout=60)  # read-only: flags the row, changes nothing
     assert listed.returncode == 0, listed.stderr
     assert "process gone" in listed.stdout and query(db, "select status from runs") == [("running",)]
-    reaped = run_bnrun("eval", "--run-id", "1", "--db", str(db), timeout=60)  # any writing command reaps first
+    reaped = run_bnrun("eval", "--run-id", "1", "--save", "--db", str(db), timeout=60)  # any writing command reaps first
     assert "marked runs 1 failed" in reaped.stderr
     assert query(db, "select status, note, epochs_completed from runs") == [("failed", "process ended without finishing", 1)]
     assert query(db, "select epoch from epochs") == [(1,)]
@@ -111,7 +111,7 @@ def test_stale_heartbeat_from_another_host_is_reaped(tmp_path):
     shutil.copyfile(FIXTURE_0001, db)
     with sqlite3.connect(db) as connection:
         connection.execute("update runs set status = 'running', heartbeat_at = '2026-01-01 00:00:00' where id = 2")
-    result = run_bnrun("eval", "--run-id", "999", "--db", str(db), timeout=60)  # a writing command: reaps, then fails
+    result = run_bnrun("eval", "--run-id", "999", "--save", "--db", str(db), timeout=60)  # writes: reaps, then fails
     assert result.returncode == 2 and "marked runs 2 failed" in result.stderr
     assert query(db, "select status, note from runs where id = 2") == [("failed", "process ended without finishing")]
 
@@ -209,7 +209,7 @@ def test_read_only_store_is_refused_untouched(tmp_path):
 def test_older_store_is_backed_up_then_upgraded_with_rows_intact(tmp_path):
     db = tmp_path / "old.db"
     shutil.copyfile(FIXTURE_0001, db)
-    result = run_bnrun("eval", "--run-id", "999", "--db", str(db), timeout=60)  # writing commands upgrade
+    result = run_bnrun("eval", "--run-id", "999", "--save", "--db", str(db), timeout=60)  # writing commands upgrade
     assert "upgraded store" in result.stderr and f"from schema 0001 to {migrate.head_revision()}" in result.stderr
     backup = tmp_path / "old.db.bak-0001"
     assert query(backup, "select version_num from alembic_version") == [("0001",)]

@@ -76,7 +76,7 @@ def test_cli_end_to_end(pg_url):
         result = run_bnrun(*command, "--db", pg_url, timeout=120)
         assert result.returncode == 0, (command, result.stderr)
     assert '"n": 2' in run_bnrun("report", "--format", "json", "--db", pg_url).stdout
-    evaluated = run_bnrun("eval", "--run-id", "1", "--db", pg_url, timeout=300)
+    evaluated = run_bnrun("eval", "--run-id", "1", "--save", "--db", pg_url, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
     assert query(pg_url, "SELECT matches_stored FROM evaluations") == [(True,)]
 
@@ -109,7 +109,7 @@ def test_sigkill_mid_trial_then_reaping(pg_url):
     assert query(pg_url, "SELECT status FROM runs") == [("running",)]
     listed = run_bnrun("runs", "--db", pg_url)
     assert "process gone" in listed.stdout
-    reaped = run_bnrun("eval", "--run-id", "1", "--db", pg_url)  # a writing command reaps, then eval refuses (no checkpoint)
+    reaped = run_bnrun("eval", "--run-id", "1", "--save", "--db", pg_url)  # writes: reaps, then refuses (no checkpoint)
     assert "marked runs 1 failed" in reaped.stderr
     assert query(pg_url, "SELECT status, note, claim FROM runs") == [("failed", "process ended without finishing", None)]
     again = run_bnrun("train", *TINY, "--db", pg_url, timeout=300)  # the reaped trial runs again

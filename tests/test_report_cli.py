@@ -29,7 +29,7 @@ NARROW = {"COLUMNS": "80"}
 def study(tmp_path_factory):
     """A copy of the shipped store (never written by these tests either)."""
     copy = tmp_path_factory.mktemp("study") / "study.db"
-    shutil.copyfile(SHIPPED, copy)
+    shutil.copyfile(SHIPPED, copy)  # the store the checkout ships, whatever the study has added to it
     return copy
 
 
@@ -69,15 +69,21 @@ def test_piped_output_follows_columns(study):
 
 
 @shipped
-def test_the_default_report_is_the_default_recipe_and_agrees_with_the_readme(study):
+def test_the_default_report_is_the_default_recipe_with_holm_over_what_it_prints(study):
+    """The 5-seed grid's groups (the sweeps left out, and said so), Holm over exactly the comparisons
+    printed: the same numbers as the README's headline for the same groups."""
+    import re
+
     result = invoke("report", "--db", str(study), env=NARROW)
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
-    assert "default recipe only: 171 of 215 trials left out" in text and "--all" in text
-    assert "corrected over the 10 comparisons with a test" in text
-    assert "mlp bn=pre (custom+fused) − mlp bn=none: +0.29 ± 0.11" in text
-    assert "significant after Holm (p=0.00427, Holm p=0.0427)" in text
-    assert "fewer than 3 completed trials: cnn bn=none" in text
+    assert re.search(r"default recipe only: \d+ of \d+ trials left out \(other epochs, batch_size, lr", text), text
+    assert "--all shows every trial" in text
+    tested = len(re.findall(r"\(p=[0-9.e-]+, Holm p=", text))
+    assert f"corrected over the {tested} comparisons with a test" in text and tested >= 10
+    grid = " ".join(invoke("report", "--run-id", "1-32,204-215", "--db", str(study), env=NARROW).stdout.split())
+    mlp = "mlp bn=pre (custom+fused) − mlp bn=none: "
+    assert text.split(mlp)[1].split(")")[0] == grid.split(mlp)[1].split(")")[0]
 
 
 @shipped
@@ -91,7 +97,8 @@ def test_every_group_label_is_unique(study):
 
 @shipped
 def test_batch_sizes_sort_as_numbers(study):
-    filters = ["--arch", "mlp", "--where", "epochs=10", "--where", "lr=0.05", "--db", str(study)]
+    filters = ["--arch", "mlp", "--where", "epochs=10", "--where", "lr=0.05", "--where", "depth=none", "--where",
+               "width=none", "--where", "dropout=0", "--db", str(study)]
     payload = json.loads(invoke("report", "--format", "json", *filters).stdout)
     sizes = [group["batch_size"] for group in payload["groups"] if group["bn"] == "pre"]
     assert sizes == [16, 32, 64, 128, 256, 512]
@@ -163,7 +170,7 @@ def test_output_to_a_directory_writes_inside_and_says_where(study, tmp_path):
     assert plot.exit_code == 0 and plot.stderr.strip() == f"wrote {tmp_path / 'learning_curves.png'}"
     assert (tmp_path / "learning_curves.png").stat().st_size > 20_000
     svg = invoke("plot", "--x", "lr", "--arch", "mlp", "--where", "epochs=10", "--where", "batch_size=128",
-                 "--output", str(tmp_path / "lr.svg"), "--db", str(study))
+                 "--where", "dropout=0", "--where", "depth=none", "--output", str(tmp_path / "lr.svg"), "--db", str(study))
     assert svg.exit_code == 0 and (tmp_path / "lr.svg").read_text().lstrip().startswith("<?xml")
 
 
