@@ -172,6 +172,14 @@ def test_cudnn_8_versions_and_the_driver_from_nvidia_smi(monkeypatch, tmp_path):
 
 
 def test_cuda_settings_are_applied_on_cuda_only():
+    # torch's own test utilities (imported by tests/test_module_info.py) forbid setting cuDNN flags
+    # outside a `flags()` block; bnrun sets them once per trial, as a process that trains does
+    allow_mutation = getattr(torch.backends, "__allow_nonbracketed_mutation")
+    with allow_mutation():
+        check_cuda_settings()
+
+
+def check_cuda_settings():
     saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
