@@ -80,7 +80,7 @@ def test_bf16_trial_end_to_end(tmp_path, monkeypatch):
     assert 0.5 < run.test_acc_population <= 1
     assert json.loads(run.config_json)["precision"] == "bf16"
     store.close()
-    result = runner.invoke(app, ["eval", "--run-id", "1", "--db", str(db)])
+    result = runner.invoke(app, ["eval", "1", "--save", "--db", str(db)])
     assert result.exit_code == 0, result.output
     store = Store(str(db))
     assert store.evaluations(1)[-1].matches_stored
