@@ -1,8 +1,9 @@
-"""The wall time of whole default trials (every epoch, population statistics, test evaluation), CNN
-and MLP, for the reference path (fp32, NCHW, eager custom BN: `--precision fp32 --no-fused
---no-channels-last`) and the default path (fused kernel, channels_last CNN, and bf16 where the
-CPU has bf16 units), measured in the same run, each trial a fresh `bnrun train` process into a
-temporary store. Also each trial's peak memory (max RSS of its process).
+"""The wall time of whole trials (every epoch, population statistics, test evaluation), CNN and
+MLP, measured in the same run, each trial a fresh `bnrun train` process into a temporary store:
+the reference path (fp32, NCHW, eager custom BN: `--precision fp32 --no-fused --no-channels-last`),
+the fast path (fused kernel, channels_last CNN) in fp32 and, where the CPU has bf16 units, bf16,
+and torch.nn's BN on each of those paths (`--bn-impl torch`), so that the custom BN's cost shows
+against torch's own kernel. Also each trial's peak memory (max RSS of its process).
 
     python benchmarks/trial_time.py [--arch cnn,mlp] [--epochs N]
 
@@ -25,8 +26,17 @@ from bnrun.training.precision import bf16_unsupported
 REFERENCE = ["--precision", "fp32", "--no-fused", "--no-channels-last"]
 
 
-def default_path() -> list[str]:
-    return ["--precision", "fp32" if bf16_unsupported("cpu") else "bf16"]
+def precisions() -> list[str]:
+    return ["fp32"] if bf16_unsupported("cpu") else ["fp32", "bf16"]
+
+
+def variants(arch: str) -> dict[str, list[str]]:
+    """Row name -> the `bnrun train` flags of that path (the memory layout is the CNN's option only)."""
+    rows = {"reference": REFERENCE if arch == "cnn" else REFERENCE[:-1]}
+    for precision in precisions():
+        rows[f"{precision} custom fused"] = ["--precision", precision, "--fused"]
+        rows[f"{precision} torch BN"] = ["--precision", precision, "--bn-impl", "torch"]
+    return rows
 
 
 def timed_trial(arch: str, flags: list[str], epochs: int | None, workdir: Path) -> dict:
@@ -53,19 +63,33 @@ def main() -> None:
     parser.add_argument("--arch", default="cnn,mlp")
     parser.add_argument("--epochs", type=int, default=None, help="fewer epochs than the default (say so when quoting)")
     args = parser.parse_args()
-    fast = default_path()
-    print(f"default path here: {' '.join(fast)} (fused, channels_last CNN); reference: {' '.join(REFERENCE)}")
+    from bnrun.nn.fused import kernel_isa
+
+    print(f"CPU: {cpu_name()}; fused kernel built for {kernel_isa()}; torch {torch_version()}")
     print("| arch | path | whole trial | median epoch | after training (population stats + test) | peak RSS | BN path | test acc. |")
     print("|---|---|---:|---:|---:|---:|---|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch.split(","):
-            reference = timed_trial(arch, REFERENCE, args.epochs, Path(tmp))
-            new = timed_trial(arch, fast, args.epochs, Path(tmp))
-            for name, row in (("reference", reference), ("default", new)):
+            rows = {name: timed_trial(arch, flags, args.epochs, Path(tmp)) for name, flags in variants(arch).items()}
+            for name, row in rows.items():
                 print(f"| {arch} | {name} | {row['trial']:.1f} s | {row['epoch']:.2f} s | {row['after']:.1f} s | "
                       f"{row['rss_gb']:.2f} GB | {row['path']} | {100 * row['acc']:.2f} % |")
-            print(f"| {arch} | default / reference | {new['trial'] / reference['trial']:.2f}× | "
-                  f"{new['epoch'] / reference['epoch']:.2f}× | {new['after'] / reference['after']:.2f}× | | | |")
+            for precision in precisions():
+                ours, theirs = rows[f"{precision} custom fused"], rows[f"{precision} torch BN"]
+                print(f"| {arch} | {precision}: custom fused / torch BN | {ours['trial'] / theirs['trial']:.2f}× | "
+                      f"{ours['epoch'] / theirs['epoch']:.2f}× | {ours['after'] / theirs['after']:.2f}× | | | |")
+
+
+def cpu_name() -> str:
+    from bnrun.training.hardware import cpu_info
+
+    return cpu_info()[0]
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bnrun.analysis.diagnostic_summaries import mode_gap
-from bnrun.config import impl_label
+from bnrun.config import TRAIN_FIELDS, impl_label
 from bnrun.store import DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord
 
 if TYPE_CHECKING:  # importing the run layer would pull in torch for every table
@@ -483,7 +483,7 @@ def plan_lines(plan: SweepPlan, store_name: str) -> list[str]:
     first = plan.configs[0].config if plan.configs else None
     shared = [
         f"{name}={option_text(getattr(first, name))}"
-        for name in TRAIN_OPTIONS
+        for name in TRAIN_FIELDS
         if first is not None and name not in plan.varied
     ]
     held = (
@@ -496,26 +496,3 @@ def plan_lines(plan: SweepPlan, store_name: str) -> list[str]:
     )
     to_run = f"{store_name}: {held}; {plan.total('to_run')} to run"
     return [plan.description, "every trial: " + ", ".join(shared), to_run]
-
-
-TRAIN_OPTIONS = (
-    "arch",
-    "bn",
-    "bn_impl",
-    "fused",
-    "precision",
-    "channels_last",
-    "epochs",
-    "batch_size",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "optimizer",
-    "schedule",
-    "augment",
-    "train_subset",
-    "depth",
-    "width",
-    "dropout",
-    "device",
-)
