@@ -80,9 +80,16 @@ def test_nan_loss_marks_diverged_and_sweep_goes_on(tmp_path):
 
 
 def start_training(db, *extra):
-    return subprocess.Popen(bnrun_command("train", "--arch", "cnn", "--bn", "pre", "--epochs", "3", "--train-subset", "3000",
+    # 12,000 images: an epoch of several seconds even with the fused kernel, so "inside epoch 2" holds
+    return subprocess.Popen(bnrun_command("train", "--arch", "cnn", "--bn", "pre", "--epochs", "3", "--train-subset", "12000",
                                           "--db", str(db), *extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+
+
+def default_sigint() -> None:
+    """A terminal's Ctrl-C in the child even where the test runner was started with SIGINT ignored
+    (a background job of a non-interactive shell): Python only handles SIGINT it inherits unignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(db, query, expected, timeout=120):
