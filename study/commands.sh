@@ -36,7 +36,7 @@ for part in "${parts[@]}"; do
       bnrun train --channels-last --arch cnn --bn pre,post --bn-impl torch --seeds 5 --diagnostics "${PAR[@]}" --db "$DB"
       bnrun train --channels-last --arch cnn --bn none --seeds 5 --diagnostics "${PAR[@]}" --db "$DB" ;;
     seeds-cnn-12)  # the CNN's custom placements to 12 seeds: pre − post to a CI of about ±0.1 points
-      bnrun train --channels-last --fused --arch cnn --bn pre,post --seeds 12 --diagnostics "${PAR[@]}" --db "$DB" ;;
+      bnrun train --channels-last --fused --arch cnn --bn pre,post --seeds 12 --diagnostics --no-checkpoint "${PAR[@]}" --db "$DB" ;;
     mlp-depth)  # depth × BN: 1 to 32 hidden layers of 128 units, 10 epochs, learning rate fixed at 0.05
       bnrun train --fused --arch mlp --bn none,pre,post --depth 1,2,4,8,16,32 --width 128 --epochs 10 --seeds 3 \
         --diagnostics --no-checkpoint "${PAR[@]}" --db "$DB" ;;
