@@ -551,30 +551,33 @@ def tags_of(values: list[str] | None, option: str) -> tuple[str, ...]:
     return tags
 
 
-def run_query(
-    filters: FilterOptions,
-    status: str | None = None,
-    tags: list[str] | None = None,
-    sort: str = "id",
-    limit: int | None = None,
-    deleted: bool = False,
-) -> RunQuery:
-    """`bnrun runs` and `bnrun export runs`: which runs, in which order, how many."""
-    from bnrun.analysis.listing import sort_key_name
+@dataclass(frozen=True)
+class RunSelection:
+    """Which runs `bnrun runs` and `bnrun export runs` cover, in which order, how many, as typed."""
 
-    try:
-        sort_key_name(sort)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    require(limit is None or limit > 0, f"--limit must be a positive count, got {limit}")
-    return RunQuery(
-        run_filter=filters.run_filter(),
-        statuses=optional_list(status, STATUSES, "--status"),
-        tags=tags_of(tags, "--tag"),
-        deleted=True if deleted else False,
-        sort=sort,
-        limit=limit,
-    )
+    filters: FilterOptions
+    status: str | None = None
+    tags: list[str] | None = None
+    sort: str = "id"
+    limit: int | None = None
+
+    def query(self, deleted: bool = False) -> RunQuery:
+        """The query (UsageError for an unknown sort key, a limit below 1 or an unknown status)."""
+        from bnrun.analysis.listing import sort_key_name
+
+        try:
+            sort_key_name(self.sort)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        require(self.limit is None or self.limit > 0, f"--limit must be a positive count, got {self.limit}")
+        return RunQuery(
+            run_filter=self.filters.run_filter(),
+            statuses=optional_list(self.status, STATUSES, "--status"),
+            tags=tags_of(self.tags, "--tag"),
+            deleted=deleted,
+            sort=self.sort,
+            limit=self.limit,
+        )
 
 
 EXPORT_FORMATS = ("csv", "json")
