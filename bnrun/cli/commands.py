@@ -210,7 +210,11 @@ def train(
     ] = GRID.width,
     dropout: Annotated[str, option("Dropout rate after each hidden block" + LIST + ".")] = GRID.dropout,
     precision: Annotated[
-        str, option("fp32, or bf16 (autocast; needs AVX512-BF16/AMX or a bf16 GPU)" + LIST + ".")
+        str,
+        option(
+            "fp32, bf16 (autocast; needs AVX512-BF16/AMX or a bf16 GPU), or auto: bf16 for the CNN where the "
+            "hardware has bf16 units, fp32 otherwise" + LIST + "."
+        ),
     ] = GRID.precision,
     fused: Annotated[
         Optional[bool],

@@ -17,6 +17,7 @@ from bnrun.analysis.queries import ReportRequest
 from bnrun.analysis.rendering import FORMATS
 from bnrun.config import (
     ARCHS,
+    AUTO_PRECISION,
     BN_IMPLS,
     DEVICES,
     FAST_PATH,
@@ -179,7 +180,7 @@ class GridOptions:
     arch: str = DEFAULTS.arch
     bn: str = DEFAULTS.bn
     bn_impl: str = DEFAULTS.bn_impl
-    precision: str = DEFAULTS.precision
+    precision: str = FAST_PATH["precision"]
     epochs: str | None = None
     batch_size: str = str(DEFAULTS.batch_size)
     lr: str = number_text(DEFAULTS.lr)
@@ -203,7 +204,7 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
         ("arch", split_list(options.arch, ARCHS, "--arch")),
         ("bn", split_list(options.bn, PLACEMENTS, "--bn")),
         ("bn_impl", split_list(options.bn_impl, BN_IMPLS, "--bn-impl")),
-        ("precision", split_list(options.precision, PRECISIONS, "--precision")),
+        ("precision", split_list(options.precision, (*PRECISIONS, AUTO_PRECISION), "--precision")),
         ("optimizer", split_list(options.optimizer, OPTIMIZERS, "--optimizer")),
         ("schedule", split_list(options.schedule, SCHEDULES, "--schedule")),
         ("epochs", optional_numbers(options.epochs, int, "--epochs", 0, strict=True)),
@@ -333,7 +334,7 @@ def build_sweep(
         device = device if executor == "ray" and device == "cuda" else resolve_device(device)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    require_precisions(dict(axes)["precision"], device)
+    bf16_units = require_precisions(dict(axes)["precision"], device)
     base = TrainConfig(
         **{name: FAST_PATH[name] if value is None else value for name, value in fast.items()},
         augment=augment,
@@ -347,14 +348,17 @@ def build_sweep(
         data_dir=data_dir,
         diagnostics=diagnostics,
         checkpoint=checkpoint,
+        bf16_units=bf16_units,
     )
 
 
-def require_precisions(precisions: tuple[str, ...], device: str) -> None:
+def require_precisions(precisions: tuple[str, ...], device: str) -> bool:
+    """Whether `device` has bf16 units; UsageError when bf16 is asked for and it has none."""
     from bnrun.training import precision
 
-    why = precision.bf16_unsupported(device) if "bf16" in precisions else None
-    require(why is None, f"--precision bf16: {why}; use --precision fp32")
+    why = precision.bf16_unsupported(device)
+    require(why is None or "bf16" not in precisions, f"--precision bf16: {why}; use --precision fp32")
+    return why is None
 
 
 def executor_options(executor: str, address: str | None, cpus: float, gpus: float | None, device: str = "cpu"):
