@@ -3,7 +3,8 @@ MLP, measured in the same run, each trial a fresh `bnrun train` process into a t
 the reference path (fp32, NCHW, eager custom BN: `--precision fp32 --no-fused --no-channels-last`),
 the fast path (fused kernel, channels_last CNN) in fp32 and, where the CPU has bf16 units, bf16,
 and torch.nn's BN on each of those paths (`--bn-impl torch`), so that the custom BN's cost shows
-against torch's own kernel. Also each trial's peak memory (max RSS of its process).
+against torch's own kernel. Also each trial's peak memory (max RSS of its process). The row of
+`bnrun train`'s default path (fused, channels_last, `--precision auto`) is marked "(the default)".
 
     python benchmarks/trial_time.py [--arch cnn,mlp] [--epochs N]
 
@@ -20,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bnrun.config import AUTO_PRECISION, resolve_precision
 from bnrun.store import Store
 from bnrun.training.precision import bf16_unsupported
 
@@ -33,8 +35,10 @@ def precisions() -> list[str]:
 def variants(arch: str) -> dict[str, list[str]]:
     """Row name -> the `bnrun train` flags of that path (the memory layout is the CNN's option only)."""
     rows = {"reference": REFERENCE if arch == "cnn" else REFERENCE[:-1]}
+    default = resolve_precision(AUTO_PRECISION, arch, bf16_unsupported("cpu") is None)
     for precision in precisions():
-        rows[f"{precision} custom fused"] = ["--precision", precision, "--fused"]
+        marked = " (the default)" if precision == default else ""
+        rows[f"{precision} custom fused{marked}"] = ["--precision", precision, "--fused"]
         rows[f"{precision} torch BN"] = ["--precision", precision, "--bn-impl", "torch"]
     return rows
 
@@ -75,7 +79,8 @@ def main() -> None:
                 print(f"| {arch} | {name} | {row['trial']:.1f} s | {row['epoch']:.2f} s | {row['after']:.1f} s | "
                       f"{row['rss_gb']:.2f} GB | {row['path']} | {100 * row['acc']:.2f} % |")
             for precision in precisions():
-                ours, theirs = rows[f"{precision} custom fused"], rows[f"{precision} torch BN"]
+                ours = next(row for name, row in rows.items() if name.startswith(f"{precision} custom fused"))
+                theirs = rows[f"{precision} torch BN"]
                 print(f"| {arch} | {precision}: custom fused / torch BN | {ours['trial'] / theirs['trial']:.2f}× | "
                       f"{ours['epoch'] / theirs['epoch']:.2f}× | {ours['after'] / theirs['after']:.2f}× | | | |")
 
