@@ -128,10 +128,14 @@ def friendly_errors(command):
     return wrapper
 
 
+NO_FILTER = FilterOptions()
+EVERY_RUN = RunSelection(NO_FILTER)
+
+
 def with_options(builder, name: str):
-    """Give a command the options of `builder` (its parameters, declared once there) in front of its own;
-    the command receives what `builder` makes of them as its argument `name`. Typer reads the options
-    from the signature made here."""
+    """Give a command the options of `builder` (its parameters, declared once there) in the place of its
+    parameter `name`, which receives what `builder` makes of them. Typer reads the options from the
+    signature made here."""
 
     def decorate(command):
         taken = inspect.signature(builder, eval_str=True).parameters
@@ -142,7 +146,7 @@ def with_options(builder, name: str):
             built = builder(**{option: kwargs.pop(option) for option in taken})
             return command(**{name: built}, **kwargs)
 
-        parameters = [*taken.values(), *(p for p in own.parameters.values() if p.name != name)]
+        parameters = [q for p in own.parameters.values() for q in (taken.values() if p.name == name else [p])]
         wrapper.__signature__ = own.replace(parameters=parameters)
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": own.return_annotation}
         return wrapper
@@ -164,7 +168,7 @@ def trial_filters(
 
 @with_options(trial_filters, "filters")
 def run_selection(
-    filters: FilterOptions,
+    filters: FilterOptions = NO_FILTER,
     status: StatusFilter = None,
     tag: TagFilter = None,
     sort: SortOption = "id",
@@ -349,7 +353,7 @@ def eval_(
 @friendly_errors
 @with_options(run_selection, "selection")
 def runs(
-    selection: RunSelection,
+    selection: RunSelection = EVERY_RUN,
     deleted: Annotated[
         bool, option("List the deleted runs instead (bnrun delete; bring one back with bnrun restore).")
     ] = False,
@@ -407,7 +411,6 @@ def reproduce(
 @friendly_errors
 @with_options(trial_filters, "filters")
 def report(
-    filters: FilterOptions,
     fmt: Annotated[str, option("table, latex, markdown, csv or json.", "--format")] = "table",
     output: Annotated[
         Optional[Path], option("Write to this file (or a report.EXT inside this directory) instead of stdout.")
@@ -424,6 +427,7 @@ def report(
             "seconds_per_epoch."
         ),
     ] = "test_acc_population",
+    filters: FilterOptions = NO_FILTER,
     seeds: Annotated[
         Optional[int], option("Seeds each group should have (default: what its sweep asked for, else 3).")
     ] = None,
@@ -451,7 +455,6 @@ def report(
 @friendly_errors
 @with_options(trial_filters, "filters")
 def plot(
-    filters: FilterOptions,
     output: Annotated[
         Optional[Path],
         option(
@@ -460,6 +463,7 @@ def plot(
         ),
     ] = None,
     everything: Annotated[bool, option("Every trial, not only the default recipe's.", "--all")] = False,
+    filters: FilterOptions = NO_FILTER,
     metric: Annotated[
         Optional[str], option("The metric for --x (as in report; default test_acc_population).", show_default=False)
     ] = None,
@@ -583,9 +587,9 @@ OutputOption = Annotated[Optional[Path], option("Write to this file instead of s
 @friendly_errors
 @with_options(run_selection, "selection")
 def export_runs(
-    selection: RunSelection,
     fmt: ExportFormat = "csv",
     output: OutputOption = None,
+    selection: RunSelection = EVERY_RUN,
     deleted: Annotated[bool, option("Export the deleted runs instead.")] = False,
     db: DbOption = None,
 ) -> None:
