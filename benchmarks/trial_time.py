@@ -35,10 +35,8 @@ def precisions() -> list[str]:
 def variants(arch: str) -> dict[str, list[str]]:
     """Row name -> the `bnrun train` flags of that path (the memory layout is the CNN's option only)."""
     rows = {"reference": REFERENCE if arch == "cnn" else REFERENCE[:-1]}
-    default = resolve_precision(AUTO_PRECISION, arch, bf16_unsupported("cpu") is None)
     for precision in precisions():
-        marked = " (the default)" if precision == default else ""
-        rows[f"{precision} custom fused{marked}"] = ["--precision", precision, "--fused"]
+        rows[f"{precision} custom fused"] = ["--precision", precision, "--fused"]
         rows[f"{precision} torch BN"] = ["--precision", precision, "--bn-impl", "torch"]
     return rows
 
@@ -75,12 +73,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch.split(","):
             rows = {name: timed_trial(arch, flags, args.epochs, Path(tmp)) for name, flags in variants(arch).items()}
+            default = f"{resolve_precision(AUTO_PRECISION, arch, bf16_unsupported('cpu') is None)} custom fused"
             for name, row in rows.items():
+                name += " (the default)" if name == default else ""
                 print(f"| {arch} | {name} | {row['trial']:.1f} s | {row['epoch']:.2f} s | {row['after']:.1f} s | "
                       f"{row['rss_gb']:.2f} GB | {row['path']} | {100 * row['acc']:.2f} % |")
             for precision in precisions():
-                ours = next(row for name, row in rows.items() if name.startswith(f"{precision} custom fused"))
-                theirs = rows[f"{precision} torch BN"]
+                ours, theirs = rows[f"{precision} custom fused"], rows[f"{precision} torch BN"]
                 print(f"| {arch} | {precision}: custom fused / torch BN | {ours['trial'] / theirs['trial']:.2f}× | "
                       f"{ours['epoch'] / theirs['epoch']:.2f}× | {ours['after'] / theirs['after']:.2f}× | | | |")
 

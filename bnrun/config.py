@@ -72,8 +72,8 @@ class TrainConfig:
 FAST_PATH = {"fused": True, "channels_last": True, "precision": AUTO_PRECISION}
 
 # Where bf16 pays given bf16 units (AVX512-BF16 or AMX, a bf16 GPU), measured per architecture
-# (README, "Whole trials"): the CNN's convolutions gain more than rounding costs; the MLP's small
-# matrix products are slower in bf16 than in fp32.
+# (README, Benchmarks: the CNN's step and whole trial are faster in bf16; the MLP's step, small
+# matrix products, is slower in bf16 than in fp32).
 BF16_PAYS = {"cnn": True, "mlp": False}
 
 
@@ -159,7 +159,8 @@ class SweepConfig:
         """The architectures whose trials precision auto turns to bf16 in this grid."""
         if AUTO_PRECISION not in dict(self.axes).get("precision", (self.base.precision,)):
             return []
-        return sorted({config.arch for config in self.configs() if config.precision == "bf16"})
+        archs = dict(self.axes).get("arch", (self.base.arch,))
+        return sorted(arch for arch in archs if resolve_precision(AUTO_PRECISION, arch, self.bf16_units) == "bf16")
 
     def trials(self) -> list[tuple[TrainConfig, int]]:
         return [(config, seed) for config in self.configs() for seed in self.seeds]

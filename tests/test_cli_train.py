@@ -75,7 +75,7 @@ def test_population_statistics_describe_the_mirrored_training_distribution(train
     stored = population["1"]
     torch.testing.assert_close(stored["mean"].double(), mirrored.mean((0, 2, 3)), **tolerance)
     torch.testing.assert_close(stored["var"].double(), mirrored.var((0, 2, 3)), **tolerance)
-    assert not torch.allclose(stored["var"].double(), plain.var((0, 2, 3)), **tolerance)
+    assert not torch.allclose(stored["var"].double(), plain.var((0, 2, 3)), rtol=1e-4, atol=1e-6)
 
 
 def test_rerun_skips_completed_trials(trained_store):

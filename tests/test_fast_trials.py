@@ -64,6 +64,13 @@ def test_precision_auto_is_bf16_for_the_cnn_only_where_the_hardware_has_bf16_uni
     assert sweep.auto_bf16_archs() == (["cnn"] if bf16_units else [])
     pinned = build_sweep(GridOptions(arch="cnn", precision="fp32"), device="cpu")
     assert [config.precision for config in pinned.configs()] == ["fp32"] and pinned.auto_bf16_archs() == []
+    remote = build_sweep(GridOptions(arch="cnn"), device="cpu", executor="ray", hardware_known=False)
+    assert [config.precision for config in remote.configs()] == ["fp32"]  # the nodes' units are not known here
+    if bf16_units:  # an explicit bf16 beside auto is not auto's choice
+        mixed = build_sweep(GridOptions(arch="mlp,cnn", precision="auto,bf16"), device="cpu")
+        assert {(config.arch, config.precision) for config in mixed.configs()} == {
+            ("mlp", "fp32"), ("mlp", "bf16"), ("cnn", "bf16")}
+        assert mixed.auto_bf16_archs() == ["cnn"]
 
 
 def test_bf16_where_the_cpu_lacks_bf16_units_is_one_line_and_creates_nothing(tmp_path):

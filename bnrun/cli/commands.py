@@ -132,23 +132,27 @@ NO_FILTER = FilterOptions()
 EVERY_RUN = RunSelection(NO_FILTER)
 
 
-def with_options(builder, name: str):
+def with_options(builder, into: str):
     """Give a command the options of `builder` (its parameters, declared once there) in the place of its
-    parameter `name`, which receives what `builder` makes of them. Typer reads the options from the
+    parameter `into`, which receives what `builder` makes of them. Typer reads the options from the
     signature made here."""
 
     def decorate(command):
-        taken = inspect.signature(builder, eval_str=True).parameters
+        shared = inspect.signature(builder, eval_str=True).parameters
         own = inspect.signature(command, eval_str=True)
+        assert into in own.parameters, f"{command.__name__} has no parameter {into!r}"
 
         @functools.wraps(command)
         def wrapper(**kwargs):
-            built = builder(**{option: kwargs.pop(option) for option in taken})
-            return command(**{name: built}, **kwargs)
+            built = builder(**{name: kwargs.pop(name) for name in shared if name in kwargs})
+            return command(**{into: built}, **kwargs)
 
-        parameters = [q for p in own.parameters.values() for q in (taken.values() if p.name == name else [p])]
+        parameters = []
+        for parameter in own.parameters.values():
+            parameters += shared.values() if parameter.name == into else [parameter]
+        parameters = [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY) for parameter in parameters]
         wrapper.__signature__ = own.replace(parameters=parameters)
-        wrapper.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": own.return_annotation}
+        wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
         return wrapper
 
     return decorate
@@ -171,11 +175,11 @@ def run_selection(
     filters: FilterOptions = NO_FILTER,
     status: StatusFilter = None,
     tag: TagFilter = None,
-    sort: SortOption = "id",
+    sort: SortOption = RunSelection.sort,
     limit: LimitOption = None,
 ) -> RunSelection:
     """The options that choose and order runs: runs, export runs."""
-    return RunSelection(filters, status, tag, sort, limit)
+    return RunSelection(filters=filters, status=status, tags=tuple(tag or ()), sort=sort, limit=limit)
 
 
 @app.command(cls=TrainCommand)
@@ -305,6 +309,7 @@ def train(
         checkpoint=checkpoint,
         yes=yes,
         executor=executor,
+        hardware_known=executor == "local" or ray_address is None,
     )
     executor_settings = options.executor_options(executor, ray_address, cpus_per_trial, gpus_per_trial,
                                                  sweep.base.device)

@@ -312,12 +312,14 @@ def build_sweep(
     checkpoint: bool = True,
     yes: bool = False,
     executor: str = "local",
+    hardware_known: bool = True,
 ) -> SweepConfig:
     """Check every option and build the sweep's frozen configuration (torch is imported only
     once everything else checked out, so that bad input is answered at once). `fused` and
     `channels_last` unset take FAST_PATH's value (each applies where it can: the custom BN, the CNN).
     A grid of more than MAX_TRIALS trials needs `yes`; it is counted before it is built. `--device
-    cuda` is checked here unless Ray trains elsewhere (then the cluster's GPUs are counted)."""
+    cuda` is checked here unless Ray trains elsewhere (then the cluster's GPUs are counted), and
+    precision auto is bf16 only where `hardware_known` (the trials run on this machine's kind)."""
     axes = grid_axes(options)
     count = seed_count(seeds, list(explicit_seeds))
     require_momentum_cycle(dict(axes))
@@ -334,7 +336,8 @@ def build_sweep(
         device = device if executor == "ray" and device == "cuda" else resolve_device(device)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    bf16_units = require_precisions(dict(axes)["precision"], device)
+    require_precisions(dict(axes)["precision"], device)
+    bf16_units = has_bf16_units(device, hardware_known)
     base = TrainConfig(
         **{name: FAST_PATH[name] if value is None else value for name, value in fast.items()},
         augment=augment,
@@ -352,13 +355,19 @@ def build_sweep(
     )
 
 
-def require_precisions(precisions: tuple[str, ...], device: str) -> bool:
-    """Whether `device` has bf16 units; UsageError when bf16 is asked for and it has none."""
+def require_precisions(precisions: tuple[str, ...], device: str) -> None:
     from bnrun.training import precision
 
-    why = precision.bf16_unsupported(device)
-    require(why is None or "bf16" not in precisions, f"--precision bf16: {why}; use --precision fp32")
-    return why is None
+    why = precision.bf16_unsupported(device) if "bf16" in precisions else None
+    require(why is None, f"--precision bf16: {why}; use --precision fp32")
+
+
+def has_bf16_units(device: str, known: bool) -> bool:
+    """Whether `device` here has bf16 units, for precision auto; False where the trials run on nodes
+    not known here (a Ray cluster joined with --ray-address)."""
+    from bnrun.training import precision
+
+    return known and precision.bf16_unsupported(device) is None
 
 
 def executor_options(executor: str, address: str | None, cpus: float, gpus: float | None, device: str = "cpu"):
@@ -561,7 +570,7 @@ class RunSelection:
 
     filters: FilterOptions
     status: str | None = None
-    tags: list[str] | None = None
+    tags: tuple[str, ...] = ()
     sort: str = "id"
     limit: int | None = None
 
@@ -577,7 +586,7 @@ class RunSelection:
         return RunQuery(
             run_filter=self.filters.run_filter(),
             statuses=optional_list(self.status, STATUSES, "--status"),
-            tags=tags_of(self.tags, "--tag"),
+            tags=tags_of(list(self.tags), "--tag"),
             deleted=deleted,
             sort=self.sort,
             limit=self.limit,

@@ -25,6 +25,13 @@ class EvalResult:
     evaluation: EvaluationRecord  # its id is None when it was not stored
 
 
+def split_metrics(model, dataset, device: str, precision: str, statistics: str) -> dict[str, float]:
+    """Validation accuracy, test loss and accuracy, named as the evaluation's columns for `statistics`."""
+    _, val_acc = evaluate_split(model, dataset.val, device, precision)
+    test_loss, test_acc = evaluate_split(model, dataset.test, device, precision)
+    return {f"val_acc_{statistics}": val_acc, f"test_loss_{statistics}": test_loss, f"test_acc_{statistics}": test_acc}
+
+
 def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device: str = "cpu",
                  batch_sizes: tuple[int, ...] = (), progress: Callable[[str], None] = lambda _step: None,
                  save: bool = True) -> EvalResult:
@@ -37,14 +44,11 @@ def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device
     progress("loading Fashion-MNIST")
     dataset = load(data_dir, run.train_subset)
     model.to(device)
-    metrics = {}
-    for statistics in ("running", "population"):
-        if statistics == "population":
-            load_population(model, population)
-        progress(f"evaluating run {run_id} on {device}: validation and test with the {statistics} statistics")
-        _, metrics[f"val_acc_{statistics}"] = evaluate_split(model, dataset.val, device, run.precision)
-        test_loss, test_acc = evaluate_split(model, dataset.test, device, run.precision)
-        metrics |= {f"test_loss_{statistics}": test_loss, f"test_acc_{statistics}": test_acc}
+    progress(f"evaluating run {run_id} on {device}: validation and test with the running averages")
+    metrics = split_metrics(model, dataset, device, run.precision, "running")
+    load_population(model, population)
+    progress(f"evaluating run {run_id}: validation and test with the population statistics")
+    metrics |= split_metrics(model, dataset, device, run.precision, "population")
     if batch_sizes:
         progress(f"evaluating run {run_id}: test with batch statistics, batches of {', '.join(map(str, batch_sizes))}")
     batch_stats = {

@@ -26,11 +26,11 @@ class Base(DeclarativeBase):
 
 
 class OfRun:
-    """The columns of a table whose rows belong to a run: its own id, and the run's (indexed; the
-    rows go with the run)."""
+    """The first columns of a table whose rows belong to a run: their own id, and the run's (indexed
+    unless a table says otherwise; the rows go with the run)."""
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, sort_order=-2)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True, sort_order=-1)
 
 
 class Run(Base):
@@ -126,7 +126,7 @@ class Epoch(OfRun, Base):
 class Checkpoint(OfRun, Base):
     __tablename__ = "checkpoints"
 
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), unique=True)  # one per run
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), unique=True, sort_order=-1)
     blob: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
