@@ -279,21 +279,6 @@ inline void for_each_piece(const Shape& shape, int64_t c, int64_t first, int64_t
       f((n * shape.c + c) * shape.s + s0, std::min(kLanes, shape.s - s0));
 }
 
-// A channel's rows lie C·S values apart, each too short for the hardware's stream prefetchers to
-// ramp up: the passes that pull a channel from memory ask meanwhile for the piece about kAheadBytes
-// on (whole rows ahead, at least one).
-constexpr int64_t kAheadBytes = 4096;
-
-template <typename T>
-inline void prefetch_ahead(const Shape& shape, const T* base, int64_t at, int64_t len) {
-  const int64_t rows = std::max<int64_t>(1, kAheadBytes / (shape.s * static_cast<int64_t>(sizeof(T))));
-  const int64_t ahead = at + rows * shape.c * shape.s;
-  if (ahead + len > shape.n * shape.c * shape.s) return;
-  const uintptr_t first = reinterpret_cast<uintptr_t>(base + ahead) & ~uintptr_t{63};
-  const uintptr_t end = reinterpret_cast<uintptr_t>(base + ahead + len);
-  for (uintptr_t line = first; line < end; line += 64) __builtin_prefetch(reinterpret_cast<const void*>(line));
-}
-
 // Rows per block: about kBlockValues values, at least 4 rows.
 int64_t plane_block(const Shape& shape) { return std::max<int64_t>(4, kBlockValues / shape.s); }
 
@@ -321,7 +306,6 @@ void plane_moments(const Shape& shape, int64_t c, const T* px, double& mean, dou
     std::fill(lanes.begin(), lanes.end(), acc_t(0));
     for_each_piece(shape, c, first, last, [&](int64_t at, int64_t len) {
       const T* x = px + at;
-      prefetch_ahead(shape, px, at, len);
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) pl[i] += widen(x[i]);
     });
@@ -367,8 +351,6 @@ void plane_gradient_sums(const Shape& shape, int64_t c, const T* pdy, const T* p
     std::fill(lanes1.begin(), lanes1.end(), acc_t(0));
     for_each_piece(shape, c, first, std::min(shape.n, first + block), [&](int64_t at, int64_t len) {
       const T *dy = pdy + at, *x = px + at;
-      prefetch_ahead(shape, px, at, len);
-      prefetch_ahead(shape, pdy, at, len);
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) {
         const acc_t xv = widen(x[i]);
