@@ -9,7 +9,14 @@ measured in one run.
 Timings are interleaved (native, eager, fused, native, ...): the table gives each variant's median
 time and, as the ratios, the median over rounds of each round's ratio to native (paired, so that a
 background load or this VM's drifts in speed slow every variant of a round alike instead of skewing
-the ratios). The header names the vector instruction set the fused kernel was built for.
+the ratios), with the fused ratio's interquartile range over the rounds. The header names the
+vector instruction set the fused kernel was built for.
+
+glibc hands the layers' multi-megabyte outputs fresh pages or reused heap depending on its state,
+and the page faults of fresh pages moved whole runs by ±15 % on the project's VMs; pinning its
+thresholds makes every round reuse the heap, so that the kernels are what is compared:
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184 python benchmarks/bn_layer.py
 """
 
 from __future__ import annotations
@@ -66,22 +73,27 @@ def measure(shape, dtype, layout: str, repeats: int, inner: int) -> dict[str, li
     return samples
 
 
-def paired_ratio(samples: dict[str, list[float]], name: str) -> float:
-    return statistics.median(a / b for a, b in zip(samples[name], samples["native"]))
+def paired_ratios(samples: dict[str, list[float]], name: str) -> list[float]:
+    return [a / b for a, b in zip(samples[name], samples["native"])]
+
+
+def spread(ratios: list[float]) -> str:
+    low, _, high = statistics.quantiles(ratios, n=4)
+    return f"{low:.2f}–{high:.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    repeats, inner = (5, 3) if args.quick else (15, 5)
+    repeats, inner = (5, 3) if args.quick else (21, 5)
     warnings.simplefilter("always")
     machine = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {machine}, {torch.get_num_threads()} threads, "
           f"fused kernel built for {fused.kernel_isa()}")
     print("| shape | dtype | layout | native ms | custom eager ms | custom fused ms "
-          "| eager / native | fused / native |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+          "| eager / native | fused / native | fused / native, IQR |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for dtype, layout in CASES:
         for shape in SHAPES:
             if layout == "channels_last" and len(shape) != 4:
@@ -89,8 +101,9 @@ def main() -> None:
             samples = measure(shape, dtype, layout, repeats, inner)
             t = {name: statistics.median(values) * 1e3 for name, values in samples.items()}
             print(f"| {tuple(shape)} | {str(dtype).removeprefix('torch.')} | {layout} | {t['native']:.3f} | "
-                  f"{t['eager']:.3f} | {t['fused']:.3f} | {paired_ratio(samples, 'eager'):.2f}× | "
-                  f"{paired_ratio(samples, 'fused'):.2f}× |", flush=True)
+                  f"{t['eager']:.3f} | {t['fused']:.3f} | {statistics.median(paired_ratios(samples, 'eager')):.2f}× | "
+                  f"{statistics.median(paired_ratios(samples, 'fused')):.2f}× | "
+                  f"{spread(paired_ratios(samples, 'fused'))} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ MLP, measured in the same run, each trial a fresh `bnrun train` process into a t
 the reference path (fp32, NCHW, eager custom BN: `--precision fp32 --no-fused --no-channels-last`),
 the fast path (fused kernel, channels_last CNN) in fp32 and, where the CPU has bf16 units, bf16,
 and torch.nn's BN on each of those paths (`--bn-impl torch`), so that the custom BN's cost shows
-against torch's own kernel. Also each trial's peak memory (max RSS of its process).
+against torch's own kernel. Also each trial's peak memory (max RSS of its process). The row of
+`bnrun train`'s default path (fused, channels_last, `--precision auto`) is marked "(the default)".
 
     python benchmarks/trial_time.py [--arch cnn,mlp] [--epochs N]
 
@@ -20,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bnrun.config import AUTO_PRECISION, resolve_precision
 from bnrun.store import Store
 from bnrun.training.precision import bf16_unsupported
 
@@ -71,7 +73,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch.split(","):
             rows = {name: timed_trial(arch, flags, args.epochs, Path(tmp)) for name, flags in variants(arch).items()}
+            default = f"{resolve_precision(AUTO_PRECISION, arch, bf16_unsupported('cpu') is None)} custom fused"
             for name, row in rows.items():
+                name += " (the default)" if name == default else ""
                 print(f"| {arch} | {name} | {row['trial']:.1f} s | {row['epoch']:.2f} s | {row['after']:.1f} s | "
                       f"{row['rss_gb']:.2f} GB | {row['path']} | {100 * row['acc']:.2f} % |")
             for precision in precisions():

@@ -17,6 +17,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+AUTO_PRECISION = "auto"  # resolved per trial by resolve_precision; what runs (fp32 or bf16) is stored
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,22 @@ class TrainConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# What the CLI trains by default on top of TrainConfig's defaults: the custom BN's fused kernel and
-# the CNN in channels_last (SweepConfig.configs drops each where it does not apply).
-FAST_PATH = {"fused": True, "channels_last": True}
+# What the CLI trains by default on top of TrainConfig's defaults: the custom BN's fused kernel, the
+# CNN in channels_last (SweepConfig.configs drops each where it does not apply), and the precision
+# that is fastest on the machine at hand.
+FAST_PATH = {"fused": True, "channels_last": True, "precision": AUTO_PRECISION}
+
+# Where bf16 pays given bf16 units (AVX512-BF16 or AMX, a bf16 GPU), measured per architecture
+# (README, Benchmarks: the CNN's step and whole trial are faster in bf16; the MLP's step, small
+# matrix products, is slower in bf16 than in fp32).
+BF16_PAYS = {"cnn": True, "mlp": False}
+
+
+def resolve_precision(precision: str, arch: str, bf16_units: bool) -> str:
+    """`auto` made concrete: bf16 where the device has bf16 units and it pays for `arch`, else fp32."""
+    if precision != AUTO_PRECISION:
+        return precision
+    return "bf16" if bf16_units and BF16_PAYS[arch] else "fp32"
 
 
 # Under the onecycle schedule SGD's momentum cycles inversely to the learning rate, between
@@ -116,6 +130,7 @@ class SweepConfig:
     data_dir: Path | None = None
     diagnostics: bool = False  # record the batch-norm diagnostics (bnrun.diagnostics) with each trial
     checkpoint: bool = True  # keep each completed trial's weights in the store
+    bf16_units: bool = False  # the device has bf16 units (resolves precision auto)
 
     def __post_init__(self) -> None:
         unknown = [name for name, _ in self.axes if name not in TRAIN_FIELDS]
@@ -128,6 +143,7 @@ class SweepConfig:
         for combo in itertools.product(*(values for _, values in self.axes)):
             chosen = dict(zip(names, combo))
             config = replace(self.base, **chosen)
+            config = replace(config, precision=resolve_precision(config.precision, config.arch, self.bf16_units))
             if chosen.get("epochs", config.epochs) is None:
                 config = replace(config, epochs=DEFAULT_EPOCHS[config.arch])
             if config.bn_impl == "torch" or config.bn == "none":  # the fused path is the custom BN's
@@ -138,6 +154,13 @@ class SweepConfig:
                 config = replace(config, momentum=TrainConfig.momentum)
             configs.append(canonical_model(config))
         return list(dict.fromkeys(configs))  # a repeated value adds no trial
+
+    def auto_bf16_archs(self) -> list[str]:
+        """The architectures whose trials precision auto turns to bf16 in this grid."""
+        if AUTO_PRECISION not in dict(self.axes).get("precision", (self.base.precision,)):
+            return []
+        archs = dict(self.axes).get("arch", (self.base.arch,))
+        return sorted(arch for arch in archs if resolve_precision(AUTO_PRECISION, arch, self.bf16_units) == "bf16")
 
     def trials(self) -> list[tuple[TrainConfig, int]]:
         return [(config, seed) for config in self.configs() for seed in self.seeds]

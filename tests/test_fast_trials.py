@@ -46,12 +46,31 @@ def test_new_options_enter_the_identity_off_their_legacy_value():
 
 def test_cli_defaults_are_the_fast_path_where_each_applies():
     sweep = build_sweep(GridOptions(arch="mlp,cnn", bn="none,pre", bn_impl="custom,torch"), device="cpu")
+    bf16_units = precision.bf16_unsupported("cpu") is None
     for config in sweep.configs():
         assert config.fused == (config.bn == "pre" and config.bn_impl == "custom")
         assert config.channels_last == (config.arch == "cnn")
-        assert config.precision == "fp32"
-    reference = build_sweep(GridOptions(), fused=False, channels_last=False, device="cpu")
+        assert config.precision == ("bf16" if bf16_units and config.arch == "cnn" else "fp32")
+    reference = build_sweep(GridOptions(precision="fp32"), fused=False, channels_last=False, device="cpu")
     assert reference.configs() == [TrainConfig(device="cpu")]
+
+
+@pytest.mark.parametrize("bf16_units", [False, True])
+def test_precision_auto_is_bf16_for_the_cnn_only_where_the_hardware_has_bf16_units(monkeypatch, bf16_units):
+    monkeypatch.setattr(precision, "bf16_unsupported", lambda _device: None if bf16_units else "no bf16 units")
+    sweep = build_sweep(GridOptions(arch="mlp,cnn", precision="auto"), device="cpu")
+    chosen = {config.arch: config.precision for config in sweep.configs()}
+    assert chosen == {"mlp": "fp32", "cnn": "bf16" if bf16_units else "fp32"}
+    assert sweep.auto_bf16_archs() == (["cnn"] if bf16_units else [])
+    pinned = build_sweep(GridOptions(arch="cnn", precision="fp32"), device="cpu")
+    assert [config.precision for config in pinned.configs()] == ["fp32"] and pinned.auto_bf16_archs() == []
+    remote = build_sweep(GridOptions(arch="cnn"), device="cpu", executor="ray", hardware_known=False)
+    assert [config.precision for config in remote.configs()] == ["fp32"]  # the nodes' units are not known here
+    if bf16_units:  # an explicit bf16 beside auto is not auto's choice
+        mixed = build_sweep(GridOptions(arch="mlp,cnn", precision="auto,bf16"), device="cpu")
+        assert {(config.arch, config.precision) for config in mixed.configs()} == {
+            ("mlp", "fp32"), ("mlp", "bf16"), ("cnn", "bf16")}
+        assert mixed.auto_bf16_archs() == ["cnn"]
 
 
 def test_bf16_where_the_cpu_lacks_bf16_units_is_one_line_and_creates_nothing(tmp_path):

@@ -46,6 +46,10 @@ def train(sweep: SweepConfig, db: str | None, ray_options=None):
     from bnrun.training.hardware import trains_on_cpu
 
     check_available(sweep.data_dir)  # before any row is written
+    chosen = sweep.auto_bf16_archs()
+    if chosen:
+        notice(f"--precision auto: bf16 for the {', '.join(chosen).upper()} (this device has bf16 units); "
+               "--precision fp32 for the reference")
     with open_store(db, create=True) as store:
         if any(config.fused for config in sweep.configs()) and trains_on_cpu(sweep.base.device) and ray_options is None:
             prepare_fused_kernel()

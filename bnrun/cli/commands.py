@@ -8,6 +8,7 @@ no command shows a traceback for them.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from bnrun.cli.options import DEFAULTS, GridOptions
+from bnrun.cli.options import DEFAULTS, FilterOptions, GridOptions, RunSelection
 from bnrun.config import DEFAULT_EPOCHS
 from bnrun.errors import BnrunError
 
@@ -127,6 +128,60 @@ def friendly_errors(command):
     return wrapper
 
 
+NO_FILTER = FilterOptions()
+EVERY_RUN = RunSelection(NO_FILTER)
+
+
+def with_options(builder, into: str):
+    """Give a command the options of `builder` (its parameters, declared once there) in the place of its
+    parameter `into`, which receives what `builder` makes of them. Typer reads the options from the
+    signature made here."""
+
+    def decorate(command):
+        shared = inspect.signature(builder, eval_str=True).parameters
+        own = inspect.signature(command, eval_str=True)
+        assert into in own.parameters, f"{command.__name__} has no parameter {into!r}"
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            built = builder(**{name: kwargs.pop(name) for name in shared if name in kwargs})
+            return command(**{into: built}, **kwargs)
+
+        parameters = []
+        for parameter in own.parameters.values():
+            parameters += shared.values() if parameter.name == into else [parameter]
+        parameters = [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY) for parameter in parameters]
+        wrapper.__signature__ = own.replace(parameters=parameters)
+        wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+        return wrapper
+
+    return decorate
+
+
+def trial_filters(
+    arch: ArchFilter = None,
+    bn: BnFilter = None,
+    bn_impl: ImplFilter = None,
+    run_id: RunIdFilter = None,
+    since: SinceFilter = None,
+    where: WhereOption = None,
+) -> FilterOptions:
+    """The options that choose trials: report, plot, runs, export runs."""
+    return FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ()))
+
+
+@with_options(trial_filters, "filters")
+def run_selection(
+    filters: FilterOptions = NO_FILTER,
+    status: StatusFilter = None,
+    tag: TagFilter = None,
+    sort: SortOption = RunSelection.sort,
+    limit: LimitOption = None,
+) -> RunSelection:
+    """The options that choose and order runs: runs, export runs."""
+    return RunSelection(filters=filters, status=status, tags=tuple(tag or ()), sort=sort, limit=limit)
+
+
 @app.command(cls=TrainCommand)
 @friendly_errors
 def train(
@@ -163,7 +218,11 @@ def train(
     ] = GRID.width,
     dropout: Annotated[str, option("Dropout rate after each hidden block" + LIST + ".")] = GRID.dropout,
     precision: Annotated[
-        str, option("fp32, or bf16 (autocast; needs AVX512-BF16/AMX or a bf16 GPU)" + LIST + ".")
+        str,
+        option(
+            "fp32, bf16 (autocast; needs AVX512-BF16/AMX or a bf16 GPU), or auto: bf16 for the CNN where the "
+            "hardware has bf16 units, fp32 otherwise" + LIST + "."
+        ),
     ] = GRID.precision,
     fused: Annotated[
         Optional[bool],
@@ -250,6 +309,7 @@ def train(
         checkpoint=checkpoint,
         yes=yes,
         executor=executor,
+        hardware_known=executor == "local" or ray_address is None,
     )
     executor_settings = options.executor_options(executor, ray_address, cpus_per_trial, gpus_per_trial,
                                                  sweep.base.device)
@@ -296,17 +356,9 @@ def eval_(
 
 @app.command()
 @friendly_errors
+@with_options(run_selection, "selection")
 def runs(
-    arch: ArchFilter = None,
-    bn: BnFilter = None,
-    bn_impl: ImplFilter = None,
-    status: StatusFilter = None,
-    run_id: RunIdFilter = None,
-    since: SinceFilter = None,
-    where: WhereOption = None,
-    tag: TagFilter = None,
-    sort: SortOption = "id",
-    limit: LimitOption = None,
+    selection: RunSelection = EVERY_RUN,
     deleted: Annotated[
         bool, option("List the deleted runs instead (bnrun delete; bring one back with bnrun restore).")
     ] = False,
@@ -314,11 +366,8 @@ def runs(
 ) -> None:
     """List the trials in the store: the options that vary among them as columns, the ones they share below."""
     from bnrun.cli import actions, views
-    from bnrun.cli.options import FilterOptions, run_query
 
-    query = run_query(
-        FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ())), status, tag, sort, limit, deleted
-    )
+    query = selection.query(deleted)
     out.print(views.runs_table(*actions.list_selected(db, query), width=out.width))
 
 
@@ -365,6 +414,7 @@ def reproduce(
 
 @app.command(cls=ReportCommand)
 @friendly_errors
+@with_options(trial_filters, "filters")
 def report(
     fmt: Annotated[str, option("table, latex, markdown, csv or json.", "--format")] = "table",
     output: Annotated[
@@ -382,12 +432,7 @@ def report(
             "seconds_per_epoch."
         ),
     ] = "test_acc_population",
-    arch: ArchFilter = None,
-    bn: BnFilter = None,
-    bn_impl: ImplFilter = None,
-    run_id: RunIdFilter = None,
-    since: SinceFilter = None,
-    where: WhereOption = None,
+    filters: FilterOptions = NO_FILTER,
     seeds: Annotated[
         Optional[int], option("Seeds each group should have (default: what its sweep asked for, else 3).")
     ] = None,
@@ -402,10 +447,9 @@ def report(
 ) -> None:
     """Mean ± std across seeds per configuration, paired comparisons (95% CI, Holm-corrected), in five formats."""
     from bnrun.cli import actions
-    from bnrun.cli.options import FilterOptions, report_format, report_output, report_request
+    from bnrun.cli.options import report_format, report_output, report_request
 
     fmt = report_format(fmt, standalone, wide)
-    filters = FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ()))
     content = actions.report(db, report_request(filters, metric, seeds, by, everything), fmt, standalone, wide)
     written = actions.emit(content, report_output(output, fmt), out)
     if written is not None:
@@ -414,6 +458,7 @@ def report(
 
 @app.command(cls=PlotCommand)
 @friendly_errors
+@with_options(trial_filters, "filters")
 def plot(
     output: Annotated[
         Optional[Path],
@@ -423,15 +468,10 @@ def plot(
         ),
     ] = None,
     everything: Annotated[bool, option("Every trial, not only the default recipe's.", "--all")] = False,
-    arch: ArchFilter = None,
-    bn: BnFilter = None,
-    bn_impl: ImplFilter = None,
+    filters: FilterOptions = NO_FILTER,
     metric: Annotated[
         Optional[str], option("The metric for --x (as in report; default test_acc_population).", show_default=False)
     ] = None,
-    run_id: RunIdFilter = None,
-    since: SinceFilter = None,
-    where: WhereOption = None,
     x: Annotated[
         Optional[str],
         option(
@@ -451,9 +491,8 @@ def plot(
 ) -> None:
     """Learning curves with ±std bands (default), the metric against an option (--x), or a diagnostic."""
     from bnrun.cli import actions
-    from bnrun.cli.options import FilterOptions, plot_request
+    from bnrun.cli.options import plot_request
 
-    filters = FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ()))
     written = actions.plot(db, plot_request(filters, metric, output, x, diagnostic, everything))
     err.print(f"wrote {written}", highlight=False, markup=False, soft_wrap=True)
 
@@ -551,30 +590,20 @@ OutputOption = Annotated[Optional[Path], option("Write to this file instead of s
 
 @export_app.command("runs")
 @friendly_errors
+@with_options(run_selection, "selection")
 def export_runs(
     fmt: ExportFormat = "csv",
     output: OutputOption = None,
-    arch: ArchFilter = None,
-    bn: BnFilter = None,
-    bn_impl: ImplFilter = None,
-    status: StatusFilter = None,
-    run_id: RunIdFilter = None,
-    since: SinceFilter = None,
-    where: WhereOption = None,
-    tag: TagFilter = None,
-    sort: SortOption = "id",
-    limit: LimitOption = None,
+    selection: RunSelection = EVERY_RUN,
     deleted: Annotated[bool, option("Export the deleted runs instead.")] = False,
     db: DbOption = None,
 ) -> None:
     """Every stored field of the runs (filters as in bnrun runs), one row or object per run, with its tags."""
     from bnrun.cli import actions
-    from bnrun.cli.options import FilterOptions, export_format, run_query
+    from bnrun.cli.options import export_format
 
     fmt = export_format(fmt)
-    query = run_query(
-        FilterOptions(arch, bn, bn_impl, run_id, since, tuple(where or ())), status, tag, sort, limit, deleted
-    )
+    query = selection.query(deleted)
     actions.emit(actions.export_runs(db, query, fmt), output, out)
 
 

@@ -17,6 +17,7 @@ from bnrun.analysis.queries import ReportRequest
 from bnrun.analysis.rendering import FORMATS
 from bnrun.config import (
     ARCHS,
+    AUTO_PRECISION,
     BN_IMPLS,
     DEVICES,
     FAST_PATH,
@@ -179,7 +180,7 @@ class GridOptions:
     arch: str = DEFAULTS.arch
     bn: str = DEFAULTS.bn
     bn_impl: str = DEFAULTS.bn_impl
-    precision: str = DEFAULTS.precision
+    precision: str = FAST_PATH["precision"]
     epochs: str | None = None
     batch_size: str = str(DEFAULTS.batch_size)
     lr: str = number_text(DEFAULTS.lr)
@@ -203,7 +204,7 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
         ("arch", split_list(options.arch, ARCHS, "--arch")),
         ("bn", split_list(options.bn, PLACEMENTS, "--bn")),
         ("bn_impl", split_list(options.bn_impl, BN_IMPLS, "--bn-impl")),
-        ("precision", split_list(options.precision, PRECISIONS, "--precision")),
+        ("precision", split_list(options.precision, (*PRECISIONS, AUTO_PRECISION), "--precision")),
         ("optimizer", split_list(options.optimizer, OPTIMIZERS, "--optimizer")),
         ("schedule", split_list(options.schedule, SCHEDULES, "--schedule")),
         ("epochs", optional_numbers(options.epochs, int, "--epochs", 0, strict=True)),
@@ -311,12 +312,14 @@ def build_sweep(
     checkpoint: bool = True,
     yes: bool = False,
     executor: str = "local",
+    hardware_known: bool = True,
 ) -> SweepConfig:
     """Check every option and build the sweep's frozen configuration (torch is imported only
     once everything else checked out, so that bad input is answered at once). `fused` and
     `channels_last` unset take FAST_PATH's value (each applies where it can: the custom BN, the CNN).
     A grid of more than MAX_TRIALS trials needs `yes`; it is counted before it is built. `--device
-    cuda` is checked here unless Ray trains elsewhere (then the cluster's GPUs are counted)."""
+    cuda` is checked here unless Ray trains elsewhere (then the cluster's GPUs are counted), and
+    precision auto is bf16 only where `hardware_known` (the trials run on this machine's kind)."""
     axes = grid_axes(options)
     count = seed_count(seeds, list(explicit_seeds))
     require_momentum_cycle(dict(axes))
@@ -334,6 +337,7 @@ def build_sweep(
     except ValueError as error:
         raise UsageError(str(error)) from None
     require_precisions(dict(axes)["precision"], device)
+    bf16_units = has_bf16_units(device, hardware_known)
     base = TrainConfig(
         **{name: FAST_PATH[name] if value is None else value for name, value in fast.items()},
         augment=augment,
@@ -347,6 +351,7 @@ def build_sweep(
         data_dir=data_dir,
         diagnostics=diagnostics,
         checkpoint=checkpoint,
+        bf16_units=bf16_units,
     )
 
 
@@ -355,6 +360,14 @@ def require_precisions(precisions: tuple[str, ...], device: str) -> None:
 
     why = precision.bf16_unsupported(device) if "bf16" in precisions else None
     require(why is None, f"--precision bf16: {why}; use --precision fp32")
+
+
+def has_bf16_units(device: str, known: bool) -> bool:
+    """Whether `device` here has bf16 units, for precision auto; False where the trials run on nodes
+    not known here (a Ray cluster joined with --ray-address)."""
+    from bnrun.training import precision
+
+    return known and precision.bf16_unsupported(device) is None
 
 
 def executor_options(executor: str, address: str | None, cpus: float, gpus: float | None, device: str = "cpu"):
@@ -551,30 +564,33 @@ def tags_of(values: list[str] | None, option: str) -> tuple[str, ...]:
     return tags
 
 
-def run_query(
-    filters: FilterOptions,
-    status: str | None = None,
-    tags: list[str] | None = None,
-    sort: str = "id",
-    limit: int | None = None,
-    deleted: bool = False,
-) -> RunQuery:
-    """`bnrun runs` and `bnrun export runs`: which runs, in which order, how many."""
-    from bnrun.analysis.listing import sort_key_name
+@dataclass(frozen=True)
+class RunSelection:
+    """Which runs `bnrun runs` and `bnrun export runs` cover, in which order, how many, as typed."""
 
-    try:
-        sort_key_name(sort)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    require(limit is None or limit > 0, f"--limit must be a positive count, got {limit}")
-    return RunQuery(
-        run_filter=filters.run_filter(),
-        statuses=optional_list(status, STATUSES, "--status"),
-        tags=tags_of(tags, "--tag"),
-        deleted=True if deleted else False,
-        sort=sort,
-        limit=limit,
-    )
+    filters: FilterOptions
+    status: str | None = None
+    tags: tuple[str, ...] = ()
+    sort: str = "id"
+    limit: int | None = None
+
+    def query(self, deleted: bool = False) -> RunQuery:
+        """The query (UsageError for an unknown sort key, a limit below 1 or an unknown status)."""
+        from bnrun.analysis.listing import sort_key_name
+
+        try:
+            sort_key_name(self.sort)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        require(self.limit is None or self.limit > 0, f"--limit must be a positive count, got {self.limit}")
+        return RunQuery(
+            run_filter=self.filters.run_filter(),
+            statuses=optional_list(self.status, STATUSES, "--status"),
+            tags=tags_of(list(self.tags), "--tag"),
+            deleted=deleted,
+            sort=self.sort,
+            limit=self.limit,
+        )
 
 
 EXPORT_FORMATS = ("csv", "json")

@@ -67,15 +67,8 @@ def train_step(
 
 
 def compiled_train_step(
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    factor: float,
-    eps: float,
-    relu: bool = False,
-    counter: Tensor | None = None,
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None, running_var: Tensor | None,
+    factor: float, eps: float, relu: bool = False, counter: Tensor | None = None,
 ) -> tuple[Tensor, str]:
     """`train_step` through torch.compile (the path of every device but the CPU's; the tests run it
     on CPU tensors): the batch dimension marked dynamic, the factor a device tensor made once."""

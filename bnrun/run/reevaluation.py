@@ -25,6 +25,13 @@ class EvalResult:
     evaluation: EvaluationRecord  # its id is None when it was not stored
 
 
+def split_metrics(model, dataset, device: str, precision: str, statistics: str) -> dict[str, float]:
+    """Validation accuracy, test loss and accuracy, named as the evaluation's columns for `statistics`."""
+    _, val_acc = evaluate_split(model, dataset.val, device, precision)
+    test_loss, test_acc = evaluate_split(model, dataset.test, device, precision)
+    return {f"val_acc_{statistics}": val_acc, f"test_loss_{statistics}": test_loss, f"test_acc_{statistics}": test_acc}
+
+
 def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device: str = "cpu",
                  batch_sizes: tuple[int, ...] = (), progress: Callable[[str], None] = lambda _step: None,
                  save: bool = True) -> EvalResult:
@@ -37,28 +44,20 @@ def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device
     progress("loading Fashion-MNIST")
     dataset = load(data_dir, run.train_subset)
     model.to(device)
-    precision = run.precision
     progress(f"evaluating run {run_id} on {device}: validation and test with the running averages")
-    _, val_running = evaluate_split(model, dataset.val, device, precision)
-    test_loss_running, test_acc_running = evaluate_split(model, dataset.test, device, precision)
+    metrics = split_metrics(model, dataset, device, run.precision, "running")
     load_population(model, population)
     progress(f"evaluating run {run_id}: validation and test with the population statistics")
-    _, val_population = evaluate_split(model, dataset.val, device, precision)
-    test_loss_population, test_acc_population = evaluate_split(model, dataset.test, device, precision)
+    metrics |= split_metrics(model, dataset, device, run.precision, "population")
     if batch_sizes:
         progress(f"evaluating run {run_id}: test with batch statistics, batches of {', '.join(map(str, batch_sizes))}")
     batch_stats = {
-        size: evaluate_with_batch_statistics(model, dataset.test, size, device, precision) for size in batch_sizes
+        size: evaluate_with_batch_statistics(model, dataset.test, size, device, run.precision) for size in batch_sizes
     }
-    matches = test_acc_population == run.test_acc_population and test_acc_running == run.test_acc_running
+    matches = all(metrics[name] == getattr(run, name) for name in ("test_acc_running", "test_acc_population"))
     values = dict(
         device=device,
-        val_acc_running=val_running,
-        val_acc_population=val_population,
-        test_loss_running=test_loss_running,
-        test_acc_running=test_acc_running,
-        test_loss_population=test_loss_population,
-        test_acc_population=test_acc_population,
+        **metrics,
         matches_stored=matches,
         bnrun_version=bnrun.__version__,
         batch_stats_json=json.dumps({str(size): list(values) for size, values in batch_stats.items()})

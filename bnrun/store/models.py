@@ -25,6 +25,14 @@ class Base(DeclarativeBase):
     pass
 
 
+class OfRun:
+    """The first columns of a table whose rows belong to a run: their own id, and the run's (indexed
+    unless a table says otherwise; the rows go with the run)."""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, sort_order=-2)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True, sort_order=-1)
+
+
 class Run(Base):
     __tablename__ = "runs"
     # Exactly-once trials: at most one row per (configuration, seed) holds the claim (claim = 1):
@@ -40,10 +48,10 @@ class Run(Base):
     seed: Mapped[int] = mapped_column(Integer)
     epochs: Mapped[int] = mapped_column(Integer)
     batch_size: Mapped[int] = mapped_column(Integer)
+    optimizer: Mapped[str] = mapped_column(String(16))
     lr: Mapped[float] = mapped_column(Float)
     momentum: Mapped[float] = mapped_column(Float)
     weight_decay: Mapped[float] = mapped_column(Float)
-    optimizer: Mapped[str] = mapped_column(String(16))
     schedule: Mapped[str] = mapped_column(String(16))
     augment: Mapped[bool] = mapped_column(Boolean)
     train_subset: Mapped[int | None] = mapped_column(Integer)
@@ -101,12 +109,10 @@ class Run(Base):
     cudnn_deterministic: Mapped[bool | None] = mapped_column(Boolean)
 
 
-class Epoch(Base):
+class Epoch(OfRun, Base):
     __tablename__ = "epochs"
     __table_args__ = (UniqueConstraint("run_id", "epoch", name="uq_epochs_run_epoch"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
     train_loss: Mapped[float] = mapped_column(Float)
     train_acc: Mapped[float] = mapped_column(Float)
@@ -117,43 +123,38 @@ class Epoch(Base):
     train_seconds: Mapped[float] = mapped_column(Float)
 
 
-class Checkpoint(Base):
+class Checkpoint(OfRun, Base):
     __tablename__ = "checkpoints"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), unique=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), unique=True, sort_order=-1)
     blob: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
-class Evaluation(Base):
+class Evaluation(OfRun, Base):
     __tablename__ = "evaluations"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     device: Mapped[str] = mapped_column(String(16))
-    val_acc_running: Mapped[float] = mapped_column(Float)
-    val_acc_population: Mapped[float] = mapped_column(Float)
-    test_loss_running: Mapped[float] = mapped_column(Float)
-    test_acc_running: Mapped[float] = mapped_column(Float)
-    test_loss_population: Mapped[float] = mapped_column(Float)
-    test_acc_population: Mapped[float] = mapped_column(Float)
-    matches_stored: Mapped[bool] = mapped_column(Boolean)
+    val_acc_running: Mapped[float] = mapped_column(Float, doc="validation accuracy, running averages")
+    val_acc_population: Mapped[float] = mapped_column(Float, doc="validation accuracy, population statistics")
+    test_loss_running: Mapped[float] = mapped_column(Float, doc="test loss, running averages")
+    test_acc_running: Mapped[float] = mapped_column(Float, doc="test accuracy, running averages")
+    test_loss_population: Mapped[float] = mapped_column(Float, doc="test loss, population statistics")
+    test_acc_population: Mapped[float] = mapped_column(Float, doc="test accuracy, population statistics")
+    matches_stored: Mapped[bool] = mapped_column(Boolean, doc="both test accuracies equal the trial's own")
     bnrun_version: Mapped[str] = mapped_column(String(32))
     batch_stats_json: Mapped[str | None] = mapped_column(Text)  # {batch size: [test loss, test acc]} (revision 0003)
 
 
-class Diagnostic(Base):
+class Diagnostic(OfRun, Base):
     """One diagnostic value of a run (bnrun.diagnostics): `kind` at `epoch` (0 = initialization)
     for `name` (a layer, or "model"), at `x` (a step size) where the kind has one."""
 
     __tablename__ = "diagnostics"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(32))
     epoch: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(64))

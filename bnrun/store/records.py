@@ -19,7 +19,6 @@ __all__ = [
     "RunLabels",
     "RunRecord",
     "TrialHolder",
-    "record_from_row",
 ]
 
 STATUSES = ("running", "completed", "failed", "interrupted", "diverged")

@@ -19,6 +19,8 @@ from bnrun.training.hardware import cpu_info
 def bf16_unsupported(device: str) -> str | None:
     """Why bf16 cannot run at full speed on `device`, or None when it can."""
     if torch.device(device).type == "cuda":
+        if not torch.cuda.is_available():
+            return "no CUDA device is visible here"
         return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 support"
     if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
         return None

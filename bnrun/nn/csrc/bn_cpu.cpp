@@ -753,6 +753,21 @@ std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, Tenso
 const char* kNoDoubleBackward =
     "bnrun's fused batch norm does not support double backward (create_graph=True); use fused=False";
 
+// What each node's backward needs of its forward: the tensors, and whether the ReLU was fused. An
+// output gradient that never arrives stays undefined rather than a tensor of zeros.
+void keep_for_backward(AutogradContext* ctx, const variable_list& tensors, bool relu) {
+  ctx->save_for_backward(tensors);
+  ctx->saved_data["relu"] = relu;
+  ctx->set_materialize_grads(false);
+}
+
+// The forward's saved tensors, or none when no gradient flows in. The kernel's gradient is not
+// itself differentiable: create_graph=True is refused rather than answered with terms missing.
+variable_list saved_for_backward(AutogradContext* ctx, const variable_list& grads) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), kNoDoubleBackward);
+  return grads[0].defined() ? ctx->get_saved_variables() : variable_list();
+}
+
 // Moves the running statistics towards the batch's: one loop over C instead of four tensor ops.
 template <typename acc_t>
 void update_running(const Stats<acc_t>& st, int64_t channels, double m, double factor, Tensor& running_mean,
@@ -780,19 +795,14 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
         update_running(stats_of<scalar_t>(stats), x.size(1), m, factor, *running_mean, *running_var);
       });
     }
-    ctx->save_for_backward({x, weight, stats});
-    ctx->saved_data["relu"] = relu;
-    ctx->set_materialize_grads(false);
+    keep_for_backward(ctx, {x, weight, stats}, relu);
     return {y};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    // The kernel's gradient is not itself differentiable: refuse create_graph=True rather than
-    // return a second derivative with terms missing.
-    TORCH_CHECK(!at::GradMode::is_enabled(), kNoDoubleBackward);
     variable_list result(8);
-    if (!grads[0].defined()) return result;
-    auto saved = ctx->get_saved_variables();
+    auto saved = saved_for_backward(ctx, grads);
+    if (saved.empty()) return result;
     auto g = backward_kernel(laid_out_as(grads[0], saved[0]), saved[0], saved[2], saved[1],
                              ctx->saved_data["relu"].toBool());
     std::copy(g.begin(), g.end(), result.begin());
@@ -827,17 +837,14 @@ class EvalFunction : public torch::autograd::Function<EvalFunction> {
       }
       affine_output<scalar_t, acc_t>(shape, relu, x, pa, pk, y);
     });
-    ctx->save_for_backward({x, mean, weight, coefficients});
-    ctx->saved_data["relu"] = relu;
-    ctx->set_materialize_grads(false);
+    keep_for_backward(ctx, {x, mean, weight, coefficients}, relu);
     return {y};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(), kNoDoubleBackward);
     variable_list result(7);
-    if (!grads[0].defined()) return result;
-    auto saved = ctx->get_saved_variables();
+    auto saved = saved_for_backward(ctx, grads);
+    if (saved.empty()) return result;
     const Tensor &x = saved[0], &mean = saved[1], &weight = saved[2], &coefficients = saved[3];
     const Tensor dy = laid_out_as(grads[0], x);
     const bool relu = ctx->saved_data["relu"].toBool();
