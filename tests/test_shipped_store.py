@@ -27,7 +27,7 @@ def shipped_copy(tmp_path_factory):
     return copy
 
 
-FIVE_SEED_GRID = ["--run-id", "1-32,204-215"]  # the default recipe; the sweeps' ids lie between
+FIVE_SEED_GRID = ["--run-id", "1-32,204-215,371-393"]  # the default recipe; the sweeps' ids lie between
 DEPTH = ["--arch", "mlp", "--where", "width=128", "--where", "epochs=10"]
 REGULARIZATION = ["--arch", "mlp", "--where", "width=128", "--where", "epochs=30"]
 
@@ -43,14 +43,18 @@ def cells(pivot: dict) -> dict[tuple, dict]:
 
 
 def test_assignment_groups_have_their_seeds_and_meet_the_targets(shipped_copy):
-    """Run ids 1-12 are the assignment's trials; with the default recipe every custom-BN group and
-    the MLP's no-BN and torch.nn groups have seeds 0-4, the CNN's reference groups at least 2."""
-    groups = {(g["arch"], g["bn"], g["bn_impl"]): g for g in report_json(shipped_copy, *FIVE_SEED_GRID)["groups"]}
+    """Run ids 1-12 are the assignment's trials; with the default recipe the CNN's custom pre and
+    post have seeds 0-11 (seeds-cnn-12) and every other group seeds 0-4."""
+    report = report_json(shipped_copy, *FIVE_SEED_GRID)
+    groups = {(g["arch"], g["bn"], g["bn_impl"]): g for g in report["groups"]}
     assert set(groups) == {(a, bn, impl) for a in ("mlp", "cnn") for bn in ("pre", "post") for impl in ("custom", "torch")} | {
         ("mlp", "none", "custom"), ("cnn", "none", "custom")}
     for (arch, bn, impl), group in groups.items():
-        five = impl == "custom" and bn != "none" or arch == "mlp"
-        assert group["seeds"] == [0, 1, 2, 3, 4] if five else group["n"] >= 2, (arch, bn, impl)
+        twelve = arch == "cnn" and impl == "custom" and bn != "none"
+        assert group["seeds"] == list(range(12 if twelve else 5)), (arch, bn, impl)
+    (placement,) = [c for c in report["comparisons"] if (c["a"], c["b"]) == (
+        "cnn bn=pre (custom+fused)", "cnn bn=post (custom+fused)")]
+    assert placement["n"] == 12 and placement["ci95_high"] - placement["ci95_low"] < 0.004  # ±0.2 points
     mean = {key: g["test_acc_population_mean"] for key, g in groups.items()}
     assert min(mean["cnn", "pre", "custom"], mean["cnn", "post", "custom"]) >= 0.930
     assert mean["mlp", "pre", "custom"] >= 0.900
