@@ -6,10 +6,12 @@ measured in one run.
     python benchmarks/bn_layer.py            # full measurement
     python benchmarks/bn_layer.py --quick    # fewer repetitions
 
-Timings are interleaved (native, eager, fused, native, ...): the table gives each variant's median
-time and, as the ratios, the median over rounds of each round's ratio to native (paired, so that a
-background load or this VM's drifts in speed slow every variant of a round alike instead of skewing
-the ratios), with the fused ratio's interquartile range over the rounds. The header names the
+Timings are interleaved (native, eager, fused, then rotated by one each round, each slot after one
+untimed step, so that no variant always inherits the caches of the eager path's larger footprint):
+the table gives each variant's median time and, as the ratios, the median over rounds of each
+round's ratio to native (paired, so that a background load or this VM's drifts in speed slow every
+variant of a round alike instead of skewing the ratios), with the fused ratio's interquartile
+range over the rounds. The header names the
 vector instruction set the fused kernel was built for.
 
 glibc hands the layers' multi-megabyte outputs fresh pages or reused heap depending on its state,
@@ -67,9 +69,11 @@ def measure(shape, dtype, layout: str, repeats: int, inner: int) -> dict[str, li
         for _ in range(3):
             step(layer, x, upstream)
     samples: dict[str, list[float]] = {name: [] for name in layers}
-    for _ in range(repeats):
-        for name, layer in layers.items():
-            samples[name].append(time_once(layer, x, upstream, inner))
+    names = list(layers)
+    for round_ in range(repeats):
+        for name in names[round_ % 3:] + names[: round_ % 3]:  # each variant follows each other one alike
+            step(layers[name], x, upstream)  # untimed: the caches refilled after the previous variant
+            samples[name].append(time_once(layers[name], x, upstream, inner))
     return samples
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,12 @@ def isolated_store(tmp_path, monkeypatch) -> Path:
     db = tmp_path / "bnrun.db"
     monkeypatch.setenv("BNRUN_DB", str(db))
     return db
+
+
+def default_sigint() -> None:
+    """A terminal's Ctrl-C in the child even where the test runner was started with SIGINT ignored
+    (a background job of a non-interactive shell): Python only handles SIGINT it inherits unignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def bnrun_command(*args: str) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bnrun.cli import app
-from conftest import bnrun_command, run_bnrun
+from conftest import bnrun_command, default_sigint, run_bnrun
 
 runner = CliRunner()
 
@@ -84,12 +84,6 @@ def start_training(db, *extra):
     return subprocess.Popen(bnrun_command("train", "--arch", "cnn", "--bn", "pre", "--epochs", "3", "--train-subset", "12000",
                                           "--db", str(db), *extra),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-
-
-def default_sigint() -> None:
-    """A terminal's Ctrl-C in the child even where the test runner was started with SIGINT ignored
-    (a background job of a non-interactive shell): Python only handles SIGINT it inherits unignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(db, query, expected, timeout=120):

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from bnrun.store.storage import LOST_ATTEMPT_NOTE
-from conftest import bnrun_command, run_bnrun
+from conftest import bnrun_command, default_sigint, run_bnrun
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 GRID = ["train", "--arch", "mlp", "--bn", "pre,none", "--seeds", "2", "--epochs", "8", "--train-subset", "6000",
@@ -57,7 +57,7 @@ def test_ctrl_c_on_the_driver_cancels_the_tasks_and_marks_them_interrupted(clust
     cluster, _ = cluster
     db = tmp_path / "interrupted.db"
     driver = subprocess.Popen(bnrun_command(*GRID, "--ray-address", cluster.address, "--db", str(db)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     wait_for(lambda: db.exists() and running(db) == 2)
     driver.send_signal(signal.SIGINT)
     _, stderr = driver.communicate(timeout=120)
