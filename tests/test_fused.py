@@ -343,9 +343,12 @@ def test_bfloat16_rounding_matches_torch():
     assert torch.isnan(nan.float()).all()
 
 
+# Outputs of 4 MiB and more are written with streaming stores (bn_cpu.cpp, kStreamBytes), in both
+# dtypes here; rows of 899 values and stripes of 7 rows of 40 channels start off the vector width.
+STREAMED_CASES = [((64, 40, 29, 31), torch.contiguous_format), ((64, 40, 29, 31), torch.channels_last)]
 KERNEL_CASES = [((64, 16, 28, 28), torch.channels_last), ((8, 3, 5, 7), torch.channels_last),
                 ((300, 40), torch.contiguous_format), ((32, 6, 35), torch.contiguous_format),
-                ((16, 5, 28, 28), torch.contiguous_format)]
+                ((16, 5, 28, 28), torch.contiguous_format), *STREAMED_CASES]
 
 
 def kernel_step(kernel, x, upstream, relu, reference):
@@ -392,14 +395,27 @@ def test_every_build_this_cpu_can_run_matches_torch(isa):
     assert kernel is not None and kernel.isa() == isa
     for (shape, memory_format), dtype, relu in itertools.product(KERNEL_CASES, (torch.float32, torch.bfloat16),
                                                                   (False, True)):
-        torch.manual_seed(0)
-        x = (torch.randn(shape) * 2 + 1).to(dtype).contiguous(memory_format=memory_format)
-        upstream = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format)
-        reference = torch_layer_for(shape, shape[1]).double()
-        ours, theirs = kernel_step(kernel, x, upstream, relu, reference)
-        for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-            where = f"{isa} {shape} {dtype} {memory_format} relu={relu} output {index}"
-            rtol, atol = (1.6e-2, 3e-2) if dtype == torch.bfloat16 and index in (0, 1, 6, 7) else (1e-4, 1e-4)
-            torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol,
-                                       msg=lambda m, where=where: f"{where}: {m}")
-        assert ours[0].is_contiguous(memory_format=memory_format) and ours[1].is_contiguous(memory_format=memory_format)
+        assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu)
+
+
+def assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu) -> None:
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 2 + 1).to(dtype).contiguous(memory_format=memory_format)
+    upstream = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format)
+    reference = torch_layer_for(shape, shape[1]).double()
+    ours, theirs = kernel_step(kernel, x, upstream, relu, reference)
+    for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        where = f"{kernel.isa()} {shape} {dtype} {memory_format} relu={relu} output {index}"
+        rtol, atol = (1.6e-2, 3e-2) if dtype == torch.bfloat16 and index in (0, 1, 6, 7) else (1e-4, 1e-4)
+        torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol,
+                                   msg=lambda m, where=where: f"{where}: {m}")
+    assert ours[0].is_contiguous(memory_format=memory_format) and ours[1].is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape,memory_format", STREAMED_CASES, ids=["nchw", "channels_last"])
+def test_streamed_outputs_match_torch(shape, memory_format, dtype, relu):
+    """This machine's build on outputs large enough to be streamed: training step, prediction mode
+    and moments against torch.nn in float64."""
+    assert_kernel_matches_torch(fused.cpu_kernel(), shape, memory_format, dtype, relu)
