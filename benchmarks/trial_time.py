@@ -6,7 +6,10 @@ and torch.nn's BN on each of those paths (`--bn-impl torch`), so that the custom
 against torch's own kernel. Also each trial's peak memory (max RSS of its process). The row of
 `bnrun train`'s default path (fused, channels_last, `--precision auto`) is marked "(the default)".
 
-    python benchmarks/trial_time.py [--arch cnn,mlp] [--epochs N]
+    python benchmarks/trial_time.py [--arch cnn,mlp] [--epochs N] [--repeats N]
+
+With --repeats N every path runs N times, in rounds that run each path once; the table gives each
+figure's median over the rounds and each ratio's median over the rounds' paired ratios.
 
 Run it on a quiet machine: nothing else may use the CPU meanwhile.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,10 +64,26 @@ def timed_trial(arch: str, flags: list[str], epochs: int | None, workdir: Path) 
                 acc=run.test_acc_population)
 
 
+def repeated_trials(arch: str, epochs: int | None, repeats: int, workdir: Path) -> dict[str, list[dict]]:
+    """Row name -> one measurement per round; a round runs every path once."""
+    rounds = [{name: timed_trial(arch, flags, epochs, workdir) for name, flags in variants(arch).items()}
+              for _ in range(repeats)]
+    return {name: [row[name] for row in rounds] for name in rounds[0]}
+
+
+def median_of(rows: list[dict], key: str) -> float:
+    return statistics.median(row[key] for row in rows)
+
+
+def paired_ratio(ours: list[dict], theirs: list[dict], key: str) -> float:
+    return statistics.median(a[key] / b[key] for a, b in zip(ours, theirs, strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="cnn,mlp")
     parser.add_argument("--epochs", type=int, default=None, help="fewer epochs than the default (say so when quoting)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every path (medians are reported)")
     args = parser.parse_args()
     from bnrun.nn.fused import kernel_isa
 
@@ -72,16 +92,18 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch.split(","):
-            rows = {name: timed_trial(arch, flags, args.epochs, Path(tmp)) for name, flags in variants(arch).items()}
+            rows = repeated_trials(arch, args.epochs, args.repeats, Path(tmp))
             default = f"{resolve_precision(AUTO_PRECISION, arch, bf16_unsupported('cpu') is None)} custom fused"
-            for name, row in rows.items():
+            for name, runs in rows.items():
                 name += " (the default)" if name == default else ""
-                print(f"| {arch} | {name} | {row['trial']:.1f} s | {row['epoch']:.2f} s | {row['after']:.1f} s | "
-                      f"{row['rss_gb']:.2f} GB | {row['path']} | {100 * row['acc']:.2f} % |")
+                print(f"| {arch} | {name} | {median_of(runs, 'trial'):.1f} s | {median_of(runs, 'epoch'):.2f} s | "
+                      f"{median_of(runs, 'after'):.1f} s | {median_of(runs, 'rss_gb'):.2f} GB | {runs[0]['path']} | "
+                      f"{100 * runs[0]['acc']:.2f} % |")
             for precision in precisions():
                 ours, theirs = rows[f"{precision} custom fused"], rows[f"{precision} torch BN"]
-                print(f"| {arch} | {precision}: custom fused / torch BN | {ours['trial'] / theirs['trial']:.2f}× | "
-                      f"{ours['epoch'] / theirs['epoch']:.2f}× | {ours['after'] / theirs['after']:.2f}× | | | |")
+                print(f"| {arch} | {precision}: custom fused / torch BN | {paired_ratio(ours, theirs, 'trial'):.2f}× | "
+                      f"{paired_ratio(ours, theirs, 'epoch'):.2f}× | {paired_ratio(ours, theirs, 'after'):.2f}× "
+                      f"| | | |")
 
 
 def cpu_name() -> str:

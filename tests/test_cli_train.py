@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bnrun.cli import app
+from bnrun.nn import fused
 from bnrun.store import Store
 from bnrun.training import precision
 
@@ -40,6 +41,7 @@ def test_train_makes_completed_rows_with_epochs_and_checkpoints(trained_store):
         # the CLI's defaults: the fast path (bf16 for the CNN where the CPU has bf16 units), recorded as what ran
         expected = "bf16" if precision.bf16_unsupported("cpu") is None else "fp32"
         assert (run.precision, run.channels_last, run.fused, run.bn_path) == (expected, True, True, "fused-cpu")
+        assert run.kernel_isa == fused.kernel_isa()  # the build that ran
     store.close()
 
 

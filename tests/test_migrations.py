@@ -28,6 +28,7 @@ def test_blank_store_is_migrated_to_head(tmp_path):
         assert {"deleted_at", "user_note"} <= {c["name"] for c in inspector.get_columns("runs")}
         assert {"cuda_version", "cudnn_version", "gpu_driver", "tf32", "cudnn_deterministic"} <= {
             c["name"] for c in inspector.get_columns("runs")}
+        assert "kernel_isa" in {c["name"] for c in inspector.get_columns("runs")}
         assert {c["name"] for c in inspector.get_columns("tags")} == {"run_id", "tag"}
         assert inspector.get_pk_constraint("tags")["constrained_columns"] == ["run_id", "tag"]
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

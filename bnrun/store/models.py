@@ -107,6 +107,8 @@ class Run(Base):
     gpu_driver: Mapped[str | None] = mapped_column(String(64))
     tf32: Mapped[bool | None] = mapped_column(Boolean)
     cudnn_deterministic: Mapped[bool | None] = mapped_column(Boolean)
+    # revision 0008: on the CPU, the instruction set bnrun's fused kernel was built for (bn_path fused-cpu)
+    kernel_isa: Mapped[str | None] = mapped_column(String(16))
 
 
 class Epoch(OfRun, Base):
