@@ -21,10 +21,10 @@
 // is processed one channel at a time, so the second pass finds the channel's N·S values in L2.
 // Outputs of several MiB (y, dx) are written with streaming stores, which skip reading the lines
 // they overwrite and leave the cache to the input the next pass reads again.
-// Sums run in acc_t per vector lane within a block (about 2048 values of a channel; 4096 values of
-// rows of channels when S = 1, whose gradient sums run per chunk of about 32768), in double beyond;
-// the moments of a block are taken twice while it sits in L1 (its mean, then its squared
-// deviations) and blocks merged with Chan et al.'s update.
+// Sums run in acc_t per vector lane within a block, in double beyond: the moments of a block of
+// about 4096 values are taken twice while it sits in L1 (its mean, then its squared deviations) and
+// blocks merged with Chan et al.'s update; the gradient sums, one pass, add about 128 values per
+// lane before a merge.
 //
 // Precision: x (and y, dy, dx) may be float32, float64, bfloat16 or float16; every per-channel
 // tensor (γ, β, running and saved statistics, dγ, dβ) and every arithmetic step is acc_t, the
@@ -171,20 +171,26 @@ void stream_copy(T* dst, const T* src, int64_t len) {
   std::memcpy(d + i, s + i, bytes - i);
 }
 
-// dst[i] = value(i) as compute() does; with `stream`, through a tile in L1 and streaming stores
-// (inside a task of parallel_writes, which fences them).
+// compute() through a tile in L1 and streaming stores (inside a task of parallel_writes, which
+// fences them). Kept out of line: its tile would otherwise weigh on every inlined write.
 template <typename T, typename F>
-inline void write(T* dst, int64_t len, const F& value, bool stream = false) {
-  if (!(kStreams && stream)) {
-    compute(dst, len, value);
-    return;
-  }
+[[gnu::noinline]] void write_streamed(T* dst, int64_t len, const F& value) {
   constexpr int64_t kTile = 1024;
   alignas(64) T tile[kTile];
   for (int64_t first = 0; first < len; first += kTile) {
     const int64_t count = std::min(kTile, len - first);
     compute(tile, count, [&](int64_t i) { return value(first + i); });
     stream_copy(dst + first, tile, count);
+  }
+}
+
+// dst[i] = value(i) as compute() does, streamed when `stream`.
+template <typename T, typename F>
+inline void write(T* dst, int64_t len, const F& value, bool stream = false) {
+  if (kStreams && stream) {
+    write_streamed(dst, len, value);
+  } else {
+    compute(dst, len, value);
   }
 }
 
@@ -252,8 +258,8 @@ Tensor laid_out_as(const Tensor& t, const Tensor& like) {
 }
 
 constexpr int64_t kWork = 32768;     // values per task worth waking a thread for
-constexpr int64_t kBlockValues = 2048;  // values summed in acc_t before a merge in double (fits L1)
-constexpr int64_t kRowBlockValues = 4096;  // values of a block of rows of channels (16 KiB of float32, in L1)
+constexpr int64_t kBlockValues = 4096;  // values of a moments block, read twice while in L1 (16 KiB of float32)
+constexpr int64_t kLaneValues = 128;    // values a lane of the gradient sums adds in acc_t before a merge in double
 
 // Channels per task (S > 1), so that each thread gets enough work to be worth waking.
 int64_t channel_grain(const Shape& shape) { return std::max<int64_t>(1, kWork / std::max<int64_t>(1, shape.m())); }
@@ -263,7 +269,7 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Rows of C channels (S == 1) are processed in stripes of R whole rows, P = R·C ≥ 256 values, so
 // that every loop runs over P contiguous values (channel i % C) with the per-channel vectors
 // repeated R times, instead of paying a loop's overhead per row of C. A block (the moments' unit:
-// summed twice while in L1) is whole stripes of about kRowBlockValues values; a chunk (one task,
+// summed twice while in L1) is whole stripes of about kBlockValues values; a chunk (one task,
 // and the gradient sums' unit in acc_t, about kWork / P values per lane) is whole blocks, fixed by
 // the shape alone.
 struct Stripes {
@@ -272,7 +278,7 @@ struct Stripes {
 
 Stripes stripes_of(const Shape& shape) {
   const int64_t r = std::max<int64_t>(1, ceil_div(256, shape.c));
-  const int64_t block = r * std::max<int64_t>(1, kRowBlockValues / (r * shape.c));
+  const int64_t block = r * std::max<int64_t>(1, kBlockValues / (r * shape.c));
   const int64_t chunk = block * std::max<int64_t>(1, ceil_div(kWork, block * shape.c));
   return {r, r * shape.c, block, chunk, ceil_div(shape.n, chunk)};
 }
@@ -342,8 +348,12 @@ inline void for_each_piece(const Shape& shape, int64_t c, int64_t first, int64_t
       f((n * shape.c + c) * shape.s + s0, std::min(kLanes, shape.s - s0));
 }
 
-// Rows per block: about kBlockValues values, at least 4 rows.
+// Rows per moments block: about kBlockValues values, at least 4 rows.
 int64_t plane_block(const Shape& shape) { return std::max<int64_t>(4, kBlockValues / shape.s); }
+
+// Rows per gradient-sums block: each lane adds about kLaneValues values (a row of more than kLanes
+// values gives each lane one value per piece).
+int64_t plane_sum_rows(const Shape& shape) { return std::max<int64_t>(1, kLaneValues / ceil_div(shape.s, kLanes)); }
 
 template <typename acc_t>
 acc_t lane_sum(const std::vector<acc_t>& lanes) {
@@ -402,11 +412,11 @@ void plane_affine(const Shape& shape, int64_t c, const T* px, acc_t a, acc_t k, 
 }
 
 // Σg and Σg·(x − μ) over channel c, g = dy masked by the ReLU when kRelu: per lane in acc_t within
-// a block, in double beyond.
+// a block of plane_sum_rows rows, in double beyond.
 template <bool kRelu, typename T, typename acc_t>
 void plane_gradient_sums(const Shape& shape, int64_t c, const T* pdy, const T* px, acc_t mu, acc_t a, acc_t k,
                          double& sum_dy, double& sum_dy_centered) {
-  const int64_t block = plane_block(shape);
+  const int64_t block = plane_sum_rows(shape);
   std::vector<acc_t> lanes0(std::min(kLanes, shape.s)), lanes1(lanes0.size());
   acc_t *p0 = lanes0.data(), *p1 = lanes1.data();
   double total_dy = 0, total_dy_centered = 0;
