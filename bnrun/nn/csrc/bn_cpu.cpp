@@ -238,8 +238,8 @@ Shape shape_of(const Tensor& x) {
 }
 
 // Outputs of at least this many bytes are streamed (write's `stream`): on the AVX512-BF16 EPYC
-// (1 MiB of L2 per core) bn_layer.py's 6.4 MB and 12.8 MB outputs gained 10-25 % and its 3.2 MB
-// bfloat16 ones lost up to 10 %.
+// (1 MiB of L2 per core) bn_layer.py's 6.4 MB and 12.8 MB outputs gained 13-22 % and its 3.2 MB
+// bfloat16 ones lost 8-12 %.
 constexpr int64_t kStreamBytes = int64_t(4) << 20;
 
 template <typename T>
