@@ -9,7 +9,8 @@ against torch's own kernel. Also each trial's peak memory (max RSS of its proces
     python benchmarks/trial_time.py [--arch cnn,mlp] [--epochs N] [--repeats N]
 
 With --repeats N every path runs N times, in rounds that run each path once; the table gives each
-figure's median over the rounds and each ratio's median over the rounds' paired ratios.
+time and memory figure's median over the rounds and each ratio's median over the rounds' paired
+ratios (the BN path and test accuracy are the first round's: a seed repeats on one machine).
 
 Run it on a quiet machine: nothing else may use the CPU meanwhile.
 """
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="fewer epochs than the default (say so when quoting)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of every path (medians are reported)")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     from bnrun.nn.fused import kernel_isa
 
     print(f"CPU: {cpu_name()}; fused kernel built for {kernel_isa()}; torch {torch_version()}")
@@ -103,7 +106,7 @@ def main() -> None:
                 ours, theirs = rows[f"{precision} custom fused"], rows[f"{precision} torch BN"]
                 print(f"| {arch} | {precision}: custom fused / torch BN | {paired_ratio(ours, theirs, 'trial'):.2f}× | "
                       f"{paired_ratio(ours, theirs, 'epoch'):.2f}× | {paired_ratio(ours, theirs, 'after'):.2f}× "
-                      f"| | | |")
+                      "| | | |")
 
 
 def cpu_name() -> str:

@@ -4,6 +4,7 @@ torch.nn, pass gradcheck, and fall back to eager with a warning where they canno
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
 import pytest
@@ -346,6 +347,9 @@ def test_bfloat16_rounding_matches_torch():
 # Outputs of 4 MiB and more are written with streaming stores (bn_cpu.cpp, kStreamBytes), in both
 # dtypes here; rows of 899 values and stripes of 7 rows of 40 channels start off the vector width.
 STREAMED_CASES = [((64, 40, 29, 31), torch.contiguous_format), ((64, 40, 29, 31), torch.channels_last)]
+# Pieces longer than the streaming write's staging buffer (1024 values): rows of 2257 values, and
+# stripes of one row of 1100 channels.
+LONG_STREAMED_CASES = [((64, 16, 37, 61), torch.contiguous_format), ((128, 1100, 4, 4), torch.channels_last)]
 KERNEL_CASES = [((64, 16, 28, 28), torch.channels_last), ((8, 3, 5, 7), torch.channels_last),
                 ((300, 40), torch.contiguous_format), ((32, 6, 35), torch.contiguous_format),
                 ((16, 5, 28, 28), torch.contiguous_format), *STREAMED_CASES]
@@ -414,8 +418,12 @@ def assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu) -> No
 
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape,memory_format", STREAMED_CASES, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("shape,memory_format", STREAMED_CASES + LONG_STREAMED_CASES,
+                         ids=["nchw", "channels_last", "nchw-long-rows", "channels_last-long-stripes"])
 def test_streamed_outputs_match_torch(shape, memory_format, dtype, relu):
     """This machine's build on outputs large enough to be streamed: training step, prediction mode
     and moments against torch.nn in float64."""
-    assert_kernel_matches_torch(fused.cpu_kernel(), shape, memory_format, dtype, relu)
+    kernel = fused.cpu_kernel()
+    assert kernel is not None
+    assert math.prod(shape) * dtype.itemsize >= kernel.stream_bytes  # the case does reach the threshold
+    assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 import bnrun
-from bnrun.nn.fused import kernel_isa
-from bnrun.training.hardware import cpu_info, cuda_settings, cuda_versions, gpu_name, trains_on_cpu
+from bnrun.nn.fused import cpu_kernel
+from bnrun.training.hardware import cpu_info, cuda_settings, cuda_versions, gpu_name
 
 PROVENANCE_FIELDS = ("git_commit", "bnrun_version", "torch_version", "python_version", "cpu_model", "cpu_features",
                      "torch_threads", "kernel_isa", "device", "gpu_name", "cuda_version", "cudnn_version",
@@ -36,14 +36,17 @@ def provenance(device: str, executor: str = "local") -> dict:
     model, features = cpu_info()
     return dict(bnrun_version=bnrun.__version__, torch_version=torch.__version__,
                 python_version=platform.python_version(), git_commit=git_commit(), cpu_model=model,
-                cpu_features=features, torch_threads=torch.get_num_threads(), kernel_isa=cpu_kernel_isa(device),
-                gpu_name=gpu_name(device), executor=executor, **cuda_versions(device), **cuda_settings(device))
+                cpu_features=features, torch_threads=torch.get_num_threads(), gpu_name=gpu_name(device),
+                executor=executor, **cuda_versions(device), **cuda_settings(device))
 
 
-def cpu_kernel_isa(device: str) -> str | None:
-    """The build of the fused CPU kernel a trial on `device` uses (what bn_path "fused-cpu" ran), None
-    off the CPU."""
-    return kernel_isa() if trains_on_cpu(device) else None
+def kernel_build(bn_path: str | None) -> str | None:
+    """The instruction set of the fused CPU kernel's loaded build when the BN path that ran used it
+    ("fused-cpu", alone or "+"-joined with others), else None."""
+    if bn_path is None or "fused-cpu" not in bn_path.split("+"):
+        return None
+    kernel = cpu_kernel()
+    return kernel.isa() if kernel is not None else None
 
 
 def differences(a: dict, b: dict) -> list[str]:

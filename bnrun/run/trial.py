@@ -14,7 +14,7 @@ from pathlib import Path
 from bnrun.config import TrainConfig
 from bnrun.errors import StoreError
 from bnrun.run.progress import Reporter, SilentReporter
-from bnrun.run.provenance import provenance
+from bnrun.run.provenance import kernel_build, provenance
 from bnrun.store import Store
 from bnrun.training.data import FashionMNISTData, load
 from bnrun.training.loop import Callbacks, Diverged, fit
@@ -79,7 +79,10 @@ def callbacks_into(store: Store, run_id: int, reporter: Reporter, diagnostics: b
     def completed(metrics, checkpoint: bytes | None) -> None:
         store.complete_run(run_id, metrics, checkpoint)
 
-    return Callbacks(epoch_ended=lambda record, path: store.add_epoch(run_id, record, bn_path=path),
+    def epoch_ended(record, path: str | None) -> None:
+        store.add_epoch(run_id, record, bn_path=path, kernel_isa=kernel_build(path))
+
+    return Callbacks(epoch_ended=epoch_ended,
                      completed=completed, progress=reporter,
                      diagnostics=(lambda records: store.add_diagnostics(run_id, records)) if diagnostics else None)
 

@@ -107,7 +107,7 @@ class Run(Base):
     gpu_driver: Mapped[str | None] = mapped_column(String(64))
     tf32: Mapped[bool | None] = mapped_column(Boolean)
     cudnn_deterministic: Mapped[bool | None] = mapped_column(Boolean)
-    # revision 0008: on the CPU, the instruction set bnrun's fused kernel was built for (bn_path fused-cpu)
+    # revision 0008: the instruction set of the fused CPU kernel's build, where bn_path says it ran
     kernel_isa: Mapped[str | None] = mapped_column(String(16))
 
 

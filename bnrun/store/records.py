@@ -89,7 +89,7 @@ class RunRecord:
     gpu_driver: str | None = None
     tf32: bool | None = None  # fp32 convolutions and matmuls allowed to round to TF32
     cudnn_deterministic: bool | None = None
-    kernel_isa: str | None = None  # on the CPU (revision 0008): the fused kernel's build, e.g. avx512-bf16
+    kernel_isa: str | None = None  # where bn_path has fused-cpu (revision 0008): its build, e.g. avx512-bf16
 
 
 @dataclass(frozen=True)

@@ -180,8 +180,10 @@ class Store:
                 update(Run).where(Run.id == run_id, Run.status == "running").values(heartbeat_at=self.now(session))
             )
 
-    def add_epoch(self, run_id: int, epoch: EpochRecord, bn_path: str | None = None) -> None:
-        """The epoch's row, the run's latest metrics and (when given) the BN path that ran."""
+    def add_epoch(self, run_id: int, epoch: EpochRecord, bn_path: str | None = None,
+                  kernel_isa: str | None = None) -> None:
+        """The epoch's row, the run's latest metrics and (when given) the BN path that ran and the
+        fused CPU kernel's build it ran."""
         with self.session(write=True) as session:
             session.add(Epoch(run_id=run_id, **asdict(epoch)))
             values = dict(
@@ -193,6 +195,8 @@ class Store:
             )
             if bn_path is not None:
                 values["bn_path"] = bn_path
+            if kernel_isa is not None:
+                values["kernel_isa"] = kernel_isa
             session.execute(update(Run).where(Run.id == run_id).values(**values))
 
     def complete_run(self, run_id: int, metrics: FinalMetrics, checkpoint: bytes | None) -> None:

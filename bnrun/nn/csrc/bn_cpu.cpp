@@ -19,12 +19,12 @@
 // Passes: forward reads x once for the moments and once more (read + write) for the output;
 // backward reads x and dy once for the two sums and once more for dx. Contiguous (N, C, S) input
 // is processed one channel at a time, so the second pass finds the channel's N·S values in L2.
-// Outputs of several MiB (y, dx) are written with streaming stores, which skip reading the lines
-// they overwrite and leave the cache to the input the next pass reads again.
-// Sums run in acc_t per vector lane within a block, in double beyond: the moments of a block of
-// about 4096 values are taken twice while it sits in L1 (its mean, then its squared deviations) and
-// blocks merged with Chan et al.'s update; the gradient sums, one pass, add about 128 values per
-// lane before a merge.
+// Outputs (y, dx) of kStreamBytes and more are written with streaming stores, which skip reading
+// the lines they overwrite and leave the cache to the input the next pass reads again.
+// Sums run in acc_t per position of a row (or stripe) within a block, in double beyond: the
+// moments of a block of about kBlockValues values are taken twice while it sits in cache (its
+// mean, then its squared deviations) and blocks merged with Chan et al.'s update; the gradient
+// sums, one pass, add about kValuesPerLane values per position before a merge.
 //
 // Precision: x (and y, dy, dx) may be float32, float64, bfloat16 or float16; every per-channel
 // tensor (γ, β, running and saved statistics, dγ, dβ) and every arithmetic step is acc_t, the
@@ -117,7 +117,7 @@ inline uint16_t bf16_bits(float f) {
 // of floats and converting it with vcvtneps2bf16 (bn_layer.py, bf16 rows 0.93–0.99× of torch's
 // against 0.98–1.15× with the tile), and it keeps subnormals as torch's conversion does.
 template <typename T, typename F>
-inline void compute(T* dst, int64_t len, const F& value) {
+inline void fill(T* dst, int64_t len, const F& value) {
   if constexpr (std::is_same_v<T, uint16_t>) {
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) dst[i] = bf16_bits(value(i));
@@ -131,7 +131,7 @@ inline void compute(T* dst, int64_t len, const F& value) {
 // into the cache, and leave the cache to the input that the next pass reads again. One vector's
 // worth per call, at an address aligned to its width.
 #if defined(__x86_64__)
-constexpr bool kStreams = true;
+constexpr bool kCanStream = true;
 #if defined(__AVX512F__)
 constexpr int64_t kStreamWidth = 64;
 inline void stream_vector(char* dst, const char* src) {
@@ -151,7 +151,7 @@ inline void stream_vector(char* dst, const char* src) {
 // Streamed stores are weakly ordered: each task fences them before other threads may read.
 inline void fence_streams() { _mm_sfence(); }
 #else
-constexpr bool kStreams = false;
+constexpr bool kCanStream = false;
 constexpr int64_t kStreamWidth = 16;
 inline void stream_vector(char* dst, const char* src) { std::memcpy(dst, src, kStreamWidth); }
 inline void fence_streams() {}
@@ -171,27 +171,30 @@ void stream_copy(T* dst, const T* src, int64_t len) {
   std::memcpy(d + i, s + i, bytes - i);
 }
 
-// compute() through a tile in L1 and streaming stores (inside a task of parallel_writes, which
-// fences them). Kept out of line: its tile would otherwise weigh on every inlined write.
+// fill() through a staging buffer in L1 and streaming stores (inside a task of parallel_writes,
+// which fences them). Kept out of line: its buffer would otherwise weigh on every inlined write.
 template <typename T, typename F>
 [[gnu::noinline]] void write_streamed(T* dst, int64_t len, const F& value) {
-  constexpr int64_t kTile = 1024;
-  alignas(64) T tile[kTile];
-  for (int64_t first = 0; first < len; first += kTile) {
-    const int64_t count = std::min(kTile, len - first);
-    compute(tile, count, [&](int64_t i) { return value(first + i); });
-    stream_copy(dst + first, tile, count);
+  constexpr int64_t kStagingValues = 1024;
+  alignas(64) T staging[kStagingValues];
+  for (int64_t first = 0; first < len; first += kStagingValues) {
+    const int64_t count = std::min(kStagingValues, len - first);
+    fill(staging, count, [&](int64_t i) { return value(first + i); });
+    stream_copy(dst + first, staging, count);
   }
 }
 
-// dst[i] = value(i) as compute() does, streamed when `stream`.
+// dst[i] = value(i) as fill() does; streamed when `stream` and the piece spans a few vectors (a
+// shorter one would pay the staging for its unaligned ends alone).
 template <typename T, typename F>
 inline void write(T* dst, int64_t len, const F& value, bool stream = false) {
-  if (kStreams && stream) {
-    write_streamed(dst, len, value);
-  } else {
-    compute(dst, len, value);
+  if constexpr (kCanStream) {
+    if (stream && len * static_cast<int64_t>(sizeof(T)) >= 4 * kStreamWidth) {
+      write_streamed(dst, len, value);
+      return;
+    }
   }
+  fill(dst, len, value);
 }
 
 // at::parallel_for whose tasks fence their streamed stores, so that the output is whole when it
@@ -238,12 +241,12 @@ Shape shape_of(const Tensor& x) {
 }
 
 // Outputs of at least this many bytes are streamed (write's `stream`): on the AVX512-BF16 EPYC
-// (1 MiB of L2 per core) bn_layer.py's 6.4 MB and 12.8 MB outputs gained 13-22 % and its 3.2 MB
-// bfloat16 ones lost 8-12 %.
+// (1 MiB of L2 per core) bn_layer.py's 6.4 MB and 12.8 MB outputs gained 13–22 % and its 3.2 MB
+// bfloat16 ones lost 8–12 %.
 constexpr int64_t kStreamBytes = int64_t(4) << 20;
 
 template <typename T>
-bool streamed(const Shape& shape) {
+bool streams_output(const Shape& shape) {
   return shape.n * shape.c * shape.s * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
 }
 
@@ -259,7 +262,8 @@ Tensor laid_out_as(const Tensor& t, const Tensor& like) {
 
 constexpr int64_t kWork = 32768;     // values per task worth waking a thread for
 constexpr int64_t kBlockValues = 4096;  // values of a moments block, read twice while in L1 (16 KiB of float32)
-constexpr int64_t kLaneValues = 128;    // values a lane of the gradient sums adds in acc_t before a merge in double
+constexpr int64_t kValuesPerLane = 128;  // values a position's gradient sums add in acc_t before a merge in double
+static_assert(kWork / 256 <= kValuesPerLane, "a chunk of rows of channels (stripes of ≥ 256 values) bounds its sums");
 
 // Channels per task (S > 1), so that each thread gets enough work to be worth waking.
 int64_t channel_grain(const Shape& shape) { return std::max<int64_t>(1, kWork / std::max<int64_t>(1, shape.m())); }
@@ -268,17 +272,17 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Rows of C channels (S == 1) are processed in stripes of R whole rows, P = R·C ≥ 256 values, so
 // that every loop runs over P contiguous values (channel i % C) with the per-channel vectors
-// repeated R times, instead of paying a loop's overhead per row of C. A block (the moments' unit:
-// summed twice while in L1) is whole stripes of about kBlockValues values; a chunk (one task,
-// and the gradient sums' unit in acc_t, about kWork / P values per lane) is whole blocks, fixed by
-// the shape alone.
+// repeated R times, instead of paying a loop's overhead per row of C. A block (the moments' unit,
+// summed twice while in cache) is whole stripes of about kBlockValues values and at least 8 rows;
+// a chunk (one task, and the gradient sums' unit in acc_t: about kWork / P ≤ kValuesPerLane values
+// per stripe position) is whole blocks, fixed by the shape alone.
 struct Stripes {
   int64_t rows, width, block_rows, chunk_rows, chunks;
 };
 
 Stripes stripes_of(const Shape& shape) {
   const int64_t r = std::max<int64_t>(1, ceil_div(256, shape.c));
-  const int64_t block = r * std::max<int64_t>(1, kBlockValues / (r * shape.c));
+  const int64_t block = r * std::max(ceil_div(8, r), kBlockValues / (r * shape.c));
   const int64_t chunk = block * std::max<int64_t>(1, ceil_div(kWork, block * shape.c));
   return {r, r * shape.c, block, chunk, ceil_div(shape.n, chunk)};
 }
@@ -349,11 +353,11 @@ inline void for_each_piece(const Shape& shape, int64_t c, int64_t first, int64_t
 }
 
 // Rows per moments block: about kBlockValues values, at least 4 rows.
-int64_t plane_block(const Shape& shape) { return std::max<int64_t>(4, kBlockValues / shape.s); }
+int64_t plane_moments_rows(const Shape& shape) { return std::max<int64_t>(4, kBlockValues / shape.s); }
 
-// Rows per gradient-sums block: each lane adds about kLaneValues values (a row of more than kLanes
-// values gives each lane one value per piece).
-int64_t plane_sum_rows(const Shape& shape) { return std::max<int64_t>(1, kLaneValues / ceil_div(shape.s, kLanes)); }
+// Rows per gradient-sums block: each position adds about kValuesPerLane values, one per piece of
+// kLanes values of each row (so a row of more than kValuesPerLane·kLanes values alone gives more).
+int64_t plane_sums_rows(const Shape& shape) { return std::max<int64_t>(1, kValuesPerLane / ceil_div(shape.s, kLanes)); }
 
 template <typename acc_t>
 acc_t lane_sum(const std::vector<acc_t>& lanes) {
@@ -370,7 +374,7 @@ acc_t lane_sum(const std::vector<acc_t>& lanes) {
 // computation.
 template <typename T, typename acc_t>
 void plane_moments(const Shape& shape, int64_t c, const T* px, double& mean, double& squares) {
-  const int64_t block = plane_block(shape);
+  const int64_t block = plane_moments_rows(shape);
   std::vector<acc_t> lanes(std::min(kLanes, shape.s));
   acc_t* pl = lanes.data();
   double count = 0, mu = 0, m2 = 0;
@@ -403,7 +407,7 @@ void plane_moments(const Shape& shape, int64_t c, const T* px, double& mean, dou
 // y = g(a·x + k) over channel c.
 template <bool kRelu, typename T, typename acc_t>
 void plane_affine(const Shape& shape, int64_t c, const T* px, acc_t a, acc_t k, T* py) {
-  const bool stream = streamed<T>(shape);
+  const bool stream = streams_output<T>(shape);
   for (int64_t n = 0; n < shape.n; ++n) {
     const int64_t base = (n * shape.c + c) * shape.s;
     const T* x = px + base;
@@ -412,11 +416,11 @@ void plane_affine(const Shape& shape, int64_t c, const T* px, acc_t a, acc_t k, 
 }
 
 // Σg and Σg·(x − μ) over channel c, g = dy masked by the ReLU when kRelu: per lane in acc_t within
-// a block of plane_sum_rows rows, in double beyond.
+// a block of plane_sums_rows rows, in double beyond.
 template <bool kRelu, typename T, typename acc_t>
 void plane_gradient_sums(const Shape& shape, int64_t c, const T* pdy, const T* px, acc_t mu, acc_t a, acc_t k,
                          double& sum_dy, double& sum_dy_centered) {
-  const int64_t block = plane_sum_rows(shape);
+  const int64_t block = plane_sums_rows(shape);
   std::vector<acc_t> lanes0(std::min(kLanes, shape.s)), lanes1(lanes0.size());
   acc_t *p0 = lanes0.data(), *p1 = lanes1.data();
   double total_dy = 0, total_dy_centered = 0;
@@ -444,7 +448,7 @@ void plane_gradient_sums(const Shape& shape, int64_t c, const T* pdy, const T* p
 template <bool kRelu, bool kWithX, typename T, typename acc_t>
 void plane_grad_input(const Shape& shape, int64_t c, const T* pdy, const T* px, acc_t a, acc_t k, acc_t A, acc_t B,
                       acc_t K, T* pdx) {
-  const bool stream = streamed<T>(shape);
+  const bool stream = streams_output<T>(shape);
   for (int64_t n = 0; n < shape.n; ++n) {
     const int64_t base = (n * shape.c + c) * shape.s;
     const T *dy = pdy + base, *x = px + base;
@@ -540,7 +544,7 @@ void rows_affine(const Shape& shape, const T* px, const acc_t* a, const acc_t* k
   const Stripes st = stripes_of(shape);
   const std::vector<acc_t> ta = tiled(a, st, shape.c), tk = tiled(k, st, shape.c);
   const acc_t *pa = ta.data(), *pk = tk.data();
-  const bool stream = streamed<T>(shape);
+  const bool stream = streams_output<T>(shape);
   parallel_stripes(shape, st, [&](int64_t at, int64_t len) {
     const T* x = px + at;
     write(py + at, len, [&](int64_t i) { return activate<kRelu>(pre(pa[i], acc_t(widen(x[i])), pk[i])); }, stream);
@@ -600,7 +604,7 @@ void rows_grad_input(const Shape& shape, const T* pdy, const T* px, const acc_t*
   const std::vector<acc_t> ta = tiled(a, st, C), tk = tiled(k, st, C), tA = tiled(A, st, C);
   const std::vector<acc_t> tB = kWithX ? tiled(B, st, C) : std::vector<acc_t>(), tK = kWithX ? tiled(K, st, C) : tB;
   const acc_t *pa = ta.data(), *pk = tk.data(), *pA = tA.data(), *pB = tB.data(), *pK = tK.data();
-  const bool stream = streamed<T>(shape);
+  const bool stream = streams_output<T>(shape);
   parallel_stripes(shape, st, [&](int64_t at, int64_t len) {
     const T *dy = pdy + at, *x = px + at;
     write(pdx + at, len, [&](int64_t i) {
@@ -704,7 +708,7 @@ void affine_output(const Shape& shape, bool relu, const Tensor& x, const acc_t* 
     }
     // Prediction mode has no statistics pass to keep a channel together: split (n, c) planes.
     const int64_t planes = shape.n * shape.c, grain = std::max<int64_t>(1, kWork / shape.s);
-    const bool stream = streamed<T>(shape);
+    const bool stream = streams_output<T>(shape);
     parallel_writes(0, planes, grain, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t c = p % shape.c;
@@ -1058,5 +1062,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("eval", &eval, "prediction-mode batch norm (autograd), optionally followed by ReLU (CPU); None if unsupported");
   m.def("moments", &moments, "per-channel (count, mean, sum of squared deviations) in double, one read of x (CPU)");
   m.def("isa", [] { return std::string(kIsa); }, "the vector instruction set this build was compiled for");
+  m.attr("stream_bytes") = kStreamBytes;
   m.def("to_bf16", &to_bf16, "float32 to bfloat16 through the kernel's output loop (tests)");
 }
