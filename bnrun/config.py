@@ -45,6 +45,7 @@ class TrainConfig:
     depth: int | None = None  # hidden blocks; None: the assignment's model (bnrun.models)
     width: int | None = None  # MLP hidden width, or the CNN's base channel count; None: the assignment's
     dropout: float = 0.0  # dropout after each hidden block (bnrun.models.hidden_block)
+    study: str | None = None  # a free tag (--study): the same options re-run as new trials beside older ones
     device: str = "cpu"
 
     def identity(self) -> dict:
@@ -102,7 +103,13 @@ def impl_label(bn_impl: str, fused: bool) -> str:
 
 # Fields added after the first stores were written, with the value every older trial had: at
 # that value a field is left out of the identity, so older trials keep their keys.
-LEGACY_VALUES = {"precision": "fp32", "channels_last": False, "depth": None, "width": None, "dropout": 0.0}
+LEGACY_VALUES = {"precision": "fp32", "channels_last": False, "depth": None, "width": None, "dropout": 0.0,
+                 "study": None}
+
+# A study tag: a letter or digit, then letters, digits, '.', '_' or '-' (no comma, no space), at most
+# STUDY_LENGTH characters; "none" is --where's word for an untagged trial.
+STUDY_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+STUDY_LENGTH = 64
 
 # The CNN's assignment model is depth 2 at base width 32: spelled out, it is the same trial.
 CNN_ASSIGNMENT = {"depth": 2, "width": 32}

@@ -6,6 +6,7 @@
 #   bash study/commands.sh [PART...]
 # parts: assignment seeds-mlp seeds-cnn seeds-cnn-rest seeds-cnn-12 mlp-lr cnn-lr mlp-bs batch-stats
 #        mlp-depth mlp-depth-lr mlp-reg
+# the referee's parts (tagged with --study where they re-run stored options): referee-cnn
 # Every part pins the options whose default depends on the machine or the version (precision,
 # fused kernel, memory layout), so that it resumes into the same trials anywhere.
 set -euo pipefail
@@ -55,6 +56,10 @@ for part in "${parts[@]}"; do
     cnn-lr)  # learning rate × BN on the CNN: 2 epochs on the first 10,000 training images
       bnrun train --channels-last --fused --arch cnn --bn none,pre,post --lr 0.01,0.03,0.1,0.3,1,3 --epochs 2 --train-subset 10000 --seeds 3 \
         --no-checkpoint "${PAR[@]}" --db "$DB" ;;
+    referee-cnn)  # the referee's CNN check: the default recipe, custom (fused) and torch.nn × pre, post × 12 seeds,
+      # as new trials beside seeds-cnn's (--fused applies to the custom BN; the torch.nn trials run without it)
+      bnrun train --channels-last --fused --arch cnn --bn pre,post --bn-impl custom,torch --seeds 12 --study referee-cnn \
+        --diagnostics --no-checkpoint "${PAR[@]}" --db "$DB" ;;
     batch-stats)  # prediction with the statistics of each test batch, on the assignment's models
       for id in $(seq 1 12); do
         evaluate --run-id "$id" --batch-stats 2,4,8,16,32,64,128,256,512 --db "$DB" > /dev/null

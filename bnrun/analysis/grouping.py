@@ -29,6 +29,7 @@ HYPERPARAMETERS = (
     "depth",
     "width",
     "dropout",
+    "study",
 )
 BN_ORDER = {"pre": 0, "post": 1, "none": 2}
 

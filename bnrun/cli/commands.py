@@ -46,7 +46,7 @@ TRAIN_PANELS = {
                                "augment", "train_subset"),
     "Seeds": ("seeds", "seed"),
     "How it runs (rounding, not math)": ("precision", "fused", "channels_last", "device"),
-    "What is kept": ("diagnostics", "checkpoint", "force", "dry_run", "yes", "db", "data_dir"),
+    "What is kept": ("study", "diagnostics", "checkpoint", "force", "dry_run", "yes", "db", "data_dir"),
     "Ray": ("executor", "ray_address", "cpus_per_trial", "gpus_per_trial"),
 }
 
@@ -217,6 +217,13 @@ def train(
         option("MLP hidden width (default 128 with --depth) or CNN base channels (default 32)" + LIST + "."),
     ] = GRID.width,
     dropout: Annotated[str, option("Dropout rate after each hidden block" + LIST + ".")] = GRID.dropout,
+    study: Annotated[
+        Optional[str],
+        option(
+            "A tag that makes these trials new ones beside stored trials of the same options (one tag: "
+            "letters, digits, '.', '_', '-'); report --where study=TAG selects them."
+        ),
+    ] = GRID.study,
     precision: Annotated[
         str,
         option(
@@ -294,6 +301,7 @@ def train(
         depth=depth,
         width=width,
         dropout=dropout,
+        study=study,
     )
     sweep = options.build_sweep(
         grid,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,8 @@ from bnrun.config import (
     PLACEMENTS,
     PRECISIONS,
     SCHEDULES,
+    STUDY_LENGTH,
+    STUDY_PATTERN,
     SweepConfig,
     TrainConfig,
 )
@@ -101,10 +104,9 @@ BOOLEANS = {"true": True, "false": False}
 
 
 def option_kind(name: str) -> type:
-    """A training option's value type, read off TrainConfig's defaults (the options that default to None
-    take integers)."""
-    default = getattr(DEFAULTS, name)
-    return int if default is None else type(default)
+    """A training option's value type, read off TrainConfig's annotations (`int | None` is int)."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    return next((kind for kind in typing.get_args(hint) if kind is not type(None)), hint)
 
 
 def option_value(name: str, text: str) -> object:
@@ -119,6 +121,8 @@ def option_value(name: str, text: str) -> object:
     if option_kind(name) is bool:
         require(text.lower() in BOOLEANS, f"{where}: {name} is true or false")
         return BOOLEANS[text.lower()]
+    if option_kind(name) is str:
+        return text
     try:
         value = option_kind(name)(text)
     except ValueError:
@@ -192,6 +196,7 @@ class GridOptions:
     depth: str | None = None
     width: str | None = None
     dropout: str = number_text(DEFAULTS.dropout)
+    study: str | None = None  # one tag, not a list
 
 
 def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
@@ -216,7 +221,20 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
         ("depth", optional_numbers(options.depth, int, "--depth", 1)),
         ("width", optional_numbers(options.width, int, "--width", 1)),
         ("dropout", dropout_rates(options.dropout)),
+        ("study", (study_tag(options.study),)),
     )
+
+
+def study_tag(text: str | None) -> str | None:
+    """--study checked: one tag (bnrun.config.STUDY_PATTERN), or None (no tag)."""
+    if text is None:
+        return None
+    require(
+        re.fullmatch(STUDY_PATTERN, text) is not None and len(text) <= STUDY_LENGTH and text.lower() != "none",
+        f"--study: {text!r} is not a tag: a letter or digit, then letters, digits, '.', '_' or '-', at most "
+        f"{STUDY_LENGTH} characters, not 'none'",
+    )
+    return text
 
 
 def momentum_values(text: str) -> tuple[float, ...]:

@@ -298,7 +298,8 @@ LOSS_ROWS = (
 LABELS = ("arch", "bn", "impl", "optimizer", "schedule", "precision")
 # The order in which varying options claim the listing's columns: what tells runs apart first.
 COLUMN_PRIORITY = ("arch", "bn", "impl", "lr", "batch_size", "epochs", "train_subset", "depth", "width", "dropout",
-                   "optimizer", "schedule", "momentum", "weight_decay", "seed", "precision", "channels_last", "augment")
+                   "study", "optimizer", "schedule", "momentum", "weight_decay", "seed", "precision", "channels_last",
+                   "augment")
 
 
 def fitting_columns(runs: list[RunRecord], varying: tuple[str, ...], budget: int, value_of) -> tuple[list, list]:

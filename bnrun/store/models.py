@@ -109,6 +109,12 @@ class Run(Base):
     cudnn_deterministic: Mapped[bool | None] = mapped_column(Boolean)
     # revision 0008: the instruction set of the fused CPU kernel's build, where bn_path says it ran
     kernel_isa: Mapped[str | None] = mapped_column(String(16))
+    # revision 0009: the referee's trial options, and what stopped training (epochs, target-loss, diverged)
+    study: Mapped[str | None] = mapped_column(String(64))
+    init: Mapped[str] = mapped_column(String(16), server_default="default")
+    ghost_batch: Mapped[int | None] = mapped_column(Integer)
+    target_loss: Mapped[float | None] = mapped_column(Float)
+    stopped_by: Mapped[str | None] = mapped_column(String(16))
 
 
 class Epoch(OfRun, Base):

@@ -90,6 +90,11 @@ class RunRecord:
     tf32: bool | None = None  # fp32 convolutions and matmuls allowed to round to TF32
     cudnn_deterministic: bool | None = None
     kernel_isa: str | None = None  # where bn_path has fused-cpu (revision 0008): its build, e.g. avx512-bf16
+    study: str | None = None  # revision 0009: the study tag (--study), part of the trial's key
+    init: str = "default"  # the weight initialization: default (torch's) | kaiming
+    ghost_batch: int | None = None  # BN statistics over chunks of this many examples (None: the whole batch)
+    target_loss: float | None = None  # training stopped once the epoch's training loss reached it
+    stopped_by: str | None = None  # what ended training: epochs | target-loss | diverged (NULL before 0009)
 
 
 @dataclass(frozen=True)
