@@ -170,7 +170,10 @@ class SweepConfig:
         return sorted(arch for arch in archs if resolve_precision(AUTO_PRECISION, arch, self.bf16_units) == "bf16")
 
     def trials(self) -> list[tuple[TrainConfig, int]]:
-        return [(config, seed) for config in self.configs() for seed in self.seeds]
+        """Seed-major: every configuration of the first seed, then of the next, so that a grid
+        stopped part-way leaves whole seeds, paired across configurations."""
+        configs = self.configs()
+        return [(config, seed) for seed in self.seeds for config in configs]
 
     def varied(self) -> dict[str, tuple]:
         """The axes with more than one value (what the grid actually varies)."""
