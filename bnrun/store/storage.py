@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -496,7 +496,9 @@ class Store:
             raise ValueError(f"cannot sort runs by {sort!r}; choose from {', '.join(PAGE_SORT_FIELDS)}")
         conditions = self._page_conditions(equal, impls, run_ids, since, tags, deleted)
         column = getattr(Run, sort)
-        order = (column.is_(None), column.desc() if descending else column, Run.id.desc() if descending else Run.id)
+        # As the CLI's listing: the missing values keep id order even when the others are reversed.
+        ties = case((column.is_(None), Run.id), else_=-Run.id) if descending else Run.id
+        order = (column.is_(None), column.desc() if descending else column, ties)
         query = select(Run).where(*conditions).order_by(*order).limit(limit).offset(offset)
         with self.session() as session:
             total = session.execute(select(func.count()).select_from(Run).where(*conditions)).scalar_one()

@@ -5,11 +5,10 @@ store's records (`bnrun export runs`' rows)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 from bnrun.analysis import texts
 from bnrun.analysis.comparison import FINAL_METRICS
-from bnrun.analysis.export import run_rows
+from bnrun.analysis.export import epoch_rows, run_rows
 from bnrun.analysis.grouping import Comparison, Report
 from bnrun.analysis.listing import RunQuery, option_value, sort_key_name, varying_options
 from bnrun.analysis.machine import comparison_record, group_records
@@ -172,6 +171,6 @@ def api_runs(store: Store, page: RunsPage) -> dict:
 
 
 def api_run(store: Store, run_id: int) -> dict:
-    """`/api/runs/<id>`: the run's `bnrun export runs` record, with its epochs."""
+    """`/api/runs/<id>`: the run's `bnrun export runs` record, with its `bnrun export epochs` rows as "per_epoch"."""
     run = store.get_run(run_id)
-    return {**run_rows([run], store.labels([run_id]))[0], "epochs": [asdict(e) for e in store.epochs(run_id)]}
+    return {**run_rows([run], store.labels([run_id]))[0], "per_epoch": epoch_rows({run_id: store.epochs(run_id)})}

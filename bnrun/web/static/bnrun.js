@@ -1,5 +1,5 @@
-// Draws every figure of the page: each <script type="application/json" class="figure-data"> holds a
-// plotly.js specification for the element named by its data-target.
+// Draws every figure of the page: each JSON script element of class figure-data holds a plotly.js
+// specification for the element named by its data-target.
 "use strict";
 document.querySelectorAll("script.figure-data").forEach(function (node) {
   var spec = JSON.parse(node.textContent);
