@@ -121,7 +121,11 @@ def report(db: str | None, request: ReportRequest, fmt: str, standalone: bool = 
     from bnrun.analysis.rendering import render
 
     with open_store(db, read_only=True) as store:
-        content = pivot_of(store, request) if request.by else report_of(store, request)[0]
+        content, epochs = (pivot_of(store, request), {}) if request.by else report_of(store, request)
+    if fmt == "html":
+        from bnrun.web.html_report import report_html
+
+        return report_html(content, epochs)
     return render(content, fmt, standalone, wide)
 
 

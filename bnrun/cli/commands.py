@@ -424,7 +424,7 @@ def reproduce(
 @friendly_errors
 @with_options(trial_filters, "filters")
 def report(
-    fmt: Annotated[str, option("table, latex, markdown, csv or json.", "--format")] = "table",
+    fmt: Annotated[str, option("table, latex, markdown, csv, json or html.", "--format")] = "table",
     output: Annotated[
         Optional[Path], option("Write to this file (or a report.EXT inside this directory) instead of stdout.")
     ] = None,
@@ -453,7 +453,7 @@ def report(
     ] = None,
     db: DbOption = None,
 ) -> None:
-    """Mean ± std across seeds per configuration, paired comparisons (95% CI, Holm-corrected), in five formats."""
+    """Mean ± std across seeds per configuration, paired comparisons (95% CI, Holm-corrected), in six formats."""
     from bnrun.cli import actions
     from bnrun.cli.options import report_format, report_output, report_request
 
@@ -664,6 +664,21 @@ def export_model(
         highlight=False,
         markup=False,
     )
+
+
+@app.command()
+@friendly_errors
+def ui(
+    db: DbOption = None,
+    host: Annotated[str, option("Listen on this address (0.0.0.0: every network interface).")] = "127.0.0.1",
+    port: Annotated[int, option("Listen on this port.")] = 8000,
+) -> None:
+    """Browse the store in a web browser, read-only: the report, the runs, each run's curves, comparisons."""
+    from bnrun.cli.options import require
+    from bnrun.web.server import serve
+
+    require(0 < port < 65536, f"--port must be 1-65535, got {port}")
+    serve(db, host, port, lambda line: err.print(f"bnrun: {line}", highlight=False, markup=False, soft_wrap=True))
 
 
 def show_version(value: bool) -> None:

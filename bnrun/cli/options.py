@@ -488,12 +488,13 @@ def report_request(
     return ReportRequest(metric, run_filter, seeds, by, everything)
 
 
+REPORT_FORMATS = (*FORMATS, "html")  # html: bnrun.web's self-contained page
 REPORT_FILES = {"table": "report.txt", "latex": "report.tex", "markdown": "report.md", "csv": "report.csv",
-                "json": "report.json"}  # the file `report --output DIRECTORY` writes
+                "json": "report.json", "html": "report.html"}  # the file `report --output DIRECTORY` writes
 
 
 def report_format(fmt: str, standalone: bool = False, wide: bool = False) -> str:
-    require(fmt in FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(FORMATS)}")
+    require(fmt in REPORT_FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(REPORT_FORMATS)}")
     require(not standalone or fmt == "latex", "--standalone applies to --format latex only")
     require(not wide or fmt == "table", f"--wide applies to --format table only (--format {fmt} has every column)")
     return fmt

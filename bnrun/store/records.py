@@ -11,11 +11,13 @@ from bnrun.training.results import DiagnosticRecord, EpochRecord, FinalMetrics
 
 __all__ = [
     "STATUSES",
+    "CheckpointInfo",
     "DiagnosticRecord",
     "EpochRecord",
     "EvaluationRecord",
     "FinalMetrics",
     "PurgeRecord",
+    "RunPage",
     "RunLabels",
     "RunRecord",
     "TrialHolder",
@@ -154,3 +156,21 @@ class TrialHolder:
     run_id: int
     status: str
     diagnostics: bool | None = None  # a sweep with --diagnostics runs the trial again without them
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of a listing (`Store.page_runs`): its runs, and how many runs the filters match."""
+
+    runs: tuple[RunRecord, ...]
+    total: int
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What is known of a stored checkpoint without reading its bytes."""
+
+    run_id: int
+    sha256: str
+    size_bytes: int
+    created_at: datetime

@@ -13,20 +13,23 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from bnrun.config import BN_IMPLS, impl_label
 from bnrun.errors import StoreError
 from bnrun.store.engine import describe, open_engine, open_read_only, resolve_url, sqlite_path
 from bnrun.store.models import Checkpoint, Diagnostic, Epoch, Evaluation, Run, Tag
 from bnrun.store.records import (
+    CheckpointInfo,
     DiagnosticRecord,
     EpochRecord,
     EvaluationRecord,
     FinalMetrics,
     PurgeRecord,
     RunLabels,
+    RunPage,
     RunRecord,
     TrialHolder,
     record_from_row,
@@ -36,6 +39,8 @@ STALE_HEARTBEAT = timedelta(minutes=5)
 ORPHAN_NOTE = "process ended without finishing"
 LOST_ATTEMPT_NOTE = "attempt lost: its worker or node died, and the executor ran the trial again"
 OUTCOMES = ("completed", "diverged")  # results a re-run skips; failed, interrupted and reaped trials run again
+# The fields a page of runs can be sorted by in the database: every stored column but the configuration text.
+PAGE_SORT_FIELDS = tuple(name for name in RunRecord.__dataclass_fields__ if name != "config_json")
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,9 @@ class Store:
         else:
             self.engine, self.migration = open_engine(self.url, create)
         self._write_engine = self.engine.execution_options(immediate=True)
+        # On a server a read-only store's transactions are READ ONLY: the database itself refuses any write.
+        server = read_only and self.engine.dialect.name == "postgresql"
+        self._read_engine = self.engine.execution_options(postgresql_readonly=True) if server else self.engine
         if not read_only:
             self.reaped = self.reap_orphans() if reap else []
 
@@ -93,7 +101,7 @@ class Store:
         """One transaction: committed on success, rolled back on error, errors made readable."""
         if write and self.read_only:
             raise StoreError(f"store {self.name} was opened read-only")
-        bind = self._write_engine if write else self.engine
+        bind = self._write_engine if write else self._read_engine
         try:
             with Session(bind, expire_on_commit=False) as session:
                 with session.begin():
@@ -464,3 +472,81 @@ class Store:
     def count_runs(self) -> int:
         with self.session() as session:
             return session.execute(select(func.count()).select_from(Run)).scalar_one()
+
+    # -- pages of runs, checkpoint facts and rows in bulk (the web view, benchmarks) -----------------------
+
+    def page_runs(
+        self,
+        equal: tuple[tuple[str, tuple], ...] = (),
+        impls: tuple[str, ...] = (),
+        run_ids: frozenset[int] | None = None,
+        since: datetime | None = None,
+        tags: tuple[str, ...] = (),
+        deleted: bool | None = False,
+        sort: str = "id",
+        descending: bool = False,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> RunPage:
+        """One page of runs, filtered, sorted and cut in the database (LIMIT/OFFSET), with the count of
+        matches. `equal`: (column, values) pairs, each kept when the column holds one of its values;
+        `impls`: implementation names or labels (custom, custom+fused, torch); `sort`: a PAGE_SORT_FIELDS
+        name, missing values last either way, ties by id in the same direction."""
+        if sort not in PAGE_SORT_FIELDS:
+            raise ValueError(f"cannot sort runs by {sort!r}; choose from {', '.join(PAGE_SORT_FIELDS)}")
+        conditions = self._page_conditions(equal, impls, run_ids, since, tags, deleted)
+        column = getattr(Run, sort)
+        # As the CLI's listing: the missing values keep id order even when the others are reversed.
+        ties = case((column.is_(None), Run.id), else_=-Run.id) if descending else Run.id
+        order = (column.is_(None), column.desc() if descending else column, ties)
+        query = select(Run).where(*conditions).order_by(*order).limit(limit).offset(offset)
+        with self.session() as session:
+            total = session.execute(select(func.count()).select_from(Run).where(*conditions)).scalar_one()
+            return RunPage(tuple(record_from_row(RunRecord, row) for row in session.scalars(query)), total)
+
+    @staticmethod
+    def _page_conditions(equal, impls, run_ids, since, tags, deleted) -> list:
+        conditions = [getattr(Run, name).in_(values) for name, values in equal]
+        if impls:
+            named = [(name, fused) for name in BN_IMPLS for fused in (False, True)
+                     if name in impls or impl_label(name, fused) in impls]
+            conditions.append(or_(*(and_(Run.bn_impl == name, Run.fused == fused) for name, fused in named)))
+        if run_ids is not None:
+            conditions.append(or_(*(Run.id.between(low, high) for low, high in id_ranges(run_ids))))
+        if since is not None:
+            conditions.append(Run.started_at >= since)
+        if deleted is not None:
+            conditions.append(Run.deleted_at.is_not(None) if deleted else Run.deleted_at.is_(None))
+        conditions.extend(Run.id.in_(select(Tag.run_id).where(Tag.tag == tag)) for tag in tags)
+        return conditions
+
+    def checkpoint_info(self, run_id: int) -> CheckpointInfo | None:
+        """The run's checkpoint digest, size and time (its bytes are not read); None without one."""
+        query = select(Checkpoint.run_id, Checkpoint.sha256, Checkpoint.size_bytes, Checkpoint.created_at).where(
+            Checkpoint.run_id == run_id
+        )
+        with self.session() as session:
+            row = session.execute(query).first()
+        return None if row is None else CheckpointInfo(*row)
+
+    def add_ended_runs(self, runs: list[tuple[dict, list[EpochRecord]]]) -> list[int]:
+        """Runs that ended elsewhere, with their epochs, in one transaction and two bulk inserts (a
+        benchmark's store, an import): each run's column values (no id) and its epochs. Their new ids."""
+        with self.session(write=True) as session:
+            ids = list(session.scalars(insert(Run).returning(Run.id, sort_by_parameter_order=True),
+                                       [fields for fields, _ in runs]))
+            rows = [{"run_id": run_id, **asdict(epoch)} for run_id, (_, epochs) in zip(ids, runs) for epoch in epochs]
+            if rows:
+                session.execute(insert(Epoch), rows)
+            return ids
+
+
+def id_ranges(run_ids: frozenset[int]) -> list[tuple[int, int]]:
+    """{1, 2, 3, 7} -> [(1, 3), (7, 7)]: a set of ids as few inclusive ranges (bounded SQL parameters)."""
+    ranges: list[tuple[int, int]] = []
+    for run_id in sorted(run_ids):
+        if ranges and run_id == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], run_id)
+        else:
+            ranges.append((run_id, run_id))
+    return ranges

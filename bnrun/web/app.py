@@ -1,0 +1,182 @@
+"""The Starlette application: GET routes only (any other method gets 405), the store opened read-only
+for each request (SQLite mode=ro, PostgreSQL READ ONLY transactions), Jinja autoescape on every page,
+and every expected failure answered with a status code and one line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlencode
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from bnrun.analysis.grouping import PIVOT_FIELDS
+from bnrun.analysis.metrics import METRICS
+from bnrun.errors import NothingMatched, StoreError, UsageError
+from bnrun.store import Store
+from bnrun.web import charts, pages
+from bnrun.web.params import compared_ids, report_of_params, runs_of_params
+
+REFRESH_S = 10  # a page with running trials reloads itself this often
+STATIC = Path(__file__).parent / "static"
+# Everything from this server only: no page can load from, or send to, the network.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def environment() -> Environment:
+    env = Environment(loader=PackageLoader("bnrun.web"), autoescape=select_autoescape(default=True))
+    env.filters["number"] = number_text
+    env.filters["when"] = lambda value: "" if value is None else value.isoformat(sep=" ", timespec="seconds")
+    env.filters["figure_json"] = lambda figure: json.dumps(figure, default=str)
+    return env
+
+
+def number_text(value: object, places: int = 2, signed: bool = False) -> str:
+    """A float to `places` decimals ('—' for none); other values as they are."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:+.{places}f}" if signed else f"{value:.{places}f}"
+    return str(value)
+
+
+class StoreView:
+    """Opens the store read-only for one request, so a page sees what the store holds now."""
+
+    def __init__(self, db: str | None) -> None:
+        self.db = db
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Store]:
+        store = Store(self.db, read_only=True)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def create_app(db: str | None) -> Starlette:
+    """The read-only view of the store at `db` (a path or URL, as `--db`); the store is checked first."""
+    view = StoreView(db)
+    with view.open():
+        pass  # a missing, damaged or foreign store is refused here, before anything listens
+    env = environment()
+
+    def html(name: str, request: Request, **context) -> HTMLResponse:
+        body = env.get_template(name).render(request=request, query=str(request.query_params), **context)
+        return HTMLResponse(body, headers=SECURITY_HEADERS)
+
+    def report(request: Request) -> Response:
+        ask = report_of_params(request.query_params)
+        controls = {"params": request.query_params, "metrics": METRICS, "pivot_fields": PIVOT_FIELDS}
+        try:
+            with view.open() as store:
+                return html("report.html", request, page=pages.report_page(store, ask), **controls)
+        except NothingMatched as error:
+            response = html("report.html", request, message=str(error), **controls)
+            response.status_code = 404
+            return response
+
+    def runs(request: Request) -> Response:
+        page = runs_of_params(request.query_params)
+        with view.open() as store:
+            context = pages.runs_page(store, page)
+        params = request.query_params
+        return html("runs.html", request, refresh=REFRESH_S if context["running"] else None, params=params,
+                    sorted_by=lambda name: sorted_link(params, name), paged=lambda number: changed(params, page=number),
+                    **context)
+
+    def run(request: Request) -> Response:
+        with view.open() as store:
+            context = pages.run_page(store, request.path_params["run_id"])
+        refresh = REFRESH_S if context["run"].status == "running" else None
+        return html("run.html", request, refresh=refresh, **context)
+
+    def compare(request: Request) -> Response:
+        ids = compared_ids(request.query_params)
+        with view.open() as store:
+            return html("compare.html", request, **pages.compare_page(store, ids))
+
+    def api_runs(request: Request) -> Response:
+        page = runs_of_params(request.query_params)
+        with view.open() as store:
+            return json_response(pages.api_runs(store, page))
+
+    def api_run(request: Request) -> Response:
+        with view.open() as store:
+            return json_response(pages.api_run(store, request.path_params["run_id"]))
+
+    routes = [
+        Route("/", report), Route("/runs", runs), Route("/runs/{run_id:int}", run), Route("/compare", compare),
+        Route("/api/runs", api_runs), Route("/api/runs/{run_id:int}", api_run),
+        Route("/static/plotly.min.js", static(charts.plotly_js())),
+        Route("/static/style.css", static(STATIC / "style.css")),
+        Route("/static/bnrun.js", static(STATIC / "bnrun.js")),
+    ]
+    return Starlette(routes=routes, exception_handlers=ERRORS)
+
+
+def changed(params: QueryParams, **values) -> str:
+    """The query string with these parameters set (the others kept, repeated ones too)."""
+    kept = [(key, value) for key, value in params.multi_items() if key not in values]
+    return urlencode(kept + [(key, str(value)) for key, value in values.items()])
+
+
+def sorted_link(params: QueryParams, name: str) -> str:
+    """Sort by `name`, descending when the page is already sorted by it ascending; back to page 1."""
+    current = params.get("sort", "-id")
+    return changed(params, sort=f"-{name}" if current == name else name, page=1)
+
+
+def static(path: Path) -> Callable[[Request], Response]:
+    def serve(_request: Request) -> Response:
+        return FileResponse(path, headers={"Cache-Control": "max-age=3600", **SECURITY_HEADERS})
+
+    return serve
+
+
+def json_response(payload: dict) -> JSONResponse:
+    return JSONResponse(json.loads(json.dumps(payload, default=json_value)), headers=SECURITY_HEADERS)
+
+
+def json_value(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def one_line(status: int, message: str) -> PlainTextResponse:
+    return PlainTextResponse(message.splitlines()[0] + "\n" if message else "\n", status_code=status,
+                             headers=SECURITY_HEADERS)
+
+
+def http_error(_request: Request, error: HTTPException) -> Response:
+    return one_line(error.status_code, error.detail or "")
+
+
+def missing(_request: Request, error: StoreError) -> Response:
+    """An unknown run id is a 404; any other store failure (gone, damaged, unreachable) a 503."""
+    message = str(error)
+    return one_line(404 if message.startswith("no run with id") else 503, message)
+
+
+ERRORS = {
+    HTTPException: http_error,
+    UsageError: lambda _request, error: one_line(400, str(error)),
+    NothingMatched: lambda _request, error: one_line(404, str(error)),
+    StoreError: missing,
+}
