@@ -19,7 +19,7 @@ from bnrun.analysis.grouping import Group, Report  # noqa: E402
 from bnrun.analysis.pivots import Pivot  # noqa: E402
 from bnrun.analysis.stats import MIN_TRIALS, summarize  # noqa: E402
 from bnrun.config import impl_label  # noqa: E402
-from bnrun.errors import UsageError  # noqa: E402
+from bnrun.errors import UsageError, writing  # noqa: E402
 from bnrun.store import EpochRecord  # noqa: E402
 
 PANELS = (("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0))
@@ -178,9 +178,11 @@ def divergence_marks(axis, row, line, level: int) -> None:
 def save(figure, output: Path, dpi: int, title: str) -> Path:
     figure.suptitle(title)
     figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=dpi)
-    plt.close(figure)
+    try:
+        with writing(output):
+            figure.savefig(output, dpi=dpi)
+    finally:
+        plt.close(figure)
     return output
 
 

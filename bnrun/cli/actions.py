@@ -14,7 +14,7 @@ from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
 from bnrun.cli.options import PlotRequest, RunListFilter, require
 from bnrun.config import SweepConfig
-from bnrun.errors import UsageError
+from bnrun.errors import UsageError, writing
 from bnrun.store import EpochRecord, RunLabels, RunRecord, Store
 
 stderr = Console(stderr=True)
@@ -166,15 +166,11 @@ def emit(content, output: Path | None, console: Console) -> Path | None:
         else:
             console.print(content)
         return None
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with output.open("w") as handle:
-            if isinstance(content, str):
-                handle.write(content)
-            else:
-                Console(file=handle, width=console.width, color_system=None).print(content)
-    except OSError as error:
-        raise UsageError(f"--output {output}: cannot write ({error.strerror or error})") from None
+    with writing(output), output.open("w") as handle:
+        if isinstance(content, str):
+            handle.write(content)
+        else:
+            Console(file=handle, width=console.width, color_system=None).print(content)
     return output
 
 

@@ -69,8 +69,8 @@ class TrainCommand(PanelledCommand):
     panels = TRAIN_PANELS
 
 
-FILTER_PANEL = {"Which trials (default: the default recipe's)": ("arch", "bn", "bn_impl", "run_id", "since", "where",
-                                                                   "everything", "db")}
+FILTER_PANEL = {"Which trials (default: one recipe's, the default where it has any)":
+                ("arch", "bn", "bn_impl", "run_id", "since", "where", "everything", "db")}
 
 
 class ReportCommand(PanelledCommand):
@@ -108,6 +108,10 @@ SortOption = Annotated[
     str, option("Sort by a field or metric (id, started_at, lr, test_acc_population, ...); -FIELD descending.")
 ]
 LimitOption = Annotated[Optional[int], option("Show only the first N (after sorting).")]
+AllOption = Annotated[
+    bool, option("Every trial the filters select, on as many screens as it takes (default: one recipe's, one screen).",
+                 "--all")
+]
 RunArguments = Annotated[list[str], typer.Argument(help="Run ids or ranges, e.g. 3 5-7.", show_default=False)]
 
 
@@ -424,7 +428,7 @@ def report(
     wide: Annotated[
         bool, option("Table only: every metric and the diagnostics (wider than 80 columns).", "--wide")
     ] = False,
-    everything: Annotated[bool, option("Every trial, not only the default recipe's.", "--all")] = False,
+    everything: AllOption = False,
     metric: Annotated[
         str,
         option(
@@ -467,7 +471,7 @@ def plot(
             "DIAGNOSTIC.png)."
         ),
     ] = None,
-    everything: Annotated[bool, option("Every trial, not only the default recipe's.", "--all")] = False,
+    everything: AllOption = False,
     filters: FilterOptions = NO_FILTER,
     metric: Annotated[
         Optional[str], option("The metric for --x (as in report; default test_acc_population).", show_default=False)
@@ -649,7 +653,6 @@ def export_model(
     require(
         statistics in STATISTICS, f"--statistics: unknown value {statistics!r}; choose from {', '.join(STATISTICS)}"
     )
-    require(output.parent.is_dir(), f"--output: directory {output.parent} does not exist")
     saved = actions.export_model(db, run, output, statistics)
     err.print(
         f"wrote {output} (run {run}, {saved['model']['arch']} bn={saved['model']['bn']}, {statistics} statistics)",

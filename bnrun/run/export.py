@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import bnrun
+from bnrun.errors import writing
 from bnrun.store import RunRecord
 from bnrun.training.checkpoint import load_population, rebuild_model
 
@@ -53,6 +54,6 @@ def export_model(run: RunRecord, blob: bytes, output: Path, statistics: str = "p
         "test_acc": run.test_acc_population if statistics == "population" else run.test_acc_running,
         "bnrun_version": bnrun.__version__,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(saved, output)
+    with writing(output), output.open("wb") as handle:
+        torch.save(saved, handle)
     return saved
