@@ -261,12 +261,14 @@ def export_epochs(db: str | None, run_ids: list[int], fmt: str) -> str:
     return export.render(export.epoch_rows({run_id: epochs[run_id] for run_id in ids}), fmt, export.EPOCH_COLUMNS)
 
 
-def export_model(db: str | None, run_id: int, output: Path, statistics: str) -> dict:
+def export_model(db: str | None, run_id: int, output: Path, statistics: str, data_dir: Path | None = None) -> dict:
     from bnrun.run.export import export_model as write_model
+    from bnrun.training.data import check_available
 
     with open_store(db, read_only=True) as store:
         run, blob = store.get_run(run_id), store.load_checkpoint(run_id)
-    return write_model(run, blob, output, statistics)
+    check_available(data_dir)
+    return write_model(run, blob, output, statistics, data_dir)
 
 
 def plan(sweep: SweepConfig, db: str | None):

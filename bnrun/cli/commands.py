@@ -633,27 +633,25 @@ def export_model(
         str, option("What the BN layers normalize with: population (statistics over the training split) or running.")
     ] = "population",
     db: DbOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
-    """Write a run's trained model as a .pt file for torch.load(path, weights_only=True).
+    """Write a run's trained model as a .pt file for torch.load(path, weights_only=True) that takes raw images.
 
-    It holds "state_dict" (plain tensors), "model" (build_model's arguments), "config", "run_id", "test_acc".
+    It holds "state_dict" (plain tensors), "model" (build_model's arguments), "input" (the training split's mean
+    and std), "classes", "config", "run_id", "test_acc".
 
     Load it with:
 
-    saved = torch.load("model.pt", weights_only=True)
+    model = bnrun.run.export.load_model("model.pt")  # eval mode; raw uint8 (N, 28, 28) images or floats in [0, 1]
 
-    model = bnrun.training.models.build_model(**saved["model"])
-
-    model.load_state_dict(saved["state_dict"])
-
-    With saved["model"]["fused"] = False the same weights load into the eager layers (no compiled kernel)."""
+    predicted = [saved["classes"][i] for i in model(images).argmax(1)]"""
     from bnrun.cli import actions
     from bnrun.cli.options import STATISTICS, require
 
     require(
         statistics in STATISTICS, f"--statistics: unknown value {statistics!r}; choose from {', '.join(STATISTICS)}"
     )
-    saved = actions.export_model(db, run, output, statistics)
+    saved = actions.export_model(db, run, output, statistics, data_dir)
     err.print(
         f"wrote {output} (run {run}, {saved['model']['arch']} bn={saved['model']['bn']}, {statistics} statistics)",
         highlight=False,
