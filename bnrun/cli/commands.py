@@ -366,12 +366,15 @@ def runs(
     deleted: Annotated[
         bool, option("List the deleted runs instead (bnrun delete; bring one back with bnrun restore).")
     ] = False,
+    everything: Annotated[bool, option("Every matching run (in a terminal the default is the newest 30).",
+                                       "--all")] = False,
     db: DbOption = None,
 ) -> None:
     """List the trials in the store: the options that vary among them as columns, the ones they share below."""
     from bnrun.cli import actions, views
+    from bnrun.cli.options import listing_query
 
-    query = selection.query(deleted)
+    query = listing_query(selection, deleted, out.is_terminal, everything)
     out.print(views.runs_table(*actions.list_selected(db, query), width=out.width))
 
 
@@ -602,7 +605,8 @@ def export_runs(
     deleted: Annotated[bool, option("Export the deleted runs instead.")] = False,
     db: DbOption = None,
 ) -> None:
-    """Every stored field of the runs (filters as in bnrun runs), one row or object per run, with its tags."""
+    """Every stored field of the runs (filters as in bnrun runs), one row or object per run, with its tags;
+    accuracies in percent."""
     from bnrun.cli import actions
     from bnrun.cli.options import export_format
 
@@ -616,7 +620,8 @@ def export_runs(
 def export_epochs(
     runs: RunArguments, fmt: ExportFormat = "csv", output: OutputOption = None, db: DbOption = None
 ) -> None:
-    """The per-epoch rows of the runs (loss, accuracy, learning rate, seconds), one row or object per epoch."""
+    """The per-epoch rows of the runs (loss, accuracy in percent, learning rate, seconds), one row or object per
+    epoch."""
     from bnrun.cli import actions
     from bnrun.cli.options import export_format, run_ids_of
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -582,6 +582,19 @@ class RunSelection:
             sort=self.sort,
             limit=self.limit,
         )
+
+
+SCREEN_RUNS = 30  # the runs `bnrun runs` lists in a terminal without --limit or --all
+
+
+def listing_query(selection: RunSelection, deleted: bool, terminal: bool, everything: bool) -> RunQuery:
+    """`bnrun runs`' query: in a terminal, without --limit or --all, the newest SCREEN_RUNS runs (newest first
+    unless --sort says otherwise)."""
+    require(not (everything and selection.limit is not None), "--all and --limit are exclusive; give one of them")
+    query = selection.query(deleted)
+    if not terminal or everything or selection.limit is not None:
+        return query
+    return replace(query, limit=SCREEN_RUNS, sort="-id" if selection.sort == RunSelection.sort else query.sort)
 
 
 EXPORT_FORMATS = ("csv", "json")

@@ -1,5 +1,6 @@
-"""Selections that narrow: a filter or a pivot shows one recipe (the default where it holds trials, else the
-largest), names the recipes it left out with the --where that selects each, and fits one screen without --all."""
+"""The front door: selections that narrow (a filter or a pivot shows one recipe, the default where it holds trials,
+else the largest, names the recipes it left out with the --where that selects each, and fits one screen without
+--all); one line for every output path that cannot be written; accuracies in percent; a listing of one screen."""
 
 from __future__ import annotations
 
@@ -103,3 +104,26 @@ def test_every_command_that_writes_a_file_fails_in_one_line(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output, (args, result.output)
+
+
+def test_export_gives_accuracies_in_percent_as_every_view():
+    from bnrun.analysis.export import epoch_rows, run_rows
+    from bnrun.store import EpochRecord
+
+    run = make_run(1, acc=0.9021)
+    (row,) = run_rows([run], {})
+    assert row["test_acc_population"] == 90.21 and row["val_acc"] == 90.21 and row["lr"] == 0.05
+    epoch = EpochRecord(epoch=1, train_loss=0.5, train_acc=0.8, val_loss=0.4, val_acc=0.85, lr=0.1, seconds=1.0,
+                        train_seconds=1.0)
+    assert epoch_rows({1: [epoch]})[0]["val_acc"] == 85.0
+
+
+def test_runs_in_a_terminal_lists_one_screen_newest_first():
+    from bnrun.cli.options import SCREEN_RUNS, FilterOptions, RunSelection, listing_query
+
+    every = RunSelection(FilterOptions())
+
+    terminal = listing_query(every, False, terminal=True, everything=False)
+    assert (terminal.limit, terminal.sort) == (SCREEN_RUNS, "-id")
+    assert listing_query(every, False, terminal=False, everything=False).limit is None
+    assert listing_query(every, False, terminal=True, everything=True).limit is None
