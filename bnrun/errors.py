@@ -2,6 +2,11 @@
 first-line rule every error message quoted from elsewhere goes through."""
 
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+
 class BnrunError(Exception):
     """An expected failure with a message fit for one line on stderr."""
 
@@ -35,3 +40,16 @@ class NothingMatched(BnrunError):
 def first_line(error: BaseException, limit: int = 160) -> str:
     """The first non-empty line of an error's message (its type name if it has none), at most `limit` characters."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
+@contextlib.contextmanager
+def writing(path: Path, option: str = "--output") -> Iterator[Path]:
+    """Where every command writes a file: the missing directories made, and whatever stops the write (a file
+    where a directory is needed, an unwritable place, a full disk) one UsageError line naming the option."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield path
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"{option} {path}: cannot write (a file is in the way of a directory on the path)") from None
+    except OSError as error:
+        raise UsageError(f"{option} {path}: cannot write ({error.strerror or first_line(error)})") from None

@@ -77,7 +77,7 @@ def test_the_default_report_is_the_default_recipe_with_holm_over_what_it_prints(
     result = invoke("report", "--db", str(study), env=NARROW)
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
-    assert re.search(r"default recipe only: \d+ of \d+ trials left out \(other epochs, batch_size, lr", text), text
+    assert re.search(r"shown: the default recipe; left out: \d+ of \d+ trials, in \d+ other recipes: --where ", text), text
     assert "--all shows every trial" in text
     tested = len(re.findall(r"\(p=[0-9.e-]+, Holm p=", text))
     assert f"corrected over the {tested} comparisons with a test" in text and tested >= 10
@@ -99,7 +99,7 @@ def test_every_group_label_is_unique(study):
 def test_batch_sizes_sort_as_numbers(study):
     filters = ["--arch", "mlp", "--where", "epochs=10", "--where", "lr=0.05", "--where", "depth=none", "--where",
                "width=none", "--where", "dropout=0", "--db", str(study)]
-    payload = json.loads(invoke("report", "--format", "json", *filters).stdout)
+    payload = json.loads(invoke("report", "--format", "json", "--all", *filters).stdout)
     sizes = [group["batch_size"] for group in payload["groups"] if group["bn"] == "pre"]
     assert sizes == [16, 32, 64, 128, 256, 512]
     settings = [c["setting"] for c in payload["comparisons"] if c["b"] == "mlp bn=post (custom+fused)"]
@@ -114,10 +114,9 @@ def test_batch_sizes_sort_as_numbers(study):
     (["plot", "--output", "c.jpgx"], "unknown extension .jpgx; end the file name in .png, .pdf, .svg"),
     (["plot", "--output", "noext"], "--output noext: no extension"),
     (["plot", "--metric", "best_val_acc"], "--metric applies to --x only"),
-    (["plot", "--x", "lr"], "series would share one figure"),
+    (["plot", "--x", "lr", "--all"], "series would share one figure"),
     (["report", "--standalone"], "--standalone applies to --format latex only"),
     (["report", "--wide", "--format", "csv"], "--wide applies to --format table only"),
-    (["report", "--all", "--arch", "mlp"], "--all applies only without filters"),
     (["report", "--where", "lr=abc"], "--where lr=abc: 'abc' is not a number"),
     (["report", "--where", "augment=no"], "--where augment=no: augment is true or false"),
     (["report", "--where", "bn_impl=fused"], "--where bn_impl=fused: choose from custom, custom+fused, torch"),

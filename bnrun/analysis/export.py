@@ -1,5 +1,6 @@
 """Runs and epochs as CSV or JSON (`bnrun export runs|epochs`): every stored field, plain values,
-timestamps in ISO 8601. Pure functions over store records."""
+accuracies in percent (as every other view shows them), timestamps in ISO 8601. Pure functions over
+store records."""
 
 from __future__ import annotations
 
@@ -20,11 +21,23 @@ def run_rows(runs: list[RunRecord], labels: dict[int, RunLabels]) -> list[dict]:
 
 
 def epoch_rows(epochs: dict[int, list[EpochRecord]]) -> list[dict]:
-    return [{"run_id": run_id, **asdict(epoch)} for run_id, records in epochs.items() for epoch in records]
+    return [{"run_id": run_id, **plain(asdict(epoch))} for run_id, records in epochs.items() for epoch in records]
+
+
+def is_accuracy(field: str) -> bool:
+    """A stored accuracy (a fraction in the store, exported in percent)."""
+    return "_acc" in field or field.endswith("acc")
 
 
 def plain(row: dict) -> dict:
-    return {key: value.isoformat(sep=" ") if isinstance(value, datetime) else value for key, value in row.items()}
+    """Timestamps in ISO 8601, accuracies in percent (rounded to what a float holds of 4 places)."""
+    def value_of(key: str, value: object) -> object:
+        if isinstance(value, datetime):
+            return value.isoformat(sep=" ")
+        if is_accuracy(key) and isinstance(value, float):
+            return round(100 * value, 10)
+        return value
+    return {key: value_of(key, value) for key, value in row.items()}
 
 
 def render(rows: list[dict], fmt: str, columns: list[str]) -> str:

@@ -16,10 +16,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bnrun.analysis.diagnostic_summaries import diagnostic_series  # noqa: E402
 from bnrun.analysis.grouping import Group, Report  # noqa: E402
+from bnrun.analysis.metrics import CHANCE, at_chance  # noqa: E402
 from bnrun.analysis.pivots import Pivot  # noqa: E402
 from bnrun.analysis.stats import MIN_TRIALS, summarize  # noqa: E402
 from bnrun.config import impl_label  # noqa: E402
-from bnrun.errors import UsageError  # noqa: E402
+from bnrun.errors import UsageError, writing  # noqa: E402
 from bnrun.store import EpochRecord  # noqa: E402
 
 PANELS = (("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0))
@@ -129,24 +130,34 @@ def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: fl
         for level, row in enumerate(rows):
             line = option_line(axis, row, scale, bounds)
             divergence_marks(axis, row, line, level)
+            if scale == 100.0:
+                chance_marks(axis, row, line, level)
         if scale == 100.0:
             within(axis, PERCENT_RANGE)
         if spans_decades(list(pivot.columns)):
             axis.set_xscale("log")
             axis.minorticks_off()  # the grid's own values label the axis, not 3×10¹
         axis.set_xticks(list(pivot.columns), [f"{value:g}" for value in pivot.columns])
-        axis.set_title(f"{arch.upper()}: {metric_label} vs {pivot.by} (× = diverged k/n)")
+        axis.set_title(f"{arch.upper()}: {metric_label} vs {pivot.by} (× = diverged k/n, ▾ = chance)")
         axis.set_xlabel(pivot.by)
         axis.set_ylabel(metric_label)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        unique_legend(axis)
     return save(figure, output, dpi, f"mean ± std over seeds (points: the seeds of cells with n < {MIN_TRIALS}), "
                                      f"by {pivot.by}")
 
 
+def unique_legend(axis) -> None:
+    """The legend with each label once (every chance mark carries the same one)."""
+    handles, labels = axis.get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    axis.legend(list(seen.values()), list(seen), fontsize=8)
+
+
 def option_line(axis, row, scale: float, bounds: tuple):
     """One row of the pivot: its mean line, the band where n ≥ MIN_TRIALS, the seeds where n is smaller."""
-    done = [(v, c) for v, c in sorted(row.cells.items(), key=lambda item: item[0]) if c.summary.mean is not None]
+    done = [(v, c) for v, c in sorted(row.cells.items(), key=lambda item: item[0])
+            if c.summary.mean is not None and not (scale == 100.0 and at_chance(c.summary.mean))]
     if not done:
         return None
     xs = [v for v, _ in done]
@@ -160,6 +171,20 @@ def option_line(axis, row, scale: float, bounds: tuple):
             axis.plot([value] * len(cell.values), [v * scale for v in cell.values], linestyle="none", marker="_",
                       markersize=10, mew=1.5, color=line.get_color(), alpha=0.8)
     return line
+
+
+def chance_marks(axis, row, line, level: int) -> None:
+    """A triangle on the axis at each value where the row's completed trials ended at chance level
+    (metrics.at_chance), labelled n, instead of a point on its line."""
+    color = line.get_color() if line is not None else "grey"
+    height = 0.03 + 0.065 * level
+    for value, cell in sorted(row.cells.items(), key=lambda item: item[0]):
+        if cell.summary.mean is None or not at_chance(cell.summary.mean):
+            continue
+        axis.plot([value], [height], marker="v", color=color, markersize=8, linestyle="none",
+                  transform=axis.get_xaxis_transform(), clip_on=False, label=f"chance level ({100 * CHANCE:g} %)")
+        axis.annotate(f"{cell.summary.n}/{cell.ended}", (value, height), xycoords=("data", "axes fraction"),
+                      xytext=(6, 0), textcoords="offset points", fontsize=7, color=color, ha="left", va="center")
 
 
 def divergence_marks(axis, row, line, level: int) -> None:
@@ -178,9 +203,11 @@ def divergence_marks(axis, row, line, level: int) -> None:
 def save(figure, output: Path, dpi: int, title: str) -> Path:
     figure.suptitle(title)
     figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=dpi)
-    plt.close(figure)
+    try:
+        with writing(output):
+            figure.savefig(output, dpi=dpi)
+    finally:
+        plt.close(figure)
     return output
 
 

@@ -83,6 +83,10 @@ class RunFilter:
     def is_empty(self) -> bool:
         return self == RunFilter()
 
+    def named(self) -> frozenset[str]:
+        """The options --where chose values of."""
+        return frozenset(name for name, _ in self.where)
+
 
 @dataclass(frozen=True)
 class Group:
@@ -129,7 +133,8 @@ class Report:
     diagnostics: dict = field(default_factory=dict)  # group key -> {summary: Summary} (diagnostic_summaries)
     repeats: tuple[int, ...] = ()  # runs not counted: a later run of the same configuration and seed is
     per_arch: dict = field(default_factory=dict)  # arch -> {option: value} for options set per arch (a caption)
-    left_out: str = ""  # what a default selection left out, and how to see it
+    left_out: tuple[str, ...] = ()  # what a narrowed selection left out, and how to see it
+    recipe: dict = field(default_factory=dict)  # {option: value}: off the training default in every group
 
     def label(self, group: Group) -> str:
         """The group's label with every option that varies among the groups: no two groups share one."""
@@ -245,15 +250,89 @@ def count_once(runs: list[RunRecord]) -> tuple[list[RunRecord], tuple[int, ...]]
     return [r for r in runs if r.id in kept or r.status not in OUTCOMES], repeats
 
 
-def default_selection(runs: list[RunRecord]) -> tuple[list[RunRecord], str]:
-    """The trials of the default recipe, and a note on what was left out and how to see it ("" when nothing was)."""
-    kept = [run for run in runs if not off_recipe(run)]
-    if len(kept) == len(runs) or not kept:
+SCREEN_ROWS = 16  # the groups (or pivot rows) a report shows without --all: what one screen holds
+SHOWN_RECIPES = 3  # the other recipes a caption names, largest first
+
+
+def spelled(value: object) -> str:
+    """An option's value as --where takes it: 0.05, none, true."""
+    if value is None or isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def recipe_key(run: RunRecord, named: frozenset[str]) -> tuple[tuple[str, object], ...]:
+    """The run's RECIPE options off the training default, leaving out the `named` ones (a filter or a pivot
+    chose them): runs with the same key come from the same recipe."""
+    defaults = default_recipe(run.arch)
+    return tuple((n, getattr(run, n)) for n in RECIPE if n not in named and getattr(run, n) != defaults[n])
+
+
+def choose_recipe(recipes: dict[tuple, list[RunRecord]], sweep: str | None) -> tuple:
+    """The default recipe where it holds trials that ran to an outcome, else the one with the most; with a
+    `sweep` option, only recipes in which that option takes several values compete (where any does)."""
+    def ended(key: tuple) -> list[RunRecord]:
+        return [run for run in recipes[key] if run.status in OUTCOMES]
+
+    candidates = [key for key in recipes if ended(key)] or list(recipes)
+    if sweep is not None:
+        candidates = [k for k in candidates if len({getattr(r, sweep) for r in ended(k)}) > 1] or candidates
+    if () in candidates:
+        return ()
+    return max(sorted(candidates, key=repr), key=lambda key: len(ended(key)))
+
+
+def where_text(runs: list[RunRecord], names: list[str]) -> str:
+    """The --where options that select these runs' values of `names`."""
+    return " ".join(
+        f"--where {n}={','.join(spelled(v) for v in sorted({getattr(r, n) for r in runs}, key=value_order))}"
+        for n in names
+    )
+
+
+def narrow(runs: list[RunRecord], named: frozenset[str] = frozenset(), sweep: str | None = None
+           ) -> tuple[list[RunRecord], str]:
+    """The trials of one recipe (`choose_recipe`) among `runs`, which differ in options nobody `named`, and a
+    note naming the recipes left out, each with the --where that selects it ("" when nothing was left out)."""
+    recipes: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for run in runs:
+        recipes[recipe_key(run, named)].append(run)
+    if len(recipes) <= 1:
         return runs, ""
-    options = sorted({name for run in runs for name in off_recipe(run)}, key=RECIPE.index)
-    return kept, (
-        f"default recipe only: {len(runs) - len(kept)} of {len(runs)} trials left out (other {', '.join(options)}); "
-        "--all shows every trial, --where OPTION=VALUE selects"
+    chosen = choose_recipe(recipes, sweep)
+    others = sorted((key for key in recipes if key != chosen), key=lambda key: -len(recipes[key]))
+    names = dict.fromkeys(name for key in (chosen, *others) for name, _ in key)
+    listed = [f"{where_text(recipes[key], [n for n in names if n in dict(key) or n in dict(chosen)])} "
+              f"({len(recipes[key])} trials)" for key in others[:SHOWN_RECIPES]]
+    more = f"; and {len(others) - SHOWN_RECIPES} more" if len(others) > SHOWN_RECIPES else ""
+    left = len(runs) - len(recipes[chosen])
+    return recipes[chosen], (
+        f"shown: {'the default recipe' if chosen == () else 'the largest recipe'}; left out: {left} of {len(runs)} "
+        f"trials, in {len(others)} other recipes: {'; '.join(listed)}{more}; --all shows every trial"
+    )
+
+
+def off_default(runs: list[RunRecord], shown: tuple[str, ...] = ()) -> dict[str, object]:
+    """The RECIPE options that every run shares at a value off the training default (a caption must name them),
+    leaving out the `shown` ones."""
+    settings = {}
+    for name in RECIPE:
+        values = {getattr(run, name) for run in runs}
+        if name not in shown and len(values) == 1 and any(getattr(r, name) != default_recipe(r.arch)[name]
+                                                            for r in runs):
+            settings[name] = values.pop()
+    return settings
+
+
+def on_one_screen(groups: list[Group]) -> tuple[list[Group], str]:
+    """At most SCREEN_ROWS groups, and what was left out ("" when nothing was)."""
+    if len(groups) <= SCREEN_ROWS:
+        return groups, ""
+    return groups[:SCREEN_ROWS], (
+        f"{SCREEN_ROWS} of {len(groups)} groups shown; left out: "
+        + "; ".join(g.label(varying_hyperparameters(groups)) for g in groups[SCREEN_ROWS:SCREEN_ROWS + 3])
+        + ("" if len(groups) <= SCREEN_ROWS + 3 else f" and {len(groups) - SCREEN_ROWS - 3} more")
+        + " (--where narrows, --all shows every group)"
     )
 
 
@@ -262,12 +341,15 @@ def build_report(
     metric: str = "test_acc_population",
     run_filter: RunFilter = RunFilter(),
     expected_seeds: int | None = None,
-    default_only: bool = False,
+    narrowed: bool = False,
 ) -> Report:
-    """`default_only`: keep the default recipe's trials (`default_selection`), saying what was left out."""
-    chosen, left_out = default_selection(runs) if default_only else (runs, "")
-    selected, repeats = count_once([run for run in chosen if run_filter.accepts(run)])
+    """`narrowed`: one recipe of the filter's trials (`narrow`) on one screen (`on_one_screen`), saying what
+    was left out; else every trial the filter accepts."""
+    chosen = [run for run in runs if run_filter.accepts(run)]
+    chosen, left_recipes = narrow(chosen, run_filter.named()) if narrowed else (chosen, "")
+    selected, repeats = count_once(chosen)
     groups = build_groups(selected, expected_seeds)
+    groups, left_groups = on_one_screen(groups) if narrowed else (groups, "")
     excluded = dict(Counter(run.status for run in selected if run.status not in ("completed", "running")))
     per_seed = {
         g.key: {r.seed: {"run_id": r.id, **{m: metric_value(r, m) for m in METRICS}} for r in g.runs} for g in groups
@@ -283,7 +365,8 @@ def build_report(
         per_seed,
         repeats=repeats,
         per_arch=per_arch_settings(groups, varying),
-        left_out=left_out,
+        left_out=tuple(note for note in (left_recipes, left_groups) if note),
+        recipe=off_default([run for g in groups for run in g.runs], varying),
     )
 
 

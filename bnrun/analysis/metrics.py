@@ -16,6 +16,15 @@ METRICS = {
     "gen_gap_loss": "test − train loss",
     "train_gap": "last-epoch train − test acc.",
 }
+CHANCE = 0.1  # accuracy of a guess among Fashion-MNIST's 10 classes
+CHANCE_MARGIN = 0.005  # an accuracy within this of CHANCE is chance level: the model learned nothing
+
+
+def at_chance(accuracy: float | None) -> bool:
+    """Whether an accuracy (a fraction) is chance level."""
+    return accuracy is not None and accuracy <= CHANCE + CHANCE_MARGIN
+
+
 PERCENT_METRICS = {"test_acc_population", "test_acc_running", "best_val_acc", "val_acc", "gen_gap", "train_gap"}
 HIGHER_IS_BETTER = PERCENT_METRICS - {"gen_gap", "train_gap"}
 

@@ -4,17 +4,20 @@ it as rows; each cell the completed trials' mean ± std and how many diverged.""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bnrun.analysis.grouping import (
     BN_ORDER,
     HYPERPARAMETERS,
     IDENTITY,
     PIVOT_FIELDS,
+    SCREEN_ROWS,
     Comparison,
     RunFilter,
     build_report,
     count_once,
+    narrow,
+    off_default,
     value_order,
 )
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, digits, mean_std_text, metric_value, scaled_pair
@@ -58,6 +61,8 @@ class Pivot:
     row_fields: tuple[str, ...]
     rows: tuple[PivotRow, ...]
     comparisons: tuple[Comparison, ...]  # within each column (same option value), Holm-corrected
+    left_out: tuple[str, ...] = ()  # what a narrowed selection left out, and how to see it
+    held: dict = field(default_factory=dict)  # {option: value}: off the training default in every row
 
 
 def pivot_row_fields(runs: list[RunRecord], by: str) -> tuple[str, ...]:
@@ -69,12 +74,16 @@ def pivot_row_fields(runs: list[RunRecord], by: str) -> tuple[str, ...]:
 
 
 def build_pivot(
-    runs: list[RunRecord], by: str, metric: str = "test_acc_population", run_filter: RunFilter = RunFilter()
+    runs: list[RunRecord], by: str, metric: str = "test_acc_population", run_filter: RunFilter = RunFilter(),
+    narrowed: bool = False,
 ) -> Pivot:
-    """Trials that ran to an outcome, rows = configuration without `by`, columns = `by`'s values."""
+    """Trials that ran to an outcome, rows = configuration without `by`, columns = `by`'s values.
+    `narrowed`: the sweep over `by` of one recipe (`narrow`), at most SCREEN_ROWS rows, saying what was left out."""
     if by not in PIVOT_FIELDS:
         raise UsageError(f"--by: unknown option {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
-    selected, _ = count_once([run for run in runs if run_filter.accepts(run) and run.status in OUTCOMES])
+    chosen = [run for run in runs if run_filter.accepts(run)]
+    chosen, left_recipes = narrow(chosen, run_filter.named() | {by}, by) if narrowed else (chosen, "")
+    selected, _ = count_once([run for run in chosen if run.status in OUTCOMES])
     row_fields = pivot_row_fields(selected, by)
     table: dict[tuple, dict[object, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
     for run in selected:
@@ -82,8 +91,14 @@ def build_pivot(
     columns = tuple(sorted({getattr(run, by) for run in selected}, key=value_order))
     rows = [pivot_row(dict(zip(row_fields, key)), cells, metric) for key, cells in table.items()]
     rows.sort(key=lambda row: pivot_sort_key(row.labels))
-    comparisons = build_report(runs, metric, run_filter).comparisons
-    return Pivot(by, metric, columns, row_fields, tuple(rows), comparisons)
+    left_rows = f"{SCREEN_ROWS} of {len(rows)} rows shown (--where narrows, --all shows every row)"
+    left = tuple(n for n in (left_recipes, left_rows if narrowed and len(rows) > SCREEN_ROWS else "") if n)
+    rows = rows[:SCREEN_ROWS] if narrowed else rows
+    shown = {run_id for row in rows for cell in row.cells.values() for run_id in cell.run_ids}
+    kept = [run for run in chosen if run.id in shown or run.status not in OUTCOMES]
+    comparisons = build_report(kept, metric).comparisons
+    held = off_default([r for r in selected if r.id in shown], (by, *row_fields))
+    return Pivot(by, metric, columns, row_fields, tuple(rows), comparisons, left, held)
 
 
 def pivot_sort_key(labels: dict) -> tuple:

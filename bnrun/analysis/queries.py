@@ -38,17 +38,17 @@ class ReportRequest:
     run_filter: RunFilter = RunFilter()
     expected_seeds: int | None = None
     by: str | None = None
-    everything: bool = False  # --all: no default selection
+    everything: bool = False  # --all: every trial the filter accepts, not one recipe's on one screen
 
-    def default_only(self) -> bool:
-        """No filter, no pivot and no --all: the report shows the default recipe's groups."""
-        return not self.everything and self.by is None and self.run_filter.is_empty()
+    def narrowed(self) -> bool:
+        """Without --all a report shows one recipe's groups on one screen (grouping.narrow)."""
+        return not self.everything
 
 
 def report_of(store: Store, request: ReportRequest) -> tuple[Report, dict[int, list[EpochRecord]]]:
     """The report, with diagnostics summaries where its runs have them, and its runs' epochs."""
     runs = store.list_runs()
-    result = build_report(runs, request.metric, request.run_filter, request.expected_seeds, request.default_only())
+    result = build_report(runs, request.metric, request.run_filter, request.expected_seeds, request.narrowed())
     if not result.groups:
         raise nothing_matched(runs)
     run_ids = [r.id for g in result.groups for r in g.runs]
@@ -62,7 +62,7 @@ def report_of(store: Store, request: ReportRequest) -> tuple[Report, dict[int, l
 
 def pivot_of(store: Store, request: ReportRequest) -> Pivot:
     runs = store.list_runs()
-    pivot = build_pivot(runs, request.by, request.metric, request.run_filter)
+    pivot = build_pivot(runs, request.by, request.metric, request.run_filter, request.narrowed())
     if not pivot.rows:
         raise nothing_matched(runs)
     return pivot

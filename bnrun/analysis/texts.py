@@ -4,7 +4,7 @@ accuracies, digits per metric), footnotes and the paired comparisons' lines."""
 from __future__ import annotations
 
 from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
-from bnrun.analysis.grouping import Comparison, Group, Report
+from bnrun.analysis.grouping import Comparison, Group, Report, spelled
 from bnrun.analysis.metrics import METRICS, digits, mean_std_text, scaled_pair
 from bnrun.analysis.pivots import Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS, Summary
@@ -62,14 +62,23 @@ def settings_text(settings: dict) -> str:
     return ", ".join(f"{name}={value}" for name, value in settings.items())
 
 
+def recipe_line(settings: dict) -> str:
+    """The options off the default recipe that every row shares ("" when none is)."""
+    return f"off the default recipe: {spelled_settings(settings)}" if settings else ""
+
+
+def spelled_settings(settings: dict) -> str:
+    """'epochs=1, train_subset=1000': options as --where takes them."""
+    return ", ".join(f"{name}={spelled(value)}" for name, value in settings.items())
+
+
 def caption_lines(report: Report) -> list[str]:
-    """What the table's rows share: the options set per architecture, and what a default selection left out."""
+    """What the table's rows share: the options set per architecture and the options off the default recipe;
+    then what a narrowed selection left out."""
     lines = []
     if report.per_arch:
         lines.append("; ".join(f"{arch}: {settings_text(settings)}" for arch, settings in report.per_arch.items()))
-    if report.left_out:
-        lines.append(report.left_out)
-    return lines
+    return lines + [line for line in (recipe_line(report.recipe),) if line] + list(report.left_out)
 
 
 def is_best(report: Report, group: Group) -> bool:
@@ -150,7 +159,9 @@ def pivot_cells(pivot: Pivot, row: PivotRow) -> list[str]:
 
 
 def pivot_notes(pivot: Pivot) -> list[str]:
-    return [
+    held = "every other option held fixed at the default recipe" + (
+        f" but {spelled_settings(pivot.held)}" if pivot.held else "")
+    return [held, *pivot.left_out,
         f"{METRICS[pivot.metric]} by {pivot.by}: mean ± sample std over seeds of the completed trials; "
         f"'diverged k/n': k of the n trials that ran to an outcome diverged (they are not in the mean)"
     ]

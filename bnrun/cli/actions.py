@@ -14,7 +14,7 @@ from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
 from bnrun.cli.options import PlotRequest, RunListFilter, require
 from bnrun.config import SweepConfig
-from bnrun.errors import UsageError
+from bnrun.errors import UsageError, writing
 from bnrun.store import EpochRecord, RunLabels, RunRecord, Store
 
 stderr = Console(stderr=True)
@@ -170,15 +170,11 @@ def emit(content, output: Path | None, console: Console) -> Path | None:
         else:
             console.print(content)
         return None
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with output.open("w") as handle:
-            if isinstance(content, str):
-                handle.write(content)
-            else:
-                Console(file=handle, width=console.width, color_system=None).print(content)
-    except OSError as error:
-        raise UsageError(f"--output {output}: cannot write ({error.strerror or error})") from None
+    with writing(output), output.open("w") as handle:
+        if isinstance(content, str):
+            handle.write(content)
+        else:
+            Console(file=handle, width=console.width, color_system=None).print(content)
     return output
 
 
@@ -269,12 +265,14 @@ def export_epochs(db: str | None, run_ids: list[int], fmt: str) -> str:
     return export.render(export.epoch_rows({run_id: epochs[run_id] for run_id in ids}), fmt, export.EPOCH_COLUMNS)
 
 
-def export_model(db: str | None, run_id: int, output: Path, statistics: str) -> dict:
+def export_model(db: str | None, run_id: int, output: Path, statistics: str, data_dir: Path | None = None) -> dict:
     from bnrun.run.export import export_model as write_model
+    from bnrun.training.data import check_available
 
     with open_store(db, read_only=True) as store:
         run, blob = store.get_run(run_id), store.load_checkpoint(run_id)
-    return write_model(run, blob, output, statistics)
+    check_available(data_dir)
+    return write_model(run, blob, output, statistics, data_dir)
 
 
 def plan(sweep: SweepConfig, db: str | None):

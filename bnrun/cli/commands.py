@@ -69,8 +69,8 @@ class TrainCommand(PanelledCommand):
     panels = TRAIN_PANELS
 
 
-FILTER_PANEL = {"Which trials (default: the default recipe's)": ("arch", "bn", "bn_impl", "run_id", "since", "where",
-                                                                   "everything", "db")}
+FILTER_PANEL = {"Which trials (default: one recipe's, the default where it has any)":
+                ("arch", "bn", "bn_impl", "run_id", "since", "where", "everything", "db")}
 
 
 class ReportCommand(PanelledCommand):
@@ -108,6 +108,10 @@ SortOption = Annotated[
     str, option("Sort by a field or metric (id, started_at, lr, test_acc_population, ...); -FIELD descending.")
 ]
 LimitOption = Annotated[Optional[int], option("Show only the first N (after sorting).")]
+AllOption = Annotated[
+    bool, option("Every trial the filters select, on as many screens as it takes (default: one recipe's, one screen).",
+                 "--all")
+]
 RunArguments = Annotated[list[str], typer.Argument(help="Run ids or ranges, e.g. 3 5-7.", show_default=False)]
 
 
@@ -370,12 +374,15 @@ def runs(
     deleted: Annotated[
         bool, option("List the deleted runs instead (bnrun delete; bring one back with bnrun restore).")
     ] = False,
+    everything: Annotated[bool, option("Every matching run (in a terminal the default is the newest 30).",
+                                       "--all")] = False,
     db: DbOption = None,
 ) -> None:
     """List the trials in the store: the options that vary among them as columns, the ones they share below."""
     from bnrun.cli import actions, views
+    from bnrun.cli.options import listing_query
 
-    query = selection.query(deleted)
+    query = listing_query(selection, deleted, out.is_terminal, everything)
     out.print(views.runs_table(*actions.list_selected(db, query), width=out.width))
 
 
@@ -432,7 +439,7 @@ def report(
     wide: Annotated[
         bool, option("Table only: every metric and the diagnostics (wider than 80 columns).", "--wide")
     ] = False,
-    everything: Annotated[bool, option("Every trial, not only the default recipe's.", "--all")] = False,
+    everything: AllOption = False,
     metric: Annotated[
         str,
         option(
@@ -475,7 +482,7 @@ def plot(
             "DIAGNOSTIC.png)."
         ),
     ] = None,
-    everything: Annotated[bool, option("Every trial, not only the default recipe's.", "--all")] = False,
+    everything: AllOption = False,
     filters: FilterOptions = NO_FILTER,
     metric: Annotated[
         Optional[str], option("The metric for --x (as in report; default test_acc_population).", show_default=False)
@@ -606,7 +613,8 @@ def export_runs(
     deleted: Annotated[bool, option("Export the deleted runs instead.")] = False,
     db: DbOption = None,
 ) -> None:
-    """Every stored field of the runs (filters as in bnrun runs), one row or object per run, with its tags."""
+    """Every stored field of the runs (filters as in bnrun runs), one row or object per run, with its tags;
+    accuracies in percent."""
     from bnrun.cli import actions
     from bnrun.cli.options import export_format
 
@@ -620,7 +628,8 @@ def export_runs(
 def export_epochs(
     runs: RunArguments, fmt: ExportFormat = "csv", output: OutputOption = None, db: DbOption = None
 ) -> None:
-    """The per-epoch rows of the runs (loss, accuracy, learning rate, seconds), one row or object per epoch."""
+    """The per-epoch rows of the runs (loss, accuracy in percent, learning rate, seconds), one row or object per
+    epoch."""
     from bnrun.cli import actions
     from bnrun.cli.options import export_format, run_ids_of
 
@@ -637,28 +646,25 @@ def export_model(
         str, option("What the BN layers normalize with: population (statistics over the training split) or running.")
     ] = "population",
     db: DbOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
-    """Write a run's trained model as a .pt file for torch.load(path, weights_only=True).
+    """Write a run's trained model as a .pt file for torch.load(path, weights_only=True) that takes raw images.
 
-    It holds "state_dict" (plain tensors), "model" (build_model's arguments), "config", "run_id", "test_acc".
+    It holds "state_dict" (plain tensors), "model" (build_model's arguments), "input" (the training split's mean
+    and std), "classes", "config", "run_id", "test_acc".
 
     Load it with:
 
-    saved = torch.load("model.pt", weights_only=True)
+    model = bnrun.run.export.load_model("model.pt")  # eval mode; raw uint8 (N, 28, 28) images or floats in [0, 1]
 
-    model = bnrun.training.models.build_model(**saved["model"])
-
-    model.load_state_dict(saved["state_dict"])
-
-    With saved["model"]["fused"] = False the same weights load into the eager layers (no compiled kernel)."""
+    predicted = [saved["classes"][i] for i in model(images).argmax(1)]"""
     from bnrun.cli import actions
     from bnrun.cli.options import STATISTICS, require
 
     require(
         statistics in STATISTICS, f"--statistics: unknown value {statistics!r}; choose from {', '.join(STATISTICS)}"
     )
-    require(output.parent.is_dir(), f"--output: directory {output.parent} does not exist")
-    saved = actions.export_model(db, run, output, statistics)
+    saved = actions.export_model(db, run, output, statistics, data_dir)
     err.print(
         f"wrote {output} (run {run}, {saved['model']['arch']} bn={saved['model']['bn']}, {statistics} statistics)",
         highlight=False,

@@ -7,11 +7,11 @@ from __future__ import annotations
 import math
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from bnrun.analysis.grouping import PIVOT_FIELDS, RunFilter
+from bnrun.analysis.grouping import PIVOT_FIELDS, RunFilter, spelled
 from bnrun.analysis.listing import RunQuery
 from bnrun.analysis.metrics import METRICS
 from bnrun.analysis.queries import ReportRequest
@@ -152,17 +152,13 @@ def parse_where(items: list[str]) -> tuple[tuple[str, tuple], ...]:
 def both(first: tuple, second: tuple, what: str) -> tuple:
     """The values two conditions on one option both allow; UsageError when none."""
     common = tuple(value for value in first if value in second)
-    require(bool(common), f"contradictory filters: {what} cannot be both {spelled(first)} and {spelled(second)}")
+    require(bool(common),
+            f"contradictory filters: {what} cannot be both {spelled_list(first)} and {spelled_list(second)}")
     return common
 
 
-def spelled(values: tuple) -> str:
-    def one(value: object) -> str:
-        if value is None or isinstance(value, bool):
-            return str(value).lower()
-        return f"{value:g}" if isinstance(value, float) else str(value)
-
-    return ",".join(one(value) for value in values)
+def spelled_list(values: tuple) -> str:
+    return ",".join(spelled(value) for value in values)
 
 
 def parse_since(text: str) -> datetime:
@@ -475,17 +471,12 @@ def merged(name: str, given: tuple[str, ...], where: tuple[str, ...]) -> tuple[s
 def report_request(
     filters: FilterOptions, metric: str, seeds: int | None = None, by: str | None = None, everything: bool = False
 ) -> ReportRequest:
-    """`everything` (--all): every trial instead of the default recipe's, which only an unfiltered report selects."""
+    """`everything` (--all): every trial the filters accept, not one recipe's on one screen."""
     by = by.replace("-", "_") if by else None
     require(by is None or by in PIVOT_FIELDS, f"--by: unknown option {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
     require(metric in METRICS, f"--metric: unknown value {metric!r}; choose from {', '.join(METRICS)}")
     require(seeds is None or seeds > 0, f"--seeds must be positive, got {seeds}")
-    run_filter = filters.run_filter()
-    require(
-        not everything or (run_filter.is_empty() and by is None),
-        "--all applies only without filters and pivots (those already choose the trials); drop --all",
-    )
-    return ReportRequest(metric, run_filter, seeds, by, everything)
+    return ReportRequest(metric, filters.run_filter(), seeds, by, everything)
 
 
 REPORT_FORMATS = (*FORMATS, "html")  # html: bnrun.web's self-contained page
@@ -610,6 +601,19 @@ class RunSelection:
             sort=self.sort,
             limit=self.limit,
         )
+
+
+SCREEN_RUNS = 30  # the runs `bnrun runs` lists in a terminal without --limit or --all
+
+
+def listing_query(selection: RunSelection, deleted: bool, terminal: bool, everything: bool) -> RunQuery:
+    """`bnrun runs`' query: in a terminal, without --limit or --all, the newest SCREEN_RUNS runs (newest first
+    unless --sort says otherwise)."""
+    require(not (everything and selection.limit is not None), "--all and --limit are exclusive; give one of them")
+    query = selection.query(deleted)
+    if not terminal or everything or selection.limit is not None:
+        return query
+    return replace(query, limit=SCREEN_RUNS, sort="-id" if selection.sort == RunSelection.sort else query.sort)
 
 
 EXPORT_FORMATS = ("csv", "json")

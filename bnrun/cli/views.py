@@ -218,7 +218,7 @@ def runs_table(
     labels never wrap, statuses, tags and notes fold."""
     from bnrun.analysis.listing import option_value, shared_options, varying_options
 
-    title = f"{len(runs)} runs" + ("" if total == len(runs) else f" (of {total} matching)")
+    title = f"{len(runs)} runs" + ("" if total == len(runs) else f" (of {total} matching; --limit N or --all for more)")
     show_tags = any(labels.get(run.id) and labels[run.id].tags for run in runs)
     show_notes = any(run.note or run.user_note for run in runs)
     status_width = max([len(run.status) for run in runs] + [6])

@@ -39,6 +39,28 @@ REMEDIES = (
 )
 
 
+CLASSES = tuple(FashionMNIST.classes)  # the label order: CLASSES[label] names it
+
+
+def standardized(images: Tensor, mean: float, std: float) -> Tensor:
+    """Images (uint8 0-255, or float in [0, 1]; (N, 28, 28) or (N, 1, 28, 28)) as every model saw them in
+    training: scaled to [0, 1], less the training split's mean, over its std; (N, 1, 28, 28) float32."""
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+    return (x if x.dim() == 4 else x.unsqueeze(1)).sub(mean).div_(std).contiguous()
+
+
+class Standardize(torch.nn.Module):
+    """`standardized` as a first module, so that an exported model takes raw images."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float64))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float64))
+
+    def forward(self, images: Tensor) -> Tensor:  # (N, 28, 28) or (N, 1, 28, 28) -> (N, 1, 28, 28)
+        return standardized(images, self.mean.item(), self.std.item())
+
+
 @dataclass(frozen=True)
 class Split:
     images: Tensor  # (N, 1, 28, 28) float32, normalized
@@ -190,8 +212,7 @@ def load(data_dir: Path | None = None, train_subset: int | None = None) -> Fashi
     mean, std = raw_train.mean().item(), raw_train.std().item()
 
     def split(x: Tensor, y: Tensor) -> Split:
-        x = x.float().div_(255).sub_(mean).div_(std).unsqueeze(1).contiguous()
-        return Split(x, y.long().contiguous())
+        return Split(standardized(x, mean, std), y.long().contiguous())
 
     return FashionMNISTData(
         train=split(images[train_idx], labels[train_idx]),
