@@ -127,9 +127,13 @@ def step(model, x):
 
 
 def assert_all_close(got, want, rtol, atol):
+    """Each tensor within `atol` of the largest of its magnitude (BN's backward in training mode
+    subtracts near-equal sums: the summation order's rounding reaches the first convolution's
+    gradient amplified through 20 layers), and `rtol`."""
     assert len(got) == len(want)
     for index, (a, b) in enumerate(zip(got, want, strict=True)):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, i=index: f"output {i}: {m}")
+        scale = max(1.0, b.abs().max().item()) if b.is_floating_point() else 1.0
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol * scale, msg=lambda m, i=index: f"output {i}: {m}")
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
