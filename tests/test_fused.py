@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import bnrun.nn as bnn
-from bnrun.nn import fused
+from bnrun.nn import fused, paths
 from bnrun.nn.functional import batch_norm_train_and_track
 
 CASES = [
@@ -143,8 +143,8 @@ def test_bf16_parameters_take_the_eager_path_and_say_so():
     (bf16 running statistics) is not: the eager path serves it, with one warning, and records it."""
     layer, eager = bnn.BatchNorm1d(3, fused=True).to(torch.bfloat16), bnn.BatchNorm1d(3).to(torch.bfloat16)
     x = torch.randn(8, 3, dtype=torch.bfloat16)
-    fused._warn_once.cache_clear()
-    with pytest.warns(RuntimeWarning, match="cannot serve this input .*BFloat16 parameters"):
+    paths.warn_once.cache_clear()
+    with pytest.warns(RuntimeWarning, match="cannot serve this input .*bfloat16 parameters"):
         y = layer(x)
     torch.testing.assert_close(y, eager(x))
     assert layer.path == "eager"

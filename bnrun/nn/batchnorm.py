@@ -106,7 +106,9 @@ class _BatchNorm(nn.Module):
             path = fused_kernels.EAGER
             y = F.batch_norm_train_and_track(x, weight, bias, *running, factor, self.eps)
             y = torch.relu(y) if self.relu else y
-        if path != self.path:  # nn.Module.__setattr__ is slow; the path rarely changes
+        # The label stays out of traced graphs (torch.compile, torch.export): recorded eagerly only.
+        # nn.Module.__setattr__ is slow; the path rarely changes.
+        if path != self.path and not torch.compiler.is_compiling():
             self.path = path
         return y
 

@@ -1,7 +1,7 @@
 // bnrun's fused CPU batch norm: the math of bnrun/nn/functional.py written as loops, so that the
 // statistics, the normalization and the affine step cost the fewest passes over memory and Python
-// is entered once per layer, not once per tensor op. Training and prediction mode each have an
-// autograd node written here.
+// is entered once per layer, not once per tensor op. This file holds the loops and the kernels
+// built from them (bn_cpu.h); bn_ops.cpp registers them as operators, with their autograd.
 //
 // The input is viewed as (N, C, S), S = 1 for (N, C), L for (N, C, L) and H·W for (N, C, H, W);
 // every statistic is per channel over m = N·S values. Per channel:
@@ -36,14 +36,13 @@
 // split among threads in fixed chunks whose partial sums are merged in order: the result does
 // not depend on the number of threads.
 //
-// ISA: fused.py compiles this file per machine with the vector flags of its CPU (AVX-512, AVX2 or
+// ISA: kernel_build.py compiles this file per machine with the vector flags of its CPU (AVX-512, AVX2 or
 // none); `isa()` reports which code the build holds.
-#include <ATen/ATen.h>
+#include "bn_cpu.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/csrc/autograd/custom_function.h>
-#include <torch/python.h>
 
 #include <algorithm>
 #include <cmath>
@@ -65,8 +64,6 @@
 namespace {
 
 using at::Tensor;
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
 constexpr const char* kIsa =
 #if defined(BNRUN_AVX512_BF16)
@@ -740,7 +737,7 @@ struct Stats {
 enum StatRow : int64_t { kMean, kVar, kInv, kA, kK, kStatRows };
 
 template <typename acc_t>
-Stats<acc_t> stats_of(Tensor& stats) {
+Stats<acc_t> stats_of(const Tensor& stats) {
   acc_t* p = stats.mutable_data_ptr<acc_t>();
   const int64_t c = stats.size(1);
   return {p + kMean * c, p + kVar * c, p + kInv * c, p + kA * c, p + kK * c};
@@ -782,10 +779,11 @@ std::tuple<Tensor, Tensor> forward_kernel(const Tensor& x, const Tensor& weight,
 
 // Returns (dx, dγ, dβ); dy must be laid out as x; stats: the forward's (StatRow), whose a and k
 // give the ReLU mask.
-std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, Tensor& stats, const Tensor& weight,
-                                    bool relu) {
+std::tuple<Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, const Tensor& stats,
+                                                   const Tensor& weight, bool relu) {
   const Shape shape = shape_of(x);
-  Tensor grad_x = at::empty_like(x), grad_weight = at::empty_like(weight), grad_bias = at::empty_like(weight);
+  Tensor grad_x = at::empty_like(x), grad_weight = at::empty({shape.c}, per_channel_options(x));
+  Tensor grad_bias = at::empty_like(grad_weight);
   BNRUN_DISPATCH(x.scalar_type(), "bnrun_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Stats<acc_t> st = stats_of<acc_t>(stats);
@@ -828,203 +826,103 @@ std::vector<Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, Tenso
   return {grad_x, grad_weight, grad_bias};
 }
 
-const char* kNoDoubleBackward =
-    "bnrun's fused batch norm does not support double backward (create_graph=True); use fused=False";
-
-// What each node's backward needs of its forward: the tensors, and whether the ReLU was fused. An
-// output gradient that never arrives stays undefined rather than a tensor of zeros.
-void keep_for_backward(AutogradContext* ctx, const variable_list& tensors, bool relu) {
-  ctx->save_for_backward(tensors);
-  ctx->saved_data["relu"] = relu;
-  ctx->set_materialize_grads(false);
-}
-
-// The forward's saved tensors, or none when no gradient flows in. The kernel's gradient is not
-// itself differentiable: create_graph=True is refused rather than answered with terms missing.
-variable_list saved_for_backward(AutogradContext* ctx, const variable_list& grads) {
-  TORCH_CHECK(!at::GradMode::is_enabled(), kNoDoubleBackward);
-  return grads[0].defined() ? ctx->get_saved_variables() : variable_list();
-}
-
 // Moves the running statistics towards the batch's: one loop over C instead of four tensor ops.
 template <typename acc_t>
-void update_running(const Stats<acc_t>& st, int64_t channels, double m, double factor, Tensor& running_mean,
-                    Tensor& running_var) {
+void update_running(const Stats<acc_t>& st, int64_t channels, double m, double factor, const Tensor& running_mean,
+                    const Tensor& running_var) {
   acc_t *rm = running_mean.mutable_data_ptr<acc_t>(), *rv = running_var.mutable_data_ptr<acc_t>();
   for (int64_t c = 0; c < channels; ++c) {
     rm[c] = static_cast<acc_t>(rm[c] + factor * (st.mean[c] - rm[c]));
     rv[c] = static_cast<acc_t>(rv[c] + factor * (st.var[c] * m / (m - 1) - rv[c]));
   }
-  running_mean.unsafeGetTensorImpl()->bump_version();  // as an in-place tensor op would
-  running_var.unsafeGetTensorImpl()->bump_version();
 }
 
-// Inputs: x, weight, bias (variables); the running statistics (updated in place) are not. Output: y.
-class TrainFunction : public torch::autograd::Function<TrainFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, Tensor x, Tensor weight, Tensor bias,
-                               std::optional<Tensor> running_mean, std::optional<Tensor> running_var, double factor,
-                               double eps, bool relu) {
-    x = dense(x);
-    auto [y, stats] = forward_kernel(x, weight, bias, eps, relu);
-    if (running_mean.has_value()) {
-      AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "bnrun_running_stats", [&] {
-        const double m = static_cast<double>(x.numel() / x.size(1));
-        update_running(stats_of<scalar_t>(stats), x.size(1), m, factor, *running_mean, *running_var);
-      });
+}  // namespace
+
+namespace bnrun {
+
+std::tuple<Tensor, Tensor> train_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                                         bool relu) {
+  return forward_kernel(dense(x), weight, bias, eps, relu);
+}
+
+std::tuple<Tensor, Tensor, Tensor> train_backward(const Tensor& grad_y, const Tensor& x, const Tensor& stats,
+                                                  const Tensor& weight, bool relu) {
+  const Tensor input = dense(x);
+  return backward_kernel(laid_out_as(grad_y, input), input, stats, weight, relu);
+}
+
+void update_running_stats(const Tensor& stats, const Tensor& running_mean, const Tensor& running_var, int64_t count,
+                          double factor) {
+  AT_DISPATCH_FLOATING_TYPES(stats.scalar_type(), "bnrun_running_stats", [&] {
+    update_running(stats_of<scalar_t>(stats), stats.size(1), static_cast<double>(count), factor, running_mean,
+                   running_var);
+  });
+}
+
+std::tuple<Tensor, Tensor> eval_forward(const Tensor& x_in, const Tensor& mean, const Tensor& var,
+                                        const Tensor& weight, const Tensor& bias, double eps, bool relu) {
+  const Tensor x = dense(x_in);
+  const Shape shape = shape_of(x);
+  // One allocation for ι, a and k (rows 0, 1, 2).
+  Tensor y = at::empty_like(x), coefficients = at::empty({3, shape.c}, mean.options());
+  BNRUN_DISPATCH(x.scalar_type(), "bnrun_eval", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t *pm = mean.const_data_ptr<acc_t>(), *pv = var.const_data_ptr<acc_t>();
+    const acc_t *pw = maybe<acc_t>(weight), *pb = maybe<acc_t>(bias);
+    acc_t* pi = coefficients.mutable_data_ptr<acc_t>();
+    acc_t *pa = pi + shape.c, *pk = pi + 2 * shape.c;
+    for (int64_t c = 0; c < shape.c; ++c) {
+      const double iv = 1.0 / std::sqrt(static_cast<double>(pv[c]) + eps);
+      const double ac = (pw ? static_cast<double>(pw[c]) : 1.0) * iv;
+      pi[c] = static_cast<acc_t>(iv);
+      pa[c] = static_cast<acc_t>(ac);
+      pk[c] = static_cast<acc_t>((pb ? static_cast<double>(pb[c]) : 0.0) - static_cast<double>(pm[c]) * ac);
     }
-    keep_for_backward(ctx, {x, weight, stats}, relu);
-    return {y};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list result(8);
-    auto saved = saved_for_backward(ctx, grads);
-    if (saved.empty()) return result;
-    auto g = backward_kernel(laid_out_as(grads[0], saved[0]), saved[0], saved[2], saved[1],
-                             ctx->saved_data["relu"].toBool());
-    std::copy(g.begin(), g.end(), result.begin());
-    return result;
-  }
-};
-
-// ---------------------------------------------------------------------------------------------
-// Prediction mode.
-
-// Inputs: x, mean, var, weight, bias. Output: g(a·x + k).
-class EvalFunction : public torch::autograd::Function<EvalFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, Tensor x, Tensor mean, Tensor var, Tensor weight, Tensor bias,
-                               double eps, bool relu) {
-    x = dense(x);
-    const Shape shape = shape_of(x);
-    // One allocation for ι, a and k (rows 0, 1, 2).
-    Tensor y = at::empty_like(x), coefficients = at::empty({3, shape.c}, mean.options());
-    BNRUN_DISPATCH(x.scalar_type(), "bnrun_eval", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const acc_t *pm = mean.const_data_ptr<acc_t>(), *pv = var.const_data_ptr<acc_t>();
-      const acc_t *pw = maybe<acc_t>(weight), *pb = maybe<acc_t>(bias);
-      acc_t* pi = coefficients.mutable_data_ptr<acc_t>();
-      acc_t *pa = pi + shape.c, *pk = pi + 2 * shape.c;
-      for (int64_t c = 0; c < shape.c; ++c) {
-        const double iv = 1.0 / std::sqrt(static_cast<double>(pv[c]) + eps);
-        const double ac = (pw ? static_cast<double>(pw[c]) : 1.0) * iv;
-        pi[c] = static_cast<acc_t>(iv);
-        pa[c] = static_cast<acc_t>(ac);
-        pk[c] = static_cast<acc_t>((pb ? static_cast<double>(pb[c]) : 0.0) - static_cast<double>(pm[c]) * ac);
-      }
-      affine_output<scalar_t, acc_t>(shape, relu, x, pa, pk, y);
-    });
-    keep_for_backward(ctx, {x, mean, weight, coefficients}, relu);
-    return {y};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list result(7);
-    auto saved = saved_for_backward(ctx, grads);
-    if (saved.empty()) return result;
-    const Tensor &x = saved[0], &mean = saved[1], &weight = saved[2], &coefficients = saved[3];
-    const Tensor dy = laid_out_as(grads[0], x);
-    const bool relu = ctx->saved_data["relu"].toBool();
-    const Shape shape = shape_of(x);
-    BNRUN_DISPATCH(x.scalar_type(), "bnrun_eval_backward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const acc_t* pi = coefficients.const_data_ptr<acc_t>();
-      const acc_t *pa = pi + shape.c, *pk = pi + 2 * shape.c;
-      if (ctx->needs_input_grad(0)) {
-        result[0] = at::empty_like(x);
-        grad_input<scalar_t, acc_t>(shape, relu, false, dy, x, pa, pk, pa, nullptr, nullptr, result[0]);
-      }
-      if (!(ctx->needs_input_grad(1) || ctx->needs_input_grad(2) || ctx->needs_input_grad(3) ||
-            ctx->needs_input_grad(4)))
-        return;
-      std::vector<double> s0(shape.c), s1(shape.c);
-      gradient_sums<scalar_t, acc_t>(shape, relu, dy, x, mean.const_data_ptr<acc_t>(), pa, pk, s0.data(), s1.data());
-      const acc_t* pw = maybe<acc_t>(weight);
-      // d mean = −a·Σg, d var = −½γι³·Σg(x − μ), dγ = ι·Σg(x − μ), dβ = Σg
-      const auto gradient = [&](int index, auto value) {
-        if (!ctx->needs_input_grad(index)) return;
-        result[index] = at::empty_like(mean);
-        acc_t* out = result[index].template mutable_data_ptr<acc_t>();
-        for (int64_t c = 0; c < shape.c; ++c) out[c] = static_cast<acc_t>(value(c, static_cast<double>(pi[c])));
-      };
-      gradient(1, [&](int64_t c, double) { return -static_cast<double>(pa[c]) * s0[c]; });
-      gradient(2, [&](int64_t c, double iv) {
-        return -0.5 * (pw ? static_cast<double>(pw[c]) : 1.0) * iv * iv * iv * s1[c];
-      });
-      gradient(3, [&](int64_t c, double iv) { return iv * s1[c]; });
-      gradient(4, [&](int64_t c, double) { return s0[c]; });
-    });
-    return result;
-  }
-};
-
-// ---------------------------------------------------------------------------------------------
-// Entry points.
-
-bool supported_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+    affine_output<scalar_t, acc_t>(shape, relu, x, pa, pk, y);
+  });
+  return {y, coefficients};
 }
 
-// Why the kernel cannot serve this call, or "" when it can: x float32/float64/bfloat16/float16
-// on CPU, every per-channel tensor on CPU, contiguous, of x's op-math type (float32 for the 16-bit
-// types: statistics and parameters stay float32, as in torch).
-std::string unsupported(const Tensor& x, std::initializer_list<const std::optional<Tensor>*> per_channel) {
-  if (!x.device().is_cpu()) return "input not on the CPU";
-  if (!supported_dtype(x.scalar_type())) return std::string("input dtype ") + c10::toString(x.scalar_type());
-  if (x.dim() < 2 || x.numel() == 0) return "empty input";  // no statistics (and m = 0 divides)
-  const auto wanted = at::toOpMathType(x.scalar_type());
-  for (const auto* t : per_channel) {
-    if (!t->has_value()) continue;
-    if ((*t)->scalar_type() != wanted)
-      return std::string(c10::toString((*t)->scalar_type())) + " parameters or buffers with " +
-             c10::toString(x.scalar_type()) + " input";
-    if (!(*t)->is_contiguous() || !(*t)->device().is_cpu()) return "non-contiguous or non-CPU parameters or buffers";
-  }
-  return "";
+Tensor eval_backward_input(const Tensor& grad_y, const Tensor& x_in, const Tensor& coefficients, bool relu) {
+  const Tensor x = dense(x_in), dy = laid_out_as(grad_y, x);
+  const Shape shape = shape_of(x);
+  Tensor dx = at::empty_like(x);
+  BNRUN_DISPATCH(x.scalar_type(), "bnrun_eval_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t *pa = coefficients.const_data_ptr<acc_t>() + shape.c, *pk = pa + shape.c;
+    grad_input<scalar_t, acc_t>(shape, relu, false, dy, x, pa, pk, pa, nullptr, nullptr, dx);
+  });
+  return dx;
 }
 
-// Autograd nodes take defined tensors only: without affine parameters γ = 1 and β = 0, whose
-// gradients then go nowhere (nothing requires them).
-Tensor or_ones(const std::optional<Tensor>& t, const Tensor& x) {
-  return t.has_value() ? *t : at::ones({x.size(1)}, per_channel_options(x));
-}
-Tensor or_zeros(const std::optional<Tensor>& t, const Tensor& x) {
-  return t.has_value() ? *t : at::zeros({x.size(1)}, per_channel_options(x));
-}
-
-// The training step in full: normalize with batch statistics (then ReLU when `relu`), fold them
-// into the running ones, and count the batch in `counter` (the module's num_batches_tracked) when
-// given. Returns (y, "") or, for input it does not handle, (undefined, why) having changed nothing:
-// the caller goes eager and says so.
-std::tuple<Tensor, std::string> train(const Tensor& x, const std::optional<Tensor>& weight,
-                                      const std::optional<Tensor>& bias, const std::optional<Tensor>& running_mean,
-                                      const std::optional<Tensor>& running_var, double factor, double eps, bool relu,
-                                      const std::optional<Tensor>& counter) {
-  const std::string why = unsupported(x, {&weight, &bias, &running_mean, &running_var});
-  if (!why.empty()) return {Tensor(), why};
-  if (counter.has_value()) {
-    TORCH_CHECK(counter->scalar_type() == at::kLong && counter->numel() == 1, "the counter is a long scalar");
-    ++*counter->mutable_data_ptr<int64_t>();
-    counter->unsafeGetTensorImpl()->bump_version();
-  }
-  auto y = TrainFunction::apply(x, or_ones(weight, x), or_zeros(bias, x), running_mean, running_var, factor, eps, relu);
-  return {y[0], ""};
+std::tuple<Tensor, Tensor, Tensor, Tensor> eval_backward_statistics(const Tensor& grad_y, const Tensor& x_in,
+                                                                    const Tensor& mean, const Tensor& weight,
+                                                                    const Tensor& coefficients, bool relu) {
+  const Tensor x = dense(x_in), dy = laid_out_as(grad_y, x);
+  const Shape shape = shape_of(x);
+  Tensor d_mean = at::empty_like(mean), d_var = at::empty_like(mean), d_weight = at::empty_like(mean);
+  Tensor d_bias = at::empty_like(mean);
+  BNRUN_DISPATCH(x.scalar_type(), "bnrun_eval_backward_statistics", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t *pi = coefficients.const_data_ptr<acc_t>(), *pa = pi + shape.c, *pk = pi + 2 * shape.c;
+    std::vector<double> s0(shape.c), s1(shape.c);
+    gradient_sums<scalar_t, acc_t>(shape, relu, dy, x, mean.const_data_ptr<acc_t>(), pa, pk, s0.data(), s1.data());
+    const acc_t* pw = maybe<acc_t>(weight);
+    acc_t *pdm = d_mean.mutable_data_ptr<acc_t>(), *pdv = d_var.mutable_data_ptr<acc_t>();
+    acc_t *pdw = d_weight.mutable_data_ptr<acc_t>(), *pdb = d_bias.mutable_data_ptr<acc_t>();
+    for (int64_t c = 0; c < shape.c; ++c) {
+      const double iv = pi[c], gamma = pw ? static_cast<double>(pw[c]) : 1.0;
+      pdm[c] = static_cast<acc_t>(-static_cast<double>(pa[c]) * s0[c]);
+      pdv[c] = static_cast<acc_t>(-0.5 * gamma * iv * iv * iv * s1[c]);
+      pdw[c] = static_cast<acc_t>(iv * s1[c]);
+      pdb[c] = static_cast<acc_t>(s0[c]);
+    }
+  });
+  return {d_mean, d_var, d_weight, d_bias};
 }
 
-// Prediction mode: y = g(BN(x)) with the given statistics, one pass, in x's layout and dtype, as
-// an autograd node (gradients to x, γ, β and the statistics). Undefined for input it does not handle.
-Tensor eval(const Tensor& x, const Tensor& mean, const Tensor& var, const std::optional<Tensor>& weight,
-            const std::optional<Tensor>& bias, double eps, bool relu) {
-  const std::optional<Tensor> m(mean), v(var);
-  if (!unsupported(x, {&m, &v, &weight, &bias}).empty()) return Tensor();
-  return EvalFunction::apply(x, mean, var, or_ones(weight, x), or_zeros(bias, x), eps, relu)[0];
-}
-
-// Per-channel count, mean and Σ(x − μ)² of a batch, in double, from one read of x (the moments
-// population statistics merge across batches). Undefined tensors for input the kernel does not handle.
-std::tuple<int64_t, Tensor, Tensor> moments(const Tensor& x) {
-  if (!unsupported(x, {}).empty()) return {0, Tensor(), Tensor()};
+std::tuple<Tensor, Tensor> moments(const Tensor& x) {
   const Tensor input = dense(x);
   const Shape shape = shape_of(input);
   Tensor mean = at::empty({shape.c}, x.options().dtype(at::kDouble)), squares = at::empty_like(mean);
@@ -1040,10 +938,9 @@ std::tuple<int64_t, Tensor, Tensor> moments(const Tensor& x) {
       for (int64_t c = c0; c < c1; ++c) plane_moments<T, acc_t>(shape, c, in<scalar_t>(input), pm[c], ps[c]);
     });
   });
-  return {shape.m(), mean, squares};
+  return {mean, squares};
 }
 
-// float32 → bfloat16 through the kernel's output loop, for tests.
 Tensor to_bf16(const Tensor& x) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "to_bf16 takes contiguous float32");
   Tensor y = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
@@ -1052,16 +949,8 @@ Tensor to_bf16(const Tensor& x) {
   return y;
 }
 
-}  // namespace
+const char* isa() { return kIsa; }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("train", &train,
-        "bnrun fused training-mode batch norm, optionally followed by ReLU (CPU); returns (y, why-not)",
-        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"), py::arg("running_var"),
-        py::arg("factor"), py::arg("eps"), py::arg("relu"), py::arg("counter") = py::none());
-  m.def("eval", &eval, "prediction-mode batch norm (autograd), optionally followed by ReLU (CPU); None if unsupported");
-  m.def("moments", &moments, "per-channel (count, mean, sum of squared deviations) in double, one read of x (CPU)");
-  m.def("isa", [] { return std::string(kIsa); }, "the vector instruction set this build was compiled for");
-  m.attr("stream_bytes") = kStreamBytes;
-  m.def("to_bf16", &to_bf16, "float32 to bfloat16 through the kernel's output loop (tests)");
-}
+int64_t stream_bytes() { return kStreamBytes; }
+
+}  // namespace bnrun

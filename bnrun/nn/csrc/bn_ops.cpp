@@ -1,0 +1,293 @@
+// bnrun's fused CPU batch norm as PyTorch operators, torch.ops.bnrun.* (the loops: bn_cpu.cpp):
+// their schemas (what each mutates), input checks, CPU kernels and autograd kernels. The fake
+// implementations, for tracing, are registered from Python (bnrun/nn/operators.py).
+//
+// The training step is two operators: batch_norm_train (functional, differentiable: y and the
+// batch's statistics) and update_running_stats (mutates the running statistics and the batch
+// counter, not differentiable), so that torch.compile and torch.export see one opaque op each and
+// functionalize the mutation. The autograd kernels call the forward and backward operators through
+// the dispatcher, below autograd, as torchvision's ops do: traced, they meet the fake
+// implementations, never data.
+//
+// Each build registers its own namespace (BNRUN_OPS_NAMESPACE, "bnrun" for this machine's own
+// build, "bnrun_<isa>" for the builds the tests load beside it).
+#include "bn_cpu.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+#include <torch/python.h>
+
+#include <algorithm>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#ifndef BNRUN_OPS_NAMESPACE
+#define BNRUN_OPS_NAMESPACE bnrun
+#endif
+#define BNRUN_STRING_(x) #x
+#define BNRUN_STRING(x) BNRUN_STRING_(x)
+// Indirections, so that the namespace macro is expanded before TORCH_LIBRARY pastes it.
+#define BNRUN_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define BNRUN_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptionalTensor = std::optional<Tensor>;
+
+// ---------------------------------------------------------------------------------------------
+// Input checks: what the kernels serve. bnrun/nn/operators.py's `unsupported` asks the same before
+// calling, and takes the eager path instead; here a violation is an error.
+
+bool supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+void check_input(const Tensor& x, std::initializer_list<const OptionalTensor*> per_channel) {
+  TORCH_CHECK(x.device().is_cpu(), "bnrun's fused batch norm: input not on the CPU");
+  TORCH_CHECK(supported_dtype(x.scalar_type()), "bnrun's fused batch norm: input dtype ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 2 && x.numel() > 0, "bnrun's fused batch norm: empty input");
+  const auto wanted = at::toOpMathType(x.scalar_type());
+  for (const auto* t : per_channel) {
+    if (!t->has_value() || !(*t)->defined()) continue;
+    TORCH_CHECK((*t)->scalar_type() == wanted, "bnrun's fused batch norm: ", (*t)->scalar_type(),
+                " parameters or buffers with ", x.scalar_type(), " input");
+    TORCH_CHECK((*t)->is_contiguous() && (*t)->device().is_cpu() && (*t)->numel() == x.size(1),
+                "bnrun's fused batch norm: parameters and buffers must be contiguous CPU tensors of one value per "
+                "channel");
+  }
+}
+
+Tensor or_undefined(const OptionalTensor& t) { return t.has_value() ? *t : Tensor(); }
+OptionalTensor optional(const Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
+
+// ---------------------------------------------------------------------------------------------
+// CPU kernels.
+
+std::tuple<Tensor, Tensor> train_cpu(const Tensor& x, const OptionalTensor& weight, const OptionalTensor& bias,
+                                     double eps, bool relu) {
+  check_input(x, {&weight, &bias});
+  return bnrun::train_forward(x, or_undefined(weight), or_undefined(bias), eps, relu);
+}
+
+std::tuple<Tensor, Tensor, Tensor> train_backward_cpu(const Tensor& grad_y, const Tensor& x, const Tensor& stats,
+                                                      const OptionalTensor& weight, bool relu) {
+  check_input(x, {&weight});
+  return bnrun::train_backward(grad_y, x, stats, or_undefined(weight), relu);
+}
+
+void update_running_stats_cpu(const Tensor& stats, const Tensor& running_mean, const Tensor& running_var,
+                              const OptionalTensor& counter, int64_t count, double factor) {
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == 5, "update_running_stats takes batch_norm_train's statistics");
+  TORCH_CHECK(running_mean.scalar_type() == stats.scalar_type() && running_var.scalar_type() == stats.scalar_type() &&
+                  running_mean.is_contiguous() && running_var.is_contiguous() &&
+                  running_mean.numel() == stats.size(1) && running_var.numel() == stats.size(1),
+              "bnrun's fused batch norm: the running statistics must be contiguous, of the statistics' dtype and size");
+  TORCH_CHECK(count > 1, "bnrun's fused batch norm: the running variance needs more than one value per channel");
+  bnrun::update_running_stats(stats, running_mean, running_var, count, factor);
+  running_mean.unsafeGetTensorImpl()->bump_version();  // as an in-place tensor op would
+  running_var.unsafeGetTensorImpl()->bump_version();
+  if (counter.has_value()) {
+    TORCH_CHECK(counter->scalar_type() == at::kLong && counter->numel() == 1, "the batch counter is a long scalar");
+    ++*counter->mutable_data_ptr<int64_t>();
+    counter->unsafeGetTensorImpl()->bump_version();
+  }
+}
+
+std::tuple<Tensor, Tensor> eval_cpu(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                    const OptionalTensor& weight, const OptionalTensor& bias, double eps, bool relu) {
+  const OptionalTensor m(mean), v(var);
+  check_input(x, {&m, &v, &weight, &bias});
+  return bnrun::eval_forward(x, mean, var, or_undefined(weight), or_undefined(bias), eps, relu);
+}
+
+Tensor eval_backward_cpu(const Tensor& grad_y, const Tensor& x, const Tensor& coefficients, bool relu) {
+  check_input(x, {});
+  return bnrun::eval_backward_input(grad_y, x, coefficients, relu);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> eval_backward_statistics_cpu(const Tensor& grad_y, const Tensor& x,
+                                                                        const Tensor& mean,
+                                                                        const OptionalTensor& weight,
+                                                                        const Tensor& coefficients, bool relu) {
+  const OptionalTensor m(mean);
+  check_input(x, {&m, &weight});
+  return bnrun::eval_backward_statistics(grad_y, x, mean, or_undefined(weight), coefficients, relu);
+}
+
+std::tuple<Tensor, Tensor> moments_cpu(const Tensor& x) {
+  check_input(x, {});
+  return bnrun::moments(x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Autograd kernels.
+
+// The operator `name` of this build's namespace, typed as the CPU kernel `Kernel`.
+template <typename Kernel>
+c10::TypedOperatorHandle<Kernel> op(const char* name) {
+  return c10::Dispatcher::singleton()
+      .findSchemaOrThrow((std::string(BNRUN_STRING(BNRUN_OPS_NAMESPACE) "::") + name).c_str(), "")
+      .typed<Kernel>();
+}
+
+const char* kNoDoubleBackward =
+    "bnrun's fused batch norm does not support double backward (create_graph=True); use fused=False";
+
+// What each node's backward needs of its forward: the tensors, and whether the ReLU was fused. An
+// output gradient that never arrives stays undefined rather than a tensor of zeros.
+void keep_for_backward(AutogradContext* ctx, const variable_list& tensors, bool relu) {
+  ctx->save_for_backward(tensors);
+  ctx->saved_data["relu"] = relu;
+  ctx->set_materialize_grads(false);
+}
+
+// Which of the forward's tensor inputs were given: x and the statistics always, γ and β when
+// present. An absent one has no edge in the graph, so needs_input_grad counts only those given.
+void keep_presence(AutogradContext* ctx, const OptionalTensor& weight, const OptionalTensor& bias) {
+  ctx->saved_data["weight"] = weight.has_value();
+  ctx->saved_data["bias"] = bias.has_value();
+}
+
+// Whether the forward input at `position` (of `inputs`, the last two γ and β) wants a gradient.
+bool wants_grad(AutogradContext* ctx, int position, int inputs) {
+  std::vector<bool> given(inputs, true);
+  given[inputs - 2] = ctx->saved_data["weight"].toBool();
+  given[inputs - 1] = ctx->saved_data["bias"].toBool();
+  if (!given[position]) return false;
+  return ctx->needs_input_grad(std::count(given.begin(), given.begin() + position, true));
+}
+
+// The forward's saved tensors, or none when no gradient flows in. The kernel's gradient is not
+// itself differentiable: create_graph=True is refused rather than answered with terms missing.
+variable_list saved_for_backward(AutogradContext* ctx, const variable_list& grads) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), kNoDoubleBackward);
+  return grads[0].defined() ? ctx->get_saved_variables() : variable_list();
+}
+
+// Inputs: x, weight, bias (none: γ = 1, β = 0), eps, relu. Outputs: y, stats (not differentiable).
+class TrainFunction : public torch::autograd::Function<TrainFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptionalTensor& weight,
+                               const OptionalTensor& bias, double eps, bool relu) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto train = op<decltype(train_cpu)>("batch_norm_train");
+    auto [y, stats] = train.call(x, weight, bias, eps, relu);
+    keep_for_backward(ctx, {x, or_undefined(weight), stats}, relu);
+    keep_presence(ctx, weight, bias);
+    ctx->mark_non_differentiable({stats});
+    return {y, stats};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list result(5);
+    auto saved = saved_for_backward(ctx, grads);
+    if (saved.empty()) return result;
+    static const auto train_backward = op<decltype(train_backward_cpu)>("batch_norm_train_backward");
+    auto [dx, dw, db] = train_backward.call(grads[0], saved[0], saved[2], optional(saved[1]),
+                                            ctx->saved_data["relu"].toBool());
+    const Tensor gradients[] = {dx, dw, db};  // none for an absent γ or β
+    for (int i = 0; i < 3; ++i)
+      if (wants_grad(ctx, i, 3)) result[i] = gradients[i];
+    return result;
+  }
+};
+
+std::tuple<Tensor, Tensor> train_autograd(const Tensor& x, const OptionalTensor& weight, const OptionalTensor& bias,
+                                          double eps, bool relu) {
+  auto out = TrainFunction::apply(x, weight, bias, eps, relu);
+  return {out[0], out[1]};
+}
+
+// Inputs: x, mean, var, weight, bias (none: γ = 1, β = 0), eps, relu. Outputs: y, the
+// coefficients ι, a, k (not differentiable).
+class EvalFunction : public torch::autograd::Function<EvalFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& mean, const Tensor& var,
+                               const OptionalTensor& weight, const OptionalTensor& bias, double eps, bool relu) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto eval = op<decltype(eval_cpu)>("batch_norm_eval");
+    auto [y, coefficients] = eval.call(x, mean, var, weight, bias, eps, relu);
+    keep_for_backward(ctx, {x, mean, or_undefined(weight), coefficients}, relu);
+    keep_presence(ctx, weight, bias);
+    ctx->mark_non_differentiable({coefficients});
+    return {y, coefficients};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list result(7);
+    auto saved = saved_for_backward(ctx, grads);
+    if (saved.empty()) return result;
+    const Tensor &x = saved[0], &mean = saved[1], &weight = saved[2], &coefficients = saved[3];
+    const bool relu = ctx->saved_data["relu"].toBool();
+    if (wants_grad(ctx, 0, 5)) {
+      static const auto input_grad = op<decltype(eval_backward_cpu)>("batch_norm_eval_backward");
+      result[0] = input_grad.call(grads[0], x, coefficients, relu);
+    }
+    if (!(wants_grad(ctx, 1, 5) || wants_grad(ctx, 2, 5) || wants_grad(ctx, 3, 5) || wants_grad(ctx, 4, 5)))
+      return result;
+    static const auto statistics_grad =
+        op<decltype(eval_backward_statistics_cpu)>("batch_norm_eval_backward_statistics");
+    auto [d_mean, d_var, d_weight, d_bias] = statistics_grad.call(grads[0], x, mean, optional(weight), coefficients,
+                                                                  relu);
+    const Tensor grads_of_statistics[] = {d_mean, d_var, d_weight, d_bias};
+    for (int i = 1; i <= 4; ++i)
+      if (wants_grad(ctx, i, 5)) result[i] = grads_of_statistics[i - 1];
+    return result;
+  }
+};
+
+std::tuple<Tensor, Tensor> eval_autograd(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                         const OptionalTensor& weight, const OptionalTensor& bias, double eps,
+                                         bool relu) {
+  auto out = EvalFunction::apply(x, mean, var, weight, bias, eps, relu);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Registration.
+
+BNRUN_LIBRARY(BNRUN_OPS_NAMESPACE, m) {
+  m.def("batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, float eps, bool relu) -> (Tensor, Tensor)");
+  m.def("batch_norm_train_backward(Tensor grad_output, Tensor input, Tensor stats, Tensor? weight, bool relu) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("update_running_stats(Tensor stats, Tensor(a!) running_mean, Tensor(b!) running_var, "
+        "Tensor(c!)? num_batches_tracked, SymInt count, float factor) -> ()");
+  m.def("batch_norm_eval(Tensor input, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps, bool relu) "
+        "-> (Tensor, Tensor)");
+  m.def("batch_norm_eval_backward(Tensor grad_output, Tensor input, Tensor coefficients, bool relu) -> Tensor");
+  m.def("batch_norm_eval_backward_statistics(Tensor grad_output, Tensor input, Tensor mean, Tensor? weight, "
+        "Tensor coefficients, bool relu) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("moments(Tensor input) -> (Tensor, Tensor)");
+}
+
+BNRUN_LIBRARY_IMPL(BNRUN_OPS_NAMESPACE, CPU, m) {
+  m.impl("batch_norm_train", &train_cpu);
+  m.impl("batch_norm_train_backward", &train_backward_cpu);
+  m.impl("update_running_stats", &update_running_stats_cpu);
+  m.impl("batch_norm_eval", &eval_cpu);
+  m.impl("batch_norm_eval_backward", &eval_backward_cpu);
+  m.impl("batch_norm_eval_backward_statistics", &eval_backward_statistics_cpu);
+  m.impl("moments", &moments_cpu);
+}
+
+BNRUN_LIBRARY_IMPL(BNRUN_OPS_NAMESPACE, Autograd, m) {
+  m.impl("batch_norm_train", &train_autograd);
+  m.impl("batch_norm_eval", &eval_autograd);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("isa", [] { return std::string(bnrun::isa()); }, "the vector instruction set this build was compiled for");
+  m.attr("stream_bytes") = bnrun::stream_bytes();
+  m.attr("namespace") = BNRUN_STRING(BNRUN_OPS_NAMESPACE);
+  m.def("to_bf16", &bnrun::to_bf16, "float32 to bfloat16 through the kernels' output loop (tests)");
+}
