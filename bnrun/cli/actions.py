@@ -61,12 +61,10 @@ def train(sweep: SweepConfig, db: str | None, ray_options=None):
 
 
 def prepare_fused_kernel() -> None:
-    """Build (first time on this machine) and load the C++ kernel before any trial starts, so the
-    wait is announced and stays out of the first trial's epoch timings."""
+    """Build (first time on this machine; the build says so in one line) and load the C++ kernel
+    before any trial starts, so the wait stays out of the first trial's epoch timings."""
     from bnrun.nn import fused
 
-    if not fused.cpu_kernel_built():
-        notice("building the fused batch-norm kernel (once per machine, ~25 s)")
     fused.cpu_kernel()
 
 
