@@ -41,9 +41,9 @@ GRID = GridOptions()  # the training options' defaults (TrainConfig's)
 LIST = ""  # the grid panels' titles say that every option in them takes a comma list
 GRID_NOTE = "; a comma list of values is a grid axis"
 TRAIN_PANELS = {
-    "The model" + GRID_NOTE: ("arch", "bn", "bn_impl", "depth", "width", "dropout"),
+    "The model" + GRID_NOTE: ("arch", "bn", "bn_impl", "depth", "width", "dropout", "init", "ghost_batch"),
     "The recipe" + GRID_NOTE: ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule",
-                               "augment", "train_subset"),
+                               "augment", "train_subset", "target_loss"),
     "Seeds": ("seeds", "seed"),
     "How it runs (rounding, not math)": ("precision", "fused", "channels_last", "device"),
     "What is kept": ("study", "diagnostics", "checkpoint", "force", "dry_run", "yes", "db", "data_dir"),
@@ -217,6 +217,27 @@ def train(
         option("MLP hidden width (default 128 with --depth) or CNN base channels (default 32)" + LIST + "."),
     ] = GRID.width,
     dropout: Annotated[str, option("Dropout rate after each hidden block" + LIST + ".")] = GRID.dropout,
+    init: Annotated[
+        str,
+        option(
+            "Weights: default (torch's nn.Linear/nn.Conv2d init) or kaiming (He-normal, fan_in, ReLU gain; zero "
+            "biases; the classifier with gain 1)" + LIST + "."
+        ),
+    ] = GRID.init,
+    ghost_batch: Annotated[
+        Optional[str],
+        option(
+            "Ghost batch norm: training-mode BN statistics over chunks of N examples of each batch (N divides "
+            "--batch-size; running statistics updated once per batch with the chunks' average)" + LIST + "."
+        ),
+    ] = GRID.ghost_batch,
+    target_loss: Annotated[
+        Optional[str],
+        option(
+            "Stop after the first epoch whose training loss is at most L; --epochs is the cap (and the "
+            "schedule's length)" + LIST + "."
+        ),
+    ] = GRID.target_loss,
     study: Annotated[
         Optional[str],
         option(
@@ -301,6 +322,9 @@ def train(
         depth=depth,
         width=width,
         dropout=dropout,
+        init=init,
+        ghost_batch=ghost_batch,
+        target_loss=target_loss,
         study=study,
     )
     sweep = options.build_sweep(

@@ -19,7 +19,7 @@ from bnrun.store import RunRecord
 from bnrun.training.checkpoint import load_population, rebuild_model
 
 STATISTICS = ("population", "running")
-MODEL_ARGS = ("arch", "bn", "depth", "width", "dropout")
+MODEL_ARGS = ("arch", "bn", "depth", "width", "dropout", "init", "ghost_batch")
 
 
 def model_arguments(run: RunRecord) -> dict:
@@ -34,6 +34,8 @@ def model_arguments(run: RunRecord) -> dict:
         "depth": run.depth,
         "width": run.width,
         "dropout": run.dropout,
+        "init": run.init,
+        "ghost_batch": run.ghost_batch,
     }
 
 
