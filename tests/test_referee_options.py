@@ -323,3 +323,13 @@ def test_a_diverged_trial_records_what_stopped_it(tmp_path):
     assert result.exit_code == 0, result.output
     (run,) = stored_runs(db)
     assert (run.status, run.stopped_by) == ("diverged", "diverged")
+
+
+def test_runs_lists_the_options_that_vary_at_80_columns(option_store, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke("runs", "--db", str(option_store))
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if line.lstrip().startswith("id"))
+    assert "init" in header.split() and "ghost" in header.split()
+    assert "also varying" in result.output and "target_loss" in result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
