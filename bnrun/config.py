@@ -15,6 +15,7 @@ BN_IMPLS = ("custom", "torch")
 DEFAULT_EPOCHS = {"mlp": 20, "cnn": 10}
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
+INITS = ("default", "kaiming")  # torch's nn.Linear/nn.Conv2d initialization | He-normal (bnrun.training.models)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 AUTO_PRECISION = "auto"  # resolved per trial by resolve_precision; what runs (fp32 or bf16) is stored
@@ -45,6 +46,9 @@ class TrainConfig:
     depth: int | None = None  # hidden blocks; None: the assignment's model (bnrun.models)
     width: int | None = None  # MLP hidden width, or the CNN's base channel count; None: the assignment's
     dropout: float = 0.0  # dropout after each hidden block (bnrun.models.hidden_block)
+    init: str = "default"  # default (torch's) | kaiming (He-normal, zero biases; bnrun.training.models)
+    ghost_batch: int | None = None  # BN statistics over chunks of this many examples (bnrun.nn.batchnorm)
+    target_loss: float | None = None  # stop once an epoch's training loss is at most this; epochs is the cap
     study: str | None = None  # a free tag (--study): the same options re-run as new trials beside older ones
     device: str = "cpu"
 
@@ -104,7 +108,7 @@ def impl_label(bn_impl: str, fused: bool) -> str:
 # Fields added after the first stores were written, with the value every older trial had: at
 # that value a field is left out of the identity, so older trials keep their keys.
 LEGACY_VALUES = {"precision": "fp32", "channels_last": False, "depth": None, "width": None, "dropout": 0.0,
-                 "study": None}
+                 "init": "default", "ghost_batch": None, "target_loss": None, "study": None}
 
 # A study tag: a letter or digit, then letters, digits, '.', '_' or '-' (no comma, no space), at most
 # STUDY_LENGTH characters; "none" is --where's word for an untagged trial.
@@ -159,6 +163,8 @@ class SweepConfig:
                 config = replace(config, channels_last=False)
             if config.optimizer == "adam":  # AdamW has no momentum option (its beta1 cycle is fixed)
                 config = replace(config, momentum=TrainConfig.momentum)
+            if config.ghost_batch == config.batch_size or config.bn == "none":  # one chunk: plain BN
+                config = replace(config, ghost_batch=None)
             configs.append(canonical_model(config))
         return list(dict.fromkeys(configs))  # a repeated value adds no trial
 

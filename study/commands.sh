@@ -7,6 +7,7 @@
 # parts: assignment seeds-mlp seeds-cnn seeds-cnn-rest seeds-cnn-12 mlp-lr cnn-lr mlp-bs batch-stats
 #        mlp-depth mlp-depth-lr mlp-reg
 # the referee's parts (tagged with --study where they re-run stored options): referee-cnn
+#        depth-kaiming depth32-lr ghost reg-matched
 # Every part pins the options whose default depends on the machine or the version (precision,
 # fused kernel, memory layout), so that it resumes into the same trials anywhere.
 set -euo pipefail
@@ -60,6 +61,23 @@ for part in "${parts[@]}"; do
       # as new trials beside seeds-cnn's (--fused applies to the custom BN; the torch.nn trials run without it)
       bnrun train --channels-last --fused --arch cnn --bn pre,post --bn-impl custom,torch --seeds 12 --study referee-cnn \
         --diagnostics --no-checkpoint "${PAR[@]}" --db "$DB" ;;
+    depth-kaiming)  # mlp-depth's grid with He-normal initialization: is the plain MLP's failure at depth its init's?
+      bnrun train --fused --arch mlp --bn none,pre,post --depth 1,2,4,8,16,32 --width 128 --epochs 10 --seeds 3 \
+        --init kaiming --diagnostics --no-checkpoint "${PAR[@]}" --db "$DB" ;;
+    depth32-lr)  # BN at depth 32 with He-normal init: a learning rate of its own, with warm-up (onecycle) and without
+      bnrun train --fused --arch mlp --bn pre,post --depth 32 --width 128 --init kaiming \
+        --lr 0.005,0.01,0.02,0.05,0.1,0.2,0.5 --schedule onecycle,constant --epochs 10 --seeds 3 \
+        --no-checkpoint "${PAR[@]}" --db "$DB" ;;
+    ghost)  # ghost batch norm: statistics over chunks of 8 to 128 examples of each SGD batch of 128, 10 epochs, on
+      # 1,000 images and on all; chunks of 128 are the plain trial (on all images, mlp-bs's batch-128 trials)
+      bnrun train --fused --arch mlp --bn pre,post --batch-size 128 --ghost-batch 8,16,32,64,128 --epochs 10 \
+        --train-subset 1000 --seeds 3 --no-checkpoint "${PAR[@]}" --db "$DB"
+      bnrun train --fused --arch mlp --bn pre,post --batch-size 128 --ghost-batch 8,16,32,64,128 --epochs 10 \
+        --seeds 3 --no-checkpoint "${PAR[@]}" --db "$DB" ;;
+    reg-matched)  # mlp-reg's model trained to the same training loss (0.02), capped at 300 epochs: the gap at matched
+      # fit; a constant learning rate, so that where a trial stops does not depend on the cap (onecycle spans the cap)
+      bnrun train --fused --arch mlp --bn none,pre,post --depth 2 --width 128 --train-subset 1000,5000 \
+        --target-loss 0.02 --epochs 300 --schedule constant --seeds 3 --no-checkpoint "${PAR[@]}" --db "$DB" ;;
     batch-stats)  # prediction with the statistics of each test batch, on the assignment's models
       for id in $(seq 1 12); do
         evaluate --run-id "$id" --batch-stats 2,4,8,16,32,64,128,256,512 --db "$DB" > /dev/null

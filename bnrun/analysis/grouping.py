@@ -29,6 +29,9 @@ HYPERPARAMETERS = (
     "depth",
     "width",
     "dropout",
+    "init",
+    "ghost_batch",
+    "target_loss",
     "study",
 )
 BN_ORDER = {"pre": 0, "post": 1, "none": 2}

@@ -41,12 +41,12 @@ GRID = GridOptions()  # the training options' defaults (TrainConfig's)
 LIST = ""  # the grid panels' titles say that every option in them takes a comma list
 GRID_NOTE = "; a comma list of values is a grid axis"
 TRAIN_PANELS = {
-    "The model" + GRID_NOTE: ("arch", "bn", "bn_impl", "depth", "width", "dropout"),
+    "The model" + GRID_NOTE: ("arch", "bn", "bn_impl", "depth", "width", "dropout", "init", "ghost_batch"),
     "The recipe" + GRID_NOTE: ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule",
-                               "augment", "train_subset"),
-    "Seeds": ("seeds", "seed"),
+                               "augment", "train_subset", "target_loss"),
+    "Seeds and study": ("seeds", "seed", "study"),
     "How it runs (rounding, not math)": ("precision", "fused", "channels_last", "device"),
-    "What is kept": ("study", "diagnostics", "checkpoint", "force", "dry_run", "yes", "db", "data_dir"),
+    "What is kept": ("diagnostics", "checkpoint", "force", "dry_run", "yes", "db", "data_dir"),
     "Ray": ("executor", "ray_address", "cpus_per_trial", "gpus_per_trial"),
 }
 
@@ -221,12 +221,15 @@ def train(
         option("MLP hidden width (default 128 with --depth) or CNN base channels (default 32)" + LIST + "."),
     ] = GRID.width,
     dropout: Annotated[str, option("Dropout rate after each hidden block" + LIST + ".")] = GRID.dropout,
+    init: Annotated[str, option("default (torch's) or kaiming (He-normal)" + LIST + ".")] = GRID.init,
+    ghost_batch: Annotated[
+        Optional[str], option("BN statistics over chunks of N of each batch" + LIST + ".")
+    ] = GRID.ghost_batch,
+    target_loss: Annotated[
+        Optional[str], option("Stop at this training loss" + LIST + ".")
+    ] = GRID.target_loss,
     study: Annotated[
-        Optional[str],
-        option(
-            "A tag that makes these trials new ones beside stored trials of the same options (one tag: "
-            "letters, digits, '.', '_', '-'); report --where study=TAG selects them."
-        ),
+        Optional[str], option("A tag: new trials beside stored ones.")
     ] = GRID.study,
     precision: Annotated[
         str,
@@ -305,6 +308,9 @@ def train(
         depth=depth,
         width=width,
         dropout=dropout,
+        init=init,
+        ghost_batch=ghost_batch,
+        target_loss=target_loss,
         study=study,
     )
     sweep = options.build_sweep(

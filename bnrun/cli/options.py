@@ -22,6 +22,7 @@ from bnrun.config import (
     BN_IMPLS,
     DEVICES,
     FAST_PATH,
+    INITS,
     MOMENTUM_SPREAD,
     OPTIMIZERS,
     PLACEMENTS,
@@ -99,7 +100,7 @@ def parse_run_ids(text: str) -> frozenset[int]:
 
 IMPL_LABELS = ("custom", "custom+fused", "torch")  # --bn-impl and --where bn_impl=: names and the tables' labels
 CHOICES = {"arch": ARCHS, "bn": PLACEMENTS, "bn_impl": IMPL_LABELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-           "precision": PRECISIONS}
+           "precision": PRECISIONS, "init": INITS}
 BOOLEANS = {"true": True, "false": False}
 
 
@@ -192,6 +193,9 @@ class GridOptions:
     depth: str | None = None
     width: str | None = None
     dropout: str = number_text(DEFAULTS.dropout)
+    init: str = DEFAULTS.init
+    ghost_batch: str | None = None
+    target_loss: str | None = None
     study: str | None = None  # one tag, not a list
 
 
@@ -217,6 +221,9 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
         ("depth", optional_numbers(options.depth, int, "--depth", 1)),
         ("width", optional_numbers(options.width, int, "--width", 1)),
         ("dropout", dropout_rates(options.dropout)),
+        ("init", split_list(options.init, INITS, "--init")),
+        ("ghost_batch", optional_numbers(options.ghost_batch, int, "--ghost-batch", 2)),
+        ("target_loss", optional_numbers(options.target_loss, float, "--target-loss", 0, strict=True)),
         ("study", (study_tag(options.study),)),
     )
 
@@ -267,6 +274,22 @@ def require_effect(
     )
     require(
         axes["bn"] != ("none",) or axes["bn_impl"] == (DEFAULTS.bn_impl,), "--bn-impl applies to --bn pre or post only"
+    )
+    require_ghost_batches(axes)
+
+
+def require_ghost_batches(axes: dict[str, tuple]) -> None:
+    """--ghost-batch N splits each SGD batch into chunks of N: N must divide every --batch-size, BN
+    must be there, and some N must be smaller than a batch (N equal to the batch is plain BN)."""
+    sizes = [size for size in axes["ghost_batch"] if size is not None]
+    if not sizes:
+        return
+    require(axes["bn"] != ("none",), "--ghost-batch applies to batch norm: --bn pre or post")
+    bad = [f"{size} (batch {batch})" for size in sizes for batch in axes["batch_size"] if batch % size]
+    require(not bad, f"--ghost-batch must divide --batch-size (and be at most it): {', '.join(bad)}")
+    require(
+        any(size < batch for size in sizes for batch in axes["batch_size"]),
+        "--ghost-batch equal to --batch-size is plain batch norm; give a smaller chunk size",
     )
 
 

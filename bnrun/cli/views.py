@@ -207,6 +207,8 @@ COLUMN_NAMES = {
     "optimizer": "optim.",
     "schedule": "sched.",
     "augment": "flip",
+    "ghost_batch": "ghost",
+    "target_loss": "target",
 }
 
 
@@ -298,8 +300,8 @@ LOSS_ROWS = (
 LABELS = ("arch", "bn", "impl", "optimizer", "schedule", "precision")
 # The order in which varying options claim the listing's columns: what tells runs apart first.
 COLUMN_PRIORITY = ("arch", "bn", "impl", "lr", "batch_size", "epochs", "train_subset", "depth", "width", "dropout",
-                   "study", "optimizer", "schedule", "momentum", "weight_decay", "seed", "precision", "channels_last",
-                   "augment")
+                   "init", "ghost_batch", "target_loss", "study", "optimizer", "schedule", "momentum", "weight_decay",
+                   "seed", "precision", "channels_last", "augment")
 
 
 def fitting_columns(runs: list[RunRecord], varying: tuple[str, ...], budget: int, value_of) -> tuple[list, list]:

@@ -2,9 +2,22 @@
 
 Constructor signature, parameter and buffer names match `torch.nn.BatchNorm1d/2d`, so a
 state_dict moves between the two in either direction.
+
+Ghost batch normalization (Hoffer et al., 2017, arXiv:1705.08741; `ghost_batch=N`): in training
+mode the statistics are those of chunks of N consecutive examples of the batch, each chunk
+normalized on its own; a batch that N does not divide gives its remainder to the last chunk (N to
+2N − 1 examples), and a batch of fewer than 2N examples is one chunk. `ghost_batch_norm` reshapes
+the chunks into channels of one batch, (N·k, C, *) → (N, k·C, *), and normalizes them in one call
+of the same path (the fused kernel or the eager core). The running statistics are updated once
+per batch with the average of the chunks' means and unbiased variances (as if each chunk updated
+copies of them, then the copies were averaged), so the momentum's time constant in SGD steps is
+the same at every N; Hoffer et al.'s Algorithm 1 instead updates them once per chunk, in turn.
+Prediction mode is unchanged.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -32,10 +45,12 @@ class _BatchNorm(nn.Module):
         bias: bool = True,
         fused: bool = False,
         relu: bool = False,
+        ghost_batch: int | None = None,
     ) -> None:
         """torch.nn.BatchNorm1d/2d's arguments (torch 2.14, `bias` included: False keeps γ and
-        drops β), plus bnrun's own: `fused` (the C++/compiled fast path) and `relu` (the layer is
-        ReLU(BN(x)), applied in the fused kernel's output pass)."""
+        drops β), plus bnrun's own: `fused` (the C++/compiled fast path), `relu` (the layer is
+        ReLU(BN(x)), applied in the fused kernel's output pass) and `ghost_batch` (training-mode
+        statistics over chunks of that many examples, `ghost_batch_norm`)."""
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
@@ -45,6 +60,7 @@ class _BatchNorm(nn.Module):
         self.track_running_stats = track_running_stats
         self.fused = fused
         self.relu = relu  # the layer is ReLU(BN(x)): the fused kernel applies it in its output pass
+        self.ghost_batch = ghost_batch
         self.path: str | None = None  # the training-mode path the last batch took (fused.PATHS)
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features, **factory))
@@ -88,9 +104,10 @@ class _BatchNorm(nn.Module):
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
         buffers, params = self._buffers, self._parameters
         tracking = self.training and self.track_running_stats
+        ghost = self.ghost_batch is not None and self.training
         counter = buffers["num_batches_tracked"] if tracking else None
         empty = x.shape[0] == 0
-        if counter is not None and (self.momentum is None or not self.fused or empty):
+        if counter is not None and (self.momentum is None or not self.fused or empty or ghost):
             counter.add_(1)  # otherwise the fused kernel counts the batch in the same call
             factor = self.momentum if self.momentum is not None else 1.0 / float(counter)
             counter = None
@@ -100,11 +117,22 @@ class _BatchNorm(nn.Module):
             return x.clone()
         running = (buffers["running_mean"], buffers["running_var"]) if tracking else (None, None)
         weight, bias = params["weight"], params["bias"]
+        if ghost:
+            def normalize(chunks, chunk_weight, chunk_bias, chunk_mean, chunk_var):
+                return self._normalize(chunks, chunk_weight, chunk_bias, chunk_mean, chunk_var, factor)
+
+            return ghost_batch_norm(x, self.ghost_batch, weight, bias, *running, normalize)
+        return self._normalize(x, weight, bias, *running, factor, counter)
+
+    def _normalize(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+                   running_var: Tensor | None, factor: float, counter: Tensor | None = None) -> Tensor:
+        """Training-mode batch norm (then ReLU with `relu`) through the fused or the eager path."""
         if self.fused:
-            y, path = fused_kernels.train_step(x, weight, bias, *running, factor, self.eps, self.relu, counter)
+            y, path = fused_kernels.train_step(x, weight, bias, running_mean, running_var, factor, self.eps,
+                                               self.relu, counter)
         else:
             path = fused_kernels.EAGER
-            y = F.batch_norm_train_and_track(x, weight, bias, *running, factor, self.eps)
+            y = F.batch_norm_train_and_track(x, weight, bias, running_mean, running_var, factor, self.eps)
             y = torch.relu(y) if self.relu else y
         # The label stays out of traced graphs (torch.compile, torch.export): recorded eagerly only.
         # nn.Module.__setattr__ is slow; the path rarely changes.
@@ -132,7 +160,51 @@ class _BatchNorm(nn.Module):
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}, fused={self.fused}" + (", relu=True" if self.relu else "")
+            + (f", ghost_batch={self.ghost_batch}" if self.ghost_batch is not None else "")
         )
+
+
+# normalize(x, weight, bias, running_mean, running_var) -> y: training-mode batch norm over x's
+# channels, updating the running buffers in place (None: not tracked).
+Normalize = Callable[[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None], Tensor]
+
+
+def ghost_batch_norm(x: Tensor, size: int, weight: Tensor | None, bias: Tensor | None,
+                     running_mean: Tensor | None, running_var: Tensor | None, normalize: Normalize) -> Tensor:
+    """Training-mode batch norm of `x` over chunks of `size` examples (the module docstring's
+    ghost batches): the chunks of exactly `size` in one `normalize` call, a last chunk that took
+    the remainder in a second; the running buffers are then set to the average over the chunks of
+    what each chunk's update made of them."""
+    n = x.shape[0]
+    if n < 2 * size:
+        return normalize(x, weight, bias, running_mean, running_var)
+    even = n // size - (1 if n % size else 0)  # chunks of exactly `size`; the last takes the remainder
+    parts = [(x[: even * size], even)] + ([(x[even * size:], 1)] if even * size < n else [])
+    outputs, means, variances = [], [], []
+    for part, chunks in parts:
+        y, mean, var = normalize_chunks(part, chunks, weight, bias, running_mean, running_var, normalize)
+        outputs.append(y)
+        means.append(mean)
+        variances.append(var)
+    if running_mean is not None:
+        with torch.no_grad():
+            running_mean.copy_(torch.cat(means).mean(0))
+            running_var.copy_(torch.cat(variances).mean(0))
+    return F.laid_out_as(torch.cat(outputs), x)
+
+
+def normalize_chunks(x: Tensor, chunks: int, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+                     running_var: Tensor | None, normalize: Normalize) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """`x` (chunks·n examples) normalized chunk by chunk in one call: chunk j's channels become channels
+    j·C to j·C + C − 1 of an (n, chunks·C, *) batch. Returns the output in x's order and each chunk's
+    updated copy of the running statistics, (chunks, C) each (None when not tracked)."""
+    n, c, rest = x.shape[0] // chunks, x.shape[1], x.shape[2:]
+    ghosts = x.reshape(chunks, n, c, *rest).transpose(0, 1).reshape(n, chunks * c, *rest)  # (n, chunks·C, *)
+    weight, bias = (None if t is None else t.repeat(chunks) for t in (weight, bias))
+    mean, var = (None if t is None else t.detach().repeat(chunks) for t in (running_mean, running_var))
+    y = normalize(ghosts, weight, bias, mean, var)
+    y = y.reshape(n, chunks, c, *rest).transpose(0, 1).reshape(x.shape)  # back to (chunks·n, C, *)
+    return y, *(None if t is None else t.view(chunks, c) for t in (mean, var))
 
 
 class BatchNorm1d(_BatchNorm):

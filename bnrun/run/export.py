@@ -23,7 +23,7 @@ from bnrun.training.data import CLASSES, Standardize, load
 from bnrun.training.models import build_model
 
 STATISTICS = ("population", "running")
-MODEL_ARGS = ("arch", "bn", "depth", "width", "dropout")
+MODEL_ARGS = ("arch", "bn", "depth", "width", "dropout", "init", "ghost_batch")
 
 
 def model_arguments(run: RunRecord) -> dict:
@@ -38,6 +38,8 @@ def model_arguments(run: RunRecord) -> dict:
         "depth": run.depth,
         "width": run.width,
         "dropout": run.dropout,
+        "init": run.init,
+        "ghost_batch": run.ghost_batch,
     }
 
 

@@ -22,7 +22,8 @@ from bnrun.store import EpochRecord, FinalMetrics, RunRecord, Store
 from bnrun.training.data import load
 
 EPOCH_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
-FINAL_FIELDS = tuple(f.name for f in fields(FinalMetrics))
+# The final numbers; what stopped training is compared through the status and epochs_completed.
+FINAL_FIELDS = tuple(f.name for f in fields(FinalMetrics) if f.name != "stopped_by")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from bnrun.run.provenance import kernel_build, provenance
 from bnrun.store import Store
 from bnrun.training.data import FashionMNISTData, load
 from bnrun.training.loop import Callbacks, Diverged, fit
+from bnrun.training.results import STOPPED_BY_DIVERGED
 
 HEARTBEAT_S = 30.0
 SKIPPED, ELSEWHERE = "skipped", "running elsewhere"
@@ -110,7 +111,7 @@ def run_trial(spec: TrialSpec, dataset: FashionMNISTData, store: Store, reporter
         reporter.trial_finished(run_id, "interrupted", None)
         raise
     except Diverged as error:
-        return _end(store, reporter, run_id, "diverged", str(error))
+        return _end(store, reporter, run_id, "diverged", str(error), STOPPED_BY_DIVERGED)
     except StoreError as error:
         _end(store, reporter, run_id, "failed", str(error))
         raise
@@ -120,9 +121,10 @@ def run_trial(spec: TrialSpec, dataset: FashionMNISTData, store: Store, reporter
     return TrialOutcome(run_id, "completed")
 
 
-def _end(store: Store, reporter: Reporter, run_id: int, status: str, note: str) -> TrialOutcome:
+def _end(store: Store, reporter: Reporter, run_id: int, status: str, note: str,
+         stopped_by: str | None = None) -> TrialOutcome:
     with contextlib.suppress(StoreError):  # the store itself may be what failed (disk full)
-        store.end_run(run_id, status, note[:2000])
+        store.end_run(run_id, status, note[:2000], stopped_by)
     reporter.trial_finished(run_id, status, None, note)
     return TrialOutcome(run_id, status)
 

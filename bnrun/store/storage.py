@@ -227,9 +227,13 @@ class Store:
                 setattr(run, key, value)
             self._end(run, "completed", None, now)
 
-    def end_run(self, run_id: int, status: str, note: str | None = None) -> None:
+    def end_run(self, run_id: int, status: str, note: str | None = None, stopped_by: str | None = None) -> None:
+        """How the run ended; `stopped_by` (what ended its training) where it got that far."""
         with self.session(write=True) as session:
-            self._end(session.get(Run, run_id), status, note, self.now(session))
+            run = session.get(Run, run_id)
+            if stopped_by is not None:
+                run.stopped_by = stopped_by
+            self._end(run, status, note, self.now(session))
 
     @staticmethod
     def _end(run: Run, status: str, note: str | None, now: datetime) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,14 @@ from bnrun.training.evaluation import EVAL_BATCH, evaluate_split
 from bnrun.training.hardware import apply_cuda_settings
 from bnrun.training.models import bn_path, model_of
 from bnrun.training.precision import autocast, forward_logits
-from bnrun.training.results import DiagnosticRecord, EpochRecord, FinalMetrics, TrainingProgress
+from bnrun.training.results import (
+    STOPPED_BY_EPOCHS,
+    STOPPED_BY_TARGET,
+    DiagnosticRecord,
+    EpochRecord,
+    FinalMetrics,
+    TrainingProgress,
+)
 
 
 class Diverged(Exception):
@@ -129,8 +136,10 @@ def population_batches(split: Split, flip: bool, device: str):
 
 def fit(config: TrainConfig, seed: int, dataset: FashionMNISTData, callbacks: Callbacks,
         keep_checkpoint: bool = True) -> FinalMetrics:
-    """Train, report each epoch, then compute population statistics and the test metrics. On an
-    accelerator the splits are copied there once, and the numerics settings are applied first."""
+    """Train, report each epoch, then compute population statistics and the test metrics. With a
+    target loss, training stops after the first epoch whose training loss is at most it (the
+    learning-rate schedule is still laid out over `config.epochs`, the cap). On an accelerator the
+    splits are copied there once, and the numerics settings are applied first."""
     torch.manual_seed(seed)
     apply_cuda_settings(config.device)
     dataset = dataset.to(config.device)
@@ -143,7 +152,7 @@ def fit(config: TrainConfig, seed: int, dataset: FashionMNISTData, callbacks: Ca
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, steps_per_epoch(len(dataset.train), config.batch_size))
-    best_val = 0.0
+    best_val, stopped_by = 0.0, STOPPED_BY_EPOCHS
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -159,9 +168,18 @@ def fit(config: TrainConfig, seed: int, dataset: FashionMNISTData, callbacks: Ca
         if probes is not None:
             probes.after_epoch(model, epoch)
         callbacks.progress.epoch_finished(record)
+        if reached_target(config, train_loss):
+            stopped_by = STOPPED_BY_TARGET
+            break
     metrics, checkpoint = finish(model, config, dataset, best_val, record, keep_checkpoint)
+    metrics = replace(metrics, stopped_by=stopped_by)
     callbacks.completed(metrics, checkpoint)
     return metrics
+
+
+def reached_target(config: TrainConfig, train_loss: float) -> bool:
+    """The epoch's training loss is at or below --target-loss (never, without one)."""
+    return config.target_loss is not None and train_loss <= config.target_loss
 
 
 def warm_up(model: nn.Module, config: TrainConfig, split: Split) -> None:

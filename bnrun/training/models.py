@@ -13,6 +13,16 @@ assignment's CNN, weight for weight. Dropout (`--dropout P`) closes each hidden 
 activation and, for BN post, after the BN too: f → BN → g → dropout, f → g → BN → dropout. Dropout
 last keeps BN's statistics free of dropout's train/test shift (Li et al., 2019). The CNN may be
 laid out channels_last (`in_layout`): the same weights in NHWC memory order.
+
+Initialization (`--init`): `default` is torch's own nn.Linear/nn.Conv2d initialization (every
+stored trial before the option). `kaiming` redraws, after the model is built, every hidden
+affine/conv layer's weights He-normal (He et al., 2015: N(0, 2/fan_in), fan_in mode, ReLU gain),
+and sets every bias to zero. The final classifier, which no ReLU follows, is drawn with gain 1
+(N(0, 1/fan_in), LeCun normal) and a zero bias: the ReLU gain would double the logits' variance.
+
+Ghost batches (`--ghost-batch N`): the BN layers take training-mode statistics over chunks of N
+examples (`bnrun.nn.batchnorm.ghost_batch_norm`); the torch.nn reference does the same through
+`TorchGhost`, which calls the same function over torch's `batch_norm`.
 """
 
 from __future__ import annotations
@@ -23,8 +33,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bnrun.config import ARCHS, BN_IMPLS, PLACEMENTS
+from bnrun.config import ARCHS, BN_IMPLS, INITS, PLACEMENTS
 from bnrun.nn import BatchNorm1d, BatchNorm2d
+from bnrun.nn.batchnorm import ghost_batch_norm
 
 MLP_WIDTHS = (784, 256, 128)  # the assignment's MLP
 MLP_WIDTH = 128  # hidden width of an MLP built by depth
@@ -35,15 +46,51 @@ NUM_CLASSES = 10
 IMAGE_SIZE, SMALLEST_MAP = 28, 7
 
 
-def norm_factory(dim: int, impl: str, fused: bool) -> Callable[..., nn.Module]:
-    """A constructor `num_features -> BN layer` for 1d (dim=1) or 2d (dim=2) batch norm; the
-    custom one also takes `relu=True` (ReLU applied inside the layer)."""
-    if impl == "torch":
+class TorchGhost:
+    """torch.nn's batch norm with ghost batches in training mode: `ghost_batch_norm` over
+    torch.nn.functional.batch_norm. Parameters and buffers are torch.nn's own (same state_dict)."""
+
+    def __init__(self, num_features: int, *args, ghost_batch: int, **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        self.ghost_batch = ghost_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        self._check_input_dim(x)
+        factor = 0.0
+        if self.track_running_stats:  # counted once per batch, as torch.nn counts it
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+
+        def normalize(chunks, weight, bias, mean, var):
+            return nn.functional.batch_norm(chunks, mean, var, weight, bias, True, factor, self.eps)
+
+        return ghost_batch_norm(x, self.ghost_batch, self.weight, self.bias, self.running_mean, self.running_var,
+                                normalize)
+
+
+class TorchGhostBatchNorm1d(TorchGhost, nn.BatchNorm1d):
+    pass
+
+
+class TorchGhostBatchNorm2d(TorchGhost, nn.BatchNorm2d):
+    pass
+
+
+def norm_factory(dim: int, impl: str, fused: bool, ghost_batch: int | None = None) -> Callable[..., nn.Module]:
+    """A constructor `num_features -> BN layer` for 1d (dim=1) or 2d (dim=2) batch norm, over
+    ghost batches of `ghost_batch` examples when given; the custom one also takes `relu=True`
+    (ReLU applied inside the layer)."""
+    if impl == "torch" and ghost_batch is None:
         return nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d
+    if impl == "torch":
+        ghost = TorchGhostBatchNorm1d if dim == 1 else TorchGhostBatchNorm2d
+        return lambda num_features: ghost(num_features, ghost_batch=ghost_batch)
     if impl != "custom":
         raise ValueError(f"unknown BN implementation {impl!r}; expected one of {BN_IMPLS}")
     layer = BatchNorm1d if dim == 1 else BatchNorm2d
-    return lambda num_features, relu=False: layer(num_features, fused=fused, relu=relu)
+    return lambda num_features, relu=False: layer(num_features, fused=fused, relu=relu, ghost_batch=ghost_batch)
 
 
 @dataclass(frozen=True)
@@ -57,8 +104,9 @@ class BlockSpec:
     dropout: float = 0.0
 
     @classmethod
-    def of(cls, bn: str, impl: str, fused: bool, dropout: float = 0.0) -> BlockSpec:
-        return cls(bn, norm_factory(1, impl, fused), norm_factory(2, impl, fused), fused and impl == "custom", dropout)
+    def of(cls, bn: str, impl: str, fused: bool, dropout: float = 0.0, ghost_batch: int | None = None) -> BlockSpec:
+        norms = (norm_factory(dim, impl, fused, ghost_batch) for dim in (1, 2))
+        return cls(bn, *norms, fused and impl == "custom", dropout)
 
 
 def hidden_block(affine: nn.Module, width: int, spec: BlockSpec, dim: int = 1) -> list[nn.Module]:
@@ -122,21 +170,35 @@ def in_layout(model: nn.Module, channels_last: bool) -> nn.Module:
 
 
 def build_model(arch: str, bn: str, impl: str = "custom", fused: bool = False, channels_last: bool = False,
-                depth: int | None = None, width: int | None = None, dropout: float = 0.0) -> nn.Sequential:
+                depth: int | None = None, width: int | None = None, dropout: float = 0.0, init: str = "default",
+                ghost_batch: int | None = None) -> nn.Sequential:
     """The model for one trial; weights are drawn from torch's global RNG (seed it first).
     `channels_last` changes only the memory order of the weights, not their values."""
-    spec = BlockSpec.of(bn, impl, fused, dropout)
+    spec = BlockSpec.of(bn, impl, fused, dropout, ghost_batch)
     if arch == "mlp":
-        return build_mlp(spec, depth, width)
+        return initialize(build_mlp(spec, depth, width), init)
     if arch == "cnn":
-        return in_layout(build_cnn(spec, depth, width), channels_last)
+        return in_layout(initialize(build_cnn(spec, depth, width), init), channels_last)
     raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+
+
+def initialize(model: nn.Sequential, init: str) -> nn.Sequential:
+    """The model's weights as `init` says (the module docstring): torch's as built, or redrawn."""
+    if init not in INITS:
+        raise ValueError(f"unknown initialization {init!r}; expected one of {INITS}")
+    if init == "kaiming":
+        affine = [layer for layer in model if isinstance(layer, (nn.Linear, nn.Conv2d))]
+        for layer in affine:
+            gain = "linear" if layer is affine[-1] else "relu"  # the classifier: no ReLU follows it
+            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity=gain)
+            nn.init.zeros_(layer.bias)
+    return model
 
 
 def model_of(config) -> nn.Sequential:
     """The model a trial configuration (TrainConfig or RunRecord) describes."""
     return build_model(config.arch, config.bn, config.bn_impl, config.fused, config.channels_last,
-                       config.depth, config.width, config.dropout)
+                       config.depth, config.width, config.dropout, config.init, config.ghost_batch)
 
 
 def bn_path(model: nn.Module, bn: str, impl: str) -> str | None:

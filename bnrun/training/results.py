@@ -7,6 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+# What ended a run's training (its `stopped_by`): every epoch ran, an epoch's training loss reached
+# --target-loss, or the loss became NaN/inf.
+STOPPED_BY_EPOCHS, STOPPED_BY_TARGET, STOPPED_BY_DIVERGED = "epochs", "target-loss", "diverged"
+
 
 @dataclass(frozen=True)
 class EpochRecord:
@@ -32,6 +36,7 @@ class FinalMetrics:
     test_acc_population: float
     train_loss_population: float | None = None  # the (un-augmented) training split in prediction mode
     train_acc_population: float | None = None
+    stopped_by: str | None = None  # STOPPED_BY_EPOCHS or STOPPED_BY_TARGET
 
 
 @dataclass(frozen=True)
