@@ -295,3 +295,74 @@ def test_plot_on_empty_store_is_one_line_exit_1(tmp_path):
 def test_group_label_for_replaced_run():
     run = replace(make_run(1), bn="none")
     assert build_report([run]).groups[0].label() == "cnn bn=none"
+
+
+# -- figures: ticks that fit the data, a legend that hides nothing, the recipe in the caption -------------
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures' (figure, title with its caption) instead of files."""
+    from bnrun.analysis import figures
+
+    saved = []
+    monkeypatch.setattr(figures, "save", lambda figure, output, dpi, title, caption="": saved.append(
+        (figure, f"{title}\n{caption}")) or output)
+    return saved
+
+
+def test_a_one_epoch_learning_curve_has_whole_epoch_ticks_a_clear_legend_and_its_recipe(drawn, tmp_path):
+    from bnrun.analysis import figures
+
+    runs = [make_run(i + 1, arch="mlp", bn=bn, seed=seed, epochs=1, epochs_completed=1, lr=0.1, acc=0.9 - i / 100)
+            for i, (bn, seed) in enumerate((bn, seed) for bn in ("pre", "none") for seed in range(3))]
+    epochs = {run.id: [EpochRecord(1, 0.4, 0.85, 0.45, run.val_acc, 0.1, 2.0, 1.5)] for run in runs}
+    figures.plot_learning_curves(build_report(runs), epochs, tmp_path / "curves.png")
+    figure, title = drawn[0]
+    assert "off the default recipe: epochs=1, lr=0.1" in title
+    figure.canvas.draw()
+    for axis in figure.axes:
+        ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
+        assert ticks == [1.0], ticks  # not 0.945 ... 1.050
+    axis = figure.axes[0]
+    legend = axis.get_legend().get_window_extent()
+    points = [axis.transData.transform(xy) for line in axis.lines for xy in line.get_xydata()]
+    assert points and not any(legend.contains(x, y) for x, y in points)
+
+
+def test_plot_against_option_draws_diverged_trials_on_the_axis_with_their_own_legend_entry(drawn, tmp_path):
+    from bnrun.analysis import figures
+    from bnrun.analysis.pivots import Cell, Pivot, PivotRow
+
+    def cell(*values, diverged=0):
+        return Cell(summarize(list(values)), diverged, len(values) + diverged, (), tuple(values))
+
+    rows = (PivotRow({"arch": "mlp", "bn": "pre"}, {0.1: cell(0.88, 0.89, 0.9), 3.0: cell(diverged=3)}, 0.1),
+            PivotRow({"arch": "mlp", "bn": "none"}, {0.1: cell(0.85, 0.86, 0.87), 3.0: cell(0.1, 0.1, 0.1)}, 0.1))
+    pivot = Pivot("lr", "test_acc_population", (0.1, 3.0), ("arch", "bn"), rows, (), held={"epochs": 10})
+    figures.plot_against_option(pivot, tmp_path / "lr.png", "test acc.", 100.0)
+    figure, title = drawn[0]
+    assert "off the default recipe: epochs=10" in title
+    (axis,) = figure.axes
+    figure.canvas.draw()
+    bottom = axis.transAxes.transform((0, 0))[1]
+    for kind in ("x", "v"):
+        (mark,) = [line for line in axis.lines if line.get_marker() == kind]
+        assert mark.get_transform().transform(mark.get_xydata())[0][1] == pytest.approx(bottom)  # on the axis
+    labels = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert "diverged (k/n trials)" in labels and any(label.startswith("chance level") for label in labels)
+
+
+def test_the_batch_statistics_legend_counts_the_runs_evaluated():
+    from bnrun.analysis.diagnostic_summaries import batch_stat_rows
+    from bnrun.store import EvaluationRecord
+
+    runs = [make_run(i + 1, seed=i) for i in range(5)]
+    report = build_report(runs)
+    evaluation = {"id": 1, "created_at": datetime(2026, 11, 2), "device": "cpu", "val_acc_running": 0.9,
+                  "val_acc_population": 0.9, "test_loss_running": 0.3, "test_acc_running": 0.9,
+                  "test_loss_population": 0.3, "test_acc_population": 0.9, "matches_stored": True,
+                  "bnrun_version": "0", "batch_stats_json": json.dumps({"8": [0.4, 0.8], "32": [0.35, 0.88]})}
+    evaluations = {run.id: [EvaluationRecord(run_id=run.id, **evaluation)] for run in runs[:3]}
+    ((label, series),) = batch_stat_rows(report.groups, evaluations)
+    assert label.endswith("(n=3)") and [len(values) for values in series.values()] == [3, 3]

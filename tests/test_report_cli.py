@@ -79,11 +79,11 @@ def test_the_default_report_is_the_default_recipe_with_holm_over_what_it_prints(
     text = " ".join(result.stdout.split())
     assert re.search(r"shown: the default recipe; left out: \d+ of \d+ trials, in \d+ other recipes: --where ", text), text
     assert "--all shows every trial" in text
-    tested = len(re.findall(r"\(p=[0-9.e-]+, Holm p=", text))
-    assert f"corrected over the {tested} comparisons with a test" in text and tested >= 10
-    grid = " ".join(invoke("report", "--run-id", "1-32,204-215", "--db", str(study), env=NARROW).stdout.split())
-    mlp = "mlp bn=pre (custom+fused) − mlp bn=none: "
-    assert text.split(mlp)[1].split(")")[0] == grid.split(mlp)[1].split(")")[0]
+    tested = [line for line in result.stdout.splitlines() if re.search(r" − .*\] +[0-9.e-]+ +[0-9.e-]+ +\d+$", line)]
+    assert f"corrected over the {len(tested)} with a test" in text and len(tested) >= 10
+    grid = invoke("report", "--run-id", "1-32,204-215", "--db", str(study), env=NARROW).stdout
+    mlp = "mlp pre (custom+fused) − none "
+    assert next(row for row in tested if row.startswith(mlp)).split() in [row.split() for row in grid.splitlines()]
 
 
 @shipped
@@ -177,7 +177,7 @@ def test_figures_keep_accuracy_inside_0_to_100(tmp_path, monkeypatch):
     """A cell with one seed at chance and one trained: its seeds are drawn, no band leaves 0-100 %,
     and two placements' divergence marks at one value do not coincide."""
     drawn = []
-    monkeypatch.setattr(figures, "save", lambda figure, output, dpi, title: drawn.append(figure) or output)
+    monkeypatch.setattr(figures, "save", lambda figure, output, *args: drawn.append(figure) or output)
 
     def cell(*values, diverged=0):
         return Cell(summarize(list(values)), diverged, len(values) + diverged, (), tuple(values))
@@ -196,7 +196,8 @@ def test_figures_keep_accuracy_inside_0_to_100(tmp_path, monkeypatch):
     assert axis.get_ylim()[0] >= 0
     seeds = [line for line in axis.lines if line.get_linestyle() == "None" and line.get_marker() == "_"]
     assert sorted(seeds[0].get_ydata()) == pytest.approx([10.0, 85.0])
-    marks = [(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in axis.lines if line.get_marker() == "x"]
+    marks = [tuple(line.get_transform().transform(line.get_xydata())[0]) for line in axis.lines
+             if line.get_marker() == "x"]
     assert len(marks) == 3 and len(set(marks)) == 3  # two at lr 3, apart
 
 
@@ -250,3 +251,66 @@ def test_eval_never_creates_a_store(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"no store at {tmp_path / 'typo.db'}" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+# -- tables that keep their labels and numbers whole -------------------------------------------------
+
+
+def group_lines(text: str, group: dict) -> list[str]:
+    """The lines of a report table that start with the group's labels, each whole: arch, BN, impl."""
+    from bnrun.config import impl_label
+
+    impl = "—" if group["bn"] == "none" else impl_label(group["bn_impl"], group["fused"])
+    return [line for line in text.splitlines() if line.split()[:3] == [group["arch"], group["bn"], impl]]
+
+
+@shipped
+@pytest.mark.parametrize("width", ["80", "100"])
+@pytest.mark.parametrize("wide", [False, True])
+def test_report_tables_keep_every_label_and_number_whole(study, width, wide):
+    """Each group's labels on one line, each of its mean ± std values whole on such a line (--wide's extra
+    columns in a second table with the labels repeated), nothing wider than the terminal."""
+    from bnrun.analysis.metrics import digits, mean_std_text, scaled_pair
+    from bnrun.analysis.texts import COLUMNS
+
+    args = ["report", *(["--wide"] if wide else []), "--db", str(study)]
+    text = invoke(*args, env={"COLUMNS": width}).stdout
+    fits(text, int(width))
+    payload = json.loads(invoke("report", "--format", "json", "--db", str(study)).stdout)
+    shown = COLUMNS if wide else ("test_acc_population", "test_acc_running")
+    for group in payload["groups"]:
+        lines = group_lines(text, group)
+        assert lines, (group, text)
+        for metric in shown:
+            value = mean_std_text(*scaled_pair(group[f"{metric}_mean"], group[f"{metric}_std"], metric), digits(metric))
+            assert any(value in line for line in lines), (metric, value, text)
+
+
+@shipped
+@pytest.mark.parametrize("selection", [["--arch", "mlp"], ["--where", "lr=0.05"]])
+def test_report_fits_one_screen_with_one_line_per_comparison(study, selection):
+    """At 80 columns: at most 50 lines, each paired comparison one line with its mean difference, 95% CI,
+    Holm's p and n."""
+    text = invoke("report", *selection, "--db", str(study), env=NARROW).stdout
+    fits(text)
+    assert len(text.splitlines()) <= 50, text
+    payload = json.loads(invoke("report", *selection, "--format", "json", "--db", str(study)).stdout)
+    assert payload["comparisons"]
+    for c in payload["comparisons"]:
+        cells = [f"{100 * c['mean_diff']:+.2f}", f"[{100 * c['ci95_low']:+.2f},", f"{100 * c['ci95_high']:+.2f}]",
+                 f"{c['p_holm']:.2g}", str(c["n"])]
+        rows = [line.split() for line in text.splitlines() if line.startswith(c["arch"] + " ")]
+        assert any(row[-6:] == cells[:3] + row[-3:-2] + cells[3:] for row in rows), (c, text)
+
+
+@shipped
+def test_runs_fold_notes_at_word_boundaries(study, tmp_path):
+    """A user's note in `bnrun runs` at 80 columns: every word whole, none cut at the column's edge."""
+    copy = tmp_path / "notes.db"
+    shutil.copyfile(study, copy)
+    newest = max(run.id for run in Store(str(copy)).list_runs())
+    note = "learning-rate warmup diverged near (SIGINT/SIGTERM) initialization; rerun with batch-statistics"
+    assert invoke("tag", str(newest), "--note", note, "--db", str(copy)).exit_code == 0
+    text = invoke("runs", "--sort", "-id", "--limit", "30", "--db", str(copy), env=NARROW).stdout  # as a terminal
+    fits(text)
+    assert set(note.split()) <= set(text.split()), text

@@ -84,16 +84,18 @@ def batch_stat_rows(
     groups: tuple[Group, ...], evaluations: dict[int, list[EvaluationRecord]], varying: tuple[str, ...] = ()
 ) -> list[tuple[str, dict[int, list[float]]]]:
     """Per group: {batch size: [test accuracy per run]} from each run's latest stored `eval --batch-stats`;
-    each labelled with the `varying` options too."""
+    each labelled with the `varying` options too and n, the runs evaluated."""
     rows = []
     for group in groups:
         series: dict[int, list[float]] = {}
+        evaluated = 0
         for run in group.runs:
             latest = [e for e in evaluations.get(run.id, []) if e.batch_stats_json]
+            evaluated += bool(latest)
             for size, (_, accuracy) in latest[-1].batch_stats().items() if latest else ():
                 series.setdefault(size, []).append(accuracy)
         if series:
-            rows.append((f"{group.label(varying)} (n={len(group.runs)})", series))
+            rows.append((f"{group.label(varying)} (n={evaluated})", series))
     if not rows:
         raise UsageError(
             "no stored evaluation with batch statistics among these runs; run e.g.: bnrun eval N "

@@ -12,13 +12,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.transforms import offset_copy  # noqa: E402
 
 from bnrun.analysis.diagnostic_summaries import diagnostic_series  # noqa: E402
 from bnrun.analysis.grouping import Group, Report  # noqa: E402
 from bnrun.analysis.metrics import CHANCE, at_chance  # noqa: E402
 from bnrun.analysis.pivots import Pivot  # noqa: E402
 from bnrun.analysis.stats import MIN_TRIALS, summarize  # noqa: E402
+from bnrun.analysis.texts import recipe_line  # noqa: E402
 from bnrun.config import impl_label  # noqa: E402
 from bnrun.errors import UsageError, writing  # noqa: E402
 from bnrun.store import EpochRecord  # noqa: E402
@@ -91,16 +94,23 @@ def plot_learning_curves(
                 (line,) = axis.plot(x, mean, marker="o", markersize=3, label=name)
                 fill_band(axis, x, mean, std, line, PERCENT_RANGE if scale == 100.0 else (0.0, None))
             axis.set_title(f"{arch.upper()}: {label}")
-            axis.set_xlabel("epoch")
-            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            epoch_axis(axis)
             axis.set_ylabel(label)
             axis.grid(alpha=0.3)
             if field == "train_loss":
                 axis.set_yscale("log")
             else:
                 within(axis, PERCENT_RANGE)
-        axes[row][0].legend(fontsize=8, loc="lower right")
-    return save(figure, output, dpi, "Fashion-MNIST learning curves: mean ± std over seeds")
+        axes[row][0].legend(fontsize=8, loc="best")
+    return save(figure, output, dpi, "Fashion-MNIST learning curves: mean ± std over seeds", recipe_line(report.recipe))
+
+
+def epoch_axis(axis) -> None:
+    """Whole epochs on the x axis, half an epoch of room either side (one epoch is one tick, not 0.95-1.05)."""
+    low, high = axis.get_xlim()
+    axis.set_xlim(min(low, 0.5), max(high, 1.5))
+    axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def spans_decades(values: list[float]) -> bool:
@@ -119,8 +129,9 @@ def row_label(labels: dict) -> str:
 def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: float, dpi: int = 120) -> Path:
     """The headline metric against one option: a mean line per placement with a ±std band where at
     least MIN_TRIALS seeds completed and the seeds as points where fewer did, one panel per
-    architecture; an x marks each value where trials diverged, labelled k/n, one level per line so
-    that coinciding marks stay apart."""
+    architecture; on the x axis, an x marks each value where trials diverged (labelled k/n) and a triangle each
+    value whose trials ended at chance, each line's marks beside the others'; the caption names the options held
+    off the default recipe."""
     check_series(len(pivot.rows), [f for f in pivot.row_fields if f not in ("arch", "bn", "bn_impl", "fused")])
     bounds = PERCENT_RANGE if scale == 100.0 else (None, None)
     archs = list(dict.fromkeys(row.labels.get("arch", "all") for row in pivot.rows))
@@ -129,29 +140,58 @@ def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: fl
         rows = [r for r in pivot.rows if r.labels.get("arch", "all") == arch]
         for level, row in enumerate(rows):
             line = option_line(axis, row, scale, bounds)
-            divergence_marks(axis, row, line, level)
+            slot = offset_copy(axis.get_xaxis_transform(), figure, x=MARK_SPACING * (level - (len(rows) - 1) / 2),
+                               units="points")
+            divergence_marks(axis, row, line, slot)
             if scale == 100.0:
-                chance_marks(axis, row, line, level)
+                chance_marks(axis, row, line, slot)
         if scale == 100.0:
             within(axis, PERCENT_RANGE)
         if spans_decades(list(pivot.columns)):
             axis.set_xscale("log")
             axis.minorticks_off()  # the grid's own values label the axis, not 3×10¹
+        value_limits(axis, list(pivot.columns), spans_decades(list(pivot.columns)))
         axis.set_xticks(list(pivot.columns), [f"{value:g}" for value in pivot.columns])
-        axis.set_title(f"{arch.upper()}: {metric_label} vs {pivot.by} (× = diverged k/n, ▾ = chance)")
+        axis.set_title(f"{arch.upper()}: {metric_label} vs {pivot.by}")
         axis.set_xlabel(pivot.by)
         axis.set_ylabel(metric_label)
         axis.grid(alpha=0.3)
         unique_legend(axis)
     return save(figure, output, dpi, f"mean ± std over seeds (points: the seeds of cells with n < {MIN_TRIALS}), "
-                                     f"by {pivot.by}")
+                                     f"by {pivot.by}", recipe_line(pivot.held))
+
+
+def value_limits(axis, values: list[float], log: bool) -> None:
+    """The x axis over every value of the grid, a mark on the axis included, with room either side for the
+    marks of several lines."""
+    low, high = min(values), max(values)
+    if log:
+        pad = (high / low) ** 0.08
+        axis.set_xlim(low / pad, high * pad)
+    else:
+        pad = (high - low) * 0.08 or 0.5
+        axis.set_xlim(low - pad, high + pad)
+
+
+MARK_SPACING = 16  # points between two lines' marks on the axis at one value (their counts side by side)
+MARKS = {  # the marks on the x axis, in grey in the legend (each line's own in its colour)
+    "diverged": {"marker": "x", "markersize": 8, "mew": 2},
+    "chance": {"marker": "v", "markersize": 8},
+}
+
+
+def mark_label(kind: str) -> str:
+    return "diverged (k/n trials)" if kind == "diverged" else f"chance level ({100 * CHANCE:g} %, n trials)"
 
 
 def unique_legend(axis) -> None:
-    """The legend with each label once (every chance mark carries the same one)."""
+    """The legend with each line once, then one grey entry per kind of mark on the axis."""
     handles, labels = axis.get_legend_handles_labels()
     seen = dict(zip(labels, handles))
-    axis.legend(list(seen.values()), list(seen), fontsize=8)
+    kinds = {line.get_gid() for line in axis.lines} & set(MARKS)
+    for kind in sorted(kinds, reverse=True):
+        seen[mark_label(kind)] = Line2D([], [], color="grey", linestyle="none", **MARKS[kind])
+    axis.legend(list(seen.values()), list(seen), fontsize=8, loc="best")
 
 
 def option_line(axis, row, scale: float, bounds: tuple):
@@ -173,35 +213,32 @@ def option_line(axis, row, scale: float, bounds: tuple):
     return line
 
 
-def chance_marks(axis, row, line, level: int) -> None:
-    """A triangle on the axis at each value where the row's completed trials ended at chance level
-    (metrics.at_chance), labelled n, instead of a point on its line."""
+def chance_marks(axis, row, line, slot) -> None:
+    """A triangle on the x axis (in the row's `slot`) at each value where the row's completed trials ended at
+    chance level (metrics.at_chance), labelled n, instead of a point on its line."""
+    for value, cell in sorted(row.cells.items(), key=lambda item: item[0]):
+        if cell.summary.mean is not None and at_chance(cell.summary.mean):
+            axis_mark(axis, "chance", value, f"{cell.summary.n}/{cell.ended}", line, slot)
+
+
+def divergence_marks(axis, row, line, slot) -> None:
+    """An x on the x axis (in the row's `slot`) at each value where the row's trials diverged, labelled k/n."""
+    for value, cell in sorted(row.cells.items(), key=lambda item: item[0]):
+        if cell.diverged:
+            axis_mark(axis, "diverged", value, f"{cell.diverged}/{cell.ended}", line, slot)
+
+
+def axis_mark(axis, kind: str, value: float, text: str, line, slot) -> None:
+    """One mark on the bottom of the axis at `value`, in the line's colour, its count above it."""
     color = line.get_color() if line is not None else "grey"
-    height = 0.03 + 0.065 * level
-    for value, cell in sorted(row.cells.items(), key=lambda item: item[0]):
-        if cell.summary.mean is None or not at_chance(cell.summary.mean):
-            continue
-        axis.plot([value], [height], marker="v", color=color, markersize=8, linestyle="none",
-                  transform=axis.get_xaxis_transform(), clip_on=False, label=f"chance level ({100 * CHANCE:g} %)")
-        axis.annotate(f"{cell.summary.n}/{cell.ended}", (value, height), xycoords=("data", "axes fraction"),
-                      xytext=(6, 0), textcoords="offset points", fontsize=7, color=color, ha="left", va="center")
+    axis.plot([value], [0.0], color=color, linestyle="none", transform=slot, clip_on=False, gid=kind, **MARKS[kind])
+    axis.annotate(text, (value, 0.0), xycoords=slot, xytext=(0, 7), textcoords="offset points", fontsize=7,
+                  color=color, ha="center", va="bottom")
 
 
-def divergence_marks(axis, row, line, level: int) -> None:
-    """An x at each value where the row's trials diverged, labelled k/n, at the row's own height."""
-    color = line.get_color() if line is not None else "red"
-    height = 0.03 + 0.065 * level
-    for value, cell in sorted(row.cells.items(), key=lambda item: item[0]):
-        if not cell.diverged:
-            continue
-        axis.plot([value], [height], marker="x", color=color, markersize=8, mew=2,
-                  transform=axis.get_xaxis_transform(), clip_on=False)
-        axis.annotate(f"{cell.diverged}/{cell.ended}", (value, height), xycoords=("data", "axes fraction"),
-                      xytext=(6, 0), textcoords="offset points", fontsize=7, color=color, ha="left", va="center")
-
-
-def save(figure, output: Path, dpi: int, title: str) -> Path:
-    figure.suptitle(title)
+def save(figure, output: Path, dpi: int, title: str, caption: str = "") -> Path:
+    """The figure under its title, and the `caption` (the options off the default recipe) below it."""
+    figure.suptitle(title + (f"\n{caption}" if caption else ""))
     figure.tight_layout()
     try:
         with writing(output):
@@ -250,23 +287,32 @@ def plot_diagnostic(
         axis.set_xscale("log" if log_x else "linear")
         axis.set_yscale("log" if log_y else "linear")
         axis.set_title(f"{arch.upper()}: {label}")
-        axis.set_xlabel("step size η" if axis_field == "x" else "epoch")
+        if axis_field == "x":
+            axis.set_xlabel("step size η")
+        else:
+            epoch_axis(axis)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    return save(figure, output, dpi, "batch-norm diagnostics: mean ± std over seeds")
+        axis.legend(fontsize=8, loc="best")
+    return save(figure, output, dpi, "batch-norm diagnostics: mean ± std over seeds", recipe_line(report.recipe))
 
 
-def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]]]], output: Path, dpi: int = 120) -> Path:
+def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]]]], output: Path, recipe: dict,
+                     dpi: int = 120) -> Path:
     """Test accuracy when prediction normalizes with the statistics of batches of each size
-    (Wu & Johnson 2021), one line per configuration: rows of (label, {batch size: [acc per run]})."""
+    (Wu & Johnson 2021), one line per configuration: rows of (label, {batch size: [acc per run]}); `recipe`:
+    the options off the default recipe that every row shares (the caption)."""
     check_series(len(rows), [])
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for label, series in rows:
         band(axis, series, label, scale=100.0, bounds=PERCENT_RANGE)
     within(axis, PERCENT_RANGE)
     axis.set_xscale("log", base=2)
+    sizes = sorted({size for _, series in rows for size in series})
+    axis.set_xticks(sizes, [str(size) for size in sizes])  # the sizes evaluated, not 2¹, 2², ...
+    axis.minorticks_off()
     axis.set_xlabel("batch size whose statistics normalize the test images")
     axis.set_ylabel("test accuracy (%)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    return save(figure, output, dpi, "prediction with batch statistics (latest evaluation of each run)")
+    axis.legend(fontsize=8, loc="best")
+    return save(figure, output, dpi, "prediction with batch statistics (latest evaluation of each run)",
+                recipe_line(recipe))

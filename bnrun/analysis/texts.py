@@ -117,11 +117,15 @@ def comparison_lines(comparisons: tuple[Comparison, ...]) -> list[str]:
     return lines
 
 
+def tested(comparisons: tuple[Comparison, ...]) -> int:
+    """How many comparisons had a test: the family Holm's correction ran over."""
+    return sum(c.test.p_value is not None for c in comparisons)
+
+
 def comparisons_heading(comparisons: tuple[Comparison, ...]) -> str:
-    tested = sum(c.test.p_value is not None for c in comparisons)
     return (
         f"paired comparisons (same seed = same initial weights and batch order; 95% CI of the mean difference; "
-        f"p-values Holm–Bonferroni corrected over the {tested} comparisons with a test):"
+        f"p-values Holm–Bonferroni corrected over the {tested(comparisons)} comparisons with a test):"
     )
 
 

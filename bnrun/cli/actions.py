@@ -139,7 +139,7 @@ def plot(db: str | None, request: PlotRequest) -> Path:
             return figures.plot_against_option(pivot, request.output, METRICS[metric], scale(metric))
         result, epochs = report_of(store, request.report)
         if request.diagnostic == "batch_stats":
-            return figures.plot_batch_stats(batch_stats_of(store, result), request.output)
+            return figures.plot_batch_stats(batch_stats_of(store, result), request.output, result.recipe)
         if request.diagnostic:
             diagnostics = store.diagnostics_by_run([r.id for g in result.groups for r in g.runs])
             return figures.plot_diagnostic(result, diagnostics, epochs, request.diagnostic, request.output)

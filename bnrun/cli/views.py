@@ -221,10 +221,12 @@ def runs_table(
     from bnrun.analysis.listing import option_value, shared_options, varying_options
 
     title = f"{len(runs)} runs" + ("" if total == len(runs) else f" (of {total} matching; --limit N or --all for more)")
-    show_tags = any(labels.get(run.id) and labels[run.id].tags for run in runs)
-    show_notes = any(run.note or run.user_note for run in runs)
+    tags = {run.id: ", ".join(labels[run.id].tags) for run in runs if run.id in labels and labels[run.id].tags}
+    notes = {run.id: "; ".join(text for text in (run.user_note, run.note) if text) for run in runs}
+    notes = {run_id: text for run_id, text in notes.items() if text}
     status_width = max([len(run.status) for run in runs] + [6])
-    fixed = [max([len(str(run.id)) for run in runs] + [2]), status_width, 6, 6, 6, 5] + [8] * (show_tags + show_notes)
+    folding = [word_width(texts.values()) for texts in (tags, notes) if texts]
+    fixed = [max([len(str(run.id)) for run in runs] + [2]), status_width, 6, 6, 6, 5, *folding]
     candidates = tuple(name for name in varying_options(runs) if name != "epochs")  # the epochs column shows them
     varying, hidden = fitting_columns(runs, candidates, width - sum(w + 2 for w in fixed), option_value)
     shared = shared_options(runs)
@@ -241,10 +243,10 @@ def runs_table(
         table.add_column(COLUMN_NAMES.get(name, name), justify="left" if name in LABELS else "right", no_wrap=True)
     for name in ("epochs", "test %\npop", "test %\nrun", "time"):
         table.add_column(name, justify="right", no_wrap=True)
-    if show_tags:
-        table.add_column("tags", overflow="fold", min_width=8)
-    if show_notes:
-        table.add_column("note", overflow="fold", min_width=8)
+    if tags:
+        table.add_column("tags", overflow="fold", min_width=word_width(tags.values()))
+    if notes:
+        table.add_column("note", overflow="fold", min_width=word_width(notes.values()))
     for run in runs:
         style = STATUS_STYLE.get(run.status, "")
         status = f"[{style}]{run.status}[/]" + (" [red](process gone)[/]" if run.id in orphans else "")
@@ -258,12 +260,20 @@ def runs_table(
             pct(run.test_acc_running),
             seconds(run.duration_s),
         ]
-        if show_tags:
-            cells.append(", ".join(labels[run.id].tags) if run.id in labels else "")
-        if show_notes:
-            cells.append(escape("; ".join(text for text in (run.user_note, run.note) if text)))
+        if tags:
+            cells.append(escape(tags.get(run.id, "")))
+        if notes:
+            cells.append(escape(notes.get(run.id, "")))
         table.add_row(*cells)
     return table
+
+
+LONGEST_WORD = 20  # a tags or note column is as wide as its longest word up to this; only longer words fold
+
+
+def word_width(texts) -> int:
+    """The width that folds `texts` at word boundaries: their longest word's (8 to LONGEST_WORD)."""
+    return min(LONGEST_WORD, max([len(word) for text in texts for word in text.split()] + [8]))
 
 
 INTERNAL = (
