@@ -43,9 +43,10 @@ OUTCOMES = ("completed", "diverged")  # results a re-run skips; failed, interrup
 # The fields a page of runs can be sorted by in the database: every stored column but the configuration text.
 PAGE_SORT_FIELDS = tuple(name for name in RunRecord.__dataclass_fields__ if name != "config_json")
 IN_CHUNK = 500  # ids per IN (...): well under every backend's bound-parameter limit
-# A run's columns in RunRecord's field order: selected as plain rows, each row is RunRecord(*row) (no ORM object).
-RUN_COLUMNS = tuple(getattr(Run, f.name) for f in fields(RunRecord))
-EPOCH_COLUMNS = tuple(getattr(Epoch, f.name) for f in fields(EpochRecord))
+# The tables' columns in their records' field order, selected as Core rows (no ORM loading, no ORM object):
+# each row is RunRecord(*row), EpochRecord(*row).
+RUN_COLUMNS = tuple(Run.__table__.c[f.name] for f in fields(RunRecord))
+EPOCH_COLUMNS = tuple(Epoch.__table__.c[f.name] for f in fields(EpochRecord))
 
 
 @dataclass(frozen=True)
@@ -297,7 +298,7 @@ class Store:
         """The runs that meet the criteria, by id, selected in the database and read as plain rows."""
         query = select(*RUN_COLUMNS).where(*run_conditions(criteria)).order_by(Run.id)
         with self.session() as session:
-            return [RunRecord(*row) for row in session.execute(query)]
+            return [RunRecord(*row) for row in core_rows(session, query)]
 
     def epochs(self, run_id: int) -> list[EpochRecord]:
         with self.session() as session:
@@ -309,9 +310,10 @@ class Store:
         result: dict[int, list[EpochRecord]] = {run_id: [] for run_id in run_ids}
         with self.session() as session:
             for chunk in chunked(list(result)):
-                query = select(Epoch.run_id, *EPOCH_COLUMNS).where(Epoch.run_id.in_(chunk)).order_by(
-                    Epoch.run_id, Epoch.epoch)
-                for run_id, *values in session.execute(query):
+                epochs = Epoch.__table__.c
+                query = select(epochs.run_id, *EPOCH_COLUMNS).where(epochs.run_id.in_(chunk)).order_by(
+                    epochs.run_id, epochs.epoch)
+                for run_id, *values in core_rows(session, query):
                     result[run_id].append(EpochRecord(*values))
         return result
 
@@ -510,7 +512,7 @@ class Store:
         query = query.limit(limit).offset(offset)
         with self.session() as session:
             total = session.execute(select(func.count()).select_from(Run).where(*conditions)).scalar_one()
-            return RunPage(tuple(RunRecord(*row) for row in session.execute(query)), total)
+            return RunPage(tuple(RunRecord(*row) for row in core_rows(session, query)), total)
 
     def checkpoint_info(self, run_id: int) -> CheckpointInfo | None:
         """The run's checkpoint digest, size and time (its bytes are not read); None without one."""
@@ -556,6 +558,12 @@ def page_order(sort: str, descending: bool) -> tuple:
     # As the CLI's listing: the missing values keep id order even when the others are reversed.
     ties = case((column.is_(None), Run.id), else_=-Run.id) if descending else Run.id
     return (column.is_(None), column.desc() if descending else column, ties)
+
+
+def core_rows(session: Session, query) -> list:
+    """A Core select's rows as plain tuples, fetched at once on the session's connection (past the ORM's
+    result machinery, which costs more per row than the database does)."""
+    return session.connection().execute(query).all()
 
 
 def chunked(values: list) -> Iterator[list]:
