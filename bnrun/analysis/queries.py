@@ -1,5 +1,6 @@
 """What a report or a figure asks of the store, answered: the report (with its diagnostics
-summaries and the runs' epochs), the pivot, the batch-statistics rows. "Nothing matched" is
+summaries and the runs' epochs), the pivot, the batch-statistics rows. The filter is applied by
+the store (`criteria_of`), so only the runs it accepts are read. "Nothing matched" is
 `NothingMatched`, never a value."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from bnrun.analysis.diagnostic_summaries import batch_stat_rows, diagnostic_summ
 from bnrun.analysis.grouping import Report, RunFilter, build_report
 from bnrun.analysis.pivots import Pivot, build_pivot
 from bnrun.errors import NothingMatched
-from bnrun.store import EpochRecord, Store
+from bnrun.store import EpochRecord, RunCriteria, RunRecord, Store
 
 EMPTY_STORE = (
     "no completed trials in the store; run some first, e.g.: bnrun train --arch mlp,cnn --bn pre,post --seeds 3"
@@ -21,9 +22,9 @@ NOTHING_MATCHED = (
 )
 
 
-def nothing_matched(runs: list) -> NothingMatched:
+def nothing_matched(store: Store) -> NothingMatched:
     """The error for an empty selection: an empty store asks for trials, a full one for other filters."""
-    completed = sum(run.status == "completed" for run in runs)
+    completed = store.count_runs(RunCriteria(equal=(("status", ("completed",)),)))
     if not completed:
         return NothingMatched(EMPTY_STORE)
     return NothingMatched(NOTHING_MATCHED.format(count=f"{completed} completed"))
@@ -45,12 +46,24 @@ class ReportRequest:
         return not self.everything
 
 
+def criteria_of(run_filter: RunFilter) -> RunCriteria:
+    """The filter as the store's criteria: the same runs as `RunFilter.accepts`, soft-deleted ones left out."""
+    named = (("arch", run_filter.archs), ("bn", run_filter.placements))
+    equal = tuple((name, values) for name, values in named if values) + run_filter.where
+    return RunCriteria(equal, run_filter.impls, run_filter.run_ids, run_filter.since)
+
+
+def filtered_runs(store: Store, run_filter: RunFilter) -> list[RunRecord]:
+    """The runs the filter accepts (soft-deleted ones left out), by id."""
+    return store.select_runs(criteria_of(run_filter))
+
+
 def report_of(store: Store, request: ReportRequest) -> tuple[Report, dict[int, list[EpochRecord]]]:
     """The report, with diagnostics summaries where its runs have them, and its runs' epochs."""
-    runs = store.list_runs()
+    runs = filtered_runs(store, request.run_filter)
     result = build_report(runs, request.metric, request.run_filter, request.expected_seeds, request.narrowed())
     if not result.groups:
-        raise nothing_matched(runs)
+        raise nothing_matched(store)
     run_ids = [r.id for g in result.groups for r in g.runs]
     epochs = store.epochs_by_run(run_ids)
     if any(r.diagnostics for g in result.groups for r in g.runs):
@@ -61,10 +74,10 @@ def report_of(store: Store, request: ReportRequest) -> tuple[Report, dict[int, l
 
 
 def pivot_of(store: Store, request: ReportRequest) -> Pivot:
-    runs = store.list_runs()
+    runs = filtered_runs(store, request.run_filter)
     pivot = build_pivot(runs, request.by, request.metric, request.run_filter, request.narrowed())
     if not pivot.rows:
-        raise nothing_matched(runs)
+        raise nothing_matched(store)
     return pivot
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "EvaluationRecord",
     "FinalMetrics",
     "PurgeRecord",
+    "RunCriteria",
     "RunPage",
     "RunLabels",
     "RunRecord",
@@ -156,6 +157,22 @@ class TrialHolder:
     run_id: int
     status: str
     diagnostics: bool | None = None  # a sweep with --diagnostics runs the trial again without them
+
+
+@dataclass(frozen=True)
+class RunCriteria:
+    """Which runs a query selects (`Store.select_runs`, `Store.count_runs`, `Store.page_runs`), as plain values;
+    every condition given must hold. `equal`: (column, values) pairs, each kept when the column holds one of its
+    values (None matches a missing value); `impls`: implementation names or labels (custom, custom+fused, torch);
+    `run_ids`: only these ids; `since`: started at or after; `tags`: carrying every one; `deleted`: False leaves
+    soft-deleted runs out, True keeps only them, None both."""
+
+    equal: tuple[tuple[str, tuple], ...] = ()
+    impls: tuple[str, ...] = ()
+    run_ids: frozenset[int] | None = None
+    since: datetime | None = None
+    tags: tuple[str, ...] = ()
+    deleted: bool | None = False
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import os
 import socket
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, case, delete, false, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,7 @@ from bnrun.store.records import (
     EvaluationRecord,
     FinalMetrics,
     PurgeRecord,
+    RunCriteria,
     RunLabels,
     RunPage,
     RunRecord,
@@ -41,6 +42,11 @@ LOST_ATTEMPT_NOTE = "attempt lost: its worker or node died, and the executor ran
 OUTCOMES = ("completed", "diverged")  # results a re-run skips; failed, interrupted and reaped trials run again
 # The fields a page of runs can be sorted by in the database: every stored column but the configuration text.
 PAGE_SORT_FIELDS = tuple(name for name in RunRecord.__dataclass_fields__ if name != "config_json")
+IN_CHUNK = 500  # ids per IN (...): well under every backend's bound-parameter limit
+# The tables' columns in their records' field order, selected as Core rows (no ORM loading, no ORM object):
+# each row is RunRecord(*row), EpochRecord(*row).
+RUN_COLUMNS = tuple(Run.__table__.c[f.name] for f in fields(RunRecord))
+EPOCH_COLUMNS = tuple(Epoch.__table__.c[f.name] for f in fields(EpochRecord))
 
 
 @dataclass(frozen=True)
@@ -287,16 +293,16 @@ class Store:
     ) -> list[RunRecord]:
         """The runs, by id. `deleted`: False leaves soft-deleted runs out, True lists only them, None
         both; `tags`: only runs that carry every one of them."""
-        query = select(Run).order_by(Run.id)
-        for column, values in ((Run.arch, archs), (Run.bn, placements), (Run.status, statuses), (Run.bn_impl, impls)):
-            if values:
-                query = query.where(column.in_(values))
-        if deleted is not None:
-            query = query.where(Run.deleted_at.is_not(None) if deleted else Run.deleted_at.is_(None))
-        for tag in tags:
-            query = query.where(Run.id.in_(select(Tag.run_id).where(Tag.tag == tag)))
+        equal = (("arch", archs), ("bn", placements), ("status", statuses))
+        return self.select_runs(
+            RunCriteria(tuple((name, values) for name, values in equal if values), impls, deleted=deleted, tags=tags)
+        )
+
+    def select_runs(self, criteria: RunCriteria) -> list[RunRecord]:
+        """The runs that meet the criteria, by id, selected in the database and read as plain rows."""
+        query = select(*RUN_COLUMNS).where(*run_conditions(criteria)).order_by(Run.id)
         with self.session() as session:
-            return [record_from_row(RunRecord, row) for row in session.scalars(query)]
+            return [RunRecord(*row) for row in core_rows(session, query)]
 
     def epochs(self, run_id: int) -> list[EpochRecord]:
         with self.session() as session:
@@ -304,11 +310,15 @@ class Store:
             return [record_from_row(EpochRecord, row) for row in rows]
 
     def epochs_by_run(self, run_ids: list[int]) -> dict[int, list[EpochRecord]]:
+        """Each run's epochs, in order, read as plain rows (IN_CHUNK runs per query)."""
         result: dict[int, list[EpochRecord]] = {run_id: [] for run_id in run_ids}
         with self.session() as session:
-            rows = session.scalars(select(Epoch).where(Epoch.run_id.in_(run_ids)).order_by(Epoch.run_id, Epoch.epoch))
-            for row in rows:
-                result[row.run_id].append(record_from_row(EpochRecord, row))
+            for chunk in chunked(list(result)):
+                epochs = Epoch.__table__.c
+                query = select(epochs.run_id, *EPOCH_COLUMNS).where(epochs.run_id.in_(chunk)).order_by(
+                    epochs.run_id, epochs.epoch)
+                for run_id, *values in core_rows(session, query):
+                    result[run_id].append(EpochRecord(*values))
         return result
 
     def add_diagnostics(self, run_id: int, records: list[DiagnosticRecord]) -> None:
@@ -318,9 +328,10 @@ class Store:
     def diagnostics_by_run(self, run_ids: list[int]) -> dict[int, list[DiagnosticRecord]]:
         result: dict[int, list[DiagnosticRecord]] = {run_id: [] for run_id in run_ids}
         with self.session() as session:
-            rows = session.scalars(select(Diagnostic).where(Diagnostic.run_id.in_(run_ids)).order_by(Diagnostic.id))
-            for row in rows:
-                result[row.run_id].append(record_from_row(DiagnosticRecord, row))
+            for chunk in chunked(list(result)):
+                query = select(Diagnostic).where(Diagnostic.run_id.in_(chunk)).order_by(Diagnostic.id)
+                for row in session.scalars(query):
+                    result[row.run_id].append(record_from_row(DiagnosticRecord, row))
         return result
 
     # -- checkpoints and evaluations ------------------------------------------------------------
@@ -466,16 +477,18 @@ class Store:
         holders: list[TrialHolder] = []
         keys = list(dict.fromkeys(config_keys))
         with self.session() as session:
-            for start in range(0, len(keys), 500):  # well under every backend's bound-parameter limit
+            for chunk in chunked(keys):
                 query = select(Run.config_key, Run.seed, Run.id, Run.status, Run.diagnostics).where(
-                    Run.config_key.in_(keys[start : start + 500]), Run.claim == 1
+                    Run.config_key.in_(chunk), Run.claim == 1
                 )
                 holders.extend(TrialHolder(*row) for row in session.execute(query))
         return holders
 
-    def count_runs(self) -> int:
+    def count_runs(self, criteria: RunCriteria | None = None) -> int:
+        """How many runs meet the criteria (None: every row, soft-deleted ones too)."""
+        conditions = [] if criteria is None else run_conditions(criteria)
         with self.session() as session:
-            return session.execute(select(func.count()).select_from(Run)).scalar_one()
+            return session.execute(select(func.count()).select_from(Run).where(*conditions)).scalar_one()
 
     # -- pages of runs, checkpoint facts and rows in bulk (the web view, benchmarks) -----------------------
 
@@ -498,31 +511,12 @@ class Store:
         name, missing values last either way, ties by id in the same direction."""
         if sort not in PAGE_SORT_FIELDS:
             raise ValueError(f"cannot sort runs by {sort!r}; choose from {', '.join(PAGE_SORT_FIELDS)}")
-        conditions = self._page_conditions(equal, impls, run_ids, since, tags, deleted)
-        column = getattr(Run, sort)
-        # As the CLI's listing: the missing values keep id order even when the others are reversed.
-        ties = case((column.is_(None), Run.id), else_=-Run.id) if descending else Run.id
-        order = (column.is_(None), column.desc() if descending else column, ties)
-        query = select(Run).where(*conditions).order_by(*order).limit(limit).offset(offset)
+        conditions = run_conditions(RunCriteria(equal, impls, run_ids, since, tags, deleted))
+        query = select(*RUN_COLUMNS).where(*conditions).order_by(*page_order(sort, descending))
+        query = query.limit(limit).offset(offset)
         with self.session() as session:
             total = session.execute(select(func.count()).select_from(Run).where(*conditions)).scalar_one()
-            return RunPage(tuple(record_from_row(RunRecord, row) for row in session.scalars(query)), total)
-
-    @staticmethod
-    def _page_conditions(equal, impls, run_ids, since, tags, deleted) -> list:
-        conditions = [getattr(Run, name).in_(values) for name, values in equal]
-        if impls:
-            named = [(name, fused) for name in BN_IMPLS for fused in (False, True)
-                     if name in impls or impl_label(name, fused) in impls]
-            conditions.append(or_(*(and_(Run.bn_impl == name, Run.fused == fused) for name, fused in named)))
-        if run_ids is not None:
-            conditions.append(or_(*(Run.id.between(low, high) for low, high in id_ranges(run_ids))))
-        if since is not None:
-            conditions.append(Run.started_at >= since)
-        if deleted is not None:
-            conditions.append(Run.deleted_at.is_not(None) if deleted else Run.deleted_at.is_(None))
-        conditions.extend(Run.id.in_(select(Tag.run_id).where(Tag.tag == tag)) for tag in tags)
-        return conditions
+            return RunPage(tuple(RunRecord(*row) for row in core_rows(session, query)), total)
 
     def checkpoint_info(self, run_id: int) -> CheckpointInfo | None:
         """The run's checkpoint digest, size and time (its bytes are not read); None without one."""
@@ -554,3 +548,57 @@ def id_ranges(run_ids: frozenset[int]) -> list[tuple[int, int]]:
         else:
             ranges.append((run_id, run_id))
     return ranges
+
+
+def page_order(sort: str, descending: bool) -> tuple:
+    """ORDER BY for a page sorted by the column `sort`: missing values last, ties by id in the same direction.
+    A column that is never missing is ordered plainly, so that the database can walk an index (id) and stop at
+    the page's end instead of sorting every run."""
+    column = getattr(Run, sort)
+    if sort == "id":
+        return (column.desc() if descending else column,)
+    if not Run.__table__.c[sort].nullable:
+        return (column.desc(), Run.id.desc()) if descending else (column, Run.id)
+    # As the CLI's listing: the missing values keep id order even when the others are reversed.
+    ties = case((column.is_(None), Run.id), else_=-Run.id) if descending else Run.id
+    return (column.is_(None), column.desc() if descending else column, ties)
+
+
+def core_rows(session: Session, query) -> list:
+    """A Core select's rows as plain tuples, fetched at once on the session's connection (past the ORM's
+    result machinery, which costs more per row than the database does)."""
+    return session.connection().execute(query).all()
+
+
+def chunked(values: list) -> Iterator[list]:
+    """`values` in slices of IN_CHUNK, one IN (...) each."""
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start : start + IN_CHUNK]
+
+
+def run_conditions(criteria: RunCriteria) -> list[ColumnElement[bool]]:
+    """The criteria as SQL conditions on runs, all of which must hold."""
+    conditions = [one_of(getattr(Run, name), values) for name, values in criteria.equal]
+    if criteria.impls:
+        conditions.append(impl_condition(criteria.impls))
+    if criteria.run_ids is not None:
+        conditions.append(or_(false(), *(Run.id.between(low, high) for low, high in id_ranges(criteria.run_ids))))
+    if criteria.since is not None:
+        conditions.append(Run.started_at >= criteria.since)
+    if criteria.deleted is not None:
+        conditions.append(Run.deleted_at.is_not(None) if criteria.deleted else Run.deleted_at.is_(None))
+    conditions.extend(Run.id.in_(select(Tag.run_id).where(Tag.tag == tag)) for tag in criteria.tags)
+    return conditions
+
+
+def one_of(column, values: tuple) -> ColumnElement[bool]:
+    """The column holds one of the values, None matching NULL (as Python's `in`; SQL's IN never matches NULL)."""
+    present = column.in_([value for value in values if value is not None])
+    return or_(present, column.is_(None)) if None in values else present
+
+
+def impl_condition(impls: tuple[str, ...]) -> ColumnElement[bool]:
+    """The implementation is one of `impls` by name (custom: fused or not) or by label (`impl_label`:
+    custom+fused is the custom BN on its fused path)."""
+    fused_names = [name for name in BN_IMPLS if impl_label(name, True) in impls]
+    return or_(Run.bn_impl.in_(impls), and_(Run.fused.is_(True), Run.bn_impl.in_(fused_names)))
