@@ -3,6 +3,7 @@ seeds, paired comparisons by seed, and grid completeness. Pure functions over st
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -45,8 +46,13 @@ RECIPE = tuple(name for name in HYPERPARAMETERS if name not in ("precision", "ch
 
 def default_recipe(arch: str) -> dict[str, object]:
     """The training defaults (TrainConfig's, with the arch's default epochs) of the RECIPE options."""
+    return dict(_default_recipe_items(arch))
+
+
+@functools.cache  # asked once per run of a report: built once per architecture
+def _default_recipe_items(arch: str) -> tuple[tuple[str, object], ...]:
     config = canonical_model(TrainConfig(arch=arch, epochs=DEFAULT_EPOCHS.get(arch, TrainConfig.epochs)))
-    return {name: getattr(config, name) for name in RECIPE}
+    return tuple((name, getattr(config, name)) for name in RECIPE)
 
 
 def off_recipe(run: RunRecord) -> tuple[str, ...]:
