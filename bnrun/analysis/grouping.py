@@ -10,8 +10,7 @@ from datetime import datetime
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, METRICS, metric_value
 from bnrun.analysis.stats import MIN_TRIALS, PairedTest, Summary, paired_t_test, summarize, with_holm
 from bnrun.config import DEFAULT_EPOCHS, TrainConfig, canonical_model, impl_label
-from bnrun.store import RunRecord
-from bnrun.store.storage import OUTCOMES
+from bnrun.store import OUTCOMES, RunRecord
 
 IDENTITY = ("arch", "bn", "bn_impl", "fused")
 HYPERPARAMETERS = (

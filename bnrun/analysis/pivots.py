@@ -20,8 +20,7 @@ from bnrun.analysis.grouping import (
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, digits, mean_std_text, metric_value, scaled_pair
 from bnrun.analysis.stats import Summary, summarize
 from bnrun.errors import UsageError
-from bnrun.store import RunRecord
-from bnrun.store.storage import OUTCOMES
+from bnrun.store import OUTCOMES, RunRecord
 
 
 @dataclass(frozen=True)

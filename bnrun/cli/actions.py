@@ -46,11 +46,8 @@ def train(sweep: SweepConfig, db: str | None, ray_options=None):
     from bnrun.training.hardware import trains_on_cpu
 
     check_available(sweep.data_dir)  # before any row is written
-    chosen = sweep.auto_bf16_archs()
-    if chosen:
-        notice(f"--precision auto: bf16 for the {', '.join(chosen).upper()} (this device has bf16 units); "
-               "--precision fp32 for the reference")
     with open_store(db, create=True) as store:
+        sweep = settled(sweep, store)
         if any(config.fused for config in sweep.configs()) and trains_on_cpu(sweep.base.device) and ray_options is None:
             prepare_fused_kernel()
         if ray_options is None:
@@ -58,6 +55,17 @@ def train(sweep: SweepConfig, db: str | None, ray_options=None):
         from bnrun.run.ray_executor import run_sweep_on_ray
 
         return run_sweep_on_ray(sweep, store, RichReporter(), ray_options)
+
+
+def settled(sweep: SweepConfig, store: Store | None) -> SweepConfig:
+    """`sweep` with precision auto settled against the store (None: no store yet), said on stderr."""
+    from bnrun.run.plan import auto_precision_line, settle_auto_precision
+
+    sweep = sweep if store is None else settle_auto_precision(sweep, store)
+    line = auto_precision_line(sweep)
+    if line:
+        notice(line)
+    return sweep
 
 
 def prepare_fused_kernel() -> None:
@@ -280,7 +288,8 @@ def plan(sweep: SweepConfig, db: str | None):
 
     path = sqlite_path(resolve_url(db))
     if path is not None and not path.exists():
-        return plan_sweep(sweep, [], store_exists=False), str(path)
+        return plan_sweep(settled(sweep, None), [], store_exists=False), str(path)
     with open_store(db, read_only=True) as store:
+        sweep = settled(sweep, store)
         holders = store.trial_holders([config.key() for config in sweep.configs()])
         return plan_sweep(sweep, holders), store.name

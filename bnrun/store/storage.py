@@ -21,6 +21,7 @@ from bnrun.errors import StoreError
 from bnrun.store.engine import describe, open_engine, open_read_only, resolve_url, sqlite_path
 from bnrun.store.models import Checkpoint, Diagnostic, Epoch, Evaluation, Run, Tag
 from bnrun.store.records import (
+    OUTCOMES,
     DiagnosticRecord,
     EpochRecord,
     EvaluationRecord,
@@ -35,7 +36,6 @@ from bnrun.store.records import (
 STALE_HEARTBEAT = timedelta(minutes=5)
 ORPHAN_NOTE = "process ended without finishing"
 LOST_ATTEMPT_NOTE = "attempt lost: its worker or node died, and the executor ran the trial again"
-OUTCOMES = ("completed", "diverged")  # results a re-run skips; failed, interrupted and reaped trials run again
 
 
 @dataclass(frozen=True)
