@@ -42,9 +42,9 @@ class TrainConfig:
     schedule: str = "onecycle"
     augment: bool = True  # random horizontal flips
     train_subset: int | None = None  # first N training images (quick runs and tests)
-    depth: int | None = None  # hidden blocks; None: the assignment's model (bnrun.models)
+    depth: int | None = None  # hidden blocks; None: the assignment's model (bnrun.training.models)
     width: int | None = None  # MLP hidden width, or the CNN's base channel count; None: the assignment's
-    dropout: float = 0.0  # dropout after each hidden block (bnrun.models.hidden_block)
+    dropout: float = 0.0  # dropout after each hidden block (bnrun.training.models.hidden_block)
     device: str = "cpu"
 
     def identity(self) -> dict:
@@ -141,7 +141,7 @@ class SweepConfig:
     base: TrainConfig = field(default_factory=TrainConfig)
     force: bool = False
     data_dir: Path | None = None
-    diagnostics: bool = False  # record the batch-norm diagnostics (bnrun.diagnostics) with each trial
+    diagnostics: bool = False  # record the batch-norm diagnostics (bnrun.training.diagnostics) with each trial
     checkpoint: bool = True  # keep each completed trial's weights in the store
     bf16_units: bool = False  # the device has bf16 units (resolves precision auto)
     # (key at the hardware's precision, seed, precision): auto trials the store already holds, and in

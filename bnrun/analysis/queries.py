@@ -10,7 +10,7 @@ from bnrun.analysis.diagnostic_summaries import batch_stat_rows, diagnostic_summ
 from bnrun.analysis.grouping import Report, RunFilter, build_report
 from bnrun.analysis.pivots import Pivot, build_pivot
 from bnrun.errors import NothingMatched
-from bnrun.store import EpochRecord, Store
+from bnrun.store import EpochRecord, RunStatus, Store
 
 EMPTY_STORE = (
     "no completed trials in the store; run some first, e.g.: bnrun train --arch mlp,cnn --bn pre,post --seeds 3"
@@ -23,7 +23,7 @@ NOTHING_MATCHED = (
 
 def nothing_matched(runs: list) -> NothingMatched:
     """The error for an empty selection: an empty store asks for trials, a full one for other filters."""
-    completed = sum(run.status == "completed" for run in runs)
+    completed = sum(run.status == RunStatus.COMPLETED for run in runs)
     if not completed:
         return NothingMatched(EMPTY_STORE)
     return NothingMatched(NOTHING_MATCHED.format(count=f"{completed} completed"))

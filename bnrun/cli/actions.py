@@ -12,10 +12,10 @@ from rich.console import Console
 from bnrun.analysis.comparison import RunDiff, diff_runs
 from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
-from bnrun.cli.options import PlotRequest, RunListFilter, require
+from bnrun.cli.options import BATCH_STATS, PlotRequest, require
 from bnrun.config import SweepConfig
 from bnrun.errors import UsageError
-from bnrun.store import EpochRecord, RunLabels, RunRecord, Store
+from bnrun.store import RunLabels, RunRecord, RunStatus, Store
 
 stderr = Console(stderr=True)
 
@@ -112,18 +112,6 @@ def reproduce_stored(db: str | None, run_id: int, scratch: Path | None, data_dir
         return reproduce_run(store, run_id, data_dir, RichReporter(), scratch)
 
 
-def list_runs(db: str | None, filters: RunListFilter) -> tuple[list[RunRecord], set[int]]:
-    """The runs, and the ids of `running` ones whose process is gone (reaped by the next writing command)."""
-    with open_store(db, read_only=True) as store:
-        runs = store.list_runs(archs=filters.archs, placements=filters.placements, statuses=filters.statuses)
-        return runs, store.orphan_ids()
-
-
-def show_run(db: str | None, run_id: int) -> tuple[RunRecord, list[EpochRecord], list]:
-    with open_store(db, read_only=True) as store:
-        return store.get_run(run_id), store.epochs(run_id), store.diagnostics_by_run([run_id])[run_id]
-
-
 def report(db: str | None, request: ReportRequest, fmt: str, standalone: bool = False, wide: bool = False):
     """A rich renderable (table format) or text; NothingMatched when no trial matches."""
     from bnrun.analysis.rendering import render
@@ -144,7 +132,7 @@ def plot(db: str | None, request: PlotRequest) -> Path:
             pivot = pivot_of(store, request.report)
             return figures.plot_against_option(pivot, request.output, METRICS[metric], scale(metric))
         result, epochs = report_of(store, request.report)
-        if request.diagnostic == "batch_stats":
+        if request.diagnostic == BATCH_STATS:
             return figures.plot_batch_stats(batch_stats_of(store, result), request.output)
         if request.diagnostic:
             diagnostics = store.diagnostics_by_run([r.id for g in result.groups for r in g.runs])
@@ -236,7 +224,7 @@ def deletable(db: str | None, run_ids: list[int]) -> list[RunRecord]:
     """The runs to delete, read only: unknown ids and running trials refused before anything is asked."""
     with open_store(db, read_only=True) as store:
         runs = store.get_runs(run_ids)
-    running = [str(run.id) for run in runs if run.status == "running"]
+    running = [str(run.id) for run in runs if run.status == RunStatus.RUNNING]
     require(not running, f"run {', '.join(running)} is running; a running trial is never deleted (wait for it to end)")
     return runs
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from bnrun.analysis.export import EXPORT_FORMATS
 from bnrun.analysis.grouping import PIVOT_FIELDS, RunFilter
 from bnrun.analysis.listing import RunQuery
 from bnrun.analysis.metrics import METRICS
@@ -32,15 +33,33 @@ from bnrun.config import (
 from bnrun.errors import UsageError
 from bnrun.store import STATUSES
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = {"local": "one trial after another, here", "ray": "one Ray task per trial"}
 MAX_TRIALS = 10_000  # a larger grid needs --yes
-DIAGNOSTICS = ("loss_ratio", "mode_gap", "smoothness", "grad_norm", "batch_stats")
+TRAINING_DIAGNOSTICS = ("loss_ratio", "mode_gap", "smoothness", "grad_norm")  # recorded by train --diagnostics
+BATCH_STATS = "batch_stats"  # recorded by eval --batch-stats
+DIAGNOSTICS = (*TRAINING_DIAGNOSTICS, BATCH_STATS)
+# What a trained model's BN layers normalize with in prediction (export model --statistics).
+STATISTICS = {"population": "statistics over the training split", "running": None}
 DEFAULTS = TrainConfig()  # the training defaults; the CLI's are these, spelled as options
 
 
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise UsageError(message)
+
+
+def require_choice(value: str, choices: tuple[str, ...] | dict[str, str | None], option: str) -> str:
+    """`value` if it is one of `choices`, else UsageError naming them."""
+    require(value in choices, f"{option}: unknown value {value!r}; choose from {', '.join(choices)}")
+    return value
+
+
+def choices_text(choices: tuple[str, ...] | dict[str, str | None]) -> str:
+    """('a', 'b', 'c') -> 'a, b or c' (a --help text); a dict's descriptions, where given, in
+    parentheses after each name."""
+    about = choices if isinstance(choices, dict) else {}
+    names = [f"{name} ({about[name]})" if about.get(name) else name for name in choices]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def split_list(value: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
@@ -328,7 +347,7 @@ def build_sweep(
     fast_base = TrainConfig(**{name: FAST_PATH[name] if value is None else value for name, value in fast.items()})
     require_grid_size(grid_size(dict(axes), count, fast_base), count, yes)
     chosen_seeds = choose_seeds(seeds, list(explicit_seeds))
-    require(device in DEVICES, f"--device: unknown value {device!r}; choose from {', '.join(DEVICES)}")
+    usable_device(device)
     require(data_dir is None or Path(data_dir).expanduser().is_dir(), f"--data-dir {data_dir} does not exist")
     from bnrun.training.hardware import resolve_device
 
@@ -373,7 +392,7 @@ def has_bf16_units(device: str, known: bool) -> bool:
 def executor_options(executor: str, address: str | None, cpus: float, gpus: float | None, device: str = "cpu"):
     """None for the local executor, else the Ray options, checked (`gpus` None: the executor's
     rule, one GPU per trial on --device cuda)."""
-    require(executor in EXECUTORS, f"--executor: unknown value {executor!r}; choose from {', '.join(EXECUTORS)}")
+    require_choice(executor, EXECUTORS, "--executor")
     require(
         executor == "ray" or (address is None and cpus == 1.0 and gpus is None),
         "--ray-address, --cpus-per-trial and --gpus-per-trial need --executor ray",
@@ -388,23 +407,6 @@ def executor_options(executor: str, address: str | None, cpus: float, gpus: floa
     from bnrun.run.ray_executor import RayOptions
 
     return RayOptions(address, cpus, gpus)
-
-
-@dataclass(frozen=True)
-class RunListFilter:
-    """`bnrun runs`' filters."""
-
-    archs: tuple[str, ...] = ()
-    placements: tuple[str, ...] = ()
-    statuses: tuple[str, ...] = ()
-
-
-def run_list_filter(arch: str | None, bn: str | None, status: str | None) -> RunListFilter:
-    return RunListFilter(
-        optional_list(arch, ARCHS, "--arch"),
-        optional_list(bn, PLACEMENTS, "--bn"),
-        optional_list(status, STATUSES, "--status"),
-    )
 
 
 @dataclass(frozen=True)
@@ -460,7 +462,7 @@ def report_request(
     """`everything` (--all): every trial instead of the default recipe's, which only an unfiltered report selects."""
     by = by.replace("-", "_") if by else None
     require(by is None or by in PIVOT_FIELDS, f"--by: unknown option {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
-    require(metric in METRICS, f"--metric: unknown value {metric!r}; choose from {', '.join(METRICS)}")
+    require_choice(metric, METRICS, "--metric")
     require(seeds is None or seeds > 0, f"--seeds must be positive, got {seeds}")
     run_filter = filters.run_filter()
     require(
@@ -475,7 +477,7 @@ REPORT_FILES = {"table": "report.txt", "latex": "report.tex", "markdown": "repor
 
 
 def report_format(fmt: str, standalone: bool = False, wide: bool = False) -> str:
-    require(fmt in FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(FORMATS)}")
+    require_choice(fmt, FORMATS, "--format")
     require(not standalone or fmt == "latex", "--standalone applies to --format latex only")
     require(not wide or fmt == "table", f"--wide applies to --format table only (--format {fmt} has every column)")
     return fmt
@@ -523,10 +525,8 @@ def plot_request(
     everything: bool = False,
 ) -> PlotRequest:
     require(not (x and diagnostic), "--x and --diagnostic are exclusive; give one of them")
-    require(
-        diagnostic is None or diagnostic in DIAGNOSTICS,
-        f"--diagnostic: unknown value {diagnostic!r}; choose from {', '.join(DIAGNOSTICS)}",
-    )
+    if diagnostic is not None:
+        require_choice(diagnostic, DIAGNOSTICS, "--diagnostic")
     require(metric is None or x is not None, "--metric applies to --x only (learning curves and diagnostics "
             "have their own axes); add --x OPTION or drop --metric")
     x = x.replace("-", "_") if x else None
@@ -593,13 +593,8 @@ class RunSelection:
         )
 
 
-EXPORT_FORMATS = ("csv", "json")
-STATISTICS = ("population", "running")
-
-
 def export_format(fmt: str) -> str:
-    require(fmt in EXPORT_FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
-    return fmt
+    return require_choice(fmt, EXPORT_FORMATS, "--format")
 
 
 def run_argument(run: int | None, run_id: int | None) -> int:
@@ -612,6 +607,5 @@ def run_argument(run: int | None, run_id: int | None) -> int:
 
 
 def usable_device(device: str) -> str:
-    """--device checked: auto, cpu, or cuda where there is one."""
-    require(device in DEVICES, f"--device: unknown value {device!r}; choose from {', '.join(DEVICES)}")
-    return device
+    """--device checked: one of DEVICES (whether this machine has cuda is resolve_device's to say)."""
+    return require_choice(device, DEVICES, "--device")

@@ -18,7 +18,6 @@ import bnrun
 from bnrun.store import RunRecord
 from bnrun.training.checkpoint import load_population, rebuild_model
 
-STATISTICS = ("population", "running")
 MODEL_ARGS = ("arch", "bn", "depth", "width", "dropout")
 
 

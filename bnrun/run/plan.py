@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from bnrun.config import BF16_PAYS, PRECISIONS, SweepConfig, TrainConfig
-from bnrun.store import OUTCOMES, Store, TrialHolder
+from bnrun.store import OUTCOMES, RunStatus, Store, TrialHolder
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,10 @@ def plan_sweep(sweep: SweepConfig, holders: list[TrialHolder], store_exists: boo
         seeds_of.setdefault(config, set()).add(seed)
     planned = []
     for config, seeds in seeds_of.items():
-        counts = {"completed": 0, "diverged": 0, "running": 0}
+        counts = {RunStatus.COMPLETED: 0, RunStatus.DIVERGED: 0, RunStatus.RUNNING: 0}
         for holder in by_key.get(config.key(), ()):
-            rerun = holder.status != "running" and (sweep.force or (sweep.diagnostics and not holder.diagnostics))
+            outcome_rerun = sweep.force or (sweep.diagnostics and not holder.diagnostics)
+            rerun = holder.status != RunStatus.RUNNING and outcome_rerun
             if holder.seed in seeds and not rerun and holder.status in counts:
                 counts[holder.status] += 1
         planned.append(PlannedConfig(config, len(seeds), **counts))
