@@ -43,9 +43,9 @@ class TrainConfig:
     schedule: str = "onecycle"
     augment: bool = True  # random horizontal flips
     train_subset: int | None = None  # first N training images (quick runs and tests)
-    depth: int | None = None  # hidden blocks; None: the assignment's model (bnrun.models)
+    depth: int | None = None  # hidden blocks; None: the assignment's model (bnrun.training.models)
     width: int | None = None  # MLP hidden width, or the CNN's base channel count; None: the assignment's
-    dropout: float = 0.0  # dropout after each hidden block (bnrun.models.hidden_block)
+    dropout: float = 0.0  # dropout after each hidden block (bnrun.training.models.hidden_block)
     init: str = "default"  # default (torch's) | kaiming (He-normal, zero biases; bnrun.training.models)
     ghost_batch: int | None = None  # BN statistics over chunks of this many examples (bnrun.nn.batchnorm)
     target_loss: float | None = None  # stop once an epoch's training loss is at most this; epochs is the cap
@@ -129,6 +129,21 @@ def canonical_model(config: TrainConfig) -> TrainConfig:
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
 
+def normalized(config: TrainConfig) -> TrainConfig:
+    """`config` with each option that cannot apply to it at its default (epochs None: the arch's)."""
+    if config.epochs is None:
+        config = replace(config, epochs=DEFAULT_EPOCHS[config.arch])
+    if config.bn_impl == "torch" or config.bn == "none":  # the fused path is the custom BN's
+        config = replace(config, fused=False)
+    if config.arch != "cnn":  # a memory order of convolution activations; the MLP has none
+        config = replace(config, channels_last=False)
+    if config.optimizer == "adam":  # AdamW has no momentum option (its beta1 cycle is fixed)
+        config = replace(config, momentum=TrainConfig.momentum)
+    if config.ghost_batch == config.batch_size or config.bn == "none":  # one chunk: plain BN
+        config = replace(config, ghost_batch=None)
+    return canonical_model(config)
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """A grid of trials: the product of `axes` (field → values, None in `epochs` meaning the
@@ -139,47 +154,45 @@ class SweepConfig:
     base: TrainConfig = field(default_factory=TrainConfig)
     force: bool = False
     data_dir: Path | None = None
-    diagnostics: bool = False  # record the batch-norm diagnostics (bnrun.diagnostics) with each trial
+    diagnostics: bool = False  # record the batch-norm diagnostics (bnrun.training.diagnostics) with each trial
     checkpoint: bool = True  # keep each completed trial's weights in the store
     bf16_units: bool = False  # the device has bf16 units (resolves precision auto)
+    # (key at the hardware's precision, seed, precision): auto trials the store already holds, and in
+    # which precision (set by bnrun.run.plan.settle_auto_precision)
+    held_precisions: tuple[tuple[str, int, str], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [name for name, _ in self.axes if name not in TRAIN_FIELDS]
         if unknown:
             raise ValueError(f"not a training option: {', '.join(unknown)}")
 
-    def configs(self) -> list[TrainConfig]:
+    def grid(self) -> list[tuple[TrainConfig, bool]]:
+        """The grid's distinct configurations, precision auto at the hardware's choice, each with
+        whether auto chose its precision (auto and an explicit precision may ask for the same one)."""
         names = [name for name, _ in self.axes]
-        configs = []
+        grid = []
         for combo in itertools.product(*(values for _, values in self.axes)):
-            chosen = dict(zip(names, combo))
-            config = replace(self.base, **chosen)
-            config = replace(config, precision=resolve_precision(config.precision, config.arch, self.bf16_units))
-            if chosen.get("epochs", config.epochs) is None:
-                config = replace(config, epochs=DEFAULT_EPOCHS[config.arch])
-            if config.bn_impl == "torch" or config.bn == "none":  # the fused path is the custom BN's
-                config = replace(config, fused=False)
-            if config.arch != "cnn":  # a memory order of convolution activations; the MLP has none
-                config = replace(config, channels_last=False)
-            if config.optimizer == "adam":  # AdamW has no momentum option (its beta1 cycle is fixed)
-                config = replace(config, momentum=TrainConfig.momentum)
-            if config.ghost_batch == config.batch_size or config.bn == "none":  # one chunk: plain BN
-                config = replace(config, ghost_batch=None)
-            configs.append(canonical_model(config))
-        return list(dict.fromkeys(configs))  # a repeated value adds no trial
+            config = replace(self.base, **dict(zip(names, combo)))
+            auto = config.precision == AUTO_PRECISION
+            precision = resolve_precision(config.precision, config.arch, self.bf16_units)
+            grid.append((normalized(replace(config, precision=precision)), auto))
+        return list(dict.fromkeys(grid))
 
-    def auto_bf16_archs(self) -> list[str]:
-        """The architectures whose trials precision auto turns to bf16 in this grid."""
-        if AUTO_PRECISION not in dict(self.axes).get("precision", (self.base.precision,)):
-            return []
-        archs = dict(self.axes).get("arch", (self.base.arch,))
-        return sorted(arch for arch in archs if resolve_precision(AUTO_PRECISION, arch, self.bf16_units) == "bf16")
+    def configs(self) -> list[TrainConfig]:
+        return list(dict.fromkeys(config for config, _ in self.trials()))  # a repeated value adds no trial
 
     def trials(self) -> list[tuple[TrainConfig, int]]:
-        """Seed-major: every configuration of the first seed, then of the next, so that a grid
-        stopped part-way leaves whole seeds, paired across configurations."""
-        configs = self.configs()
-        return [(config, seed) for seed in self.seeds for config in configs]
+        """(configuration, seed), seed-major: every configuration of the first seed, then of the next,
+        so that a grid stopped part-way leaves whole seeds, paired across configurations. An auto
+        trial the store holds (held_precisions) takes the precision it is held in."""
+        held = {(key, seed): precision for key, seed, precision in self.held_precisions}
+        grid = self.grid()
+        trials = []
+        for seed in self.seeds:
+            for config, auto in grid:
+                precision = held.get((config.key(), seed)) if auto and held else None
+                trials.append((replace(config, precision=precision) if precision else config, seed))
+        return list(dict.fromkeys(trials))
 
     def varied(self) -> dict[str, tuple]:
         """The axes with more than one value (what the grid actually varies)."""

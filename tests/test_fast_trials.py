@@ -4,7 +4,10 @@ channels_last default is evaluated exactly again, and every row records the BN p
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,9 @@ from bnrun.cli import app
 from bnrun.cli.options import GridOptions, build_sweep
 from bnrun.config import TrainConfig
 from bnrun.nn import fused
-from bnrun.store import Store
+from bnrun.run.plan import auto_precision_line, settle_auto_precision
+from bnrun.run.trial import run_fields
+from bnrun.store import RunStatus, Store
 from bnrun.training import precision
 from conftest import run_bnrun
 
@@ -61,16 +66,59 @@ def test_precision_auto_is_bf16_for_the_cnn_only_where_the_hardware_has_bf16_uni
     sweep = build_sweep(GridOptions(arch="mlp,cnn", precision="auto"), device="cpu")
     chosen = {config.arch: config.precision for config in sweep.configs()}
     assert chosen == {"mlp": "fp32", "cnn": "bf16" if bf16_units else "fp32"}
-    assert sweep.auto_bf16_archs() == (["cnn"] if bf16_units else [])
+    assert auto_precision_line(sweep) == (
+        "precision auto: bf16 for cnn (this CPU has bf16 units); --precision fp32 for the reference" if bf16_units
+        else None)
     pinned = build_sweep(GridOptions(arch="cnn", precision="fp32"), device="cpu")
-    assert [config.precision for config in pinned.configs()] == ["fp32"] and pinned.auto_bf16_archs() == []
+    assert [config.precision for config in pinned.configs()] == ["fp32"] and auto_precision_line(pinned) is None
     remote = build_sweep(GridOptions(arch="cnn"), device="cpu", executor="ray", hardware_known=False)
     assert [config.precision for config in remote.configs()] == ["fp32"]  # the nodes' units are not known here
     if bf16_units:  # an explicit bf16 beside auto is not auto's choice
         mixed = build_sweep(GridOptions(arch="mlp,cnn", precision="auto,bf16"), device="cpu")
         assert {(config.arch, config.precision) for config in mixed.configs()} == {
             ("mlp", "fp32"), ("mlp", "bf16"), ("cnn", "bf16")}
-        assert mixed.auto_bf16_archs() == ["cnn"]
+        assert "bf16 for cnn (this CPU has bf16 units)" in auto_precision_line(mixed)
+
+
+def test_precision_auto_takes_the_precision_the_store_holds_each_trial_in(monkeypatch, tmp_path):
+    """Per trial: a seed the store holds in fp32 stays fp32, a new seed gets the hardware's bf16;
+    a failed row holds nothing."""
+    monkeypatch.setattr(precision, "bf16_unsupported", lambda _device: None)
+    sweep = build_sweep(GridOptions(arch="cnn"), seeds=3, device="cpu")
+    (config,) = sweep.configs()
+    store = Store(str(tmp_path / "held.db"), create=True)
+    try:
+        held = replace(config, precision="fp32")
+        for seed, status in ((0, RunStatus.COMPLETED), (1, RunStatus.FAILED)):
+            run_id = store.claim_run(run_fields(held, seed), held.key(), "{}").run_id
+            store.end_run(run_id, status)
+        settled = settle_auto_precision(sweep, store)
+    finally:
+        store.close()
+    assert [(trial.precision, seed) for trial, seed in settled.trials()] == [("fp32", 0), ("bf16", 1), ("bf16", 2)]
+    assert auto_precision_line(settled) == (
+        "precision auto: fp32 for cnn (1 of its trials, the store already holds these trials in fp32), "
+        "bf16 for cnn (2 of its trials, this CPU has bf16 units); --precision fp32 for the reference")
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
+@pytest.mark.parametrize("bf16_units", [False, True])
+def test_the_readme_main_job_finds_the_shipped_trials_on_every_cpu(tmp_path, monkeypatch, bf16_units):
+    """The README's main job, dry run, on a copy of the shipped store: its 12 trials are found
+    (fp32, whatever the CPU has), nothing would run, and the copy is left byte for byte."""
+    monkeypatch.setattr(precision, "bf16_unsupported", lambda _device: None if bf16_units else "no bf16 units")
+    monkeypatch.setenv("COLUMNS", "200")
+    copy = tmp_path / "bnrun.db"
+    shutil.copyfile(SHIPPED, copy)
+    before = hashlib.sha256(copy.read_bytes()).hexdigest()
+    result = runner.invoke(app, ["train", "--arch", "mlp,cnn", "--bn", "pre,post", "--seeds", "3", "--dry-run",
+                                 "--db", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert "the store holds 12 completed, 0 diverged, 0 running; 0 to run" in result.stdout
+    assert result.stderr.strip() == (
+        "bnrun: precision auto: fp32 for cnn (the store already holds these trials in fp32)" if bf16_units else "")
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bnrun.db"]
 
 
 def test_bf16_where_the_cpu_lacks_bf16_units_is_one_line_and_creates_nothing(tmp_path):

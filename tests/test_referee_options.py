@@ -103,7 +103,7 @@ def test_report_where_study_selects_the_tagged_trial(study_store):
 
 
 def test_report_tells_the_studies_apart(study_store):
-    result = invoke("report", "--format", "markdown", "--db", str(study_store))
+    result = invoke("report", "--all", "--format", "markdown", "--db", str(study_store))
     assert result.exit_code == 0, result.output
     assert "| study |" in result.output and "| ref |" in result.output
 

@@ -10,31 +10,12 @@ from datetime import datetime
 
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, METRICS, metric_value
 from bnrun.analysis.stats import MIN_TRIALS, PairedTest, Summary, paired_t_test, summarize, with_holm
-from bnrun.config import DEFAULT_EPOCHS, TrainConfig, canonical_model, impl_label
-from bnrun.store import RunRecord
-from bnrun.store.storage import OUTCOMES
+from bnrun.config import DEFAULT_EPOCHS, TRAIN_FIELDS, TrainConfig, canonical_model, impl_label
+from bnrun.store import OUTCOMES, RunRecord, RunStatus
 
 IDENTITY = ("arch", "bn", "bn_impl", "fused")
-HYPERPARAMETERS = (
-    "precision",
-    "channels_last",
-    "epochs",
-    "batch_size",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "optimizer",
-    "schedule",
-    "augment",
-    "train_subset",
-    "depth",
-    "width",
-    "dropout",
-    "init",
-    "ghost_batch",
-    "target_loss",
-    "study",
-)
+# The rest of a trial's identity, in TrainConfig's order (where a trial ran, its device, is not part of it).
+HYPERPARAMETERS = tuple(name for name in TRAIN_FIELDS if name not in (*IDENTITY, "device"))
 BN_ORDER = {"pre": 0, "post": 1, "none": 2}
 
 
@@ -166,9 +147,9 @@ def build_groups(runs: list[RunRecord], expected_seeds: int | None = None) -> li
     for run in runs:
         key = group_key(run)
         grid[key] = max(grid[key], run.grid_seeds or 0)
-        if run.status == "completed":
+        if run.status == RunStatus.COMPLETED:
             completed[key].append(run)
-        elif run.status == "running":
+        elif run.status == RunStatus.RUNNING:
             running[key] += 1
     groups = []
     for key in sorted(completed, key=sort_key):
@@ -359,7 +340,8 @@ def build_report(
     selected, repeats = count_once(chosen)
     groups = build_groups(selected, expected_seeds)
     groups, left_groups = on_one_screen(groups) if narrowed else (groups, "")
-    excluded = dict(Counter(run.status for run in selected if run.status not in ("completed", "running")))
+    counted = (RunStatus.COMPLETED, RunStatus.RUNNING)
+    excluded = dict(Counter(run.status for run in selected if run.status not in counted))
     per_seed = {
         g.key: {r.seed: {"run_id": r.id, **{m: metric_value(r, m) for m in METRICS}} for r in g.runs} for g in groups
     }

@@ -11,6 +11,7 @@ from bnrun.analysis.grouping import Comparison, Report
 from bnrun.analysis.metrics import METRICS
 from bnrun.analysis.pivots import Pivot
 from bnrun.analysis.texts import is_best
+from bnrun.store import RunStatus
 
 
 def comparison_record(c: Comparison) -> dict:
@@ -67,7 +68,7 @@ def cell_records(pivot: Pivot) -> list[dict]:
                     "n": cell.summary.n,
                     "mean": cell.summary.mean,
                     "std": cell.summary.std,
-                    "diverged": cell.diverged,
+                    RunStatus.DIVERGED: cell.diverged,
                     "ended": cell.ended,
                     "run_ids": list(cell.run_ids),
                     "best_in_row": value == row.best,

@@ -23,8 +23,7 @@ from bnrun.analysis.grouping import (
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, digits, mean_std_text, metric_value, scaled_pair
 from bnrun.analysis.stats import Summary, summarize
 from bnrun.errors import UsageError
-from bnrun.store import RunRecord
-from bnrun.store.storage import OUTCOMES
+from bnrun.store import OUTCOMES, RunRecord, RunStatus
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def pivot_sort_key(labels: dict) -> tuple:
 def pivot_row(labels: dict, runs_by_value: dict, metric: str) -> PivotRow:
     cells = {}
     for value, members in runs_by_value.items():
-        completed = [r for r in members if r.status == "completed"]
+        completed = [r for r in members if r.status == RunStatus.COMPLETED]
         values = [v for r in completed if (v := metric_value(r, metric)) is not None]
         cells[value] = Cell(
             summarize(values), len(members) - len(completed), len(members), tuple(r.id for r in members), tuple(values)

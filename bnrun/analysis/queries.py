@@ -11,7 +11,7 @@ from bnrun.analysis.diagnostic_summaries import batch_stat_rows, diagnostic_summ
 from bnrun.analysis.grouping import Report, RunFilter, build_report
 from bnrun.analysis.pivots import Pivot, build_pivot
 from bnrun.errors import NothingMatched
-from bnrun.store import EpochRecord, RunCriteria, RunRecord, Store
+from bnrun.store import EpochRecord, RunCriteria, RunRecord, RunStatus, Store
 
 EMPTY_STORE = (
     "no completed trials in the store; run some first, e.g.: bnrun train --arch mlp,cnn --bn pre,post --seeds 3"
@@ -24,7 +24,7 @@ NOTHING_MATCHED = (
 
 def nothing_matched(store: Store) -> NothingMatched:
     """The error for an empty selection: an empty store asks for trials, a full one for other filters."""
-    completed = store.count_runs(RunCriteria(equal=(("status", ("completed",)),)))
+    completed = store.count_runs(RunCriteria(equal=(("status", (RunStatus.COMPLETED,)),)))
     if not completed:
         return NothingMatched(EMPTY_STORE)
     return NothingMatched(NOTHING_MATCHED.format(count=f"{completed} completed"))

@@ -18,6 +18,7 @@ from bnrun.analysis.grouping import Comparison, Report
 from bnrun.analysis.metrics import METRICS, digits, scaled_pair
 from bnrun.analysis.pivots import Pivot
 from bnrun.analysis.stats import MIN_TRIALS
+from bnrun.store import RunStatus
 
 
 def table(title: str, header: list[str], left: tuple[str, ...], rows: list[list[str]], fold: bool = False) -> Table:
@@ -182,7 +183,7 @@ def diagnostics_table(report: Report) -> ColumnChunks:
 def pivot_table(pivot: Pivot) -> Group:
     rows = []
     for row in pivot.rows:
-        cells = [f"[bold green]{c}[/]" if v == row.best else (f"[magenta]{c}[/]" if "diverged" in c else c)
+        cells = [f"[bold green]{c}[/]" if v == row.best else (f"[magenta]{c}[/]" if RunStatus.DIVERGED in c else c)
                  for v, c in zip(pivot.columns, texts.pivot_cells(pivot, row))]
         rows.append([escape(str(v)) for v in texts.pivot_label_values(pivot, row)] + cells)
     body = ColumnChunks(f"bnrun report by {pivot.by}", texts.pivot_header(pivot), len(pivot.row_fields), rows)

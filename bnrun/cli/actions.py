@@ -12,10 +12,10 @@ from rich.console import Console
 from bnrun.analysis.comparison import RunDiff, diff_runs
 from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
-from bnrun.cli.options import PlotRequest, RunListFilter, require
+from bnrun.cli.options import BATCH_STATS, PlotRequest, require
 from bnrun.config import SweepConfig
 from bnrun.errors import UsageError, writing
-from bnrun.store import EpochRecord, RunLabels, RunRecord, Store
+from bnrun.store import RunLabels, RunRecord, RunStatus, Store
 
 stderr = Console(stderr=True)
 
@@ -46,11 +46,8 @@ def train(sweep: SweepConfig, db: str | None, ray_options=None):
     from bnrun.training.hardware import trains_on_cpu
 
     check_available(sweep.data_dir)  # before any row is written
-    chosen = sweep.auto_bf16_archs()
-    if chosen:
-        notice(f"--precision auto: bf16 for the {', '.join(chosen).upper()} (this device has bf16 units); "
-               "--precision fp32 for the reference")
     with open_store(db, create=True) as store:
+        sweep = settled(sweep, store)
         if any(config.fused for config in sweep.configs()) and trains_on_cpu(sweep.base.device) and ray_options is None:
             prepare_fused_kernel()
         if ray_options is None:
@@ -58,6 +55,17 @@ def train(sweep: SweepConfig, db: str | None, ray_options=None):
         from bnrun.run.ray_executor import run_sweep_on_ray
 
         return run_sweep_on_ray(sweep, store, RichReporter(), ray_options)
+
+
+def settled(sweep: SweepConfig, store: Store | None) -> SweepConfig:
+    """`sweep` with precision auto settled against the store (None: no store yet), said on stderr."""
+    from bnrun.run.plan import auto_precision_line, settle_auto_precision
+
+    sweep = sweep if store is None else settle_auto_precision(sweep, store)
+    line = auto_precision_line(sweep)
+    if line:
+        notice(line)
+    return sweep
 
 
 def prepare_fused_kernel() -> None:
@@ -102,18 +110,6 @@ def reproduce_stored(db: str | None, run_id: int, scratch: Path | None, data_dir
         return reproduce_run(store, run_id, data_dir, RichReporter(), scratch)
 
 
-def list_runs(db: str | None, filters: RunListFilter) -> tuple[list[RunRecord], set[int]]:
-    """The runs, and the ids of `running` ones whose process is gone (reaped by the next writing command)."""
-    with open_store(db, read_only=True) as store:
-        runs = store.list_runs(archs=filters.archs, placements=filters.placements, statuses=filters.statuses)
-        return runs, store.orphan_ids()
-
-
-def show_run(db: str | None, run_id: int) -> tuple[RunRecord, list[EpochRecord], list]:
-    with open_store(db, read_only=True) as store:
-        return store.get_run(run_id), store.epochs(run_id), store.diagnostics_by_run([run_id])[run_id]
-
-
 def report(db: str | None, request: ReportRequest, fmt: str, standalone: bool = False, wide: bool = False):
     """A rich renderable (table format) or text; NothingMatched when no trial matches."""
     from bnrun.analysis.rendering import render
@@ -138,7 +134,7 @@ def plot(db: str | None, request: PlotRequest) -> Path:
             pivot = pivot_of(store, request.report)
             return figures.plot_against_option(pivot, request.output, METRICS[metric], scale(metric))
         result, epochs = report_of(store, request.report)
-        if request.diagnostic == "batch_stats":
+        if request.diagnostic == BATCH_STATS:
             return figures.plot_batch_stats(batch_stats_of(store, result), request.output, result.recipe)
         if request.diagnostic:
             diagnostics = store.diagnostics_by_run([r.id for g in result.groups for r in g.runs])
@@ -226,7 +222,7 @@ def deletable(db: str | None, run_ids: list[int]) -> list[RunRecord]:
     """The runs to delete, read only: unknown ids and running trials refused before anything is asked."""
     with open_store(db, read_only=True) as store:
         runs = store.get_runs(run_ids)
-    running = [str(run.id) for run in runs if run.status == "running"]
+    running = [str(run.id) for run in runs if run.status == RunStatus.RUNNING]
     require(not running, f"run {', '.join(running)} is running; a running trial is never deleted (wait for it to end)")
     return runs
 
@@ -280,7 +276,8 @@ def plan(sweep: SweepConfig, db: str | None):
 
     path = sqlite_path(resolve_url(db))
     if path is not None and not path.exists():
-        return plan_sweep(sweep, [], store_exists=False), str(path)
+        return plan_sweep(settled(sweep, None), [], store_exists=False), str(path)
     with open_store(db, read_only=True) as store:
+        sweep = settled(sweep, store)
         holders = store.trial_holders([config.key() for config in sweep.configs()])
         return plan_sweep(sweep, holders), store.name

@@ -16,8 +16,22 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from bnrun.cli.options import DEFAULTS, FilterOptions, GridOptions, RunSelection
-from bnrun.config import DEFAULT_EPOCHS
+from bnrun.analysis.export import EXPORT_FORMATS
+from bnrun.analysis.metrics import METRICS
+from bnrun.cli.options import (
+    BATCH_STATS,
+    DEFAULTS,
+    EXECUTORS,
+    IMPL_LABELS,
+    REPORT_FORMATS,
+    STATISTICS,
+    TRAINING_DIAGNOSTICS,
+    FilterOptions,
+    GridOptions,
+    RunSelection,
+    choices_text,
+)
+from bnrun.config import ARCHS, DEFAULT_EPOCHS, DEVICES, OPTIMIZERS, SCHEDULES
 from bnrun.errors import BnrunError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -38,7 +52,6 @@ class CommandConsole:
 out = CommandConsole()
 err = CommandConsole(stderr=True)
 GRID = GridOptions()  # the training options' defaults (TrainConfig's)
-LIST = ""  # the grid panels' titles say that every option in them takes a comma list
 GRID_NOTE = "; a comma list of values is a grid axis"
 TRAIN_PANELS = {
     "The model" + GRID_NOTE: ("arch", "bn", "bn_impl", "depth", "width", "dropout", "init", "ghost_batch"),
@@ -99,7 +112,7 @@ WhereOption = Annotated[
 ]
 ArchFilter = Annotated[Optional[str], option("Filter: comma list of archs.")]
 BnFilter = Annotated[Optional[str], option("Filter: comma list of placements.")]
-ImplFilter = Annotated[Optional[str], option("Filter: comma list of custom, custom+fused, torch.")]
+ImplFilter = Annotated[Optional[str], option(f"Filter: comma list of {', '.join(IMPL_LABELS)}.")]
 RunIdFilter = Annotated[Optional[str], option("Filter: ids and ranges, e.g. 1-12,15.", "--run-id")]
 SinceFilter = Annotated[Optional[str], option("Filter: trials started on/after this date (YYYY-MM-DD[THH:MM]).")]
 StatusFilter = Annotated[Optional[str], option("Filter: comma list of statuses.")]
@@ -113,6 +126,7 @@ AllOption = Annotated[
                  "--all")
 ]
 RunArguments = Annotated[list[str], typer.Argument(help="Run ids or ranges, e.g. 3 5-7.", show_default=False)]
+DeviceOption = Annotated[str, option(f"{choices_text(DEVICES)}.")]
 
 
 def friendly_errors(command):
@@ -189,44 +203,44 @@ def run_selection(
 @app.command(cls=TrainCommand)
 @friendly_errors
 def train(
-    arch: Annotated[str, option("mlp or cnn" + LIST + " (mlp,cnn).")] = GRID.arch,
-    bn: Annotated[str, option("BN placement: none, pre = g(BN(f(x))), post = BN(g(f(x)))" + LIST + ".")] = GRID.bn,
-    bn_impl: Annotated[str, option("custom (bnrun.nn) or torch (reference baseline)" + LIST + ".")] = GRID.bn_impl,
+    arch: Annotated[str, option(f"{choices_text(ARCHS)} (mlp,cnn).")] = GRID.arch,
+    bn: Annotated[str, option("BN placement: none, pre = g(BN(f(x))), post = BN(g(f(x))).")] = GRID.bn,
+    bn_impl: Annotated[str, option("custom (bnrun.nn) or torch (reference baseline).")] = GRID.bn_impl,
     seeds: Annotated[Optional[int], option("Run seeds 0..N-1.")] = None,
     seed: Annotated[Optional[list[int]], option("An explicit seed (repeatable).")] = None,
-    epochs: Annotated[Optional[str], option(f"Epochs (default: {PER_ARCH_EPOCHS})" + LIST + ".")] = GRID.epochs,
-    batch_size: Annotated[str, option("Mini-batch size" + LIST + ".")] = GRID.batch_size,
-    lr: Annotated[str, option("Peak learning rate" + LIST + " (0.01,0.1,1).")] = GRID.lr,
+    epochs: Annotated[Optional[str], option(f"Epochs (default: {PER_ARCH_EPOCHS}).")] = GRID.epochs,
+    batch_size: Annotated[str, option("Mini-batch size.")] = GRID.batch_size,
+    lr: Annotated[str, option("Peak learning rate (0.01,0.1,1).")] = GRID.lr,
     momentum: Annotated[
         Optional[str],
         option(
             "SGD's Nesterov momentum (default 0.9). Under --schedule onecycle it cycles inversely to the learning "
             "rate between momentum-0.05 and momentum+0.05 (the default: 0.85-0.95), so it must be 0 (none) or in "
-            "[0.05, 0.95); --optimizer sgd only" + LIST + "."
+            "[0.05, 0.95); --optimizer sgd only."
         ),
     ] = GRID.momentum,
-    weight_decay: Annotated[str, option("Weight decay" + LIST + ".")] = GRID.weight_decay,
-    optimizer: Annotated[str, option("sgd or adam" + LIST + ".")] = GRID.optimizer,
-    schedule: Annotated[str, option("onecycle, cosine or constant" + LIST + ".")] = GRID.schedule,
+    weight_decay: Annotated[str, option("Weight decay.")] = GRID.weight_decay,
+    optimizer: Annotated[str, option(f"{choices_text(OPTIMIZERS)}.")] = GRID.optimizer,
+    schedule: Annotated[str, option(f"{choices_text(SCHEDULES)}.")] = GRID.schedule,
     augment: Annotated[bool, option("Random horizontal flips.")] = DEFAULTS.augment,
     train_subset: Annotated[
-        Optional[str], option("Use only the first N training images" + LIST + ".")
+        Optional[str], option("Use only the first N training images.")
     ] = GRID.train_subset,
     depth: Annotated[
         Optional[str],
-        option("Hidden blocks (default: the assignment's model, MLP 256-128, CNN 2 conv blocks)" + LIST + "."),
+        option("Hidden blocks (default: the assignment's model, MLP 256-128, CNN 2 conv blocks)."),
     ] = GRID.depth,
     width: Annotated[
         Optional[str],
-        option("MLP hidden width (default 128 with --depth) or CNN base channels (default 32)" + LIST + "."),
+        option("MLP hidden width (default 128 with --depth) or CNN base channels (default 32)."),
     ] = GRID.width,
-    dropout: Annotated[str, option("Dropout rate after each hidden block" + LIST + ".")] = GRID.dropout,
-    init: Annotated[str, option("default (torch's) or kaiming (He-normal)" + LIST + ".")] = GRID.init,
+    dropout: Annotated[str, option("Dropout rate after each hidden block" + ".")] = GRID.dropout,
+    init: Annotated[str, option("default (torch's) or kaiming (He-normal)" + ".")] = GRID.init,
     ghost_batch: Annotated[
-        Optional[str], option("BN statistics over chunks of N of each batch" + LIST + ".")
+        Optional[str], option("BN statistics over chunks of N of each batch" + ".")
     ] = GRID.ghost_batch,
     target_loss: Annotated[
-        Optional[str], option("Stop at this training loss" + LIST + ".")
+        Optional[str], option("Stop at this training loss" + ".")
     ] = GRID.target_loss,
     study: Annotated[
         Optional[str], option("A tag: new trials beside stored ones.")
@@ -235,7 +249,7 @@ def train(
         str,
         option(
             "fp32, bf16 (autocast; needs AVX512-BF16/AMX or a bf16 GPU), or auto: bf16 for the CNN where the "
-            "hardware has bf16 units, fp32 otherwise" + LIST + "."
+            "hardware has bf16 units, fp32 otherwise."
         ),
     ] = GRID.precision,
     fused: Annotated[
@@ -268,11 +282,9 @@ def train(
             "a large sweep may go without."
         ),
     ] = True,
-    device: Annotated[str, option("auto, cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
     force: Annotated[bool, option("Rerun trials already completed in the store.")] = False,
-    executor: Annotated[
-        str, option("local (one trial after another, here) or ray (one Ray task per trial).")
-    ] = "local",
+    executor: Annotated[str, option(f"{choices_text(EXECUTORS)}.")] = "local",
     ray_address: Annotated[
         Optional[str], option("Ray cluster to join, e.g. auto or 10.0.0.5:6379 (default: start a local one).")
     ] = None,
@@ -347,7 +359,7 @@ def train(
 def eval_(
     run: Annotated[Optional[int], typer.Argument(help="The run to evaluate.", show_default=False)] = None,
     run_id: Annotated[Optional[int], option("The run to evaluate (as the argument).", "--run-id")] = None,
-    device: Annotated[str, option("auto, cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
     batch_stats: Annotated[
         Optional[str],
         option(
@@ -437,7 +449,7 @@ def reproduce(
 @friendly_errors
 @with_options(trial_filters, "filters")
 def report(
-    fmt: Annotated[str, option("table, latex, markdown, csv, json or html.", "--format")] = "table",
+    fmt: Annotated[str, option(f"{choices_text(REPORT_FORMATS)}.", "--format")] = "table",
     output: Annotated[
         Optional[Path], option("Write to this file (or a report.EXT inside this directory) instead of stdout.")
     ] = None,
@@ -446,13 +458,7 @@ def report(
         bool, option("Table only: every metric and the diagnostics (wider than 80 columns).", "--wide")
     ] = False,
     everything: AllOption = False,
-    metric: Annotated[
-        str,
-        option(
-            "Headline column: test_acc_population, test_acc_running, best_val_acc, val_acc, train_loss, "
-            "seconds_per_epoch."
-        ),
-    ] = "test_acc_population",
+    metric: Annotated[str, option(f"Headline column: {', '.join(METRICS)}.")] = "test_acc_population",
     filters: FilterOptions = NO_FILTER,
     seeds: Annotated[
         Optional[int], option("Seeds each group should have (default: what its sweep asked for, else 3).")
@@ -504,8 +510,8 @@ def plot(
     diagnostic: Annotated[
         Optional[str],
         option(
-            "Plot a diagnostic instead: loss_ratio, mode_gap, smoothness, grad_norm (train --diagnostics) "
-            "or batch_stats (eval --batch-stats)."
+            f"Plot a diagnostic instead: {', '.join(TRAINING_DIAGNOSTICS)} (train --diagnostics) or {BATCH_STATS} "
+            "(eval --batch-stats)."
         ),
     ] = None,
     db: DbOption = None,
@@ -605,7 +611,7 @@ def restore(runs: RunArguments, db: DbOption = None) -> None:
 
 export_app = typer.Typer(no_args_is_help=True, help="Runs and epochs as CSV or JSON; a trained model as a .pt file.")
 app.add_typer(export_app, name="export")
-ExportFormat = Annotated[str, option("csv or json.", "--format")]
+ExportFormat = Annotated[str, option(f"{choices_text(EXPORT_FORMATS)}.", "--format")]
 OutputOption = Annotated[Optional[Path], option("Write to this file instead of stdout.")]
 
 
@@ -649,7 +655,7 @@ def export_model(
     run: Annotated[int, typer.Argument(help="The run whose trained model to write.", show_default=False)],
     output: Annotated[Path, option("The .pt file to write.")] = Path("model.pt"),
     statistics: Annotated[
-        str, option("What the BN layers normalize with: population (statistics over the training split) or running.")
+        str, option(f"What the BN layers normalize with: {choices_text(STATISTICS)}.")
     ] = "population",
     db: DbOption = None,
     data_dir: DataDirOption = None,
@@ -665,11 +671,9 @@ def export_model(
 
     predicted = [saved["classes"][i] for i in model(images).argmax(1)]"""
     from bnrun.cli import actions
-    from bnrun.cli.options import STATISTICS, require
+    from bnrun.cli.options import require_choice
 
-    require(
-        statistics in STATISTICS, f"--statistics: unknown value {statistics!r}; choose from {', '.join(STATISTICS)}"
-    )
+    require_choice(statistics, STATISTICS, "--statistics")
     saved = actions.export_model(db, run, output, statistics, data_dir)
     err.print(
         f"wrote {output} (run {run}, {saved['model']['arch']} bn={saved['model']['bn']}, {statistics} statistics)",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
+from bnrun.analysis.export import EXPORT_FORMATS
 from bnrun.analysis.grouping import PIVOT_FIELDS, RunFilter, spelled
 from bnrun.analysis.listing import RunQuery
 from bnrun.analysis.metrics import METRICS
@@ -36,15 +37,33 @@ from bnrun.config import (
 from bnrun.errors import UsageError
 from bnrun.store import STATUSES
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = {"local": "one trial after another, here", "ray": "one Ray task per trial"}
 MAX_TRIALS = 10_000  # a larger grid needs --yes
-DIAGNOSTICS = ("loss_ratio", "mode_gap", "smoothness", "grad_norm", "batch_stats")
+TRAINING_DIAGNOSTICS = ("loss_ratio", "mode_gap", "smoothness", "grad_norm")  # recorded by train --diagnostics
+BATCH_STATS = "batch_stats"  # recorded by eval --batch-stats
+DIAGNOSTICS = (*TRAINING_DIAGNOSTICS, BATCH_STATS)
+# What a trained model's BN layers normalize with in prediction (export model --statistics).
+STATISTICS = {"population": "statistics over the training split", "running": None}
 DEFAULTS = TrainConfig()  # the training defaults; the CLI's are these, spelled as options
 
 
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise UsageError(message)
+
+
+def require_choice(value: str, choices: tuple[str, ...] | dict[str, str | None], option: str) -> str:
+    """`value` if it is one of `choices`, else UsageError naming them."""
+    require(value in choices, f"{option}: unknown value {value!r}; choose from {', '.join(choices)}")
+    return value
+
+
+def choices_text(choices: tuple[str, ...] | dict[str, str | None]) -> str:
+    """('a', 'b', 'c') -> 'a, b or c' (a --help text); a dict's descriptions, where given, in
+    parentheses after each name."""
+    about = choices if isinstance(choices, dict) else {}
+    names = [f"{name} ({about[name]})" if about.get(name) else name for name in choices]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def split_list(value: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
@@ -365,7 +384,7 @@ def build_sweep(
     fast_base = TrainConfig(**{name: FAST_PATH[name] if value is None else value for name, value in fast.items()})
     require_grid_size(grid_size(dict(axes), count, fast_base), count, yes)
     chosen_seeds = choose_seeds(seeds, list(explicit_seeds))
-    require(device in DEVICES, f"--device: unknown value {device!r}; choose from {', '.join(DEVICES)}")
+    usable_device(device)
     require(data_dir is None or Path(data_dir).expanduser().is_dir(), f"--data-dir {data_dir} does not exist")
     from bnrun.training.hardware import resolve_device
 
@@ -410,7 +429,7 @@ def has_bf16_units(device: str, known: bool) -> bool:
 def executor_options(executor: str, address: str | None, cpus: float, gpus: float | None, device: str = "cpu"):
     """None for the local executor, else the Ray options, checked (`gpus` None: the executor's
     rule, one GPU per trial on --device cuda)."""
-    require(executor in EXECUTORS, f"--executor: unknown value {executor!r}; choose from {', '.join(EXECUTORS)}")
+    require_choice(executor, EXECUTORS, "--executor")
     require(
         executor == "ray" or (address is None and cpus == 1.0 and gpus is None),
         "--ray-address, --cpus-per-trial and --gpus-per-trial need --executor ray",
@@ -425,23 +444,6 @@ def executor_options(executor: str, address: str | None, cpus: float, gpus: floa
     from bnrun.run.ray_executor import RayOptions
 
     return RayOptions(address, cpus, gpus)
-
-
-@dataclass(frozen=True)
-class RunListFilter:
-    """`bnrun runs`' filters."""
-
-    archs: tuple[str, ...] = ()
-    placements: tuple[str, ...] = ()
-    statuses: tuple[str, ...] = ()
-
-
-def run_list_filter(arch: str | None, bn: str | None, status: str | None) -> RunListFilter:
-    return RunListFilter(
-        optional_list(arch, ARCHS, "--arch"),
-        optional_list(bn, PLACEMENTS, "--bn"),
-        optional_list(status, STATUSES, "--status"),
-    )
 
 
 @dataclass(frozen=True)
@@ -497,7 +499,7 @@ def report_request(
     """`everything` (--all): every trial the filters accept, not one recipe's on one screen."""
     by = by.replace("-", "_") if by else None
     require(by is None or by in PIVOT_FIELDS, f"--by: unknown option {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
-    require(metric in METRICS, f"--metric: unknown value {metric!r}; choose from {', '.join(METRICS)}")
+    require_choice(metric, METRICS, "--metric")
     require(seeds is None or seeds > 0, f"--seeds must be positive, got {seeds}")
     return ReportRequest(metric, filters.run_filter(), seeds, by, everything)
 
@@ -508,7 +510,7 @@ REPORT_FILES = {"table": "report.txt", "latex": "report.tex", "markdown": "repor
 
 
 def report_format(fmt: str, standalone: bool = False, wide: bool = False) -> str:
-    require(fmt in REPORT_FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(REPORT_FORMATS)}")
+    require_choice(fmt, REPORT_FORMATS, "--format")
     require(not standalone or fmt == "latex", "--standalone applies to --format latex only")
     require(not wide or fmt == "table", f"--wide applies to --format table only (--format {fmt} has every column)")
     return fmt
@@ -556,10 +558,8 @@ def plot_request(
     everything: bool = False,
 ) -> PlotRequest:
     require(not (x and diagnostic), "--x and --diagnostic are exclusive; give one of them")
-    require(
-        diagnostic is None or diagnostic in DIAGNOSTICS,
-        f"--diagnostic: unknown value {diagnostic!r}; choose from {', '.join(DIAGNOSTICS)}",
-    )
+    if diagnostic is not None:
+        require_choice(diagnostic, DIAGNOSTICS, "--diagnostic")
     require(metric is None or x is not None, "--metric applies to --x only (learning curves and diagnostics "
             "have their own axes); add --x OPTION or drop --metric")
     x = x.replace("-", "_") if x else None
@@ -639,13 +639,8 @@ def listing_query(selection: RunSelection, deleted: bool, terminal: bool, everyt
     return replace(query, limit=SCREEN_RUNS, sort="-id" if selection.sort == RunSelection.sort else query.sort)
 
 
-EXPORT_FORMATS = ("csv", "json")
-STATISTICS = ("population", "running")
-
-
 def export_format(fmt: str) -> str:
-    require(fmt in EXPORT_FORMATS, f"--format: unknown value {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
-    return fmt
+    return require_choice(fmt, EXPORT_FORMATS, "--format")
 
 
 def run_argument(run: int | None, run_id: int | None) -> int:
@@ -658,6 +653,5 @@ def run_argument(run: int | None, run_id: int | None) -> int:
 
 
 def usable_device(device: str) -> str:
-    """--device checked: auto, cpu, or cuda where there is one."""
-    require(device in DEVICES, f"--device: unknown value {device!r}; choose from {', '.join(DEVICES)}")
-    return device
+    """--device checked: one of DEVICES (whether this machine has cuda is resolve_device's to say)."""
+    return require_choice(device, DEVICES, "--device")

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from bnrun.analysis.diagnostic_summaries import mode_gap
 from bnrun.config import TRAIN_FIELDS, impl_label
-from bnrun.store import DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord
+from bnrun.store import DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord, RunStatus
 
 if TYPE_CHECKING:  # importing the run layer would pull in torch for every table
     from bnrun.analysis.comparison import RunDiff
@@ -21,11 +21,11 @@ if TYPE_CHECKING:  # importing the run layer would pull in torch for every table
     from bnrun.run.reproduction import Reproduction
 
 STATUS_STYLE = {
-    "completed": "green",
-    "running": "cyan",
-    "failed": "red",
-    "interrupted": "yellow",
-    "diverged": "magenta",
+    RunStatus.COMPLETED: "green",
+    RunStatus.RUNNING: "cyan",
+    RunStatus.FAILED: "red",
+    RunStatus.INTERRUPTED: "yellow",
+    RunStatus.DIVERGED: "magenta",
 }
 
 
@@ -481,7 +481,7 @@ def plan_table(plan: SweepPlan) -> Table:
     )
     for name in plan.varied:
         table.add_column(COLUMN_NAMES.get(name, name), overflow="fold")
-    for column in ("done", "diverged", "running", "to run"):
+    for column in ("done", RunStatus.DIVERGED, RunStatus.RUNNING, "to run"):
         table.add_column(column, justify="right", no_wrap=True)
     for planned in shown:
         options = [option_text(getattr(planned.config, name)) for name in plan.varied]
@@ -503,8 +503,8 @@ def plan_lines(plan: SweepPlan, store_name: str) -> list[str]:
         "no store yet (training creates it)"
         if not plan.store_exists
         else (
-            f"the store holds {plan.total('completed')} completed, {plan.total('diverged')} diverged, "
-            f"{plan.total('running')} running"
+            f"the store holds {plan.total(RunStatus.COMPLETED)} completed, {plan.total(RunStatus.DIVERGED)} diverged, "
+            f"{plan.total(RunStatus.RUNNING)} running"
         )
     )
     to_run = f"{store_name}: {held}; {plan.total('to_run')} to run"

@@ -22,7 +22,6 @@ from bnrun.training.checkpoint import load_population, rebuild_model
 from bnrun.training.data import CLASSES, Standardize, load
 from bnrun.training.models import build_model
 
-STATISTICS = ("population", "running")
 MODEL_ARGS = ("arch", "bn", "depth", "width", "dropout", "init", "ghost_batch")
 
 

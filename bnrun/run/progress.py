@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bnrun.config import TrainConfig, impl_label
-from bnrun.store import EpochRecord, FinalMetrics, RunRecord
+from bnrun.store import EpochRecord, FinalMetrics, RunRecord, RunStatus
 from bnrun.training.results import TrainingProgress
 
 stderr = Console(stderr=True)
@@ -55,7 +55,7 @@ class RichReporter(SilentReporter):
         self.sweep_task = self.progress.add_task("trials", total=total, info="")
 
     def trial_skipped(self, done: RunRecord, config: TrainConfig, seed: int) -> None:
-        if done.status == "running":
+        if done.status == RunStatus.RUNNING:
             self.console.print(
                 f"skip   {trial_label(config, seed)}: running elsewhere as run {done.id} (host {done.host}, pid "
                 f"{done.pid})"

@@ -21,7 +21,7 @@ from bnrun.errors import UsageError, first_line
 from bnrun.run.progress import Reporter
 from bnrun.run.sweep import SweepResult, plan, sigterm_as_interrupt
 from bnrun.run.trial import TrialOutcome, TrialSpec, execute_trial
-from bnrun.store import Store
+from bnrun.store import RunStatus, Store
 
 MAX_RETRIES = 3  # attempts after a worker or node died
 INTERRUPTED_NOTE = "interrupted: the Ray driver was stopped (SIGINT/SIGTERM) and cancelled the task"
@@ -148,8 +148,8 @@ def outcome_of(ref, token: str, store: Store) -> tuple[int | None, str]:
         return ray.get(ref)
     except ray.exceptions.RayError as error:
         reason = first_line(error, 300)
-        ended = store.end_attempts([token], "failed", f"Ray task failed: {reason}")
-        return (ended[0] if ended else None), "failed"
+        ended = store.end_attempts([token], RunStatus.FAILED, f"Ray task failed: {reason}")
+        return (ended[0] if ended else None), RunStatus.FAILED
 
 
 def cancel(pending: dict, store: Store) -> None:
@@ -158,4 +158,4 @@ def cancel(pending: dict, store: Store) -> None:
 
     for ref in pending:
         ray.cancel(ref, force=True)
-    store.end_attempts([token for _, token in pending.values()], "interrupted", INTERRUPTED_NOTE)
+    store.end_attempts([token for _, token in pending.values()], RunStatus.INTERRUPTED, INTERRUPTED_NOTE)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from bnrun.config import SweepConfig
 from bnrun.run.progress import Reporter
 from bnrun.run.trial import ELSEWHERE, SKIPPED, TrialOutcome, TrialSpec, run_trial
-from bnrun.store import Store
+from bnrun.store import RunStatus, Store
 from bnrun.training.data import load
 
 
@@ -26,10 +26,10 @@ class SweepResult:
 
     def add(self, outcome: TrialOutcome) -> None:
         lists = {
-            "completed": self.completed,
+            RunStatus.COMPLETED: self.completed,
             SKIPPED: self.skipped,
             ELSEWHERE: self.elsewhere,
-            "diverged": self.diverged,
+            RunStatus.DIVERGED: self.diverged,
         }
         lists.get(outcome.status, self.failed).append(outcome.run_id)
 

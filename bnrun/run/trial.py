@@ -15,7 +15,7 @@ from bnrun.config import TrainConfig
 from bnrun.errors import StoreError
 from bnrun.run.progress import Reporter, SilentReporter
 from bnrun.run.provenance import kernel_build, provenance
-from bnrun.store import Store
+from bnrun.store import RunStatus, Store
 from bnrun.training.data import FashionMNISTData, load
 from bnrun.training.loop import Callbacks, Diverged, fit
 from bnrun.training.results import STOPPED_BY_DIVERGED
@@ -99,7 +99,7 @@ def run_trial(spec: TrialSpec, dataset: FashionMNISTData, store: Store, reporter
                             force=spec.force, with_diagnostics=spec.diagnostics)
     if claim.run_id is None:
         reporter.trial_skipped(claim.holder, config, spec.seed)
-        return TrialOutcome(claim.holder.id, ELSEWHERE if claim.holder.status == "running" else SKIPPED)
+        return TrialOutcome(claim.holder.id, ELSEWHERE if claim.holder.status == RunStatus.RUNNING else SKIPPED)
     run_id = claim.run_id
     reporter.trial_started(run_id, config, spec.seed)
     try:
@@ -107,18 +107,18 @@ def run_trial(spec: TrialSpec, dataset: FashionMNISTData, store: Store, reporter
             callbacks = callbacks_into(store, run_id, reporter, spec.diagnostics)
             metrics = fit(config, spec.seed, dataset, callbacks, spec.checkpoint)
     except KeyboardInterrupt:
-        store.end_run(run_id, "interrupted", "interrupted by the user (SIGINT/SIGTERM)")
-        reporter.trial_finished(run_id, "interrupted", None)
+        store.end_run(run_id, RunStatus.INTERRUPTED, "interrupted by the user (SIGINT/SIGTERM)")
+        reporter.trial_finished(run_id, RunStatus.INTERRUPTED, None)
         raise
     except Diverged as error:
-        return _end(store, reporter, run_id, "diverged", str(error), STOPPED_BY_DIVERGED)
+        return _end(store, reporter, run_id, RunStatus.DIVERGED, str(error), STOPPED_BY_DIVERGED)
     except StoreError as error:
-        _end(store, reporter, run_id, "failed", str(error))
+        _end(store, reporter, run_id, RunStatus.FAILED, str(error))
         raise
     except Exception as error:  # noqa: BLE001 - any training failure is recorded; the sweep goes on
-        return _end(store, reporter, run_id, "failed", f"{type(error).__name__}: {error}")
-    reporter.trial_finished(run_id, "completed", metrics)
-    return TrialOutcome(run_id, "completed")
+        return _end(store, reporter, run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
+    reporter.trial_finished(run_id, RunStatus.COMPLETED, metrics)
+    return TrialOutcome(run_id, RunStatus.COMPLETED)
 
 
 def _end(store: Store, reporter: Reporter, run_id: int, status: str, note: str,

@@ -158,7 +158,7 @@ class Evaluation(OfRun, Base):
 
 
 class Diagnostic(OfRun, Base):
-    """One diagnostic value of a run (bnrun.diagnostics): `kind` at `epoch` (0 = initialization)
+    """One diagnostic value of a run (bnrun.training.diagnostics): `kind` at `epoch` (0 = initialization)
     for `name` (a layer, or "model"), at `x` (a step size) where the kind has one."""
 
     __tablename__ = "diagnostics"

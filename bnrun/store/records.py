@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from datetime import datetime
+from enum import StrEnum
 
 from bnrun.training.results import DiagnosticRecord, EpochRecord, FinalMetrics
 
 __all__ = [
+    "OUTCOMES",
     "STATUSES",
     "CheckpointInfo",
     "DiagnosticRecord",
@@ -21,10 +23,23 @@ __all__ = [
     "RunPage",
     "RunLabels",
     "RunRecord",
+    "RunStatus",
     "TrialHolder",
 ]
 
-STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
+class RunStatus(StrEnum):
+    """A run row's status; the store holds its value (a plain string)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    DIVERGED = "diverged"
+
+
+STATUSES = tuple(RunStatus)
+# The results a re-run skips; failed, interrupted and reaped trials run again.
+OUTCOMES = (RunStatus.COMPLETED, RunStatus.DIVERGED)
 
 
 @dataclass(frozen=True)

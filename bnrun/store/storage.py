@@ -22,6 +22,7 @@ from bnrun.errors import StoreError
 from bnrun.store.engine import describe, open_engine, open_read_only, resolve_url, sqlite_path
 from bnrun.store.models import Checkpoint, Diagnostic, Epoch, Evaluation, Run, Tag
 from bnrun.store.records import (
+    OUTCOMES,
     CheckpointInfo,
     DiagnosticRecord,
     EpochRecord,
@@ -32,6 +33,7 @@ from bnrun.store.records import (
     RunLabels,
     RunPage,
     RunRecord,
+    RunStatus,
     TrialHolder,
     record_from_row,
 )
@@ -39,7 +41,6 @@ from bnrun.store.records import (
 STALE_HEARTBEAT = timedelta(minutes=5)
 ORPHAN_NOTE = "process ended without finishing"
 LOST_ATTEMPT_NOTE = "attempt lost: its worker or node died, and the executor ran the trial again"
-OUTCOMES = ("completed", "diverged")  # results a re-run skips; failed, interrupted and reaped trials run again
 # The fields a page of runs can be sorted by in the database: every stored column but the configuration text.
 PAGE_SORT_FIELDS = tuple(name for name in RunRecord.__dataclass_fields__ if name != "config_json")
 IN_CHUNK = 500  # ids per IN (...): well under every backend's bound-parameter limit
@@ -141,13 +142,13 @@ class Store:
                 self._end_lost_attempts(session, token, now)
             holder = self._claim_holder(session, config_key, fields["seed"])
             rerun = force or (with_diagnostics and not holder.diagnostics) if holder is not None else False
-            if holder is not None and holder.status != "running" and rerun:
+            if holder is not None and holder.status != RunStatus.RUNNING and rerun:
                 holder.claim = None  # stays in the store as it ended; the new run holds the trial
                 holder = None
             if holder is not None:
                 return Claim(None, record_from_row(RunRecord, holder))
             row = Run(
-                status="running",
+                status=RunStatus.RUNNING,
                 config_key=config_key,
                 config_json=config_json,
                 started_at=now,
@@ -173,8 +174,8 @@ class Store:
         return session.scalars(query).first()
 
     def _end_lost_attempts(self, session: Session, token: str, now: datetime) -> None:
-        for row in session.scalars(select(Run).where(Run.claim_token == token, Run.status == "running")):
-            self._end(row, "failed", LOST_ATTEMPT_NOTE, now)
+        for row in session.scalars(select(Run).where(Run.claim_token == token, Run.status == RunStatus.RUNNING)):
+            self._end(row, RunStatus.FAILED, LOST_ATTEMPT_NOTE, now)
 
     def end_attempts(self, tokens: list[str], status: str, note: str) -> list[int]:
         """End the `running` rows of these executor tasks (the driver cancelled them)."""
@@ -182,7 +183,8 @@ class Store:
             return []
         with self.session(write=True) as session:
             now = self.now(session)
-            rows = session.scalars(select(Run).where(Run.claim_token.in_(tokens), Run.status == "running")).all()
+            running = select(Run).where(Run.claim_token.in_(tokens), Run.status == RunStatus.RUNNING)
+            rows = session.scalars(running).all()
             for row in rows:
                 self._end(row, status, note, now)
             return [row.id for row in rows]
@@ -191,7 +193,9 @@ class Store:
         """The trial's process is alive: touch its row (server clock), unless it has ended."""
         with self.session(write=True) as session:
             session.execute(
-                update(Run).where(Run.id == run_id, Run.status == "running").values(heartbeat_at=self.now(session))
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
+                .values(heartbeat_at=self.now(session))
             )
 
     def add_epoch(self, run_id: int, epoch: EpochRecord, bn_path: str | None = None,
@@ -231,7 +235,7 @@ class Store:
                 )
             for key, value in asdict(metrics).items():
                 setattr(run, key, value)
-            self._end(run, "completed", None, now)
+            self._end(run, RunStatus.COMPLETED, None, now)
 
     def end_run(self, run_id: int, status: str, note: str | None = None, stopped_by: str | None = None) -> None:
         """How the run ended; `stopped_by` (what ended its training) where it got that far."""
@@ -264,15 +268,15 @@ class Store:
         """Mark `running` rows whose process is gone (or whose heartbeat is stale) as failed."""
         with self.session(write=True) as session:
             now = self.now(session)
-            orphans = self._orphans(session.scalars(select(Run).where(Run.status == "running")).all(), now)
+            orphans = self._orphans(session.scalars(select(Run).where(Run.status == RunStatus.RUNNING)).all(), now)
             for run in orphans:
-                self._end(run, "failed", ORPHAN_NOTE, now)
+                self._end(run, RunStatus.FAILED, ORPHAN_NOTE, now)
             return [run.id for run in orphans]
 
     def orphan_ids(self) -> set[int]:
         """The runs the next writing command will reap (read only: for `bnrun runs` to flag them)."""
         with self.session() as session:
-            rows = session.scalars(select(Run).where(Run.status == "running")).all()
+            rows = session.scalars(select(Run).where(Run.status == RunStatus.RUNNING)).all()
             return {run.id for run in self._orphans(rows, self.now(session))}
 
     def get_run(self, run_id: int) -> RunRecord:
@@ -419,7 +423,7 @@ class Store:
             return [labels[run_id] for run_id in ids]
 
     def _refuse_running(self, rows: list[Run], action: str) -> None:
-        running = [str(row.id) for row in rows if row.status == "running"]
+        running = [str(row.id) for row in rows if row.status == RunStatus.RUNNING]
         if running:
             raise StoreError(
                 f"run {', '.join(running)} is running; a running trial is never {action} (wait for it to end)"
