@@ -18,7 +18,7 @@ from matplotlib.transforms import offset_copy  # noqa: E402
 
 from bnrun.analysis.diagnostic_summaries import diagnostic_series  # noqa: E402
 from bnrun.analysis.grouping import Group, Report  # noqa: E402
-from bnrun.analysis.metrics import CHANCE, at_chance  # noqa: E402
+from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, at_chance  # noqa: E402
 from bnrun.analysis.pivots import Pivot  # noqa: E402
 from bnrun.analysis.stats import MIN_TRIALS, summarize  # noqa: E402
 from bnrun.analysis.texts import recipe_line  # noqa: E402
@@ -134,16 +134,17 @@ def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: fl
     off the default recipe."""
     check_series(len(pivot.rows), [f for f in pivot.row_fields if f not in ("arch", "bn", "bn_impl", "fused")])
     bounds = PERCENT_RANGE if scale == 100.0 else (None, None)
+    chance = pivot.metric in HIGHER_IS_BETTER  # an accuracy can be at chance; a gap cannot
     archs = list(dict.fromkeys(row.labels.get("arch", "all") for row in pivot.rows))
     figure, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)
     for axis, arch in zip(axes[0], archs):
         rows = [r for r in pivot.rows if r.labels.get("arch", "all") == arch]
         for level, row in enumerate(rows):
-            line = option_line(axis, row, scale, bounds)
+            line = option_line(axis, row, scale, bounds, chance)
             slot = offset_copy(axis.get_xaxis_transform(), figure, x=MARK_SPACING * (level - (len(rows) - 1) / 2),
                                units="points")
             divergence_marks(axis, row, line, slot)
-            if scale == 100.0:
+            if chance:
                 chance_marks(axis, row, line, slot)
         if scale == 100.0:
             within(axis, PERCENT_RANGE)
@@ -194,10 +195,11 @@ def unique_legend(axis) -> None:
     axis.legend(list(seen.values()), list(seen), fontsize=8, loc="best")
 
 
-def option_line(axis, row, scale: float, bounds: tuple):
-    """One row of the pivot: its mean line, the band where n ≥ MIN_TRIALS, the seeds where n is smaller."""
+def option_line(axis, row, scale: float, bounds: tuple, chance: bool):
+    """One row of the pivot: its mean line, the band where n ≥ MIN_TRIALS, the seeds where n is smaller;
+    with `chance`, cells at chance level are left to chance_marks."""
     done = [(v, c) for v, c in sorted(row.cells.items(), key=lambda item: item[0])
-            if c.summary.mean is not None and not (scale == 100.0 and at_chance(c.summary.mean))]
+            if c.summary.mean is not None and not (chance and at_chance(c.summary.mean))]
     if not done:
         return None
     xs = [v for v, _ in done]
