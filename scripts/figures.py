@@ -35,7 +35,7 @@ COMMANDS = {
     "docs/depth_mlp.png": "bnrun plot --x depth --arch mlp --where width=128 --where epochs=10 --where lr=0.05 "
                           "--output docs/depth_mlp.png",
     "docs/gen_gap_subset.png": "bnrun plot --x train_subset --arch mlp --where width=128 --where epochs=30 "
-                               "--metric gen_gap --output docs/gen_gap_subset.png",
+                               "--where dropout=0 --metric gen_gap --output docs/gen_gap_subset.png",
     "docs/gen_gap_batch_size.png": "bnrun plot --x batch_size --arch mlp --where epochs=10 --where lr=0.05 "
                                    "--where depth=none --metric train_gap --output docs/gen_gap_batch_size.png",
     "docs/batch_stats.png": "bnrun plot --diagnostic batch_stats --run-id 1-12 --output docs/batch_stats.png",
