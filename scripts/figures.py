@@ -1,5 +1,5 @@
-"""Regenerate every figure the pages show (README.md and docs/*.md; not the ui_*.png screenshots) from
-its command, and every generated block of the pages from its command, on one store.
+"""Regenerate every figure the pages show (README.md and docs/*.md; not the ui_*.png screenshots) and
+every generated block of the pages, each from its command, on one store.
 
     python scripts/figures.py                  # figures and blocks, from ./bnrun.db
     python scripts/figures.py --db other.db    # from another store (read only)
@@ -8,7 +8,8 @@ its command, and every generated block of the pages from its command, on one sto
 A figure's command is the `bnrun plot ...` line its PNG records in its `bnrun:command` chunk; a PNG
 without one takes its command from COMMANDS below. Commands run in-process from the repository root,
 so each `--output` lands where the command names it. A block is the text between
-`<!-- bnrun: COMMAND -->` and `<!-- /bnrun -->`: COMMAND's stdout on the store.
+`<!-- bnrun: COMMAND -->` and `<!-- /bnrun -->` (the README's headline: `<!-- headline: COMMAND -->` and
+`<!-- /headline -->`): COMMAND's stdout on the store, written in place.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 PAGES = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+\.png)\)")
 SCREENSHOT = re.compile(r"ui_.*\.png")
+BLOCK = re.compile(r"<!-- (bnrun|headline): (bnrun [^\n]*?) -->\n(.*?)<!-- /\1 -->\n", re.S)
 
 # The commands of figures whose PNG does not record one (made before PNGs carried their command).
 COMMANDS = {
@@ -125,6 +127,33 @@ def stale_figure(figure: Path, db: Path, scratch: Path) -> str | None:
     return None
 
 
+def blocks(page: Path) -> list[tuple[str, str]]:
+    """(command, text) of every generated block of the page."""
+    return [(command, text) for _, command, text in BLOCK.findall(page.read_text())]
+
+
+def filled(text: str, db: Path) -> str:
+    """The page's text with every block replaced by its command's output on `db`."""
+    def output(match: re.Match) -> str:
+        name, command = match[1], match[2]
+        return f"<!-- {name}: {command} -->\n{bnrun(shlex.split(command)[1:], db)}<!-- /{name} -->\n"
+
+    return BLOCK.sub(output, text)
+
+
+def refill_blocks(db: Path, check: bool = False) -> list[str]:
+    """Rewrite every page whose blocks differ from their commands' output (with `check`, only name them)."""
+    stale = []
+    for page in PAGES:
+        text = page.read_text()
+        new = filled(text, db)
+        if new != text:
+            stale.append(f"{page.relative_to(REPO)}: a generated block differs from its command's output")
+            if not check:
+                page.write_text(new)
+    return stale
+
+
 def redraw_figures(db: Path) -> None:
     for figure in shown_figures():
         command = command_of(figure)
@@ -145,10 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if anything is stale")
     args = parser.parse_args(argv)
     if args.check:
-        problems = check_figures(args.db)
-        print("\n".join(problems) or "every figure is what its command draws", file=sys.stderr)
+        problems = check_figures(args.db) + refill_blocks(args.db, check=True)
+        print("\n".join(problems) or "every figure and block is what its command makes", file=sys.stderr)
         return 1 if problems else 0
     redraw_figures(args.db)
+    for rewritten in refill_blocks(args.db):
+        print(rewritten.replace("differs from", "rewritten from"), file=sys.stderr)
     return 0
 
 
