@@ -20,6 +20,7 @@ from bnrun.analysis.diagnostic_summaries import diagnostic_series  # noqa: E402
 from bnrun.analysis.grouping import Group, Report  # noqa: E402
 from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, at_chance  # noqa: E402
 from bnrun.analysis.pivots import Pivot  # noqa: E402
+from bnrun.analysis.provenance import metadata  # noqa: E402
 from bnrun.analysis.stats import MIN_TRIALS, summarize  # noqa: E402
 from bnrun.analysis.texts import recipe_line  # noqa: E402
 from bnrun.config import impl_label  # noqa: E402
@@ -244,7 +245,7 @@ def save(figure, output: Path, dpi: int, title: str, caption: str = "") -> Path:
     figure.tight_layout()
     try:
         with writing(output):
-            figure.savefig(output, dpi=dpi)
+            figure.savefig(output, dpi=dpi, metadata=metadata(figure, output))
     finally:
         plt.close(figure)
     return output

@@ -124,7 +124,15 @@ def report(db: str | None, request: ReportRequest, fmt: str, standalone: bool = 
 
 
 def plot(db: str | None, request: PlotRequest) -> Path:
-    """Learning curves; or the metric against option `x`; or one diagnostic: the PNG written."""
+    """Learning curves; or the metric against option `x`; or one diagnostic: the PNG written, carrying
+    the request's command and a digest of its data (analysis/provenance.py)."""
+    from bnrun.analysis.provenance import made_by
+
+    with made_by(request.command):
+        return draw(db, request)
+
+
+def draw(db: str | None, request: PlotRequest) -> Path:
     from bnrun.analysis import figures
     from bnrun.analysis.metrics import METRICS, scale
 

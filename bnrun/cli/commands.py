@@ -146,6 +146,29 @@ def friendly_errors(command):
     return wrapper
 
 
+def invocation(context: typer.Context, leave_out: tuple[str, ...] = ("db",)) -> str:
+    """The running command as a `bnrun ...` line that makes the same thing again: every option given on the
+    command line, in the command's order, values as given (repeated options in their order), without
+    the options in `leave_out` (the store: the line must hold on any copy of it)."""
+    import shlex
+
+    words = ["bnrun", context.info_name]
+    for parameter in context.command.params:
+        source = context.get_parameter_source(parameter.name)
+        if parameter.name in leave_out or getattr(source, "name", None) != "COMMANDLINE":
+            continue
+        words += option_words(parameter, context.params[parameter.name])
+    return shlex.join(words)
+
+
+def option_words(parameter, value) -> list[str]:
+    name = parameter.opts[0]
+    if parameter.is_flag:
+        return [name] if value else (parameter.secondary_opts[:1] or [])
+    values = value if parameter.multiple else [value]
+    return [word for item in values for word in (name, str(item))]
+
+
 NO_FILTER = FilterOptions()
 EVERY_RUN = RunSelection(NO_FILTER)
 
@@ -487,6 +510,7 @@ def report(
 @friendly_errors
 @with_options(trial_filters, "filters")
 def plot(
+    context: typer.Context,
     output: Annotated[
         Optional[Path],
         option(
@@ -520,7 +544,8 @@ def plot(
     from bnrun.cli import actions
     from bnrun.cli.options import plot_request
 
-    written = actions.plot(db, plot_request(filters, metric, output, x, diagnostic, everything))
+    request = plot_request(filters, metric, output, x, diagnostic, everything, command=invocation(context))
+    written = actions.plot(db, request)
     err.print(f"wrote {written}", highlight=False, markup=False, soft_wrap=True)
 
 

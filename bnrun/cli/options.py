@@ -547,6 +547,7 @@ class PlotRequest:
     output: Path
     x: str | None = None
     diagnostic: str | None = None
+    command: str | None = None  # the `bnrun plot ...` line, recorded in the figure
 
 
 def plot_request(
@@ -556,6 +557,7 @@ def plot_request(
     x: str | None,
     diagnostic: str | None,
     everything: bool = False,
+    command: str | None = None,
 ) -> PlotRequest:
     require(not (x and diagnostic), "--x and --diagnostic are exclusive; give one of them")
     if diagnostic is not None:
@@ -567,7 +569,7 @@ def plot_request(
     metric = metric or "test_acc_population"
     name = f"{metric}_by_{x}.png" if x else (f"{diagnostic}.png" if diagnostic else "learning_curves.png")
     path = figure_output(output, name)
-    return PlotRequest(report_request(filters, metric, by=x, everything=everything), path, x, diagnostic)
+    return PlotRequest(report_request(filters, metric, by=x, everything=everything), path, x, diagnostic, command)
 
 
 # -- run management ---------------------------------------------------------------------------------------
