@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from bnrun.errors import first_line
 from bnrun.nn.functional import batch_norm_train_and_track
 
 FUSED_CPU, COMPILED, EAGER = "fused-cpu", "compiled", "eager"
@@ -27,8 +28,7 @@ def eager_step(relu: bool) -> Callable[..., Tensor]:
 
 def warn_fallback(error: Exception) -> None:
     """Says that a fast path could not be built or run (the error's first line), once per reason."""
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    warn_once(f"bnrun: fused batch norm unavailable ({first_line[:200]}); using the eager path")
+    warn_once(f"bnrun: fused batch norm unavailable ({first_line(error, 200)}); using the eager path")
 
 
 @functools.cache

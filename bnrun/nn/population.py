@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from bnrun.nn import fused
 from bnrun.nn.batchnorm import _BatchNorm
-from bnrun.nn.functional import reduction_dims
+from bnrun.nn.functional import channel_view, reduction_dims
 
 
 class _StopForward(Exception):
@@ -59,7 +59,7 @@ def batch_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
         x = x.float()
     dims = reduction_dims(x)
     batch_mean = x.mean(dims)
-    centered = x - batch_mean.view((1, -1) + (1,) * (x.dim() - 2))
+    centered = x - channel_view(batch_mean, x)
     return x.numel() // x.shape[1], batch_mean.double(), centered.mul_(centered).sum(dims).double()
 
 
