@@ -10,7 +10,7 @@ from bnrun.analysis.grouping import HYPERPARAMETERS, IDENTITY, PIVOT_FIELDS, Run
 from bnrun.analysis.metrics import METRICS, metric_value, scale
 from bnrun.config import impl_label
 from bnrun.errors import UsageError
-from bnrun.store import RunRecord, Store
+from bnrun.store import RunRecord, RunStatus, Store
 
 RUN_COLUMNS = ("id", "status", "seed", "impl", *IDENTITY, *HYPERPARAMETERS, *METRICS, "duration_s", "started_at")
 EPOCH_PERCENT = ("train_acc", "val_acc")  # the epoch fields in percent
@@ -52,7 +52,7 @@ class Results:
     def __init__(self, db: str | None = None) -> None:
         self.store = Store(db, read_only=True)
 
-    def runs(self, where: dict[str, object] | None = None, statuses: Iterable[str] = ("completed",),
+    def runs(self, where: dict[str, object] | None = None, statuses: Iterable[str] = (RunStatus.COMPLETED,),
              ids: Iterable[int] | None = None):
         """One row per run that `where` ({option: value or values}) accepts, of these `statuses` (() for every
         status), and of these `ids` if given; the columns RUN_COLUMNS, accuracies in percent."""

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from bnrun.analysis.grouping import PIVOT_FIELDS
 from bnrun.analysis.metrics import METRICS
 from bnrun.errors import NothingMatched, StoreError, UsageError
-from bnrun.store import Store
+from bnrun.store import RunStatus, Store
 from bnrun.web import charts, pages
 from bnrun.web.params import compared_ids, report_of_params, runs_of_params
 
@@ -103,7 +103,7 @@ def create_app(db: str | None) -> Starlette:
     def run(request: Request) -> Response:
         with view.open() as store:
             context = pages.run_page(store, request.path_params["run_id"])
-        refresh = REFRESH_S if context["run"].status == "running" else None
+        refresh = REFRESH_S if context["run"].status == RunStatus.RUNNING else None
         return html("run.html", request, refresh=refresh, **context)
 
     def compare(request: Request) -> Response:

@@ -15,7 +15,7 @@ from bnrun.analysis.machine import comparison_record, group_records
 from bnrun.analysis.metrics import METRICS, metric_value, scaled_pair
 from bnrun.analysis.pivots import Pivot
 from bnrun.analysis.queries import ReportRequest, pivot_of, report_of
-from bnrun.store import RunRecord, Store
+from bnrun.store import RunRecord, RunStatus, Store
 from bnrun.web import charts
 from bnrun.web.params import RunsPage
 
@@ -97,7 +97,7 @@ def runs_page(store: Store, page: RunsPage) -> dict:
     found = store.page_runs(**page_arguments(page.query), limit=page.per_page, offset=page.offset)
     runs = list(found.runs)
     labels = store.labels([run.id for run in runs])
-    orphans = store.orphan_ids() if any(run.status == "running" for run in runs) else set()
+    orphans = store.orphan_ids() if any(run.status == RunStatus.RUNNING for run in runs) else set()
     options = varying_options(runs) or ("arch", "bn")
     return {
         "runs": [run_row(run, labels[run.id], options, run.id in orphans) for run in runs],
@@ -106,7 +106,7 @@ def runs_page(store: Store, page: RunsPage) -> dict:
         "total": found.total,
         "page": page.page,
         "pages": max(1, -(-found.total // page.per_page)),
-        "running": any(run.status == "running" for run in runs),
+        "running": any(run.status == RunStatus.RUNNING for run in runs),
     }
 
 
