@@ -156,6 +156,17 @@ void keep_presence(AutogradContext* ctx, const OptionalTensor& weight, const Opt
   ctx->saved_data["bias"] = bias.has_value();
 }
 
+// What every forward keeps: `tensors` and the non-differentiable `extra` output for the backward,
+// relu, which of γ and β were given; returns the forward's outputs {y, extra}.
+variable_list kept_outputs(AutogradContext* ctx, const Tensor& y, const Tensor& extra, variable_list tensors,
+                           bool relu, const OptionalTensor& weight, const OptionalTensor& bias) {
+  tensors.push_back(extra);
+  keep_for_backward(ctx, tensors, relu);
+  keep_presence(ctx, weight, bias);
+  ctx->mark_non_differentiable({extra});
+  return {y, extra};
+}
+
 // Whether the forward input at `position` (of `inputs`, the last two γ and β) wants a gradient.
 bool wants_grad(AutogradContext* ctx, int position, int inputs) {
   std::vector<bool> given(inputs, true);
@@ -180,10 +191,7 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     static const auto train = op<decltype(train_cpu)>("batch_norm_train");
     auto [y, stats] = train.call(x, weight, bias, eps, relu);
-    keep_for_backward(ctx, {x, or_undefined(weight), stats}, relu);
-    keep_presence(ctx, weight, bias);
-    ctx->mark_non_differentiable({stats});
-    return {y, stats};
+    return kept_outputs(ctx, y, stats, {x, or_undefined(weight)}, relu, weight, bias);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -215,10 +223,7 @@ class EvalFunction : public torch::autograd::Function<EvalFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     static const auto eval = op<decltype(eval_cpu)>("batch_norm_eval");
     auto [y, coefficients] = eval.call(x, mean, var, weight, bias, eps, relu);
-    keep_for_backward(ctx, {x, mean, or_undefined(weight), coefficients}, relu);
-    keep_presence(ctx, weight, bias);
-    ctx->mark_non_differentiable({coefficients});
-    return {y, coefficients};
+    return kept_outputs(ctx, y, coefficients, {x, mean, or_undefined(weight)}, relu, weight, bias);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
