@@ -48,6 +48,7 @@ def check_exactly_once(db: str) -> None:
     assert [g for g in __import__("json").loads(report.stdout)["groups"] if g["n"] != 2] == []
 
 
+@pytest.mark.slow  # two real processes, four trials each
 def test_two_identical_sweeps_on_sqlite(tmp_path):
     check_exactly_once(str(tmp_path / "shared.db"))
 
