@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The groups the default run leaves out (pyproject's `-m 'not heavy'`) and CI's `pytest -m heavy` runs.
+HEAVY = ("slow", "faults", "postgres", "ray", "isa", "compile", "browser")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks `heavy` every test of a heavy group, so one marker splits the suite in two exact halves."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in HEAVY):
+            item.add_marker(pytest.mark.heavy)
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +45,42 @@ def run_bnrun(*args: str, timeout: float = 240, env: dict | None = None) -> subp
     """bnrun in a subprocess, as a user runs it."""
     return subprocess.run(bnrun_command(*args), capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def bnrun_in_process(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """bnrun driven in this process (typer's CliRunner), answered as `run_bnrun` answers: for a test
+    that needs the exit status and both streams but no process of its own. An exception bnrun does
+    not handle propagates, as the traceback a user would see."""
+    from typer.testing import CliRunner
+
+    from bnrun.cli import app
+
+    result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False, prog_name="bnrun")
+    return subprocess.CompletedProcess(["bnrun", *args], result.exit_code, result.stdout, result.stderr)
+
+
+# -- one small store, trained once per session ----------------------------------------------------------
+
+MLP_TRIALS = ["train", "--arch", "mlp", "--epochs", "1", "--train-subset", "600"]
+
+
+@pytest.fixture(scope="session")
+def mlp_trials(tmp_path_factory) -> Path:
+    """Three MLP trials on 600 images, trained once per session: lr 0.05 at seed 0 (run 1), lr 0.1 at
+    seeds 0 and 1 (runs 2 and 3). Shared by every test that asks: a test that writes takes `mlp_trials_copy`."""
+    db = tmp_path_factory.mktemp("mlp_trials") / "trials.db"
+    for lr, seeds in (("0.05", "1"), ("0.1", "2")):
+        result = bnrun_in_process(*MLP_TRIALS, "--lr", lr, "--seeds", seeds, "--db", str(db))
+        assert result.returncode == 0, result.stderr
+    return db
+
+
+@pytest.fixture
+def mlp_trials_copy(mlp_trials, tmp_path) -> Path:
+    """A private copy of the session's trained store, for a test that changes it."""
+    copy = tmp_path / "trials.db"
+    shutil.copyfile(mlp_trials, copy)
+    return copy
 
 
 # -- a real PostgreSQL server -------------------------------------------------------------------------

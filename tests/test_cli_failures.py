@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bnrun.cli import app
-from conftest import bnrun_command, default_sigint, run_bnrun
+from conftest import bnrun_command, bnrun_in_process, default_sigint
 
 runner = CliRunner()
 
@@ -27,22 +26,6 @@ def rows(db, query):
         return connection.execute(query).fetchall()
 
 
-@pytest.fixture(scope="module")
-def trained_once(tmp_path_factory):
-    db = tmp_path_factory.mktemp("existing") / "existing.db"
-    result = runner.invoke(app, ["train", "--arch", "mlp", "--bn", "pre", "--epochs", "1", "--train-subset", "500", "--db", str(db)])
-    assert result.exit_code == 0, result.output
-    return db
-
-
-@pytest.fixture
-def existing_store(trained_once, tmp_path):
-    """A store holding one completed trial (a fresh copy per test)."""
-    db = tmp_path / "existing.db"
-    shutil.copyfile(trained_once, db)
-    return db
-
-
 @pytest.mark.parametrize("args,message", [
     (["--arch", "resnet"], "--arch: unknown value resnet"),
     (["--bn", "middle"], "--bn: unknown value middle"),
@@ -52,17 +35,17 @@ def existing_store(trained_once, tmp_path):
     (["--lr", "-1"], "--lr must be positive"),
     (["--data-dir", "/nonexistent/fmnist"], "--data-dir /nonexistent/fmnist does not exist"),
 ])
-def test_invalid_options_exit_2_and_leave_store_identical(existing_store, args, message):
-    before = digest(existing_store)
-    result = run_bnrun("train", *args, "--db", str(existing_store), timeout=60)
+def test_invalid_options_exit_2_and_leave_store_identical(mlp_trials_copy, args, message):
+    before = digest(mlp_trials_copy)
+    result = bnrun_in_process("train", *args, "--db", str(mlp_trials_copy))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert digest(existing_store) == before
+    assert digest(mlp_trials_copy) == before
 
 
 def test_unwritable_db_path_exits_2(tmp_path):
-    result = run_bnrun("train", "--arch", "mlp", "--db", str(tmp_path / "no" / "such" / "dir" / "x.db"), timeout=60)
+    result = bnrun_in_process("train", "--arch", "mlp", "--db", str(tmp_path / "no" / "such" / "dir" / "x.db"))
     assert result.returncode == 2
     assert "directory" in result.stderr and "does not exist" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -98,6 +81,7 @@ def wait_for(db, query, expected, timeout=120):
     raise AssertionError(f"timed out waiting for {query} == {expected}")
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_mid_epoch_keeps_finished_epochs(tmp_path, sig):
     db = tmp_path / "sig.db"
@@ -112,10 +96,12 @@ def test_interrupt_mid_epoch_keeps_finished_epochs(tmp_path, sig):
     assert rows(db, "select epoch from epochs") == [(1,)]
 
 
-def test_two_processes_write_one_store(existing_store):
+@pytest.mark.slow
+def test_two_processes_write_one_store(mlp_trials_copy):
+    """Two sweeps in two processes add four trials each of two epochs to the three trials the store holds."""
     processes = [
         subprocess.Popen(bnrun_command("train", "--arch", "mlp", "--bn", bn, "--seeds", "2", "--epochs", "2",
-                                       "--train-subset", "1500", "--db", str(existing_store)),
+                                       "--train-subset", "1500", "--db", str(mlp_trials_copy)),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for bn in ("post", "none")
     ]
@@ -123,5 +109,5 @@ def test_two_processes_write_one_store(existing_store):
     for process, (_, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr
         assert "locked" not in stderr
-    assert rows(existing_store, "select count(*) from runs where status = 'completed'") == [(5,)]
-    assert rows(existing_store, "select count(*) from epochs") == [(1 + 4 * 2,)]
+    assert rows(mlp_trials_copy, "select count(*) from runs where status = 'completed'") == [(3 + 4,)]
+    assert rows(mlp_trials_copy, "select count(*) from epochs") == [(3 + 4 * 2,)]

@@ -122,10 +122,10 @@ def test_same_seed_same_initial_weights_across_placements():
 def test_fused_training_is_the_default_and_matches_eager(tmp_path):
     """The fused path is the default, is recorded as the path that ran, and trains like the eager
     path (`--no-fused`: same seed, same batches; the layers agree to float rounding)."""
-    from conftest import run_bnrun
+    from conftest import bnrun_in_process
 
     common = ["train", "--arch", "mlp", "--bn", "pre", "--seed", "0", "--device", "cpu", *SMOKE]
-    fused = run_bnrun(*common, "--db", str(tmp_path / "fused.db"))
+    fused = bnrun_in_process(*common, "--db", str(tmp_path / "fused.db"))
     assert fused.returncode == 0, fused.stderr
     assert invoke(*common, "--no-fused", "--db", str(tmp_path / "eager.db")).exit_code == 0
     (fast,), (eager,) = Store(str(tmp_path / "fused.db")).list_runs(), Store(str(tmp_path / "eager.db")).list_runs()

@@ -126,6 +126,7 @@ NO_GRAD_SIZES = (128, 8, 2, 16, 1000)
 
 
 @pytest.mark.slow
+@pytest.mark.compile
 @pytest.mark.parametrize("arch", ["cnn", "mlp"])
 def test_every_shape_of_a_trial_compiles_once_and_matches_eager(arch, compiled_on_cpu, fresh_compiled_kernels):
     config = TrainConfig(arch=arch, fused=True, channels_last=arch == "cnn")

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 from bnrun.analysis.grouping import build_report
 from bnrun.store import Store
-from conftest import bnrun_command, run_bnrun
+from conftest import bnrun_command, bnrun_in_process
 
 GRID = ["train", "--arch", "mlp", "--bn", "pre,none", "--seeds", "2", "--epochs", "1", "--train-subset", "1500"]
 FIXTURE_0001 = Path(__file__).with_name("fixtures") / "store_0001.db"
@@ -43,11 +43,12 @@ def check_exactly_once(db: str) -> None:
     assert len(rows) == 4 and all(count == 1 for *_, count in rows), rows
     said = "".join(err for _, err in outputs)
     assert "running elsewhere" in said or "already completed" in said  # the second sweep saw the first's claims
-    report = run_bnrun("report", "--format", "json", "--db", db)
+    report = bnrun_in_process("report", "--format", "json", "--db", db)
     assert report.returncode == 0, report.stderr
     assert [g for g in __import__("json").loads(report.stdout)["groups"] if g["n"] != 2] == []
 
 
+@pytest.mark.slow  # two real processes, four trials each
 def test_two_identical_sweeps_on_sqlite(tmp_path):
     check_exactly_once(str(tmp_path / "shared.db"))
 
@@ -71,5 +72,5 @@ def test_older_duplicates_are_counted_once_and_flagged(tmp_path):
     report = build_report(runs)
     assert [len(g.runs) for g in report.groups] == [1] and report.groups[0].runs[0].id == 2
     assert report.repeats == (1,)
-    text_report = run_bnrun("report", "--format", "markdown", "--db", str(db))
+    text_report = bnrun_in_process("report", "--format", "markdown", "--db", str(db))
     assert "runs 1 repeat a (configuration, seed)" in text_report.stdout

@@ -21,7 +21,7 @@ from bnrun.run.plan import auto_precision_line, settle_auto_precision
 from bnrun.run.trial import run_fields
 from bnrun.store import RunStatus, Store
 from bnrun.training import precision
-from conftest import run_bnrun
+from conftest import bnrun_in_process
 
 SHIPPED = Path(__file__).resolve().parents[1] / "bnrun.db"
 TINY = ["--epochs", "1", "--train-subset", "600", "--seed", "0", "--device", "cpu"]
@@ -125,7 +125,7 @@ def test_bf16_where_the_cpu_lacks_bf16_units_is_one_line_and_creates_nothing(tmp
     if precision.bf16_unsupported("cpu") is None:
         pytest.skip("this CPU has bf16 units; test_bf16_trial_end_to_end covers bf16 here")
     db = tmp_path / "x.db"
-    result = run_bnrun("train", "--arch", "mlp", "--precision", "bf16", *TINY, "--db", str(db), timeout=60)
+    result = bnrun_in_process("train", "--arch", "mlp", "--precision", "bf16", *TINY, "--db", str(db))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "--precision bf16" in result.stderr and "AVX512-BF16" in result.stderr

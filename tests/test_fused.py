@@ -387,6 +387,7 @@ def kernel_step(kernel, x, upstream, relu, reference):
 
 
 @pytest.mark.slow  # each build takes 30-60 s, once per machine
+@pytest.mark.isa
 @pytest.mark.parametrize("isa", list(fused.ISA_FLAGS))
 def test_every_build_this_cpu_can_run_matches_torch(isa):
     """Each of the kernel's builds (AVX-512 with and without AVX512-BF16, AVX2, plain loops) that

@@ -14,7 +14,7 @@ import pytest
 from test_faults import read_only_command
 
 from bnrun.store import Store
-from conftest import run_bnrun
+from conftest import bnrun_in_process
 
 FIXTURE_0001 = Path(__file__).with_name("fixtures") / "store_0001.db"
 COMMANDS = (["runs"], ["show", "1"], ["report", "--by", "bn", "--format", "csv"])
@@ -56,13 +56,13 @@ def test_read_only_commands_match_a_writable_copy_and_write_nothing(tmp_path, ma
     before, listing = sha(locked), sorted(p.name for p in directory.iterdir())
     try:
         for command in COMMANDS:
-            expected = run_bnrun(*command, "--db", str(writable), timeout=120)
+            expected = bnrun_in_process(*command, "--db", str(writable))
             got = subprocess.run(read_only_command(directory, *command, "--db", str(locked)), capture_output=True,
                                  text=True, timeout=120)
             assert got.returncode == 0 == expected.returncode, got.stderr
             assert got.stdout.replace(str(locked), "DB") == expected.stdout.replace(str(writable), "DB")
         plots = [tmp_path / "rw.png", tmp_path / "ro.png"]
-        assert run_bnrun("plot", "--output", str(plots[0]), "--db", str(writable), timeout=120).returncode == 0
+        assert bnrun_in_process("plot", "--output", str(plots[0]), "--db", str(writable)).returncode == 0
         plotted = subprocess.run(read_only_command(directory, "plot", "--output", str(plots[1]), "--db", str(locked)),
                                  capture_output=True, text=True, timeout=120)
         assert plotted.returncode == 0, plotted.stderr
@@ -77,8 +77,8 @@ def test_read_only_commands_write_nothing_even_where_writing_is_allowed(tmp_path
     db = head_store(tmp_path / "store.db")
     before, listing = sha(db), sorted(p.name for p in tmp_path.iterdir())
     for command in COMMANDS:
-        assert run_bnrun(*command, "--db", str(db), timeout=120).returncode == 0
-    plot = run_bnrun("plot", "--output", str(tmp_path / "out" / "curves.png"), "--db", str(db), timeout=120)
+        assert bnrun_in_process(*command, "--db", str(db)).returncode == 0
+    plot = bnrun_in_process("plot", "--output", str(tmp_path / "out" / "curves.png"), "--db", str(db))
     assert plot.returncode == 0, plot.stderr
     assert sha(db) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(listing + ["out"])
@@ -87,7 +87,7 @@ def test_read_only_commands_write_nothing_even_where_writing_is_allowed(tmp_path
 @pytest.mark.parametrize("command", [["report"], ["runs"], ["show", "1"], ["plot"], ["reproduce", "1"]])
 def test_a_missing_store_is_never_created(tmp_path, command):
     db = tmp_path / "typo.db"
-    result = run_bnrun(*command, "--db", str(db), timeout=60)
+    result = bnrun_in_process(*command, "--db", str(db))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"no store at {db}" in lines[0]

@@ -17,7 +17,7 @@ from bnrun.analysis.pivots import Cell, Pivot, PivotRow
 from bnrun.analysis.stats import summarize
 from bnrun.cli import app
 from bnrun.store import Store
-from conftest import REPO, run_bnrun
+from conftest import REPO, bnrun_in_process, run_bnrun
 
 SHIPPED = REPO / "bnrun.db"
 shipped = pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
@@ -52,11 +52,13 @@ def invoke(*args: str, env: dict | None = None):
 
 @shipped
 def test_the_headline_fits_80_columns_when_piped(study):
+    tables = []
     for args in (["report", "--run-id", "1-12"], ["report"], ["report", "--all"], ["report", "--by", "lr", "--arch", "mlp"]):
         result = run_bnrun(*args, "--db", str(study), env=NARROW, timeout=120)
         assert result.returncode == 0, result.stderr
         fits(result.stdout)
-    table = run_bnrun("report", "--run-id", "1-12", "--db", str(study), env=NARROW).stdout
+        tables.append(result.stdout)
+    table = tables[0]  # report --run-id 1-12
     assert "93.19 ± 0.22" in table and "custom+fused" in table  # cells whole, labels as --where takes them
     assert "cnn: channels_last=True, epochs=10; mlp: channels_last=False, epochs=20" in table
 
@@ -209,36 +211,26 @@ def test_a_default_plot_has_few_series(study, tmp_path):
 
 @pytest.mark.parametrize("command", [["train", "--help"], ["report", "--help"], ["plot", "--help"], ["eval", "--help"]])
 def test_help_fits_80_columns(command):
-    result = run_bnrun(*command, env=NARROW, timeout=60)
+    result = bnrun_in_process(*command, env=NARROW)
     assert result.returncode == 0
     fits(result.stdout)
     assert len(result.stdout.splitlines()) <= 110
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("trained")
-    db = directory / "one.db"
-    result = run_bnrun("train", "--arch", "mlp", "--epochs", "1", "--train-subset", "400", "--db", str(db), timeout=300)
-    assert result.returncode == 0, result.stderr
-    return db
+def test_no_lock_file_outlives_a_command(mlp_trials, mlp_trials_copy):
+    assert not list(mlp_trials.parent.glob("*.lock"))
+    Store(str(mlp_trials_copy)).close()
+    assert not list(mlp_trials_copy.parent.glob("*.lock"))
 
 
-def test_no_lock_file_outlives_a_command(trained):
-    assert not list(trained.parent.glob("*.lock"))
-    Store(str(trained)).close()
-    assert not list(trained.parent.glob("*.lock"))
-
-
-def test_eval_reads_unless_asked_to_save(trained, tmp_path):
-    db = tmp_path / "copy.db"
-    shutil.copyfile(trained, db)
+def test_eval_reads_unless_asked_to_save(mlp_trials_copy, tmp_path):
+    db = mlp_trials_copy
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    result = run_bnrun("eval", "--run-id", "1", "--db", str(db), timeout=300)
+    result = bnrun_in_process("eval", "--run-id", "1", "--db", str(db))
     assert result.returncode == 0, result.stderr
     assert "not stored" in result.stdout
-    assert hashlib.sha256(db.read_bytes()).hexdigest() == before and sorted(p.name for p in tmp_path.iterdir()) == ["copy.db"]
-    saved = run_bnrun("eval", "--run-id", "1", "--save", "--db", str(db), timeout=300)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before and sorted(p.name for p in tmp_path.iterdir()) == [db.name]
+    saved = bnrun_in_process("eval", "--run-id", "1", "--save", "--db", str(db))
     assert saved.returncode == 0, saved.stderr
     with sqlite3.connect(db) as connection:
         assert connection.execute("select count(*) from evaluations").fetchone() == (1,)
@@ -246,7 +238,7 @@ def test_eval_reads_unless_asked_to_save(trained, tmp_path):
 
 
 def test_eval_never_creates_a_store(tmp_path):
-    result = run_bnrun("eval", "--run-id", "1", "--db", str(tmp_path / "typo.db"), timeout=60)
+    result = bnrun_in_process("eval", "--run-id", "1", "--db", str(tmp_path / "typo.db"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"no store at {tmp_path / 'typo.db'}" in lines[0]

@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import re
-import shutil
 import sqlite3
 import time
 
@@ -17,7 +16,7 @@ from typer.testing import CliRunner
 
 from bnrun.cli import app
 from bnrun.store import Store
-from conftest import run_bnrun
+from conftest import MLP_TRIALS, bnrun_in_process
 
 runner = CliRunner()
 SMOKE = ["--epochs", "1", "--train-subset", "600"]
@@ -34,29 +33,11 @@ def fits(text: str, width: int = 80) -> None:
     assert max(len(line) for line in text.splitlines()) <= width, text
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Three MLP trials on 600 images: lr 0.05 and 0.1 at seed 0, lr 0.1 at seed 1 (runs 1, 2, 3)."""
-    db = tmp_path_factory.mktemp("runmgmt") / "trained.db"
-    for lr, seeds in (("0.05", "1"), ("0.1", "2")):
-        result = invoke("train", "--arch", "mlp", "--lr", lr, "--seeds", seeds, *SMOKE, "--db", str(db))
-        assert result.exit_code == 0, result.output
-    return db
-
-
-@pytest.fixture
-def db(trained, tmp_path):
-    """A private copy of the trained store, for the tests that change it."""
-    copy = tmp_path / "copy.db"
-    shutil.copyfile(trained, copy)
-    return copy
-
-
 # -- compare ---------------------------------------------------------------------------------------
 
 
-def test_compare_shows_the_configuration_diff_metrics_and_curves_at_80_columns(trained):
-    result = run_bnrun("compare", "1", "2", "--db", str(trained), env=WIDE)
+def test_compare_shows_the_configuration_diff_metrics_and_curves_at_80_columns(mlp_trials):
+    result = bnrun_in_process("compare", "1", "2", "--db", str(mlp_trials), env=WIDE)
     assert result.returncode == 0, result.stderr
     fits(result.stdout)
     text = result.stdout
@@ -67,34 +48,34 @@ def test_compare_shows_the_configuration_diff_metrics_and_curves_at_80_columns(t
     assert "custom+fused" in text
 
 
-def test_compare_refuses_an_unknown_run(trained):
-    result = run_bnrun("compare", "1", "99", "--db", str(trained))
+def test_compare_refuses_an_unknown_run(mlp_trials):
+    result = bnrun_in_process("compare", "1", "99", "--db", str(mlp_trials))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "99" in result.stderr
 
 
 # -- tag and note ------------------------------------------------------------------------------------
 
 
-def test_tag_add_remove_note_and_filter(db):
-    assert invoke("tag", "1", "2", "--add", "baseline", "--add", "sweep", "--db", str(db)).exit_code == 0
-    result = invoke("tag", "2", "--remove", "sweep", "--note", "lr too high?", "--db", str(db))
+def test_tag_add_remove_note_and_filter(mlp_trials_copy):
+    assert invoke("tag", "1", "2", "--add", "baseline", "--add", "sweep", "--db", str(mlp_trials_copy)).exit_code == 0
+    result = invoke("tag", "2", "--remove", "sweep", "--note", "lr too high?", "--db", str(mlp_trials_copy))
     assert result.exit_code == 0, result.output
     assert "run 2: tags baseline; note: lr too high?" in result.stdout
-    listed = run_bnrun("runs", "--tag", "sweep", "--db", str(db), env=WIDE)
+    listed = bnrun_in_process("runs", "--tag", "sweep", "--db", str(mlp_trials_copy), env=WIDE)
     assert listed.returncode == 0 and re.findall(
         r"^\s*(\d+)\s+(?:completed|running|failed|diverged|interrupted)", listed.stdout, re.M
     ) == ["1"]
-    shown = run_bnrun("show", "2", "--db", str(db), env=WIDE)
+    shown = bnrun_in_process("show", "2", "--db", str(mlp_trials_copy), env=WIDE)
     assert "lr too high?" in shown.stdout and "baseline" in shown.stdout
-    store = Store(str(db), read_only=True)
+    store = Store(str(mlp_trials_copy), read_only=True)
     assert store.get_run(2).note is None and store.get_run(2).user_note == "lr too high?"
     store.close()
 
 
-def test_tag_refuses_a_bad_tag_and_changes_nothing(db):
-    result = invoke("tag", "1", "--add", "two words", "--db", str(db))
+def test_tag_refuses_a_bad_tag_and_changes_nothing(mlp_trials_copy):
+    result = invoke("tag", "1", "--add", "two words", "--db", str(mlp_trials_copy))
     assert result.exit_code == 2 and "tag" in result.output
-    store = Store(str(db), read_only=True)
+    store = Store(str(mlp_trials_copy), read_only=True)
     assert store.labels([1])[1].tags == ()
     store.close()
 
@@ -103,40 +84,40 @@ def test_tag_refuses_a_bad_tag_and_changes_nothing(db):
 
 
 def report_ids(db) -> list[str]:
-    result = run_bnrun("report", "--format", "json", "--db", str(db))
+    result = bnrun_in_process("report", "--format", "json", "--db", str(db))
     assert result.returncode == 0, result.stderr
     return sorted(str(run_id) for group in json.loads(result.stdout)["groups"] for run_id in group["run_ids"])
 
 
 def runs_ids(*args: str) -> list[str]:
-    result = run_bnrun("runs", *args, env=WIDE)
+    result = bnrun_in_process("runs", *args, env=WIDE)
     assert result.returncode == 0, result.stderr
     return re.findall(r"^\s*(\d+)\s+(?:completed|running|failed|diverged|interrupted)", result.stdout, re.M)
 
 
-def test_delete_without_a_terminal_needs_yes(db):
-    result = invoke("delete", "1", "--db", str(db))
+def test_delete_without_a_terminal_needs_yes(mlp_trials_copy):
+    result = invoke("delete", "1", "--db", str(mlp_trials_copy))
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and "--yes" in result.output
-    assert runs_ids("--db", str(db)) == ["1", "2", "3"]
+    assert runs_ids("--db", str(mlp_trials_copy)) == ["1", "2", "3"]
 
 
-def test_soft_delete_hides_the_run_until_restored(db):
-    before = report_ids(db)
-    result = invoke("delete", "1", "--yes", "--db", str(db))
+def test_soft_delete_hides_the_run_until_restored(mlp_trials_copy):
+    before = report_ids(mlp_trials_copy)
+    result = invoke("delete", "1", "--yes", "--db", str(mlp_trials_copy))
     assert result.exit_code == 0, result.output
-    assert runs_ids("--db", str(db)) == ["2", "3"]
-    assert runs_ids("--deleted", "--db", str(db)) == ["1"]
-    assert "1" not in report_ids(db)
-    assert invoke("restore", "1", "--db", str(db)).exit_code == 0
-    assert runs_ids("--db", str(db)) == ["1", "2", "3"] and report_ids(db) == before
+    assert runs_ids("--db", str(mlp_trials_copy)) == ["2", "3"]
+    assert runs_ids("--deleted", "--db", str(mlp_trials_copy)) == ["1"]
+    assert "1" not in report_ids(mlp_trials_copy)
+    assert invoke("restore", "1", "--db", str(mlp_trials_copy)).exit_code == 0
+    assert runs_ids("--db", str(mlp_trials_copy)) == ["1", "2", "3"] and report_ids(mlp_trials_copy) == before
 
 
-def test_purge_removes_the_run_and_everything_it_had(db):
-    assert invoke("tag", "1", "--add", "gone", "--db", str(db)).exit_code == 0
-    result = invoke("delete", "1", "--purge", "--yes", "--db", str(db))
+def test_purge_removes_the_run_and_everything_it_had(mlp_trials_copy):
+    assert invoke("tag", "1", "--add", "gone", "--db", str(mlp_trials_copy)).exit_code == 0
+    result = invoke("delete", "1", "--purge", "--yes", "--db", str(mlp_trials_copy))
     assert result.exit_code == 0, result.output
-    connection = sqlite3.connect(db)
+    connection = sqlite3.connect(mlp_trials_copy)
     for table in ("runs", "epochs", "checkpoints", "evaluations", "diagnostics", "tags"):
         column = "id" if table == "runs" else "run_id"
         assert connection.execute(f"SELECT count(*) FROM {table} WHERE {column} = 1").fetchone() == (0,), table
@@ -144,8 +125,8 @@ def test_purge_removes_the_run_and_everything_it_had(db):
     connection.close()
 
 
-def test_a_running_trial_is_never_deleted(db):
-    store = Store(str(db))
+def test_a_running_trial_is_never_deleted(mlp_trials_copy):
+    store = Store(str(mlp_trials_copy))
     fields = {
         name: getattr(store.get_run(1), name)
         for name in (
@@ -171,53 +152,53 @@ def test_a_running_trial_is_never_deleted(db):
     running = store.claim_run({**fields, "seed": 7}, "running-key", "{}").run_id  # held by this (live) process
     store.close()
     for extra in ([], ["--purge"]):
-        result = invoke("delete", str(running), *extra, "--yes", "--db", str(db))
+        result = invoke("delete", str(running), *extra, "--yes", "--db", str(mlp_trials_copy))
         assert result.exit_code == 2 and "running" in result.output
         assert len(result.output.strip().splitlines()) == 1
-    assert runs_ids("--status", "running", "--db", str(db)) == [str(running)]
+    assert runs_ids("--status", "running", "--db", str(mlp_trials_copy)) == [str(running)]
 
 
 # -- export --------------------------------------------------------------------------------------------
 
 
-def test_export_runs_as_csv_and_json(trained, tmp_path):
-    result = run_bnrun("export", "runs", "--format", "csv", "--where", "lr=0.1", "--db", str(trained))
+def test_export_runs_as_csv_and_json(mlp_trials, tmp_path):
+    result = bnrun_in_process("export", "runs", "--format", "csv", "--where", "lr=0.1", "--db", str(mlp_trials))
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [row["id"] for row in rows] == ["2", "3"] and {row["lr"] for row in rows} == {"0.1"}
     target = tmp_path / "runs.json"
     assert (
-        run_bnrun("export", "runs", "--format", "json", "--output", str(target), "--db", str(trained)).returncode == 0
+        bnrun_in_process("export", "runs", "--format", "json", "--output", str(target), "--db", str(mlp_trials)).returncode == 0
     )
     records = json.loads(target.read_text())
     assert [r["id"] for r in records] == [1, 2, 3] and records[0]["status"] == "completed"
     assert isinstance(records[0]["test_acc_population"], float) and records[0]["tags"] == []
 
 
-def test_export_epochs(trained):
-    result = run_bnrun("export", "epochs", "1", "2", "--db", str(trained))
+def test_export_epochs(mlp_trials):
+    result = bnrun_in_process("export", "epochs", "1", "2", "--db", str(mlp_trials))
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(row["run_id"], row["epoch"]) for row in rows] == [("1", "1"), ("2", "1")]
     assert (
-        json.loads(run_bnrun("export", "epochs", "1", "--format", "json", "--db", str(trained)).stdout)[0]["val_acc"]
+        json.loads(bnrun_in_process("export", "epochs", "1", "--format", "json", "--db", str(mlp_trials)).stdout)[0]["val_acc"]
         > 0
     )
 
 
-def test_exported_model_loads_with_weights_only_and_gives_the_same_logits(trained, tmp_path):
+def test_exported_model_loads_with_weights_only_and_gives_the_same_logits(mlp_trials, tmp_path):
     import torch
 
     from bnrun.training.checkpoint import load_population, rebuild_model
     from bnrun.training.models import build_model
 
     target = tmp_path / "model.pt"
-    result = run_bnrun("export", "model", "2", "--output", str(target), "--db", str(trained))
+    result = bnrun_in_process("export", "model", "2", "--output", str(target), "--db", str(mlp_trials))
     assert result.returncode == 0, result.stderr
     saved = torch.load(target, weights_only=True)
     model = build_model(**saved["model"])
     model.load_state_dict(saved["state_dict"])
-    store = Store(str(trained), read_only=True)
+    store = Store(str(mlp_trials), read_only=True)
     reference, population = rebuild_model(store.get_run(2), store.load_checkpoint(2))
     store.close()
     load_population(reference, population)
@@ -229,33 +210,33 @@ def test_exported_model_loads_with_weights_only_and_gives_the_same_logits(traine
 # -- runs: filters, sort, limit, 80 columns --------------------------------------------------------------
 
 
-def test_runs_filters_sort_and_limit_fit_80_columns(trained):
-    result = run_bnrun("runs", "--db", str(trained), env=WIDE)
+def test_runs_filters_sort_and_limit_fit_80_columns(mlp_trials):
+    result = bnrun_in_process("runs", "--db", str(mlp_trials), env=WIDE)
     assert result.returncode == 0, result.stderr
     fits(result.stdout)
     assert re.search(r"\blr\b", result.stdout)  # lr varies among the listed runs: a column
-    assert runs_ids("--where", "lr=0.1", "--db", str(trained)) == ["2", "3"]
-    assert runs_ids("--run-id", "1-2", "--db", str(trained)) == ["1", "2"]
-    assert runs_ids("--sort", "-id", "--limit", "2", "--db", str(trained)) == ["3", "2"]
-    assert runs_ids("--sort", "lr", "--db", str(trained))[0] == "1"
-    only = run_bnrun("runs", "--where", "lr=0.1", "--db", str(trained), env=WIDE)
+    assert runs_ids("--where", "lr=0.1", "--db", str(mlp_trials)) == ["2", "3"]
+    assert runs_ids("--run-id", "1-2", "--db", str(mlp_trials)) == ["1", "2"]
+    assert runs_ids("--sort", "-id", "--limit", "2", "--db", str(mlp_trials)) == ["3", "2"]
+    assert runs_ids("--sort", "lr", "--db", str(mlp_trials))[0] == "1"
+    only = bnrun_in_process("runs", "--where", "lr=0.1", "--db", str(mlp_trials), env=WIDE)
     fits(only.stdout)
-    bad = run_bnrun("runs", "--sort", "nonsense", "--db", str(trained))
+    bad = bnrun_in_process("runs", "--sort", "nonsense", "--db", str(mlp_trials))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
 # -- show ------------------------------------------------------------------------------------------------
 
 
-def test_show_is_formatted_and_hides_internal_fields(trained):
-    result = run_bnrun("show", "1", "--db", str(trained), env=WIDE)
+def test_show_is_formatted_and_hides_internal_fields(mlp_trials):
+    result = bnrun_in_process("show", "1", "--db", str(mlp_trials), env=WIDE)
     assert result.returncode == 0, result.stderr
     fits(result.stdout)
     assert "claim_token" not in result.stdout and "pid" not in result.stdout.split()
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\b(?!\.)", result.stdout)  # to the second
     assert re.search(r"test acc\. \(population\)\s+\d+\.\d\d %", result.stdout)
     assert "custom+fused" in result.stdout
-    full = run_bnrun("show", "1", "--all", "--db", str(trained), env=WIDE)
+    full = bnrun_in_process("show", "1", "--all", "--db", str(mlp_trials), env=WIDE)
     assert "claim_token" in full.stdout
 
 
@@ -264,7 +245,7 @@ def test_show_is_formatted_and_hides_internal_fields(trained):
 
 def test_dry_run_prints_the_grid_and_creates_no_store(tmp_path):
     db = tmp_path / "never.db"
-    result = run_bnrun(
+    result = bnrun_in_process(
         "train", "--arch", "mlp,cnn", "--lr", "0.05,0.1", "--seeds", "3", "--dry-run", "--db", str(db), env=WIDE
     )
     assert result.returncode == 0, result.stderr
@@ -273,12 +254,11 @@ def test_dry_run_prints_the_grid_and_creates_no_store(tmp_path):
     assert not db.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_dry_run_counts_what_the_store_holds(trained):
-    result = run_bnrun(
-        "train", "--arch", "mlp", "--lr", "0.05,0.1", "--seeds", "3", *SMOKE, "--dry-run", "--db", str(trained)
-    )
+def test_dry_run_counts_what_the_store_holds(mlp_trials):
+    result = bnrun_in_process(*MLP_TRIALS, "--lr", "0.05,0.1", "--seeds", "3", "--dry-run", "--db", str(mlp_trials))
     assert result.returncode == 0, result.stderr
-    assert "3 completed" in result.stdout and "3 to run" in result.stdout
+    text = " ".join(result.stdout.split())  # the line names the store's path, so where it folds varies
+    assert "3 completed" in text and "3 to run" in text
 
 
 # -- --version, eval ---------------------------------------------------------------------------------------
@@ -289,23 +269,23 @@ def test_version():
 
     import bnrun
 
-    result = run_bnrun("--version")
+    result = bnrun_in_process("--version")
     assert result.returncode == 0
     assert f"bnrun {bnrun.__version__}" in result.stdout and importlib.metadata.version("torch") in result.stdout
 
 
-def test_eval_takes_the_run_id_as_an_argument_with_progress_and_one_label(db):
-    result = run_bnrun("eval", "1", "--save", "--db", str(db))
+def test_eval_takes_the_run_id_as_an_argument_with_progress_and_one_label(mlp_trials_copy):
+    result = bnrun_in_process("eval", "1", "--save", "--db", str(mlp_trials_copy))
     assert result.returncode == 0, result.stderr
     assert "custom+fused" in result.stdout and "(custom)" not in result.stdout
     assert "evaluating" in result.stderr
-    assert invoke("eval", "--run-id", "1", "--save", "--db", str(db)).exit_code == 0  # the option still works
-    both = invoke("eval", "1", "--run-id", "2", "--db", str(db))
+    assert invoke("eval", "--run-id", "1", "--save", "--db", str(mlp_trials_copy)).exit_code == 0  # the option still works
+    both = invoke("eval", "1", "--run-id", "2", "--db", str(mlp_trials_copy))
     assert both.exit_code == 2
-    store = Store(str(db), read_only=True)
+    store = Store(str(mlp_trials_copy), read_only=True)
     assert len(store.evaluations(1)) == 2 and all(e.matches_stored for e in store.evaluations(1))
     store.close()
-    shown = run_bnrun("show", "1", "--db", str(db), env=WIDE)
+    shown = bnrun_in_process("show", "1", "--db", str(mlp_trials_copy), env=WIDE)
     assert "evaluations" in shown.stdout
     fits(shown.stdout)
 
@@ -366,7 +346,7 @@ def test_momentum_changes_training_under_onecycle(tmp_path):
 def test_training_options_out_of_range_or_without_effect_are_refused(tmp_path, args, words):
     db = tmp_path / "refused.db"
     started = time.monotonic()
-    result = run_bnrun("train", *args, "--db", str(db), timeout=60)
+    result = bnrun_in_process("train", *args, "--db", str(db))
     assert time.monotonic() - started < 20
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
@@ -375,13 +355,13 @@ def test_training_options_out_of_range_or_without_effect_are_refused(tmp_path, a
 
 
 def test_momentum_help_tells_what_runs():
-    result = run_bnrun("train", "--help", env=WIDE)
+    result = bnrun_in_process("train", "--help", env=WIDE)
     assert "0.85" in result.stdout and "Nesterov" in result.stdout
 
 
 def test_large_grid_is_counted_not_built(tmp_path):
     """A grid above the limit passes with --yes; --dry-run counts it without materializing it."""
-    result = run_bnrun("train", "--seeds", "20000", "--yes", "--dry-run", "--db", str(tmp_path / "x.db"), timeout=60)
+    result = bnrun_in_process("train", "--seeds", "20000", "--yes", "--dry-run", "--db", str(tmp_path / "x.db"))
     assert result.returncode == 0, result.stderr
     assert "20000 trials" in result.stdout.replace(",", "")
 
@@ -390,7 +370,7 @@ def test_runs_of_the_shipped_store_fit_80_columns():
     """Hundreds of runs varying in many options: the telling ones as columns, the rest named below."""
     from conftest import REPO
 
-    result = run_bnrun("runs", "--db", str(REPO / "bnrun.db"), env=WIDE)
+    result = bnrun_in_process("runs", "--db", str(REPO / "bnrun.db"), env=WIDE)
     assert result.returncode == 0, result.stderr
     fits(result.stdout)
     assert "also varying" in result.stdout

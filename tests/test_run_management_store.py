@@ -54,7 +54,7 @@ def add_trial(store: Store, seed: int, key: str = "k", finish: bool = True) -> i
     return claim.run_id
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store(request, tmp_path):
     url = str(tmp_path / "s.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
     store = Store(url)
