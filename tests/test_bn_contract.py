@@ -24,7 +24,7 @@ def test_constructor_accepts_torchs_full_signature(ours, theirs):
         assert name in mine, f"missing argument {name}"
         assert (mine[name].kind, mine[name].default) == (param.kind, param.default), name
     extra = [name for name in mine if name not in inspect.signature(theirs.__init__).parameters]
-    assert extra == ["fused", "relu"] and all(mine[n].kind is inspect.Parameter.KEYWORD_ONLY for n in extra)
+    assert extra == ["fused", "relu", "ghost_batch"] and all(mine[n].kind is inspect.Parameter.KEYWORD_ONLY for n in extra)
 
 
 @pytest.mark.parametrize("fused", [False, True])

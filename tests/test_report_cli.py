@@ -100,7 +100,7 @@ def test_every_group_label_is_unique(study):
 @shipped
 def test_batch_sizes_sort_as_numbers(study):
     filters = ["--arch", "mlp", "--where", "epochs=10", "--where", "lr=0.05", "--where", "depth=none", "--where",
-               "width=none", "--where", "dropout=0", "--db", str(study)]
+               "width=none", "--where", "dropout=0", "--where", "ghost_batch=none", "--where", "train_subset=none", "--db", str(study)]
     payload = json.loads(invoke("report", "--format", "json", "--all", *filters).stdout)
     sizes = [group["batch_size"] for group in payload["groups"] if group["bn"] == "pre"]
     assert sizes == [16, 32, 64, 128, 256, 512]
@@ -214,7 +214,7 @@ def test_help_fits_80_columns(command):
     result = bnrun_in_process(*command, env=NARROW)
     assert result.returncode == 0
     fits(result.stdout)
-    assert len(result.stdout.splitlines()) <= 110
+    assert len(result.stdout.splitlines()) <= 120  # train: 37 options in 6 panels
 
 
 def test_no_lock_file_outlives_a_command(mlp_trials, mlp_trials_copy):
@@ -300,7 +300,7 @@ def test_runs_fold_notes_at_word_boundaries(study, tmp_path):
     """A user's note in `bnrun runs` at 80 columns: every word whole, none cut at the column's edge."""
     copy = tmp_path / "notes.db"
     shutil.copyfile(study, copy)
-    newest = max(run.id for run in Store(str(copy)).list_runs())
+    newest = max(run.id for run in Store(str(copy)).list_runs() if run.status == "completed")
     note = "learning-rate warmup diverged near (SIGINT/SIGTERM) initialization; rerun with batch-statistics"
     assert invoke("tag", str(newest), "--note", note, "--db", str(copy)).exit_code == 0
     text = invoke("runs", "--sort", "-id", "--limit", "30", "--db", str(copy), env=NARROW).stdout  # as a terminal

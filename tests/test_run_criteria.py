@@ -56,7 +56,8 @@ def test_store_selects_what_the_filter_accepts(store, run_filter):
 
 
 def test_select_runs_reads_the_same_records_as_get_runs(store):
-    assert store.select_runs(RunCriteria(deleted=None)) == store.get_runs(list(range(1, 394)))
+    every = store.select_runs(RunCriteria(deleted=None))
+    assert len(every) >= 393 and every == store.get_runs([run.id for run in every])
 
 
 @pytest.mark.parametrize("sort", ["id", "-id", "lr", "-lr", "arch", "-started_at", "train_subset", "-depth"])
@@ -65,7 +66,7 @@ def test_pages_in_every_order_are_the_listings_slices(store, sort):
     way the pages, joined, are the listing sorted in Python."""
     expected = [run.id for run in select_runs(store.list_runs(), RunQuery(sort=sort))]
     name, descending = sort.removeprefix("-"), sort.startswith("-")
-    pages = [store.page_runs(sort=name, descending=descending, limit=50, offset=start) for start in range(0, 400, 50)]
+    pages = [store.page_runs(sort=name, descending=descending, limit=50, offset=start) for start in range(0, len(expected) + 50, 50)]
     assert [run.id for page in pages for run in page.runs] == expected
 
 

@@ -259,8 +259,9 @@ def recipe_key(run: RunRecord, named: frozenset[str]) -> tuple[tuple[str, object
 
 
 def choose_recipe(recipes: dict[tuple, list[RunRecord]], sweep: str | None) -> tuple:
-    """The default recipe where it holds trials that ran to an outcome, else the one with the most; with a
-    `sweep` option, only recipes in which that option takes several values compete (where any does)."""
+    """The default recipe where it holds trials that ran to an outcome, else the one with the most completed
+    trials (then outcomes); with a `sweep` option, only recipes in which that option takes several values
+    compete (where any does)."""
     def ended(key: tuple) -> list[RunRecord]:
         return [run for run in recipes[key] if run.status in OUTCOMES]
 
@@ -269,7 +270,8 @@ def choose_recipe(recipes: dict[tuple, list[RunRecord]], sweep: str | None) -> t
         candidates = [k for k in candidates if len({getattr(r, sweep) for r in ended(k)}) > 1] or candidates
     if () in candidates:
         return ()
-    return max(sorted(candidates, key=repr), key=lambda key: len(ended(key)))
+    completed = lambda key: sum(run.status == RunStatus.COMPLETED for run in recipes[key])
+    return max(sorted(candidates, key=repr), key=lambda key: (completed(key), len(ended(key))))
 
 
 def where_text(runs: list[RunRecord], names: list[str]) -> str:
