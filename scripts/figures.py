@@ -35,7 +35,7 @@ COMMANDS = {
     "docs/learning_curves_cnn.png": "bnrun plot --arch cnn --where epochs=10 --where train_subset=none "
                                     "--output docs/learning_curves_cnn.png",
     "docs/depth_mlp.png": "bnrun plot --x depth --arch mlp --where width=128 --where epochs=10 --where lr=0.05 "
-                          "--output docs/depth_mlp.png",
+                          "--where init=default --output docs/depth_mlp.png",
     "docs/gen_gap_subset.png": "bnrun plot --x train_subset --arch mlp --where width=128 --where epochs=30 "
                                "--where dropout=0 --metric gen_gap --output docs/gen_gap_subset.png",
     "docs/gen_gap_batch_size.png": "bnrun plot --x batch_size --arch mlp --where epochs=10 --where lr=0.05 "
