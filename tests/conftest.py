@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -12,6 +13,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def figures_script():
+    """scripts/figures.py as a module: the pages' figures and generated blocks, and how each is made."""
+    spec = importlib.util.spec_from_file_location("figures_script", REPO / "scripts" / "figures.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 # The groups the default run leaves out (pyproject's `-m 'not heavy'`) and CI's `pytest -m heavy` runs.
 HEAVY = ("slow", "faults", "postgres", "ray", "isa", "compile", "browser")
 

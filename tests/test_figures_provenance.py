@@ -6,7 +6,6 @@ redraws them all."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sqlite3
 
@@ -16,19 +15,12 @@ from typer.testing import CliRunner
 from bnrun.analysis.provenance import COMMAND, DIGEST, read
 from bnrun.cli import app
 from bnrun.store.storage import Store
-from conftest import REPO
+from conftest import REPO, figures_script
 
 SHIPPED = REPO / "bnrun.db"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("figures_script", REPO / "scripts" / "figures.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-SCRIPT = load_script()
+SCRIPT = figures_script()
 FIGURES = SCRIPT.shown_figures()
 needs_store = pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
 

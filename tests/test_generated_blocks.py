@@ -5,26 +5,18 @@ headline: `<!-- headline: COMMAND -->` … `<!-- /headline -->`) is COMMAND's st
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 
 import pytest
 from typer.testing import CliRunner
 
 from bnrun.cli import app
-from conftest import REPO
+from conftest import REPO, figures_script
 
 SHIPPED = REPO / "bnrun.db"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("figures_script", REPO / "scripts" / "figures.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-SCRIPT = load_script()
+SCRIPT = figures_script()
 BLOCKS = [(page, command, text) for page in SCRIPT.PAGES for command, text in SCRIPT.blocks(page)]
 
 
