@@ -694,7 +694,9 @@ def export_model(
 
     model = bnrun.run.export.load_model("model.pt")  # eval mode; raw uint8 (N, 28, 28) images or floats in [0, 1]
 
-    predicted = [saved["classes"][i] for i in model(images).argmax(1)]"""
+    classes = torch.load("model.pt", weights_only=True)["classes"]
+
+    predicted = [classes[i] for i in model(images).argmax(1)]"""
     from bnrun.cli import actions
     from bnrun.cli.options import require_choice
 
