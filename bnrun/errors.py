@@ -44,10 +44,14 @@ def first_line(error: BaseException, limit: int = 160) -> str:
 
 @contextlib.contextmanager
 def writing(path: Path, option: str = "--output") -> Iterator[Path]:
-    """Where every command writes a file: the missing directories made, and whatever stops the write (a file
-    where a directory is needed, an unwritable place, a full disk) one UsageError line naming the option."""
+    """Where every command writes a file: whatever stops the write (a missing directory, a file where a
+    directory is needed, an unwritable place, a full disk) one UsageError line naming the option. A missing
+    directory is not made: a mistyped path should not grow a tree of directories."""
+    parent = path.parent
+    if not parent.is_dir():
+        why = "a file is in the way of a directory on the path" if parent.exists() else f"no directory {parent}"
+        raise UsageError(f"{option} {path}: cannot write ({why})")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         yield path
     except (FileExistsError, NotADirectoryError):
         raise UsageError(f"{option} {path}: cannot write (a file is in the way of a directory on the path)") from None

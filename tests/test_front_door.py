@@ -92,6 +92,8 @@ def test_every_command_that_writes_a_file_fails_in_one_line(tmp_path):
     cases = [
         (["plot", "--output", str(blocker / "x.png")], "a file is in the way"),
         (["plot", "--output", "/proc/x.png"], "cannot write"),
+        (["plot", "--output", str(tmp_path / "missing" / "x.png")], "no directory"),
+        (["report", "--output", str(tmp_path / "missing" / "r.txt")], "no directory"),
         (["report", "--output", str(blocker / "r.txt")], "a file is in the way"),
         (["export", "runs", "--output", "/proc/r.csv"], "cannot write"),
         (["export", "model", "1", "--output", "/proc/m.pt"], "cannot write"),
@@ -104,6 +106,7 @@ def test_every_command_that_writes_a_file_fails_in_one_line(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output, (args, result.output)
+    assert not (tmp_path / "missing").exists()
 
 
 def test_export_gives_accuracies_in_percent_as_every_view():

@@ -93,9 +93,11 @@ def test_the_step_mutates_only_what_its_schema_declares():
 
 def test_unsupported_input_is_refused_by_the_operator_and_routed_eager_by_bnrun():
     x = torch.randn(8, 3, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="Float parameters or buffers with Double input"):
+    why = "torch.float32 parameters or buffers with torch.float64 input"
+    with pytest.raises(RuntimeError, match=why):
         OPS.batch_norm_train.default(x, torch.ones(3), None, 1e-5, False)
-    assert operators.unsupported(x, torch.ones(3)) == "torch.float32 parameters or buffers with torch.float64 input"
+    assert operators.unsupported(x, torch.ones(3)) == why
+    assert fused.cpu_kernel().train(x, torch.ones(3), None, None, None, 0.1, 1e-5) == (None, why)  # the eager binding
     assert operators.unsupported(x, torch.ones(3, dtype=torch.float64)) == ""
 
 

@@ -65,11 +65,21 @@ class Pivot:
 
 
 def pivot_row_fields(runs: list[RunRecord], by: str) -> tuple[str, ...]:
-    """arch, bn and bn_impl, then whatever else varies among the runs (fused, other options)."""
+    """arch, bn and bn_impl, then whatever else varies among the runs (fused, other options), except an option
+    that follows from `by`'s value (the fused kernel from bn=none, the memory layout from the arch): splitting
+    rows by it would put each column in a row of its own."""
     def varies(name: str) -> bool:
         return len({getattr(r, name) for r in runs}) > 1
+
+    def follows_from_by(name: str) -> bool:
+        values: dict[object, set] = defaultdict(set)
+        for run in runs:
+            values[getattr(run, by)].add(getattr(run, name))
+        return all(len(held) == 1 for held in values.values())
+
     shown = tuple(name for name in ("arch", "bn", "bn_impl") if name != by)
-    return shown + tuple(name for name in ("fused",) + HYPERPARAMETERS if name != by and varies(name))
+    extra = ("fused",) + HYPERPARAMETERS
+    return shown + tuple(name for name in extra if name != by and varies(name) and not follows_from_by(name))
 
 
 def build_pivot(

@@ -48,7 +48,7 @@ def train(sweep: SweepConfig, db: str | None, ray_options=None):
     check_available(sweep.data_dir)  # before any row is written
     with open_store(db, create=True) as store:
         sweep = settled(sweep, store)
-        if any(config.fused for config in sweep.configs()) and trains_on_cpu(sweep.base.device) and ray_options is None:
+        if ray_options is None and trains_on_cpu(sweep.base.device) and fused_trials_to_run(sweep, store):
             prepare_fused_kernel()
         if ray_options is None:
             return run_sweep(sweep, store, RichReporter())
@@ -66,6 +66,17 @@ def settled(sweep: SweepConfig, store: Store | None) -> SweepConfig:
     if line:
         notice(line)
     return sweep
+
+
+def fused_trials_to_run(sweep: SweepConfig, store: Store) -> bool:
+    """Whether any trial this sweep would run (not one the store already holds) trains the fused kernel."""
+    from bnrun.run.plan import plan_sweep
+
+    fused = [config for config in sweep.configs() if config.fused]
+    if not fused:
+        return False
+    plan = plan_sweep(sweep, store.trial_holders([config.key() for config in fused]))
+    return any(planned.config.fused and planned.to_run > 0 for planned in plan.configs)
 
 
 def prepare_fused_kernel() -> None:
@@ -203,8 +214,10 @@ def show_stored(db: str | None, run_id: int):
 
 
 def compare_stored(db: str | None, a: int, b: int) -> RunDiff:
+    if a == b:
+        raise UsageError(f"compare: run {a} given twice: name two different runs")
     with open_store(db, read_only=True) as store:
-        first, second = store.get_runs([a, b]) if a != b else store.get_runs([a]) * 2
+        first, second = store.get_runs([a, b])
         epochs = store.epochs_by_run([a, b])
     return diff_runs(first, second, epochs[a], epochs[b])
 

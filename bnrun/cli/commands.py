@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer._click import exceptions as click_errors  # Typer's own copy of Click: what its parser raises
 
 from bnrun.analysis.export import EXPORT_FORMATS
 from bnrun.analysis.metrics import METRICS
@@ -34,7 +35,36 @@ from bnrun.cli.options import (
 from bnrun.config import ARCHS, DEFAULT_EPOCHS, DEVICES, OPTIMIZERS, SCHEDULES
 from bnrun.errors import BnrunError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+class OneLineErrors(typer.core.TyperGroup):
+    """Click's own usage errors (a run id that is not a number, an unknown option) as one stderr line, like
+    bnrun's: `bnrun: error: ...`, exit 2, instead of Typer's boxed panel."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click_errors.ClickException as error:
+            err.print(one_line_click_error(error), markup=False, highlight=False, soft_wrap=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            err.print("bnrun: aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def one_line_click_error(error: click_errors.ClickException) -> str:
+    message = " ".join(error.format_message().split())
+    context = getattr(error, "ctx", None)
+    if isinstance(error, click_errors.UsageError) and context is not None:
+        message += f" (see {context.command_path} --help)"
+    return f"bnrun: error: {message}"
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=OneLineErrors,
                   help="Study a from-scratch Batch Norm on Fashion-MNIST: train, evaluate, report.")
 
 
@@ -144,6 +174,12 @@ def friendly_errors(command):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def say_wrote(path: Path | None, detail: str = "") -> None:
+    """The one stderr line of every command that wrote a file (nothing when it printed to stdout)."""
+    if path is not None:
+        err.print(f"wrote {path}{detail}", highlight=False, markup=False, soft_wrap=True)
 
 
 def invocation(context: typer.Context, leave_out: tuple[str, ...] = ("db",)) -> str:
@@ -487,23 +523,22 @@ def report(
         Optional[int], option("Seeds each group should have (default: what its sweep asked for, else 3).")
     ] = None,
     by: Annotated[
-        Optional[str],
+        Optional[list[str]],
         option(
             "Pivot: this option's values as columns (lr, batch_size, epochs, ...), placements as rows; "
-            "diverged trials counted."
+            "diverged trials counted.",
+            show_default=False,
         ),
     ] = None,
     db: DbOption = None,
 ) -> None:
     """Mean ± std across seeds per configuration, paired comparisons (95% CI, Holm-corrected), in six formats."""
     from bnrun.cli import actions
-    from bnrun.cli.options import report_format, report_output, report_request
+    from bnrun.cli.options import one_pivot, report_format, report_output, report_request
 
     fmt = report_format(fmt, standalone, wide)
-    content = actions.report(db, report_request(filters, metric, seeds, by, everything), fmt, standalone, wide)
-    written = actions.emit(content, report_output(output, fmt), out)
-    if written is not None:
-        err.print(f"wrote {written}", highlight=False, markup=False, soft_wrap=True)
+    content = actions.report(db, report_request(filters, metric, seeds, one_pivot(by), everything), fmt, standalone, wide)
+    say_wrote(actions.emit(content, report_output(output, fmt), out))
 
 
 @app.command(cls=PlotCommand)
@@ -545,8 +580,7 @@ def plot(
     from bnrun.cli.options import plot_request
 
     request = plot_request(filters, metric, output, x, diagnostic, everything, command=invocation(context))
-    written = actions.plot(db, request)
-    err.print(f"wrote {written}", highlight=False, markup=False, soft_wrap=True)
+    say_wrote(actions.plot(db, request))
 
 
 @app.command()
@@ -657,7 +691,7 @@ def export_runs(
 
     fmt = export_format(fmt)
     query = selection.query(deleted)
-    actions.emit(actions.export_runs(db, query, fmt), output, out)
+    say_wrote(actions.emit(actions.export_runs(db, query, fmt), output, out))
 
 
 @export_app.command("epochs")
@@ -671,7 +705,7 @@ def export_epochs(
     from bnrun.cli.options import export_format, run_ids_of
 
     fmt = export_format(fmt)
-    actions.emit(actions.export_epochs(db, run_ids_of(runs), fmt), output, out)
+    say_wrote(actions.emit(actions.export_epochs(db, run_ids_of(runs), fmt), output, out))
 
 
 @export_app.command("model")
@@ -702,11 +736,7 @@ def export_model(
 
     require_choice(statistics, STATISTICS, "--statistics")
     saved = actions.export_model(db, run, output, statistics, data_dir)
-    err.print(
-        f"wrote {output} (run {run}, {saved['model']['arch']} bn={saved['model']['bn']}, {statistics} statistics)",
-        highlight=False,
-        markup=False,
-    )
+    say_wrote(output, f" (run {run}, {saved['model']['arch']} bn={saved['model']['bn']}, {statistics} statistics)")
 
 
 @app.command()

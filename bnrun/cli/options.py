@@ -493,6 +493,14 @@ def merged(name: str, given: tuple[str, ...], where: tuple[str, ...]) -> tuple[s
     return common
 
 
+def one_pivot(by: list[str] | None) -> str | None:
+    """--by's value: repeatable on the command line only so that a second one is refused, not silently kept."""
+    by = by or []
+    require(len(by) <= 1, f"--by given {len(by)} times ({', '.join(by)}): a report pivots on one option; "
+                          "hold the others with --where")
+    return by[0] if by else None
+
+
 def report_request(
     filters: FilterOptions, metric: str, seeds: int | None = None, by: str | None = None, everything: bool = False
 ) -> ReportRequest:

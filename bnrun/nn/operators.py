@@ -137,8 +137,9 @@ def register_fakes(namespace: str) -> None:
 
 class CpuKernel:
     """One loaded build of the kernel: its operators (`ops`, torch.ops.<namespace>) and what the
-    build holds (`isa()`, `stream_bytes`, `to_bf16`); `train`, `eval` and `moments` call its
-    operators, or say why they cannot serve an input."""
+    build holds (`isa()`, `stream_bytes`, `to_bf16`); `train` and `eval` call its eager binding (the
+    operators' kernels and autograd nodes in one call, without the dispatcher), `moments` its
+    operator; each says when it cannot serve an input."""
 
     def __init__(self, module: ModuleType):
         self.module = module
@@ -157,17 +158,12 @@ class CpuKernel:
               running_var: Tensor | None, factor: float, eps: float, relu: bool = False,
               counter: Tensor | None = None) -> tuple[Tensor | None, str]:
         """(y, "") from the training step, or (None, why) for input the kernel does not serve."""
-        why = unsupported(x, weight, bias, running_mean, running_var)
-        if why:
-            return None, why
-        return train(self.ops, x, weight, bias, running_mean, running_var, factor, eps, relu, counter), ""
+        return self.module.train_step(x, weight, bias, running_mean, running_var, counter, factor, eps, relu)
 
     def eval(self, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
              relu: bool = False) -> Tensor | None:
         """Prediction mode, or None for input the kernel does not serve."""
-        if unsupported(x, mean, var, weight, bias):
-            return None
-        return predict(self.ops, x, mean, var, weight, bias, eps, relu)
+        return self.module.eval_step(x, mean, var, weight, bias, eps, relu)[0]
 
     def moments(self, x: Tensor) -> tuple[int, Tensor | None, Tensor | None]:
         """(count, mean, Σ(x − μ)²), or (0, None, None) for input the kernel does not serve."""

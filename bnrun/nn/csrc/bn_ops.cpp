@@ -50,19 +50,28 @@ bool supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
 }
 
-void check_input(const Tensor& x, std::initializer_list<const OptionalTensor*> per_channel) {
-  TORCH_CHECK(x.device().is_cpu(), "bnrun's fused batch norm: input not on the CPU");
-  TORCH_CHECK(supported_dtype(x.scalar_type()), "bnrun's fused batch norm: input dtype ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 2 && x.numel() > 0, "bnrun's fused batch norm: empty input");
+// A dtype as Python prints it ("torch.bfloat16"), so that the C++ and Python checks say the same.
+std::string dtype_name(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
+
+// Why the kernels cannot serve `x` with these per-channel tensors, or "" when they can.
+std::string why_unsupported(const Tensor& x, std::initializer_list<const OptionalTensor*> per_channel) {
+  if (!x.device().is_cpu()) return "input not on the CPU";
+  if (!supported_dtype(x.scalar_type())) return "input dtype " + dtype_name(x.scalar_type());
+  if (x.dim() < 2 || x.numel() == 0) return "empty input";
   const auto wanted = at::toOpMathType(x.scalar_type());
   for (const auto* t : per_channel) {
     if (!t->has_value() || !(*t)->defined()) continue;
-    TORCH_CHECK((*t)->scalar_type() == wanted, "bnrun's fused batch norm: ", (*t)->scalar_type(),
-                " parameters or buffers with ", x.scalar_type(), " input");
-    TORCH_CHECK((*t)->is_contiguous() && (*t)->device().is_cpu() && (*t)->numel() == x.size(1),
-                "bnrun's fused batch norm: parameters and buffers must be contiguous CPU tensors of one value per "
-                "channel");
+    if ((*t)->scalar_type() != wanted)
+      return dtype_name((*t)->scalar_type()) + " parameters or buffers with " + dtype_name(x.scalar_type()) + " input";
+    if (!(*t)->is_contiguous() || !(*t)->device().is_cpu() || (*t)->numel() != x.size(1))
+      return "non-contiguous or non-CPU parameters or buffers, or not one value per channel";
   }
+  return "";
+}
+
+void check_input(const Tensor& x, std::initializer_list<const OptionalTensor*> per_channel) {
+  const auto why = why_unsupported(x, per_channel);
+  TORCH_CHECK(why.empty(), "bnrun's fused batch norm: ", why);
 }
 
 Tensor or_undefined(const OptionalTensor& t) { return t.has_value() ? *t : Tensor(); }
@@ -138,6 +147,47 @@ c10::TypedOperatorHandle<Kernel> op(const char* name) {
       .typed<Kernel>();
 }
 
+// How an autograd node reaches the kernels: through the dispatcher (the operators' Autograd kernels,
+// which tracing sees as one op each), or straight (the eager binding `train_step`/`eval_step` below,
+// one call from Python per layer: a small layer's step is a few microseconds, and each dispatcher
+// round trip costs about one).
+struct ThroughDispatcher {
+  static std::tuple<Tensor, Tensor> train(const Tensor& x, const OptionalTensor& weight, const OptionalTensor& bias,
+                                          double eps, bool relu) {
+    static const auto handle = op<decltype(train_cpu)>("batch_norm_train");
+    return handle.call(x, weight, bias, eps, relu);
+  }
+  static std::tuple<Tensor, Tensor, Tensor> train_backward(const Tensor& grad_y, const Tensor& x, const Tensor& stats,
+                                                           const OptionalTensor& weight, bool relu) {
+    static const auto handle = op<decltype(train_backward_cpu)>("batch_norm_train_backward");
+    return handle.call(grad_y, x, stats, weight, relu);
+  }
+  static std::tuple<Tensor, Tensor> eval(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                         const OptionalTensor& weight, const OptionalTensor& bias, double eps,
+                                         bool relu) {
+    static const auto handle = op<decltype(eval_cpu)>("batch_norm_eval");
+    return handle.call(x, mean, var, weight, bias, eps, relu);
+  }
+  static Tensor eval_backward(const Tensor& grad_y, const Tensor& x, const Tensor& coefficients, bool relu) {
+    static const auto handle = op<decltype(eval_backward_cpu)>("batch_norm_eval_backward");
+    return handle.call(grad_y, x, coefficients, relu);
+  }
+  static std::tuple<Tensor, Tensor, Tensor, Tensor> eval_backward_statistics(
+      const Tensor& grad_y, const Tensor& x, const Tensor& mean, const OptionalTensor& weight,
+      const Tensor& coefficients, bool relu) {
+    static const auto handle = op<decltype(eval_backward_statistics_cpu)>("batch_norm_eval_backward_statistics");
+    return handle.call(grad_y, x, mean, weight, coefficients, relu);
+  }
+};
+
+struct Straight {
+  static constexpr auto train = train_cpu;
+  static constexpr auto train_backward = train_backward_cpu;
+  static constexpr auto eval = eval_cpu;
+  static constexpr auto eval_backward = eval_backward_cpu;
+  static constexpr auto eval_backward_statistics = eval_backward_statistics_cpu;
+};
+
 const char* kNoDoubleBackward =
     "bnrun's fused batch norm does not support double backward (create_graph=True); use fused=False";
 
@@ -184,13 +234,13 @@ variable_list saved_for_backward(AutogradContext* ctx, const variable_list& grad
 }
 
 // Inputs: x, weight, bias (none: γ = 1, β = 0), eps, relu. Outputs: y, stats (not differentiable).
-class TrainFunction : public torch::autograd::Function<TrainFunction> {
+template <typename Kernels>
+class TrainFunction : public torch::autograd::Function<TrainFunction<Kernels>> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptionalTensor& weight,
                                const OptionalTensor& bias, double eps, bool relu) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto train = op<decltype(train_cpu)>("batch_norm_train");
-    auto [y, stats] = train.call(x, weight, bias, eps, relu);
+    auto [y, stats] = Kernels::train(x, weight, bias, eps, relu);
     return kept_outputs(ctx, y, stats, {x, or_undefined(weight)}, relu, weight, bias);
   }
 
@@ -198,9 +248,8 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
     variable_list result(5);
     auto saved = saved_for_backward(ctx, grads);
     if (saved.empty()) return result;
-    static const auto train_backward = op<decltype(train_backward_cpu)>("batch_norm_train_backward");
-    auto [dx, dw, db] = train_backward.call(grads[0], saved[0], saved[2], optional(saved[1]),
-                                            ctx->saved_data["relu"].toBool());
+    auto [dx, dw, db] = Kernels::train_backward(grads[0], saved[0], saved[2], optional(saved[1]),
+                                                ctx->saved_data["relu"].toBool());
     const Tensor gradients[] = {dx, dw, db};  // none for an absent γ or β
     for (int i = 0; i < 3; ++i)
       if (wants_grad(ctx, i, 3)) result[i] = gradients[i];
@@ -210,19 +259,19 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
 
 std::tuple<Tensor, Tensor> train_autograd(const Tensor& x, const OptionalTensor& weight, const OptionalTensor& bias,
                                           double eps, bool relu) {
-  auto out = TrainFunction::apply(x, weight, bias, eps, relu);
+  auto out = TrainFunction<ThroughDispatcher>::apply(x, weight, bias, eps, relu);
   return {out[0], out[1]};
 }
 
 // Inputs: x, mean, var, weight, bias (none: γ = 1, β = 0), eps, relu. Outputs: y, the
 // coefficients ι, a, k (not differentiable).
-class EvalFunction : public torch::autograd::Function<EvalFunction> {
+template <typename Kernels>
+class EvalFunction : public torch::autograd::Function<EvalFunction<Kernels>> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& mean, const Tensor& var,
                                const OptionalTensor& weight, const OptionalTensor& bias, double eps, bool relu) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto eval = op<decltype(eval_cpu)>("batch_norm_eval");
-    auto [y, coefficients] = eval.call(x, mean, var, weight, bias, eps, relu);
+    auto [y, coefficients] = Kernels::eval(x, mean, var, weight, bias, eps, relu);
     return kept_outputs(ctx, y, coefficients, {x, mean, or_undefined(weight)}, relu, weight, bias);
   }
 
@@ -233,15 +282,12 @@ class EvalFunction : public torch::autograd::Function<EvalFunction> {
     const Tensor &x = saved[0], &mean = saved[1], &weight = saved[2], &coefficients = saved[3];
     const bool relu = ctx->saved_data["relu"].toBool();
     if (wants_grad(ctx, 0, 5)) {
-      static const auto input_grad = op<decltype(eval_backward_cpu)>("batch_norm_eval_backward");
-      result[0] = input_grad.call(grads[0], x, coefficients, relu);
+      result[0] = Kernels::eval_backward(grads[0], x, coefficients, relu);
     }
     if (!(wants_grad(ctx, 1, 5) || wants_grad(ctx, 2, 5) || wants_grad(ctx, 3, 5) || wants_grad(ctx, 4, 5)))
       return result;
-    static const auto statistics_grad =
-        op<decltype(eval_backward_statistics_cpu)>("batch_norm_eval_backward_statistics");
-    auto [d_mean, d_var, d_weight, d_bias] = statistics_grad.call(grads[0], x, mean, optional(weight), coefficients,
-                                                                  relu);
+    auto [d_mean, d_var, d_weight, d_bias] =
+        Kernels::eval_backward_statistics(grads[0], x, mean, optional(weight), coefficients, relu);
     const Tensor grads_of_statistics[] = {d_mean, d_var, d_weight, d_bias};
     for (int i = 1; i <= 4; ++i)
       if (wants_grad(ctx, i, 5)) result[i] = grads_of_statistics[i - 1];
@@ -252,8 +298,32 @@ class EvalFunction : public torch::autograd::Function<EvalFunction> {
 std::tuple<Tensor, Tensor> eval_autograd(const Tensor& x, const Tensor& mean, const Tensor& var,
                                          const OptionalTensor& weight, const OptionalTensor& bias, double eps,
                                          bool relu) {
-  auto out = EvalFunction::apply(x, mean, var, weight, bias, eps, relu);
+  auto out = EvalFunction<ThroughDispatcher>::apply(x, mean, var, weight, bias, eps, relu);
   return {out[0], out[1]};
+}
+
+// The eager binding: what the operators batch_norm_train + update_running_stats and batch_norm_eval
+// compute, as one call each, with the same checks, kernels and autograd nodes: (y, "") or, for input
+// the kernels do not serve, (None, why).
+std::tuple<OptionalTensor, std::string> train_step(const Tensor& x, const OptionalTensor& weight,
+                                                   const OptionalTensor& bias, const OptionalTensor& running_mean,
+                                                   const OptionalTensor& running_var, const OptionalTensor& counter,
+                                                   double factor, double eps, bool relu) {
+  auto why = why_unsupported(x, {&weight, &bias, &running_mean, &running_var});
+  if (!why.empty()) return {std::nullopt, why};
+  auto out = TrainFunction<Straight>::apply(x, weight, bias, eps, relu);
+  if (running_mean.has_value())
+    update_running_stats_cpu(out[1], *running_mean, *running_var, counter, x.numel() / x.size(1), factor);
+  return {out[0], ""};
+}
+
+std::tuple<OptionalTensor, std::string> eval_step(const Tensor& x, const Tensor& mean, const Tensor& var,
+                                                  const OptionalTensor& weight, const OptionalTensor& bias, double eps,
+                                                  bool relu) {
+  const OptionalTensor m(mean), v(var);
+  auto why = why_unsupported(x, {&m, &v, &weight, &bias});
+  if (!why.empty()) return {std::nullopt, why};
+  return {EvalFunction<Straight>::apply(x, mean, var, weight, bias, eps, relu)[0], ""};
 }
 
 }  // namespace
@@ -294,5 +364,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", [] { return std::string(bnrun::isa()); }, "the vector instruction set this build was compiled for");
   m.attr("stream_bytes") = bnrun::stream_bytes();
   m.attr("namespace") = BNRUN_STRING(BNRUN_OPS_NAMESPACE);
+  m.def("train_step", &train_step, "eager: batch_norm_train then update_running_stats in one call: (y, why-not)");
+  m.def("eval_step", &eval_step, "eager: batch_norm_eval's output in one call: (y, why-not)");
   m.def("to_bf16", &bnrun::to_bf16, "float32 to bfloat16 through the kernels' output loop (tests)");
 }
