@@ -130,3 +130,36 @@ def test_runs_in_a_terminal_lists_one_screen_newest_first():
     assert (terminal.limit, terminal.sort) == (SCREEN_RUNS, "-id")
     assert listing_query(every, False, terminal=False, everything=False).limit is None
     assert listing_query(every, False, terminal=True, everything=True).limit is None
+
+
+def test_a_train_that_would_skip_every_fused_trial_builds_no_kernel(tmp_path):
+    """The kernel's build (30-60 s on a new machine) waits for a fused trial that will actually run."""
+    from dataclasses import replace
+
+    from bnrun.cli.actions import fused_trials_to_run
+    from bnrun.config import SweepConfig
+    from bnrun.store import Store
+
+    db = tmp_path / "s.db"
+    shutil.copyfile(REPO / "bnrun.db", db)
+    stored = SweepConfig(axes=(("arch", ("mlp",)), ("bn", ("pre",))), seeds=(0,))
+    stored = replace(stored, base=replace(stored.base, precision="fp32", fused=True))
+    store = Store(str(db), read_only=True)
+    try:
+        assert not fused_trials_to_run(stored, store)  # run 1 holds it
+        assert fused_trials_to_run(replace(stored, seeds=(97,)), store)
+        assert not fused_trials_to_run(replace(stored, axes=(("arch", ("mlp",)), ("bn", ("none",))), seeds=(97,)), store)
+    finally:
+        store.close()
+
+
+def test_pivots_keep_one_row_per_implementation_and_refuse_a_second_by(tmp_path):
+    db = tmp_path / "s.db"
+    shutil.copyfile(REPO / "bnrun.db", db)
+    result = runner.invoke(app, ["report", "--by", "bn", "--arch", "mlp", "--db", str(db)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    rows = [line.split()[:2] for line in result.stdout.splitlines() if line.startswith("mlp ")]
+    assert [row for row in rows if row[1] in ("custom", "custom+fused", "torch", "—")] == [["mlp", "custom"],
+                                                                                          ["mlp", "torch"]]
+    twice = runner.invoke(app, ["report", "--by", "lr", "--by", "bn", "--db", str(db)])
+    assert twice.exit_code == 2 and "--by given 2 times" in twice.stderr

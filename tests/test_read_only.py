@@ -78,10 +78,13 @@ def test_read_only_commands_write_nothing_even_where_writing_is_allowed(tmp_path
     before, listing = sha(db), sorted(p.name for p in tmp_path.iterdir())
     for command in COMMANDS:
         assert bnrun_in_process(*command, "--db", str(db)).returncode == 0
+    (tmp_path / "out").mkdir()
+    listing.append("out")
     plot = bnrun_in_process("plot", "--output", str(tmp_path / "out" / "curves.png"), "--db", str(db))
     assert plot.returncode == 0, plot.stderr
     assert sha(db) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(listing + ["out"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(listing)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["curves.png"]
 
 
 @pytest.mark.parametrize("command", [["report"], ["runs"], ["show", "1"], ["plot"], ["reproduce", "1"]])

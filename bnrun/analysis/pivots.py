@@ -66,18 +66,19 @@ class Pivot:
 
 def pivot_row_fields(runs: list[RunRecord], by: str) -> tuple[str, ...]:
     """arch, bn and bn_impl, then whatever else varies among the runs (fused, other options), except an option
-    that follows from `by`'s value (the fused kernel from bn=none, the memory layout from the arch): splitting
-    rows by it would put each column in a row of its own."""
+    that follows from `by`'s value and those three (the kernel from bn=none or bn_impl=torch, the memory layout
+    from the arch): splitting rows by it would put each column in a row of its own."""
     def varies(name: str) -> bool:
         return len({getattr(r, name) for r in runs}) > 1
 
+    shown = tuple(name for name in ("arch", "bn", "bn_impl") if name != by)
+
     def follows_from_by(name: str) -> bool:
-        values: dict[object, set] = defaultdict(set)
+        values: dict[tuple, set] = defaultdict(set)
         for run in runs:
-            values[getattr(run, by)].add(getattr(run, name))
+            values[(getattr(run, by), *(getattr(run, field) for field in shown))].add(getattr(run, name))
         return all(len(held) == 1 for held in values.values())
 
-    shown = tuple(name for name in ("arch", "bn", "bn_impl") if name != by)
     extra = ("fused",) + HYPERPARAMETERS
     return shown + tuple(name for name in extra if name != by and varies(name) and not follows_from_by(name))
 
@@ -98,7 +99,7 @@ def build_pivot(
     for run in selected:
         table[tuple(getattr(run, name) for name in row_fields)][getattr(run, by)].append(run)
     columns = tuple(sorted({getattr(run, by) for run in selected}, key=value_order))
-    rows = [pivot_row(dict(zip(row_fields, key)), cells, metric) for key, cells in table.items()]
+    rows = [pivot_row(row_labels(row_fields, key, cells), cells, metric) for key, cells in table.items()]
     rows.sort(key=lambda row: pivot_sort_key(row.labels))
     left_rows = f"{SCREEN_ROWS} of {len(rows)} rows shown (--where narrows, --all shows every row)"
     left = tuple(n for n in (left_recipes, left_rows if narrowed and len(rows) > SCREEN_ROWS else "") if n)
@@ -108,6 +109,16 @@ def build_pivot(
     comparisons = build_report(kept, metric).comparisons
     held = off_default([r for r in selected if r.id in shown], (by, *row_fields))
     return Pivot(by, metric, columns, row_fields, tuple(rows), comparisons, left, held)
+
+
+def row_labels(row_fields: tuple[str, ...], key: tuple, cells: dict[object, list[RunRecord]]) -> dict:
+    """The row's identity; with `fused` too where it is no row field but one value in the row (its label)."""
+    labels = dict(zip(row_fields, key))
+    if "fused" not in labels:
+        fused = {run.fused for members in cells.values() for run in members}
+        if len(fused) == 1:
+            labels["fused"] = fused.pop()
+    return labels
 
 
 def pivot_sort_key(labels: dict) -> tuple:

@@ -151,11 +151,24 @@ def diagnostic_rows(report: Report) -> list[list[str]]:
 
 
 def pivot_header(pivot: Pivot) -> list[str]:
-    return [*pivot.row_fields, *(f"{pivot.by}={value}" for value in pivot.columns)]
+    """The row fields as the report names them (bn_impl as impl, with the kernel in it unless fused is a field
+    of its own), then one column per value of `by`."""
+    names = [("impl" if name == "bn_impl" and "fused" not in pivot.row_fields else name) for name in pivot.row_fields]
+    return [*names, *(f"{pivot.by}={value}" for value in pivot.columns)]
 
 
 def pivot_label_values(pivot: Pivot, row: PivotRow) -> list[str]:
-    return [str(row.labels[name]) for name in pivot.row_fields]
+    return [pivot_label(pivot, row.labels, name) for name in pivot.row_fields]
+
+
+def pivot_label(pivot: Pivot, labels: dict, name: str) -> str:
+    """One row label as the report's tables give it: impl as custom+fused, torch or — (no BN), yes/no for a flag."""
+    value = labels[name]
+    if name == "bn_impl" and "fused" not in pivot.row_fields:
+        return "—" if labels.get("bn") == "none" else impl_label(value, bool(labels.get("fused")))
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def pivot_cells(pivot: Pivot, row: PivotRow) -> list[str]:
