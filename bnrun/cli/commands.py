@@ -35,6 +35,7 @@ from bnrun.cli.options import (
 from bnrun.config import ARCHS, DEFAULT_EPOCHS, DEVICES, OPTIMIZERS, SCHEDULES
 from bnrun.errors import BnrunError
 
+
 class OneLineErrors(typer.core.TyperGroup):
     """Click's own usage errors (a run id that is not a number, an unknown option) as one stderr line, like
     bnrun's: `bnrun: error: ...`, exit 2, instead of Typer's boxed panel."""
@@ -537,7 +538,8 @@ def report(
     from bnrun.cli.options import one_pivot, report_format, report_output, report_request
 
     fmt = report_format(fmt, standalone, wide)
-    content = actions.report(db, report_request(filters, metric, seeds, one_pivot(by), everything), fmt, standalone, wide)
+    request = report_request(filters, metric, seeds, one_pivot(by), everything)
+    content = actions.report(db, request, fmt, standalone, wide)
     say_wrote(actions.emit(content, report_output(output, fmt), out))
 
 
