@@ -1,5 +1,5 @@
-"""The web view at scale: a store of N synthetic runs (10 epochs each, written through the store's own
-bulk API, `Store.add_ended_runs`), then the time of the first page of `/runs` (target ≤ 300 ms), of `/`
+"""The web view at scale: a store of N synthetic runs (10 epochs each, 5 seeds per configuration, a study of 24
+configurations per 120 runs; written through the store's own bulk API, `Store.add_ended_runs`), then the time of the first page of `/runs` (target ≤ 300 ms), of `/`
 with a filter (target ≤ 2 s), of `/` unfiltered (the default view), and the server's resident memory
 after serving them, per store size; first the CPU it ran on (/proc/cpuinfo's model name).
 
@@ -31,20 +31,26 @@ from bnrun.web.app import create_app
 EPOCHS = 10
 BATCH = 5000
 LRS = (0.01, 0.03, 0.1, 0.3)
+SEEDS = 5
 FILTERED_REPORT = "/?arch=mlp&where=lr=0.1,0.3"
 DEFAULT_REPORT = "/"
 
 
 def run_fields(index: int, started: datetime) -> dict:
-    """One synthetic completed trial (every 97th still running): plausible values, distinct seeds per config."""
-    arch, bn, lr = ("mlp", "cnn")[index % 2], ("pre", "post", "none")[index // 2 % 3], LRS[index // 6 % 4]
-    config = {"arch": arch, "bn": bn, "lr": lr, "seed": index // 24}
+    """One synthetic completed trial (every 97th still running): plausible values. As in a real store, each
+    configuration has SEEDS seeds and each study a grid of 24 configurations (arch × bn × lr); the first study is
+    the default recipe's, every later one a study of its own (`--study sweep-K`)."""
+    config_index, seed = divmod(index, SEEDS)
+    arch, bn = ("mlp", "cnn")[config_index % 2], ("pre", "post", "none")[config_index // 2 % 3]
+    lr, study = LRS[config_index // 6 % 4], config_index // 24
+    study = f"sweep-{study}" if study else None
+    config = {"arch": arch, "bn": bn, "lr": lr, "seed": seed, "study": study}
     running = index % 97 == 0
     accuracy = 0.85 + 0.0001 * (index % 300)
     return dict(
         status="running" if running else "completed", arch=arch, bn=bn, bn_impl="custom", fused=False,
-        seed=index // 24, epochs=EPOCHS, batch_size=128, lr=lr, momentum=0.9, weight_decay=0.0, optimizer="sgd",
-        schedule="constant", augment=False, train_subset=None, device="cpu", config_key=f"bench-{index % 24}",
+        seed=seed, study=study, epochs=EPOCHS, batch_size=128, lr=lr, momentum=0.9, weight_decay=0.0, optimizer="sgd",
+        schedule="constant", augment=False, train_subset=None, device="cpu", config_key=f"bench-{config_index}",
         config_json=json.dumps(config), started_at=started + timedelta(seconds=index), heartbeat_at=started,
         ended_at=None if running else started + timedelta(seconds=index + 60), duration_s=None if running else 60.0,
         epochs_completed=EPOCHS // 2 if running else EPOCHS, train_loss=0.3, train_acc=accuracy, val_acc=accuracy,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bnrun.analysis.grouping import RunFilter
+from bnrun.analysis.grouping import RunFilter, narrow
 from bnrun.analysis.listing import RunQuery, select_runs
-from bnrun.analysis.queries import filtered_runs
+from bnrun.analysis.queries import filtered_runs, one_recipes_runs
 from bnrun.store import RunCriteria, Store
 
 SHIPPED = Path(__file__).resolve().parents[1] / "bnrun.db"
@@ -95,3 +95,14 @@ def test_add_ended_runs_round_trip(tmp_path, store):
     (new_id,) = other.add_ended_runs([(fields, store.epochs(12))])
     assert asdict(other.select_runs(RunCriteria())[0]) == {**asdict(run), "id": new_id}
     other.close()
+
+
+@pytest.mark.parametrize("sweep", [None, "lr", "depth", "bn", "arch", "ghost_batch", "train_subset"])
+@pytest.mark.parametrize("run_filter", FILTERS[:4] + FILTERS[9:13], ids=repr)
+def test_the_store_chooses_the_recipe_narrow_chooses_from_every_run(store, run_filter, sweep):
+    """A report reads one recipe's runs after choosing it from the store's grouped counts: the same runs and
+    the same note as `narrow` over every accepted run."""
+    named = run_filter.named() | ({sweep} if sweep else set())
+    expected_runs, expected_note = narrow(filtered_runs(store, run_filter), frozenset(named), sweep)
+    runs, note = one_recipes_runs(store, run_filter, sweep)
+    assert [run.id for run in runs] == sorted(run.id for run in expected_runs) and note == expected_note

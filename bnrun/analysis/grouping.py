@@ -292,7 +292,8 @@ def narrow(runs: list[RunRecord], named: frozenset[str] = frozenset(), sweep: st
     if len(recipes) <= 1:
         return runs, ""
     chosen = choose_recipe(recipes, sweep)
-    others = sorted((key for key in recipes if key != chosen), key=lambda key: -len(recipes[key]))
+    others = sorted((key for key in recipes if key != chosen),
+                    key=lambda key: (-len(recipes[key]), min(run.id for run in recipes[key])))
     names = dict.fromkeys(name for key in (chosen, *others) for name, _ in key)
     listed = [f"{where_text(recipes[key], [n for n in names if n in dict(key) or n in dict(chosen)])} "
               f"({len(recipes[key])} trials)" for key in others[:SHOWN_RECIPES]]
@@ -334,11 +335,14 @@ def build_report(
     run_filter: RunFilter = RunFilter(),
     expected_seeds: int | None = None,
     narrowed: bool = False,
+    left_recipes: str | None = None,
 ) -> Report:
     """`narrowed`: one recipe of the filter's trials (`narrow`) on one screen (`on_one_screen`), saying what
-    was left out; else every trial the filter accepts."""
+    was left out; else every trial the filter accepts. `left_recipes`: the runs are one recipe's already (the
+    store chose it: `queries.one_recipes_runs`), and this is its note on the others."""
     chosen = [run for run in runs if run_filter.accepts(run)]
-    chosen, left_recipes = narrow(chosen, run_filter.named()) if narrowed else (chosen, "")
+    if left_recipes is None:
+        chosen, left_recipes = narrow(chosen, run_filter.named()) if narrowed else (chosen, "")
     selected, repeats = count_once(chosen)
     groups = build_groups(selected, expected_seeds)
     groups, left_groups = on_one_screen(groups) if narrowed else (groups, "")

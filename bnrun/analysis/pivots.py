@@ -85,14 +85,16 @@ def pivot_row_fields(runs: list[RunRecord], by: str) -> tuple[str, ...]:
 
 def build_pivot(
     runs: list[RunRecord], by: str, metric: str = "test_acc_population", run_filter: RunFilter = RunFilter(),
-    narrowed: bool = False,
+    narrowed: bool = False, left_recipes: str | None = None,
 ) -> Pivot:
     """Trials that ran to an outcome, rows = configuration without `by`, columns = `by`'s values.
-    `narrowed`: the sweep over `by` of one recipe (`narrow`), at most SCREEN_ROWS rows, saying what was left out."""
+    `narrowed`: the sweep over `by` of one recipe (`narrow`), at most SCREEN_ROWS rows, saying what was left out;
+    `left_recipes` as in `build_report` (the runs are that recipe's already)."""
     if by not in PIVOT_FIELDS:
         raise UsageError(f"--by: unknown option {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
     chosen = [run for run in runs if run_filter.accepts(run)]
-    chosen, left_recipes = narrow(chosen, run_filter.named() | {by}, by) if narrowed else (chosen, "")
+    if left_recipes is None:
+        chosen, left_recipes = narrow(chosen, run_filter.named() | {by}, by) if narrowed else (chosen, "")
     selected, _ = count_once([run for run in chosen if run.status in OUTCOMES])
     row_fields = pivot_row_fields(selected, by)
     table: dict[tuple, dict[object, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))

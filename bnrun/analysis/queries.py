@@ -6,9 +6,10 @@ the store (`criteria_of`), so only the runs it accepts are read. "Nothing matche
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 
 from bnrun.analysis.diagnostic_summaries import batch_stat_rows, diagnostic_summaries
-from bnrun.analysis.grouping import Report, RunFilter, build_report
+from bnrun.analysis.grouping import RECIPE, Report, RunFilter, build_report, narrow
 from bnrun.analysis.pivots import Pivot, build_pivot
 from bnrun.errors import NothingMatched
 from bnrun.store import EpochRecord, RunCriteria, RunRecord, RunStatus, Store
@@ -58,10 +59,40 @@ def filtered_runs(store: Store, run_filter: RunFilter) -> list[RunRecord]:
     return store.select_runs(criteria_of(run_filter))
 
 
+def one_recipes_runs(store: Store, run_filter: RunFilter, sweep: str | None = None) -> tuple[list[RunRecord], str]:
+    """`grouping.narrow` done before reading runs: the recipe is chosen from the store's counts of the accepted
+    runs per recipe and status (one stand-in per group, repeated by its count, its id the group's lowest, which
+    orders the note's recipes as `narrow` orders runs), then only that recipe's runs are read, so a report's time
+    and memory follow the recipe it shows, not the store's size. Returns the runs and the note on the recipes
+    left out ("" when none were)."""
+    named = run_filter.named() | ({sweep} if sweep else set())
+    criteria = criteria_of(run_filter)
+    columns = tuple(dict.fromkeys(("arch", *RECIPE, *((sweep,) if sweep else ()))))
+    stand_ins: list[SimpleNamespace] = []
+    for *values, status, first_id, count in store.option_counts(criteria, columns):
+        stand_ins += [SimpleNamespace(**dict(zip(columns, values)), status=status, id=first_id)] * count
+    chosen, note = narrow(stand_ins, frozenset(named), sweep)
+    runs: list[RunRecord] = []
+    for arch in sorted({stand_in.arch for stand_in in chosen}):
+        held = next(stand_in for stand_in in chosen if stand_in.arch == arch)
+        fixed = tuple((name, (getattr(held, name),)) for name in RECIPE if name not in named)
+        runs += store.select_runs(replace(criteria, equal=(*criteria.equal, ("arch", (arch,)), *fixed)))
+    return sorted(runs, key=lambda run: run.id), note
+
+
+def selected_runs(store: Store, request: ReportRequest) -> tuple[list[RunRecord], str | None]:
+    """The runs a report reads: one recipe's without --all (and the note on the others), else every accepted run
+    (and None: nothing narrowed)."""
+    if request.narrowed():
+        return one_recipes_runs(store, request.run_filter, request.by)
+    return filtered_runs(store, request.run_filter), None
+
+
 def report_of(store: Store, request: ReportRequest) -> tuple[Report, dict[int, list[EpochRecord]]]:
     """The report, with diagnostics summaries where its runs have them, and its runs' epochs."""
-    runs = filtered_runs(store, request.run_filter)
-    result = build_report(runs, request.metric, request.run_filter, request.expected_seeds, request.narrowed())
+    runs, left_recipes = selected_runs(store, request)
+    result = build_report(runs, request.metric, request.run_filter, request.expected_seeds, request.narrowed(),
+                          left_recipes)
     if not result.groups:
         raise nothing_matched(store)
     run_ids = [r.id for g in result.groups for r in g.runs]
@@ -74,8 +105,8 @@ def report_of(store: Store, request: ReportRequest) -> tuple[Report, dict[int, l
 
 
 def pivot_of(store: Store, request: ReportRequest) -> Pivot:
-    runs = filtered_runs(store, request.run_filter)
-    pivot = build_pivot(runs, request.by, request.metric, request.run_filter, request.narrowed())
+    runs, left_recipes = selected_runs(store, request)
+    pivot = build_pivot(runs, request.by, request.metric, request.run_filter, request.narrowed(), left_recipes)
     if not pivot.rows:
         raise nothing_matched(store)
     return pivot

@@ -308,6 +308,15 @@ class Store:
         with self.session() as session:
             return [RunRecord(*row) for row in core_rows(session, query)]
 
+    def option_counts(self, criteria: RunCriteria, columns: tuple[str, ...]) -> list[tuple]:
+        """(the values of `columns`..., status, the lowest run id, how many runs) per distinct combination among
+        the runs that meet the criteria: what a report needs to choose one recipe before it reads any run."""
+        grouped = [getattr(Run, name) for name in columns]
+        query = (select(*grouped, Run.status, func.min(Run.id), func.count()).where(*run_conditions(criteria))
+                 .group_by(*grouped, Run.status))
+        with self.session() as session:
+            return [tuple(row) for row in session.execute(query)]
+
     def epochs(self, run_id: int) -> list[EpochRecord]:
         with self.session() as session:
             rows = session.scalars(select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch))
