@@ -129,17 +129,27 @@ def canonical_model(config: TrainConfig) -> TrainConfig:
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
 
+def options_without_effect(config) -> dict[str, object]:
+    """The options that cannot apply to a configuration (a TrainConfig, or a stored run with its fields), each
+    with the value it is written with there."""
+    inert: dict[str, object] = {}
+    if config.bn_impl == "torch" or config.bn == "none":  # the fused path is the custom BN's
+        inert["fused"] = False
+    if config.arch != "cnn":  # a memory order of convolution activations; the MLP has none
+        inert["channels_last"] = False
+    if config.optimizer == "adam":  # AdamW has no momentum option (its beta1 cycle is fixed)
+        inert["momentum"] = TrainConfig.momentum
+    if config.bn == "none":  # no statistics to take in chunks
+        inert["ghost_batch"] = None
+    return inert
+
+
 def normalized(config: TrainConfig) -> TrainConfig:
     """`config` with each option that cannot apply to it at its default (epochs None: the arch's)."""
     if config.epochs is None:
         config = replace(config, epochs=DEFAULT_EPOCHS[config.arch])
-    if config.bn_impl == "torch" or config.bn == "none":  # the fused path is the custom BN's
-        config = replace(config, fused=False)
-    if config.arch != "cnn":  # a memory order of convolution activations; the MLP has none
-        config = replace(config, channels_last=False)
-    if config.optimizer == "adam":  # AdamW has no momentum option (its beta1 cycle is fixed)
-        config = replace(config, momentum=TrainConfig.momentum)
-    if config.ghost_batch == config.batch_size or config.bn == "none":  # one chunk: plain BN
+    config = replace(config, **options_without_effect(config))
+    if config.ghost_batch == config.batch_size:  # one chunk: plain BN
         config = replace(config, ghost_batch=None)
     return canonical_model(config)
 

@@ -232,3 +232,30 @@ def test_convert_batchnorm_leaves_sync_batchnorm_alone_with_one_warning():
         converted = bnn.convert_batchnorm(model)
     assert isinstance(converted[1], torch.nn.SyncBatchNorm)
     assert len(caught) == 1 and "SyncBatchNorm" in str(caught[0].message) and "\n" not in str(caught[0].message)
+
+
+def test_a_dispatch_mode_sees_the_operators_and_plain_eager_calls_skip_the_dispatcher():
+    """Under a TorchDispatchMode (a FLOP counter, a debug mode) the layer goes through torch.ops.bnrun, which
+    the mode sees; plain eager calls take the kernel's direct binding, with the same result."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(16, 4)
+    direct, watched = bnn.BatchNorm1d(4, fused=True), bnn.BatchNorm1d(4, fused=True)
+    expected = direct(x)
+    with Seen() as seen:
+        got = watched(x)
+    assert any(name.startswith("bnrun.batch_norm_train") for name in seen.names)
+    assert any(name.startswith("bnrun.update_running_stats") for name in seen.names)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(watched.running_mean, direct.running_mean)
+    assert watched.num_batches_tracked.item() == direct.num_batches_tracked.item() == 1
+    assert watched.path == direct.path == fused.FUSED_CPU

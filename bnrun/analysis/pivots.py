@@ -11,17 +11,20 @@ from bnrun.analysis.grouping import (
     HYPERPARAMETERS,
     IDENTITY,
     PIVOT_FIELDS,
+    RECIPE,
     SCREEN_ROWS,
     Comparison,
     RunFilter,
     build_report,
     count_once,
+    default_recipe,
     narrow,
     off_default,
     value_order,
 )
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, digits, mean_std_text, metric_value, scaled_pair
 from bnrun.analysis.stats import Summary, summarize
+from bnrun.config import options_without_effect
 from bnrun.errors import UsageError
 from bnrun.store import OUTCOMES, RunRecord, RunStatus
 
@@ -64,23 +67,29 @@ class Pivot:
     held: dict = field(default_factory=dict)  # {option: value}: off the training default in every row
 
 
+INERT, ARCH_DEFAULT = object(), object()  # an option's setting where it has no effect, or is its arch's default
+
+
 def pivot_row_fields(runs: list[RunRecord], by: str) -> tuple[str, ...]:
     """arch, bn and bn_impl, then whatever else varies among the runs (fused, other options), except an option
-    that follows from `by`'s value and those three (the kernel from bn=none or bn_impl=torch, the memory layout
-    from the arch): splitting rows by it would put each column in a row of its own."""
+    that varies only where it has no effect (`options_without_effect`: the kernel of bn=none or torch's BN,
+    the memory layout of the MLP) or only between each arch's defaults (epochs): splitting rows by it would put
+    trials of one recipe in rows of their own."""
     def varies(name: str) -> bool:
         return len({getattr(r, name) for r in runs}) > 1
 
+    def setting(run: RunRecord, name: str) -> object:
+        if name in options_without_effect(run):
+            return INERT
+        value = getattr(run, name)
+        return ARCH_DEFAULT if name in RECIPE and value == default_recipe(run.arch)[name] else value
+
+    def varies_where_it_acts(name: str) -> bool:
+        return len({setting(r, name) for r in runs} - {INERT}) > 1
+
     shown = tuple(name for name in ("arch", "bn", "bn_impl") if name != by)
-
-    def follows_from_by(name: str) -> bool:
-        values: dict[tuple, set] = defaultdict(set)
-        for run in runs:
-            values[(getattr(run, by), *(getattr(run, field) for field in shown))].add(getattr(run, name))
-        return all(len(held) == 1 for held in values.values())
-
     extra = ("fused",) + HYPERPARAMETERS
-    return shown + tuple(name for name in extra if name != by and varies(name) and not follows_from_by(name))
+    return shown + tuple(name for name in extra if name != by and varies(name) and varies_where_it_acts(name))
 
 
 def build_pivot(
@@ -114,10 +123,12 @@ def build_pivot(
 
 
 def row_labels(row_fields: tuple[str, ...], key: tuple, cells: dict[object, list[RunRecord]]) -> dict:
-    """The row's identity; with `fused` too where it is no row field but one value in the row (its label)."""
+    """The row's identity; with `fused` too where it is no row field but one value among the row's trials it
+    acts on (the implementation's label: custom+fused for a row of bn=none, pre and post)."""
     labels = dict(zip(row_fields, key))
     if "fused" not in labels:
-        fused = {run.fused for members in cells.values() for run in members}
+        members = [run for runs in cells.values() for run in runs]
+        fused = {run.fused for run in members if "fused" not in options_without_effect(run)}
         if len(fused) == 1:
             labels["fused"] = fused.pop()
     return labels

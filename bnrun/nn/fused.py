@@ -43,11 +43,15 @@ def cpu_kernel_ready() -> bool:
 
 
 def traced(x: Tensor) -> bool:
-    """Whether `x` is being traced (torch.compile, torch.export, or a tensor subclass such as a fake tensor):
-    then the call goes through the registered operators, which tracing sees as one node each. Eager calls
-    take the kernel's own binding, the same kernels and autograd nodes in one call without the dispatcher's
-    round trips (a few microseconds per layer: a tenth of a small MLP layer's step)."""
-    return type(x) is not Tensor or torch.compiler.is_compiling()
+    """Whether the call must go through the dispatcher: `x` is traced (torch.compile, torch.export,
+    torch.jit.trace, a tensor subclass such as a fake tensor) or transformed (torch.func's grad and vmap), or a
+    mode watches the dispatch (a TorchDispatchMode or TorchFunctionMode, e.g. a FLOP counter). Then the call
+    goes through the registered operators, which each of these sees as one node. Plain eager calls take the
+    kernel's own binding, the same kernels and autograd nodes in one call without the dispatcher's round trips
+    (a few microseconds per layer: a tenth of a small MLP layer's step)."""
+    return (type(x) is not Tensor or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack() > 0
+            or torch._C._is_torch_function_mode_enabled())
 
 
 def train_step(
@@ -88,11 +92,14 @@ def eval_step(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias:
     kernel does not handle."""
     if x.is_cpu and cpu_kernel_ready():
         if traced(x):
-            if not operators.unsupported(x, mean, var, weight, bias):
+            why = operators.unsupported(x, mean, var, weight, bias)
+            if not why:
                 return operators.predict(OPS, x, mean, var, weight, bias, eps, relu)
-        elif (y := cpu_kernel().eval(x, mean, var, weight, bias, eps, relu)) is not None:
-            return y
-        warn_once(f"bnrun: the fused CPU batch norm cannot serve this {x.dtype} input in prediction mode; "
+        else:
+            y, why = cpu_kernel().eval(x, mean, var, weight, bias, eps, relu)
+            if y is not None:
+                return y
+        warn_once(f"bnrun: the fused CPU batch norm cannot serve this input in prediction mode ({why}); "
                   "using the eager path")
     y = batch_norm_eval(x, mean, var, weight, bias, eps)
     return torch.relu(y) if relu else y

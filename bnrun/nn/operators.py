@@ -44,8 +44,8 @@ def unsupported(x: Tensor, *per_channel: Tensor | None) -> str:
             continue
         if t.dtype != wanted:
             return f"{t.dtype} parameters or buffers with {x.dtype} input"
-        if not (t.is_cpu and t.is_contiguous()):
-            return "non-contiguous or non-CPU parameters or buffers"
+        if not (t.is_cpu and t.is_contiguous()) or t.numel() != x.shape[1]:
+            return "non-contiguous or non-CPU parameters or buffers, or not one value per channel"
     return ""
 
 
@@ -161,9 +161,9 @@ class CpuKernel:
         return self.module.train_step(x, weight, bias, running_mean, running_var, counter, factor, eps, relu)
 
     def eval(self, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
-             relu: bool = False) -> Tensor | None:
-        """Prediction mode, or None for input the kernel does not serve."""
-        return self.module.eval_step(x, mean, var, weight, bias, eps, relu)[0]
+             relu: bool = False) -> tuple[Tensor | None, str]:
+        """(y, "") in prediction mode, or (None, why) for input the kernel does not serve."""
+        return self.module.eval_step(x, mean, var, weight, bias, eps, relu)
 
     def moments(self, x: Tensor) -> tuple[int, Tensor | None, Tensor | None]:
         """(count, mean, Σ(x − μ)²), or (0, None, None) for input the kernel does not serve."""

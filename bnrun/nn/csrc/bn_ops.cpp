@@ -310,6 +310,10 @@ std::tuple<OptionalTensor, std::string> train_step(const Tensor& x, const Option
                                                    const OptionalTensor& running_var, const OptionalTensor& counter,
                                                    double factor, double eps, bool relu) {
   auto why = why_unsupported(x, {&weight, &bias, &running_mean, &running_var});
+  if (why.empty() && running_mean.has_value() != running_var.has_value())
+    why = "a running mean without a running variance, or the reverse";
+  if (why.empty() && counter.has_value() && (counter->scalar_type() != at::kLong || counter->numel() != 1))
+    why = "a batch counter that is not a long scalar";
   if (!why.empty()) return {std::nullopt, why};
   auto out = TrainFunction<Straight>::apply(x, weight, bias, eps, relu);
   if (running_mean.has_value())
@@ -364,7 +368,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", [] { return std::string(bnrun::isa()); }, "the vector instruction set this build was compiled for");
   m.attr("stream_bytes") = bnrun::stream_bytes();
   m.attr("namespace") = BNRUN_STRING(BNRUN_OPS_NAMESPACE);
-  m.def("train_step", &train_step, "eager: batch_norm_train then update_running_stats in one call: (y, why-not)");
-  m.def("eval_step", &eval_step, "eager: batch_norm_eval's output in one call: (y, why-not)");
+  // The kernels run without the GIL, as torch's operators do (the trial's heartbeat thread keeps beating).
+  m.def("train_step", &train_step, "eager: batch_norm_train then update_running_stats in one call: (y, why-not)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("eval_step", &eval_step, "eager: batch_norm_eval's output in one call: (y, why-not)",
+        py::call_guard<py::gil_scoped_release>());
   m.def("to_bf16", &bnrun::to_bf16, "float32 to bfloat16 through the kernels' output loop (tests)");
 }
