@@ -11,6 +11,7 @@ from bnrun.analysis.figures import curve
 from bnrun.analysis.grouping import Report
 from bnrun.analysis.metrics import METRICS, scaled_pair
 from bnrun.analysis.pivots import Pivot
+from bnrun.analysis.texts import pivot_label_values
 from bnrun.store import EpochRecord
 
 # (title, y label, [(EpochRecord field, series name, scale)])
@@ -73,7 +74,7 @@ def sensitivity(pivot: Pivot) -> dict:
     for row in pivot.rows:
         values = [value for value in pivot.columns if value in row.cells]
         pairs = [scaled_pair(row.cells[v].summary.mean, row.cells[v].summary.std, pivot.metric) for v in values]
-        name = ", ".join(f"{key}={value}" for key, value in row.labels.items())
+        name = " ".join(pivot_label_values(pivot, row))  # the table's row labels
         traces.append(line(name, [str(v) for v in values], [m for m, _ in pairs], errors=[s or 0 for _, s in pairs]))
     result = figure(f"{METRICS[pivot.metric]} by {pivot.by}", METRICS[pivot.metric], traces, pivot.by)
     result["layout"]["xaxis"]["type"] = "category"
