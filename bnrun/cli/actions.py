@@ -72,10 +72,10 @@ def fused_trials_to_run(sweep: SweepConfig, store: Store) -> bool:
     """Whether any trial this sweep would run (not one the store already holds) trains the fused kernel."""
     from bnrun.run.plan import plan_sweep
 
-    fused = [config for config in sweep.configs() if config.fused]
-    if not fused:
+    keys = sorted({config.key() for config, _ in sweep.trials() if config.fused})  # as settled per trial
+    if not keys:
         return False
-    plan = plan_sweep(sweep, store.trial_holders([config.key() for config in fused]))
+    plan = plan_sweep(sweep, store.trial_holders(keys))
     return any(planned.config.fused and planned.to_run > 0 for planned in plan.configs)
 
 
