@@ -197,7 +197,8 @@ def test_convert_batchnorm_swaps_every_layer_of_resnet18():
     converted = bnn.convert_batchnorm(model, fused=True)
     layers = bnn.batchnorm_layers(converted)
     assert len(layers) == 20 and all(isinstance(layer, bnn.BatchNorm2d) and layer.fused for layer in layers)
-    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in converted.modules())
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, bnn.BatchNorm2d)
+                   for m in converted.modules())  # no torch.nn layer left (bnrun's derive from torch's base)
     assert converted.bn1.weight is weight  # the same parameters: an optimizer built before still holds them
     assert all(torch.equal(state[name], tensor) for name, tensor in converted.state_dict().items())
     assert not converted.training and not converted.bn1.training

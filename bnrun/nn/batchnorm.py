@@ -26,8 +26,15 @@ from bnrun.nn import functional as F
 from bnrun.nn import fused as fused_kernels
 
 
-class _BatchNorm(nn.Module):
-    """Shared state and forward; subclasses only say which input ranks they accept."""
+class _BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Shared state and forward; subclasses only say which input ranks they accept.
+
+    A subclass of torch's own `_BatchNorm` base, which owns the parameters, buffers,
+    `reset_parameters` and the versioned `_load_from_state_dict` (a state_dict without
+    `num_batches_tracked` loads), so that every torch utility that selects batch-norm layers by
+    that base (`swa_utils.update_bn`, `convert_sync_batchnorm`, torch.func's
+    `replace_all_batch_norm_modules_`, fvcore's PreciseBN) finds this one; `forward` is bnrun's own,
+    and no torch batch-norm kernel runs."""
 
     _accepted_ranks: tuple[int, ...] = ()
     _shape_names: str = ""
@@ -51,51 +58,28 @@ class _BatchNorm(nn.Module):
         drops β), plus bnrun's own: `fused` (the C++/compiled fast path), `relu` (the layer is
         ReLU(BN(x)), applied in the fused kernel's output pass) and `ghost_batch` (training-mode
         statistics over chunks of that many examples, `ghost_batch_norm`)."""
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         self.fused = fused
         self.relu = relu  # the layer is ReLU(BN(x)): the fused kernel applies it in its output pass
         self.ghost_batch = ghost_batch
         self.path: str | None = None  # the training-mode path the last batch took (fused.PATHS)
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
 
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._check_input(input)
 
     # Parameters and buffers are read from their dicts (where nn.Module keeps them) rather than as
     # attributes: nn.Module.__getattr__ costs a microsecond or more each, a noticeable share of a
     # small layer's step.
 
     def forward(self, x: Tensor) -> Tensor:
+        return batch_norm_layer(self, x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        if self.training or not self.track_running_stats:
-            return self._forward_batch_stats(x)
         buffers, params = self._buffers, self._parameters
         mean, var, weight, bias = buffers["running_mean"], buffers["running_var"], params["weight"], params["bias"]
+        if self.training or mean is None or var is None:  # as torch: running statistics in eval mode where held
+            return self._forward_batch_stats(x)
         if self.fused and x.shape[0] > 0:
             return fused_kernels.eval_step(x, mean, var, weight, bias, self.eps, self.relu)
         y = F.batch_norm_eval(x, mean, var, weight, bias, self.eps)
@@ -103,7 +87,7 @@ class _BatchNorm(nn.Module):
 
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
         buffers, params = self._buffers, self._parameters
-        tracking = self.training and self.track_running_stats
+        tracking = self.training and self.track_running_stats and buffers["running_mean"] is not None
         ghost = self.ghost_batch is not None and self.training
         counter = buffers["num_batches_tracked"] if tracking else None
         empty = x.shape[0] == 0
@@ -113,8 +97,8 @@ class _BatchNorm(nn.Module):
             counter = None
         else:
             factor = self.momentum if tracking else 0.0
-        if empty:  # as torch: an empty batch gives an empty output and leaves the statistics alone
-            return x.clone()
+        if empty:  # as torch: an empty output, the statistics left alone, zero gradients for γ and β
+            return empty_batch_norm(x, params["weight"], params["bias"])
         running = (buffers["running_mean"], buffers["running_var"]) if tracking else (None, None)
         weight, bias = params["weight"], params["bias"]
         if ghost:
@@ -205,6 +189,27 @@ def normalize_chunks(x: Tensor, chunks: int, weight: Tensor | None, bias: Tensor
     y = normalize(ghosts, weight, bias, mean, var)
     y = y.reshape(n, chunks, c, *rest).transpose(0, 1).reshape(x.shape)  # back to (chunks·n, C, *)
     return y, *(None if t is None else t.view(chunks, c) for t in (mean, var))
+
+
+def batch_norm_layer(layer: _BatchNorm, x: Tensor) -> Tensor:
+    """`layer`'s forward. torch.fx records it as one call (`torch.fx.wrap`), as it records torch's
+    own layers as one module call: symbolic tracing sees neither the input checks nor the choice
+    between batch and running statistics, which the traced graph makes at run time, as the layer does."""
+    return layer._forward(x)
+
+
+torch.fx.wrap("batch_norm_layer")
+
+
+def empty_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """The output for a batch of no examples: empty, yet connected to γ and β, whose gradients are
+    then zeros, as torch's."""
+    y = x.clone()
+    if weight is not None:
+        y = y * F.channel_view(weight, x)
+    if bias is not None:
+        y = y + F.channel_view(bias, x)
+    return y.to(x.dtype)
 
 
 class BatchNorm1d(_BatchNorm):

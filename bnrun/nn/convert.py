@@ -1,5 +1,7 @@
 """`convert_batchnorm`: a model's torch.nn batch-norm layers swapped for bnrun's, in place, as
-`torch.nn.SyncBatchNorm.convert_sync_batchnorm` swaps them for its own."""
+`torch.nn.SyncBatchNorm.convert_sync_batchnorm` swaps them for its own; `to_torch`, its inverse,
+for the deployment tools that select torch's layers by exact type (`torch.fx.experimental.
+optimization.fuse`, `torch.ao.quantization.fuse_modules` and `fuse_modules_qat`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from bnrun.nn.batchnorm import BatchNorm1d, BatchNorm2d
+from bnrun.nn.batchnorm import _BatchNorm as _BnrunBatchNorm
 
 # bnrun's layer for each of torch's, by class name: bnrun/nn names no torch batch-norm class in its
 # code (tests/test_batchnorm.py checks that it computes none of torch's), it only matches them here.
@@ -26,13 +29,57 @@ def convert_batchnorm(module: nn.Module, fused: bool = False) -> nn.Module:
     has no counterpart of (BatchNorm3d, lazy layers not yet initialized) stay as they are, with one
     warning each saying why. Returns the converted module (a new one only if `module` itself was
     a batch-norm layer), as `convert_sync_batchnorm` does."""
+    if isinstance(module, _BnrunBatchNorm):
+        return module
     if isinstance(module, _BatchNorm):
         return _converted(module, fused)
+    return _with_children_replaced(module, lambda child: convert_batchnorm(child, fused))
+
+
+def to_torch(module: nn.Module) -> nn.Module:
+    """`module` with every bnrun BatchNorm1d/2d in it (itself included) replaced by torch.nn's, which
+    takes over the same parameter and buffer tensors, training mode, eps, momentum, affine and
+    track_running_stats; the inverse of `convert_batchnorm`, in place as it is. A layer with the
+    ReLU fused (`relu=True`) becomes `nn.Sequential(BatchNorm, nn.ReLU())`. Ghost batches
+    (`ghost_batch`) change only training-mode statistics, which torch's layer computes over the
+    whole batch: such a layer converts with one warning. Outputs in eval mode are unchanged."""
+    if isinstance(module, _BnrunBatchNorm):
+        return _to_torch_layer(module)
+    return _with_children_replaced(module, to_torch)
+
+
+def _with_children_replaced(module: nn.Module, replace) -> nn.Module:
     for name, child in module.named_children():
-        converted = convert_batchnorm(child, fused)
-        if converted is not child:
-            module.add_module(name, converted)
+        replaced = replace(child)
+        if replaced is not child:
+            module.add_module(name, replaced)
     return module
+
+
+def _torch_layer_class(layer: _BnrunBatchNorm) -> type[nn.Module]:
+    return getattr(nn, next(name for name, ours in _BNRUN_LAYERS.items() if isinstance(layer, ours)))
+
+
+def _to_torch_layer(layer: _BnrunBatchNorm) -> nn.Module:
+    if layer.ghost_batch is not None:
+        warnings.warn(f"bnrun.nn.to_torch: a layer with ghost_batch={layer.ghost_batch} becomes torch's, whose "
+                      "training-mode statistics are the whole batch's", UserWarning, stacklevel=3)
+    theirs = _torch_layer_class(layer)(layer.num_features, layer.eps, layer.momentum, layer.affine,
+                                       layer.track_running_stats, device="meta")
+    _move_state(layer, theirs)
+    theirs.train(layer.training)
+    return nn.Sequential(theirs, nn.ReLU()) if layer.relu else theirs
+
+
+def _move_state(source: nn.Module, target: nn.Module) -> None:
+    """`target` takes over `source`'s parameter and buffer tensors (the same tensors, so their device,
+    dtype and optimizer state carry over)."""
+    for name in _STATE:
+        value = getattr(source, name)
+        if name in target._parameters:
+            target._parameters[name] = value
+        else:
+            target._buffers[name] = value
 
 
 def _torch_class_name(layer: _BatchNorm) -> str:
@@ -52,10 +99,5 @@ def _converted(layer: _BatchNorm, fused: bool) -> nn.Module:
         return layer
     ours = _BNRUN_LAYERS[kind](layer.num_features, layer.eps, layer.momentum, layer.affine,
                                layer.track_running_stats, device="meta", fused=fused)
-    for name in _STATE:  # the same tensors, so their device, dtype and optimizer state carry over
-        value = getattr(layer, name)
-        if name in ours._parameters:
-            ours._parameters[name] = value
-        else:
-            ours._buffers[name] = value
+    _move_state(layer, ours)
     return ours.train(layer.training)

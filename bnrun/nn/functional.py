@@ -99,7 +99,10 @@ def normalize_backward(
     m = values_per_channel(x_hat)
     # dx = γ/σ̂ · (dy − (Σdy + x̂·Σ(dy·x̂))/m), with Σdy = dβ and Σ(dy·x̂) = dγ.
     grad_x = scale_shift(x_hat, grad_weight / -m, grad_bias / -m)
-    grad_x.add_(grad_y).mul_(channel_view(scale, x_hat))
+    if torch._C._are_functorch_transforms_active():  # under vmap one operand may be batched and another not
+        grad_x = (grad_x + grad_y) * channel_view(scale, x_hat)
+    else:
+        grad_x.add_(grad_y).mul_(channel_view(scale, x_hat))
     return grad_x, grad_weight, grad_bias
 
 
@@ -114,25 +117,35 @@ class BatchNormFunction(torch.autograd.Function):
     ∂σ²/∂xⱼ = 2(xⱼ−μ)/m, the chain rule collapses to
         dx = γ/(m·σ̂) · (m·dy − Σdy − x̂·Σ(dy·x̂)),
     which needs only the saved x̂ and 1/σ̂.
-    Returns (y, mean, biased var); the statistics carry no gradient.
+    Returns (y, mean, biased var, x̂, 1/σ̂): only y carries a gradient (x̂ and 1/σ̂ are outputs so that
+    the backward may keep them under torch.func's transforms, which allow saving only inputs and
+    outputs; x̂ is None where it is y itself, without γ and β).
 
     16-bit input (bfloat16 under autocast) is normalized in float32, the statistics, x̂ and the
     gradient sums stay float32, and y and dx come back in the input's dtype, as in torch's kernel.
     """
 
+    generate_vmap_rule = True  # torch.func.vmap runs forward and backward on batched tensors
+
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-        ctx.input_dtype = x.dtype
+    def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
         y, x_hat, inv_std, mean, var = normalize_forward(in_op_math(x), weight, bias, eps)
-        ctx.save_for_backward(x_hat, inv_std, weight)
+        y = y.to(x.dtype)
+        return y, mean, var, None if x_hat is y else x_hat, inv_std  # without γ and β, y is x̂
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias, _eps = inputs
+        y, mean, var, x_hat, inv_std = output
+        ctx.input_dtype = x.dtype
+        ctx.save_for_backward(y if x_hat is None else x_hat, inv_std, weight)
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
-        ctx.mark_non_differentiable(mean, var)
+        ctx.mark_non_differentiable(*(t for t in (mean, var, x_hat, inv_std) if t is not None))
         ctx.set_materialize_grads(False)
-        return y.to(x.dtype), mean, var
 
     @staticmethod
     @once_differentiable  # the closed form is not itself differentiated: double backward raises, never silently wrong
-    def backward(ctx, grad_y: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
+    def backward(ctx, grad_y: Tensor, *_grad_statistics: Tensor):
         if grad_y is None:  # only the (non-differentiable) statistics were used downstream
             return None, None, None, None
         x_hat, inv_std, weight = ctx.saved_tensors
@@ -146,7 +159,8 @@ def batch_norm_train(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Normalize with batch statistics; returns (y, batch mean, biased batch var)."""
-    return BatchNormFunction.apply(x, weight, bias, eps)
+    y, mean, var, _x_hat, _inv_std = BatchNormFunction.apply(x, weight, bias, eps)
+    return y, mean, var
 
 
 def batch_norm_train_and_track(
@@ -189,5 +203,9 @@ def update_running_stats(
     running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, n: int, factor: Tensor | float
 ) -> None:
     """Exponential moving average in place; the variance enters *unbiased*, as in torch.nn."""
-    running_mean.lerp_(mean.to(running_mean.dtype), factor)
-    running_var.lerp_(unbiased(var, n).to(running_var.dtype), factor)
+    for running, batch in ((running_mean, mean), (running_var, unbiased(var, n))):
+        batch = batch.to(running.dtype)
+        if torch._C._are_functorch_transforms_active():  # vmap has a batching rule for lerp, none for lerp_
+            running.copy_(torch.lerp(running, batch, factor))
+        else:
+            running.lerp_(batch, factor)

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from bnrun.nn import fused
-from bnrun.nn.batchnorm import _BatchNorm
 from bnrun.nn.functional import channel_view, reduction_dims
 
 
@@ -65,8 +64,7 @@ def batch_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
 
 def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
     """Every batch-norm layer of `model` (bnrun's or torch's) that tracks running statistics."""
-    kinds = (_BatchNorm, nn.modules.batchnorm._BatchNorm)
-    return [m for m in model.modules() if isinstance(m, kinds) and m.track_running_stats]
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 def forward_order(model: nn.Module, layers: list[nn.Module], sample: Tensor) -> list[nn.Module]:

@@ -1,20 +1,19 @@
 // bnrun's fused CPU batch norm as PyTorch operators, torch.ops.bnrun.* (the loops: bn_cpu.cpp):
-// their schemas (what each mutates), input checks, CPU kernels and autograd kernels. The fake
-// implementations, for tracing, are registered from Python (bnrun/nn/operators.py).
+// their schemas (what each mutates), input checks and CPU kernels, and the eager binding's autograd
+// nodes. The operators' fake implementations, autograd formulas and vmap rules are registered from
+// Python (bnrun/nn/operators.py), where torch.func's transforms accept them.
 //
 // The training step is two operators: batch_norm_train (functional, differentiable: y and the
 // batch's statistics) and update_running_stats (mutates the running statistics and the batch
 // counter, not differentiable), so that torch.compile and torch.export see one opaque op each and
-// functionalize the mutation. The autograd kernels call the forward and backward operators through
-// the dispatcher, below autograd, as torchvision's ops do: traced, they meet the fake
-// implementations, never data.
+// functionalize the mutation. Their autograd formulas call the backward operators through the
+// dispatcher: traced, they meet the fake implementations, never data.
 //
 // Each build registers its own namespace (BNRUN_OPS_NAMESPACE, "bnrun" for this machine's own
 // build, "bnrun_<isa>" for the builds the tests load beside it).
 #include "bn_cpu.h"
 
 #include <ATen/OpMathType.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 #include <torch/python.h>
@@ -137,56 +136,7 @@ std::tuple<Tensor, Tensor> moments_cpu(const Tensor& x) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Autograd kernels.
-
-// The operator `name` of this build's namespace, typed as the CPU kernel `Kernel`.
-template <typename Kernel>
-c10::TypedOperatorHandle<Kernel> op(const char* name) {
-  return c10::Dispatcher::singleton()
-      .findSchemaOrThrow((std::string(BNRUN_STRING(BNRUN_OPS_NAMESPACE) "::") + name).c_str(), "")
-      .typed<Kernel>();
-}
-
-// How an autograd node reaches the kernels: through the dispatcher (the operators' Autograd kernels,
-// which tracing sees as one op each), or straight (the eager binding `train_step`/`eval_step` below,
-// one call from Python per layer: a small layer's step is a few microseconds, and each dispatcher
-// round trip costs about one).
-struct ThroughDispatcher {
-  static std::tuple<Tensor, Tensor> train(const Tensor& x, const OptionalTensor& weight, const OptionalTensor& bias,
-                                          double eps, bool relu) {
-    static const auto handle = op<decltype(train_cpu)>("batch_norm_train");
-    return handle.call(x, weight, bias, eps, relu);
-  }
-  static std::tuple<Tensor, Tensor, Tensor> train_backward(const Tensor& grad_y, const Tensor& x, const Tensor& stats,
-                                                           const OptionalTensor& weight, bool relu) {
-    static const auto handle = op<decltype(train_backward_cpu)>("batch_norm_train_backward");
-    return handle.call(grad_y, x, stats, weight, relu);
-  }
-  static std::tuple<Tensor, Tensor> eval(const Tensor& x, const Tensor& mean, const Tensor& var,
-                                         const OptionalTensor& weight, const OptionalTensor& bias, double eps,
-                                         bool relu) {
-    static const auto handle = op<decltype(eval_cpu)>("batch_norm_eval");
-    return handle.call(x, mean, var, weight, bias, eps, relu);
-  }
-  static Tensor eval_backward(const Tensor& grad_y, const Tensor& x, const Tensor& coefficients, bool relu) {
-    static const auto handle = op<decltype(eval_backward_cpu)>("batch_norm_eval_backward");
-    return handle.call(grad_y, x, coefficients, relu);
-  }
-  static std::tuple<Tensor, Tensor, Tensor, Tensor> eval_backward_statistics(
-      const Tensor& grad_y, const Tensor& x, const Tensor& mean, const OptionalTensor& weight,
-      const Tensor& coefficients, bool relu) {
-    static const auto handle = op<decltype(eval_backward_statistics_cpu)>("batch_norm_eval_backward_statistics");
-    return handle.call(grad_y, x, mean, weight, coefficients, relu);
-  }
-};
-
-struct Straight {
-  static constexpr auto train = train_cpu;
-  static constexpr auto train_backward = train_backward_cpu;
-  static constexpr auto eval = eval_cpu;
-  static constexpr auto eval_backward = eval_backward_cpu;
-  static constexpr auto eval_backward_statistics = eval_backward_statistics_cpu;
-};
+// The eager binding's autograd nodes (plain tensors, no transform or tracer active).
 
 const char* kNoDoubleBackward =
     "bnrun's fused batch norm does not support double backward (create_graph=True); use fused=False";
@@ -234,13 +184,12 @@ variable_list saved_for_backward(AutogradContext* ctx, const variable_list& grad
 }
 
 // Inputs: x, weight, bias (none: γ = 1, β = 0), eps, relu. Outputs: y, stats (not differentiable).
-template <typename Kernels>
-class TrainFunction : public torch::autograd::Function<TrainFunction<Kernels>> {
+class TrainFunction : public torch::autograd::Function<TrainFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptionalTensor& weight,
                                const OptionalTensor& bias, double eps, bool relu) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, stats] = Kernels::train(x, weight, bias, eps, relu);
+    auto [y, stats] = train_cpu(x, weight, bias, eps, relu);
     return kept_outputs(ctx, y, stats, {x, or_undefined(weight)}, relu, weight, bias);
   }
 
@@ -248,7 +197,7 @@ class TrainFunction : public torch::autograd::Function<TrainFunction<Kernels>> {
     variable_list result(5);
     auto saved = saved_for_backward(ctx, grads);
     if (saved.empty()) return result;
-    auto [dx, dw, db] = Kernels::train_backward(grads[0], saved[0], saved[2], optional(saved[1]),
+    auto [dx, dw, db] = train_backward_cpu(grads[0], saved[0], saved[2], optional(saved[1]),
                                                 ctx->saved_data["relu"].toBool());
     const Tensor gradients[] = {dx, dw, db};  // none for an absent γ or β
     for (int i = 0; i < 3; ++i)
@@ -257,21 +206,14 @@ class TrainFunction : public torch::autograd::Function<TrainFunction<Kernels>> {
   }
 };
 
-std::tuple<Tensor, Tensor> train_autograd(const Tensor& x, const OptionalTensor& weight, const OptionalTensor& bias,
-                                          double eps, bool relu) {
-  auto out = TrainFunction<ThroughDispatcher>::apply(x, weight, bias, eps, relu);
-  return {out[0], out[1]};
-}
-
 // Inputs: x, mean, var, weight, bias (none: γ = 1, β = 0), eps, relu. Outputs: y, the
 // coefficients ι, a, k (not differentiable).
-template <typename Kernels>
-class EvalFunction : public torch::autograd::Function<EvalFunction<Kernels>> {
+class EvalFunction : public torch::autograd::Function<EvalFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& mean, const Tensor& var,
                                const OptionalTensor& weight, const OptionalTensor& bias, double eps, bool relu) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, coefficients] = Kernels::eval(x, mean, var, weight, bias, eps, relu);
+    auto [y, coefficients] = eval_cpu(x, mean, var, weight, bias, eps, relu);
     return kept_outputs(ctx, y, coefficients, {x, mean, or_undefined(weight)}, relu, weight, bias);
   }
 
@@ -282,25 +224,18 @@ class EvalFunction : public torch::autograd::Function<EvalFunction<Kernels>> {
     const Tensor &x = saved[0], &mean = saved[1], &weight = saved[2], &coefficients = saved[3];
     const bool relu = ctx->saved_data["relu"].toBool();
     if (wants_grad(ctx, 0, 5)) {
-      result[0] = Kernels::eval_backward(grads[0], x, coefficients, relu);
+      result[0] = eval_backward_cpu(grads[0], x, coefficients, relu);
     }
     if (!(wants_grad(ctx, 1, 5) || wants_grad(ctx, 2, 5) || wants_grad(ctx, 3, 5) || wants_grad(ctx, 4, 5)))
       return result;
     auto [d_mean, d_var, d_weight, d_bias] =
-        Kernels::eval_backward_statistics(grads[0], x, mean, optional(weight), coefficients, relu);
+        eval_backward_statistics_cpu(grads[0], x, mean, optional(weight), coefficients, relu);
     const Tensor grads_of_statistics[] = {d_mean, d_var, d_weight, d_bias};
     for (int i = 1; i <= 4; ++i)
       if (wants_grad(ctx, i, 5)) result[i] = grads_of_statistics[i - 1];
     return result;
   }
 };
-
-std::tuple<Tensor, Tensor> eval_autograd(const Tensor& x, const Tensor& mean, const Tensor& var,
-                                         const OptionalTensor& weight, const OptionalTensor& bias, double eps,
-                                         bool relu) {
-  auto out = EvalFunction<ThroughDispatcher>::apply(x, mean, var, weight, bias, eps, relu);
-  return {out[0], out[1]};
-}
 
 // The eager binding: what the operators batch_norm_train + update_running_stats and batch_norm_eval
 // compute, as one call each, with the same checks, kernels and autograd nodes: (y, "") or, for input
@@ -315,7 +250,7 @@ std::tuple<OptionalTensor, std::string> train_step(const Tensor& x, const Option
   if (why.empty() && counter.has_value() && (counter->scalar_type() != at::kLong || counter->numel() != 1))
     why = "a batch counter that is not a long scalar";
   if (!why.empty()) return {std::nullopt, why};
-  auto out = TrainFunction<Straight>::apply(x, weight, bias, eps, relu);
+  auto out = TrainFunction::apply(x, weight, bias, eps, relu);
   if (running_mean.has_value())
     update_running_stats_cpu(out[1], *running_mean, *running_var, counter, x.numel() / x.size(1), factor);
   return {out[0], ""};
@@ -327,7 +262,7 @@ std::tuple<OptionalTensor, std::string> eval_step(const Tensor& x, const Tensor&
   const OptionalTensor m(mean), v(var);
   auto why = why_unsupported(x, {&m, &v, &weight, &bias});
   if (!why.empty()) return {std::nullopt, why};
-  return {EvalFunction<Straight>::apply(x, mean, var, weight, bias, eps, relu)[0], ""};
+  return {EvalFunction::apply(x, mean, var, weight, bias, eps, relu)[0], ""};
 }
 
 }  // namespace
@@ -357,11 +292,6 @@ BNRUN_LIBRARY_IMPL(BNRUN_OPS_NAMESPACE, CPU, m) {
   m.impl("batch_norm_eval_backward", &eval_backward_cpu);
   m.impl("batch_norm_eval_backward_statistics", &eval_backward_statistics_cpu);
   m.impl("moments", &moments_cpu);
-}
-
-BNRUN_LIBRARY_IMPL(BNRUN_OPS_NAMESPACE, Autograd, m) {
-  m.impl("batch_norm_train", &train_autograd);
-  m.impl("batch_norm_eval", &eval_autograd);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
