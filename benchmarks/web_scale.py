@@ -107,7 +107,7 @@ def memory_mib(field: str) -> float:
 
 def serve(path: Path, repeats: int) -> dict:
     """The timings and memory of one server process over the store at `path` (run in a child process)."""
-    client = TestClient(create_app(str(path)))
+    client = TestClient(create_app(str(path)), base_url="http://localhost")
     idle = memory_mib("VmRSS")
     return {"runs_page_ms": 1000 * timed(client, "/runs", repeats),
             "report_filtered_s": timed(client, FILTERED_REPORT, repeats),

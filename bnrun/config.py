@@ -19,6 +19,19 @@ INITS = ("default", "kaiming")  # torch's nn.Linear/nn.Conv2d initialization | H
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 AUTO_PRECISION = "auto"  # resolved per trial by resolve_precision; what runs (fp32 or bf16) is stored
+# Fashion-MNIST's 60,000 training images: the first VALIDATION_SIZE of a fixed shuffle are held out for
+# validation, the rest are the training split, which a batch or --train-subset cannot exceed.
+FASHION_MNIST_TRAIN = 60_000
+VALIDATION_SIZE = 5_000
+TRAINING_SPLIT = FASHION_MNIST_TRAIN - VALIDATION_SIZE
+# The largest integer the store holds (SQLite INTEGER, PostgreSQL BIGINT): a run id is 1 to this, and an
+# integer option or filter value beyond it is refused before it reaches SQL.
+STORED_INT_MAX = 2**63 - 1
+
+
+def valid_run_id(run_id: int) -> bool:
+    """A run id is a positive integer that fits the store's id column; any other is no run."""
+    return 1 <= run_id <= STORED_INT_MAX
 
 
 @dataclass(frozen=True)

@@ -4,37 +4,68 @@ first-line rule every error message quoted from elsewhere goes through."""
 
 import contextlib
 from collections.abc import Iterator
+from enum import IntEnum
 from pathlib import Path
+
+
+class ExitCode(IntEnum):
+    """Every command's exit status, declared once: docs/cli.md's table is rendered from it, and each
+    error class below carries its code."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    NOTHING_MATCHED = 3
+    INTERRUPTED = 130
+
+
+EXIT_MEANINGS = {
+    ExitCode.OK: "success (reproduce: the trial is bit-identical)",
+    ExitCode.FAILED: "a trial failed or diverged (reproduce: the trial differs)",
+    ExitCode.USAGE: "bad input, or an unusable store or data set: one line says what; nothing was written",
+    ExitCode.NOTHING_MATCHED: "the selection is empty: no stored run matches the filters or ids",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); a running trial is stored as interrupted",
+}
 
 
 class BnrunError(Exception):
     """An expected failure with a message fit for one line on stderr."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 class UsageError(BnrunError):
     """Invalid options; nothing was touched."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class DataError(BnrunError):
     """Fashion-MNIST could not be found, fetched or read."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class StoreError(BnrunError):
     """The results store cannot be used as asked (corrupt, newer, unwritable, unknown id...)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
+
+
+class RunNotFound(StoreError):
+    """A run id that names no stored run (an id out of the store's range included)."""
 
 
 class NothingMatched(BnrunError):
     """The store holds no trial that the filters select (nothing was written)."""
 
-    exit_code = 1
+    exit_code = ExitCode.NOTHING_MATCHED
+
+
+def printable(text: str) -> str:
+    """`text` with every control, format or line-separator character escaped (\\x1e, \\u2028...): a message
+    that quotes the user's input stays one line, whatever that input held."""
+    return "".join(char if char.isprintable() or char == " " else repr(char)[1:-1] for char in text)
 
 
 def first_line(error: BaseException, limit: int = 160) -> str:

@@ -38,7 +38,11 @@ def test_the_study_generates_its_tables():
 @pytest.mark.parametrize("block", BLOCKS, ids=[block_id(block) for block in BLOCKS])
 def test_a_block_names_a_reproducible_command(block):
     _, command, _ = block
-    assert command.startswith("bnrun report ") and "--db" not in command and "--output" not in command
+    assert command.startswith(("bnrun report ", "bnrun claims ")) and "--db" not in command and "--output" not in command
+
+
+def test_the_readme_findings_are_the_claims_block():
+    assert any(command.startswith("bnrun claims ") for command, _ in SCRIPT.blocks(REPO / "README.md"))
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")

@@ -22,7 +22,7 @@ from bnrun.analysis.stats import holm_adjust, paired_t_test, summarize
 from bnrun.analysis.texts import comparison_lines
 from bnrun.cli import app
 from bnrun.cli.options import parse_run_ids, parse_where
-from bnrun.errors import UsageError
+from bnrun.errors import ExitCode, UsageError
 from bnrun.store import EpochRecord, FinalMetrics, RunRecord, Store
 from conftest import REPO
 
@@ -252,14 +252,14 @@ def test_report_grid_completeness_and_flags(small_store):
     assert "1 diverged" in result.output and "1 failed" in result.output
 
 
-def test_report_on_empty_store_is_one_line_exit_1(tmp_path, isolated_store):
-    """Nothing matched: one line on stderr with a hint, exit 1, nothing on stdout."""
+def test_report_on_empty_store_is_one_line_exit_3(tmp_path, isolated_store):
+    """Nothing matched: one line on stderr with a hint, the empty selection's exit code, nothing on stdout."""
     Store(str(tmp_path / "empty.db")).close()
     Store(str(isolated_store)).close()
     result = runner.invoke(app, ["report", "--db", str(tmp_path / "empty.db")])
-    assert result.exit_code == 1 and "bnrun train" in result.stderr and not result.stdout
+    assert result.exit_code == ExitCode.NOTHING_MATCHED and "bnrun train" in result.stderr and not result.stdout
     filtered = runner.invoke(app, ["report", "--arch", "mlp", "--bn", "post", "--by", "lr"])
-    assert filtered.exit_code == 1 and filtered.stderr.startswith("bnrun: error: no completed trials in the store")
+    assert filtered.exit_code == ExitCode.NOTHING_MATCHED and filtered.stderr.startswith("bnrun: error: no completed trials in the store")
     assert len(filtered.stderr.strip().splitlines()) == 1
 
 
@@ -285,10 +285,10 @@ def test_plot_writes_a_sensible_png(small_store, tmp_path):
     assert output.stat().st_size > 20_000
 
 
-def test_plot_on_empty_store_is_one_line_exit_1(tmp_path):
+def test_plot_on_empty_store_is_one_line_exit_3(tmp_path):
     Store(str(tmp_path / "none.db")).close()
     result = runner.invoke(app, ["plot", "--db", str(tmp_path / "none.db"), "--output", str(tmp_path / "x.png")])
-    assert result.exit_code == 1 and "no completed trials in the store" in result.stderr
+    assert result.exit_code == ExitCode.NOTHING_MATCHED and "no completed trials in the store" in result.stderr
     assert not (tmp_path / "x.png").exists()
 
 

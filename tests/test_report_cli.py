@@ -16,6 +16,7 @@ from bnrun.analysis import figures
 from bnrun.analysis.pivots import Cell, Pivot, PivotRow
 from bnrun.analysis.stats import summarize
 from bnrun.cli import app
+from bnrun.errors import ExitCode
 from bnrun.store import Store
 from conftest import REPO, bnrun_in_process, run_bnrun
 
@@ -155,8 +156,8 @@ def test_where_takes_comma_lists_and_the_tables_labels(study):
 
 
 @shipped
-def test_a_well_formed_filter_that_matches_nothing_is_exit_1(study):
-    line = one_line_error(invoke("report", "--where", "lr=0.7", "--db", str(study)), code=1)
+def test_a_well_formed_filter_that_matches_nothing_is_the_empty_selection_code(study):
+    line = one_line_error(invoke("report", "--where", "lr=0.7", "--db", str(study)), code=ExitCode.NOTHING_MATCHED)
     assert "no completed trial matches these filters" in line and "bnrun runs" in line
 
 

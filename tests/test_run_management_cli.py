@@ -95,6 +95,24 @@ def runs_ids(*args: str) -> list[str]:
     return re.findall(r"^\s*(\d+)\s+(?:completed|running|failed|diverged|interrupted)", result.stdout, re.M)
 
 
+def test_delete_checkpoints_keeps_the_runs_and_shrinks_the_store(mlp_trials_copy):
+    db = str(mlp_trials_copy)
+    size = mlp_trials_copy.stat().st_size
+    with sqlite3.connect(db) as connection:
+        kept = connection.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+    assert kept >= 2
+    assert invoke("delete", "--checkpoints", "--purge", "1", "--yes", "--db", db).exit_code == 2
+    result = invoke("delete", "--checkpoints", "1", "--yes", "--db", db)
+    assert result.exit_code == 0 and "removed 1 checkpoint of 1 run" in result.stdout
+    assert mlp_trials_copy.stat().st_size < size  # compacted
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT count(*) FROM checkpoints").fetchone()[0] == kept - 1
+    assert invoke("show", "1", "--db", db).exit_code == 0  # the run, its curves and metrics stay
+    answer = invoke("eval", "1", "--db", db)
+    assert answer.exit_code == 2 and "delete --checkpoints" in answer.stderr
+    assert invoke("eval", "2", "--db", db).exit_code == 0
+
+
 def test_delete_without_a_terminal_needs_yes(mlp_trials_copy):
     result = invoke("delete", "1", "--db", str(mlp_trials_copy))
     assert result.exit_code == 2

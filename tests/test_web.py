@@ -22,6 +22,7 @@ from bnrun.cli import app as cli
 from bnrun.cli.options import FilterOptions
 from bnrun.errors import StoreError
 from bnrun.store import Store
+from bnrun.web.access import access_for
 from bnrun.web.app import create_app
 from bnrun.web.server import exposure_warning
 from conftest import REPO, bnrun_command, free_port
@@ -42,7 +43,7 @@ def study(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(study):
-    return TestClient(create_app(str(study)))
+    return TestClient(create_app(str(study)), base_url="http://localhost")
 
 
 @pytest.fixture
@@ -171,7 +172,7 @@ def test_a_filter_that_matches_nothing_keeps_the_form(client):
 
 def test_user_text_is_escaped_and_a_running_trial_refreshes_the_listing(labelled):
     db, running = labelled
-    client = TestClient(create_app(str(db)))
+    client = TestClient(create_app(str(db)), base_url="http://localhost")
     for url in ("/runs", "/runs/12", "/api/runs/12"):
         body = client.get(url).text
         assert NOTE not in body, url
@@ -185,7 +186,7 @@ def test_user_text_is_escaped_and_a_running_trial_refreshes_the_listing(labelled
 
 def test_browsing_changes_nothing_and_creates_nothing(study):
     before, files = sha256(study), sorted(study.parent.iterdir())
-    client = TestClient(create_app(str(study)))
+    client = TestClient(create_app(str(study)), base_url="http://localhost")
     for url in ("/", "/?by=lr", "/runs", "/runs?page=3", "/runs/12", "/compare?ids=11,12", "/api/runs", "/runs/999999"):
         client.get(url)
     client.post("/runs")
@@ -212,29 +213,39 @@ def test_html_report_is_one_self_contained_file(study, tmp_path):
 
 
 def test_only_a_loopback_address_goes_without_a_warning():
-    assert exposure_warning("127.0.0.1") is None and exposure_warning("localhost") is None
-    assert "anyone" in exposure_warning("0.0.0.0")
+    loopback = access_for("127.0.0.1")
+    assert exposure_warning("127.0.0.1", loopback) is None and exposure_warning("localhost", loopback) is None
+    assert "token" in exposure_warning("0.0.0.0", access_for("0.0.0.0"))
+    assert "anyone" in exposure_warning("0.0.0.0", access_for("0.0.0.0", require_token=False))
 
 
-def test_the_server_listens_and_warns_when_open_to_the_network(study):
-    """A real `bnrun ui` process: its one warning line, then the report over HTTP."""
+def test_the_server_listens_beyond_loopback_only_with_its_token(study):
+    """A real `bnrun ui` process on every interface: its warning, the URL with a token; a request without
+    the token is 401, with it 200 (and a cookie that serves the next request), a rebound Host 400."""
     import httpx
 
     port = free_port()
     process = subprocess.Popen(bnrun_command("ui", "--db", str(study), "--host", "0.0.0.0", "--port", str(port)),
                                stderr=subprocess.PIPE, text=True)
     try:
-        warning = process.stderr.readline()
-        assert "anyone who can reach this machine" in warning
-        assert "serving the store read-only" in process.stderr.readline()
+        assert "token" in process.stderr.readline()
+        served = process.stderr.readline()
+        assert "serving the store read-only" in served
+        token = re.search(r"\?token=([A-Za-z0-9_-]+)", served).group(1)
+        base = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:
-                response = httpx.get(f"http://127.0.0.1:{port}/runs", timeout=10)
+                refused = httpx.get(f"{base}/runs", timeout=10)
                 break
             except httpx.ConnectError:
                 time.sleep(0.1)
-        assert response.status_code == 200 and "Runs" in response.text
-        assert httpx.post(f"http://127.0.0.1:{port}/runs").status_code == 405
+        assert refused.status_code == 401 and "token" in refused.text
+        with httpx.Client(base_url=base, timeout=10) as browser:
+            response = browser.get("/runs", params={"token": token})
+            assert response.status_code == 200 and "Runs" in response.text
+            assert browser.get("/api/runs").status_code == 200  # the cookie carries the token
+            assert browser.post("/runs").status_code == 405
+            assert browser.get("/runs", headers={"Host": f"rebind.example:{port}"}).status_code == 400
     finally:
         process.terminate()
         process.wait(timeout=30)

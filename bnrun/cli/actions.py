@@ -14,7 +14,7 @@ from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
 from bnrun.cli.options import BATCH_STATS, PlotRequest, require
 from bnrun.config import SweepConfig
-from bnrun.errors import UsageError, writing
+from bnrun.errors import NothingMatched, UsageError, writing
 from bnrun.store import RunLabels, RunRecord, RunStatus, Store
 
 stderr = Console(stderr=True)
@@ -201,6 +201,9 @@ def list_selected(db: str | None, query: RunQuery) -> tuple[list[RunRecord], set
     with open_store(db, read_only=True) as store:
         runs = store.list_runs(statuses=query.statuses, deleted=query.deleted, tags=query.tags)
         matched = select_runs(runs, replace(query, limit=None))
+        if not matched:
+            raise NothingMatched(f"no run matches these filters (the store holds {store.count_runs():,}); "
+                                 "bnrun runs --all lists every one")
         chosen = matched if query.limit is None else matched[:query.limit]
         return chosen, store.orphan_ids(), store.labels([run.id for run in chosen]), len(matched)
 
@@ -252,6 +255,41 @@ def delete_stored(db: str | None, run_ids: list[int], purge: bool):
     """Soft-delete the runs (a list of records), or purge them (a PurgeRecord)."""
     with open_store(db) as store:
         return store.purge_runs(run_ids) if purge else store.delete_runs(run_ids)
+
+
+def claims_of(db: str | None, path: Path, only: tuple[str, ...] = ()) -> list:
+    """The claims of the file at `path` (those named in `only`, if any) computed from the store."""
+    from bnrun.analysis.claims import evaluate, load_claims
+
+    claims = load_claims(path)
+    declared = {claim.id for claim in claims}
+    for name in only:
+        require(name in declared, f"--id {name!r}: no such claim in {path}; bnrun claims lists them")
+    with open_store(db, read_only=True) as store:
+        results = evaluate(store, claims)
+    return [result for result in results if not only or result.claim.id in only]
+
+
+def claims_text(results: list, fmt: str, detail: bool = False):
+    """The results as a rich table, or markdown (`detail`: a list with statements and evidence), JSON or LaTeX."""
+    import json
+
+    from bnrun.analysis import claims
+    from bnrun.cli import views
+
+    if fmt == "json":
+        return json.dumps([claims.result_record(result) for result in results], indent=2)
+    if fmt == "markdown":
+        return claims.markdown_detail(results) if detail else claims.markdown(results)
+    if fmt == "latex":
+        return claims.latex(results)
+    return views.claims_table(results)
+
+
+def drop_checkpoints(db: str | None, run_ids: list[int]) -> int:
+    """Remove the runs' stored weights; how many there were."""
+    with open_store(db) as store:
+        return store.drop_checkpoints(run_ids)
 
 
 def restore_stored(db: str | None, run_ids: list[int]) -> tuple[list[int], list[int]]:

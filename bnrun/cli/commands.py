@@ -1,8 +1,8 @@
 """The `bnrun` commands: each parses its options into a request, calls one action, prints.
 
 Results go to stdout; progress and errors go to stderr. Expected failures print one line and
-exit non-zero (2 for bad input, 1 when nothing matched or a trial failed, 130 for an interrupt);
-no command shows a traceback for them.
+exit with a code of `bnrun.errors.ExitCode` (docs/cli.md's table); no command shows a traceback
+for them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from bnrun.cli.options import (
     choices_text,
 )
 from bnrun.config import ARCHS, DEFAULT_EPOCHS, DEVICES, OPTIMIZERS, SCHEDULES
-from bnrun.errors import BnrunError
+from bnrun.errors import BnrunError, ExitCode, printable
 
 
 class OneLineErrors(typer.core.TyperGroup):
@@ -53,7 +53,7 @@ class OneLineErrors(typer.core.TyperGroup):
             sys.exit(error.exit_code)
         except typer.Abort:
             err.print("bnrun: aborted", highlight=False)
-            sys.exit(1)
+            sys.exit(ExitCode.FAILED)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -62,7 +62,7 @@ def one_line_click_error(error: click_errors.ClickException) -> str:
     context = getattr(error, "ctx", None)
     if isinstance(error, click_errors.UsageError) and context is not None:
         message += f" (see {context.command_path} --help)"
-    return f"bnrun: error: {message}"
+    return f"bnrun: error: {printable(message)}"
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=OneLineErrors,
@@ -168,11 +168,11 @@ def friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except BnrunError as error:
-            err.print(f"bnrun: error: {error}", markup=False, highlight=False, soft_wrap=True)
+            err.print(f"bnrun: error: {printable(str(error))}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             err.print("bnrun: interrupted", highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
 
     return wrapper
 
@@ -411,7 +411,7 @@ def train(
     result = actions.train(sweep, db, executor_settings)
     out.print(actions.sweep_summary(result))
     if result.failed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @app.command("eval")
@@ -502,7 +502,7 @@ def reproduce(
     result = actions.reproduce_stored(db, run_id, scratch, data_dir)
     out.print("\n".join(views.reproduction_lines(result)), highlight=False, markup=False)
     if not result.identical:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @app.command(cls=ReportCommand)
@@ -625,24 +625,37 @@ def delete(
     purge: Annotated[
         bool, option("Remove the runs for good: rows, epochs, checkpoints, diagnostics, evaluations, tags.")
     ] = False,
+    checkpoints: Annotated[
+        bool, option("Remove only the runs' stored weights and compact the store: the runs, curves and metrics "
+                     "stay; eval, export model and population statistics then have no model to load.")
+    ] = False,
     yes: Annotated[bool, option("Do not ask for confirmation (needed without a terminal).")] = False,
     db: DbOption = None,
 ) -> None:
-    """Delete runs (runs, report and plot leave them out; bnrun restore undoes it), or --purge them for good.
+    """Delete runs (runs, report and plot leave them out; bnrun restore undoes it), or --purge them for good, or
+    drop only their --checkpoints.
 
     A running trial is never deleted. The deleted runs stay listed by: bnrun runs --deleted."""
     from bnrun.cli import actions
-    from bnrun.cli.options import run_ids_of
+    from bnrun.cli.options import require, run_ids_of
     from bnrun.errors import UsageError
 
+    require(not (purge and checkpoints), "--purge and --checkpoints are exclusive: --purge removes the checkpoints too")
     ids = run_ids_of(runs)
     chosen = actions.deletable(db, ids)
     plural = "s" if len(chosen) != 1 else ""
-    what = f"{'purge' if purge else 'delete'} {len(chosen)} run{plural} ({', '.join(map(str, ids))})"
+    verb = "purge" if purge else "drop the checkpoints of" if checkpoints else "delete"
+    what = f"{verb} {len(chosen)} run{plural} ({', '.join(map(str, ids))})"
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(f"not asking without a terminal: pass --yes to {what}")
-        typer.confirm(f"{what[0].upper()}{what[1:]}{', for good' if purge else ''}?", abort=True, err=True)
+        typer.confirm(f"{what[0].upper()}{what[1:]}{', for good' if purge or checkpoints else ''}?", abort=True,
+                      err=True)
+    if checkpoints:
+        removed = actions.drop_checkpoints(db, ids)
+        out.print(f"removed {removed} checkpoint{'s' if removed != 1 else ''} of {len(chosen)} run{plural}",
+                  highlight=False)
+        return
     result = actions.delete_stored(db, ids, purge)
     if purge:
         out.print(
@@ -741,19 +754,60 @@ def export_model(
     say_wrote(output, f" (run {run}, {saved['model']['arch']} bn={saved['model']['bn']}, {statistics} statistics)")
 
 
+CLAIM_FORMATS = ("table", "markdown", "json", "latex")
+
+
+@app.command()
+@friendly_errors
+def claims(
+    claims_file: Annotated[Path, option("The claims file.", "--claims")] = Path("study/claims.toml"),
+    only: Annotated[Optional[list[str]], option("Only this claim (repeatable).", "--id")] = None,
+    fmt: Annotated[str, option(f"{choices_text(CLAIM_FORMATS)}.", "--format")] = "table",
+    detail: Annotated[bool, option("markdown: each claim's statement, numbers and evidence (commits, CPUs, "
+                                   "pooling) as a list.", "--detail")] = False,
+    output: Annotated[Optional[Path], option("Write to this file instead of stdout.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Compute each declared claim's verdict from the store: supported, contradicted, inconclusive or incomplete,
+    with its effect, 95 % CI, n, Holm p within its family, and the commits and CPUs its runs come from."""
+    from bnrun.cli import actions
+    from bnrun.cli.options import require, require_choice
+
+    require_choice(fmt, CLAIM_FORMATS, "--format")
+    require(not detail or fmt == "markdown", "--detail applies to --format markdown")
+    results = actions.claims_of(db, claims_file, tuple(only or ()))
+    say_wrote(actions.emit(actions.claims_text(results, fmt, detail), output, out))
+
+
 @app.command()
 @friendly_errors
 def ui(
-    db: DbOption = None,
     host: Annotated[str, option("Listen on this address (0.0.0.0: every network interface).")] = "127.0.0.1",
     port: Annotated[int, option("Listen on this port.")] = 8000,
+    allowed_hosts: Annotated[Optional[list[str]], option(
+        "Also answer requests for this host name (repeatable; * for any): the names a reverse proxy or a team "
+        "uses. By default only the bound address's names are answered (against DNS rebinding).",
+        "--allowed-hosts")] = None,
+    token: Annotated[Optional[str], option(
+        "The token a request must carry (?token=, then a cookie); default beyond loopback: a random one, printed "
+        "in the URL.")] = None,
+    no_token: Annotated[bool, option("Beyond loopback, serve without a token (anyone who reaches the port reads "
+                                     "the store).", "--no-token")] = False,
+    db: DbOption = None,
 ) -> None:
-    """Browse the store in a web browser, read-only: the report, the runs, each run's curves, comparisons."""
-    from bnrun.cli.options import require
+    """Browse the store in a web browser, read-only: the report, the runs, each run's curves, comparisons.
+
+    Bound to loopback (the default) it answers only localhost, 127.0.0.1 and [::1] (against DNS rebinding).
+
+    Bound beyond loopback it shows every run, note and figure to whoever reaches the port, so it asks for a token.
+
+    Share the printed URL with a team, or put the view behind a reverse proxy and name it with --allowed-hosts."""
+    from bnrun.cli.options import ui_access
     from bnrun.web.server import serve
 
-    require(0 < port < 65536, f"--port must be 1-65535, got {port}")
-    serve(db, host, port, lambda line: err.print(f"bnrun: {line}", highlight=False, markup=False, soft_wrap=True))
+    hosts, require_token = ui_access(port, allowed_hosts, token, no_token)
+    serve(db, host, port, lambda line: err.print(f"bnrun: {line}", highlight=False, markup=False, soft_wrap=True),
+          hosts, token, require_token)
 
 
 def show_version(value: bool) -> None:

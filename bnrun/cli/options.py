@@ -29,8 +29,10 @@ from bnrun.config import (
     PLACEMENTS,
     PRECISIONS,
     SCHEDULES,
+    STORED_INT_MAX,
     STUDY_LENGTH,
     STUDY_PATTERN,
+    TRAINING_SPLIT,
     SweepConfig,
     TrainConfig,
 )
@@ -83,8 +85,10 @@ def optional_list(value: str | None, allowed: tuple[str, ...], option: str) -> t
     return split_list(value, allowed, option) if value else ()
 
 
-def parse_numbers(text: str | int | float, kind: type, option: str, minimum: float, strict: bool = False) -> tuple:
-    """'0.01,0.1,1' -> (0.01, 0.1, 1.0): a comma list of numbers, each ≥ minimum (> with strict)."""
+def parse_numbers(text: str | int | float, kind: type, option: str, minimum: float, strict: bool = False,
+                  maximum: float = STORED_INT_MAX) -> tuple:
+    """'0.01,0.1,1' -> (0.01, 0.1, 1.0): a comma list of numbers, each ≥ minimum (> with strict) and
+    at most `maximum` (by default the largest integer the store holds)."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     require(bool(parts), f"{option}: no value given")
     values = []
@@ -97,22 +101,30 @@ def parse_numbers(text: str | int | float, kind: type, option: str, minimum: flo
         bound = "positive" if strict else (f"at least {minimum:g}" if minimum else "≥ 0")
         require(math.isfinite(value), f"{option} must be a finite number, got {part}")
         require(not bad, f"{option} must be {bound}, got {part}")
+        require(value <= maximum, f"{option} must be at most {maximum:,}, got {part}")
         values.append(value)
     return tuple(dict.fromkeys(values))
 
 
+MAX_ID_RANGE = 1_000_000  # ids one range may span: the ids are listed, so 1-10^12 is refused, not listed
+
+
 def parse_run_ids(text: str) -> frozenset[int]:
-    """'1-12,15' -> {1, ..., 12, 15}."""
+    """'1-12,15' -> {1, ..., 12, 15}: ids up to the largest the store holds, a range spanning at most
+    MAX_ID_RANGE of them."""
     ids: set[int] = set()
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         low, _, high = part.partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
+        if not (low.isascii() and low.isdigit()) or (high and not (high.isascii() and high.isdigit())):
             raise UsageError(f"--run-id: {part!r} is not an id or a range like 1-12")
-        require(not high or int(high) >= int(low), f"--run-id: {part!r} runs backwards; write {high}-{low}")
-        ids.update(range(int(low), int(high or low) + 1))
+        first, last = int(low), int(high or low)
+        require(last >= first, f"--run-id: {part!r} runs backwards; write {high}-{low}")
+        require(last <= STORED_INT_MAX, f"--run-id: {part!r}: run ids go up to {STORED_INT_MAX}")
+        require(last - first < MAX_ID_RANGE, f"--run-id: {part!r} spans more than {MAX_ID_RANGE:,} ids")
+        ids.update(range(first, last + 1))
     require(bool(ids), f"--run-id: no id in {text!r}")
     return frozenset(ids)
 
@@ -149,6 +161,7 @@ def option_value(name: str, text: str) -> object:
         kind = "an integer" if option_kind(name) is int else "a number"
         raise UsageError(f"{where}: {text!r} is not {kind}") from None
     require(math.isfinite(value), f"{where}: not a finite number")
+    require(abs(value) <= STORED_INT_MAX, f"{where}: beyond any value the store holds")
     return value
 
 
@@ -221,8 +234,9 @@ class GridOptions:
 def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
     """Every option parsed and checked, in the order the grid is walked."""
 
-    def optional_numbers(text: str | None, kind: type, option: str, minimum: float, strict: bool = False) -> tuple:
-        return parse_numbers(text, kind, option, minimum, strict) if text else (None,)
+    def optional_numbers(text: str | None, kind: type, option: str, minimum: float, strict: bool = False,
+                         maximum: float = STORED_INT_MAX) -> tuple:
+        return parse_numbers(text, kind, option, minimum, strict, maximum) if text else (None,)
 
     return (
         ("arch", split_list(options.arch, ARCHS, "--arch")),
@@ -232,11 +246,11 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
         ("optimizer", split_list(options.optimizer, OPTIMIZERS, "--optimizer")),
         ("schedule", split_list(options.schedule, SCHEDULES, "--schedule")),
         ("epochs", optional_numbers(options.epochs, int, "--epochs", 0, strict=True)),
-        ("batch_size", parse_numbers(options.batch_size, int, "--batch-size", 2)),
+        ("batch_size", parse_numbers(options.batch_size, int, "--batch-size", 2, maximum=TRAINING_SPLIT)),
         ("lr", parse_numbers(options.lr, float, "--lr", 0, strict=True)),
         ("momentum", momentum_values(options.momentum or number_text(DEFAULTS.momentum))),
         ("weight_decay", parse_numbers(options.weight_decay, float, "--weight-decay", 0)),
-        ("train_subset", optional_numbers(options.train_subset, int, "--train-subset", 2)),
+        ("train_subset", optional_numbers(options.train_subset, int, "--train-subset", 2, maximum=TRAINING_SPLIT)),
         ("depth", optional_numbers(options.depth, int, "--depth", 1)),
         ("width", optional_numbers(options.width, int, "--width", 1)),
         ("dropout", dropout_rates(options.dropout)),
@@ -295,6 +309,14 @@ def require_effect(
         axes["bn"] != ("none",) or axes["bn_impl"] == (DEFAULTS.bn_impl,), "--bn-impl applies to --bn pre or post only"
     )
     require_ghost_batches(axes)
+    require_batches_fit(axes)
+
+
+def require_batches_fit(axes: dict[str, tuple]) -> None:
+    """A batch must fit the training images it is drawn from (--train-subset's, or the training split)."""
+    bad = [f"{batch} > {subset:,}" for batch in axes["batch_size"]
+           for subset in (size or TRAINING_SPLIT for size in axes["train_subset"]) if batch > subset]
+    require(not bad, f"--batch-size larger than the training images it is drawn from ({', '.join(bad)})")
 
 
 def require_ghost_batches(axes: dict[str, tuple]) -> None:
@@ -505,6 +527,7 @@ def report_request(
     filters: FilterOptions, metric: str, seeds: int | None = None, by: str | None = None, everything: bool = False
 ) -> ReportRequest:
     """`everything` (--all): every trial the filters accept, not one recipe's on one screen."""
+    require(by is None or by.strip() != "", "--by: give an option to pivot on, e.g. --by lr")
     by = by.replace("-", "_") if by else None
     require(by is None or by in PIVOT_FIELDS, f"--by: unknown option {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
     require_choice(metric, METRICS, "--metric")
@@ -572,8 +595,11 @@ def plot_request(
         require_choice(diagnostic, DIAGNOSTICS, "--diagnostic")
     require(metric is None or x is not None, "--metric applies to --x only (learning curves and diagnostics "
             "have their own axes); add --x OPTION or drop --metric")
+    require(x is None or x.strip() != "", "--x: give a numeric option to put on the x axis, e.g. --x lr")
     x = x.replace("-", "_") if x else None
-    require(x is None or x in PIVOT_FIELDS, f"--x: unknown option {x!r}; choose from {', '.join(PIVOT_FIELDS)}")
+    numeric = [name for name in PIVOT_FIELDS if option_kind(name) in (int, float)]
+    require(x is None or x in PIVOT_FIELDS, f"--x: unknown option {x!r}; choose from {', '.join(numeric)}")
+    require(x is None or x in numeric, f"--x: {x!r} is not a numeric option; choose from {', '.join(numeric)}")
     metric = metric or "test_acc_population"
     name = f"{metric}_by_{x}.png" if x else (f"{diagnostic}.png" if diagnostic else "learning_curves.png")
     path = figure_output(output, name)
@@ -660,6 +686,23 @@ def run_argument(run: int | None, run_id: int | None) -> int:
         run is None or run_id is None or run == run_id, f"two run ids given ({run} and --run-id {run_id}); give one"
     )
     return run if run is not None else run_id
+
+
+HOST_NAME = re.compile(r"\*|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+
+def ui_access(port: int, allowed_hosts: list[str] | None, token: str | None,
+              no_token: bool) -> tuple[tuple[str, ...], bool | None]:
+    """`bnrun ui`'s access options checked: the extra host names, and whether a token is required
+    (None: the bound address decides)."""
+    require(0 < port < 65536, f"--port must be 1-65535, got {port}")
+    hosts = tuple(allowed_hosts or ())
+    for name in hosts:
+        require(HOST_NAME.fullmatch(name) is not None, f"--allowed-hosts: {name[:80]!r} is not a host name")
+    require(not (token is not None and no_token), "--token and --no-token are exclusive; give one of them")
+    require(token is None or re.fullmatch(r"[A-Za-z0-9_-]{16,256}", token) is not None,
+            "--token: 16 to 256 letters, digits, '-' or '_'")
+    return hosts, (False if no_token else None)
 
 
 def usable_device(device: str) -> str:

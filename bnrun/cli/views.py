@@ -509,3 +509,24 @@ def plan_lines(plan: SweepPlan, store_name: str) -> list[str]:
     )
     to_run = f"{store_name}: {held}; {plan.total('to_run')} to run"
     return [plan.description, "every trial: " + ", ".join(shared), to_run]
+
+
+def claims_table(results: list) -> Table:
+    """`bnrun claims`: one row per claim (its id, rule, verdict, effect with its 95 % CI, n, Holm p); the
+    statements, the evidence audit and the trials missing are in --format markdown and json."""
+    from bnrun.analysis.claims import p_text, rule_text, signed
+
+    table = Table(title="bnrun claims", box=box.SIMPLE_HEAD, caption="a − b in points; --format markdown or json "
+                  "for the statements, missing trials and each claim's commits and CPUs")
+    for name, justify in (("claim (rule)", "left"), ("verdict", "left"), ("a − b", "right"), ("95% CI", "right"),
+                          ("n", "right"), ("Holm p", "right")):
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=name != "claim (rule)")
+    for result in results:
+        ci = f"[{signed(result.ci[0])}, {signed(result.ci[1])}]" if result.ci else "—"
+        verdict = result.verdict + ("*" if result.undeclared_pooling else "")
+        claim = Text(result.claim.id)
+        claim.append(f" {rule_text(result.claim)}", style="dim")
+        table.add_row(claim, verdict, signed(result.effect), ci, str(result.n), p_text(result.p_holm))
+    if any(result.undeclared_pooling for result in results):
+        table.caption += "; * its runs pool commits, CPUs or kernels the claim does not declare"
+    return table

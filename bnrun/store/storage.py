@@ -17,8 +17,8 @@ from sqlalchemy import ColumnElement, and_, case, delete, false, func, insert, o
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bnrun.config import BN_IMPLS, impl_label
-from bnrun.errors import StoreError
+from bnrun.config import BN_IMPLS, impl_label, valid_run_id
+from bnrun.errors import RunNotFound, StoreError
 from bnrun.store.engine import describe, open_engine, open_read_only, resolve_url, sqlite_path
 from bnrun.store.models import Checkpoint, Diagnostic, Epoch, Evaluation, Run, Tag
 from bnrun.store.records import (
@@ -280,11 +280,7 @@ class Store:
             return {run.id for run in self._orphans(rows, self.now(session))}
 
     def get_run(self, run_id: int) -> RunRecord:
-        with self.session() as session:
-            row = session.get(Run, run_id)
-            if row is None:
-                raise StoreError(f"no run with id {run_id} in {self.name}; list them with: bnrun runs")
-            return record_from_row(RunRecord, row)
+        return self.get_runs([run_id])[0]
 
     def list_runs(
         self,
@@ -355,8 +351,8 @@ class Store:
             row = session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id)).first()
             if row is None:
                 raise StoreError(
-                    f"run {run_id} has no checkpoint (only completed runs keep one, and not those trained with "
-                    "--no-checkpoint)"
+                    f"run {run_id} has no checkpoint (only completed runs keep one: not those trained with "
+                    "--no-checkpoint, nor those whose checkpoint bnrun delete --checkpoints removed)"
                 )
             blob, digest = row.blob, row.sha256
         if hashlib.sha256(blob).hexdigest() != digest:
@@ -386,10 +382,11 @@ class Store:
             return [record_from_row(RunRecord, row) for row in self._rows(session, run_ids)]
 
     def _rows(self, session: Session, run_ids: list[int]) -> list[Run]:
-        rows = {row.id: row for row in session.scalars(select(Run).where(Run.id.in_(set(run_ids))))}
+        storable = {run_id for run_id in run_ids if valid_run_id(run_id)}  # another id is no run, and no SQL value
+        rows = {row.id: row for row in session.scalars(select(Run).where(Run.id.in_(storable)))}
         missing = [str(run_id) for run_id in dict.fromkeys(run_ids) if run_id not in rows]
         if missing:
-            raise StoreError(f"no run with id {', '.join(missing)} in {self.name}; list them with: bnrun runs")
+            raise RunNotFound(f"no run with id {', '.join(missing)} in {self.name}; list them with: bnrun runs")
         return [rows[run_id] for run_id in dict.fromkeys(run_ids)]
 
     def labels(self, run_ids: list[int]) -> dict[int, RunLabels]:
@@ -483,6 +480,21 @@ class Store:
                 counts[name] = session.execute(delete(table).where(table.run_id.in_(ids))).rowcount
             session.execute(delete(Run).where(Run.id.in_(ids)))
             return PurgeRecord(run_ids=tuple(ids), **counts)
+
+    def drop_checkpoints(self, run_ids: list[int]) -> int:
+        """Remove these runs' stored weights (their rows, epochs and metrics stay), then give the space
+        back (SQLite's VACUUM; PostgreSQL's autovacuum does it there); how many checkpoints were removed."""
+        with self.session(write=True) as session:
+            ids = [row.id for row in self._rows(session, run_ids)]
+            removed = session.execute(delete(Checkpoint).where(Checkpoint.run_id.in_(ids))).rowcount
+        if removed and self.engine.dialect.name == "sqlite":
+            raw = self.engine.raw_connection()  # outside the engine's BEGIN hook: VACUUM runs in no transaction
+            try:
+                raw.driver_connection.execute("VACUUM")
+                raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a WAL store's file shrinks too
+            finally:
+                raw.close()
+        return removed
 
     def trial_holders(self, config_keys: list[str]) -> list[TrialHolder]:
         """The rows holding trials of these configurations (their outcome or running attempt):

@@ -27,11 +27,11 @@ import torch
 from torch import Tensor
 from torchvision.datasets import FashionMNIST
 
+from bnrun.config import VALIDATION_SIZE
 from bnrun.errors import DataError, first_line
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DATA_DIR = Path("~/.cache/bnrun/data").expanduser()
-VALIDATION_SIZE = 5_000
 SPLIT_SEED = 20_170_825  # fixed: every trial and seed sees the same validation hold-out
 REMEDIES = (
     "install the system copy (apt-get install dataset-fashion-mnist), "

@@ -15,15 +15,17 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bnrun.analysis.grouping import PIVOT_FIELDS
 from bnrun.analysis.metrics import METRICS
-from bnrun.errors import NothingMatched, StoreError, UsageError
+from bnrun.errors import NothingMatched, RunNotFound, StoreError, UsageError
 from bnrun.store import RunStatus, Store
 from bnrun.web import charts, pages
+from bnrun.web.access import Access, AccessMiddleware
 from bnrun.web.params import compared_ids, report_of_params, runs_of_params
 
 REFRESH_S = 10  # a page with running trials reloads itself this often
@@ -69,8 +71,9 @@ class StoreView:
             store.close()
 
 
-def create_app(db: str | None) -> Starlette:
-    """The read-only view of the store at `db` (a path or URL, as `--db`); the store is checked first."""
+def create_app(db: str | None, access: Access = Access()) -> Starlette:
+    """The read-only view of the store at `db` (a path or URL, as `--db`), answering as `access` allows
+    (default: loopback names, no token); the store is checked first."""
     view = StoreView(db)
     with view.open():
         pass  # a missing, damaged or foreign store is refused here, before anything listens
@@ -127,7 +130,7 @@ def create_app(db: str | None) -> Starlette:
         Route("/static/style.css", static(STATIC / "style.css")),
         Route("/static/bnrun.js", static(STATIC / "bnrun.js")),
     ]
-    return Starlette(routes=routes, exception_handlers=ERRORS)
+    return Starlette(routes=routes, exception_handlers=ERRORS, middleware=[Middleware(AccessMiddleware, access=access)])
 
 
 def changed(params: QueryParams, **values) -> str:
@@ -168,15 +171,10 @@ def http_error(_request: Request, error: HTTPException) -> Response:
     return one_line(error.status_code, error.detail or "")
 
 
-def missing(_request: Request, error: StoreError) -> Response:
-    """An unknown run id is a 404; any other store failure (gone, damaged, unreachable) a 503."""
-    message = str(error)
-    return one_line(404 if message.startswith("no run with id") else 503, message)
-
-
 ERRORS = {
     HTTPException: http_error,
     UsageError: lambda _request, error: one_line(400, str(error)),
     NothingMatched: lambda _request, error: one_line(404, str(error)),
-    StoreError: missing,
+    RunNotFound: lambda _request, error: one_line(404, str(error)),
+    StoreError: lambda _request, error: one_line(503, str(error)),  # gone, damaged or unreachable
 }

@@ -15,6 +15,7 @@ from bnrun.analysis.machine import comparison_record, group_records
 from bnrun.analysis.metrics import METRICS, metric_value, scaled_pair
 from bnrun.analysis.pivots import Pivot
 from bnrun.analysis.queries import ReportRequest, pivot_of, report_of
+from bnrun.errors import NothingMatched
 from bnrun.store import RunRecord, RunStatus, Store
 from bnrun.web import charts
 from bnrun.web.params import RunsPage
@@ -92,9 +93,19 @@ def page_arguments(query: RunQuery) -> dict:
             "descending": descending}
 
 
+def page_of(store: Store, page: RunsPage):
+    """The page's runs as the store cuts them, and how many pages there are; past the last page is
+    NothingMatched (a 404), not an empty page."""
+    found = store.page_runs(**page_arguments(page.query), limit=page.per_page, offset=page.offset)
+    pages = max(1, -(-found.total // page.per_page))
+    if page.page > pages:
+        raise NothingMatched(f"page {page.page} of {pages}: past the last page of these runs")
+    return found, pages
+
+
 def runs_page(store: Store, page: RunsPage) -> dict:
     """One page of the listing, sorted, filtered and cut in the database."""
-    found = store.page_runs(**page_arguments(page.query), limit=page.per_page, offset=page.offset)
+    found, pages = page_of(store, page)
     runs = list(found.runs)
     labels = store.labels([run.id for run in runs])
     orphans = store.orphan_ids() if any(run.status == RunStatus.RUNNING for run in runs) else set()
@@ -105,7 +116,7 @@ def runs_page(store: Store, page: RunsPage) -> dict:
         "metrics": {name: METRICS[name] for name in HEADLINE},
         "total": found.total,
         "page": page.page,
-        "pages": max(1, -(-found.total // page.per_page)),
+        "pages": pages,
         "running": any(run.status == RunStatus.RUNNING for run in runs),
     }
 
@@ -164,9 +175,9 @@ def compare_page(store: Store, run_ids: list[int]) -> dict:
 
 def api_runs(store: Store, page: RunsPage) -> dict:
     """`/api/runs`: one page of `bnrun export runs`' records, with the count of matches."""
-    found = store.page_runs(**page_arguments(page.query), limit=page.per_page, offset=page.offset)
+    found, pages = page_of(store, page)
     runs = list(found.runs)
-    return {"total": found.total, "page": page.page, "per_page": page.per_page,
+    return {"total": found.total, "page": page.page, "pages": pages, "per_page": page.per_page,
             "runs": run_rows(runs, store.labels([run.id for run in runs]))}
 
 

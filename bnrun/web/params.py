@@ -10,6 +10,7 @@ from starlette.datastructures import QueryParams
 from bnrun.analysis.listing import RunQuery, sort_key_name
 from bnrun.analysis.queries import ReportRequest
 from bnrun.cli.options import FilterOptions, RunSelection, parse_run_ids, report_request, require
+from bnrun.config import STORED_INT_MAX
 from bnrun.errors import UsageError
 from bnrun.store.storage import PAGE_SORT_FIELDS
 
@@ -24,11 +25,13 @@ def text(params: QueryParams, name: str) -> str | None:
     return value or None
 
 
-def number(params: QueryParams, name: str, default: int | None, minimum: int) -> int | None:
+def number(params: QueryParams, name: str, default: int | None, minimum: int,
+           maximum: int = STORED_INT_MAX) -> int | None:
     value = text(params, name)
     if value is None:
         return default
-    require(value.isdigit() and int(value) >= minimum, f"{name}: expected a whole number ≥ {minimum}, got {value!r}")
+    require(value.isascii() and value.isdigit() and minimum <= int(value) <= maximum,
+            f"{name}: expected a whole number from {minimum} to {maximum}, got {value[:40]!r}")
     return int(value)
 
 
@@ -72,7 +75,7 @@ def runs_of_params(params: QueryParams) -> RunsPage:
     require(name in PAGE_SORT_FIELDS, f"sort: {name!r} is computed, not stored; sort by a stored field here")
     per_page = number(params, "per_page", PER_PAGE, 1)
     require(per_page <= MAX_PER_PAGE, f"per_page: at most {MAX_PER_PAGE}")
-    return RunsPage(query, number(params, "page", 1, 1), per_page)
+    return RunsPage(query, number(params, "page", 1, 1, STORED_INT_MAX // MAX_PER_PAGE), per_page)
 
 
 def compared_ids(params: QueryParams) -> list[int]:
