@@ -117,21 +117,52 @@ class BatchNormFunction(torch.autograd.Function):
     ∂σ²/∂xⱼ = 2(xⱼ−μ)/m, the chain rule collapses to
         dx = γ/(m·σ̂) · (m·dy − Σdy − x̂·Σ(dy·x̂)),
     which needs only the saved x̂ and 1/σ̂.
-    Returns (y, mean, biased var, x̂, 1/σ̂): only y carries a gradient (x̂ and 1/σ̂ are outputs so that
-    the backward may keep them under torch.func's transforms, which allow saving only inputs and
-    outputs; x̂ is None where it is y itself, without γ and β).
+    Returns (y, mean, biased var); the statistics carry no gradient.
 
     16-bit input (bfloat16 under autocast) is normalized in float32, the statistics, x̂ and the
     gradient sums stay float32, and y and dx come back in the input's dtype, as in torch's kernel.
     """
 
-    generate_vmap_rule = True  # torch.func.vmap runs forward and backward on batched tensors
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+        ctx.input_dtype = x.dtype
+        y, x_hat, inv_std, mean, var = normalize_forward(in_op_math(x), weight, bias, eps)
+        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
+        return y.to(x.dtype), mean, var
+
+    @staticmethod
+    @once_differentiable  # the closed form is not itself differentiated: double backward raises, never silently wrong
+    def backward(ctx, grad_y: Tensor, *_grad_statistics: Tensor):
+        return closed_form_backward(ctx, grad_y)
+
+
+def closed_form_backward(ctx, grad_y: Tensor | None) -> tuple:
+    """`BatchNormFunction`'s backward from the saved x̂, 1/σ̂ and γ: (dx, dγ, dβ, None)."""
+    if grad_y is None:  # only the (non-differentiable) statistics were used downstream
+        return None, None, None, None
+    x_hat, inv_std, weight = ctx.saved_tensors
+    grad_y = laid_out_as(in_op_math(grad_y), x_hat)
+    grad_x, grad_weight, grad_bias = normalize_backward(grad_y, x_hat, inv_std, weight)
+    return (grad_x.to(ctx.input_dtype), grad_weight if ctx.has_weight else None,
+            grad_bias if ctx.has_bias else None, None)
+
+
+class FunctorchBatchNormFunction(torch.autograd.Function):
+    """`BatchNormFunction` in the form torch.func's transforms take (a forward without ctx, setup_context,
+    a generated vmap rule), used only under them: it returns x̂ and 1/σ̂ too, as outputs, since functorch
+    lets the backward keep only inputs and outputs (x̂ is None where it is y itself, without γ and β).
+    The plain path keeps the old form, a quarter faster on a small layer's step."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
         y, x_hat, inv_std, mean, var = normalize_forward(in_op_math(x), weight, bias, eps)
         y = y.to(x.dtype)
-        return y, mean, var, None if x_hat is y else x_hat, inv_std  # without γ and β, y is x̂
+        return y, mean, var, None if x_hat is y else x_hat, inv_std
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -144,23 +175,19 @@ class BatchNormFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    @once_differentiable  # the closed form is not itself differentiated: double backward raises, never silently wrong
+    @once_differentiable
     def backward(ctx, grad_y: Tensor, *_grad_statistics: Tensor):
-        if grad_y is None:  # only the (non-differentiable) statistics were used downstream
-            return None, None, None, None
-        x_hat, inv_std, weight = ctx.saved_tensors
-        grad_y = laid_out_as(in_op_math(grad_y), x_hat)
-        grad_x, grad_weight, grad_bias = normalize_backward(grad_y, x_hat, inv_std, weight)
-        return (grad_x.to(ctx.input_dtype), grad_weight if ctx.has_weight else None,
-                grad_bias if ctx.has_bias else None, None)
+        return closed_form_backward(ctx, grad_y)
 
 
 def batch_norm_train(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Normalize with batch statistics; returns (y, batch mean, biased batch var)."""
-    y, mean, var, _x_hat, _inv_std = BatchNormFunction.apply(x, weight, bias, eps)
-    return y, mean, var
+    if torch._C._are_functorch_transforms_active():
+        y, mean, var, _x_hat, _inv_std = FunctorchBatchNormFunction.apply(x, weight, bias, eps)
+        return y, mean, var
+    return BatchNormFunction.apply(x, weight, bias, eps)
 
 
 def batch_norm_train_and_track(
