@@ -14,7 +14,10 @@ PLACEMENTS = ("none", "pre", "post")
 BN_IMPLS = ("custom", "torch")
 DEFAULT_EPOCHS = {"mlp": 20, "cnn": 10}
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("onecycle", "cosine", "constant")
+# onecycle: a warm-up over the first quarter from lr/25, a cosine anneal to lr/2.5e5, SGD's momentum cycled
+# against it; onecycle-flat: the same without the momentum cycle; warmup: only the warm-up, then lr; cosine:
+# only the anneal (to 0); constant: none of them.
+SCHEDULES = ("onecycle", "cosine", "constant", "onecycle-flat", "warmup")
 INITS = ("default", "kaiming")  # torch's nn.Linear/nn.Conv2d initialization | He-normal (bnrun.training.models)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")

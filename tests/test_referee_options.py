@@ -337,3 +337,23 @@ def test_runs_lists_the_options_that_vary_at_80_columns(option_store, monkeypatc
     assert "init" in header.split() and "ghost" in header.split()
     assert "also varying" in result.output and "target_loss" in result.output
     assert max(len(line) for line in result.output.splitlines()) <= 80
+
+
+@pytest.mark.parametrize("schedule, warms, anneals, cycles", [
+    ("onecycle", True, True, True), ("onecycle-flat", True, True, False), ("warmup", True, False, False),
+    ("cosine", False, True, False), ("constant", False, False, False)])
+def test_the_schedules_separate_warm_up_annealing_and_momentum_cycling(schedule, warms, anneals, cycles):
+    from bnrun.training.loop import make_optimizer, make_scheduler
+
+    config = TrainConfig(arch="mlp", schedule=schedule, epochs=4, lr=0.1)
+    optimizer = make_optimizer(config, torch.nn.Linear(2, 2))
+    scheduler = make_scheduler(config, optimizer, 10)
+    rates, momenta = [], []
+    for _ in range(40):
+        rates.append(optimizer.param_groups[0]["lr"])
+        momenta.append(optimizer.param_groups[0]["momentum"])
+        optimizer.step()
+        scheduler.step()
+    assert (rates[0] < 0.01) == warms and max(rates) == pytest.approx(0.1, rel=0.01)
+    assert (rates[-1] < 0.01) == anneals
+    assert (len(set(momenta)) > 1) == cycles

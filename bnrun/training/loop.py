@@ -71,16 +71,33 @@ def onecycle_momentum(config: TrainConfig) -> dict:
     return {"base_momentum": low, "max_momentum": high}
 
 
+WARMUP_FRACTION, WARMUP_START = 0.25, 1 / 25  # OneCycleLR's pct_start and 1/div_factor
+
+
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
-    if config.schedule == "onecycle" and total >= 4:
+    if config.schedule in ("onecycle", "onecycle-flat") and total >= 4:
         # at least two warm-up steps: OneCycleLR divides by the warm-up length minus one
-        warmup = max(0.25, 2.5 / total)
+        warmup = max(WARMUP_FRACTION, 2.5 / total)
+        momentum = onecycle_momentum(config) if config.schedule == "onecycle" else {"cycle_momentum": False}
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup,
-                                                   **onecycle_momentum(config))
+                                                   **momentum)
+    if config.schedule == "warmup":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(max(2, round(WARMUP_FRACTION * total))))
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+
+
+def warmup_factor(steps: int):
+    """The onecycle schedule's warm-up alone: the factor on lr rises from 1/25 to 1 along a half cosine
+    over `steps` steps (as OneCycleLR's), then stays at 1."""
+    def factor(step: int) -> float:
+        if step >= steps:
+            return 1.0
+        return WARMUP_START + (1 - WARMUP_START) * (1 - math.cos(math.pi * step / steps)) / 2
+
+    return factor
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
