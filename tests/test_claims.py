@@ -177,3 +177,18 @@ def test_a_bad_claims_file_is_one_line(tmp_path, text, message):
         load_claims(path)
     result = runner.invoke(app, ["claims", "--claims", str(path), "--db", str(SHIPPED)])
     assert result.exit_code == ExitCode.USAGE and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_train_claim_plans_what_the_claim_lacks(tmp_path):
+    copy = tmp_path / "study.db"
+    shutil.copyfile(SHIPPED, copy)
+    result = runner.invoke(app, ["train", "--claim", "cnn-placement", "--claims", str(CLAIMS), "--precision", "fp32",
+                                 "--fused", "--channels-last", "--dry-run", "--db", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("every trial:") == 2 and "study=referee-cnn" in result.stdout  # one plan per arm
+    assert "12 completed" in result.stdout  # the grid the claim names is the stored one
+    refused = runner.invoke(app, ["train", "--claim", "cnn-placement", "--claims", str(CLAIMS), "--lr", "0.1",
+                                  "--dry-run", "--db", str(copy)])
+    assert refused.exit_code == ExitCode.USAGE and "drop --lr" in refused.stderr
+    unknown = runner.invoke(app, ["train", "--claim", "nope", "--claims", str(CLAIMS), "--dry-run", "--db", str(copy)])
+    assert unknown.exit_code == ExitCode.USAGE and "no such claim" in unknown.stderr

@@ -257,6 +257,15 @@ def delete_stored(db: str | None, run_ids: list[int], purge: bool):
         return store.purge_runs(run_ids) if purge else store.delete_runs(run_ids)
 
 
+def claim_named(path: Path, name: str):
+    """The claim `name` of the claims file at `path`."""
+    from bnrun.analysis.claims import load_claims
+
+    claims = {claim.id: claim for claim in load_claims(path)}
+    require(name in claims, f"--claim {name!r}: no such claim in {path}; bnrun claims lists them")
+    return claims[name]
+
+
 def claims_of(db: str | None, path: Path, only: tuple[str, ...] = ()) -> list:
     """The claims of the file at `path` (those named in `only`, if any) computed from the store."""
     from bnrun.analysis.claims import evaluate, load_claims

@@ -358,6 +358,10 @@ def train(
         option("Print the grid and what the store already holds of it, then exit (nothing is trained or created)."),
     ] = False,
     yes: Annotated[bool, option("Train a grid of more than 10,000 trials.")] = False,
+    claim: Annotated[Optional[str], option(
+        "Train what this claim of --claims lacks: its two arms' configurations at the seeds it needs (the "
+        "recipe options then come from the claim).")] = None,
+    claims_file: Annotated[Path, option("The claims file (with --claim).", "--claims")] = Path("study/claims.toml"),
     db: DbOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -385,13 +389,15 @@ def train(
         target_loss=target_loss,
         study=study,
     )
-    sweep = options.build_sweep(
-        grid,
+    grids, seeds = options.claim_grids(actions.claim_named(claims_file, claim), grid, seeds, seed) if claim else (
+        [grid], seeds)
+    sweeps = [options.build_sweep(
+        arm,
         seeds=seeds,
         explicit_seeds=seed or [],
         augment=augment,
-        fused=fused,
-        channels_last=channels_last,
+        fused=None if claim and (arm.bn == "none" or arm.bn_impl == "torch") else fused,  # no effect there
+        channels_last=None if claim and arm.arch != "cnn" else channels_last,
         device=device,
         force=force,
         data_dir=data_dir,
@@ -400,17 +406,20 @@ def train(
         yes=yes,
         executor=executor,
         hardware_known=executor == "local" or ray_address is None,
-    )
+    ) for arm in grids]
     executor_settings = options.executor_options(executor, ray_address, cpus_per_trial, gpus_per_trial,
-                                                 sweep.base.device)
-    if dry_run:
-        plan, store_name = actions.plan(sweep, db)
-        out.print("\n".join(views.plan_lines(plan, store_name)), highlight=False, markup=False)
-        out.print(views.plan_table(plan))
-        return
-    result = actions.train(sweep, db, executor_settings)
-    out.print(actions.sweep_summary(result))
-    if result.failed:
+                                                 sweeps[0].base.device)
+    failed = False
+    for sweep in sweeps:
+        if dry_run:
+            plan, store_name = actions.plan(sweep, db)
+            out.print("\n".join(views.plan_lines(plan, store_name)), highlight=False, markup=False)
+            out.print(views.plan_table(plan))
+            continue
+        result = actions.train(sweep, db, executor_settings)
+        out.print(actions.sweep_summary(result))
+        failed = failed or bool(result.failed)
+    if failed:
         raise typer.Exit(ExitCode.FAILED)
 
 

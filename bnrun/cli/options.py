@@ -261,6 +261,26 @@ def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
     )
 
 
+def claim_grids(claim, given: GridOptions, seeds: int | None,
+                explicit: list[int] | None) -> tuple[list[GridOptions], int | None]:
+    """The grids that train a claim's two arms (its `select` and each arm's options, the other options at
+    their defaults), and the seeds (the claim's min_seeds unless --seeds or --seed says otherwise). A
+    recipe option given on the command line beside --claim is refused: the claim declares the recipe."""
+    differing = [name for name in GridOptions.__dataclass_fields__ if name != "precision"
+                 and getattr(given, name) != getattr(GridOptions(), name)]
+    require(not differing, f"--claim {claim.id}: the claim declares the recipe; drop --{differing[0].replace('_', '-')}"
+            if differing else "")
+    grids = []
+    for arm in (claim.a, claim.b):
+        options = dict(claim.select) | dict(arm)
+        unknown = [name for name in options if name not in GridOptions.__dataclass_fields__]
+        require(not unknown, f"--claim {claim.id}: {', '.join(unknown)} cannot be trained from a claim")
+        texts = {name: None if values == (None,) else ",".join(spelled(value) for value in values)
+                 for name, values in options.items()}
+        grids.append(replace(given, **texts))
+    return grids, (claim.min_seeds if seeds is None and not explicit else seeds)
+
+
 def study_tag(text: str | None) -> str | None:
     """--study checked: one tag (bnrun.config.STUDY_PATTERN), or None (no tag)."""
     if text is None:
