@@ -122,7 +122,7 @@ def test_export_gives_accuracies_in_percent_as_every_view():
 
 
 def test_runs_in_a_terminal_lists_one_screen_newest_first():
-    from bnrun.cli.options import SCREEN_RUNS, FilterOptions, RunSelection, listing_query
+    from bnrun.requests.parsing import SCREEN_RUNS, FilterOptions, RunSelection, listing_query
 
     every = RunSelection(FilterOptions())
 

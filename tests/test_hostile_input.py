@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 
 from bnrun.analysis.grouping import PIVOT_FIELDS
 from bnrun.cli import app
-from bnrun.cli.options import CHOICES
 from bnrun.config import STORED_INT_MAX
 from bnrun.errors import ExitCode
+from bnrun.requests.parsing import CHOICES
 from bnrun.store import EpochRecord, FinalMetrics, Store
 from bnrun.web.access import access_for
 from bnrun.web.app import create_app

@@ -21,8 +21,8 @@ from bnrun.analysis.grouping import RunFilter, build_report
 from bnrun.analysis.stats import holm_adjust, paired_t_test, summarize
 from bnrun.analysis.texts import comparison_lines
 from bnrun.cli import app
-from bnrun.cli.options import parse_run_ids, parse_where
 from bnrun.errors import ExitCode, UsageError
+from bnrun.requests.parsing import parse_run_ids, parse_where
 from bnrun.store import EpochRecord, FinalMetrics, RunRecord, Store
 from conftest import REPO
 

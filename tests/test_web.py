@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.cli import app as cli
-from bnrun.cli.options import FilterOptions
 from bnrun.errors import StoreError
+from bnrun.requests.parsing import FilterOptions
 from bnrun.store import Store
 from bnrun.web.access import access_for
 from bnrun.web.app import create_app

@@ -12,9 +12,10 @@ from rich.console import Console
 from bnrun.analysis.comparison import RunDiff, diff_runs
 from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
-from bnrun.cli.options import BATCH_STATS, PlotRequest, require
+from bnrun.cli.options import BATCH_STATS, PlotRequest
 from bnrun.config import SweepConfig
 from bnrun.errors import NothingMatched, UsageError, writing
+from bnrun.requests.parsing import require
 from bnrun.store import RunLabels, RunRecord, RunStatus, Store
 
 stderr = Console(stderr=True)

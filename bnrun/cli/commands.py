@@ -19,21 +19,10 @@ from typer._click import exceptions as click_errors  # Typer's own copy of Click
 
 from bnrun.analysis.export import EXPORT_FORMATS
 from bnrun.analysis.metrics import METRICS
-from bnrun.cli.options import (
-    BATCH_STATS,
-    DEFAULTS,
-    EXECUTORS,
-    IMPL_LABELS,
-    REPORT_FORMATS,
-    STATISTICS,
-    TRAINING_DIAGNOSTICS,
-    FilterOptions,
-    GridOptions,
-    RunSelection,
-    choices_text,
-)
+from bnrun.cli.options import BATCH_STATS, EXECUTORS, REPORT_FORMATS, STATISTICS, TRAINING_DIAGNOSTICS, GridOptions
 from bnrun.config import ARCHS, DEFAULT_EPOCHS, DEVICES, OPTIMIZERS, SCHEDULES
 from bnrun.errors import BnrunError, ExitCode, printable
+from bnrun.requests.parsing import DEFAULTS, IMPL_LABELS, FilterOptions, RunSelection, choices_text
 
 
 class OneLineErrors(typer.core.TyperGroup):
@@ -445,7 +434,8 @@ def eval_(
     """Re-evaluate a stored trial (validation and test, running and population statistics, optionally batch
     statistics)."""
     from bnrun.cli import actions, views
-    from bnrun.cli.options import parse_numbers, run_argument, usable_device
+    from bnrun.cli.options import run_argument, usable_device
+    from bnrun.requests.parsing import parse_numbers
 
     chosen = run_argument(run, run_id)
     sizes = parse_numbers(batch_stats, int, "--batch-stats", 2) if batch_stats else ()
@@ -467,7 +457,7 @@ def runs(
 ) -> None:
     """List the trials in the store: the options that vary among them as columns, the ones they share below."""
     from bnrun.cli import actions, views
-    from bnrun.cli.options import listing_query
+    from bnrun.requests.parsing import listing_query
 
     query = listing_query(selection, deleted, out.is_terminal, everything)
     out.print(views.runs_table(*actions.list_selected(db, query), width=out.width))
@@ -544,7 +534,8 @@ def report(
 ) -> None:
     """Mean ± std across seeds per configuration, paired comparisons (95% CI, Holm-corrected), in six formats."""
     from bnrun.cli import actions
-    from bnrun.cli.options import one_pivot, report_format, report_output, report_request
+    from bnrun.cli.options import report_format, report_output
+    from bnrun.requests.parsing import one_pivot, report_request
 
     fmt = report_format(fmt, standalone, wide)
     request = report_request(filters, metric, seeds, one_pivot(by), everything)
@@ -621,7 +612,7 @@ def tag(
 ) -> None:
     """Tag runs and note on them (bnrun runs --tag TAG filters); with neither, print their tags and notes."""
     from bnrun.cli import actions, views
-    from bnrun.cli.options import run_ids_of, tags_of
+    from bnrun.requests.parsing import run_ids_of, tags_of
 
     labels = actions.label_stored(db, run_ids_of(runs), tags_of(add, "--add"), tags_of(remove, "--remove"), note)
     out.print("\n".join(views.labels_lines(labels)), highlight=False, markup=False)
@@ -646,8 +637,8 @@ def delete(
 
     A running trial is never deleted. The deleted runs stay listed by: bnrun runs --deleted."""
     from bnrun.cli import actions
-    from bnrun.cli.options import require, run_ids_of
     from bnrun.errors import UsageError
+    from bnrun.requests.parsing import require, run_ids_of
 
     require(not (purge and checkpoints), "--purge and --checkpoints are exclusive: --purge removes the checkpoints too")
     ids = run_ids_of(runs)
@@ -684,7 +675,7 @@ def delete(
 def restore(runs: RunArguments, db: DbOption = None) -> None:
     """Bring deleted runs back (bnrun delete without --purge)."""
     from bnrun.cli import actions
-    from bnrun.cli.options import run_ids_of
+    from bnrun.requests.parsing import run_ids_of
 
     restored, untouched = actions.restore_stored(db, run_ids_of(runs))
     lines = [f"restored runs {', '.join(map(str, restored))}"] if restored else []
@@ -726,7 +717,8 @@ def export_epochs(
     """The per-epoch rows of the runs (loss, accuracy in percent, learning rate, seconds), one row or object per
     epoch."""
     from bnrun.cli import actions
-    from bnrun.cli.options import export_format, run_ids_of
+    from bnrun.cli.options import export_format
+    from bnrun.requests.parsing import run_ids_of
 
     fmt = export_format(fmt)
     say_wrote(actions.emit(actions.export_epochs(db, run_ids_of(runs), fmt), output, out))
@@ -756,7 +748,7 @@ def export_model(
 
     predicted = [classes[i] for i in model(images).argmax(1)]"""
     from bnrun.cli import actions
-    from bnrun.cli.options import require_choice
+    from bnrun.requests.parsing import require_choice
 
     require_choice(statistics, STATISTICS, "--statistics")
     saved = actions.export_model(db, run, output, statistics, data_dir)
@@ -780,7 +772,7 @@ def claims(
     """Compute each declared claim's verdict from the store: supported, contradicted, inconclusive or incomplete,
     with its effect, 95 % CI, n, Holm p within its family, and the commits and CPUs its runs come from."""
     from bnrun.cli import actions
-    from bnrun.cli.options import require, require_choice
+    from bnrun.requests.parsing import require, require_choice
 
     require_choice(fmt, CLAIM_FORMATS, "--format")
     require(not detail or fmt == "markdown", "--detail applies to --format markdown")

@@ -9,9 +9,9 @@ from starlette.datastructures import QueryParams
 
 from bnrun.analysis.listing import RunQuery, sort_key_name
 from bnrun.analysis.queries import ReportRequest
-from bnrun.cli.options import FilterOptions, RunSelection, parse_run_ids, report_request, require
 from bnrun.config import STORED_INT_MAX
 from bnrun.errors import UsageError
+from bnrun.requests.parsing import FilterOptions, RunSelection, parse_run_ids, report_request, require
 from bnrun.store.storage import PAGE_SORT_FIELDS
 
 PER_PAGE = 50
