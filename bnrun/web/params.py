@@ -1,5 +1,5 @@
-"""A page's query parameters parsed into the requests the CLI builds from the same options (the CLI's
-parsers, so a URL and a command line select the same trials). Bad input raises `UsageError`."""
+"""A page's query parameters parsed into the requests the CLI builds from the same options (the parsers of
+`bnrun.requests`, so a URL and a command line select the same trials). Bad input raises `UsageError`."""
 
 from __future__ import annotations
 
