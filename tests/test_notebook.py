@@ -70,3 +70,14 @@ def test_a_read_never_creates_a_store(tmp_path):
 def test_filters_and_units_on_postgresql(pg_url):
     fill(pg_url)
     check_small_store(pg_url)
+
+
+@pytest.mark.parametrize("where, named", [({"arch": "mlpp"}, "mlp, cnn"), ({"lr": "abc"}, "not a number"),
+                                          ({"arch": 3}, "mlp, cnn"), ({"lr": True}, "float")])
+def test_a_bad_where_value_raises_naming_what_is_valid(where, named):
+    from bnrun.errors import UsageError
+    from bnrun.requests.notebook import where_filter
+
+    with pytest.raises(UsageError, match=named) as raised:
+        where_filter(where)
+    assert "--" not in str(raised.value)

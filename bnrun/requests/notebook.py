@@ -10,6 +10,7 @@ from bnrun.analysis.grouping import HYPERPARAMETERS, IDENTITY, PIVOT_FIELDS, Run
 from bnrun.analysis.metrics import METRICS, metric_value, scale
 from bnrun.config import impl_label
 from bnrun.errors import UsageError
+from bnrun.requests.parsing import CHOICES, option_kind, option_value
 from bnrun.store import RunRecord, RunStatus, Store
 
 RUN_COLUMNS = ("id", "status", "seed", "impl", *IDENTITY, *HYPERPARAMETERS, *METRICS, "duration_s", "started_at")
@@ -27,13 +28,35 @@ def pandas():
 
 
 def where_filter(where: dict[str, object] | None) -> RunFilter:
-    """{option: value or list of values} as a RunFilter; UsageError names an unknown option."""
-    unknown = [name for name in where or {} if name not in WHERE_FIELDS]
-    if unknown:
-        raise UsageError(f"where: unknown option {unknown[0]!r}; choose from {', '.join(WHERE_FIELDS)}")
-    def values(value: object) -> tuple:
-        return tuple(value) if isinstance(value, (list, tuple, set, frozenset)) else (value,)
-    return RunFilter(where=tuple((name, values(value)) for name, value in (where or {}).items()))
+    """{option: value or list of values} as a RunFilter, each value checked as `--where` checks it (the
+    choices of a named option, a number for a numeric one; a string is parsed as on the command line);
+    UsageError names an unknown option or the valid values."""
+    checked = []
+    for name, given in (where or {}).items():
+        if name not in WHERE_FIELDS:
+            raise UsageError(f"where: unknown option {name!r}; choose from {', '.join(WHERE_FIELDS)}")
+        values = tuple(given) if isinstance(given, (list, tuple, set, frozenset)) else (given,)
+        checked.append((name, tuple(typed_value(name, value) for value in values)))
+    return RunFilter(where=tuple(checked))
+
+
+def typed_value(name: str, value: object) -> object:
+    """A `where` value as the store holds it: a string goes through `--where`'s parser; None, a bool or a
+    number is checked against the option's type."""
+    if name not in PIVOT_FIELDS:  # seed, status: compared as given
+        return value
+    if isinstance(value, str):
+        try:
+            return option_value(name, value)
+        except UsageError as error:  # the command line's words, in the notebook's
+            raise UsageError(str(error).replace("--where ", "where ")) from None
+    kind = option_kind(name)
+    fits = value is None or (isinstance(value, bool) if kind is bool else
+                             isinstance(value, int | float) and not isinstance(value, bool) and kind in (int, float))
+    if not fits or name in CHOICES:
+        raise UsageError(f"where {name}={value!r}: {name} takes "
+                         f"{', '.join(CHOICES[name]) if name in CHOICES else kind.__name__} values")
+    return value
 
 
 def run_row(run: RunRecord) -> dict[str, object]:
