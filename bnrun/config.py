@@ -116,6 +116,11 @@ def momentum_cycle(momentum: float) -> tuple[float, float]:
     return round(momentum - MOMENTUM_SPREAD, 12), round(momentum + MOMENTUM_SPREAD, 12)
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """'1 run', '3 runs', '0 runs': a count with its noun in the right number."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
 def impl_label(bn_impl: str, fused: bool) -> str:
     """The batch-norm implementation as reports name it: custom, custom+fused, torch."""
     return bn_impl + ("+fused" if fused else "")

@@ -19,10 +19,9 @@ from bnrun.analysis.claims import Claim, evaluate, load_claims
 from bnrun.cli import app
 from bnrun.errors import ExitCode, UsageError
 from bnrun.store import EpochRecord, FinalMetrics, Store
-from conftest import REPO
+from conftest import REPO, SHIPPED
 
 runner = CliRunner()
-SHIPPED = REPO / "bnrun.db"
 CLAIMS = REPO / "study" / "claims.toml"
 PRE = [0.900, 0.905, 0.910, 0.902, 0.908, 0.904]  # test accuracies by seed
 POST = [0.898, 0.904, 0.907, 0.901, 0.905, 0.902]

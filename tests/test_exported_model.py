@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
 import torch
 from torchvision.datasets import FashionMNIST
 from typer.testing import CliRunner
@@ -14,10 +13,7 @@ from bnrun.cli import app
 from bnrun.run.export import load_model
 from bnrun.store import Store
 from bnrun.training.data import CLASSES, check_available, load, standardized
-from conftest import REPO
-
-SHIPPED = REPO / "bnrun.db"
-pytestmark = pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
+from conftest import SHIPPED
 
 
 def test_raw_uint8_test_images_give_the_stored_accuracy(tmp_path):

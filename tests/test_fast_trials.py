@@ -8,7 +8,6 @@ import hashlib
 import json
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -21,14 +20,12 @@ from bnrun.run.plan import auto_precision_line, settle_auto_precision
 from bnrun.run.trial import run_fields
 from bnrun.store import RunStatus, Store
 from bnrun.training import precision
-from conftest import bnrun_in_process
+from conftest import SHIPPED, bnrun_in_process
 
-SHIPPED = Path(__file__).resolve().parents[1] / "bnrun.db"
 TINY = ["--epochs", "1", "--train-subset", "600", "--seed", "0", "--device", "cpu"]
 runner = CliRunner()
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
 def test_stored_trials_keep_their_keys():
     """Fields added later (precision, channels_last) leave the key of every stored trial as it was."""
     store = Store(str(SHIPPED), read_only=True)
@@ -101,7 +98,6 @@ def test_precision_auto_takes_the_precision_the_store_holds_each_trial_in(monkey
         "bf16 for cnn (2 of its trials, this CPU has bf16 units); --precision fp32 for the reference")
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
 @pytest.mark.parametrize("bf16_units", [False, True])
 def test_the_readme_main_job_finds_the_shipped_trials_on_every_cpu(tmp_path, monkeypatch, bf16_units):
     """The README's main job, dry run, on a copy of the shipped store: its 12 trials are found

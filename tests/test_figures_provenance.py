@@ -15,14 +15,10 @@ from typer.testing import CliRunner
 from bnrun.analysis.provenance import COMMAND, DIGEST, read
 from bnrun.cli import app
 from bnrun.store.storage import Store
-from conftest import REPO, figures_script
-
-SHIPPED = REPO / "bnrun.db"
-
+from conftest import SHIPPED, figures_script
 
 SCRIPT = figures_script()
 FIGURES = SCRIPT.shown_figures()
-needs_store = pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +36,6 @@ def test_the_pages_show_figures_and_the_screenshots_are_left_out():
     assert not any(name.startswith("ui_") for name in names)
 
 
-@needs_store
 @pytest.mark.parametrize("figure", FIGURES, ids=[figure.name for figure in FIGURES])
 def test_each_figure_is_what_its_command_draws_from_the_shipped_store(figure, shipped_copy, tmp_path):
     problem = SCRIPT.stale_figure(figure, shipped_copy, tmp_path)
@@ -49,7 +44,7 @@ def test_each_figure_is_what_its_command_draws_from_the_shipped_store(figure, sh
 
 def test_a_plot_records_its_command_without_the_store(tmp_path, isolated_store):
     """The line is the options given (repeated ones in order), --output as given, --db left out."""
-    shutil.copyfile(SHIPPED, isolated_store) if SHIPPED.exists() else pytest.skip("no shipped bnrun.db")
+    shutil.copyfile(SHIPPED, isolated_store)
     output = tmp_path / "lr.png"
     result = CliRunner().invoke(app, ["plot", "--x", "lr", "--where", "epochs=2", "--arch", "cnn", "--db",
                                       str(isolated_store), "--output", str(output)])
@@ -59,7 +54,6 @@ def test_a_plot_records_its_command_without_the_store(tmp_path, isolated_store):
     assert len(chunks[DIGEST]) == 64
 
 
-@needs_store
 def test_a_stale_figure_fails(shipped_copy, tmp_path):
     """A figure drawn before one of its trials was deleted no longer matches its command's data."""
     command = SCRIPT.COMMANDS["docs/lr_cnn.png"]

@@ -40,7 +40,7 @@ def test_a_filter_keeps_the_default_recipe_and_names_the_others():
     assert "--where epochs=10 --where lr=0.01 (9 trials); --where epochs=10 (9 trials)" in note
     assert "and 1 more; --all shows every trial" in note
     one_epoch = build_report(study(), run_filter=RunFilter(where=(("epochs", (1, 20)),)), narrowed=True)
-    assert "in 1 other recipes: --where train_subset=1000 (9 trials)" in one_epoch.left_out[0]  # epochs named
+    assert "in 1 other recipe: --where train_subset=1000 (9 trials)" in one_epoch.left_out[0]  # epochs named
 
 
 def test_without_the_default_the_largest_recipe_is_shown_and_its_options_named():

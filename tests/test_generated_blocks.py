@@ -11,10 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bnrun.cli import app
-from conftest import REPO, figures_script
-
-SHIPPED = REPO / "bnrun.db"
-
+from conftest import REPO, SHIPPED, figures_script
 
 SCRIPT = figures_script()
 BLOCKS = [(page, command, text) for page in SCRIPT.PAGES for command, text in SCRIPT.blocks(page)]
@@ -45,7 +42,6 @@ def test_the_readme_findings_are_the_claims_block():
     assert any(command.startswith("bnrun claims ") for command, _ in SCRIPT.blocks(REPO / "README.md"))
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
 @pytest.mark.parametrize("block", BLOCKS, ids=[block_id(block) for block in BLOCKS])
 def test_the_block_is_the_commands_output_on_the_shipped_store(block):
     """Read-only: the report opens the shipped store without writing it."""

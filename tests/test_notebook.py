@@ -14,14 +14,12 @@ import bnrun
 from bnrun.cli import app
 from bnrun.errors import StoreError, UsageError
 from bnrun.store import Store
-from conftest import REPO
+from conftest import SHIPPED
 
 pytest.importorskip("pandas")
-SHIPPED = REPO / "bnrun.db"
 GRID = ["--run-id", "1-32,204-215,371-393", "--arch", "mlp"]
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
 def test_the_means_are_the_reports(tmp_path):
     db = tmp_path / "s.db"
     shutil.copyfile(SHIPPED, db)

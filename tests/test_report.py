@@ -24,7 +24,7 @@ from bnrun.cli import app
 from bnrun.errors import ExitCode, UsageError
 from bnrun.requests.parsing import parse_run_ids, parse_where
 from bnrun.store import EpochRecord, FinalMetrics, RunRecord, Store
-from conftest import REPO
+from conftest import SHIPPED
 
 runner = CliRunner()
 
@@ -195,9 +195,7 @@ def test_standalone_latex_compiles_fits_the_page_and_carries_comparisons_and_dia
     """The table, the paired comparisons with Holm and the diagnostics, with no line wider than the page."""
     source = tmp_path / "report.tex"
     if shipped:
-        store = REPO / "bnrun.db"
-        if not store.exists():
-            pytest.skip("no shipped bnrun.db")
+        store = SHIPPED
         result = runner.invoke(app, ["report", "--format", "latex", "--standalone", "--run-id", "1-32,204-215",
                                      "--db", str(store), "--output", str(source)])
         assert result.exit_code == 0, result.output

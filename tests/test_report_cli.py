@@ -18,10 +18,8 @@ from bnrun.analysis.stats import summarize
 from bnrun.cli import app
 from bnrun.errors import ExitCode
 from bnrun.store import Store
-from conftest import REPO, bnrun_in_process, run_bnrun
+from conftest import SHIPPED, bnrun_in_process, run_bnrun
 
-SHIPPED = REPO / "bnrun.db"
-shipped = pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
 runner = CliRunner()
 NARROW = {"COLUMNS": "80"}
 
@@ -51,7 +49,6 @@ def invoke(*args: str, env: dict | None = None):
     return runner.invoke(app, list(args), env=env)
 
 
-@shipped
 def test_the_headline_fits_80_columns_when_piped(study):
     tables = []
     for args in (["report", "--run-id", "1-12"], ["report"], ["report", "--all"], ["report", "--by", "lr", "--arch", "mlp"]):
@@ -64,14 +61,12 @@ def test_the_headline_fits_80_columns_when_piped(study):
     assert "cnn: channels_last=True, epochs=10; mlp: channels_last=False, epochs=20" in table
 
 
-@shipped
 def test_piped_output_follows_columns(study):
     wide = run_bnrun("report", "--wide", "--run-id", "1-12", "--db", str(study), env={"COLUMNS": "200"})
     assert wide.returncode == 0 and max(len(line) for line in wide.stdout.splitlines()) > 80
     assert "diagnostics" in wide.stdout and "s / epoch" in wide.stdout
 
 
-@shipped
 def test_the_default_report_is_the_default_recipe_with_holm_over_what_it_prints(study):
     """The 5-seed grid's groups (the sweeps left out, and said so), Holm over exactly the comparisons
     printed: the same numbers as the README's headline for the same groups."""
@@ -89,7 +84,6 @@ def test_the_default_report_is_the_default_recipe_with_holm_over_what_it_prints(
     assert next(row for row in tested if row.startswith(mlp)).split() in [row.split() for row in grid.splitlines()]
 
 
-@shipped
 def test_every_group_label_is_unique(study):
     result = invoke("report", "--all", "--format", "markdown", "--db", str(study))
     assert result.exit_code == 0, result.output
@@ -98,7 +92,6 @@ def test_every_group_label_is_unique(study):
     assert len(labels) == len(set(labels)) and all("lr=" in label for label in labels)
 
 
-@shipped
 def test_batch_sizes_sort_as_numbers(study):
     filters = ["--arch", "mlp", "--where", "epochs=10", "--where", "lr=0.05", "--where", "depth=none", "--where",
                "width=none", "--where", "dropout=0", "--where", "ghost_batch=none", "--where", "train_subset=none", "--db", str(study)]
@@ -111,7 +104,6 @@ def test_batch_sizes_sort_as_numbers(study):
     assert pivot["columns"] == sizes
 
 
-@shipped
 @pytest.mark.parametrize("args,message", [
     (["plot", "--x", "learning_rate"], "--x: unknown option 'learning_rate'"),
     (["plot", "--output", "c.jpgx"], "unknown extension .jpgx; end the file name in .png, .pdf, .svg"),
@@ -135,8 +127,6 @@ def test_every_mistake_is_one_line_exit_2(study, tmp_path, monkeypatch, args, me
     assert list(tmp_path.iterdir()) == []
 
 
-@shipped
-@shipped
 @pytest.mark.parametrize("device,message", [("gpu", "--device: unknown value 'gpu'"), ("cuda", "no CUDA device")])
 def test_eval_on_a_device_this_machine_lacks_is_one_line(study, device, message):
     import torch
@@ -146,7 +136,6 @@ def test_eval_on_a_device_this_machine_lacks_is_one_line(study, device, message)
     assert message in one_line_error(invoke("eval", "--run-id", "12", "--device", device, "--db", str(study)))
 
 
-@shipped
 def test_where_takes_comma_lists_and_the_tables_labels(study):
     either = json.loads(invoke("report", "--format", "json", "--arch", "cnn", "--where", "lr=0.1,0.3",
                                "--db", str(study)).stdout)
@@ -155,13 +144,11 @@ def test_where_takes_comma_lists_and_the_tables_labels(study):
     assert {(g["bn_impl"], g["fused"]) for g in fused["groups"]} == {("custom", True)}
 
 
-@shipped
 def test_a_well_formed_filter_that_matches_nothing_is_the_empty_selection_code(study):
     line = one_line_error(invoke("report", "--where", "lr=0.7", "--db", str(study)), code=ExitCode.NOTHING_MATCHED)
     assert "no completed trial matches these filters" in line and "bnrun runs" in line
 
 
-@shipped
 def test_output_to_a_directory_writes_inside_and_says_where(study, tmp_path):
     result = invoke("report", "--output", str(tmp_path), "--db", str(study))
     assert result.exit_code == 0 and result.stderr.strip() == f"wrote {tmp_path / 'report.txt'}"
@@ -204,7 +191,6 @@ def test_figures_keep_accuracy_inside_0_to_100(tmp_path, monkeypatch):
     assert len(marks) == 3 and len(set(marks)) == 3  # two at lr 3, apart
 
 
-@shipped
 def test_a_default_plot_has_few_series(study, tmp_path):
     result = invoke("plot", "--output", str(tmp_path / "curves.png"), "--db", str(study))
     assert result.exit_code == 0, result.output
@@ -257,7 +243,6 @@ def group_lines(text: str, group: dict) -> list[str]:
     return [line for line in text.splitlines() if line.split()[:3] == [group["arch"], group["bn"], impl]]
 
 
-@shipped
 @pytest.mark.parametrize("width", ["80", "100"])
 @pytest.mark.parametrize("wide", [False, True])
 def test_report_tables_keep_every_label_and_number_whole(study, width, wide):
@@ -279,7 +264,6 @@ def test_report_tables_keep_every_label_and_number_whole(study, width, wide):
             assert any(value in line for line in lines), (metric, value, text)
 
 
-@shipped
 @pytest.mark.parametrize("selection", [["--arch", "mlp"], ["--where", "lr=0.05"]])
 def test_report_fits_one_screen_with_one_line_per_comparison(study, selection):
     """At 80 columns: at most 50 lines, each paired comparison one line with its mean difference, 95% CI,
@@ -296,7 +280,6 @@ def test_report_fits_one_screen_with_one_line_per_comparison(study, selection):
         assert any(row[-6:] == cells[:3] + row[-3:-2] + cells[3:] for row in rows), (c, text)
 
 
-@shipped
 def test_runs_fold_notes_at_word_boundaries(study, tmp_path):
     """A user's note in `bnrun runs` at 80 columns: every word whole, none cut at the column's edge."""
     copy = tmp_path / "notes.db"

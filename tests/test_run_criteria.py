@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
@@ -15,9 +14,8 @@ from bnrun.analysis.grouping import RunFilter, narrow
 from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.analysis.queries import filtered_runs, one_recipes_runs
 from bnrun.store import RunCriteria, Store
+from conftest import SHIPPED
 
-SHIPPED = Path(__file__).resolve().parents[1] / "bnrun.db"
-pytestmark = pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
 DELETED = [3, 40, 200]
 
 FILTERS = [

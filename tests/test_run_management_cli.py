@@ -117,18 +117,18 @@ def test_delete_without_a_terminal_needs_yes(mlp_trials_copy):
     result = invoke("delete", "1", "--db", str(mlp_trials_copy))
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and "--yes" in result.output
-    assert runs_ids("--db", str(mlp_trials_copy)) == ["1", "2", "3"]
+    assert runs_ids("--db", str(mlp_trials_copy)) == ["3", "2", "1"]  # newest first, piped or not
 
 
 def test_soft_delete_hides_the_run_until_restored(mlp_trials_copy):
     before = report_ids(mlp_trials_copy)
     result = invoke("delete", "1", "--yes", "--db", str(mlp_trials_copy))
     assert result.exit_code == 0, result.output
-    assert runs_ids("--db", str(mlp_trials_copy)) == ["2", "3"]
+    assert runs_ids("--db", str(mlp_trials_copy)) == ["3", "2"]
     assert runs_ids("--deleted", "--db", str(mlp_trials_copy)) == ["1"]
     assert "1" not in report_ids(mlp_trials_copy)
     assert invoke("restore", "1", "--db", str(mlp_trials_copy)).exit_code == 0
-    assert runs_ids("--db", str(mlp_trials_copy)) == ["1", "2", "3"] and report_ids(mlp_trials_copy) == before
+    assert runs_ids("--db", str(mlp_trials_copy)) == ["3", "2", "1"] and report_ids(mlp_trials_copy) == before
 
 
 def test_purge_removes_the_run_and_everything_it_had(mlp_trials_copy):
@@ -183,13 +183,13 @@ def test_export_runs_as_csv_and_json(mlp_trials, tmp_path):
     result = bnrun_in_process("export", "runs", "--format", "csv", "--where", "lr=0.1", "--db", str(mlp_trials))
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert [row["id"] for row in rows] == ["2", "3"] and {row["lr"] for row in rows} == {"0.1"}
+    assert [row["id"] for row in rows] == ["3", "2"] and {row["lr"] for row in rows} == {"0.1"}
     target = tmp_path / "runs.json"
     assert (
         bnrun_in_process("export", "runs", "--format", "json", "--output", str(target), "--db", str(mlp_trials)).returncode == 0
     )
     records = json.loads(target.read_text())
-    assert [r["id"] for r in records] == [1, 2, 3] and records[0]["status"] == "completed"
+    assert [r["id"] for r in records] == [3, 2, 1] and records[-1]["status"] == "completed"
     assert isinstance(records[0]["test_acc_population"], float) and records[0]["tags"] == []
 
 
@@ -233,8 +233,9 @@ def test_runs_filters_sort_and_limit_fit_80_columns(mlp_trials):
     assert result.returncode == 0, result.stderr
     fits(result.stdout)
     assert re.search(r"\blr\b", result.stdout)  # lr varies among the listed runs: a column
-    assert runs_ids("--where", "lr=0.1", "--db", str(mlp_trials)) == ["2", "3"]
-    assert runs_ids("--run-id", "1-2", "--db", str(mlp_trials)) == ["1", "2"]
+    assert runs_ids("--where", "lr=0.1", "--db", str(mlp_trials)) == ["3", "2"]
+    assert runs_ids("--run-id", "1-2", "--db", str(mlp_trials)) == ["2", "1"]
+    assert runs_ids("--sort", "id", "--db", str(mlp_trials)) == ["1", "2", "3"]
     assert runs_ids("--sort", "-id", "--limit", "2", "--db", str(mlp_trials)) == ["3", "2"]
     assert runs_ids("--sort", "lr", "--db", str(mlp_trials))[0] == "1"
     only = bnrun_in_process("runs", "--where", "lr=0.1", "--db", str(mlp_trials), env=WIDE)

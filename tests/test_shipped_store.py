@@ -12,10 +12,8 @@ from typer.testing import CliRunner
 
 from bnrun.cli import app
 from bnrun.store import Store
-from conftest import REPO
+from conftest import SHIPPED
 
-SHIPPED = REPO / "bnrun.db"
-pytestmark = pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
 runner = CliRunner()
 PLACEMENTS = {"none", "pre", "post"}
 

@@ -25,10 +25,8 @@ from bnrun.store import Store
 from bnrun.web.access import access_for
 from bnrun.web.app import create_app
 from bnrun.web.server import exposure_warning
-from conftest import REPO, bnrun_command, free_port
+from conftest import SHIPPED, bnrun_command, free_port
 
-SHIPPED = REPO / "bnrun.db"
-pytestmark = pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout")
 NOTE = '<script>alert("x")</script>'
 runner = CliRunner()
 

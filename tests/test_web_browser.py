@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, bnrun_command, free_port
+from conftest import SHIPPED, bnrun_command, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
-SHIPPED = REPO / "bnrun.db"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bnrun.db in this checkout"),
-]
+pytestmark = [pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")

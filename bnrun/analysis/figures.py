@@ -276,11 +276,15 @@ def plot_diagnostic(
     kind, axis_field, label, log_x, log_y = DIAGNOSTIC_PLOTS[name]
     groups = list(report.groups)
     check_series(len(groups), report.varying)
+    drawn = {id(group): diagnostic_series(group, diagnostics, epochs, kind, axis_field) for group in groups}
+    if not any(drawn.values()):
+        raise UsageError(f"no stored {name} diagnostics among these runs; they are recorded by training with "
+                         "--diagnostics, e.g.: bnrun train --arch mlp --bn pre,post --seeds 3 --diagnostics")
     archs = list(dict.fromkeys(g.value("arch") for g in groups))
     figure, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)
     for axis, arch in zip(axes[0], archs):
         for group in (g for g in groups if g.value("arch") == arch):
-            series = diagnostic_series(group, diagnostics, epochs, kind, axis_field)
+            series = drawn[id(group)]
             if not series:
                 continue
             band(axis, series, f"{report.label(group)} (n={len(group.runs)})", bounds=(0.0, None) if log_y else

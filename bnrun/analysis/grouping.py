@@ -10,7 +10,7 @@ from datetime import datetime
 
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, METRICS, metric_value
 from bnrun.analysis.stats import MIN_TRIALS, PairedTest, Summary, paired_t_test, summarize, with_holm
-from bnrun.config import DEFAULT_EPOCHS, TRAIN_FIELDS, TrainConfig, canonical_model, impl_label
+from bnrun.config import DEFAULT_EPOCHS, TRAIN_FIELDS, TrainConfig, canonical_model, counted, impl_label
 from bnrun.store import OUTCOMES, RunRecord, RunStatus
 
 IDENTITY = ("arch", "bn", "bn_impl", "fused")
@@ -296,12 +296,12 @@ def narrow(runs: list[RunRecord], named: frozenset[str] = frozenset(), sweep: st
                     key=lambda key: (-len(recipes[key]), min(run.id for run in recipes[key])))
     names = dict.fromkeys(name for key in (chosen, *others) for name, _ in key)
     listed = [f"{where_text(recipes[key], [n for n in names if n in dict(key) or n in dict(chosen)])} "
-              f"({len(recipes[key])} trials)" for key in others[:SHOWN_RECIPES]]
+              f"({counted(len(recipes[key]), 'trial')})" for key in others[:SHOWN_RECIPES]]
     more = f"; and {len(others) - SHOWN_RECIPES} more" if len(others) > SHOWN_RECIPES else ""
     left = len(runs) - len(recipes[chosen])
     return recipes[chosen], (
         f"shown: {'the default recipe' if chosen == () else 'the largest recipe'}; left out: {left} of {len(runs)} "
-        f"trials, in {len(others)} other recipes: {'; '.join(listed)}{more}; --all shows every trial"
+        f"trials, in {counted(len(others), 'other recipe')}: {'; '.join(listed)}{more}; --all shows every trial"
     )
 
 

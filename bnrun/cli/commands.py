@@ -588,12 +588,15 @@ def plot(
 @app.command()
 @friendly_errors
 def compare(
-    a: Annotated[int, typer.Argument(help="The first run.", show_default=False)],
-    b: Annotated[int, typer.Argument(help="The second run.", show_default=False)],
+    a: Annotated[Optional[int], typer.Argument(help="The first run.", show_default=False)] = None,
+    b: Annotated[Optional[int], typer.Argument(help="The second run.", show_default=False)] = None,
     db: DbOption = None,
 ) -> None:
     """Two runs side by side: the options that differ, the final metrics and their difference, the curves."""
     from bnrun.cli import actions, views
+    from bnrun.requests.parsing import require
+
+    require(a is not None and b is not None, "compare: give two run ids, e.g. bnrun compare 11 12")
 
     for table in views.comparison_tables(actions.compare_stored(db, a, b)):
         out.print(table)
@@ -746,7 +749,7 @@ def export_model(
 
     classes = torch.load("model.pt", weights_only=True)["classes"]
 
-    predicted = [classes[i] for i in model(images).argmax(1)]"""
+    predicted = [classes\\[i] for i in model(images).argmax(1)]"""
     from bnrun.cli import actions
     from bnrun.requests.parsing import require_choice
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bnrun.analysis.diagnostic_summaries import mode_gap
-from bnrun.config import TRAIN_FIELDS, impl_label
+from bnrun.config import TRAIN_FIELDS, counted, impl_label
 from bnrun.store import DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord, RunStatus
 
 if TYPE_CHECKING:  # importing the run layer would pull in torch for every table
@@ -220,7 +220,8 @@ def runs_table(
     labels never wrap, statuses, tags and notes fold."""
     from bnrun.analysis.listing import option_value, shared_options, varying_options
 
-    title = f"{len(runs)} runs" + ("" if total == len(runs) else f" (of {total} matching; --limit N or --all for more)")
+    more = "" if total == len(runs) else f" (of {total} matching; --limit N or --all for more)"
+    title = counted(len(runs), "run") + more
     tags = {run.id: ", ".join(labels[run.id].tags) for run in runs if run.id in labels and labels[run.id].tags}
     notes = {run.id: "; ".join(text for text in (run.user_note, run.note) if text) for run in runs}
     notes = {run_id: text for run_id, text in notes.items() if text}

@@ -286,7 +286,7 @@ class RunSelection:
     filters: FilterOptions
     status: str | None = None
     tags: tuple[str, ...] = ()
-    sort: str = "id"
+    sort: str = "-id"  # newest first, in every listing
     limit: int | None = None
 
     def query(self, deleted: bool = False) -> RunQuery:
@@ -312,10 +312,10 @@ SCREEN_RUNS = 30  # the runs `bnrun runs` lists in a terminal without --limit or
 
 
 def listing_query(selection: RunSelection, deleted: bool, terminal: bool, everything: bool) -> RunQuery:
-    """`bnrun runs`' query: in a terminal, without --limit or --all, the newest SCREEN_RUNS runs (newest first
-    unless --sort says otherwise)."""
+    """`bnrun runs`' query: newest first unless --sort says otherwise, in a terminal or piped alike; in a
+    terminal, without --limit or --all, only the newest SCREEN_RUNS runs."""
     require(not (everything and selection.limit is not None), "--all and --limit are exclusive; give one of them")
     query = selection.query(deleted)
     if not terminal or everything or selection.limit is not None:
         return query
-    return replace(query, limit=SCREEN_RUNS, sort="-id" if selection.sort == RunSelection.sort else query.sort)
+    return replace(query, limit=SCREEN_RUNS)

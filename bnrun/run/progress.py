@@ -79,14 +79,16 @@ class RichReporter(SilentReporter):
         self.progress.update(self.epoch_task, advance=1)
 
     def epoch_finished(self, record: EpochRecord) -> None:
-        self.progress.update(self.epoch_task, info=f"loss {record.train_loss:.4f} val_acc {record.val_acc:.4f}")
+        accuracy = 100 * record.val_acc
+        self.progress.update(self.epoch_task, info=f"loss {record.train_loss:.4f} val. acc. {accuracy:.2f} %")
 
     def trial_finished(self, run_id: int, status: str, metrics: FinalMetrics | None, note: str = "") -> None:
         if self.epoch_task is not None:
             self.progress.remove_task(self.epoch_task)
             self.epoch_task = None
         detail = (
-            f"test_acc {metrics.test_acc_population:.4f} (population) {metrics.test_acc_running:.4f} (running)"
+            f"test acc. {100 * metrics.test_acc_population:.2f} % (population stats), "
+            f"{100 * metrics.test_acc_running:.2f} % (running averages)"
             if metrics
             else note
         )
