@@ -292,7 +292,8 @@ def test_routes_answer_ids_past_the_stores_range_with_404(run_id, hostile_store)
     ["runs", "--where", "study=a\u2028b", "--sort", "\x85"],
     ["plot", "--x", "arch"],  # found by Hypothesis: a categorical axis crashed the sensitivity plot
     ["plot", "--x", ""],
-    ["plot", "--diagnostic", "grad_norm"],  # runs trained without --diagnostics: the command that records them
+    ["plot", "--diagnostic", "grad_norm"],
+    ["plot", "--all", "--x", "ghost_batch"],  # found by Hypothesis: an option every trial leaves unset  # runs trained without --diagnostics: the command that records them
 ], ids=lambda words: " ".join(words)[:60].encode("unicode_escape").decode())
 def test_impossible_values_are_refused_in_one_line(words, hostile_store, tmp_path):
     result, before = run_line(words, hostile_store, tmp_path)

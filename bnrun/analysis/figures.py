@@ -6,6 +6,7 @@ their seeds as points instead of a band, and a figure refuses more series than i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -127,6 +128,15 @@ def row_label(labels: dict) -> str:
     return text + (f", {', '.join(extras)}" if extras else "")
 
 
+def set_values_only(pivot: Pivot) -> Pivot:
+    """The pivot without the column of trials that leave the option unset (no point on a numeric axis)."""
+    if None not in pivot.columns:
+        return pivot
+    rows = tuple(replace(row, cells={value: cell for value, cell in row.cells.items() if value is not None})
+                 for row in pivot.rows)
+    return replace(pivot, columns=tuple(value for value in pivot.columns if value is not None), rows=rows)
+
+
 def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: float, dpi: int = 120) -> Path:
     """The headline metric against one option: a mean line per placement with a ±std band where at
     least MIN_TRIALS seeds completed and the seeds as points where fewer did, one panel per
@@ -134,6 +144,10 @@ def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: fl
     value whose trials ended at chance, each line's marks beside the others'; the caption names the options held
     off the default recipe."""
     check_series(len(pivot.rows), [f for f in pivot.row_fields if f not in ("arch", "bn", "bn_impl", "fused")])
+    pivot = set_values_only(pivot)
+    if len(pivot.columns) < 2:
+        raise UsageError(f"--x {pivot.by}: the selected trials set it to fewer than two values; a plot against it "
+                         f"needs two or more (bnrun report --by {pivot.by} shows what they hold)")
     bounds = PERCENT_RANGE if scale == 100.0 else (None, None)
     chance = pivot.metric in HIGHER_IS_BETTER  # an accuracy can be at chance; a gap cannot
     archs = list(dict.fromkeys(row.labels.get("arch", "all") for row in pivot.rows))
