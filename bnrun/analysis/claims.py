@@ -79,6 +79,7 @@ class Result:
     verdict: str
     n: int
     effect: float | None = None  # mean a − b, in the metric's display unit
+    spread: float | None = None  # the paired differences' sample std, same unit
     ci: tuple[float, float] | None = None  # 95 %
     p: float | None = None  # the rule's p-value (two-sided, TOST's larger one-sided, or one-sided)
     p_holm: float | None = None
@@ -220,8 +221,8 @@ def evaluate_one(store: Store, claim: Claim) -> Result:
         return Result(claim, "incomplete", missing=missing or ("a paired seed with the metric",), **base)
     test = paired_t_test([x for x, _ in pairs], [y for _, y in pairs], CONFIDENCE)
     ci = (test.ci_low, test.ci_high) if test.ci_low is not None else None
-    return Result(claim, "described" if claim.rule == "describe" else "pending", effect=test.mean_diff, ci=ci,
-                  p=rule_p(claim, len(pairs), test.mean_diff, test.std_diff), **base)
+    return Result(claim, "described" if claim.rule == "describe" else "pending", effect=test.mean_diff,
+                  spread=test.std_diff, ci=ci, p=rule_p(claim, len(pairs), test.mean_diff, test.std_diff), **base)
 
 
 def rule_p(claim: Claim, n: int, mean: float, std: float | None) -> float | None:
@@ -272,18 +273,8 @@ def decide(result: Result, p_holm: float) -> Result:
         verdict = "supported"
     elif high < -claim.margin:
         verdict = "contradicted"
-    needed = seeds_needed(claim, mean, result_std(result)) if verdict == "inconclusive" else None
+    needed = seeds_needed(claim, mean, result.spread) if verdict == "inconclusive" else None
     return replace(result, verdict=verdict, p_holm=p_holm, seeds_needed=needed)
-
-
-def result_std(result: Result) -> float | None:
-    """The paired differences' sample std, recovered from the CI's half-width."""
-    if result.ci is None or result.n < 2:
-        return None
-    from scipy.stats import t
-
-    half = (result.ci[1] - result.ci[0]) / 2
-    return half * math.sqrt(result.n) / float(t.ppf(1 - (1 - CONFIDENCE) / 2, result.n - 1))
 
 
 def seeds_needed(claim: Claim, mean: float, std: float | None) -> int | None:
