@@ -247,3 +247,11 @@ def test_the_server_listens_beyond_loopback_only_with_its_token(study):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_runs_shows_values_as_the_cli_does_and_compare_shows_the_seeds(client):
+    page = client.get("/runs", params={"per_page": 500}).text
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", page)
+    assert cells and not {"None", "True", "False"} & {cell.strip() for cell in cells}
+    compared = client.get("/compare", params={"ids": "11,12"}).text
+    assert re.search(r"<th>seed</th><td>1</td><td>2</td>", compared)

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bnrun.analysis.diagnostic_summaries import mode_gap
+from bnrun.analysis.listing import option_text
 from bnrun.config import TRAIN_FIELDS, counted, impl_label
 from bnrun.store import DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord, RunStatus
 
@@ -172,17 +173,6 @@ def reproduction_lines(result: Reproduction) -> list[str]:
 
 
 # -- run management: runs, show, compare, tag, dry-run --------------------------------------------------
-
-
-def option_text(value: object) -> str:
-    """An option's value as the command line spells it."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def when(value: datetime | None) -> str:

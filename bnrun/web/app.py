@@ -21,6 +21,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainT
 from starlette.routing import Route
 
 from bnrun.analysis.grouping import PIVOT_FIELDS
+from bnrun.analysis.listing import option_text
 from bnrun.analysis.metrics import METRICS
 from bnrun.errors import NothingMatched, RunNotFound, StoreError, UsageError
 from bnrun.store import RunStatus, Store
@@ -44,6 +45,7 @@ def environment() -> Environment:
     env.filters["number"] = number_text
     env.filters["when"] = lambda value: "" if value is None else value.isoformat(sep=" ", timespec="seconds")
     env.filters["figure_json"] = lambda figure: json.dumps(figure, default=str)
+    env.filters["shown"] = option_text  # None, booleans and floats as the CLI shows them
     return env
 
 

@@ -161,7 +161,7 @@ def compare_page(store: Store, run_ids: list[int]) -> dict:
     """Several runs: their curves overlaid, and the configuration fields where they differ."""
     runs = store.get_runs(run_ids)
     epochs = store.epochs_by_run(run_ids)
-    configs = {run.id: json.loads(run.config_json) for run in runs}
+    configs = {run.id: {**json.loads(run.config_json), "seed": run.seed} for run in runs}  # the seed is no option
     names = sorted({name for config in configs.values() for name in config})
     differing = [name for name in names if len({json.dumps(c.get(name)) for c in configs.values()}) > 1]
     return {
