@@ -148,7 +148,7 @@ def test_the_json_api_is_export_runs(client, study):
     assert [e["epoch"] for e in one["per_epoch"]] == list(range(1, one["epochs"] + 1))
 
 
-def test_unknown_ids_and_methods_and_parameters_are_refused_in_one_line(client):
+def test_unknown_ids_and_methods_and_parameters_are_refused_as_error_pages(client):
     cases = {"/runs/999999": 404, "/api/runs/999999": 404, "/runs/abc": 404, "/nowhere": 404, "/?metric=bogus": 400,
              "/?by=colour": 400, "/runs?page=0": 400, "/runs?per_page=9999": 400, "/runs?sort=gen_gap": 400,
              "/runs?sort=nonsense": 400, "/compare?ids=x": 400, "/compare?ids=11": 400, "/compare": 400,
@@ -156,7 +156,11 @@ def test_unknown_ids_and_methods_and_parameters_are_refused_in_one_line(client):
     for url, status in cases.items():
         response = client.get(url)
         assert response.status_code == status, (url, response.text)
-        assert len(response.text.strip().splitlines()) == 1 and "Traceback" not in response.text, url
+        assert "Traceback" not in response.text and "bnrun runs" not in response.text, url
+        if url.startswith("/api/"):
+            assert response.json()["status"] == status and response.json()["error"], url
+        else:  # a page in the site's layout, with a way back
+            assert "<nav>" in response.text and 'href="/runs"' in response.text and 'class="error"' in response.text, url
     for method in ("post", "put", "delete", "patch"):
         for url in ("/", "/runs", "/runs/12", "/api/runs/12"):
             assert getattr(client, method)(url).status_code == 405, (method, url)

@@ -17,7 +17,7 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from bnrun.analysis.grouping import PIVOT_FIELDS
@@ -164,19 +164,34 @@ def json_value(value: object) -> str:
     raise TypeError(f"not JSON: {type(value).__name__}")
 
 
-def one_line(status: int, message: str) -> PlainTextResponse:
-    return PlainTextResponse(message.splitlines()[0] + "\n" if message else "\n", status_code=status,
-                             headers=SECURITY_HEADERS)
+HEADINGS = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 503: "The store is unavailable"}
+ERROR_PAGE = environment().get_template("error.html")
 
 
-def http_error(_request: Request, error: HTTPException) -> Response:
-    return one_line(error.status_code, error.detail or "")
+def web_wording(message: str) -> str:
+    """A store or parser message in the web's words: its first line, without the command-line hint."""
+    line = message.splitlines()[0] if message else ""
+    return line.split("; list them with: bnrun runs")[0]
+
+
+def error_response(request: Request, status: int, message: str) -> Response:
+    """An error as the client reads it: JSON ({"error", "status"}) under /api/, else a page in the site's
+    layout with a way back; the status code says what went wrong either way."""
+    text = web_wording(message)
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": text, "status": status}, status_code=status, headers=SECURITY_HEADERS)
+    body = ERROR_PAGE.render(status=status, heading=HEADINGS.get(status, "Error"), message=text)
+    return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+
+
+def http_error(request: Request, error: HTTPException) -> Response:
+    return error_response(request, error.status_code, error.detail or "")
 
 
 ERRORS = {
     HTTPException: http_error,
-    UsageError: lambda _request, error: one_line(400, str(error)),
-    NothingMatched: lambda _request, error: one_line(404, str(error)),
-    RunNotFound: lambda _request, error: one_line(404, str(error)),
-    StoreError: lambda _request, error: one_line(503, str(error)),  # gone, damaged or unreachable
+    UsageError: lambda request, error: error_response(request, 400, str(error)),
+    NothingMatched: lambda request, error: error_response(request, 404, str(error)),
+    RunNotFound: lambda request, error: error_response(request, 404, str(error)),
+    StoreError: lambda request, error: error_response(request, 503, str(error)),  # gone, damaged or unreachable
 }
