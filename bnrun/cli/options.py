@@ -47,6 +47,7 @@ from bnrun.requests.parsing import (
 
 EXECUTORS = {"local": "one trial after another, here", "ray": "one Ray task per trial"}
 MAX_TRIALS = 10_000  # a larger grid needs --yes
+MAX_GRID = 1_000_000  # no grid is larger, --yes or not: its plan alone would not fit in memory
 TRAINING_DIAGNOSTICS = ("loss_ratio", "mode_gap", "smoothness", "grad_norm")  # recorded by train --diagnostics
 BATCH_STATS = "batch_stats"  # recorded by eval --batch-stats
 DIAGNOSTICS = (*TRAINING_DIAGNOSTICS, BATCH_STATS)
@@ -214,6 +215,7 @@ def grid_size(axes: dict[str, tuple], seed_count: int, base: TrainConfig) -> int
 
 
 def require_grid_size(count: int, seed_count: int, yes: bool) -> None:
+    require(count <= MAX_GRID, f"the grid holds {count:,} trials, more than any grid may ({MAX_GRID:,}), --yes or not")
     require(
         yes or count <= MAX_TRIALS,
         f"the grid holds {count:,} trials ({count // seed_count:,} configurations × "
@@ -232,7 +234,7 @@ def seed_count(seeds: int | None, explicit: list[int]) -> int:
     """How many seeds the options ask for, checked, without listing them."""
     require(seeds is None or not explicit, "--seeds and --seed are exclusive; give one of them")
     if explicit:
-        require(all(s >= 0 for s in explicit), "--seed must be ≥ 0")
+        require(all(0 <= s <= STORED_INT_MAX for s in explicit), f"--seed must be from 0 to {STORED_INT_MAX}")
         return len(set(explicit))
     count = 1 if seeds is None else seeds
     require(count > 0, f"--seeds must be a positive count, got {count}")
