@@ -295,7 +295,9 @@ def test_routes_answer_ids_past_the_stores_range_with_404(run_id, hostile_store)
     ["plot", "--diagnostic", "grad_norm"],
     ["plot", "--all", "--x", "ghost_batch"],
     ["train", "--seeds", str(2**31), "--yes", "--dry-run"],  # found in CI: --yes let the plan list 2^31 seeds
-    ["train", "--seed", str(2**63), "--dry-run"],  # found by Hypothesis: an option every trial leaves unset  # runs trained without --diagnostics: the command that records them
+    ["train", "--seed", str(2**63), "--dry-run"],
+    ["claims", "--claims", "/dev/zero"],  # found in CI: a device read forever until memory ran out
+    ["claims", "--claims", "/proc"],  # found by Hypothesis: an option every trial leaves unset  # runs trained without --diagnostics: the command that records them
 ], ids=lambda words: " ".join(words)[:60].encode("unicode_escape").decode())
 def test_impossible_values_are_refused_in_one_line(words, hostile_store, tmp_path):
     result, before = run_line(words, hostile_store, tmp_path)

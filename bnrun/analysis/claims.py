@@ -43,7 +43,8 @@ AUDITED = {"commit": "git_commit", "cpu": "cpu_model", "kernel": "kernel_isa", "
            "precision": "precision", "executor": "executor"}
 ARM_OPTIONS = (*PIVOT_FIELDS, "bn_impl")
 ACCURACIES = HIGHER_IS_BETTER & {"test_acc_population", "test_acc_running", "best_val_acc", "val_acc"}
-MAX_SEEDS = 1000  # the power search stops here: beyond it a claim is not decidable by seeds
+MAX_SEEDS = 1000
+MAX_CLAIMS_BYTES = 1 << 20  # the power search stops here: beyond it a claim is not decidable by seeds
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,16 @@ class Result:
 
 def load_claims(path: Path) -> list[Claim]:
     """The claims of a TOML file (a `[[claims]]` table each), checked; UsageError names the first problem."""
+    path = Path(path)
+    if not path.is_file():  # a directory or a device (/dev/zero reads forever) is no claims file
+        raise UsageError(f"--claims {path}: no such file" if not path.exists() else f"--claims {path}: not a file")
+    if path.stat().st_size > MAX_CLAIMS_BYTES:
+        raise UsageError(f"--claims {path}: larger than {MAX_CLAIMS_BYTES:,} bytes; not a claims file")
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"--claims {path}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, IsADirectoryError) as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as error:
         raise UsageError(f"--claims {path}: not a claims file ({error})") from None
     claims = [claim_of(entry, index) for index, entry in enumerate(data.get("claims", []), 1)]
     ids = [claim.id for claim in claims]
