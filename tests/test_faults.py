@@ -90,8 +90,9 @@ def test_three_processes_start_together(tmp_path, initial):
 
 def test_sigkill_mid_epoch_then_runs_marks_failed(tmp_path):
     db = tmp_path / "killed.db"
-    # 12,000 images: an epoch of seconds even in bf16 with the fused kernel, so "inside epoch 2" holds
-    process = popen("train", "--arch", "cnn", "--bn", "pre", "--epochs", "3", "--train-subset", "12000", "--db", str(db))
+    # 30,000 images in fp32: an epoch of seconds on every CPU of the project's kind, so "inside epoch 2" holds
+    process = popen("train", "--arch", "cnn", "--bn", "pre", "--epochs", "3", "--train-subset", "30000", "--precision",
+                    "fp32", "--db", str(db))
     wait_until(lambda: db.exists() and query(db, "select count(*) from epochs") == [(1,)])
     time.sleep(1.0)  # inside epoch 2
     process.send_signal(signal.SIGKILL)

@@ -16,7 +16,7 @@ from bnrun.store.storage import LOST_ATTEMPT_NOTE
 from conftest import bnrun_command, default_sigint, run_bnrun
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-GRID = ["train", "--arch", "mlp", "--bn", "pre,none", "--seeds", "2", "--epochs", "8", "--train-subset", "6000",
+GRID = ["train", "--arch", "mlp", "--bn", "pre,none", "--seeds", "2", "--epochs", "8", "--train-subset", "20000",
         "--executor", "ray", "--cpus-per-trial", "1"]
 
 
