@@ -7,7 +7,8 @@
 # parts: assignment seeds-mlp seeds-cnn seeds-cnn-rest seeds-cnn-12 mlp-lr cnn-lr mlp-bs batch-stats
 #        mlp-depth mlp-depth-lr mlp-reg
 # the referee's parts (tagged with --study where they re-run stored options): referee-cnn
-#        depth-kaiming depth32-lr ghost reg-matched
+#        depth-kaiming depth32-lr ghost reg-matched; its second round: headline-mlp headline-cnn-none
+#        placement-robust (each at the commit its comment names, from a worktree of it)
 # Every part pins the options whose default depends on the machine or the version (precision,
 # fused kernel, memory layout), so that it resumes into the same trials anywhere.
 set -euo pipefail
@@ -78,6 +79,21 @@ for part in "${parts[@]}"; do
       # fit; a constant learning rate, so that where a trial stops does not depend on the cap (onecycle spans the cap)
       bnrun train --fused --arch mlp --bn none,pre,post --depth 2 --width 128 --train-subset 1000,5000 \
         --target-loss 0.02 --epochs 300 --schedule constant --seeds 3 --no-checkpoint "${PAR[@]}" --db "$DB" ;;
+    headline-mlp)  # the referee's second round, part 1 (commit 7640316): the MLP headline on one commit, 12 seeds
+      bnrun train --fused --arch mlp --bn pre,post --bn-impl custom,torch --seeds 12 --study headline-mlp \
+        --diagnostics --no-checkpoint --db "$DB"
+      bnrun train --arch mlp --bn none --seeds 12 --study headline-mlp --diagnostics --no-checkpoint --db "$DB" ;;
+    headline-cnn-none)  # part 1 (commit 3ab5336): the CNN without BN joins referee-cnn's 12 seeds
+      bnrun train --channels-last --arch cnn --bn none --seeds 12 --study referee-cnn --diagnostics --no-checkpoint \
+        --db "$DB" ;;
+    placement-robust)  # part 3 (commit 570b592): what each placement-robustness claim of study/claims.toml lacks
+      for claim in robust-mlp-lr0003 robust-mlp-lr01 robust-mlp-lr1 robust-mlp-ghost8 robust-mlp-batch32 \
+                   robust-mlp-batch16; do
+        bnrun train --claim "$claim" --fused --no-checkpoint --db "$DB"
+      done
+      for claim in robust-cnn-lr001 robust-cnn-lr1; do
+        bnrun train --claim "$claim" --fused --channels-last --no-checkpoint --db "$DB"
+      done ;;
     batch-stats)  # prediction with the statistics of each test batch, on the assignment's models
       for id in $(seq 1 12); do
         evaluate --run-id "$id" --batch-stats 2,4,8,16,32,64,128,256,512 --db "$DB" > /dev/null
