@@ -1,15 +1,23 @@
 """Forward+backward time of one batch-norm layer: torch's native kernel vs bnrun's custom
 layer (eager and fused), at the shapes the project's models use, in fp32 and bf16 (the
 activations autocast hands BN; statistics and parameters fp32), NCHW and channels_last,
-measured in one run.
+measured in one run, each against the floor that this machine's memory sets.
+
+The floor. Forward plus backward of training-mode BN must at least read x twice (statistics, then
+y) and write y once, then read x and dy twice (the two gradient sums, then dx) and write dx once:
+8 passes over a tensor of B bytes, 8·B bytes, the traffic of 4 copies of it (a copy reads B and
+writes B). A copy of a tensor of the row's size, dtype and layout (`Tensor.copy_`, with the same
+threads) is timed in the same interleaved rounds as the layers; the floor of a round is 4 copy
+times, and the bandwidth printed is 2·B over the median copy time. A kernel that streams its
+stores skips the read a copy's write-allocate pays, so it may in principle come in under 1.
 
     python benchmarks/bn_layer.py            # full measurement
     python benchmarks/bn_layer.py --quick    # fewer repetitions
 
-Timings are interleaved (native, eager, fused, then rotated by one each round, each slot after one
+Timings are interleaved (copy, native, eager, fused, then rotated by one each round, each slot after one
 untimed step, so that no variant always inherits the caches of the eager path's larger footprint):
 the table gives each variant's median time and, as the ratios, the median over rounds of each
-round's ratio to native (paired, so that a background load or this VM's drifts in speed slow every
+round's ratio to native or to the floor (paired, so that a background load or this VM's drifts in speed slow every
 variant of a round alike instead of skewing the ratios), with the fused ratio's interquartile
 range over the rounds. The header names the
 vector instruction set the fused kernel was built for.
@@ -24,6 +32,7 @@ thresholds makes every round reuse the heap, so that the kernels are what is com
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import time
@@ -35,6 +44,7 @@ import bnrun.nn as bnn
 from bnrun.nn import fused
 
 SHAPES = [(128, 32, 28, 28), (128, 64, 14, 14), (128, 256), (128, 128)]
+FLOOR_COPIES = 4  # 8 passes over the tensor (3 forward, 5 backward), a copy being 2
 CASES = [(dtype, layout) for dtype in (torch.float32, torch.bfloat16) for layout in ("nchw", "channels_last")]
 
 
@@ -51,10 +61,24 @@ def step(layer, x, upstream) -> None:
     layer(x).backward(upstream)
 
 
-def time_once(layer, x, upstream, inner: int) -> float:
+class Copy:
+    """A copy of x into a tensor of its size, dtype and layout: the bandwidth the floor is made of."""
+
+    def __init__(self, x):
+        self.target = torch.empty_like(x)
+
+    def __call__(self, x):
+        return self.target.copy_(x.detach())
+
+
+def copy_step(copy, x, upstream) -> None:
+    copy(x)
+
+
+def time_once(step_fn, layer, x, upstream, inner: int) -> float:
     start = time.perf_counter()
     for _ in range(inner):
-        step(layer, x, upstream)
+        step_fn(layer, x, upstream)
     return (time.perf_counter() - start) / inner
 
 
@@ -64,21 +88,29 @@ def measure(shape, dtype, layout: str, repeats: int, inner: int) -> dict[str, li
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format).requires_grad_(True)
     upstream = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format)
-    layers = {name: layer_for(shape, name).train() for name in ("native", "eager", "fused")}
-    for layer in layers.values():  # warm-up; for "fused" this is where compilation happens
+    layers = {"copy": Copy(x), **{name: layer_for(shape, name).train() for name in ("native", "eager", "fused")}}
+    steps = {name: copy_step if name == "copy" else step for name in layers}
+    for name, layer in layers.items():  # warm-up; for "fused" this is where compilation happens
         for _ in range(3):
-            step(layer, x, upstream)
+            steps[name](layer, x, upstream)
     samples: dict[str, list[float]] = {name: [] for name in layers}
     names = list(layers)
     for round_ in range(repeats):
-        for name in names[round_ % 3:] + names[: round_ % 3]:  # each variant follows each other one alike
-            step(layers[name], x, upstream)  # untimed: the caches refilled after the previous variant
-            samples[name].append(time_once(layers[name], x, upstream, inner))
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:  # each variant follows each other one alike
+            steps[name](layers[name], x, upstream)  # untimed: the caches refilled after the previous variant
+            samples[name].append(time_once(steps[name], layers[name], x, upstream, inner))
     return samples
 
 
-def paired_ratios(samples: dict[str, list[float]], name: str) -> list[float]:
-    return [a / b for a, b in zip(samples[name], samples["native"])]
+def paired_ratios(samples: dict[str, list[float]], name: str, to: str = "native") -> list[float]:
+    """Per round, `name`'s time over `to`'s ("floor": FLOOR_COPIES copy times)."""
+    reference = [FLOOR_COPIES * t for t in samples["copy"]] if to == "floor" else samples[to]
+    return [a / b for a, b in zip(samples[name], reference)]
+
+
+def median_ratio(samples: dict[str, list[float]], name: str, to: str = "native") -> str:
+    return f"{statistics.median(paired_ratios(samples, name, to)):.2f}×"
 
 
 def spread(ratios: list[float]) -> str:
@@ -94,20 +126,28 @@ def main() -> None:
     warnings.simplefilter("always")
     machine = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {machine}, {torch.get_num_threads()} threads, "
-          f"fused kernel built for {fused.kernel_isa()}")
-    print("| shape | dtype | layout | native ms | custom eager ms | custom fused ms "
-          "| eager / native | fused / native | fused / native, IQR |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+          f"fused kernel built for {fused.kernel_isa()} (version {fused.KERNEL_VERSION}); floor: "
+          f"{2 * FLOOR_COPIES} passes over the tensor = {FLOOR_COPIES} copies at the copy bandwidth measured per row")
+    print("| shape | dtype | layout | MB moved | copy GB/s | floor ms | native ms | eager ms | fused ms "
+          "| native / floor | fused / floor | eager / native | fused / native | fused / native, IQR |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for dtype, layout in CASES:
         for shape in SHAPES:
             if layout == "channels_last" and len(shape) != 4:
                 continue
-            samples = measure(shape, dtype, layout, repeats, inner)
-            t = {name: statistics.median(values) * 1e3 for name, values in samples.items()}
-            print(f"| {tuple(shape)} | {str(dtype).removeprefix('torch.')} | {layout} | {t['native']:.3f} | "
-                  f"{t['eager']:.3f} | {t['fused']:.3f} | {statistics.median(paired_ratios(samples, 'eager')):.2f}× | "
-                  f"{statistics.median(paired_ratios(samples, 'fused')):.2f}× | "
-                  f"{spread(paired_ratios(samples, 'fused'))} |", flush=True)
+            print(row(shape, dtype, layout, measure(shape, dtype, layout, repeats, inner)), flush=True)
+
+
+def row(shape, dtype, layout: str, samples: dict[str, list[float]]) -> str:
+    t = {name: statistics.median(values) for name, values in samples.items()}
+    tensor_bytes = math.prod(shape) * dtype.itemsize
+    moved = 2 * FLOOR_COPIES * tensor_bytes
+    return (f"| {tuple(shape)} | {str(dtype).removeprefix('torch.')} | {layout} | {moved / 1e6:.2f} | "
+            f"{2 * tensor_bytes / t['copy'] / 1e9:.1f} | {FLOOR_COPIES * t['copy'] * 1e3:.3f} | "
+            f"{t['native'] * 1e3:.3f} | {t['eager'] * 1e3:.3f} | {t['fused'] * 1e3:.3f} | "
+            f"{median_ratio(samples, 'native', 'floor')} | {median_ratio(samples, 'fused', 'floor')} | "
+            f"{median_ratio(samples, 'eager')} | {median_ratio(samples, 'fused')} | "
+            f"{spread(paired_ratios(samples, 'fused'))} |")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -323,6 +324,22 @@ def test_kernel_isa_is_this_machines_best_build():
     kernel = fused.cpu_kernel()
     assert kernel.isa() == fused.kernel_isa() == fused.supported_isas()[0]
     assert fused.supported_isas()[-1] == "scalar"
+
+
+def test_each_source_and_flag_set_builds_in_its_own_directory(monkeypatch):
+    """The loaded build lives in a directory named after its sources and flags, never in torch's
+    default one, which processes of older commits load; it reports the kernel version it was built with."""
+    from bnrun.nn import kernel_build
+
+    kernel, directory = fused.cpu_kernel(), kernel_build.build_directory()
+    assert directory.name.startswith(kernel_build.KERNEL_NAME + "-")
+    assert Path(kernel.module.__file__).parent == directory
+    assert kernel.version == fused.KERNEL_VERSION
+    monkeypatch.setattr(kernel_build, "KERNEL_VERSION", fused.KERNEL_VERSION + 1)
+    assert kernel_build.build_directory() != directory
+    monkeypatch.undo()
+    monkeypatch.setitem(kernel_build.ISA_FLAGS, fused.kernel_isa(), [*kernel_build.ISA_FLAGS[fused.kernel_isa()], "-g"])
+    assert kernel_build.build_directory() != directory
 
 
 def special_floats() -> torch.Tensor:

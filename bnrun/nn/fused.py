@@ -24,11 +24,18 @@ from torch import Tensor
 from bnrun.nn import operators
 from bnrun.nn.compiled import RECOMPILE_LIMIT, compiled_kernel, compiled_train_step, warm_up
 from bnrun.nn.functional import batch_norm_eval
-from bnrun.nn.kernel_build import ISA_FLAGS, cpu_kernel, cpu_kernel_built, kernel_isa, supported_isas
+from bnrun.nn.kernel_build import (
+    ISA_FLAGS,
+    KERNEL_VERSION,
+    cpu_kernel,
+    cpu_kernel_built,
+    kernel_isa,
+    supported_isas,
+)
 from bnrun.nn.paths import COMPILED, EAGER, FUSED_CPU, PATHS, eager_step, warn_once
 
 # Names other layers import from here: the kernel's build and the compiled path.
-__all__ = ["COMPILED", "EAGER", "FUSED_CPU", "ISA_FLAGS", "PATHS", "RECOMPILE_LIMIT", "compiled_kernel",
+__all__ = ["COMPILED", "EAGER", "FUSED_CPU", "ISA_FLAGS", "KERNEL_VERSION", "PATHS", "RECOMPILE_LIMIT", "compiled_kernel",
            "compiled_train_step", "cpu_kernel", "cpu_kernel_built", "eval_step", "kernel_isa", "moments",
            "supported_isas", "train_step", "warm_up"]
 

@@ -3,11 +3,18 @@ the C++ extension (`csrc/`) built for it by `torch.utils.cpp_extension` once per
 source (30-60 s, said on stderr; cached under `~/.cache/torch_extensions` or
 `$TORCH_EXTENSIONS_DIR`) and loaded once per process (`cpu_kernel`), which registers its operators
 in `torch.ops.bnrun` (see `operators.py`). Where it cannot be built it warns once and returns None:
-the layers then run the eager path."""
+the layers then run the eager path.
+
+Each build lives in a directory of its own, named after a short hash of the kernel's sources and
+compiler flags (`build_directory`): a process of another commit, whose sources differ, builds and
+loads its own directory and never rebuilds the one a running process loaded. `KERNEL_VERSION`
+numbers the kernel's summation orders: a change of the order in which any sum is taken (so of the
+last bits of a result) is a new version."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -24,6 +31,11 @@ CSRC = Path(__file__).with_name("csrc")
 SOURCES = (CSRC / "bn_cpu.cpp", CSRC / "bn_ops.cpp")  # the loops; the operators and their autograd
 HEADERS = (CSRC / "bn_cpu.h",)
 KERNEL_NAME = "bnrun_bn_cpu"
+# The kernel's summation order, numbered from 1 (the order since commit 115581f: moments blocks
+# of 4096 values merged with Chan's update, gradient sums of 128 values per lane). Bump it with
+# every change of the order in which the kernel sums, so that a trial's provenance tells which
+# results it can match bit for bit.
+KERNEL_VERSION = 1
 # The kernel's builds, most capable first, with the compiler flags of each.
 _AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512"]
 _AVX2 = ["-mavx2", "-mfma", "-mf16c"]
@@ -86,13 +98,27 @@ def _namespace(isa: str) -> str:
     return OPS_NAMESPACE + _build_name(isa).removeprefix(KERNEL_NAME)
 
 
-def cpu_kernel_built(isa: str | None = None) -> bool:
-    """Whether the extension cache holds a build of the kernel newer than its sources (else
-    loading it compiles)."""
+def _cflags(isa: str) -> list[str]:
+    return ["-O3", "-fopenmp", f"-DBNRUN_OPS_NAMESPACE={_namespace(isa)}",
+            f"-DBNRUN_KERNEL_VERSION={KERNEL_VERSION}", *ISA_FLAGS[isa]]
+
+
+def build_directory(isa: str | None = None) -> Path:
+    """Where the build for `isa` lives: beside torch's default directory for the extension, with a
+    short hash of the sources, headers and flags appended (`bnrun_bn_cpu-<hash>`)."""
     name = _build_name(isa or kernel_isa())
-    build_directory = Path(_cpp_extension()._get_build_directory(name, verbose=False))
-    newest_source = max(path.stat().st_mtime for path in (*SOURCES, *HEADERS))
-    return any(so.stat().st_mtime >= newest_source for so in build_directory.glob(f"{name}*.so"))
+    digest = hashlib.sha256()
+    for path in (*SOURCES, *HEADERS):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(" ".join([name, *_cflags(isa or kernel_isa()), torch.__version__]).encode())
+    default = Path(_cpp_extension()._get_build_directory(name, verbose=False))
+    return default.with_name(f"{name}-{digest.hexdigest()[:12]}")
+
+
+def cpu_kernel_built(isa: str | None = None) -> bool:
+    """Whether the extension cache holds this source's build of the kernel (else loading it compiles)."""
+    name = _build_name(isa or kernel_isa())
+    return any(build_directory(isa).glob(f"{name}*.so"))
 
 
 @functools.cache
@@ -115,11 +141,14 @@ def _load(isa: str) -> ModuleType:
     if not cpu_kernel_built(isa):
         print(f"bnrun: building the fused batch-norm kernel for {isa} (once per machine and source change, "
               "~30-60 s)", file=sys.stderr, flush=True)
+    directory = build_directory(isa)
+    directory.mkdir(parents=True, exist_ok=True)
     return _cpp_extension().load(
         name=_build_name(isa),
         sources=[str(path) for path in SOURCES],
-        extra_cflags=["-O3", "-fopenmp", f"-DBNRUN_OPS_NAMESPACE={_namespace(isa)}", *ISA_FLAGS[isa]],
+        extra_cflags=_cflags(isa),
         extra_ldflags=["-fopenmp"],
+        build_directory=str(directory),
     )
 
 

@@ -373,7 +373,7 @@ def vmap_rules(ops) -> dict:
 
 class CpuKernel:
     """One loaded build of the kernel: its operators (`ops`, torch.ops.<namespace>) and what the
-    build holds (`isa()`, `stream_bytes`, `to_bf16`); `train` and `eval` call its eager binding (the
+    build holds (`isa()`, `version`: kernel_build.KERNEL_VERSION as built, `stream_bytes`, `to_bf16`); `train` and `eval` call its eager binding (the
     operators' kernels and autograd nodes in one call, without the dispatcher), `moments` its
     operator; each says when it cannot serve an input."""
 
@@ -381,6 +381,7 @@ class CpuKernel:
         self.module = module
         self.namespace: str = module.namespace
         self.stream_bytes: int = module.stream_bytes
+        self.version: int = module.version
         register_python_side(self.namespace)
         self.ops = getattr(torch.ops, self.namespace)
 

@@ -28,6 +28,9 @@
 #ifndef BNRUN_OPS_NAMESPACE
 #define BNRUN_OPS_NAMESPACE bnrun
 #endif
+#ifndef BNRUN_KERNEL_VERSION
+#define BNRUN_KERNEL_VERSION 0  // kernel_build.py passes KERNEL_VERSION; 0: built some other way
+#endif
 #define BNRUN_STRING_(x) #x
 #define BNRUN_STRING(x) BNRUN_STRING_(x)
 // Indirections, so that the namespace macro is expanded before TORCH_LIBRARY pastes it.
@@ -297,6 +300,7 @@ BNRUN_LIBRARY_IMPL(BNRUN_OPS_NAMESPACE, CPU, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", [] { return std::string(bnrun::isa()); }, "the vector instruction set this build was compiled for");
   m.attr("stream_bytes") = bnrun::stream_bytes();
+  m.attr("version") = BNRUN_KERNEL_VERSION;
   m.attr("namespace") = BNRUN_STRING(BNRUN_OPS_NAMESPACE);
   // The kernels run without the GIL, as torch's operators do (the trial's heartbeat thread keeps beating).
   m.def("train_step", &train_step, "eager: batch_norm_train then update_running_stats in one call: (y, why-not)",
