@@ -28,14 +28,16 @@ POST = [0.898, 0.904, 0.907, 0.901, 0.905, 0.902]
 NONE = [0.880, 0.884, 0.889, 0.881, 0.886, 0.883]
 
 
-def add_run(store: Store, bn: str, seed: int, accuracy: float, commit: str = "c1", cpu: str = "cpu") -> int:
-    fields = dict(arch="mlp", bn=bn, bn_impl="custom", fused=False, seed=seed, epochs=2, batch_size=128, lr=0.05,
+def add_run(store: Store, bn: str, seed: int, accuracy: float, commit: str = "c1", cpu: str = "cpu", lr: float = 0.05,
+            val: float | None = None) -> int:
+    fields = dict(arch="mlp", bn=bn, bn_impl="custom", fused=False, seed=seed, epochs=2, batch_size=128, lr=lr,
                   momentum=0.9, weight_decay=5e-4, optimizer="sgd", schedule="onecycle", augment=True,
                   train_subset=None, device="cpu", bnrun_version="0", torch_version="0", python_version="3",
                   git_commit=commit, cpu_model=cpu)
-    run_id = store.claim_run(fields, f"{bn}-{commit}", "{}").run_id
+    run_id = store.claim_run(fields, f"{bn}-{commit}-{lr}", "{}").run_id
     store.add_epoch(run_id, EpochRecord(1, 0.5, 0.8, 0.5, 0.8, 0.05, 1.0, 0.9))
-    store.complete_run(run_id, FinalMetrics(0.2, 0.95, accuracy, accuracy, 0.3, accuracy, 0.3, accuracy), None)
+    val = accuracy if val is None else val
+    store.complete_run(run_id, FinalMetrics(0.2, 0.95, val, val, 0.3, accuracy, 0.3, accuracy), None)
     return run_id
 
 
@@ -121,6 +123,36 @@ def test_runs_on_two_commits_are_flagged_unless_the_claim_declares_it(arms):
     assert declared.undeclared_pooling == ()
 
 
+def test_a_tuned_claim_compares_each_arm_at_its_best_setting_by_validation(tmp_path):
+    db = tmp_path / "tuned.db"
+    store = Store(str(db))
+    for seed in range(4):  # pre is best at lr 0.1 by validation, though its test accuracy is higher at 0.05
+        add_run(store, "pre", seed, 0.95, lr=0.05, val=0.80)
+        add_run(store, "pre", seed, 0.90 + seed / 1000, lr=0.1, val=0.90)
+        add_run(store, "none", seed, 0.85 + seed / 500, lr=0.05, val=0.85)
+    store.close()
+    tuned = claim(min_seeds=4, select=(("arch", ("mlp",)), ("lr", (0.05, 0.1))), tune=("lr",))
+    (incomplete,) = verdicts(db, tuned)  # none lacks its lr 0.1 setting: the choice waits for every setting
+    assert incomplete.verdict == "incomplete" and "b lr 0.1 seed 0" in incomplete.missing
+    store = Store(str(db))
+    for seed in range(4):
+        add_run(store, "none", seed, 0.10, lr=0.1, val=0.10)
+    store.close()
+    (result,) = verdicts(db, tuned)
+    assert result.chosen == ("lr 0.1", "lr 0.05")
+    assert result.effect == pytest.approx(sum(differences([0.90 + s / 1000 for s in range(4)],
+                                                          [0.85 + s / 500 for s in range(4)])) / 4)
+    with pytest.raises(UsageError, match="tune names options"):
+        load_toml(tmp_path, "tune=['lr']\nselect={lr=0.1}\n")
+
+
+def load_toml(tmp_path: Path, extra: str):
+    path = tmp_path / "claims.toml"
+    path.write_text("[[claims]]\nid='x'\nstatement='s'\nrule='superiority'\na={bn='pre'}\nb={bn='none'}\n"
+                    f"family='f'\nmin_seeds=3\n{extra}")
+    return load_claims(path)
+
+
 def test_deleting_a_run_changes_the_claims_n(tmp_path):
     copy = tmp_path / "study.db"
     shutil.copyfile(SHIPPED, copy)
@@ -150,7 +182,8 @@ def test_the_shipped_claims_on_the_shipped_store():
             assert not record["undeclared_pooling"], record["id"]
     assert any(record["rule"] == "equivalence" and record["margin"] for record in records)
     families = {record["family"] for record in records}
-    assert {"headline-cnn", "headline-mlp", "depth", "regularization", "batch-noise", "learning-rate"} <= families
+    assert {"headline-cnn", "headline-mlp", "depth", "regularization-bn", "batch-noise", "learning-rate",
+            "placement-robustness", "depth32-tuned"} <= families
 
 
 @pytest.mark.parametrize("fmt", ["table", "markdown", "latex"])

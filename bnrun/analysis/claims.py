@@ -15,12 +15,17 @@ The rules, each on the paired difference a − b (in the metric's unit, points f
 - `non-inferiority` (a − b > −margin): supported when the one-sided p (Holm) < α, contradicted when
   the 95 % CI lies below −margin;
 - `describe`: the numbers, no test.
+A claim may `tune` options over the values its runs declare (lists in `select` or in an arm): each arm
+then stands at its own best setting of them, the one with the highest mean `tune_by` metric (final
+validation accuracy by default) over its seeds, and its test metric is what the rule compares. Every
+setting must hold the claim's seeds: the choice is made among all of them or not at all.
 A claim with fewer paired seeds than it declares is incomplete, with the trials it lacks; an
 inconclusive one says how many seeds the observed spread would need to decide.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import tomllib
 from collections.abc import Iterable
@@ -62,6 +67,8 @@ class Claim:
     pooled: tuple[str, ...] = ()
     pooling_reason: str = ""
     diverged_at_chance: bool = False  # a diverged trial counts at chance accuracy (declared: `diverged = "chance"`)
+    tune: tuple[str, ...] = ()  # options each arm takes at its best setting (by `tune_by`)
+    tune_by: str = "val_acc"
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class Result:
     missing: tuple[str, ...] = ()  # the trials an incomplete claim lacks
     audit: Audit = Audit()
     run_ids: tuple[int, ...] = ()
+    chosen: tuple[str, str] | None = None  # a tuned claim's setting for each arm, e.g. ("lr 0.01", "lr 0.05")
 
     @property
     def pooled(self) -> tuple[str, ...]:
@@ -141,10 +149,23 @@ def claim_of(entry: dict, index: int) -> Claim:
     unknown = [name for name in pooled if name not in AUDITED]
     if unknown or (pooled and not entry.get("pooling_reason")):
         raise UsageError(f"{where}: pooled names {', '.join(AUDITED)} only, with a pooling_reason")
-    return Claim(entry["id"], entry["statement"], rule, options_of(entry.get("select", {}), where),
-                 options_of(entry["a"], where), options_of(entry["b"], where), entry["family"],
+    select, a, b = (options_of(entry.get(key, {}), where) for key in ("select", "a", "b"))
+    tune, tune_by = tuned_options(entry, select, a, b, where)
+    return Claim(entry["id"], entry["statement"], rule, select, a, b, entry["family"],
                  int(entry["min_seeds"]), metric, margin, pooled, entry.get("pooling_reason", ""),
-                 diverged_at_chance(entry, metric, where))
+                 diverged_at_chance(entry, metric, where), tune, tune_by)
+
+
+def tuned_options(entry: dict, select, a, b, where: str) -> tuple[tuple[str, ...], str]:
+    """The claim's `tune` (options whose values it lists) and `tune_by` (an accuracy), checked."""
+    tune, tune_by = tuple(entry.get("tune", ())), entry.get("tune_by", "val_acc")
+    for arm in (a, b):
+        listed = {name for name, values in (dict(select) | dict(arm)).items() if len(values) > 1}
+        if tune and not set(tune) <= listed:
+            raise UsageError(f"{where}: tune names options whose values both arms list ({', '.join(sorted(listed))})")
+    if tune_by not in ACCURACIES:
+        raise UsageError(f"{where}: tune_by {tune_by!r}; choose from {', '.join(sorted(ACCURACIES))}")
+    return tune, tune_by
 
 
 def diverged_at_chance(entry: dict, metric: str, where: str) -> bool:
@@ -182,11 +203,53 @@ def arm_filter(claim: Claim, arm: tuple[tuple[str, tuple], ...]) -> RunFilter:
     return RunFilter(archs=archs, placements=placements, impls=impls, where=tuple(sorted(options.items())))
 
 
-def arm_runs(store: Store, claim: Claim, arm) -> dict[int, RunRecord]:
-    """The arm's completed runs by seed (the latest where a seed was trained more than once)."""
+def counted_runs(store: Store, claim: Claim, arm) -> list[RunRecord]:
+    """The arm's completed runs (and diverged ones, where the claim counts them at chance), oldest first."""
     kept = (RunStatus.COMPLETED, RunStatus.DIVERGED) if claim.diverged_at_chance else (RunStatus.COMPLETED,)
     runs = [run for run in filtered_runs(store, arm_filter(claim, arm)) if run.status in kept]
-    return {run.seed: run for run in sorted(runs, key=lambda run: run.id)}
+    return sorted(runs, key=lambda run: run.id)
+
+
+def arm_runs(store: Store, claim: Claim, arm) -> dict[int, RunRecord]:
+    """The arm's runs by seed (the latest where a seed was trained more than once)."""
+    return {run.seed: run for run in counted_runs(store, claim, arm)}
+
+
+def settings_of(claim: Claim, arm) -> list[tuple]:
+    """Every setting of a tuned claim's options for an arm: the product of the values it lists."""
+    options = dict(claim.select) | dict(arm)
+    return list(itertools.product(*(options[name] for name in claim.tune)))
+
+
+def tuned_arm(store: Store, claim: Claim, arm) -> tuple[dict[int, RunRecord], str | None, tuple[str, ...]]:
+    """A tuned arm at its best setting: its runs by seed, the setting in words, and the trials any
+    setting lacks (the choice waits for all of them)."""
+    if not claim.tune:
+        return arm_runs(store, claim, arm), None, ()
+    by_setting: dict[tuple, dict[int, RunRecord]] = {}
+    for run in counted_runs(store, claim, arm):
+        by_setting.setdefault(tuple(getattr(run, name) for name in claim.tune), {})[run.seed] = run
+    lacking = tuple(f"{setting_text(claim, setting)} seed {seed}" for setting in settings_of(claim, arm)
+                    for seed in range(claim.min_seeds) if seed not in by_setting.get(setting, {}))
+    if lacking:
+        return {}, None, lacking
+    def tuning_score(setting: tuple) -> float:
+        values = [tuned_value(run, claim) for run in by_setting[setting].values()]
+        return sum(values) / len(values)
+
+    best = max(settings_of(claim, arm), key=tuning_score)
+    return by_setting[best], setting_text(claim, best), ()
+
+
+def tuned_value(run: RunRecord, claim: Claim) -> float:
+    value = CHANCE if run.status == RunStatus.DIVERGED else metric_value(run, claim.tune_by)
+    return CHANCE if value is None else value
+
+
+def setting_text(claim: Claim, setting: tuple) -> str:
+    """'lr 0.01, schedule warmup'."""
+    return ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+                     for name, value in zip(claim.tune, setting))
 
 
 def claim_value(run: RunRecord, claim: Claim) -> float | None:
@@ -216,13 +279,15 @@ def evaluate(store: Store, claims: list[Claim]) -> list[Result]:
 
 
 def evaluate_one(store: Store, claim: Claim) -> Result:
-    a, b = arm_runs(store, claim, claim.a), arm_runs(store, claim, claim.b)
+    (a, chosen_a, lacking_a), (b, chosen_b, lacking_b) = (tuned_arm(store, claim, arm) for arm in (claim.a, claim.b))
     seeds = sorted(set(a) & set(b))
     pairs = [(claim_value(a[s], claim), claim_value(b[s], claim)) for s in seeds]
     pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
     runs = [a[s] for s in seeds] + [b[s] for s in seeds]
-    base = dict(n=len(pairs), audit=audit_of(runs), run_ids=tuple(sorted(run.id for run in runs)))
-    missing = missing_trials(claim, a, b)
+    chosen = (chosen_a, chosen_b) if claim.tune and chosen_a and chosen_b else None
+    base = dict(n=len(pairs), audit=audit_of(runs), run_ids=tuple(sorted(run.id for run in runs)), chosen=chosen)
+    missing = tuple(f"a {trial}" for trial in lacking_a) + tuple(f"b {trial}" for trial in lacking_b)
+    missing = missing or missing_trials(claim, a, b)
     if len(pairs) < max(claim.min_seeds, 2):
         return Result(claim, "incomplete", missing=missing or ("a paired seed with the metric",), **base)
     test = paired_t_test([x for x, _ in pairs], [y for _, y in pairs], CONFIDENCE)
@@ -317,7 +382,8 @@ def result_record(result: Result) -> dict:
         "audit": {name: [value for value in values] for name, values in result.audit.values.items()},
         "pooled": list(result.pooled), "pooling_declared": list(claim.pooled),
         "pooling_reason": claim.pooling_reason or None, "undeclared_pooling": list(result.undeclared_pooling),
-        "run_ids": list(result.run_ids),
+        "run_ids": list(result.run_ids), "tuned": list(claim.tune), "tuned_by": claim.tune_by if claim.tune else None,
+        "chosen": {"a": result.chosen[0], "b": result.chosen[1]} if result.chosen else None,
     }
 
 
@@ -335,6 +401,8 @@ def numbers_text(result: Result) -> str:
         return f"n = {result.n}; lacking {', '.join(result.missing[:6])}" + (" …" if len(result.missing) > 6 else "")
     unit = " points" if scale(result.claim.metric) == 100.0 else ""
     parts = [f"a − b {signed(result.effect)}{unit}"]
+    if result.chosen:
+        parts.append(f"a at {result.chosen[0]} and b at {result.chosen[1]} (best by {result.claim.tune_by})")
     if result.ci:
         parts.append(f"95 % CI [{signed(result.ci[0])}, {signed(result.ci[1])}]")
     parts.append(f"n = {result.n}")
