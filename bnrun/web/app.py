@@ -7,31 +7,36 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from bnrun.analysis.export import EXPORT_FORMATS
 from bnrun.analysis.grouping import PIVOT_FIELDS
 from bnrun.analysis.listing import option_text
 from bnrun.analysis.metrics import METRICS
 from bnrun.errors import NothingMatched, RunNotFound, StoreError, UsageError
 from bnrun.store import RunStatus, Store
-from bnrun.web import charts, pages
+from bnrun.web import pages
 from bnrun.web.access import Access, AccessMiddleware
 from bnrun.web.params import compared_ids, report_of_params, runs_of_params
+from bnrun.web.svg import figure_html
 
 REFRESH_S = 10  # a page with running trials reloads itself this often
 STATIC = Path(__file__).parent / "static"
 # Everything from this server only: no page can load from, or send to, the network.
+CLAIMS = Path("study/claims.toml")  # as `bnrun claims`: the claims file, relative to where the view is served
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
@@ -46,7 +51,14 @@ def environment() -> Environment:
     env.filters["when"] = lambda value: "" if value is None else value.isoformat(sep=" ", timespec="seconds")
     env.filters["figure_json"] = lambda figure: json.dumps(figure, default=str)
     env.filters["shown"] = option_text  # None, booleans and floats as the CLI shows them
+    env.filters["chart"] = lambda figure: Markup(figure_html(figure))  # svg.py escapes every text it draws
+    env.filters["short_when"] = short_when
     return env
+
+
+def short_when(value: datetime | None) -> str:
+    """A timestamp in a listing's width: '12-06 05:03' (the full one is the cell's title)."""
+    return "" if value is None else value.strftime("%m-%d %H:%M")
 
 
 def number_text(value: object, places: int = 2, signed: bool = False) -> str:
@@ -73,9 +85,10 @@ class StoreView:
             store.close()
 
 
-def create_app(db: str | None, access: Access = Access()) -> Starlette:
+def create_app(db: str | None, access: Access = Access(), claims_file: Path = CLAIMS) -> Starlette:
     """The read-only view of the store at `db` (a path or URL, as `--db`), answering as `access` allows
-    (default: loopback names, no token); the store is checked first."""
+    (default: loopback names, no token), its claims read from `claims_file` on each visit of /claims; the store
+    is checked first."""
     view = StoreView(db)
     with view.open():
         pass  # a missing, damaged or foreign store is refused here, before anything listens
@@ -88,13 +101,16 @@ def create_app(db: str | None, access: Access = Access()) -> Starlette:
     def report(request: Request) -> Response:
         ask = report_of_params(request.query_params)
         controls = {"params": request.query_params, "metrics": METRICS, "pivot_fields": PIVOT_FIELDS}
-        try:
-            with view.open() as store:
+        with view.open() as store:
+            try:
                 return html("report.html", request, page=pages.report_page(store, ask), **controls)
-        except NothingMatched as error:
-            response = html("report.html", request, message=str(error), **controls)
-            response.status_code = 404
-            return response
+            except NothingMatched as error:
+                message, running = str(error), pages.running_instead(store)
+        # nothing completed yet but trials running: what is running, a page that reloads (200); else a 404
+        response = html("report.html", request, message=message, running=running, **controls,
+                        refresh=REFRESH_S if running else None)
+        response.status_code = 200 if running else 404
+        return response
 
     def runs(request: Request) -> Response:
         page = runs_of_params(request.query_params)
@@ -103,7 +119,26 @@ def create_app(db: str | None, access: Access = Access()) -> Starlette:
         params = request.query_params
         return html("runs.html", request, refresh=REFRESH_S if context["running"] else None, params=params,
                     sorted_by=lambda name: sorted_link(params, name), paged=lambda number: changed(params, page=number),
-                    **context)
+                    download=changed(params, page=1), study_where=[w for w in params.getlist("where") if is_study(w)],
+                    other_where=[w for w in params.getlist("where") if w.strip() and not is_study(w)], **context)
+
+    def download(request: Request) -> Response:
+        """Every run the filters select (not one page), as `bnrun export runs` writes them, streamed."""
+        fmt = request.path_params["fmt"]
+        if fmt not in EXPORT_FORMATS:
+            raise HTTPException(404, f"no download as {fmt[:20]!r}: runs.csv or runs.json")
+        selection = replace(runs_of_params(request.query_params), page=1)
+        query = selection.query
+        with view.open() as store:
+            pages.page_of(store, selection)  # nothing matched: a 404 before the download starts
+
+        def chunks() -> Iterator[str]:
+            with view.open() as store:
+                yield from pages.export_chunks(store, query, fmt)
+
+        media = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+        headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="runs.{fmt}"'}
+        return StreamingResponse(chunks(), media_type=media, headers=headers)
 
     def run(request: Request) -> Response:
         with view.open() as store:
@@ -112,9 +147,17 @@ def create_app(db: str | None, access: Access = Access()) -> Starlette:
         return html("run.html", request, refresh=refresh, **context)
 
     def compare(request: Request) -> Response:
-        ids = compared_ids(request.query_params)
+        params = request.query_params
+        # the runs page's checkboxes send ids=11&ids=12 without a script; a link writes ids=11,12
+        joined = QueryParams({"ids": ",".join(v for v in params.getlist("ids") if v.strip())}) \
+            if len(params.getlist("ids")) > 1 else params
+        ids = compared_ids(joined)
         with view.open() as store:
             return html("compare.html", request, **pages.compare_page(store, ids))
+
+    def claims(request: Request) -> Response:
+        with view.open() as store:
+            return html("claims.html", request, **pages.claims_page(store, claims_file))
 
     def api_runs(request: Request) -> Response:
         page = runs_of_params(request.query_params)
@@ -127,12 +170,17 @@ def create_app(db: str | None, access: Access = Access()) -> Starlette:
 
     routes = [
         Route("/", report), Route("/runs", runs), Route("/runs/{run_id:int}", run), Route("/compare", compare),
+        Route("/runs.{fmt:str}", download), Route("/claims", claims),
         Route("/api/runs", api_runs), Route("/api/runs/{run_id:int}", api_run),
-        Route("/static/plotly.min.js", static(charts.plotly_js())),
         Route("/static/style.css", static(STATIC / "style.css")),
         Route("/static/bnrun.js", static(STATIC / "bnrun.js")),
     ]
     return Starlette(routes=routes, exception_handlers=ERRORS, middleware=[Middleware(AccessMiddleware, access=access)])
+
+
+def is_study(where: str) -> bool:
+    """A `where` the study choice sets (study=NAME), not one typed."""
+    return where.startswith("study=")
 
 
 def changed(params: QueryParams, **values) -> str:

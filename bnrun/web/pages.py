@@ -5,18 +5,24 @@ store's records (`bnrun export runs`' rows)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
 
 from bnrun.analysis import texts
+from bnrun.analysis.claims import evaluate, evidence_text, load_claims, numbers_text, result_record, rule_text
 from bnrun.analysis.comparison import FINAL_METRICS
-from bnrun.analysis.export import epoch_rows, run_rows
+from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
+from bnrun.analysis.export import RUN_COLUMNS, epoch_rows, render, run_rows
 from bnrun.analysis.grouping import Comparison, Report
 from bnrun.analysis.listing import RunQuery, option_value, sort_key_name, varying_options
 from bnrun.analysis.machine import comparison_record, group_records
 from bnrun.analysis.metrics import METRICS, metric_value, scaled_pair
 from bnrun.analysis.pivots import Pivot
 from bnrun.analysis.queries import ReportRequest, pivot_of, report_of
-from bnrun.errors import NothingMatched
-from bnrun.store import RunRecord, RunStatus, Store
+from bnrun.config import impl_label
+from bnrun.errors import NothingMatched, UsageError
+from bnrun.store import RunCriteria, RunRecord, RunStatus, Store
 from bnrun.web import charts
 from bnrun.web.params import RunsPage
 
@@ -39,32 +45,48 @@ def comparison_rows(comparisons: tuple[Comparison, ...]) -> list[dict]:
 
 
 def report_page(store: Store, request: ReportRequest) -> dict:
-    """The report (or, with `by`, the pivot) as `bnrun report` computes it, with its figures."""
+    """The report (or, with `by`, the pivot) as `bnrun report` computes it, with its figures: the learning
+    curves and the diagnostics its runs recorded (or the sensitivity and every trial of the grid)."""
     if request.by:
-        return pivot_context(pivot_of(store, request))
+        pivot = pivot_of(store, request)
+        run_ids = [run_id for row in pivot.rows for cell in row.cells.values() for run_id in cell.run_ids]
+        return pivot_context(pivot, {run.id: run for run in store.get_runs(run_ids)})
     report, epochs = report_of(store, request)
-    return report_context(report, epochs)
+    run_ids = [run.id for group in report.groups for run in group.runs if run.diagnostics]
+    return report_context(report, epochs, store.diagnostics_by_run(run_ids) if run_ids else {})
 
 
-def report_context(report: Report, epochs: dict) -> dict:
+def bold_note(report: Report) -> str:
+    """Why a row is bold: the best of its architecture in the headline metric, and only in it."""
+    return (f"bold: per architecture, the group with the best mean {METRICS[report.metric]} (the headline metric); "
+            "the other columns are not ranked, so a larger number there is not bold")
+
+
+def report_context(report: Report, epochs: dict, diagnostics: dict | None = None) -> dict:
+    """The report's page (and the HTML report's body); with `diagnostics` (the runs' records), their figures."""
     groups = [
         {"values": texts.row_values(report, group), "record": record, "best": record["best_in_arch"]}
         for group, record in zip(report.groups, group_records(report))
     ]
+    figures = charts.group_curves(report, epochs)
+    if diagnostics:
+        figures += charts.group_diagnostics(report, diagnostics, epochs)
     return {
         "kind": "report",
         "metric": report.metric,
         "header": texts.header_names(report),
         "left": 3 + len(report.varying),
         "groups": groups,
-        "notes": texts.footnotes(report),
+        "notes": [bold_note(report), *texts.footnotes(report)],
+        "diagnostics_header": ["group", *DIAGNOSTIC_SUMMARIES.values()],
+        "diagnostics": texts.diagnostic_rows(report),
         "heading": texts.comparisons_heading(report.comparisons),
         "comparisons": comparison_rows(report.comparisons),
-        "figures": charts.group_curves(report, epochs),
+        "figures": figures,
     }
 
 
-def pivot_context(pivot: Pivot) -> dict:
+def pivot_context(pivot: Pivot, runs: dict[int, RunRecord] | None = None) -> dict:
     rows = [
         {"labels": texts.pivot_label_values(pivot, row), "cells": texts.pivot_cells(pivot, row),
          "means": [row.cells[v].summary.mean if v in row.cells else None for v in pivot.columns]}
@@ -79,7 +101,7 @@ def pivot_context(pivot: Pivot) -> dict:
         "notes": texts.pivot_notes(pivot),
         "heading": texts.comparisons_heading(pivot.comparisons),
         "comparisons": comparison_rows(pivot.comparisons),
-        "figures": [charts.sensitivity(pivot)],
+        "figures": [charts.sensitivity(pivot), *([charts.grid(pivot, runs)] if runs else [])],
     }
 
 
@@ -111,6 +133,8 @@ def runs_page(store: Store, page: RunsPage) -> dict:
     orphans = store.orphan_ids() if any(run.status == RunStatus.RUNNING for run in runs) else set()
     options = varying_options(runs) or ("arch", "bn")
     return {
+        "choices": filter_choices(store),
+        "page_tags": sorted({tag for run in runs for tag in labels[run.id].tags}),
         "runs": [run_row(run, labels[run.id], options, run.id in orphans) for run in runs],
         "options": options,
         "metrics": {name: METRICS[name] for name in HEADLINE},
@@ -143,6 +167,7 @@ def run_page(store: Store, run_id: int) -> dict:
     """One run: configuration, provenance, curves, diagnostics, evaluations, checkpoint."""
     run = store.get_run(run_id)
     epochs = store.epochs(run_id)
+    diagnostics = store.diagnostics_by_run([run_id])[run_id]
     return {
         "run": run,
         "labels": store.labels([run_id])[run_id],
@@ -151,7 +176,8 @@ def run_page(store: Store, run_id: int) -> dict:
         "metrics": {METRICS[name]: metric_text(run, name) for name in HEADLINE},
         "epochs": epochs,
         "figures": charts.run_curves({f"run {run_id}": epochs}),
-        "diagnostics": store.diagnostics_by_run([run_id])[run_id],
+        "diagnostic_figures": charts.run_diagnostics(diagnostics, epochs),
+        "diagnostics": diagnostics,
         "evaluations": store.evaluations(run_id),
         "checkpoint": store.checkpoint_info(run_id),
     }
@@ -185,3 +211,95 @@ def api_run(store: Store, run_id: int) -> dict:
     """`/api/runs/<id>`: the run's `bnrun export runs` record, with its `bnrun export epochs` rows as "per_epoch"."""
     run = store.get_run(run_id)
     return {**run_rows([run], store.labels([run_id]))[0], "per_epoch": epoch_rows({run_id: store.epochs(run_id)})}
+
+
+# -- a store where nothing has completed yet; downloads; filter choices; claims -----------------------------------
+
+RUNNING_SHOWN = 50
+
+
+def running_instead(store: Store) -> dict | None:
+    """What `/` shows while no trial has completed: the running trials (the first RUNNING_SHOWN, newest first)
+    and how many; None when one has completed or none runs."""
+    if store.count_runs(RunCriteria(equal=(("status", (RunStatus.COMPLETED,)),))):
+        return None
+    found = store.page_runs(equal=(("status", (RunStatus.RUNNING,)),), sort="id", descending=True,
+                            limit=RUNNING_SHOWN)
+    if not found.total:
+        return None
+    return {"total": found.total, "runs": [{"id": run.id, "label": run_label(run), "progress":
+                                           f"{run.epochs_completed}/{run.epochs}", "heartbeat": run.heartbeat_at}
+                                          for run in found.runs]}
+
+
+def run_label(run: RunRecord) -> str:
+    impl = "" if run.bn == "none" else f" ({impl_label(run.bn_impl, run.fused)})"
+    return f"{run.arch} bn={run.bn}{impl} seed {run.seed}"
+
+
+EXPORT_CHUNK = 2000  # runs read per query while a download streams
+
+
+def export_chunks(store: Store, query: RunQuery, fmt: str) -> Iterator[str]:
+    """`bnrun export runs`' CSV or JSON of every run the query selects, in pieces of EXPORT_CHUNK runs."""
+    arguments = page_arguments(query)
+    offset = 0
+    yield "[\n" if fmt == "json" else ",".join(RUN_COLUMNS) + "\n"
+    while True:
+        runs = list(store.page_runs(**arguments, limit=EXPORT_CHUNK, offset=offset).runs)
+        if not runs:
+            break
+        rows = run_rows(runs, store.labels([run.id for run in runs]))
+        if fmt == "json":
+            yield ("" if offset == 0 else ",\n") + ",\n".join(json.dumps(row) for row in rows)
+        else:
+            yield render(rows, "csv", RUN_COLUMNS).split("\n", 1)[1]
+        offset += len(runs)
+    yield "\n]\n" if fmt == "json" else ""
+
+
+CHOICE_COLUMNS = ("status", "arch", "bn", "study")
+
+
+def filter_choices(store: Store) -> dict[str, list[str]]:
+    """The values the store holds for each filter the listing offers as a choice (implementations as their
+    labels), from one grouped count per column."""
+    everything = RunCriteria(deleted=None)
+    choices = {name: sorted({str(row[0]) for row in store.option_counts(everything, (name,)) if row[0] is not None})
+               for name in CHOICE_COLUMNS}
+    choices["bn_impl"] = sorted({impl_label(impl, fused) for impl, fused, *_ in
+                                 store.option_counts(everything, ("bn_impl", "fused"))})
+    return choices
+
+
+def claims_page(store: Store, path: Path) -> dict:
+    """Each declared claim: its rule, verdict, effect and interval, the evidence audit and its runs."""
+    try:
+        results = evaluate(store, load_claims(path))
+    except UsageError as error:
+        return {"claims": [], "problem": str(error), "path": str(path)}
+    return {"claims": [claim_row(result) for result in results], "problem": None, "path": str(path)}
+
+
+def claim_row(result) -> dict:
+    record = result_record(result)
+    ids = list(result.run_ids)
+    return {
+        **record,
+        "rule_text": rule_text(result.claim),
+        "numbers": numbers_text(result),
+        "evidence": evidence_text(result),
+        "runs_query": urlencode({"run_id": id_ranges(ids), "per_page": 500}) if ids else "",
+        "compare": ",".join(map(str, ids)) if 2 <= len(ids) <= 12 else "",
+    }
+
+
+def id_ranges(ids: list[int]) -> str:
+    """'1-5,9,12-14': run ids as --run-id takes them."""
+    spans: list[list[int]] = []
+    for run_id in sorted(set(ids)):
+        if spans and spans[-1][1] == run_id - 1:
+            spans[-1][1] = run_id
+        else:
+            spans.append([run_id, run_id])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
