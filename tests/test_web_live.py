@@ -1,0 +1,62 @@
+"""The web view of a store a trial is writing: from the moment `/api/runs` lists a run its page answers 200,
+while it runs (reloading, its epochs so far) and once it has completed; `/` answers 200 from then on (what is
+running, then the report). A real `bnrun train` process writes; the view reads in-process. Marked `slow`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+from starlette.testclient import TestClient
+
+from bnrun.errors import StoreError
+from bnrun.web.app import create_app
+from conftest import bnrun_command
+
+pytestmark = [pytest.mark.slow]
+TRIAL = ["train", "--arch", "mlp", "--bn", "pre", "--epochs", "3", "--train-subset", "600", "--seeds", "1"]
+
+
+def app_when_ready(db, process: subprocess.Popen, timeout: float = 240) -> TestClient:
+    """The view, once the trial's process has made the store (a missing store is refused, as `bnrun ui` does)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return TestClient(create_app(str(db)), base_url="http://localhost")
+        except StoreError:
+            assert process.poll() in (None, 0), "the trial's process ended first"
+            time.sleep(0.05)
+    raise AssertionError("no store appeared")
+
+
+def test_the_view_follows_a_trial_as_it_writes(tmp_path):
+    db = tmp_path / "live.db"
+    process = subprocess.Popen(bnrun_command(*TRIAL, "--db", str(db)), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    seen: dict[str, int] = {}
+    try:
+        client = app_when_ready(db, process)
+        while True:
+            finished = process.poll() is not None
+            listed = client.get("/api/runs").json()["runs"]
+            for run in listed:
+                page = client.get(f"/runs/{run['id']}")
+                assert page.status_code == 200, (run["status"], page.text[:300])
+                if run["status"] == "running":
+                    assert '<meta http-equiv="refresh"' in page.text
+                    shown = len(re.findall(r"<tr><td class=\"number\">\d+</td>", page.text))
+                    assert shown <= run["epochs_completed"] + 1  # the epochs so far, none ahead
+                seen[run["status"]] = seen.get(run["status"], 0) + 1
+            report = client.get("/")  # an empty store asks for trials (404); then what runs, then the report
+            assert report.status_code == (200 if listed else 404), report.text[:300]
+            if finished:
+                break
+            time.sleep(0.1)
+        assert process.returncode == 0, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+    assert seen.get("completed") and seen.get("running"), seen  # it was seen running, then completed
