@@ -456,3 +456,15 @@ def test_the_claims_page_is_bnrun_claims(study):
     assert f'{len(first["run_ids"])} runs</a>' in html
     missing = TestClient(create_app(str(study), claims_file=Path("/nonexistent/claims.toml")), base_url="http://localhost")
     assert "no such file" in missing.get("/claims").text
+
+
+def test_the_choices_follow_the_store_as_runs_are_added(labelled):
+    db, _ = labelled
+    client = TestClient(create_app(str(db)), base_url="http://localhost")
+    assert "study=fresh-study" not in client.get("/runs").text
+    store = Store(str(db), reap=False)
+    fields = {**asdict(store.get_run(11)), "study": "fresh-study", "claim": None}
+    fields.pop("id")
+    store.add_ended_runs([(fields, store.epochs(11))])
+    store.close()
+    assert '<option value="study=fresh-study">' in client.get("/runs").text  # the same view, read again

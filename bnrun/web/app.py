@@ -93,6 +93,7 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
     with view.open():
         pass  # a missing, damaged or foreign store is refused here, before anything listens
     env = environment()
+    choices = pages.FilterChoices()
 
     def html(name: str, request: Request, **context) -> HTMLResponse:
         body = env.get_template(name).render(request=request, query=str(request.query_params), **context)
@@ -115,7 +116,7 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
     def runs(request: Request) -> Response:
         page = runs_of_params(request.query_params)
         with view.open() as store:
-            context = pages.runs_page(store, page)
+            context = pages.runs_page(store, page, choices)
         params = request.query_params
         return html("runs.html", request, refresh=REFRESH_S if context["running"] else None, params=params,
                     sorted_by=lambda name: sorted_link(params, name), paged=lambda number: changed(params, page=number),

@@ -22,7 +22,7 @@ from bnrun.analysis.pivots import Pivot
 from bnrun.analysis.queries import ReportRequest, pivot_of, report_of
 from bnrun.config import impl_label
 from bnrun.errors import NothingMatched, UsageError
-from bnrun.store import RunCriteria, RunRecord, RunStatus, Store
+from bnrun.store import STATUSES, RunCriteria, RunRecord, RunStatus, Store
 from bnrun.web import charts
 from bnrun.web.params import RunsPage
 
@@ -125,15 +125,15 @@ def page_of(store: Store, page: RunsPage):
     return found, pages
 
 
-def runs_page(store: Store, page: RunsPage) -> dict:
-    """One page of the listing, sorted, filtered and cut in the database."""
+def runs_page(store: Store, page: RunsPage, choices: FilterChoices) -> dict:
+    """One page of the listing, sorted, filtered and cut in the database; the filters' `choices`."""
     found, pages = page_of(store, page)
     runs = list(found.runs)
     labels = store.labels([run.id for run in runs])
     orphans = store.orphan_ids() if any(run.status == RunStatus.RUNNING for run in runs) else set()
     options = varying_options(runs) or ("arch", "bn")
     return {
-        "choices": filter_choices(store),
+        "choices": choices.of(store),
         "page_tags": sorted({tag for run in runs for tag in labels[run.id].tags}),
         "runs": [run_row(run, labels[run.id], options, run.id in orphans) for run in runs],
         "options": options,
@@ -258,12 +258,28 @@ def export_chunks(store: Store, query: RunQuery, fmt: str) -> Iterator[str]:
     yield "\n]\n" if fmt == "json" else ""
 
 
-CHOICE_COLUMNS = ("status", "arch", "bn", "study")
+CHOICE_COLUMNS = ("arch", "bn", "study")
 
 
-def filter_choices(store: Store) -> dict[str, list[str]]:
-    """The values the store holds for each filter the listing offers as a choice (implementations as their
-    labels), from one grouped count per column."""
+class FilterChoices:
+    """The values the store holds for each filter the listing offers as a choice: the statuses a run can have,
+    and from the store arch, bn, study and the implementations (as their labels). A run's options never change,
+    so the values are read again only when runs were added or purged (the count of rows or the newest id
+    changed): a grouped count per column scans every row, too slow to repeat per page at 100,000 runs."""
+
+    def __init__(self) -> None:
+        self.key: tuple[int, int] | None = None
+        self.values: dict[str, list[str]] = {}
+
+    def of(self, store: Store) -> dict[str, list[str]]:
+        newest = store.page_runs(deleted=None, sort="id", descending=True, limit=1).runs
+        key = (store.count_runs(), newest[0].id if newest else 0)
+        if key != self.key:
+            self.values, self.key = read_choices(store), key
+        return {"status": list(STATUSES), **self.values}
+
+
+def read_choices(store: Store) -> dict[str, list[str]]:
     everything = RunCriteria(deleted=None)
     choices = {name: sorted({str(row[0]) for row in store.option_counts(everything, (name,)) if row[0] is not None})
                for name in CHOICE_COLUMNS}
