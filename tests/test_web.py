@@ -468,3 +468,27 @@ def test_the_choices_follow_the_store_as_runs_are_added(labelled):
     store.add_ended_runs([(fields, store.epochs(11))])
     store.close()
     assert '<option value="study=fresh-study">' in client.get("/runs").text  # the same view, read again
+
+
+@pytest.mark.parametrize("by", ["lr", "weight_decay", "batch_size", "bn_impl", "augment", "schedule", "train_subset",
+                                "depth", "init", "ghost_batch", "study"])
+def test_a_pivot_by_any_option_draws_its_figures(client, by):
+    """Numbers on a linear or log axis (a 0 among them is no point on a log one), flags and names as categories,
+    unset values as their own category or none."""
+    for query in ({"by": by}, {"by": by, "all": "1"}, {"by": by, "metric": "train_loss", "arch": "cnn"}):
+        response = client.get("/", params=query)
+        assert response.status_code in (200, 404), (query, response.text[:300])
+        if response.status_code == 200:
+            assert 'data-kind="sensitivity"' in response.text and 'data-kind="grid"' in response.text
+
+
+def test_an_svg_panel_skips_what_its_scales_cannot_place():
+    from bnrun.web.svg import Figure, Line, Mark, Panel, Style, figure_html
+
+    style = Style("#123456")
+    line = Line("a", style, (0.0, 0.01, 0.1, float("nan")), (1.0, None, 3.0, 4.0), (0.5, 1.0, 2.0, 3.0),
+                (1.5, 1.0, 4.0, 5.0))
+    panel = Panel("t<&>", "x", "y", (line,), (Mark(0.0, "diverged", "1/3", "#000"),), x_log=True, y_log=True,
+                  x_ticks=(0.0, 0.01, 0.1))
+    html = figure_html(Figure("f", (panel,), (("a", style),), "grid", marks_legend=("diverged",)))
+    assert "t&lt;&amp;&gt;" in html and "nan" not in html.lower() and html.count('class="point"') == 1  # only (0.1, 3)

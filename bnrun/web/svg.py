@@ -215,7 +215,9 @@ def band_svg(line: Line, sx: Scale, sy: Scale) -> list[str]:
     if line.low is None or line.high is None:
         return []
     shapes = []
-    for piece in runs_of(line.xs, [None if lo is None or hi is None else lo for lo, hi in zip(line.low, line.high)]):
+    lows = [lo if hi is not None and drawable(lo, False) and drawable(x, sx.log) else None
+            for x, lo, hi in zip(line.xs, line.low, line.high)]
+    for piece in runs_of(line.xs, lows):
         if len(piece) < 2:
             continue
         upper = [(sx(line.xs[i]), clamp(sy(max(line.high[i], sy.low) if sy.log else line.high[i]), sy)) for i in piece]
@@ -240,9 +242,14 @@ def marker_svg(x: float, y: float, style: Style, tip: str, link: str | None) -> 
     return f'<a {attrs(href=link)}>{body}</a>' if link else body
 
 
+def drawable(value: float | None, log: bool) -> bool:
+    """A value a scale can place: defined, finite, and positive on a log scale."""
+    return value is not None and math.isfinite(value) and (not log or value > 0)
+
+
 def line_svg(line: Line, sx: Scale, sy: Scale) -> list[str]:
     shapes = band_svg(line, sx, sy)
-    usable = [y if (y is None or not sy.log or y > 0) else None for y in line.ys]
+    usable = [y if drawable(y, sy.log) and drawable(x, sx.log) else None for x, y in zip(line.xs, line.ys)]
     if not line.points:
         for piece in runs_of(line.xs, usable):
             points = [(sx(line.xs[i]), sy(usable[i])) for i in piece]
@@ -250,7 +257,7 @@ def line_svg(line: Line, sx: Scale, sy: Scale) -> list[str]:
                 shapes.append(f"<path {attrs(class_='line', d=path_of(points), stroke=line.style.color)} "
                               f"fill=\"none\" stroke-width=\"1.8\" {attrs(stroke_dasharray=line.style.dash)}/>")
     for index, y in enumerate(usable):
-        if y is None or line.xs[index] is None:
+        if y is None:
             continue
         tip = line.tips[index] if index < len(line.tips) else f"{line.label}: {tick_text(y)}"
         link = line.links[index] if index < len(line.links) else None
@@ -285,6 +292,8 @@ def axes_svg(panel: Panel, sx: Scale, sy: Scale, box: tuple[float, float, float,
         log_ticks(sx.low, sx.high) if panel.x_log else linear_ticks(sx.low, sx.high, panel.integer_x))
     names = list(panel.x_names) if panel.x_names else [tick_text(value) for value in x_ticks]
     for value, name in zip(x_ticks, names):
+        if not drawable(value, sx.log):
+            continue
         x = sx(value)
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{bottom}" stroke="#eee"/>')
         parts.append(text(x, bottom + 14, name, font_size=10, text_anchor="middle"))
@@ -320,7 +329,7 @@ def panel_svg(panel: Panel, ident: str, width: int = WIDTH, height: int = HEIGHT
     for line in panel.lines:
         parts += line_svg(line, sx, sy)
     parts.append("</g>")
-    parts += [mark_svg(mark, sx, bottom) for mark in panel.marks]
+    parts += [mark_svg(mark, sx, bottom) for mark in panel.marks if drawable(mark.x, sx.log)]
     return (f'<svg class="panel" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
             f'width="{width}" height="{height}" role="img" {attrs(aria_label=panel.title)}>'
             f'<g font-family="system-ui, sans-serif" fill="#222">{"".join(parts)}</g></svg>')
