@@ -342,8 +342,9 @@ def grid(pivot: Pivot, runs: dict[int, RunRecord]) -> Figure:
 
 
 def jitter(axis: ValueAxis, slot: int, slots: int):
-    """Rows side by side at one value: a small offset per row (a factor on a log axis)."""
-    offset = (slot - (slots - 1) / 2) * 0.06
+    """Rows side by side at one value: a small offset per row (a factor on a log axis), all of them within
+    ±0.15 of the gap to the next value."""
+    offset = (slot - (slots - 1) / 2) * min(0.06, 0.3 / max(slots, 1))
     if axis.log:
         return lambda x: x * (1 + offset)
     if axis.numeric:
