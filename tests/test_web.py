@@ -492,3 +492,10 @@ def test_an_svg_panel_skips_what_its_scales_cannot_place():
                   x_ticks=(0.0, 0.01, 0.1))
     html = figure_html(Figure("f", (panel,), (("a", style),), "grid", marks_legend=("diverged",)))
     assert "t&lt;&amp;&gt;" in html and "nan" not in html.lower() and html.count('class="point"') == 1  # only (0.1, 3)
+
+
+def test_a_figure_of_more_lines_than_can_be_told_apart_says_so(client):
+    for query in ({"by": "batch_size", "all": "1"}, {"all": "1"}):
+        html = client.get("/", params=query).text
+        assert "not drawn:" in html and "at most 12 can be told apart" in html, query
+        assert "<svg class=\"panel\"" not in html

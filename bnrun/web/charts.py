@@ -9,7 +9,15 @@ train and validation are separate panels; a comparison of runs gives each run it
 from __future__ import annotations
 
 from bnrun.analysis.diagnostic_summaries import diagnostic_series, run_diagnostic
-from bnrun.analysis.figures import DIAGNOSTIC_PLOTS, PANELS, curve, mean_and_std, row_label, spans_decades
+from bnrun.analysis.figures import (
+    DIAGNOSTIC_PLOTS,
+    MAX_SERIES,
+    PANELS,
+    curve,
+    mean_and_std,
+    row_label,
+    spans_decades,
+)
 from bnrun.analysis.grouping import Group, Report
 from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, METRICS, at_chance, metric_value, scale
 from bnrun.analysis.pivots import Cell, Pivot
@@ -72,6 +80,19 @@ def band_of(means: list[float], stds: list[float], bounds: tuple) -> tuple[tuple
     return tuple(clip(m - s) for m, s in zip(means, stds)), tuple(clip(m + s) for m, s in zip(means, stds))
 
 
+def crowded(title: str, count: int, kind: str) -> Figure | None:
+    """A figure of more than MAX_SERIES lines in a panel cannot be told apart (`bnrun plot` refuses it): a
+    figure without panels that says so and how to narrow the selection; None when `count` fits."""
+    if count <= MAX_SERIES:
+        return None
+    return Figure(title, (), (), kind, f"not drawn: {count} lines would share a panel, at most {MAX_SERIES} can be "
+                                      "told apart; narrow the selection (where=OPTION=VALUE, arch, bn)")
+
+
+def most_per_arch(archs: list) -> int:
+    return max((archs.count(arch) for arch in set(archs)), default=0)
+
+
 def without_arch(label: str, arch: str) -> str:
     return label.removeprefix(f"{arch} ")
 
@@ -86,6 +107,9 @@ def group_styles(groups: list[Group]) -> list[Style]:
 def group_curves(report: Report, epochs: dict[int, list[EpochRecord]]) -> list[Figure]:
     """Per architecture one figure: a panel per metric of `bnrun plot` (validation accuracy, training loss), a
     mean line with a ±std band per group."""
+    too_many = crowded("learning curves", most_per_arch([g.value("arch") for g in report.groups]), "curves")
+    if too_many:
+        return [too_many]
     figures = []
     for arch in dict.fromkeys(g.value("arch") for g in report.groups):
         groups = [g for g in report.groups if g.value("arch") == arch]
@@ -108,6 +132,8 @@ def group_curves(report: Report, epochs: dict[int, list[EpochRecord]]) -> list[F
 def group_diagnostics(report: Report, diagnostics: dict, epochs: dict) -> list[Figure]:
     """`bnrun plot --diagnostic`'s figures for the groups whose runs recorded them: one per diagnostic, a panel
     per architecture."""
+    if most_per_arch([g.value("arch") for g in report.groups]) > MAX_SERIES:
+        return []  # the learning curves say why
     figures = []
     for name, (kind, axis_field, y_label, log_x, log_y) in DIAGNOSTIC_PLOTS.items():
         drawn = [(g, diagnostic_series(g, diagnostics, epochs, kind, axis_field)) for g in report.groups]
@@ -252,6 +278,9 @@ def sensitivity(pivot: Pivot) -> Figure:
     """As `bnrun plot --x`: per architecture a panel, a mean line per row with a ±std band where at least
     MIN_TRIALS seeds completed; diverged cells an x on the x axis (k/n), cells at chance a triangle there; the y
     range from the trials that trained."""
+    too_many = pivot_crowded(pivot, "sensitivity")
+    if too_many:
+        return too_many
     axis = ValueAxis(pivot.columns)
     chance = pivot.metric in HIGHER_IS_BETTER
     factor = scale(pivot.metric)
@@ -283,6 +312,11 @@ def sensitivity(pivot: Pivot) -> Figure:
                   tuple(kind for kind in ("diverged", "chance") if kind in kinds))
 
 
+def pivot_crowded(pivot: Pivot, kind: str) -> Figure | None:
+    return crowded(f"{METRICS[pivot.metric]} by {pivot.by}", most_per_arch([r.labels.get("arch") for r in pivot.rows]),
+                   kind)
+
+
 def cell_marks(cell: Cell, chance: bool) -> list[tuple[str, str]]:
     marks = []
     if cell.diverged:
@@ -312,6 +346,9 @@ def option_line(row, axis: ValueAxis, style: Style, label: str, metric: str, cha
 def grid(pivot: Pivot, runs: dict[int, RunRecord]) -> Figure:
     """Every trial of the pivot as a point at its option value (rows side by side), linking to its run; trials
     that diverged or ended at chance as marks on the x axis."""
+    too_many = pivot_crowded(pivot, "grid")
+    if too_many:
+        return too_many
     axis = ValueAxis(pivot.columns)
     chance = pivot.metric in HIGHER_IS_BETTER
     factor = scale(pivot.metric)
