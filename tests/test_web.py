@@ -499,3 +499,12 @@ def test_a_figure_of_more_lines_than_can_be_told_apart_says_so(client):
         html = client.get("/", params=query).text
         assert "not drawn:" in html and "at most 12 can be told apart" in html, query
         assert "<svg class=\"panel\"" not in html
+
+
+def test_the_reports_filters_offer_the_stores_values(client):
+    html = client.get("/").text
+    listed = lambda name: re.findall(r'<option value="([^"]*)">', re.search(
+        rf'<datalist id="report-{name}">(.*?)</datalist>', html, flags=re.S).group(1))
+    assert listed("arch") == ["cnn", "mlp"] and listed("bn") == ["none", "post", "pre"]
+    assert "study=headline-mlp" in listed("where")
+    assert '<datalist id="report-arch">' in client.get("/", params={"where": "lr=0.123456"}).text  # on a 404 too

@@ -103,6 +103,7 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
         ask = report_of_params(request.query_params)
         controls = {"params": request.query_params, "metrics": METRICS, "pivot_fields": PIVOT_FIELDS}
         with view.open() as store:
+            controls["choices"] = choices.of(store)
             try:
                 return html("report.html", request, page=pages.report_page(store, ask), **controls)
             except NothingMatched as error:
