@@ -353,10 +353,17 @@ def special_floats() -> torch.Tensor:
 
 def test_bfloat16_rounding_matches_torch():
     """float32 → bfloat16 by the kernel's output loop: round to nearest even, as torch's own
-    conversion, bit for bit (normal and subnormal numbers, infinities); NaN stays NaN."""
+    conversion, bit for bit (normal numbers, infinities, and subnormals but where the build
+    converts with AVX512-BF16's vcvtne2ps2bf16, which flushes them to zero of their sign); NaN
+    stays NaN."""
     x = special_floats()
     got = fused.cpu_kernel().to_bf16(x)
-    assert torch.equal(got.view(torch.int16), x.to(torch.bfloat16).view(torch.int16))
+    expected = x.to(torch.bfloat16)
+    if fused.cpu_kernel().isa() == "avx512-bf16":
+        subnormal = (x != 0) & (x.abs() < torch.finfo(torch.float32).tiny)
+        assert subnormal[:32].sum() == 3  # among the first 32 values, which the instruction converts
+        expected = torch.where(subnormal, torch.copysign(torch.zeros_like(x), x), x).to(torch.bfloat16)
+    assert torch.equal(got.view(torch.int16), expected.view(torch.int16))
     nan = fused.cpu_kernel().to_bf16(torch.full((19,), float("nan")))
     assert torch.isnan(nan.float()).all()
 

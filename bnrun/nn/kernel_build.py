@@ -31,11 +31,13 @@ CSRC = Path(__file__).with_name("csrc")
 SOURCES = (CSRC / "bn_cpu.cpp", CSRC / "bn_ops.cpp")  # the loops; the operators and their autograd
 HEADERS = (CSRC / "bn_cpu.h",)
 KERNEL_NAME = "bnrun_bn_cpu"
-# The kernel's summation order, numbered from 1 (the order since commit 115581f: moments blocks
-# of 4096 values merged with Chan's update, gradient sums of 128 values per lane). Bump it with
-# every change of the order in which the kernel sums, so that a trial's provenance tells which
-# results it can match bit for bit.
-KERNEL_VERSION = 1
+# The kernel's numerics: bump it with every change that can change a bit of a result (the order
+# in which a sum is taken, a rounding), so that a trial's provenance tells which results it can
+# match bit for bit. 1: the order since commit 115581f (moments blocks of 4096 values merged with
+# Chan's update, gradient sums of 128 values per lane). 2: the avx512-bf16 build writes bfloat16
+# through vcvtne2ps2bf16, which flushes subnormal outputs to zero; every sum, every float32 and
+# float64 result and the other builds' bfloat16 are as in 1.
+KERNEL_VERSION = 2
 # The kernel's builds, most capable first, with the compiler flags of each.
 _AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512"]
 _AVX2 = ["-mavx2", "-mfma", "-mf16c"]

@@ -29,8 +29,9 @@
 // Precision: x (and y, dy, dx) may be float32, float64, bfloat16 or float16; every per-channel
 // tensor (γ, β, running and saved statistics, dγ, dβ) and every arithmetic step is acc_t, the
 // op-math type (float32 for the 16-bit types), as in torch's own mixed-precision kernel. bfloat16
-// is read as its bits shifted into a float32 and written rounded to nearest even, in loops the
-// compiler vectorizes.
+// is read as its bits shifted into a float32 and written rounded to nearest even: by
+// vcvtne2ps2bf16 in the avx512-bf16 build (subnormals flushed to zero), elsewhere by integer
+// arithmetic in loops the compiler vectorizes.
 // Layout: contiguous input is (N, C, S); channels_last (N, C, H, W) is read in place as N·H·W rows
 // of C channels, i.e. (N·H·W, C, 1), and y and dx are allocated in x's layout. Rows of channels are
 // split among threads in fixed chunks whose partial sums are merged in order: the result does
@@ -109,15 +110,45 @@ inline uint16_t bf16_bits(float f) {
 }
 
 
-// dst[i] = value(i) for i in [0, len), value(i) computed in acc_t. bfloat16 is rounded in the
-// same vectorized loop by integer arithmetic: on the AVX512-BF16 EPYC this beat computing a tile
-// of floats and converting it with vcvtneps2bf16 (bn_layer.py, bf16 rows 0.93–0.99× of torch's
-// against 0.98–1.15× with the tile), and it keeps subnormals as torch's conversion does.
+#if defined(BNRUN_AVX512_BF16)
+// 32 floats → 32 bfloat16 in one vcvtne2ps2bf16: round to nearest even, as bf16_bits, except that
+// the instruction flushes subnormal inputs and outputs to zero.
+inline void store_bf16x32(uint16_t* dst, const float* src) {
+  const __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
+  _mm512_storeu_si512(dst, reinterpret_cast<const __m512i&>(packed));
+}
+
+// bfloat16 output through the conversion instruction: value() into a tile of floats in L1 (the
+// loop the compiler vectorizes), then 32 at a time converted and stored; the last len % 32 by
+// integer rounding.
+template <typename F>
+inline void fill_bf16(uint16_t* dst, int64_t len, const F& value) {
+  constexpr int64_t kTile = 256;
+  alignas(64) float tile[kTile];
+  int64_t first = 0;
+  while (len - first >= 32) {
+    const int64_t count = std::min(kTile, (len - first) / 32 * 32);
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) tile[i] = value(first + i);
+    for (int64_t i = 0; i < count; i += 32) store_bf16x32(dst + first + i, tile + i);
+    first += count;
+  }
+  for (int64_t i = first; i < len; ++i) dst[i] = bf16_bits(value(i));
+}
+#endif
+
+// dst[i] = value(i) for i in [0, len), value(i) computed in acc_t. bfloat16 is rounded by
+// vcvtne2ps2bf16 where the build has it (fill_bf16), elsewhere in the same vectorized loop by
+// integer arithmetic, which keeps subnormals as torch's conversion does.
 template <typename T, typename F>
 inline void fill(T* dst, int64_t len, const F& value) {
   if constexpr (std::is_same_v<T, uint16_t>) {
+#if defined(BNRUN_AVX512_BF16)
+    fill_bf16(dst, len, value);
+#else
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) dst[i] = bf16_bits(value(i));
+#endif
   } else {
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<T>(value(i));
