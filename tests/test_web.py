@@ -508,3 +508,15 @@ def test_the_reports_filters_offer_the_stores_values(client):
     assert listed("arch") == ["cnn", "mlp"] and listed("bn") == ["none", "post", "pre"]
     assert "study=headline-mlp" in listed("where")
     assert '<datalist id="report-arch">' in client.get("/", params={"where": "lr=0.123456"}).text  # on a 404 too
+
+
+def test_a_second_option_draws_the_sensitivity_at_each_of_its_values(client):
+    html = unescape(client.get("/", params={"by": "lr", "then": "batch_size", "arch": "mlp"}).text)
+    figure = next(f for f in figures_of(html) if "a panel per batch_size" in f)
+    titles = panel_titles(figure)
+    assert titles[:2] == ["MLP, batch_size=16", "MLP, batch_size=32"] and "MLP, batch_size=128" in titles
+    panels = re.findall(r'<svg class="panel".*?</svg>', figure, flags=re.S)
+    assert len({tuple(y_ticks(panel)) for panel in panels}) == 1  # one y range for all of them
+    assert "off the default recipe: epochs=10" in figure and "batch_size=16</p>" not in figure
+    for query, status in (({"then": "lr"}, 400), ({"by": "lr", "then": "lr"}, 400), ({"by": "lr", "then": "x"}, 400)):
+        assert client.get("/", params=query).status_code == status, query

@@ -101,11 +101,12 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
 
     def report(request: Request) -> Response:
         ask = report_of_params(request.query_params)
+        then = second_option(request.query_params, ask.by)
         controls = {"params": request.query_params, "metrics": METRICS, "pivot_fields": PIVOT_FIELDS}
         with view.open() as store:
             controls["choices"] = choices.of(store)
             try:
-                return html("report.html", request, page=pages.report_page(store, ask), **controls)
+                return html("report.html", request, page=pages.report_page(store, ask, then), **controls)
             except NothingMatched as error:
                 message, running = str(error), pages.running_instead(store)
         # nothing completed yet but trials running: what is running, a page that reloads (200); else a 404
@@ -178,6 +179,19 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
         Route("/static/bnrun.js", static(STATIC / "bnrun.js")),
     ]
     return Starlette(routes=routes, exception_handlers=ERRORS, middleware=[Middleware(AccessMiddleware, access=access)])
+
+
+def second_option(params: QueryParams, by: str | None) -> str | None:
+    """`then`: a second option whose values each get the pivot's sensitivity panels (with `by` only)."""
+    then = (params.get("then") or "").strip().replace("-", "_") or None
+    if then is None:
+        return None
+    if by is None:
+        raise UsageError("then: give by=OPTION too (then=OPTION draws by's sensitivity at each of its values)")
+    if then not in PIVOT_FIELDS or then == by:
+        raise UsageError(f"then: {then[:40]!r} is not an option other than by={by}; choose from "
+                         f"{', '.join(name for name in PIVOT_FIELDS if name != by)}")
+    return then
 
 
 def is_study(where: str) -> bool:

@@ -18,14 +18,15 @@ from bnrun.analysis.figures import (
     row_label,
     spans_decades,
 )
-from bnrun.analysis.grouping import Group, Report
+from bnrun.analysis.grouping import Group, Report, value_order
+from bnrun.analysis.listing import option_text
 from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, METRICS, at_chance, metric_value, scale
 from bnrun.analysis.pivots import Cell, Pivot
 from bnrun.analysis.stats import MIN_TRIALS
 from bnrun.analysis.texts import recipe_line
 from bnrun.config import impl_label
 from bnrun.store import DiagnosticRecord, EpochRecord, RunRecord
-from bnrun.web.svg import Figure, Line, Mark, Panel, Style
+from bnrun.web.svg import Figure, Line, Mark, Panel, Style, shared_y
 
 PLACEMENT_COLORS = {"pre": "#1f6fb4", "post": "#d95f02", "none": "#555555"}  # one hue per BN placement
 IMPL_DASHES = {"custom+fused": "", "custom": "8 3 2 3", "torch": "5 3", "—": ""}  # one dash per implementation
@@ -274,14 +275,15 @@ def row_style_label(labels: dict) -> tuple[str, Style]:
     return row_label(labels), group_style(bn, impl)
 
 
-def sensitivity(pivot: Pivot) -> Figure:
+def sensitivity(pivot: Pivot, where: str = "", columns: tuple | None = None) -> Figure:
     """As `bnrun plot --x`: per architecture a panel, a mean line per row with a ±std band where at least
     MIN_TRIALS seeds completed; diverged cells an x on the x axis (k/n), cells at chance a triangle there; the y
-    range from the trials that trained."""
+    range from the trials that trained. `where` names what the panels' trials share beyond the pivot's own;
+    `columns`: the x axis's values, where several pivots share it."""
     too_many = pivot_crowded(pivot, "sensitivity")
     if too_many:
         return too_many
-    axis = ValueAxis(pivot.columns)
+    axis = ValueAxis(columns or pivot.columns)
     chance = pivot.metric in HIGHER_IS_BETTER
     factor = scale(pivot.metric)
     ticks, names = axis.ticks()
@@ -303,13 +305,32 @@ def sensitivity(pivot: Pivot) -> Figure:
                     marks.append(Mark(axis.x(value), kind, count, style.color, slot, len(rows), axis.name(value)))
         note = (f"{pivot.by}={', '.join(sorted(left))}: at chance level ({100 * CHANCE:g} %), a triangle on the x "
                 "axis, not a point that would stretch the y axis") if left else ""
-        panels.append(Panel(f"{str(arch).upper()}: {METRICS[pivot.metric]} by {pivot.by}", pivot.by,
+        name = str(arch).upper()
+        title = f"{name}, {where}" if where else f"{name}: {METRICS[pivot.metric]} by {pivot.by}"
+        panels.append(Panel(title, pivot.by,
                             METRICS[pivot.metric], tuple(lines), tuple(m for m in marks if m.x is not None),
                             x_log=axis.log, x_ticks=ticks, x_names=names,
                             y_bounds=PERCENT if factor == 100.0 else (None, None), note=note, width=OPTION_WIDTH))
     return Figure(f"{METRICS[pivot.metric]} by {pivot.by}: mean ± std over seeds (band where n ≥ {MIN_TRIALS})",
                   tuple(panels), tuple(legend.items()), "sensitivity", recipe_line(pivot.held),
                   tuple(kind for kind in ("diverged", "chance") if kind in kinds))
+
+
+def sensitivity_by(then: str, pivots: list[tuple[object, Pivot]]) -> Figure:
+    """The sensitivity to the pivot's option at each value of a second option `then`: a panel per value and
+    architecture (small multiples on one x and one y range), one legend for all."""
+    columns = tuple(sorted({v for _, pivot in pivots for v in pivot.columns}, key=value_order))
+    figures = [sensitivity(pivot, f"{then}={option_text(value)}", columns) for value, pivot in pivots]
+    drawn = [figure for figure in figures if figure.panels]
+    if not drawn:
+        return figures[0] if figures else Figure(f"by {then}", (), (), "sensitivity", f"no trial sets {then}")
+    first = pivots[0][1]
+    legend = dict(entry for figure in drawn for entry in figure.legend)
+    kinds = tuple(kind for kind in ("diverged", "chance") if any(kind in f.marks_legend for f in drawn))
+    panels = shared_y(tuple(panel for figure in drawn for panel in figure.panels))
+    held = recipe_line({name: value for name, value in first.held.items() if name != then})
+    return Figure(f"{METRICS[first.metric]} by {first.by}, a panel per {then}", panels, tuple(legend.items()),
+                  "sensitivity", held, kinds)
 
 
 def pivot_crowded(pivot: Pivot, kind: str) -> Figure | None:

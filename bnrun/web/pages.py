@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -14,12 +15,12 @@ from bnrun.analysis.claims import evaluate, evidence_text, load_claims, numbers_
 from bnrun.analysis.comparison import FINAL_METRICS
 from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
 from bnrun.analysis.export import RUN_COLUMNS, epoch_rows, render, run_rows
-from bnrun.analysis.grouping import Comparison, Report
+from bnrun.analysis.grouping import Comparison, Report, value_order
 from bnrun.analysis.listing import RunQuery, option_value, sort_key_name, varying_options
 from bnrun.analysis.machine import comparison_record, group_records
 from bnrun.analysis.metrics import METRICS, metric_value, scaled_pair
 from bnrun.analysis.pivots import Pivot
-from bnrun.analysis.queries import ReportRequest, pivot_of, report_of
+from bnrun.analysis.queries import ReportRequest, criteria_of, pivot_of, report_of
 from bnrun.config import impl_label
 from bnrun.errors import NothingMatched, UsageError
 from bnrun.store import STATUSES, RunCriteria, RunRecord, RunStatus, Store
@@ -44,16 +45,38 @@ def comparison_rows(comparisons: tuple[Comparison, ...]) -> list[dict]:
     return rows
 
 
-def report_page(store: Store, request: ReportRequest) -> dict:
+def report_page(store: Store, request: ReportRequest, then: str | None = None) -> dict:
     """The report (or, with `by`, the pivot) as `bnrun report` computes it, with its figures: the learning
-    curves and the diagnostics its runs recorded (or the sensitivity and every trial of the grid)."""
+    curves and the diagnostics its runs recorded (or the sensitivity and every trial of the grid, and with
+    `then` the sensitivity at each value of that second option)."""
     if request.by:
         pivot = pivot_of(store, request)
         run_ids = [run_id for row in pivot.rows for cell in row.cells.values() for run_id in cell.run_ids]
-        return pivot_context(pivot, {run.id: run for run in store.get_runs(run_ids)})
+        context = pivot_context(pivot, {run.id: run for run in store.get_runs(run_ids)})
+        if then:
+            context["figures"].append(charts.sensitivity_by(then, pivots_at(store, request, then)))
+        return context
     report, epochs = report_of(store, request)
     run_ids = [run.id for group in report.groups for run in group.runs if run.diagnostics]
     return report_context(report, epochs, store.diagnostics_by_run(run_ids) if run_ids else {})
+
+
+SECOND_VALUES = 6  # the values of a second option drawn, the first in its order
+
+
+def pivots_at(store: Store, request: ReportRequest, then: str) -> list[tuple[object, Pivot]]:
+    """The pivot at each of the first SECOND_VALUES values of option `then` among the trials the request
+    selects (a value where no trial ran to an outcome is left out)."""
+    counted = store.option_counts(criteria_of(request.run_filter), (then,))
+    values = sorted({row[0] for row in counted}, key=value_order)[:SECOND_VALUES]
+    pivots = []
+    for value in values:
+        narrowed = replace(request.run_filter, where=(*request.run_filter.where, (then, (value,))))
+        try:
+            pivots.append((value, pivot_of(store, replace(request, run_filter=narrowed))))
+        except NothingMatched:
+            continue
+    return pivots
 
 
 def bold_note(report: Report) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html import escape
 
 WIDTH, HEIGHT = 430, 290
@@ -70,6 +70,7 @@ class Panel:
     reference_y: float | None = None  # a dashed horizontal line (r(η) = 1)
     note: str = ""  # below the panel: what it leaves out of its y range
     width: int = WIDTH
+    y_limits: tuple[float, float] | None = None  # a range shared with other panels (small multiples)
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,8 @@ def x_range(panel: Panel) -> tuple[float, float]:
 
 def y_range(panel: Panel) -> tuple[float, float]:
     """From the lines and their bands only: the marks on the axis (diverged, chance) never stretch it."""
+    if panel.y_limits is not None:
+        return panel.y_limits
     values = [v for line in panel.lines for v in (*line.ys, *(line.low or ()), *(line.high or ()))]
     if panel.reference_y is not None:
         values.append(panel.reference_y)
@@ -311,6 +314,15 @@ def axes_svg(panel: Panel, sx: Scale, sy: Scale, box: tuple[float, float, float,
         y = sy(panel.reference_y)
         parts.append(f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#777" stroke-dasharray="4 3"/>')
     return parts
+
+
+def shared_y(panels: tuple[Panel, ...]) -> tuple[Panel, ...]:
+    """The panels on one y range, the union of theirs, so that small multiples compare at a glance."""
+    ranges = [y_range(panel) for panel in panels if panel.lines]
+    if not ranges:
+        return panels
+    limits = (min(low for low, _ in ranges), max(high for _, high in ranges))
+    return tuple(replace(panel, y_limits=limits) for panel in panels)
 
 
 def panel_svg(panel: Panel, ident: str, width: int = WIDTH, height: int = HEIGHT) -> str:
