@@ -6,27 +6,27 @@ import hashlib
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 
-ARCHS = ("mlp", "cnn")
-PLACEMENTS = ("none", "pre", "post")
-BN_IMPLS = ("custom", "torch")
+from bnrun.registry import (  # noqa: F401 - the option registry's names, re-exported for the rest of bnrun
+    ARCHS,
+    BN_IMPLS,
+    FASHION_MNIST_TRAIN,
+    INITS,
+    LEGACY_VALUES,
+    OPTIMIZERS,
+    OPTIONS,
+    PLACEMENTS,
+    PRECISIONS,
+    SCHEDULES,
+    TRAINING_SPLIT,
+    VALIDATION_SIZE,
+)
+
 DEFAULT_EPOCHS = {"mlp": 20, "cnn": 10}
-OPTIMIZERS = ("sgd", "adam")
-# onecycle: a warm-up over the first quarter from lr/25, a cosine anneal to lr/2.5e5, SGD's momentum cycled
-# against it; onecycle-flat: the same without the momentum cycle; warmup: only the warm-up, then lr; cosine:
-# only the anneal (to 0); constant: none of them.
-SCHEDULES = ("onecycle", "cosine", "constant", "onecycle-flat", "warmup")
-INITS = ("default", "kaiming")  # torch's nn.Linear/nn.Conv2d initialization | He-normal (bnrun.training.models)
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
 AUTO_PRECISION = "auto"  # resolved per trial by resolve_precision; what runs (fp32 or bf16) is stored
-# Fashion-MNIST's 60,000 training images: the first VALIDATION_SIZE of a fixed shuffle are held out for
-# validation, the rest are the training split, which a batch or --train-subset cannot exceed.
-FASHION_MNIST_TRAIN = 60_000
-VALIDATION_SIZE = 5_000
-TRAINING_SPLIT = FASHION_MNIST_TRAIN - VALIDATION_SIZE
 # The largest integer the store holds (SQLite INTEGER, PostgreSQL BIGINT): a run id is 1 to this, and an
 # integer option or filter value beyond it is refused before it reaches SQL.
 STORED_INT_MAX = 2**63 - 1
@@ -37,36 +37,8 @@ def valid_run_id(run_id: int) -> bool:
     return 1 <= run_id <= STORED_INT_MAX
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One trial's configuration, without its seed. Every field is part of the trial's identity
-    except `device` (where it ran does not change what was asked). The field defaults are the
-    training defaults everywhere (the CLI derives its own from them), on the reference path (fp32,
-    NCHW, eager BN); the CLI turns FAST_PATH on where it applies."""
-
-    arch: str = "cnn"  # mlp | cnn
-    bn: str = "pre"  # none | pre (g(BN(f(x)))) | post (BN(g(f(x))))
-    bn_impl: str = "custom"  # custom (bnrun.nn) | torch (reference baseline)
-    fused: bool = False  # the fused BN fast path (bnrun.nn.fused)
-    precision: str = "fp32"  # fp32 | bf16 (convolutions and linear layers under autocast; BN statistics stay fp32)
-    channels_last: bool = False  # the CNN's weights and activations in NHWC memory order
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.05  # peak learning rate of the schedule
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    optimizer: str = "sgd"
-    schedule: str = "onecycle"
-    augment: bool = True  # random horizontal flips
-    train_subset: int | None = None  # first N training images (quick runs and tests)
-    depth: int | None = None  # hidden blocks; None: the assignment's model (bnrun.training.models)
-    width: int | None = None  # MLP hidden width, or the CNN's base channel count; None: the assignment's
-    dropout: float = 0.0  # dropout after each hidden block (bnrun.training.models.hidden_block)
-    init: str = "default"  # default (torch's) | kaiming (He-normal, zero biases; bnrun.training.models)
-    ghost_batch: int | None = None  # BN statistics over chunks of this many examples (bnrun.nn.batchnorm)
-    target_loss: float | None = None  # stop once an epoch's training loss is at most this; epochs is the cap
-    study: str | None = None  # a free tag (--study): the same options re-run as new trials beside older ones
-    device: str = "cpu"
+class ConfigMethods:
+    """What every trial's configuration answers: its identity, and its key."""
 
     def identity(self) -> dict:
         data = asdict(self)
@@ -85,6 +57,20 @@ class TrainConfig:
         """A stable hash of the identity: equal keys (and seeds) mean the same trial."""
         text = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# One trial's configuration, without its seed: a field per option of the registry (bnrun.registry), at its
+# default, then `device`. Every field is part of the trial's identity except `device` (where it ran does not
+# change what was asked). The defaults are the reference path's (fp32, NCHW, eager BN); the CLI turns
+# FAST_PATH on where it applies.
+TrainConfig = make_dataclass(
+    "TrainConfig",
+    [(option.name, option.kind | None if option.optional else option.kind, field(default=option.default))
+     for option in OPTIONS] + [("device", str, field(default="cpu"))],
+    bases=(ConfigMethods,),
+    frozen=True,
+)
+TrainConfig.__module__ = __name__  # pickled by reference (Ray ships configurations to its workers)
 
 
 # What the CLI trains by default on top of TrainConfig's defaults: the custom BN's fused kernel, the
@@ -125,11 +111,6 @@ def impl_label(bn_impl: str, fused: bool) -> str:
     """The batch-norm implementation as reports name it: custom, custom+fused, torch."""
     return bn_impl + ("+fused" if fused else "")
 
-
-# Fields added after the first stores were written, with the value every older trial had: at
-# that value a field is left out of the identity, so older trials keep their keys.
-LEGACY_VALUES = {"precision": "fp32", "channels_last": False, "depth": None, "width": None, "dropout": 0.0,
-                 "init": "default", "ghost_batch": None, "target_loss": None, "study": None}
 
 # A study tag: a letter or digit, then letters, digits, '.', '_' or '-' (no comma, no space), at most
 # STUDY_LENGTH characters; "none" is --where's word for an untagged trial.

@@ -53,7 +53,7 @@ def test_cli_defaults_are_the_fast_path_where_each_applies():
         assert config.fused == (config.bn == "pre" and config.bn_impl == "custom")
         assert config.channels_last == (config.arch == "cnn")
         assert config.precision == ("bf16" if bf16_units and config.arch == "cnn" else "fp32")
-    reference = build_sweep(GridOptions(precision="fp32"), fused=False, channels_last=False, device="cpu")
+    reference = build_sweep(GridOptions(precision="fp32", fused=False, channels_last=False), device="cpu")
     assert reference.configs() == [TrainConfig(device="cpu")]
 
 

@@ -1,6 +1,6 @@
 """The package tree is the architecture: nn → training → run and store → analysis → web → cli, with
-errors and config shared by all. Every module's imports (AST, function-level ones included) must
-point down the layers: nn imports no other bnrun package, training knows no store, the store
+errors, config and the option registry shared by all. Every module's imports (AST, function-level ones
+included) must point down the layers: nn imports no other bnrun package, training knows no store, the store
 knows no runner (run writes into the store, never the reverse), analysis reads the store and
 reaches no torch, not even through another bnrun module; requests (the filters, selections and
 report requests both front ends parse) sit below the web view and the CLI; the web view reads through
@@ -29,7 +29,7 @@ ALLOWED = {
 }
 # Single modules a layer may import from a package it otherwise may not (none now).
 ALLOWED_MODULES: dict[str, set[str]] = {}
-SHARED = {"errors", "config", ""}  # "" is bnrun itself (__version__)
+SHARED = {"errors", "config", "registry", ""}  # "" is bnrun itself (__version__)
 
 
 def module_name(path: Path) -> str:

@@ -58,7 +58,7 @@ def test_the_headline_fits_80_columns_when_piped(study):
         tables.append(result.stdout)
     table = tables[0]  # report --run-id 1-12
     assert "93.19 ± 0.22" in table and "custom+fused" in table  # cells whole, labels as --where takes them
-    assert "cnn: channels_last=True, epochs=10; mlp: channels_last=False, epochs=20" in table
+    assert "cnn: epochs=10, channels_last=True; mlp: epochs=20, channels_last=False" in table
 
 
 def test_piped_output_follows_columns(study):

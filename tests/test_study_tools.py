@@ -167,9 +167,9 @@ def test_reproduce_reports_the_first_epoch_that_differs(grid_store, tmp_path):
 
 def test_grid_options_parse_and_refuse_bad_values():
     sweep = build_sweep(GridOptions(arch="mlp,cnn", bn="pre", lr="0.01,0.1,1", batch_size="16,128"), seeds=2)
-    assert sweep.describe() == "2 arch × 2 batch_size × 3 lr × 2 seeds = 24 trials"
+    assert sweep.describe() == "2 arch × 3 lr × 2 batch_size × 2 seeds = 24 trials"
     assert {c.epochs for c in sweep.configs() if c.arch == "cnn"} == {10}
-    torch_and_custom = build_sweep(GridOptions(bn_impl="custom,torch"), fused=True)
+    torch_and_custom = build_sweep(GridOptions(bn_impl="custom,torch", fused=True))
     assert {(c.bn_impl, c.fused) for c in torch_and_custom.configs()} == {("custom", True), ("torch", False)}
     for options, message in ((GridOptions(lr="0.1,x"), "--lr: 'x' is not a number"),
                              (GridOptions(batch_size="1"), "--batch-size must be at least 2"),

@@ -20,9 +20,10 @@ from typer._click import exceptions as click_errors  # Typer's own copy of Click
 from bnrun.analysis.export import EXPORT_FORMATS
 from bnrun.analysis.metrics import METRICS
 from bnrun.cli.options import BATCH_STATS, EXECUTORS, REPORT_FORMATS, STATISTICS, TRAINING_DIAGNOSTICS, GridOptions
-from bnrun.config import ARCHS, DEFAULT_EPOCHS, DEVICES, OPTIMIZERS, SCHEDULES
+from bnrun.config import DEVICES
 from bnrun.errors import BnrunError, ExitCode, printable
-from bnrun.requests.parsing import DEFAULTS, IMPL_LABELS, FilterOptions, RunSelection, choices_text
+from bnrun.registry import MODEL, OPTIONS, PATH, RECIPE, STUDY, Option
+from bnrun.requests.parsing import IMPL_LABELS, FilterOptions, RunSelection, choices_text
 
 
 class OneLineErrors(typer.core.TyperGroup):
@@ -73,12 +74,17 @@ out = CommandConsole()
 err = CommandConsole(stderr=True)
 GRID = GridOptions()  # the training options' defaults (TrainConfig's)
 GRID_NOTE = "; a comma list of values is a grid axis"
+
+
+def panel_options(panel: str) -> tuple[str, ...]:
+    return tuple(option.name for option in OPTIONS if option.panel == panel)
+
+
 TRAIN_PANELS = {
-    "The model" + GRID_NOTE: ("arch", "bn", "bn_impl", "depth", "width", "dropout", "init", "ghost_batch"),
-    "The recipe" + GRID_NOTE: ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer", "schedule",
-                               "augment", "train_subset", "target_loss"),
-    "Seeds and study": ("seeds", "seed", "study"),
-    "How it runs (rounding, not math)": ("precision", "fused", "channels_last", "device"),
+    MODEL + GRID_NOTE: panel_options(MODEL),
+    RECIPE + GRID_NOTE: panel_options(RECIPE),
+    STUDY: ("seeds", "seed", *panel_options(STUDY), "claim", "claims_file"),
+    PATH: (*panel_options(PATH), "device"),
     "What is kept": ("diagnostics", "checkpoint", "force", "dry_run", "yes", "db", "data_dir"),
     "Ray": ("executor", "ray_address", "cpus_per_trial", "gpus_per_trial"),
 }
@@ -112,7 +118,6 @@ class ReportCommand(PanelledCommand):
 
 class PlotCommand(PanelledCommand):
     panels = {"What to draw": ("output", "x", "metric", "diagnostic"), **FILTER_PANEL}
-PER_ARCH_EPOCHS = ", ".join(f"{arch} {epochs}" for arch, epochs in DEFAULT_EPOCHS.items())
 
 
 def option(help_text: str, *names: str, **settings) -> typer.models.OptionInfo:
@@ -249,74 +254,35 @@ def run_selection(
     return RunSelection(filters=filters, status=status, tags=tuple(tag or ()), sort=sort, limit=limit)
 
 
+def training_option(option: Option) -> inspect.Parameter:
+    """`train`'s command-line option for a training option of the registry: a comma list, one value, or a
+    --name/--no-name switch."""
+    if option.flag:
+        info = typer.Option(f"{option.flag_name}/--no-{option.flag_name[2:]}", help=option.help, show_default=False)
+        annotation = Annotated[Optional[bool], info]
+    else:
+        annotation = Annotated[Optional[str], typer.Option(option.flag_name, help=option.help)]
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=getattr(GRID, option.name),
+                             annotation=annotation)
+
+
+def grid_options(**given) -> GridOptions:
+    """The training options as typed: `train`'s registry-generated options."""
+    return GridOptions(**given)
+
+
+PANEL_ORDER = (MODEL, RECIPE, STUDY, PATH)  # --help shows the panels in the order of their first option
+grid_options.__signature__ = inspect.Signature(
+    [training_option(option) for option in sorted(OPTIONS, key=lambda option: PANEL_ORDER.index(option.panel))])
+
+
 @app.command(cls=TrainCommand)
 @friendly_errors
+@with_options(grid_options, "grid")
 def train(
-    arch: Annotated[str, option(f"{choices_text(ARCHS)} (mlp,cnn).")] = GRID.arch,
-    bn: Annotated[str, option("BN placement: none, pre = g(BN(f(x))), post = BN(g(f(x))).")] = GRID.bn,
-    bn_impl: Annotated[str, option("custom (bnrun.nn) or torch (reference baseline).")] = GRID.bn_impl,
+    grid: GridOptions = GRID,
     seeds: Annotated[Optional[int], option("Run seeds 0..N-1.")] = None,
     seed: Annotated[Optional[list[int]], option("An explicit seed (repeatable).")] = None,
-    epochs: Annotated[Optional[str], option(f"Epochs (default: {PER_ARCH_EPOCHS}).")] = GRID.epochs,
-    batch_size: Annotated[str, option("Mini-batch size.")] = GRID.batch_size,
-    lr: Annotated[str, option("Peak learning rate (0.01,0.1,1).")] = GRID.lr,
-    momentum: Annotated[
-        Optional[str],
-        option(
-            "SGD's Nesterov momentum (default 0.9). Under --schedule onecycle it cycles inversely to the learning "
-            "rate between momentum-0.05 and momentum+0.05 (the default: 0.85-0.95), so it must be 0 (none) or in "
-            "[0.05, 0.95); --optimizer sgd only."
-        ),
-    ] = GRID.momentum,
-    weight_decay: Annotated[str, option("Weight decay.")] = GRID.weight_decay,
-    optimizer: Annotated[str, option(f"{choices_text(OPTIMIZERS)}.")] = GRID.optimizer,
-    schedule: Annotated[str, option(f"{choices_text(SCHEDULES)}.")] = GRID.schedule,
-    augment: Annotated[bool, option("Random horizontal flips.")] = DEFAULTS.augment,
-    train_subset: Annotated[
-        Optional[str], option("Use only the first N training images.")
-    ] = GRID.train_subset,
-    depth: Annotated[
-        Optional[str],
-        option("Hidden blocks (default: the assignment's model, MLP 256-128, CNN 2 conv blocks)."),
-    ] = GRID.depth,
-    width: Annotated[
-        Optional[str],
-        option("MLP hidden width (default 128 with --depth) or CNN base channels (default 32)."),
-    ] = GRID.width,
-    dropout: Annotated[str, option("Dropout rate after each hidden block" + ".")] = GRID.dropout,
-    init: Annotated[str, option("default (torch's) or kaiming (He-normal)" + ".")] = GRID.init,
-    ghost_batch: Annotated[
-        Optional[str], option("BN statistics over chunks of N of each batch" + ".")
-    ] = GRID.ghost_batch,
-    target_loss: Annotated[
-        Optional[str], option("Stop at this training loss" + ".")
-    ] = GRID.target_loss,
-    study: Annotated[
-        Optional[str], option("A tag: new trials beside stored ones.")
-    ] = GRID.study,
-    precision: Annotated[
-        str,
-        option(
-            "fp32, bf16 (autocast; needs AVX512-BF16/AMX or a bf16 GPU), or auto: bf16 for the CNN where the "
-            "hardware has bf16 units, fp32 otherwise."
-        ),
-    ] = GRID.precision,
-    fused: Annotated[
-        Optional[bool],
-        option(
-            "The custom BN's fused fast path (C++ kernel on CPU, torch.compile on GPU). Default: on.",
-            "--fused/--no-fused",
-            show_default=False,
-        ),
-    ] = None,
-    channels_last: Annotated[
-        Optional[bool],
-        option(
-            "The CNN in channels_last (NHWC) memory order. Default: on.",
-            "--channels-last/--no-channels-last",
-            show_default=False,
-        ),
-    ] = None,
     diagnostics: Annotated[
         bool,
         option(
@@ -357,36 +323,12 @@ def train(
     """Train the grid of every listed option's values × seeds; each trial becomes a row in the store."""
     from bnrun.cli import actions, options, views
 
-    grid = GridOptions(
-        arch=arch,
-        bn=bn,
-        bn_impl=bn_impl,
-        precision=precision,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        optimizer=optimizer,
-        schedule=schedule,
-        train_subset=train_subset,
-        depth=depth,
-        width=width,
-        dropout=dropout,
-        init=init,
-        ghost_batch=ghost_batch,
-        target_loss=target_loss,
-        study=study,
-    )
     grids, seeds = options.claim_grids(actions.claim_named(claims_file, claim), grid, seeds, seed) if claim else (
         [grid], seeds)
     sweeps = [options.build_sweep(
         arm,
         seeds=seeds,
         explicit_seeds=seed or [],
-        augment=augment,
-        fused=None if claim and (arm.bn == "none" or arm.bn_impl == "torch") else fused,  # no effect there
-        channels_last=None if claim and arm.arch != "cnn" else channels_last,
         device=device,
         force=force,
         data_dir=data_dir,

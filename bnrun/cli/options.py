@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 
 from bnrun.analysis.export import EXPORT_FORMATS
@@ -14,17 +14,11 @@ from bnrun.analysis.grouping import PIVOT_FIELDS, spelled
 from bnrun.analysis.queries import ReportRequest
 from bnrun.analysis.rendering import FORMATS
 from bnrun.config import (
-    ARCHS,
     AUTO_PRECISION,
-    BN_IMPLS,
     DEVICES,
     FAST_PATH,
-    INITS,
     MOMENTUM_SPREAD,
-    OPTIMIZERS,
-    PLACEMENTS,
     PRECISIONS,
-    SCHEDULES,
     STORED_INT_MAX,
     STUDY_LENGTH,
     STUDY_PATTERN,
@@ -33,6 +27,7 @@ from bnrun.config import (
     TrainConfig,
 )
 from bnrun.errors import UsageError
+from bnrun.registry import OPTIONS, PATH, Option
 from bnrun.requests.parsing import (
     DEFAULTS,
     FilterOptions,
@@ -55,60 +50,71 @@ DIAGNOSTICS = (*TRAINING_DIAGNOSTICS, BATCH_STATS)
 STATISTICS = {"population": "statistics over the training split", "running": None}
 
 
-@dataclass(frozen=True)
-class GridOptions:
-    """The training options as typed on the command line: each a value or a comma list. The
-    defaults are TrainConfig's (epochs: the per-arch default; model options: the assignment's)."""
+def typed_default(option: Option) -> object:
+    """An option's value on the command line when it is not given: a switch's None (the fast path's
+    default, or the option's), else the default as typed, None where the training code decides (the
+    arch's epochs, an unset option; momentum, so that an explicit value can be told apart)."""
+    if option.flag:
+        return None
+    if option.name in FAST_PATH:
+        return FAST_PATH[option.name]
+    if option.optional or option.name in ("epochs", "momentum"):
+        return None
+    return spelled(option.default)
 
-    arch: str = DEFAULTS.arch
-    bn: str = DEFAULTS.bn
-    bn_impl: str = DEFAULTS.bn_impl
-    precision: str = FAST_PATH["precision"]
-    epochs: str | None = None
-    batch_size: str = str(DEFAULTS.batch_size)
-    lr: str = number_text(DEFAULTS.lr)
-    momentum: str | None = None  # None: the default (an explicit value must have an effect)
-    weight_decay: str = number_text(DEFAULTS.weight_decay)
-    optimizer: str = DEFAULTS.optimizer
-    schedule: str = DEFAULTS.schedule
-    train_subset: str | None = None
-    depth: str | None = None
-    width: str | None = None
-    dropout: str = number_text(DEFAULTS.dropout)
-    init: str = DEFAULTS.init
-    ghost_batch: str | None = None
-    target_loss: str | None = None
-    study: str | None = None  # one tag, not a list
+
+# The training options as typed on the command line: each a value or a comma list (a switch: True, False or
+# None for its default), one field per option of the registry.
+GridOptions = make_dataclass(
+    "GridOptions",
+    [(option.name, bool | None if option.flag else str | None, field(default=typed_default(option)))
+     for option in OPTIONS],
+    frozen=True,
+)
+GridOptions.__module__ = __name__
+GRID_OPTIONS = tuple(option for option in OPTIONS if not option.flag)
 
 
 def grid_axes(options: GridOptions) -> tuple[tuple[str, tuple], ...]:
-    """Every option parsed and checked, in the order the grid is walked."""
+    """Every option parsed and checked, in the registry's order (the order the grid is walked)."""
+    axes = [(option.name, option_values(option, getattr(options, option.name))) for option in GRID_OPTIONS]
+    flags = [(option.name, (flag_value(option, getattr(options, option.name)),)) for option in OPTIONS
+             if option.flag and option.name not in FAST_PATH]
+    return tuple(axes + flags)
 
-    def optional_numbers(text: str | None, kind: type, option: str, minimum: float, strict: bool = False,
-                         maximum: float = STORED_INT_MAX) -> tuple:
-        return parse_numbers(text, kind, option, minimum, strict, maximum) if text else (None,)
 
-    return (
-        ("arch", split_list(options.arch, ARCHS, "--arch")),
-        ("bn", split_list(options.bn, PLACEMENTS, "--bn")),
-        ("bn_impl", split_list(options.bn_impl, BN_IMPLS, "--bn-impl")),
-        ("precision", split_list(options.precision, (*PRECISIONS, AUTO_PRECISION), "--precision")),
-        ("optimizer", split_list(options.optimizer, OPTIMIZERS, "--optimizer")),
-        ("schedule", split_list(options.schedule, SCHEDULES, "--schedule")),
-        ("epochs", optional_numbers(options.epochs, int, "--epochs", 0, strict=True)),
-        ("batch_size", parse_numbers(options.batch_size, int, "--batch-size", 2, maximum=TRAINING_SPLIT)),
-        ("lr", parse_numbers(options.lr, float, "--lr", 0, strict=True)),
-        ("momentum", momentum_values(options.momentum or number_text(DEFAULTS.momentum))),
-        ("weight_decay", parse_numbers(options.weight_decay, float, "--weight-decay", 0)),
-        ("train_subset", optional_numbers(options.train_subset, int, "--train-subset", 2, maximum=TRAINING_SPLIT)),
-        ("depth", optional_numbers(options.depth, int, "--depth", 1)),
-        ("width", optional_numbers(options.width, int, "--width", 1)),
-        ("dropout", dropout_rates(options.dropout)),
-        ("init", split_list(options.init, INITS, "--init")),
-        ("ghost_batch", optional_numbers(options.ghost_batch, int, "--ghost-batch", 2)),
-        ("target_loss", optional_numbers(options.target_loss, float, "--target-loss", 0, strict=True)),
-        ("study", (study_tag(options.study),)),
+def flag_value(option: Option, value: bool | None) -> bool:
+    return option.default if value is None else value
+
+
+def option_values(option: Option, text: str | None) -> tuple:
+    """One option's comma list parsed and checked against the registry's declaration."""
+    if option.name == "precision":
+        return split_list(text, (*PRECISIONS, AUTO_PRECISION), option.flag_name)
+    if not option.grid:
+        return (single_value(option, text),)
+    if text is None:
+        return (None,) if option.optional or option.name == "epochs" else (option.default,)
+    if option.choices:
+        return split_list(text, option.choices, option.flag_name)
+    values = parse_numbers(text, option.kind, option.flag_name, option.minimum or 0, option.positive,
+                           STORED_INT_MAX if option.maximum is None else option.maximum)
+    if option.below is not None:
+        require(all(value < option.below for value in values),
+                f"{option.flag_name} must be below {option.below:g}, got {text}")
+    return values
+
+
+def single_value(option: Option, text: str | None) -> object:
+    """A one-value option (the study tag) checked: one tag (bnrun.config.STUDY_PATTERN), or None."""
+    if text is None:
+        return None
+    require(
+        re.fullmatch(STUDY_PATTERN, text) is not None and len(text) <= STUDY_LENGTH and text.lower() != "none",
+        f"{option.flag_name}: {text!r} is not a tag: a letter or digit, then letters, digits, '.', '_' or '-', at "
+        f"most {STUDY_LENGTH} characters, not 'none'",
     )
+    return text
 
 
 def claim_grids(claim, given: GridOptions, seeds: int | None,
@@ -116,8 +122,8 @@ def claim_grids(claim, given: GridOptions, seeds: int | None,
     """The grids that train a claim's two arms (its `select` and each arm's options, the other options at
     their defaults), and the seeds (the claim's min_seeds unless --seeds or --seed says otherwise). A
     recipe option given on the command line beside --claim is refused: the claim declares the recipe."""
-    differing = [name for name in GridOptions.__dataclass_fields__ if name != "precision"
-                 and getattr(given, name) != getattr(GridOptions(), name)]
+    differing = [option.name for option in OPTIONS if option.panel != PATH
+                 and getattr(given, option.name) != getattr(GridOptions(), option.name)]
     require(not differing, f"--claim {claim.id}: the claim declares the recipe; drop --{differing[0].replace('_', '-')}"
             if differing else "")
     grids = []
@@ -127,27 +133,17 @@ def claim_grids(claim, given: GridOptions, seeds: int | None,
         require(not unknown, f"--claim {claim.id}: {', '.join(unknown)} cannot be trained from a claim")
         texts = {name: None if values == (None,) else ",".join(spelled(value) for value in values)
                  for name, values in options.items()}
-        grids.append(replace(given, **texts))
+        grids.append(without_inert_switches(replace(given, **texts)))
     return grids, (claim.min_seeds if seeds is None and not explicit else seeds)
 
 
-def study_tag(text: str | None) -> str | None:
-    """--study checked: one tag (bnrun.config.STUDY_PATTERN), or None (no tag)."""
-    if text is None:
-        return None
-    require(
-        re.fullmatch(STUDY_PATTERN, text) is not None and len(text) <= STUDY_LENGTH and text.lower() != "none",
-        f"--study: {text!r} is not a tag: a letter or digit, then letters, digits, '.', '_' or '-', at most "
-        f"{STUDY_LENGTH} characters, not 'none'",
-    )
-    return text
 
-
-def momentum_values(text: str) -> tuple[float, ...]:
-    values = parse_numbers(text, float, "--momentum", 0)
-    require(all(value < 1 for value in values), f"--momentum must be below 1, got {text}")
-    return values
-
+def without_inert_switches(arm: GridOptions) -> GridOptions:
+    """A claim's arm with --fused and --channels-last left unset where they have no effect (no custom BN, no
+    CNN), so that one command line trains both arms."""
+    if arm.bn == "none" or arm.bn_impl == "torch":
+        arm = replace(arm, fused=None)
+    return arm if arm.arch == "cnn" else replace(arm, channels_last=None)
 
 def require_momentum_cycle(axes: dict[str, tuple]) -> None:
     """Under onecycle SGD's momentum cycles MOMENTUM_SPREAD around the option (bnrun.config):
@@ -224,12 +220,6 @@ def require_grid_size(count: int, seed_count: int, yes: bool) -> None:
     )
 
 
-def dropout_rates(text: str) -> tuple[float, ...]:
-    rates = parse_numbers(text, float, "--dropout", 0)
-    require(all(rate < 1 for rate in rates), f"--dropout must be below 1, got {text}")
-    return rates
-
-
 def seed_count(seeds: int | None, explicit: list[int]) -> int:
     """How many seeds the options ask for, checked, without listing them."""
     require(seeds is None or not explicit, "--seeds and --seed are exclusive; give one of them")
@@ -251,9 +241,6 @@ def build_sweep(
     *,
     seeds: int | None = None,
     explicit_seeds: list[int] = (),
-    augment: bool = DEFAULTS.augment,
-    fused: bool | None = None,
-    channels_last: bool | None = None,
     device: str = "auto",
     force: bool = False,
     data_dir: Path | None = None,
@@ -264,7 +251,7 @@ def build_sweep(
     hardware_known: bool = True,
 ) -> SweepConfig:
     """Check every option and build the sweep's frozen configuration (torch is imported only
-    once everything else checked out, so that bad input is answered at once). `fused` and
+    once everything else checked out, so that bad input is answered at once). The switches `fused` and
     `channels_last` unset take FAST_PATH's value (each applies where it can: the custom BN, the CNN).
     A grid of more than MAX_TRIALS trials needs `yes`; it is counted before it is built. `--device
     cuda` is checked here unless Ray trains elsewhere (then the cluster's GPUs are counted), and
@@ -272,6 +259,7 @@ def build_sweep(
     axes = grid_axes(options)
     count = seed_count(seeds, list(explicit_seeds))
     require_momentum_cycle(dict(axes))
+    fused, channels_last = options.fused, options.channels_last
     require_effect(options, dict(axes), fused, channels_last)
     fast = {"fused": fused, "channels_last": channels_last}
     fast_base = TrainConfig(**{name: FAST_PATH[name] if value is None else value for name, value in fast.items()})
@@ -289,7 +277,6 @@ def build_sweep(
     bf16_units = has_bf16_units(device, hardware_known)
     base = TrainConfig(
         **{name: FAST_PATH[name] if value is None else value for name, value in fast.items()},
-        augment=augment,
         device=device,
     )
     return SweepConfig(

@@ -13,6 +13,7 @@ from rich.text import Text
 from bnrun.analysis.diagnostic_summaries import mode_gap
 from bnrun.analysis.listing import option_text
 from bnrun.config import TRAIN_FIELDS, counted, impl_label
+from bnrun.registry import OPTIONS, PATH
 from bnrun.store import DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord, RunStatus
 
 if TYPE_CHECKING:  # importing the run layer would pull in torch for every table
@@ -187,19 +188,7 @@ def seconds(value: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{value:.0f}s")
 
 
-COLUMN_NAMES = {
-    "batch_size": "batch",
-    "weight_decay": "wd",
-    "train_subset": "subset",
-    "momentum": "mom.",
-    "channels_last": "NHWC",
-    "precision": "prec.",
-    "optimizer": "optim.",
-    "schedule": "sched.",
-    "augment": "flip",
-    "ghost_batch": "ghost",
-    "target_loss": "target",
-}
+COLUMN_NAMES = {option.name: option.header for option in OPTIONS if option.short}
 
 
 def runs_table(
@@ -300,9 +289,8 @@ LOSS_ROWS = (
 
 LABELS = ("arch", "bn", "impl", "optimizer", "schedule", "precision")
 # The order in which varying options claim the listing's columns: what tells runs apart first.
-COLUMN_PRIORITY = ("arch", "bn", "impl", "lr", "batch_size", "epochs", "train_subset", "depth", "width", "dropout",
-                   "init", "ghost_batch", "target_loss", "study", "optimizer", "schedule", "momentum", "weight_decay",
-                   "seed", "precision", "channels_last", "augment")
+COLUMN_PRIORITY = (*("impl" if option.name == "bn_impl" else option.name for option in OPTIONS if option.panel != PATH),
+                   "seed", *(option.name for option in OPTIONS if option.panel == PATH))
 
 
 def fitting_columns(runs: list[RunRecord], varying: tuple[str, ...], budget: int, value_of) -> tuple[list, list]:

@@ -15,17 +15,9 @@ from bnrun.analysis.grouping import PIVOT_FIELDS, RunFilter, spelled
 from bnrun.analysis.listing import RunQuery
 from bnrun.analysis.metrics import METRICS
 from bnrun.analysis.queries import ReportRequest
-from bnrun.config import (
-    ARCHS,
-    INITS,
-    OPTIMIZERS,
-    PLACEMENTS,
-    PRECISIONS,
-    SCHEDULES,
-    STORED_INT_MAX,
-    TrainConfig,
-)
+from bnrun.config import ARCHS, PLACEMENTS, STORED_INT_MAX, TrainConfig
 from bnrun.errors import UsageError
+from bnrun.registry import OPTIONS
 from bnrun.store import STATUSES
 
 DEFAULTS = TrainConfig()  # the training defaults; the options' are these, spelled as options
@@ -112,8 +104,7 @@ def parse_run_ids(text: str) -> frozenset[int]:
 
 
 IMPL_LABELS = ("custom", "custom+fused", "torch")  # --bn-impl and --where bn_impl=: names and the tables' labels
-CHOICES = {"arch": ARCHS, "bn": PLACEMENTS, "bn_impl": IMPL_LABELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-           "precision": PRECISIONS, "init": INITS}
+CHOICES = {**{option.name: option.choices for option in OPTIONS if option.choices}, "bn_impl": IMPL_LABELS}
 BOOLEANS = {"true": True, "false": False}
 
 

@@ -17,29 +17,17 @@ import torch
 
 import bnrun
 from bnrun.errors import writing
+from bnrun.registry import MODEL_ARGUMENTS
 from bnrun.store import RunRecord
 from bnrun.training.checkpoint import load_population, rebuild_model
 from bnrun.training.data import CLASSES, Standardize, load
 from bnrun.training.models import build_model
 
-MODEL_ARGS = ("arch", "bn", "depth", "width", "dropout", "init", "ghost_batch")
-
 
 def model_arguments(run: RunRecord) -> dict:
     """`build_model`'s arguments for the model the run trained (with "fused": False the same
     weights load into the eager layers, no compiled kernel needed)."""
-    return {
-        "arch": run.arch,
-        "bn": run.bn,
-        "impl": run.bn_impl,
-        "fused": run.fused,
-        "channels_last": run.channels_last,
-        "depth": run.depth,
-        "width": run.width,
-        "dropout": run.dropout,
-        "init": run.init,
-        "ghost_batch": run.ghost_batch,
-    }
+    return {argument: getattr(run, name) for name, argument in MODEL_ARGUMENTS.items()}
 
 
 def export_model(run: RunRecord, blob: bytes, output: Path, statistics: str = "population",

@@ -41,12 +41,15 @@ def provenance(device: str, executor: str = "local") -> dict:
 
 
 def kernel_build(bn_path: str | None) -> str | None:
-    """The instruction set of the fused CPU kernel's loaded build when the BN path that ran used it
-    ("fused-cpu", alone or "+"-joined with others), else None."""
+    """The fused CPU kernel's loaded build when the BN path that ran used it ("fused-cpu", alone or
+    "+"-joined with others), else None: its instruction set, and from kernel version 2 on (a new
+    summation or rounding) the version, e.g. avx512-bf16/v2; a bare ISA is version 1."""
     if bn_path is None or "fused-cpu" not in bn_path.split("+"):
         return None
     kernel = cpu_kernel()
-    return kernel.isa() if kernel is not None else None
+    if kernel is None:
+        return None
+    return kernel.isa() if kernel.version == 1 else f"{kernel.isa()}/v{kernel.version}"
 
 
 def differences(a: dict, b: dict) -> list[str]:

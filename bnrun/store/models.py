@@ -17,8 +17,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column
+
+from bnrun.registry import NEW, OPTIONS, Option
 
 
 class Base(DeclarativeBase):
@@ -41,20 +44,7 @@ class Run(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
-    arch: Mapped[str] = mapped_column(String(8), index=True)
-    bn: Mapped[str] = mapped_column(String(8), index=True)
-    bn_impl: Mapped[str] = mapped_column(String(8))
-    fused: Mapped[bool] = mapped_column(Boolean)
     seed: Mapped[int] = mapped_column(Integer)
-    epochs: Mapped[int] = mapped_column(Integer)
-    batch_size: Mapped[int] = mapped_column(Integer)
-    optimizer: Mapped[str] = mapped_column(String(16))
-    lr: Mapped[float] = mapped_column(Float)
-    momentum: Mapped[float] = mapped_column(Float)
-    weight_decay: Mapped[float] = mapped_column(Float)
-    schedule: Mapped[str] = mapped_column(String(16))
-    augment: Mapped[bool] = mapped_column(Boolean)
-    train_subset: Mapped[int | None] = mapped_column(Integer)
     device: Mapped[str] = mapped_column(String(16))
     config_key: Mapped[str] = mapped_column(String(32), index=True)
     config_json: Mapped[str] = mapped_column(Text)
@@ -88,14 +78,9 @@ class Run(Base):
     diagnostics: Mapped[bool | None] = mapped_column(Boolean)
     claim: Mapped[int | None] = mapped_column(Integer)  # 1: this row holds its trial (see __table_args__)
     claim_token: Mapped[str | None] = mapped_column(String(64), index=True)  # an executor task, across its retries
-    # revision 0004: precision and layout (trial options), and the batch-norm path that actually ran
-    precision: Mapped[str] = mapped_column(String(8), server_default="fp32")
-    channels_last: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # revision 0004: the batch-norm path that actually ran (beside the options precision and channels_last)
     bn_path: Mapped[str | None] = mapped_column(String(64))
-    # revision 0005: model options, and the training split in prediction mode (generalization gap)
-    depth: Mapped[int | None] = mapped_column(Integer)
-    width: Mapped[int | None] = mapped_column(Integer)
-    dropout: Mapped[float] = mapped_column(Float, server_default="0")
+    # revision 0005: the training split in prediction mode (generalization gap), beside the model options
     train_loss_population: Mapped[float | None] = mapped_column(Float)
     train_acc_population: Mapped[float | None] = mapped_column(Float)
     # revision 0006: run management (a soft delete, and the user's own note; `note` says why a run failed)
@@ -109,12 +94,23 @@ class Run(Base):
     cudnn_deterministic: Mapped[bool | None] = mapped_column(Boolean)
     # revision 0008: the instruction set of the fused CPU kernel's build, where bn_path says it ran
     kernel_isa: Mapped[str | None] = mapped_column(String(16))
-    # revision 0009: the referee's trial options, and what stopped training (epochs, target-loss, diverged)
-    study: Mapped[str | None] = mapped_column(String(64))
-    init: Mapped[str] = mapped_column(String(16), server_default="default")
-    ghost_batch: Mapped[int | None] = mapped_column(Integer)
-    target_loss: Mapped[float | None] = mapped_column(Float)
+    # revision 0009: what stopped training (epochs, target-loss, diverged), beside the study's options
     stopped_by: Mapped[str | None] = mapped_column(String(16))
+
+
+def option_column(option: Option) -> MappedColumn:
+    """A training option's column: its type, NULL where it may be unset, and (for an option added after
+    the first stores) its legacy value as the server default, which older rows take."""
+    kind = {int: Integer(), float: Float(), bool: Boolean()}.get(option.kind, String(option.text_length))
+    default = None
+    if option.legacy not in (NEW, None):
+        default = (true() if option.legacy else false()) if option.kind is bool else (
+            f"{option.legacy:g}" if option.kind is float else str(option.legacy))
+    return mapped_column(kind, nullable=option.optional, index=option.indexed, server_default=default)
+
+
+for _option in OPTIONS:  # the options' columns, from the registry (each added by a migration)
+    setattr(Run, _option.name, option_column(_option))
 
 
 class Epoch(OfRun, Base):

@@ -4,10 +4,11 @@ training measures (epochs, final metrics, diagnostics) is defined by `bnrun.trai
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from bnrun.registry import OPTIONS
 from bnrun.training.results import DiagnosticRecord, EpochRecord, FinalMetrics
 
 __all__ = [
@@ -43,23 +44,12 @@ OUTCOMES = (RunStatus.COMPLETED, RunStatus.DIVERGED)
 
 
 @dataclass(frozen=True)
-class RunRecord:
+class RunFields:
+    """A run's own fields, as the store holds them (RunRecord adds the training options')."""
+
     id: int
     status: str
-    arch: str
-    bn: str
-    bn_impl: str
-    fused: bool
     seed: int
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    optimizer: str
-    schedule: str
-    augment: bool
-    train_subset: int | None
     device: str
     config_key: str
     config_json: str
@@ -92,12 +82,7 @@ class RunRecord:
     diagnostics: bool | None = None
     claim: int | None = None
     claim_token: str | None = None
-    precision: str = "fp32"
-    channels_last: bool = False
     bn_path: str | None = None  # e.g. fused-cpu, compiled, eager, torch, none; "+"-joined when layers differed
-    depth: int | None = None
-    width: int | None = None
-    dropout: float = 0.0
     train_loss_population: float | None = None  # the training split in prediction mode, after training
     train_acc_population: float | None = None
     deleted_at: datetime | None = None  # soft-deleted (bnrun delete): left out of runs, report and plot
@@ -107,12 +92,19 @@ class RunRecord:
     gpu_driver: str | None = None
     tf32: bool | None = None  # fp32 convolutions and matmuls allowed to round to TF32
     cudnn_deterministic: bool | None = None
-    kernel_isa: str | None = None  # where bn_path has fused-cpu (revision 0008): its build, e.g. avx512-bf16
-    study: str | None = None  # revision 0009: the study tag (--study), part of the trial's key
-    init: str = "default"  # the weight initialization: default (torch's) | kaiming
-    ghost_batch: int | None = None  # BN statistics over chunks of this many examples (None: the whole batch)
-    target_loss: float | None = None  # training stopped once the epoch's training loss reached it
+    kernel_isa: str | None = None  # with fused-cpu (0008): its build, e.g. avx512-bf16 (v1), avx512-bf16/v2
     stopped_by: str | None = None  # what ended training: epochs | target-loss | diverged (NULL before 0009)
+
+
+# A run as the store holds it: its own fields, then a field per option of the registry (bnrun.registry).
+RunRecord = make_dataclass(
+    "RunRecord",
+    [(option.name, option.kind | None if option.optional else option.kind, field(default=option.default))
+     for option in OPTIONS],
+    bases=(RunFields,),
+    frozen=True,
+)
+RunRecord.__module__ = __name__
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def train_epoch(model, optimizer, scheduler, split, config: TrainConfig, generat
     for x, y in shuffled_batches(split, config.batch_size, generator, flip=config.augment):
         start = time.perf_counter()
         logits = forward_logits(model, x, config.precision, config.device)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
