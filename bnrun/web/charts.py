@@ -382,12 +382,12 @@ def grid(pivot: Pivot, runs: dict[int, RunRecord]) -> Figure:
         lines, marks = [], []
         for slot, (row, style) in enumerate(zip(rows, styles_of(keys))):
             label = row_label(row.labels)
-            legend.setdefault(label, Style(style.color, "", style.marker))
+            dots = Style(style.color, "", style.marker, line=False)
+            legend.setdefault(label, dots)
             points, counts = trial_points(row, runs, axis, pivot.metric, factor, chance,
                                           jitter(axis, slot, len(rows)))
             xs, ys, tips, links = zip(*points) if points else ((), (), (), ())
-            lines.append(Line(label, Style(style.color, "", style.marker), xs, ys, tips=tips, links=links,
-                              points=True))
+            lines.append(Line(label, dots, xs, ys, tips=tips, links=links, points=True))
             for (value, kind), count in counts.items():
                 kinds.add(kind)
                 marks.append(Mark(axis.x(value), kind, count, style.color, slot, len(rows), axis.name(value)))

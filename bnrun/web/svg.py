@@ -23,6 +23,7 @@ class Style:
     color: str
     dash: str = ""
     marker: str = "circle"  # circle, square, none
+    line: bool = True  # False: points only (each trial of a grid)
 
 
 @dataclass(frozen=True)
@@ -352,8 +353,10 @@ def swatch_svg(style: Style) -> str:
     marker = "" if style.marker == "none" else (
         f'<circle cx="14" cy="6" r="2.8" fill="{escape(style.color)}"/>' if style.marker == "circle"
         else f'<rect x="11.4" y="3.4" width="5.2" height="5.2" fill="{escape(style.color)}"/>')
-    return (f'<svg class="swatch" width="28" height="12" viewBox="0 0 28 12"><line x1="1" x2="27" y1="6" y2="6" '
-            f'stroke="{escape(style.color)}" stroke-width="2" {attrs(stroke_dasharray=style.dash)}/>{marker}</svg>')
+    line = (f'<line x1="1" x2="27" y1="6" y2="6" stroke="{escape(style.color)}" stroke-width="2" '
+            f'{attrs(stroke_dasharray=style.dash)}/>') if style.line else ""
+    return f'<svg class="swatch" width="28" height="12" viewBox="0 0 28 12">{line}{marker}</svg>'
+
 
 
 MARK_SWATCHES = {
