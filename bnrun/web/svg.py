@@ -236,7 +236,8 @@ def marker_svg(x: float, y: float, style: Style, tip: str, link: str | None) -> 
     if style.marker == "none":
         shape = ""
     elif style.marker == "square":
-        shape = f'<rect {attrs(x=f"{x - 2.6:.1f}", y=f"{y - 2.6:.1f}", width=5.2, height=5.2, fill=style.color)}>'
+        corner = attrs(x=f"{x - 2.6:.1f}", y=f"{y - 2.6:.1f}")
+        shape = f'<rect {attrs(class_="point")} {corner} width="5.2" height="5.2" {attrs(fill=style.color)}>'
     else:
         shape = f'<circle {attrs(class_="point", cx=f"{x:.1f}", cy=f"{y:.1f}", r=2.8, fill=style.color)}>'
     if not shape:
