@@ -224,3 +224,12 @@ def test_train_claim_plans_what_the_claim_lacks(tmp_path):
     assert refused.exit_code == ExitCode.USAGE and "drop --lr" in refused.stderr
     unknown = runner.invoke(app, ["train", "--claim", "nope", "--claims", str(CLAIMS), "--dry-run", "--db", str(copy)])
     assert unknown.exit_code == ExitCode.USAGE and "no such claim" in unknown.stderr
+
+
+def test_family_selects_claims_and_keeps_holm_over_the_whole_family():
+    every = {r["id"]: r for r in json.loads(invoke("--format", "json", "--db", str(SHIPPED)).stdout)}
+    chosen = json.loads(invoke("--family", "headline-cnn", "--format", "json", "--db", str(SHIPPED)).stdout)
+    assert chosen and {r["family"] for r in chosen} == {"headline-cnn"}
+    assert all(r["holm_p"] == every[r["id"]]["holm_p"] for r in chosen)
+    unknown = invoke("--family", "nope", "--db", str(SHIPPED))
+    assert unknown.exit_code == ExitCode.USAGE and "no such family" in unknown.stderr

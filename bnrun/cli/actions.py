@@ -267,17 +267,22 @@ def claim_named(path: Path, name: str):
     return claims[name]
 
 
-def claims_of(db: str | None, path: Path, only: tuple[str, ...] = ()) -> list:
-    """The claims of the file at `path` (those named in `only`, if any) computed from the store."""
+def claims_of(db: str | None, path: Path, only: tuple[str, ...] = (), families: tuple[str, ...] = ()) -> list:
+    """The claims of the file at `path` (those named in `only` and of `families`, if given) computed from the
+    store; Holm corrects over each whole family."""
     from bnrun.analysis.claims import evaluate, load_claims
 
     claims = load_claims(path)
-    declared = {claim.id for claim in claims}
+    declared, declared_families = {claim.id for claim in claims}, {claim.family for claim in claims}
     for name in only:
         require(name in declared, f"--id {name!r}: no such claim in {path}; bnrun claims lists them")
+    for name in families:
+        require(name in declared_families, f"--family {name!r}: no such family in {path}; choose from "
+                                           f"{', '.join(sorted(declared_families))}")
     with open_store(db, read_only=True) as store:
         results = evaluate(store, claims)
-    return [result for result in results if not only or result.claim.id in only]
+    return [result for result in results if (not only or result.claim.id in only)
+            and (not families or result.claim.family in families)]
 
 
 def claims_text(results: list, fmt: str, detail: bool = False):

@@ -708,6 +708,8 @@ CLAIM_FORMATS = ("table", "markdown", "json", "latex")
 def claims(
     claims_file: Annotated[Path, option("The claims file.", "--claims")] = Path("study/claims.toml"),
     only: Annotated[Optional[list[str]], option("Only this claim (repeatable).", "--id")] = None,
+    family: Annotated[Optional[list[str]], option("Only this family's claims (repeatable); Holm still corrects "
+                                                  "over the whole family.")] = None,
     fmt: Annotated[str, option(f"{choices_text(CLAIM_FORMATS)}.", "--format")] = "table",
     detail: Annotated[bool, option("markdown: each claim's statement, numbers and evidence (commits, CPUs, "
                                    "pooling) as a list.", "--detail")] = False,
@@ -721,7 +723,7 @@ def claims(
 
     require_choice(fmt, CLAIM_FORMATS, "--format")
     require(not detail or fmt == "markdown", "--detail applies to --format markdown")
-    results = actions.claims_of(db, claims_file, tuple(only or ()))
+    results = actions.claims_of(db, claims_file, tuple(only or ()), tuple(family or ()))
     say_wrote(actions.emit(actions.claims_text(results, fmt, detail), output, out))
 
 
