@@ -48,20 +48,24 @@ class RichReporter(SilentReporter):
         self.epoch_task = None
         self.label = ""
 
+    def line(self, text: str, **settings) -> None:
+        """One log line: wrapped to a terminal's width, whole when piped (a log is read line by line)."""
+        self.console.print(text, soft_wrap=not self.console.is_terminal, **settings)
+
     def sweep_started(self, total: int, description: str = "") -> None:
         if description:
-            self.console.print(f"grid: {description}", highlight=False)
+            self.line(f"grid: {description}", highlight=False)
         self.progress.start()
         self.sweep_task = self.progress.add_task("trials", total=total, info="")
 
     def trial_skipped(self, done: RunRecord, config: TrainConfig, seed: int) -> None:
         if done.status == RunStatus.RUNNING:
-            self.console.print(
+            self.line(
                 f"skip   {trial_label(config, seed)}: running elsewhere as run {done.id} (host {done.host}, pid "
                 f"{done.pid})"
             )
         else:
-            self.console.print(
+            self.line(
                 f"skip   {trial_label(config, seed)}: already {done.status} as run {done.id} (--force reruns it)"
             )
         self.progress.advance(self.sweep_task)
@@ -92,13 +96,13 @@ class RichReporter(SilentReporter):
             if metrics
             else note
         )
-        self.console.print(f"{status:<11} {self.label}: {detail}")
+        self.line(f"{status:<11} {self.label}: {detail}")
         self.progress.advance(self.sweep_task)
 
     def remote_trial_finished(self, run_id: int | None, config: TrainConfig, seed: int, status: str) -> None:
         """A trial an executor ran in another process (its epochs are in the store, not here)."""
         where = f"run {run_id}" if run_id is not None else "no run"
-        self.console.print(f"{status:<11} {where}: {trial_label(config, seed)}")
+        self.line(f"{status:<11} {where}: {trial_label(config, seed)}")
         self.progress.advance(self.sweep_task)
 
     def sweep_finished(self) -> None:
