@@ -23,10 +23,10 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHOTS = {"/": "ui_report.png", "/runs/12": "ui_run_12.png"}
+SHOTS = {"/": ("ui_report.png", 1500), "/runs/12": ("ui_run_12.png", 1300)}  # page: (file, height to show)
 STORE_DIGEST = "bnrun:store-sha256"
 URL = "bnrun:url"
-VIEWPORT = {"width": 1400, "height": 900}
+WIDTH = 1400
 
 
 def store_digest(path: Path) -> str:
@@ -80,8 +80,9 @@ def shoot(base: str, digest: str, docs: Path) -> None:
 
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
-        page = browser.new_page(viewport=VIEWPORT)
-        for path, name in SHOTS.items():
+        page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+        for path, (name, height) in SHOTS.items():
+            page.set_viewport_size({"width": WIDTH, "height": height})
             page.goto(base + path)
             page.wait_for_selector("figure.chart svg.panel")
             (docs / name).write_bytes(with_provenance(page.screenshot(full_page=False), digest, path))

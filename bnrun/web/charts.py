@@ -34,6 +34,7 @@ IMPL_MARKERS = {"torch": "square"}
 RUN_COLORS = ("#1f6fb4", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
               "#17becf", "#8c564b", "#bcbd22")  # a comparison's runs, one each
 PERCENT = (0.0, 100.0)
+RUN_WIDTH = 320  # a run's four curve panels in one row at 1400 px
 OPTION_WIDTH = 620  # a panel against an option: room for a grid's values and the marks beside each other
 # the run page's per-epoch diagnostics: (kind, panel title, y label, log y)
 RUN_PANELS = (
@@ -175,7 +176,7 @@ def run_curves(series: dict[str, list[EpochRecord]]) -> list[Figure]:
         for field, name, factor in fields:
             lines = tuple(epoch_line(label, colors[label], epochs, field, factor) for label, epochs in series.items())
             panels.append(Panel(f"{title}: {name}", "epoch", y_label, lines, integer_x=True,
-                                y_bounds=PERCENT if factor == 100.0 else (0.0, None)))
+                                y_bounds=PERCENT if factor == 100.0 else (0.0, None), width=RUN_WIDTH))
         figures.append(Figure(f"{title} per epoch", tuple(panels), tuple(colors.items()), "curves"))
     return figures
 

@@ -111,6 +111,8 @@ def log_ticks(low: float, high: float) -> list[float]:
     decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
     multiples = (1, 2, 5) if math.log10(high / low) <= 2.5 else (1,)
     ticks = [m * 10.0**d for d in decades for m in multiples if low <= m * 10.0**d <= high]
+    if len(ticks) < 3:  # less than a decade: evenly spaced values read better than one power of ten
+        ticks = [tick for tick in linear_ticks(low, high) if tick > 0]
     return ticks or [low, high]
 
 
