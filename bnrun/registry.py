@@ -80,9 +80,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("epochs", int, 10, "Epochs (default: mlp 20, cnn 10).", RECIPE, minimum=0, positive=True),
     Option("train_subset", int, None, "Use only the first N training images.", RECIPE, short="subset", minimum=2,
            maximum=TRAINING_SPLIT),
-    Option("depth", int, None, "Hidden blocks (default: the assignment's model, MLP 256-128, CNN 2 conv blocks).",
+    Option("depth", int, None, "Hidden blocks (default: the assignment's model).",
            MODEL, minimum=1, legacy=None, model_argument="depth"),
-    Option("width", int, None, "MLP hidden width (default 128 with --depth) or CNN base channels (default 32).",
+    Option("width", int, None, "MLP width, CNN base channels (128, 32).",
            MODEL, minimum=1, legacy=None, model_argument="width"),
     Option("dropout", float, 0.0, "Dropout rate after each hidden block.", MODEL, minimum=0, below=1, legacy=0.0,
            model_argument="dropout"),
@@ -99,13 +99,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("optimizer", str, "sgd", "sgd or adam.", RECIPE, short="optim.", choices=OPTIMIZERS),
     Option("schedule", str, "onecycle", "onecycle, cosine, constant, onecycle-flat or warmup.", RECIPE,
            short="sched.", choices=SCHEDULES),
-    Option("momentum", float, 0.9, "SGD's Nesterov momentum (default 0.9). Under --schedule onecycle it cycles "
-           "inversely to the learning rate between momentum-0.05 and momentum+0.05 (the default: 0.85-0.95), so it "
-           "must be 0 (none) or in [0.05, 0.95); --optimizer sgd only.", RECIPE, short="mom.", minimum=0, below=1),
+    Option("momentum", float, 0.9, "SGD's Nesterov momentum (default 0.9; sgd only); under onecycle it "
+           "cycles ±0.05 against the rate, so 0 or in [0.05, 0.95).", RECIPE, short="mom.", minimum=0, below=1),
     Option("weight_decay", float, 5e-4, "Weight decay.", RECIPE, short="wd", minimum=0),
     Option("augment", bool, True, "Random horizontal flips. Default: on.", RECIPE, short="flip", flag=True),
-    Option("precision", str, "fp32", "fp32, bf16 (autocast; needs AVX512-BF16/AMX or a bf16 GPU), or auto: bf16 "
-           "for the CNN where the hardware has bf16 units, fp32 otherwise.", PATH, short="prec.", choices=PRECISIONS,
+    Option("precision", str, "fp32", "fp32, bf16 (autocast; AVX512-BF16/AMX or a bf16 GPU), or auto: bf16 for the "
+           "CNN on bf16 units, else fp32.", PATH, short="prec.", choices=PRECISIONS,
            legacy="fp32", text_length=8),
     Option("channels_last", bool, False, "The CNN in channels_last (NHWC) memory order. Default: on.", PATH,
            short="NHWC", legacy=False, flag=True, model_argument="channels_last"),

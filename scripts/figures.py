@@ -8,7 +8,7 @@ every generated block of the pages, each from its command, on one store.
 A figure's command is the `bnrun plot ...` line its PNG records in its `bnrun:command` chunk; a PNG
 without one takes its command from COMMANDS below. Commands run in-process from the repository root,
 so each `--output` lands where the command names it. A block is the text between
-`<!-- bnrun: COMMAND -->` and `<!-- /bnrun -->` (the README's headline: `<!-- headline: COMMAND -->` and
+`<!-- bnrun: COMMAND -->` and `<!-- /bnrun -->` (the study's headline: `<!-- headline: COMMAND -->` and
 `<!-- /headline -->`): COMMAND's stdout on the store, written in place.
 """
 

@@ -1,5 +1,5 @@
 """Every table of results on the pages is what the command named above it prints on the shipped store:
-a block between `<!-- bnrun: COMMAND -->` and `<!-- /bnrun -->` in README.md or docs/*.md (the README's
+a block between `<!-- bnrun: COMMAND -->` and `<!-- /bnrun -->` in README.md or docs/*.md (the study's
 headline: `<!-- headline: COMMAND -->` … `<!-- /headline -->`) is COMMAND's stdout, verbatim.
 `python scripts/figures.py` rewrites every block from its command."""
 
@@ -22,9 +22,10 @@ def block_id(block: tuple) -> str:
     return f"{page.name}: {command.removeprefix('bnrun ')}"
 
 
-def test_the_readme_marks_its_headline():
-    headline = [text for command, text in SCRIPT.blocks(REPO / "README.md") if command.startswith("bnrun report ")]
-    assert headline, "README.md has no <!-- headline: bnrun report ... --> block"
+def test_the_readme_gives_the_claims_and_the_study_its_headline():
+    assert any(command.startswith("bnrun claims ") for command, _ in SCRIPT.blocks(REPO / "README.md"))
+    headline = [text for command, text in SCRIPT.blocks(REPO / "docs" / "study.md") if command.startswith("bnrun report ")]
+    assert headline, "docs/study.md has no <!-- headline: bnrun report ... --> block"
     assert headline[0].startswith("| arch |"), headline[0][:200]
 
 

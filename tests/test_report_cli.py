@@ -94,7 +94,8 @@ def test_every_group_label_is_unique(study):
 
 def test_batch_sizes_sort_as_numbers(study):
     filters = ["--arch", "mlp", "--where", "epochs=10", "--where", "lr=0.05", "--where", "depth=none", "--where",
-               "width=none", "--where", "dropout=0", "--where", "ghost_batch=none", "--where", "train_subset=none", "--db", str(study)]
+               "width=none", "--where", "dropout=0", "--where", "ghost_batch=none", "--where", "train_subset=none",
+               "--where", "study=none", "--db", str(study)]
     payload = json.loads(invoke("report", "--format", "json", "--all", *filters).stdout)
     sizes = [group["batch_size"] for group in payload["groups"] if group["bn"] == "pre"]
     assert sizes == [16, 32, 64, 128, 256, 512]
