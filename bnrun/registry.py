@@ -100,7 +100,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("schedule", str, "onecycle", "onecycle, cosine, constant, onecycle-flat or warmup.", RECIPE,
            short="sched.", choices=SCHEDULES),
     Option("momentum", float, 0.9, "SGD's Nesterov momentum (default 0.9; sgd only); under onecycle it "
-           "cycles ±0.05 against the rate, so 0 or in [0.05, 0.95).", RECIPE, short="mom.", minimum=0, below=1),
+           "cycles ±0.05 against the rate (0.85-0.95), so 0 or in [0.05, 0.95).", RECIPE, short="mom.", minimum=0,
+           below=1),
     Option("weight_decay", float, 5e-4, "Weight decay.", RECIPE, short="wd", minimum=0),
     Option("augment", bool, True, "Random horizontal flips. Default: on.", RECIPE, short="flip", flag=True),
     Option("precision", str, "fp32", "fp32, bf16 (autocast; AVX512-BF16/AMX or a bf16 GPU), or auto: bf16 for the "

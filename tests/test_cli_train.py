@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bnrun.cli import app
-from bnrun.nn.fused import kernel_isa
+from bnrun.run.provenance import kernel_build
 from bnrun.store import Store
 from bnrun.training import precision
 
@@ -41,7 +41,7 @@ def test_train_makes_completed_rows_with_epochs_and_checkpoints(trained_store):
         # the CLI's defaults: the fast path (bf16 for the CNN where the CPU has bf16 units), recorded as what ran
         expected = "bf16" if precision.bf16_unsupported("cpu") is None else "fp32"
         assert (run.precision, run.channels_last, run.fused, run.bn_path) == (expected, True, True, "fused-cpu")
-        assert run.kernel_isa == kernel_isa()  # the build that ran
+        assert run.kernel_isa == kernel_build("fused-cpu")  # the build that ran, with its version
     store.close()
 
 
@@ -131,7 +131,7 @@ def test_fused_training_is_the_default_and_matches_eager(tmp_path):
     (fast,), (eager,) = Store(str(tmp_path / "fused.db")).list_runs(), Store(str(tmp_path / "eager.db")).list_runs()
     assert (fast.status, fast.fused, eager.fused) == ("completed", True, False)
     assert (fast.bn_path, eager.bn_path) == ("fused-cpu", "eager")
-    assert (fast.kernel_isa, eager.kernel_isa) == (kernel_isa(), None)  # recorded only where the kernel ran
+    assert (fast.kernel_isa, eager.kernel_isa) == (kernel_build("fused-cpu"), None)  # recorded only where the kernel ran
     assert fast.train_loss == pytest.approx(eager.train_loss, rel=1e-3)
 
 

@@ -37,7 +37,7 @@ def test_a_filter_keeps_the_default_recipe_and_names_the_others():
     assert {(g.value("epochs"), g.value("lr")) for g in report.groups} == {(20, 0.05)}
     note = " ".join(report.left_out)
     assert "shown: the default recipe; left out: 36 of 45 trials, in 4 other recipes" in note
-    assert "--where epochs=10 --where lr=0.01 (9 trials); --where epochs=10 (9 trials)" in note
+    assert "--where lr=0.01 --where epochs=10 (9 trials); --where epochs=10 (9 trials)" in note
     assert "and 1 more; --all shows every trial" in note
     one_epoch = build_report(study(), run_filter=RunFilter(where=(("epochs", (1, 20)),)), narrowed=True)
     assert "in 1 other recipe: --where train_subset=1000 (9 trials)" in one_epoch.left_out[0]  # epochs named

@@ -317,7 +317,7 @@ def test_a_one_epoch_learning_curve_has_whole_epoch_ticks_a_clear_legend_and_its
     epochs = {run.id: [EpochRecord(1, 0.4, 0.85, 0.45, run.val_acc, 0.1, 2.0, 1.5)] for run in runs}
     figures.plot_learning_curves(build_report(runs), epochs, tmp_path / "curves.png")
     figure, title = drawn[0]
-    assert "off the default recipe: epochs=1, lr=0.1" in title
+    assert "off the default recipe: lr=0.1, epochs=1" in title
     figure.canvas.draw()
     for axis in figure.axes:
         ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
