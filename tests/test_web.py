@@ -219,6 +219,7 @@ def test_html_report_is_one_self_contained_file(study, tmp_path):
     assert "<script" not in html and html.count('<figure class="chart" data-kind="curves">') == 2
     assert "Holm p" in html and unescape(report_json(study)["comparisons"][0]["a"]) in unescape(html)
     assert "<h2>Diagnostics</h2>" in html and "largest η with r(η) &lt; 1 at init" in html  # the diagnostics table
+    assert 'data-kind="diagnostic"' in html  # and their figures
     assert "bold: per architecture, the group with the best mean test acc. (population stats)" in html
 
 

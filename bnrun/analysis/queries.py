@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
+from typing import NamedTuple
 
 from bnrun.analysis.diagnostic_summaries import batch_stat_rows, diagnostic_summaries
 from bnrun.analysis.grouping import RECIPE, Report, RunFilter, build_report, narrow
 from bnrun.analysis.pivots import Pivot, build_pivot
 from bnrun.errors import NothingMatched
-from bnrun.store import EpochRecord, RunCriteria, RunRecord, RunStatus, Store
+from bnrun.store import DiagnosticRecord, EpochRecord, RunCriteria, RunRecord, RunStatus, Store
 
 EMPTY_STORE = (
     "no completed trials in the store; run some first, e.g.: bnrun train --arch mlp,cnn --bn pre,post --seeds 3"
@@ -88,8 +89,18 @@ def selected_runs(store: Store, request: ReportRequest) -> tuple[list[RunRecord]
     return filtered_runs(store, request.run_filter), None
 
 
-def report_of(store: Store, request: ReportRequest) -> tuple[Report, dict[int, list[EpochRecord]]]:
-    """The report, with diagnostics summaries where its runs have them, and its runs' epochs."""
+class ReportData(NamedTuple):
+    """A report with what its figures draw: each run's epochs, and the diagnostics records of the runs that
+    recorded them."""
+
+    report: Report
+    epochs: dict[int, list[EpochRecord]]
+    diagnostics: dict[int, list[DiagnosticRecord]]
+
+
+def report_of(store: Store, request: ReportRequest) -> ReportData:
+    """The report, with diagnostics summaries where its runs have them, its runs' epochs and the
+    diagnostics records of the runs that have them (read once, for the summaries and the figures)."""
     runs, left_recipes = selected_runs(store, request)
     result = build_report(runs, request.metric, request.run_filter, request.expected_seeds, request.narrowed(),
                           left_recipes)
@@ -97,11 +108,11 @@ def report_of(store: Store, request: ReportRequest) -> tuple[Report, dict[int, l
         raise nothing_matched(store)
     run_ids = [r.id for g in result.groups for r in g.runs]
     epochs = store.epochs_by_run(run_ids)
-    if any(r.diagnostics for g in result.groups for r in g.runs):
-        result = replace(
-            result, diagnostics=diagnostic_summaries(result.groups, store.diagnostics_by_run(run_ids), epochs)
-        )
-    return result, epochs
+    diagnosed = [r.id for g in result.groups for r in g.runs if r.diagnostics]
+    diagnostics = store.diagnostics_by_run(diagnosed) if diagnosed else {}
+    if diagnostics:
+        result = replace(result, diagnostics=diagnostic_summaries(result.groups, diagnostics, epochs))
+    return ReportData(result, epochs, diagnostics)
 
 
 def pivot_of(store: Store, request: ReportRequest) -> Pivot:

@@ -127,11 +127,11 @@ def report(db: str | None, request: ReportRequest, fmt: str, standalone: bool = 
     from bnrun.analysis.rendering import render
 
     with open_store(db, read_only=True) as store:
-        content, epochs = (pivot_of(store, request), {}) if request.by else report_of(store, request)
+        content, epochs, diagnostics = (pivot_of(store, request), {}, {}) if request.by else report_of(store, request)
     if fmt == "html":
         from bnrun.web.html_report import report_html
 
-        return report_html(content, epochs)
+        return report_html(content, epochs, diagnostics)
     return render(content, fmt, standalone, wide)
 
 
@@ -153,7 +153,7 @@ def draw(db: str | None, request: PlotRequest) -> Path:
         if request.x:
             pivot = pivot_of(store, request.report)
             return figures.plot_against_option(pivot, request.output, METRICS[metric], scale(metric))
-        result, epochs = report_of(store, request.report)
+        result, epochs, _ = report_of(store, request.report)
         if request.diagnostic == BATCH_STATS:
             return figures.plot_batch_stats(batch_stats_of(store, result), request.output, result.recipe)
         if request.diagnostic:

@@ -56,9 +56,7 @@ def report_page(store: Store, request: ReportRequest, then: str | None = None) -
         if then:
             context["figures"].append(charts.sensitivity_by(then, pivots_at(store, request, then)))
         return context
-    report, epochs = report_of(store, request)
-    run_ids = [run.id for group in report.groups for run in group.runs if run.diagnostics]
-    return report_context(report, epochs, store.diagnostics_by_run(run_ids) if run_ids else {})
+    return report_context(*report_of(store, request))
 
 
 SECOND_VALUES = 6  # the values of a second option drawn, the first in its order
