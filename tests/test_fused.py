@@ -119,6 +119,22 @@ def test_cpu_kernel_statistics_stay_accurate_for_offset_inputs(shape):
     torch.testing.assert_close(batch_var, exact_var, rtol=2e-4, atol=0)  # measured 3e-5
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "rows"])
+def test_one_pass_moments_survive_an_outlier_where_the_pivot_is_taken(layout):
+    """The moments take one pass around a pivot from each chunk's first values: an outlier there
+    (10⁴ standard deviations off a mean of 100) must still give float64's variance."""
+    torch.manual_seed(0)
+    shape = (512, 40) if layout == "rows" else (64, 8, 20, 20)
+    x = torch.randn(shape) + 100
+    x.view(-1)[0] += 1e4
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    layer = (bnn.BatchNorm1d if layout == "rows" else bnn.BatchNorm2d)(shape[1], fused=True)
+    layer(x)
+    exact_var = x.double().var(dim=[d for d in range(x.dim()) if d != 1])
+    torch.testing.assert_close((layer.running_var.double() - 0.9) / 0.1, exact_var, rtol=1e-5, atol=0)  # measured 7e-7
+
+
 def test_cpu_kernel_build_failure_warns_and_trains_eagerly(monkeypatch):
     from torch.utils import cpp_extension
 

@@ -36,8 +36,11 @@ KERNEL_NAME = "bnrun_bn_cpu"
 # match bit for bit. 1: the order since commit 115581f (moments blocks of 4096 values merged with
 # Chan's update, gradient sums of 128 values per lane). 2: the avx512-bf16 build writes bfloat16
 # through vcvtne2ps2bf16, which flushes subnormal outputs to zero; every sum, every float32 and
-# float64 result and the other builds' bfloat16 are as in 1.
-KERNEL_VERSION = 2
+# float64 result and the other builds' bfloat16 are as in 1. 3: sums in register vectors of the
+# build's width, the moments in one pass around a pivot (blocks of 128 values per lane merged with
+# Chan's update), chunks of rows of channels of 128-row blocks; every build's outputs a vector at
+# a time (results differ from 2 in float rounding only; bfloat16 rounding unchanged).
+KERNEL_VERSION = 3
 # The kernel's builds, most capable first, with the compiler flags of each.
 _AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512"]
 _AVX2 = ["-mavx2", "-mfma", "-mf16c"]

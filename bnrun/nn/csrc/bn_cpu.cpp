@@ -21,24 +21,26 @@
 // is processed one channel at a time, so the second pass finds the channel's N·S values in L2.
 // Outputs (y, dx) of kStreamBytes and more are written with streaming stores, which skip reading
 // the lines they overwrite and leave the cache to the input the next pass reads again.
-// Sums run in acc_t per position of a row (or stripe) within a block, in double beyond: the
-// moments of a block of about kBlockValues values are taken twice while it sits in cache (its
-// mean, then its squared deviations) and blocks merged with Chan et al.'s update; the gradient
-// sums, one pass, add about kValuesPerLane values per position before a merge.
+// Sums run in register vectors of acc_t (vec, the build's vector width) within a block, in double
+// beyond: each lane adds about kValuesPerLane values before its block is merged. The moments take
+// one pass: a block's Σ(x − p) and Σ(x − p)² around a pivot p, the running mean of the blocks
+// before it, give its mean and Σ(x − mean)² (around()), and blocks are merged with Chan et al.'s
+// update. Every output is computed and stored a register vector at a time (write()).
 //
 // Precision: x (and y, dy, dx) may be float32, float64, bfloat16 or float16; every per-channel
 // tensor (γ, β, running and saved statistics, dγ, dβ) and every arithmetic step is acc_t, the
 // op-math type (float32 for the 16-bit types), as in torch's own mixed-precision kernel. bfloat16
-// is read as its bits shifted into a float32 and written rounded to nearest even: by
-// vcvtne2ps2bf16 in the avx512-bf16 build (subnormals flushed to zero), elsewhere by integer
-// arithmetic in loops the compiler vectorizes.
+// is read as its bits shifted into a float32 (vpmovzxwd and a shift) and written rounded to
+// nearest even: by vcvtne2ps2bf16 in the avx512-bf16 build (subnormals flushed to zero),
+// elsewhere by integer arithmetic on register vectors (pack_bf16).
 // Layout: contiguous input is (N, C, S); channels_last (N, C, H, W) is read in place as N·H·W rows
 // of C channels, i.e. (N·H·W, C, 1), and y and dx are allocated in x's layout. Rows of channels are
 // split among threads in fixed chunks whose partial sums are merged in order: the result does
 // not depend on the number of threads.
 //
 // ISA: kernel_build.py compiles this file per machine with the vector flags of its CPU (AVX-512, AVX2 or
-// none); `isa()` reports which code the build holds.
+// none), which set the register vectors' width (kVecBytes: 64, 32 or 16 bytes); `isa()` reports which
+// code the build holds.
 #include "bn_cpu.h"
 
 #include <ATen/Dispatch.h>
@@ -110,119 +112,207 @@ inline uint16_t bf16_bits(float f) {
 }
 
 
-#if defined(BNRUN_AVX512_BF16)
-// 32 floats → 32 bfloat16 in one vcvtne2ps2bf16: round to nearest even, as bf16_bits, except that
-// the instruction flushes subnormal inputs and outputs to zero.
-inline void store_bf16x32(uint16_t* dst, const float* src) {
-  const __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
-  _mm512_storeu_si512(dst, reinterpret_cast<const __m512i&>(packed));
-}
+// ---------------------------------------------------------------------------------------------
+// Register vectors for the sums: the compiler's vector extensions at the build's width (one zmm, ymm or
+// xmm register per value), so that each build's sums run in registers and reach memory once per block.
 
-// bfloat16 output through the conversion instruction: value() into a tile of floats in L1 (the
-// loop the compiler vectorizes), then 32 at a time converted and stored; the last len % 32 by
-// integer rounding.
-template <typename F>
-inline void fill_bf16(uint16_t* dst, int64_t len, const F& value) {
-  constexpr int64_t kTile = 256;
-  alignas(64) float tile[kTile];
-  int64_t first = 0;
-  while (len - first >= 32) {
-    const int64_t count = std::min(kTile, (len - first) / 32 * 32);
-#pragma omp simd
-    for (int64_t i = 0; i < count; ++i) tile[i] = value(first + i);
-    for (int64_t i = 0; i < count; i += 32) store_bf16x32(dst + first + i, tile + i);
-    first += count;
-  }
-  for (int64_t i = first; i < len; ++i) dst[i] = bf16_bits(value(i));
-}
-#endif
-
-// dst[i] = value(i) for i in [0, len), value(i) computed in acc_t. bfloat16 is rounded by
-// vcvtne2ps2bf16 where the build has it (fill_bf16), elsewhere in the same vectorized loop by
-// integer arithmetic, which keeps subnormals as torch's conversion does.
-template <typename T, typename F>
-inline void fill(T* dst, int64_t len, const F& value) {
-  if constexpr (std::is_same_v<T, uint16_t>) {
-#if defined(BNRUN_AVX512_BF16)
-    fill_bf16(dst, len, value);
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX2__)
+constexpr int kVecBytes = 32;
 #else
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) dst[i] = bf16_bits(value(i));
+constexpr int kVecBytes = 16;
+#endif
+template <typename A>
+struct VecOf {
+  typedef A type __attribute__((vector_size(kVecBytes)));
+};
+template <typename A>
+using vec = typename VecOf<A>::type;
+template <typename A>
+constexpr int64_t kWidth = kVecBytes / static_cast<int64_t>(sizeof(A));
+constexpr int64_t kUnroll = 4;  // register vectors per sum in a loop, to hide the adds' latency
+
+// kWidth<A> values of p widened to A; bfloat16 bits are zero-extended and shifted into float32.
+template <typename A, typename T>
+inline vec<A> load(const T* p) {
+  vec<A> v;
+  if constexpr (std::is_same_v<T, A>) {
+    std::memcpy(&v, p, sizeof v);
+  } else if constexpr (std::is_same_v<T, uint16_t>) {
+#if defined(__AVX512F__)
+    const __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+    std::memcpy(&v, &wide, sizeof v);
+#elif defined(__AVX2__)
+    const __m256i wide = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+    std::memcpy(&v, &wide, sizeof v);
+#else
+    typedef uint16_t bits_t __attribute__((vector_size(kVecBytes / 2)));
+    typedef uint32_t wide_t __attribute__((vector_size(kVecBytes)));
+    bits_t bits;
+    std::memcpy(&bits, p, sizeof bits);
+    const wide_t wide = __builtin_convertvector(bits, wide_t) << 16;
+    std::memcpy(&v, &wide, sizeof v);
 #endif
   } else {
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<T>(value(i));
+    for (int64_t j = 0; j < kWidth<A>; ++j) v[j] = widen(p[j]);
+  }
+  return v;
+}
+
+template <typename A>
+inline vec<A> splat(A a) {
+  return vec<A>{} + a;
+}
+
+template <typename A>
+inline double total(vec<A> v) {
+  double t = 0;
+  for (int64_t j = 0; j < kWidth<A>; ++j) t += v[j];
+  return t;
+}
+
+// The pre-activation and the ReLU, shared by the forward and the backward's mask so that both
+// see the same value, for one value (acc_t) or a register vector of them (vec<acc_t>). The mask is
+// threshold_backward's: the gradient passes unless y ≤ 0.
+template <typename U>
+inline U pre(U a, U x, U k) {
+  return a * x + k;
+}
+template <bool kRelu, typename U>
+inline U activate(U v) {
+  if constexpr (!kRelu) {
+    return v;
+  } else if constexpr (std::is_arithmetic_v<U>) {
+    return v < U(0) ? U(0) : v;  // NaN stays NaN, as in torch.relu
+  } else {
+    return v < U{} ? U{} : v;
+  }
+}
+template <bool kRelu, typename U>
+inline U masked(U g, U a, U x, U k) {
+  if constexpr (!kRelu) {
+    return g;
+  } else if constexpr (std::is_arithmetic_v<U>) {
+    return pre(a, x, k) <= U(0) ? U(0) : g;
+  } else {
+    return pre(a, x, k) <= U{} ? U{} : g;
+  }
+}
+
+// Element i of p widened to U's element type: one value when U is a scalar, the kWidth values from i on
+// when U is a register vector.
+template <typename U, typename P>
+inline U get(const P* p, int64_t i) {
+  if constexpr (std::is_arithmetic_v<U>) {
+    return static_cast<U>(widen(p[i]));
+  } else {
+    return load<std::remove_cv_t<std::remove_reference_t<decltype(std::declval<U>()[0])>>>(p + i);
+  }
+}
+
+// a as U: itself, or a register vector of it.
+template <typename U, typename A>
+inline U broadcast(A a) {
+  if constexpr (std::is_arithmetic_v<U>) {
+    return a;
+  } else {
+    return U{} + a;
   }
 }
 
 // Non-temporal ("streaming") stores write whole cache lines to memory without first reading them
 // into the cache, and leave the cache to the input that the next pass reads again. One vector's
-// worth per call, at an address aligned to its width.
+// worth (kVecBytes) per call, at an address aligned to it.
 #if defined(__x86_64__)
 constexpr bool kCanStream = true;
+inline void stream_vector(void* dst, const void* src) {
 #if defined(__AVX512F__)
-constexpr int64_t kStreamWidth = 64;
-inline void stream_vector(char* dst, const char* src) {
-  _mm512_stream_si512(reinterpret_cast<__m512i*>(dst), _mm512_loadu_si512(src));
-}
+  _mm512_stream_si512(static_cast<__m512i*>(dst), _mm512_loadu_si512(src));
 #elif defined(__AVX2__)
-constexpr int64_t kStreamWidth = 32;
-inline void stream_vector(char* dst, const char* src) {
-  _mm256_stream_si256(reinterpret_cast<__m256i*>(dst), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
-}
+  _mm256_stream_si256(static_cast<__m256i*>(dst), _mm256_loadu_si256(static_cast<const __m256i*>(src)));
 #else
-constexpr int64_t kStreamWidth = 16;
-inline void stream_vector(char* dst, const char* src) {
-  _mm_stream_si128(reinterpret_cast<__m128i*>(dst), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
-}
+  _mm_stream_si128(static_cast<__m128i*>(dst), _mm_loadu_si128(static_cast<const __m128i*>(src)));
 #endif
+}
 // Streamed stores are weakly ordered: each task fences them before other threads may read.
 inline void fence_streams() { _mm_sfence(); }
 #else
 constexpr bool kCanStream = false;
-constexpr int64_t kStreamWidth = 16;
-inline void stream_vector(char* dst, const char* src) { std::memcpy(dst, src, kStreamWidth); }
+inline void stream_vector(void* dst, const void* src) { std::memcpy(dst, src, kVecBytes); }
 inline void fence_streams() {}
 #endif
 
-// dst[0, len) = src[0, len), streamed from the first aligned address on.
-template <typename T>
-void stream_copy(T* dst, const T* src, int64_t len) {
-  char* d = reinterpret_cast<char*>(dst);
-  const char* s = reinterpret_cast<const char*>(src);
-  const int64_t bytes = len * static_cast<int64_t>(sizeof(T));
-  const int64_t misaligned = static_cast<int64_t>(reinterpret_cast<uintptr_t>(d) % kStreamWidth);
-  const int64_t head = std::min(bytes, (kStreamWidth - misaligned) % kStreamWidth);
-  std::memcpy(d, s, head);
-  int64_t i = head;
-  for (; i + kStreamWidth <= bytes; i += kStreamWidth) stream_vector(d + i, s + i);
-  std::memcpy(d + i, s + i, bytes - i);
+// Two register vectors of float32 as 2·kWidth bfloat16 (kVecBytes bytes), rounded to nearest even: by
+// vcvtne2ps2bf16 in the avx512-bf16 build (which flushes subnormal inputs and outputs to zero), elsewhere
+// by bf16_bits' integer arithmetic a vector at a time (subnormals kept, as torch's conversion keeps them).
+inline void pack_bf16(void* out, vec<float> lo, vec<float> hi) {
+#if defined(BNRUN_AVX512_BF16)
+  __m512 l, h;
+  std::memcpy(&l, &lo, sizeof l);
+  std::memcpy(&h, &hi, sizeof h);
+  const __m512bh packed = _mm512_cvtne2ps_pbh(h, l);
+  std::memcpy(out, &packed, sizeof packed);
+#else
+  typedef uint32_t bits_t __attribute__((vector_size(kVecBytes)));
+  typedef int32_t mask_t __attribute__((vector_size(kVecBytes)));
+  typedef uint16_t half_t __attribute__((vector_size(kVecBytes / 2)));
+  const vec<float> halves[2] = {lo, hi};
+  for (int h = 0; h < 2; ++h) {
+    bits_t u;
+    std::memcpy(&u, &halves[h], sizeof u);
+    const bits_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const mask_t nan = halves[h] != halves[h];
+    const bits_t bits = nan ? bits_t{} + 0x7FC0u : rounded;
+    const half_t narrow = __builtin_convertvector(bits, half_t);
+    std::memcpy(static_cast<char*>(out) + h * (kVecBytes / 2), &narrow, sizeof narrow);
+  }
+#endif
 }
 
-// fill() through a staging buffer in L1 and streaming stores (inside a task of parallel_writes,
-// which fences them). Kept out of line: its buffer would otherwise weigh on every inlined write.
-template <typename T, typename F>
-[[gnu::noinline]] void write_streamed(T* dst, int64_t len, const F& value) {
-  constexpr int64_t kStagingValues = 1024;
-  alignas(64) T staging[kStagingValues];
-  for (int64_t first = 0; first < len; first += kStagingValues) {
-    const int64_t count = std::min(kStagingValues, len - first);
-    fill(staging, count, [&](int64_t i) { return value(first + i); });
-    stream_copy(dst + first, staging, count);
+template <typename T, typename acc_t>
+inline T narrow(acc_t v) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    return bf16_bits(v);
+  } else {
+    return static_cast<T>(v);
   }
 }
 
-// dst[i] = value(i) as fill() does; streamed when `stream` and the piece spans a few vectors (a
-// shorter one would pay the staging for its unaligned ends alone).
-template <typename T, typename F>
+// dst[i] = value(i) for i in [0, len), where value(U{}, i) gives one value (U = acc_t) or the kWidth from
+// i on (U = vec<acc_t>). float32, float64 and bfloat16 outputs are computed and stored a register vector
+// at a time (bfloat16 two vectors per store, through pack_bf16); with `stream`, and a piece of a few
+// vectors, stored with streaming stores from the first aligned address on (inside a task of
+// parallel_writes, which fences them). float16 goes one value at a time.
+template <typename T, typename acc_t, typename F>
 inline void write(T* dst, int64_t len, const F& value, bool stream = false) {
-  if constexpr (kCanStream) {
-    if (stream && len * static_cast<int64_t>(sizeof(T)) >= 4 * kStreamWidth) {
-      write_streamed(dst, len, value);
-      return;
+  using V = vec<acc_t>;
+  constexpr int64_t W = kWidth<acc_t>;
+  if constexpr (!std::is_same_v<T, acc_t> && !std::is_same_v<T, uint16_t>) {
+    for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<T>(value(acc_t{}, i));
+  } else {
+    constexpr int64_t kStep = kVecBytes / static_cast<int64_t>(sizeof(T));  // values per stored vector
+    const bool streamed = kCanStream && stream && len * static_cast<int64_t>(sizeof(T)) >= 4 * kVecBytes;
+    int64_t i = 0;
+    if (streamed)
+      for (; i < len && reinterpret_cast<uintptr_t>(dst + i) % kVecBytes != 0; ++i)
+        dst[i] = narrow<T>(value(acc_t{}, i));
+    for (; i + kStep <= len; i += kStep) {
+      alignas(64) char packed[kVecBytes];
+      if constexpr (std::is_same_v<T, uint16_t>) {
+        pack_bf16(packed, value(V{}, i), value(V{}, i + W));
+      } else {
+        const V v = value(V{}, i);
+        std::memcpy(packed, &v, sizeof v);
+      }
+      if (streamed) {
+        stream_vector(dst + i, packed);
+      } else {
+        std::memcpy(dst + i, packed, kVecBytes);
+      }
     }
+    for (; i < len; ++i) dst[i] = narrow<T>(value(acc_t{}, i));
   }
-  fill(dst, len, value);
 }
 
 // at::parallel_for whose tasks fence their streamed stores, so that the output is whole when it
@@ -233,21 +323,6 @@ void parallel_writes(int64_t begin, int64_t end, int64_t grain, const F& f) {
     f(b, e);
     fence_streams();
   });
-}
-
-// The pre-activation and the ReLU, shared by the forward and the backward's mask so that both
-// see the same value. The mask is threshold_backward's: the gradient passes unless y ≤ 0.
-template <typename acc_t>
-inline acc_t pre(acc_t a, acc_t x, acc_t k) {
-  return a * x + k;
-}
-template <bool kRelu, typename acc_t>
-inline acc_t activate(acc_t v) {
-  return kRelu && v < acc_t(0) ? acc_t(0) : v;  // NaN stays NaN, as in torch.relu
-}
-template <bool kRelu, typename acc_t>
-inline acc_t masked(acc_t g, acc_t a, acc_t x, acc_t k) {
-  return kRelu && pre(a, x, k) <= acc_t(0) ? acc_t(0) : g;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,31 +363,27 @@ Tensor laid_out_as(const Tensor& t, const Tensor& like) {
   return rows_of_channels(like) ? t.contiguous(at::MemoryFormat::ChannelsLast) : t.contiguous();
 }
 
-constexpr int64_t kWork = 32768;     // values per task worth waking a thread for
-constexpr int64_t kBlockValues = 4096;  // values of a moments block, read twice while in L1 (16 KiB of float32)
-constexpr int64_t kValuesPerLane = 128;  // values a position's gradient sums add in acc_t before a merge in double
-static_assert(kWork / 256 <= kValuesPerLane, "a chunk of rows of channels (stripes of ≥ 256 values) bounds its sums");
+constexpr int64_t kWork = 32768;         // values per task worth waking a thread for
+constexpr int64_t kValuesPerLane = 128;  // values a register vector's lane adds in acc_t before a merge in double
 
 // Channels per task (S > 1), so that each thread gets enough work to be worth waking.
 int64_t channel_grain(const Shape& shape) { return std::max<int64_t>(1, kWork / std::max<int64_t>(1, shape.m())); }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Rows of C channels (S == 1) are processed in stripes of R whole rows, P = R·C ≥ 256 values, so
-// that every loop runs over P contiguous values (channel i % C) with the per-channel vectors
-// repeated R times, instead of paying a loop's overhead per row of C. A block (the moments' unit,
-// summed twice while in cache) is whole stripes of about kBlockValues values and at least 8 rows;
-// a chunk (one task, and the gradient sums' unit in acc_t: about kWork / P ≤ kValuesPerLane values
-// per stripe position) is whole blocks, fixed by the shape alone.
+// Rows of C channels (S == 1): the elementwise passes run over stripes of R whole rows, P = R·C ≥ 256
+// values, so that every loop runs over P contiguous values (channel i % C) with the per-channel
+// vectors repeated R times, instead of paying a loop's overhead per row of C. The sums run over
+// chunks (one task each) of whole blocks of kValuesPerLane rows, at least kWork values, fixed by the
+// shape alone.
 struct Stripes {
-  int64_t rows, width, block_rows, chunk_rows, chunks;
+  int64_t rows, width, chunk_rows, chunks;
 };
 
 Stripes stripes_of(const Shape& shape) {
   const int64_t r = std::max<int64_t>(1, ceil_div(256, shape.c));
-  const int64_t block = r * std::max(ceil_div(8, r), kBlockValues / (r * shape.c));
-  const int64_t chunk = block * std::max<int64_t>(1, ceil_div(kWork, block * shape.c));
-  return {r, r * shape.c, block, chunk, ceil_div(shape.n, chunk)};
+  const int64_t chunk = kValuesPerLane * std::max<int64_t>(1, ceil_div(kWork, kValuesPerLane * shape.c));
+  return {r, r * shape.c, chunk, ceil_div(shape.n, chunk)};
 }
 
 // v (C values) repeated to fill one stripe.
@@ -331,17 +402,6 @@ std::vector<acc_t> tiled(const acc_t* v, const Stripes& st, int64_t channels) {
 template <typename F>
 inline void for_each_stripe(const Shape& shape, const Stripes& st, int64_t r0, int64_t r1, const F& f) {
   for (int64_t row = r0; row < r1; row += st.rows) f(row * shape.c, (std::min(r1, row + st.rows) - row) * shape.c);
-}
-
-// acc[i % C] summed over one stripe's worth of per-position sums, into per-channel `out`.
-template <typename acc_t>
-void fold(const acc_t* per_position, const Stripes& st, int64_t channels, acc_t* per_channel) {
-  std::copy(per_position, per_position + channels, per_channel);
-  for (int64_t r = 1; r < st.rows; ++r) {
-    const acc_t* part = per_position + r * channels;
-#pragma omp simd
-    for (int64_t c = 0; c < channels; ++c) per_channel[c] += part[c];
-  }
 }
 
 template <typename scalar_t>
@@ -365,68 +425,90 @@ struct Merge {
   }
 };
 
+// A block's one-pass moments around a pivot p: its mean and Σ(x − mean)² from n values' Σ(x − p) and
+// Σ(x − p)², in double. The pivot is the running mean of the blocks before (or, for the first block, a
+// mean of its first values), so that x − p stays near the spread and the float sums lose no digits.
+struct BlockMoments {
+  double mean, m2;
+};
+inline BlockMoments around(double n, double pivot, double s1, double s2) {
+  return {pivot + s1 / n, std::max(0.0, s2 - s1 * s1 / n)};
+}
+
+// f(U, first channel) for tiles of U = kUnroll register vectors across a row of C channels, then one tile of
+// the 1 to kUnroll − 1 vectors left (U a compile-time constant), then tail(channel) for the last C % kWidth.
+template <typename acc_t, typename F, typename G>
+inline void over_channels(int64_t channels, const F& f, const G& tail) {
+  constexpr int64_t W = kWidth<acc_t>;
+  int64_t c = 0;
+  for (; c + kUnroll * W <= channels; c += kUnroll * W) f(std::integral_constant<int64_t, kUnroll>{}, c);
+  const int64_t left = (channels - c) / W;
+  if (left == 3) f(std::integral_constant<int64_t, 3>{}, c);
+  if (left == 2) f(std::integral_constant<int64_t, 2>{}, c);
+  if (left == 1) f(std::integral_constant<int64_t, 1>{}, c);
+  for (c += left * W; c < channels; ++c) tail(c);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Contiguous (N, C, S), S > 1: one channel's N rows of S values.
 
-// Sums of a block of rows run per position of the row (`lanes`, up to kLanes positions): the loop
-// over a row is then a plain vector add with no reduction to close, and each lane adds few values.
-constexpr int64_t kLanes = 4096;
-
-// f(row, lane offset, count) for the pieces of up to kLanes values of rows [first, last) of channel c.
-template <typename F>
-inline void for_each_piece(const Shape& shape, int64_t c, int64_t first, int64_t last, const F& f) {
-  for (int64_t n = first; n < last; ++n)
-    for (int64_t s0 = 0; s0 < shape.s; s0 += kLanes)
-      f((n * shape.c + c) * shape.s + s0, std::min(kLanes, shape.s - s0));
-}
-
-// Rows per moments block: about kBlockValues values, at least 4 rows.
-int64_t plane_moments_rows(const Shape& shape) { return std::max<int64_t>(4, kBlockValues / shape.s); }
-
-// Rows per gradient-sums block: each position adds about kValuesPerLane values, one per piece of
-// kLanes values of each row (so a row of more than kValuesPerLane·kLanes values alone gives more).
-int64_t plane_sums_rows(const Shape& shape) { return std::max<int64_t>(1, kValuesPerLane / ceil_div(shape.s, kLanes)); }
-
+// The sums over a channel's rows run in kUnroll register vectors per sum; a block of rows adds about
+// kValuesPerLane values to each vector lane before its sums are merged in double.
 template <typename acc_t>
-acc_t lane_sum(const std::vector<acc_t>& lanes) {
-  acc_t total = 0;
-  const acc_t* p = lanes.data();
-  const int64_t len = static_cast<int64_t>(lanes.size());
-#pragma omp simd reduction(+ : total)
-  for (int64_t i = 0; i < len; ++i) total += p[i];
-  return total;
+int64_t plane_block_rows(const Shape& shape) {
+  return std::max<int64_t>(1, kValuesPerLane * kUnroll * kWidth<acc_t> / shape.s);
 }
 
-// Mean and Σ(x − μ)² of channel c: each block of rows is summed twice while it sits in L1 (its
-// mean, then its squared deviations) and blocks are merged in double, as accurate as a two-pass
-// computation.
+// f(vector index u, offset) over a row of S values in groups of kUnroll vectors, then single vectors (u = 0),
+// then tail(offset) for the last S % kWidth values.
+template <typename acc_t, typename F, typename G>
+inline void over_row(int64_t len, const F& f, const G& tail) {
+  constexpr int64_t W = kWidth<acc_t>;
+  int64_t i = 0;
+  for (; i + kUnroll * W <= len; i += kUnroll * W)
+#pragma GCC unroll 4
+    for (int64_t u = 0; u < kUnroll; ++u) f(u, i + u * W);
+  for (; i + W <= len; i += W) f(0, i);
+  for (; i < len; ++i) tail(i);
+}
+
+// Mean and Σ(x − μ)² of channel c in one pass: each block's sums around the running mean, merged in
+// double (merge_block).
 template <typename T, typename acc_t>
 void plane_moments(const Shape& shape, int64_t c, const T* px, double& mean, double& squares) {
-  const int64_t block = plane_moments_rows(shape);
-  std::vector<acc_t> lanes(std::min(kLanes, shape.s));
-  acc_t* pl = lanes.data();
-  double count = 0, mu = 0, m2 = 0;
-  for (int64_t first = 0; first < shape.n; first += block) {
-    const int64_t last = std::min(shape.n, first + block);
-    std::fill(lanes.begin(), lanes.end(), acc_t(0));
-    for_each_piece(shape, c, first, last, [&](int64_t at, int64_t len) {
-      const T* x = px + at;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) pl[i] += widen(x[i]);
-    });
-    const acc_t block_mean = lane_sum(lanes) / static_cast<acc_t>((last - first) * shape.s);
-    std::fill(lanes.begin(), lanes.end(), acc_t(0));
-    for_each_piece(shape, c, first, last, [&](int64_t at, int64_t len) {
-      const T* x = px + at;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const acc_t d = widen(x[i]) - block_mean;
-        pl[i] += d * d;
-      }
-    });
-    const double n = static_cast<double>((last - first) * shape.s);
-    Merge(count, n)(mu, m2, block_mean, lane_sum(lanes));
-    count += n;
+  using V = vec<acc_t>;
+  const int64_t block = plane_block_rows<acc_t>(shape);
+  double first = 0;
+  for (int64_t i = 0; i < shape.s; ++i) first += widen(px[c * shape.s + i]);
+  double count = 0, mu = 0, m2 = 0, pivot = first / static_cast<double>(shape.s);
+  for (int64_t n0 = 0; n0 < shape.n; n0 += block) {
+    const int64_t n1 = std::min(shape.n, n0 + block);
+    const acc_t p = static_cast<acc_t>(pivot);
+    const V vp = splat(p);
+    V s1[kUnroll] = {}, s2[kUnroll] = {};
+    acc_t t1 = 0, t2 = 0;
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* x = px + (n * shape.c + c) * shape.s;
+      over_row<acc_t>(shape.s, [&](int64_t u, int64_t i) {
+        const V d = load<acc_t>(x + i) - vp;
+        s1[u] += d;
+        s2[u] += d * d;
+      }, [&](int64_t i) {
+        const acc_t d = acc_t(widen(x[i])) - p;
+        t1 += d;
+        t2 += d * d;
+      });
+    }
+    double b1 = t1, b2 = t2;
+    for (int64_t u = 0; u < kUnroll; ++u) {
+      b1 += total<acc_t>(s1[u]);
+      b2 += total<acc_t>(s2[u]);
+    }
+    const double values = static_cast<double>((n1 - n0) * shape.s);
+    const BlockMoments b = around(values, static_cast<double>(p), b1, b2);
+    Merge(count, values)(mu, m2, b.mean, b.m2);
+    count += values;
+    pivot = mu;
   }
   mean = mu;
   squares = m2;
@@ -439,34 +521,46 @@ void plane_affine(const Shape& shape, int64_t c, const T* px, acc_t a, acc_t k, 
   for (int64_t n = 0; n < shape.n; ++n) {
     const int64_t base = (n * shape.c + c) * shape.s;
     const T* x = px + base;
-    write(py + base, shape.s, [&](int64_t s) { return activate<kRelu>(pre(a, acc_t(widen(x[s])), k)); }, stream);
+    write<T, acc_t>(py + base, shape.s, [&](auto u, int64_t s) {
+      using U = decltype(u);
+      return activate<kRelu>(pre(broadcast<U>(a), get<U>(x, s), broadcast<U>(k)));
+    }, stream);
   }
 }
 
-// Σg and Σg·(x − μ) over channel c, g = dy masked by the ReLU when kRelu: per lane in acc_t within
-// a block of plane_sums_rows rows, in double beyond.
+// Σg and Σg·(x − μ) over channel c, g = dy masked by the ReLU when kRelu: in register vectors within
+// a block of plane_block_rows rows, in double beyond.
 template <bool kRelu, typename T, typename acc_t>
 void plane_gradient_sums(const Shape& shape, int64_t c, const T* pdy, const T* px, acc_t mu, acc_t a, acc_t k,
                          double& sum_dy, double& sum_dy_centered) {
-  const int64_t block = plane_sums_rows(shape);
-  std::vector<acc_t> lanes0(std::min(kLanes, shape.s)), lanes1(lanes0.size());
-  acc_t *p0 = lanes0.data(), *p1 = lanes1.data();
+  using V = vec<acc_t>;
+  const int64_t block = plane_block_rows<acc_t>(shape);
+  const V vmu = splat(mu), va = splat(a), vk = splat(k);
   double total_dy = 0, total_dy_centered = 0;
-  for (int64_t first = 0; first < shape.n; first += block) {
-    std::fill(lanes0.begin(), lanes0.end(), acc_t(0));
-    std::fill(lanes1.begin(), lanes1.end(), acc_t(0));
-    for_each_piece(shape, c, first, std::min(shape.n, first + block), [&](int64_t at, int64_t len) {
-      const T *dy = pdy + at, *x = px + at;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
+  for (int64_t n0 = 0; n0 < shape.n; n0 += block) {
+    V s0[kUnroll] = {}, s1[kUnroll] = {};
+    acc_t t0 = 0, t1 = 0;
+    for (int64_t n = n0; n < std::min(shape.n, n0 + block); ++n) {
+      const int64_t base = (n * shape.c + c) * shape.s;
+      const T *dy = pdy + base, *x = px + base;
+      over_row<acc_t>(shape.s, [&](int64_t u, int64_t i) {
+        const V xv = load<acc_t>(x + i);
+        const V g = masked<kRelu>(load<acc_t>(dy + i), va, xv, vk);
+        s0[u] += g;
+        s1[u] += g * (xv - vmu);
+      }, [&](int64_t i) {
         const acc_t xv = widen(x[i]);
         const acc_t g = masked<kRelu>(acc_t(widen(dy[i])), a, xv, k);
-        p0[i] += g;
-        p1[i] += g * (xv - mu);
-      }
-    });
-    total_dy += lane_sum(lanes0);
-    total_dy_centered += lane_sum(lanes1);
+        t0 += g;
+        t1 += g * (xv - mu);
+      });
+    }
+    total_dy += t0;
+    total_dy_centered += t1;
+    for (int64_t u = 0; u < kUnroll; ++u) {
+      total_dy += total<acc_t>(s0[u]);
+      total_dy_centered += total<acc_t>(s1[u]);
+    }
   }
   sum_dy = total_dy;
   sum_dy_centered = total_dy_centered;
@@ -480,16 +574,17 @@ void plane_grad_input(const Shape& shape, int64_t c, const T* pdy, const T* px, 
   for (int64_t n = 0; n < shape.n; ++n) {
     const int64_t base = (n * shape.c + c) * shape.s;
     const T *dy = pdy + base, *x = px + base;
-    write(pdx + base, shape.s, [&](int64_t s) {
+    write<T, acc_t>(pdx + base, shape.s, [&](auto u, int64_t s) {
+      using U = decltype(u);
       if constexpr (!kRelu && !kWithX) {
-        return A * acc_t(widen(dy[s]));
+        return broadcast<U>(A) * get<U>(dy, s);
       } else {
-        const acc_t xv = widen(x[s]);
-        const acc_t g = masked<kRelu>(acc_t(widen(dy[s])), a, xv, k);
+        const U xv = get<U>(x, s);
+        const U g = masked<kRelu>(get<U>(dy, s), broadcast<U>(a), xv, broadcast<U>(k));
         if constexpr (kWithX) {
-          return A * g + B * xv + K;
+          return broadcast<U>(A) * g + broadcast<U>(B) * xv + broadcast<U>(K);
         } else {
-          return A * g;
+          return broadcast<U>(A) * g;
         }
       }
     }, stream);
@@ -499,41 +594,59 @@ void plane_grad_input(const Shape& shape, int64_t c, const T* pdy, const T* px, 
 // ---------------------------------------------------------------------------------------------
 // Rows of C channels (S == 1: (N, C) and channels_last): vectorized across the channels.
 
-// Mean and Σ(x − μ)² per channel over rows [r0, r1): each block is summed twice while in L1 (its
-// mean, then its squared deviations), per stripe position then per channel, blocks merged in double.
+// Mean and Σ(x − μ)² per channel over rows [r0, r1) in one pass: blocks of kValuesPerLane rows summed
+// around the running mean in register vectors across the channels, merged in double (around()).
 template <typename T, typename acc_t>
-void rows_moments(const Shape& shape, const Stripes& st, int64_t r0, int64_t r1, const T* px, double* mean,
-                  double* squares) {
-  const int64_t C = shape.c, P = st.width;
-  std::vector<acc_t> sum(P), m2(P), centre(P), channel_sum(C), channel_m2(C);
+void rows_moments(const Shape& shape, int64_t r0, int64_t r1, const T* px, double* mean, double* squares) {
+  using V = vec<acc_t>;
+  constexpr int64_t W = kWidth<acc_t>;
+  const int64_t C = shape.c, head = std::min<int64_t>(8, r1 - r0);
+  std::vector<acc_t> pivot(C), s1(C), s2(C);
   std::fill(mean, mean + C, 0.0);
   std::fill(squares, squares + C, 0.0);
+  for (int64_t r = r0; r < r0 + head; ++r)
+    for (int64_t c = 0; c < C; ++c) mean[c] += widen(px[r * C + c]);
+  for (int64_t c = 0; c < C; ++c) pivot[c] = static_cast<acc_t>(mean[c] / static_cast<double>(head));
+  std::fill(mean, mean + C, 0.0);
   double count = 0;
-  for (int64_t first = r0; first < r1; first += st.block_rows) {
-    const int64_t last = std::min(r1, first + st.block_rows), rows = last - first;
-    acc_t *ps = sum.data(), *pm = m2.data(), *pc = centre.data();
-    std::fill(sum.begin(), sum.end(), acc_t(0));
-    std::fill(m2.begin(), m2.end(), acc_t(0));
-    for_each_stripe(shape, st, first, last, [&](int64_t at, int64_t len) {
-      const T* x = px + at;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) ps[i] += widen(x[i]);
-    });
-    fold(ps, st, C, channel_sum.data());
-    for (int64_t c = 0; c < C; ++c) channel_sum[c] /= static_cast<acc_t>(rows);  // now the block's mean
-    tile(channel_sum.data(), st, C, pc);
-    for_each_stripe(shape, st, first, last, [&](int64_t at, int64_t len) {
-      const T* x = px + at;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const acc_t d = widen(x[i]) - pc[i];
-        pm[i] += d * d;
+  for (int64_t first = r0; first < r1; first += kValuesPerLane) {
+    const int64_t last = std::min(r1, first + kValuesPerLane);
+    over_channels<acc_t>(C, [&](auto tile, int64_t c0) {
+      constexpr int64_t U = decltype(tile)::value;
+      V p[U], a1[U] = {}, a2[U] = {};
+#pragma GCC unroll 4
+      for (int64_t u = 0; u < U; ++u) p[u] = load<acc_t>(pivot.data() + c0 + u * W);
+      for (int64_t r = first; r < last; ++r) {
+        const T* x = px + r * C + c0;
+#pragma GCC unroll 4
+        for (int64_t u = 0; u < U; ++u) {
+          const V d = load<acc_t>(x + u * W) - p[u];
+          a1[u] += d;
+          a2[u] += d * d;
+        }
       }
+      for (int64_t u = 0; u < U; ++u) {
+        std::memcpy(s1.data() + c0 + u * W, &a1[u], sizeof(V));
+        std::memcpy(s2.data() + c0 + u * W, &a2[u], sizeof(V));
+      }
+    }, [&](int64_t c) {
+      acc_t t1 = 0, t2 = 0;
+      for (int64_t r = first; r < last; ++r) {
+        const acc_t d = acc_t(widen(px[r * C + c])) - pivot[c];
+        t1 += d;
+        t2 += d * d;
+      }
+      s1[c] = t1;
+      s2[c] = t2;
     });
-    fold(pm, st, C, channel_m2.data());
-    const Merge merge(count, static_cast<double>(rows));
-    for (int64_t c = 0; c < C; ++c) merge(mean[c], squares[c], pc[c], channel_m2[c]);
-    count += rows;
+    const double n = static_cast<double>(last - first);
+    const Merge merge(count, n);
+    for (int64_t c = 0; c < C; ++c) {
+      const BlockMoments b = around(n, static_cast<double>(pivot[c]), s1[c], s2[c]);
+      merge(mean[c], squares[c], b.mean, b.m2);
+      pivot[c] = static_cast<acc_t>(mean[c]);
+    }
+    count += n;
   }
 }
 
@@ -545,7 +658,7 @@ void all_rows_moments(const Shape& shape, const T* px, double* mean, double* squ
   std::vector<double> part_mean(st.chunks * C), part_m2(st.chunks * C);
   at::parallel_for(0, st.chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i)
-      rows_moments<T, acc_t>(shape, st, i * st.chunk_rows, std::min(shape.n, (i + 1) * st.chunk_rows), px,
+      rows_moments<T, acc_t>(shape, i * st.chunk_rows, std::min(shape.n, (i + 1) * st.chunk_rows), px,
                              &part_mean[i * C], &part_m2[i * C]);
   });
   std::copy(part_mean.begin(), part_mean.begin() + C, mean);
@@ -575,42 +688,72 @@ void rows_affine(const Shape& shape, const T* px, const acc_t* a, const acc_t* k
   const bool stream = streams_output<T>(shape);
   parallel_stripes(shape, st, [&](int64_t at, int64_t len) {
     const T* x = px + at;
-    write(py + at, len, [&](int64_t i) { return activate<kRelu>(pre(pa[i], acc_t(widen(x[i])), pk[i])); }, stream);
+    write<T, acc_t>(py + at, len, [&](auto u, int64_t i) {
+      using U = decltype(u);
+      return activate<kRelu>(pre(get<U>(pa, i), get<U>(x, i), get<U>(pk, i)));
+    }, stream);
   });
 }
 
-// Σg and Σg·(x − μ) per channel over all rows: fixed chunks in parallel, each summed per stripe
-// position in acc_t, chunks merged in double in order.
+// Σg and Σg·(x − μ) per channel over rows [r0, r1), added to the double sums: blocks of kValuesPerLane rows
+// in register vectors across the channels.
+template <bool kRelu, typename T, typename acc_t>
+void rows_gradient_sums(const Shape& shape, int64_t r0, int64_t r1, const T* pdy, const T* px, const acc_t* mu,
+                        const acc_t* a, const acc_t* k, double* sum_dy, double* sum_dy_centered) {
+  using V = vec<acc_t>;
+  constexpr int64_t W = kWidth<acc_t>;
+  const int64_t C = shape.c;
+  for (int64_t first = r0; first < r1; first += kValuesPerLane) {
+    const int64_t last = std::min(r1, first + kValuesPerLane);
+    over_channels<acc_t>(C, [&](auto tile, int64_t c0) {
+      constexpr int64_t U = decltype(tile)::value;
+      V vmu[U], va[U], vk[U], s0[U] = {}, s1[U] = {};
+#pragma GCC unroll 4
+      for (int64_t u = 0; u < U; ++u) {
+        vmu[u] = load<acc_t>(mu + c0 + u * W);
+        va[u] = load<acc_t>(a + c0 + u * W);
+        vk[u] = load<acc_t>(k + c0 + u * W);
+      }
+      for (int64_t r = first; r < last; ++r) {
+        const int64_t at = r * C + c0;
+#pragma GCC unroll 4
+        for (int64_t u = 0; u < U; ++u) {
+          const V xv = load<acc_t>(px + at + u * W);
+          const V g = masked<kRelu>(load<acc_t>(pdy + at + u * W), va[u], xv, vk[u]);
+          s0[u] += g;
+          s1[u] += g * (xv - vmu[u]);
+        }
+      }
+      for (int64_t u = 0; u < U; ++u)
+        for (int64_t j = 0; j < W; ++j) {
+          sum_dy[c0 + u * W + j] += s0[u][j];
+          sum_dy_centered[c0 + u * W + j] += s1[u][j];
+        }
+    }, [&](int64_t c) {
+      acc_t t0 = 0, t1 = 0;
+      for (int64_t r = first; r < last; ++r) {
+        const acc_t xv = widen(px[r * C + c]);
+        const acc_t g = masked<kRelu>(acc_t(widen(pdy[r * C + c])), a[c], xv, k[c]);
+        t0 += g;
+        t1 += g * (xv - mu[c]);
+      }
+      sum_dy[c] += t0;
+      sum_dy_centered[c] += t1;
+    });
+  }
+}
+
+// Σg and Σg·(x − μ) per channel over all rows: fixed chunks in parallel, merged in double in order.
 template <bool kRelu, typename T, typename acc_t>
 void all_rows_gradient_sums(const Shape& shape, const T* pdy, const T* px, const acc_t* mu, const acc_t* a,
                             const acc_t* k, double* sum_dy, double* sum_dy_centered) {
   const Stripes st = stripes_of(shape);
-  const int64_t C = shape.c, P = st.width;
-  const std::vector<acc_t> tmu = tiled(mu, st, C), ta = tiled(a, st, C), tk = tiled(k, st, C);
+  const int64_t C = shape.c;
   std::vector<double> part0(st.chunks * C, 0.0), part1(st.chunks * C, 0.0);
   at::parallel_for(0, st.chunks, 1, [&](int64_t b, int64_t e) {
-    std::vector<acc_t> r0(P), r1(P), c0(C), c1(C);
-    const acc_t *pmu = tmu.data(), *pa = ta.data(), *pk = tk.data();
-    for (int64_t i = b; i < e; ++i) {
-      acc_t *p0 = r0.data(), *p1 = r1.data();
-      std::fill(r0.begin(), r0.end(), acc_t(0));
-      std::fill(r1.begin(), r1.end(), acc_t(0));
-      const int64_t first = i * st.chunk_rows, last = std::min(shape.n, first + st.chunk_rows);
-      for_each_stripe(shape, st, first, last, [&](int64_t at, int64_t len) {
-        const T *dy = pdy + at, *x = px + at;
-#pragma omp simd
-        for (int64_t j = 0; j < len; ++j) {
-          const acc_t xv = widen(x[j]);
-          const acc_t g = masked<kRelu>(acc_t(widen(dy[j])), pa[j], xv, pk[j]);
-          p0[j] += g;
-          p1[j] += g * (xv - pmu[j]);
-        }
-      });
-      fold(p0, st, C, c0.data());
-      fold(p1, st, C, c1.data());
-      std::copy(c0.begin(), c0.end(), &part0[i * C]);
-      std::copy(c1.begin(), c1.end(), &part1[i * C]);
-    }
+    for (int64_t i = b; i < e; ++i)
+      rows_gradient_sums<kRelu, T, acc_t>(shape, i * st.chunk_rows, std::min(shape.n, (i + 1) * st.chunk_rows), pdy,
+                                          px, mu, a, k, &part0[i * C], &part1[i * C]);
   });
   for (int64_t c = 0; c < C; ++c) {
     double t0 = 0, t1 = 0;
@@ -635,16 +778,17 @@ void rows_grad_input(const Shape& shape, const T* pdy, const T* px, const acc_t*
   const bool stream = streams_output<T>(shape);
   parallel_stripes(shape, st, [&](int64_t at, int64_t len) {
     const T *dy = pdy + at, *x = px + at;
-    write(pdx + at, len, [&](int64_t i) {
+    write<T, acc_t>(pdx + at, len, [&](auto u, int64_t i) {
+      using U = decltype(u);
       if constexpr (!kRelu && !kWithX) {
-        return pA[i] * acc_t(widen(dy[i]));
+        return get<U>(pA, i) * get<U>(dy, i);
       } else {
-        const acc_t xv = widen(x[i]);
-        const acc_t g = masked<kRelu>(acc_t(widen(dy[i])), pa[i], xv, pk[i]);
+        const U xv = get<U>(x, i);
+        const U g = masked<kRelu>(get<U>(dy, i), get<U>(pa, i), xv, get<U>(pk, i));
         if constexpr (kWithX) {
-          return pA[i] * g + pB[i] * xv + pK[i];
+          return get<U>(pA, i) * g + get<U>(pB, i) * xv + get<U>(pK, i);
         } else {
-          return pA[i] * g;
+          return get<U>(pA, i) * g;
         }
       }
     }, stream);
@@ -740,8 +884,11 @@ void affine_output(const Shape& shape, bool relu, const Tensor& x, const acc_t* 
     parallel_writes(0, planes, grain, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t c = p % shape.c;
-        write(py + p * shape.s, shape.s,
-              [&](int64_t s) { return activate<kRelu>(pre(a[c], acc_t(widen(px[p * shape.s + s])), k[c])); }, stream);
+        const T* x = px + p * shape.s;
+        write<T, acc_t>(py + p * shape.s, shape.s, [&](auto u, int64_t s) {
+          using U = decltype(u);
+          return activate<kRelu>(pre(broadcast<U>(a[c]), get<U>(x, s), broadcast<U>(k[c])));
+        }, stream);
       }
     });
   });
@@ -976,7 +1123,8 @@ Tensor to_bf16(const Tensor& x) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "to_bf16 takes contiguous float32");
   Tensor y = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
   const float* src = x.const_data_ptr<float>();
-  write(reinterpret_cast<uint16_t*>(y.mutable_data_ptr()), x.numel(), [&](int64_t i) { return src[i]; });
+  write<uint16_t, float>(reinterpret_cast<uint16_t*>(y.mutable_data_ptr()), x.numel(),
+                         [&](auto u, int64_t i) { return get<decltype(u)>(src, i); });
   return y;
 }
 
