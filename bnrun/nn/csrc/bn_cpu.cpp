@@ -48,6 +48,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -371,37 +372,16 @@ int64_t channel_grain(const Shape& shape) { return std::max<int64_t>(1, kWork / 
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Rows of C channels (S == 1): the elementwise passes run over stripes of R whole rows, P = R·C ≥ 256
-// values, so that every loop runs over P contiguous values (channel i % C) with the per-channel
-// vectors repeated R times, instead of paying a loop's overhead per row of C. The sums run over
-// chunks (one task each) of whole blocks of kValuesPerLane rows, at least kWork values, fixed by the
-// shape alone.
-struct Stripes {
-  int64_t rows, width, chunk_rows, chunks;
+// Rows of C channels (S == 1) are split into chunks (one task each) of whole blocks of kValuesPerLane
+// rows, at least kWork values, fixed by the shape alone, so that the sums do not depend on the number
+// of threads.
+struct Chunks {
+  int64_t rows, count;
 };
 
-Stripes stripes_of(const Shape& shape) {
-  const int64_t r = std::max<int64_t>(1, ceil_div(256, shape.c));
-  const int64_t chunk = kValuesPerLane * std::max<int64_t>(1, ceil_div(kWork, kValuesPerLane * shape.c));
-  return {r, r * shape.c, chunk, ceil_div(shape.n, chunk)};
-}
-
-// v (C values) repeated to fill one stripe.
-template <typename acc_t>
-void tile(const acc_t* v, const Stripes& st, int64_t channels, acc_t* out) {
-  for (int64_t r = 0; r < st.rows; ++r) std::copy(v, v + channels, out + r * channels);
-}
-template <typename acc_t>
-std::vector<acc_t> tiled(const acc_t* v, const Stripes& st, int64_t channels) {
-  std::vector<acc_t> out(st.width);
-  tile(v, st, channels, out.data());
-  return out;
-}
-
-// f(first value, count) for each stripe, or the partial stripe at the end, of rows [r0, r1).
-template <typename F>
-inline void for_each_stripe(const Shape& shape, const Stripes& st, int64_t r0, int64_t r1, const F& f) {
-  for (int64_t row = r0; row < r1; row += st.rows) f(row * shape.c, (std::min(r1, row + st.rows) - row) * shape.c);
+Chunks chunks_of(const Shape& shape) {
+  const int64_t rows = kValuesPerLane * std::max<int64_t>(1, ceil_div(kWork, kValuesPerLane * shape.c));
+  return {rows, ceil_div(shape.n, rows)};
 }
 
 template <typename scalar_t>
@@ -653,45 +633,94 @@ void rows_moments(const Shape& shape, int64_t r0, int64_t r1, const T* px, doubl
 // Per-channel mean and Σ(x − μ)² over all rows: fixed chunks in parallel, merged in order.
 template <typename T, typename acc_t>
 void all_rows_moments(const Shape& shape, const T* px, double* mean, double* squares) {
-  const Stripes st = stripes_of(shape);
+  const Chunks chunks = chunks_of(shape);
   const int64_t C = shape.c;
-  std::vector<double> part_mean(st.chunks * C), part_m2(st.chunks * C);
-  at::parallel_for(0, st.chunks, 1, [&](int64_t b, int64_t e) {
+  std::vector<double> part_mean(chunks.count * C), part_m2(chunks.count * C);
+  at::parallel_for(0, chunks.count, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i)
-      rows_moments<T, acc_t>(shape, i * st.chunk_rows, std::min(shape.n, (i + 1) * st.chunk_rows), px,
+      rows_moments<T, acc_t>(shape, i * chunks.rows, std::min(shape.n, (i + 1) * chunks.rows), px,
                              &part_mean[i * C], &part_m2[i * C]);
   });
   std::copy(part_mean.begin(), part_mean.begin() + C, mean);
   std::copy(part_m2.begin(), part_m2.begin() + C, squares);
-  for (int64_t i = 1; i < st.chunks; ++i) {
-    const double count = static_cast<double>(i * st.chunk_rows);
-    const Merge merge(count, static_cast<double>(std::min(shape.n, (i + 1) * st.chunk_rows)) - count);
+  for (int64_t i = 1; i < chunks.count; ++i) {
+    const double count = static_cast<double>(i * chunks.rows);
+    const Merge merge(count, static_cast<double>(std::min(shape.n, (i + 1) * chunks.rows)) - count);
     for (int64_t c = 0; c < C; ++c) merge(mean[c], squares[c], part_mean[i * C + c], part_m2[i * C + c]);
   }
 }
 
-// f(first value, count) for every stripe of all rows, stripes split among threads (which may stream).
-template <typename F>
-void parallel_stripes(const Shape& shape, const Stripes& st, const F& f) {
-  const int64_t per_task = std::max<int64_t>(1, st.chunk_rows / st.rows);
-  parallel_writes(0, ceil_div(shape.n, st.rows), per_task, [&](int64_t s0, int64_t s1) {
-    for_each_stripe(shape, st, s0 * st.rows, std::min(shape.n, s1 * st.rows), f);
+// Stores U register vectors of acc_t at dst as T: bfloat16 two vectors per store (pack_bf16), an odd
+// last one as half a store; streamed where `stream` and the address is aligned (inside a task of
+// parallel_writes, which fences them); float16 a value at a time.
+template <typename T, int64_t U, typename acc_t>
+inline void store_vectors(T* dst, const vec<acc_t> (&v)[U], bool stream) {
+  constexpr int64_t W = kWidth<acc_t>;
+  const auto put = [stream](void* to, const void* from) {
+    if (stream && reinterpret_cast<uintptr_t>(to) % kVecBytes == 0) {
+      stream_vector(to, from);
+    } else {
+      std::memcpy(to, from, kVecBytes);
+    }
+  };
+  if constexpr (std::is_same_v<T, acc_t>) {
+    for (int64_t u = 0; u < U; ++u) put(dst + u * W, &v[u]);
+  } else if constexpr (std::is_same_v<T, uint16_t>) {
+    alignas(64) char packed[kVecBytes];
+    for (int64_t u = 0; u + 1 < U; u += 2) {
+      pack_bf16(packed, v[u], v[u + 1]);
+      put(dst + u * W, packed);
+    }
+    if constexpr (U % 2 == 1) {
+      pack_bf16(packed, v[U - 1], v[U - 1]);
+      std::memcpy(dst + (U - 1) * W, packed, kVecBytes / 2);
+    }
+  } else {
+    for (int64_t u = 0; u < U; ++u)
+      for (int64_t j = 0; j < W; ++j) dst[u * W + j] = static_cast<T>(v[u][j]);
+  }
+}
+
+// out[r·C + c] = value(U{}, q, r·C + c) over all rows, in parallel chunks, where q holds the K per-channel
+// coefficients (coefficients[i][c]) as U: register vectors of kWidth channels, loaded once per tile of
+// channels (over_channels) and kept in registers down the rows, or one value per channel for the last
+// C % kWidth.
+template <typename T, typename acc_t, size_t K, typename F>
+void rows_map(const Shape& shape, const std::array<const acc_t*, K>& coefficients, T* out, const F& value) {
+  using V = vec<acc_t>;
+  constexpr int64_t W = kWidth<acc_t>;
+  const int64_t C = shape.c;
+  const Chunks chunks = chunks_of(shape);
+  const bool stream = streams_output<T>(shape);
+  parallel_writes(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
+    const int64_t r0 = i0 * chunks.rows, r1 = std::min(shape.n, i1 * chunks.rows);
+    over_channels<acc_t>(C, [&](auto tile, int64_t c0) {
+      constexpr int64_t U = decltype(tile)::value;
+      V q[U][K];
+#pragma GCC unroll 4
+      for (int64_t u = 0; u < U; ++u)
+        for (size_t i = 0; i < K; ++i) q[u][i] = load<acc_t>(coefficients[i] + c0 + u * W);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t at = r * C + c0;
+        V values[U];
+#pragma GCC unroll 4
+        for (int64_t u = 0; u < U; ++u) values[u] = value(V{}, q[u], at + u * W);
+        store_vectors<T, U, acc_t>(out + at, values, stream);
+      }
+    }, [&](int64_t c) {
+      acc_t q[K];
+      for (size_t i = 0; i < K; ++i) q[i] = coefficients[i][c];
+      for (int64_t r = r0; r < r1; ++r) out[r * C + c] = narrow<T>(value(acc_t{}, q, r * C + c));
+    });
   });
 }
 
 // y = g(a·x + k) over all rows, in parallel.
 template <bool kRelu, typename T, typename acc_t>
 void rows_affine(const Shape& shape, const T* px, const acc_t* a, const acc_t* k, T* py) {
-  const Stripes st = stripes_of(shape);
-  const std::vector<acc_t> ta = tiled(a, st, shape.c), tk = tiled(k, st, shape.c);
-  const acc_t *pa = ta.data(), *pk = tk.data();
-  const bool stream = streams_output<T>(shape);
-  parallel_stripes(shape, st, [&](int64_t at, int64_t len) {
-    const T* x = px + at;
-    write<T, acc_t>(py + at, len, [&](auto u, int64_t i) {
-      using U = decltype(u);
-      return activate<kRelu>(pre(get<U>(pa, i), get<U>(x, i), get<U>(pk, i)));
-    }, stream);
+  rows_map<T, acc_t, 2>(shape, {a, k}, py, [&](auto u, const auto* q, int64_t at) {
+    using U = decltype(u);
+    return activate<kRelu>(pre(q[0], get<U>(px, at), q[1]));
   });
 }
 
@@ -747,17 +776,17 @@ void rows_gradient_sums(const Shape& shape, int64_t r0, int64_t r1, const T* pdy
 template <bool kRelu, typename T, typename acc_t>
 void all_rows_gradient_sums(const Shape& shape, const T* pdy, const T* px, const acc_t* mu, const acc_t* a,
                             const acc_t* k, double* sum_dy, double* sum_dy_centered) {
-  const Stripes st = stripes_of(shape);
+  const Chunks chunks = chunks_of(shape);
   const int64_t C = shape.c;
-  std::vector<double> part0(st.chunks * C, 0.0), part1(st.chunks * C, 0.0);
-  at::parallel_for(0, st.chunks, 1, [&](int64_t b, int64_t e) {
+  std::vector<double> part0(chunks.count * C, 0.0), part1(chunks.count * C, 0.0);
+  at::parallel_for(0, chunks.count, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i)
-      rows_gradient_sums<kRelu, T, acc_t>(shape, i * st.chunk_rows, std::min(shape.n, (i + 1) * st.chunk_rows), pdy,
+      rows_gradient_sums<kRelu, T, acc_t>(shape, i * chunks.rows, std::min(shape.n, (i + 1) * chunks.rows), pdy,
                                           px, mu, a, k, &part0[i * C], &part1[i * C]);
   });
   for (int64_t c = 0; c < C; ++c) {
     double t0 = 0, t1 = 0;
-    for (int64_t i = 0; i < st.chunks; ++i) {
+    for (int64_t i = 0; i < chunks.count; ++i) {
       t0 += part0[i * C + c];
       t1 += part1[i * C + c];
     }
@@ -770,29 +799,22 @@ void all_rows_gradient_sums(const Shape& shape, const T* pdy, const T* px, const
 template <bool kRelu, bool kWithX, typename T, typename acc_t>
 void rows_grad_input(const Shape& shape, const T* pdy, const T* px, const acc_t* a, const acc_t* k, const acc_t* A,
                      const acc_t* B, const acc_t* K, T* pdx) {
-  const Stripes st = stripes_of(shape);
-  const int64_t C = shape.c;
-  const std::vector<acc_t> ta = tiled(a, st, C), tk = tiled(k, st, C), tA = tiled(A, st, C);
-  const std::vector<acc_t> tB = kWithX ? tiled(B, st, C) : std::vector<acc_t>(), tK = kWithX ? tiled(K, st, C) : tB;
-  const acc_t *pa = ta.data(), *pk = tk.data(), *pA = tA.data(), *pB = tB.data(), *pK = tK.data();
-  const bool stream = streams_output<T>(shape);
-  parallel_stripes(shape, st, [&](int64_t at, int64_t len) {
-    const T *dy = pdy + at, *x = px + at;
-    write<T, acc_t>(pdx + at, len, [&](auto u, int64_t i) {
+  if constexpr (kWithX) {
+    rows_map<T, acc_t, 5>(shape, {a, k, A, B, K}, pdx, [&](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
-      if constexpr (!kRelu && !kWithX) {
-        return get<U>(pA, i) * get<U>(dy, i);
+      const U xv = get<U>(px, at);
+      return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], xv, q[1]) + q[3] * xv + q[4];
+    });
+  } else {
+    rows_map<T, acc_t, 3>(shape, {a, k, A}, pdx, [&](auto u, const auto* q, int64_t at) {
+      using U = decltype(u);
+      if constexpr (kRelu) {
+        return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], get<U>(px, at), q[1]);
       } else {
-        const U xv = get<U>(x, i);
-        const U g = masked<kRelu>(get<U>(dy, i), get<U>(pa, i), xv, get<U>(pk, i));
-        if constexpr (kWithX) {
-          return get<U>(pA, i) * g + get<U>(pB, i) * xv + get<U>(pK, i);
-        } else {
-          return get<U>(pA, i) * g;
-        }
+        return q[2] * get<U>(pdy, at);
       }
-    }, stream);
-  });
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
