@@ -799,21 +799,29 @@ void all_rows_gradient_sums(const Shape& shape, const T* pdy, const T* px, const
 template <bool kRelu, bool kWithX, typename T, typename acc_t>
 void rows_grad_input(const Shape& shape, const T* pdy, const T* px, const acc_t* a, const acc_t* k, const acc_t* A,
                      const acc_t* B, const acc_t* K, T* pdx) {
-  if constexpr (kWithX) {
+  if constexpr (kWithX && kRelu) {
     rows_map<T, acc_t, 5>(shape, {a, k, A, B, K}, pdx, [&](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
       const U xv = get<U>(px, at);
       return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], xv, q[1]) + q[3] * xv + q[4];
     });
-  } else {
-    rows_map<T, acc_t, 3>(shape, {a, k, A}, pdx, [&](auto u, const auto* q, int64_t at) {
+  } else if constexpr (kWithX) {  // no mask: three coefficients in registers instead of five
+    rows_map<T, acc_t, 3>(shape, {A, B, K}, pdx, [&](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
-      if constexpr (kRelu) {
-        return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], get<U>(px, at), q[1]);
-      } else {
-        return q[2] * get<U>(pdy, at);
-      }
+      return q[0] * get<U>(pdy, at) + q[1] * get<U>(px, at) + q[2];
     });
+  } else {
+    if constexpr (kRelu) {
+      rows_map<T, acc_t, 3>(shape, {a, k, A}, pdx, [&](auto u, const auto* q, int64_t at) {
+        using U = decltype(u);
+        return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], get<U>(px, at), q[1]);
+      });
+    } else {
+      rows_map<T, acc_t, 1>(shape, {A}, pdx, [&](auto u, const auto* q, int64_t at) {
+        using U = decltype(u);
+        return q[0] * get<U>(pdy, at);
+      });
+    }
   }
 }
 
