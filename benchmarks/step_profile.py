@@ -54,9 +54,9 @@ def label_batch_norm(model: torch.nn.Module) -> None:
     """bnrun's eager calls reach the kernel through its own binding, which the profiler does not see as an
     op: each BN layer's forward is recorded as a range named "bnrun batch norm" instead (its backward is the
     autograd node `TrainFunction`)."""
+    ranges = []  # the open range of the layer running now (BN layers do not nest)
     for module in model.modules():
         if type(module).__module__.startswith("bnrun.nn"):
-            ranges = []
             module.register_forward_pre_hook(lambda *_: ranges.append(record_function("bnrun batch norm").__enter__()))
             module.register_forward_hook(lambda *_: ranges.pop().__exit__(None, None, None))
 
