@@ -19,14 +19,14 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
+from train_throughput import sgd_step  # benchmarks/, the script's own folder
 
 from bnrun.config import AUTO_PRECISION, TrainConfig, resolve_precision
 from bnrun.nn import fused
 from bnrun.training.loop import make_optimizer
 from bnrun.training.models import build_model
-from bnrun.training.precision import autocast, bf16_unsupported
+from bnrun.training.precision import bf16_unsupported
 
 BATCH = 128
 # Kinds of op, first match wins (op names lower-cased): what each op's self time is counted as.
@@ -73,16 +73,7 @@ def make_step(arch: str, impl: str):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (BATCH,))
-
-    def step() -> None:
-        with autocast(precision, "cpu"):
-            logits = model(x).float()
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step, precision
+    return sgd_step(model, optimizer, x, y, precision), precision
 
 
 def step_times(steps: dict, rounds: int, inner: int) -> dict[str, list[float]]:

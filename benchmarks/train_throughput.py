@@ -45,7 +45,11 @@ BATCH = 128
 def make_step(arch: str, bn: str, impl: str, fused: bool, x, y, channels_last: bool = False, precision: str = "fp32"):
     torch.manual_seed(0)
     model = build_model(arch, bn, impl, fused, channels_last).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    return sgd_step(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), x, y, precision)
+
+
+def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x, y, precision: str):
+    """One training step of `model` on the batch (x, y): forward under autocast, loss, backward, update."""
 
     def step() -> None:
         with autocast(precision, "cpu"):

@@ -76,6 +76,7 @@ DEGENERATE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a fresh process per path
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
 def test_degenerate_input_as_torch_or_a_clear_error(fused):
     result = subprocess.run([sys.executable, "-c", DEGENERATE.replace("FUSED", str(fused))], capture_output=True, text=True,

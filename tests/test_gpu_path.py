@@ -261,6 +261,7 @@ def test_gpu_tasks_get_a_gpu_and_a_fresh_worker_each():
 
 
 
+@pytest.mark.slow  # runs benchmarks/gpu_check.sh
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check runs for real on a GPU")
 def test_gpu_check_fails_loudly_without_a_gpu():
     import subprocess

@@ -49,6 +49,7 @@ def invoke(*args: str, env: dict | None = None):
     return runner.invoke(app, list(args), env=env)
 
 
+@pytest.mark.slow  # four `bnrun report` processes
 def test_the_headline_fits_80_columns_when_piped(study):
     tables = []
     for args in (["report", "--run-id", "1-12"], ["report"], ["report", "--all"], ["report", "--by", "lr", "--arch", "mlp"]):
