@@ -453,7 +453,7 @@ inline void over_row(int64_t len, const F& f, const G& tail) {
 }
 
 // Mean and Σ(x − μ)² of channel c in one pass: each block's sums around the running mean, merged in
-// double (merge_block).
+// double with Chan et al.'s update (around()).
 template <typename T, typename acc_t>
 void plane_moments(const Shape& shape, int64_t c, const T* px, double& mean, double& squares) {
   using V = vec<acc_t>;
