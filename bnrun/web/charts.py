@@ -21,7 +21,7 @@ from bnrun.analysis.figures import (
 from bnrun.analysis.grouping import Group, Report, value_order
 from bnrun.analysis.listing import option_text
 from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, METRICS, at_chance, metric_value, scale
-from bnrun.analysis.pivots import Cell, Pivot
+from bnrun.analysis.pivots import Cell, Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS
 from bnrun.analysis.texts import recipe_line
 from bnrun.config import impl_label
@@ -289,12 +289,9 @@ def sensitivity(pivot: Pivot, where: str = "", columns: tuple | None = None) -> 
     factor = scale(pivot.metric)
     ticks, names = axis.ticks()
     panels, legend, kinds = [], {}, set()
-    for arch in dict.fromkeys(row.labels.get("arch", "all") for row in pivot.rows):
-        rows = [row for row in pivot.rows if row.labels.get("arch", "all") == arch]
-        keys = [(str(row.labels.get("bn")), impl_of(row.labels.get("bn"), row.labels.get("bn_impl"),
-                                                     row.labels.get("fused"))) for row in rows]
+    for arch, rows in styled_rows_by_arch(pivot):
         lines, marks, left = [], [], set()
-        for slot, (row, style) in enumerate(zip(rows, styles_of(keys))):
+        for slot, (row, style) in enumerate(rows):
             label = row_label(row.labels)
             legend.setdefault(label, style)
             lines.append(option_line(row, axis, style, label, pivot.metric, chance))
@@ -365,6 +362,17 @@ def option_line(row, axis: ValueAxis, style: Style, label: str, metric: str, cha
     return Line(label, style, xs, tuple(means), low, high, tips=tips)
 
 
+def styled_rows_by_arch(pivot: Pivot) -> list[tuple[str, list[tuple[PivotRow, Style]]]]:
+    """The pivot's rows per architecture (a panel each), each with its line's style."""
+    result = []
+    for arch in dict.fromkeys(row.labels.get("arch", "all") for row in pivot.rows):
+        rows = [row for row in pivot.rows if row.labels.get("arch", "all") == arch]
+        keys = [(str(row.labels.get("bn")), impl_of(row.labels.get("bn"), row.labels.get("bn_impl"),
+                                                     row.labels.get("fused"))) for row in rows]
+        result.append((arch, list(zip(rows, styles_of(keys)))))
+    return result
+
+
 def grid(pivot: Pivot, runs: dict[int, RunRecord]) -> Figure:
     """Every trial of the pivot as a point at its option value (rows side by side), linking to its run; trials
     that diverged or ended at chance as marks on the x axis."""
@@ -376,12 +384,9 @@ def grid(pivot: Pivot, runs: dict[int, RunRecord]) -> Figure:
     factor = scale(pivot.metric)
     ticks, names = axis.ticks()
     panels, legend, kinds = [], {}, set()
-    for arch in dict.fromkeys(row.labels.get("arch", "all") for row in pivot.rows):
-        rows = [row for row in pivot.rows if row.labels.get("arch", "all") == arch]
-        keys = [(str(row.labels.get("bn")), impl_of(row.labels.get("bn"), row.labels.get("bn_impl"),
-                                                     row.labels.get("fused"))) for row in rows]
+    for arch, rows in styled_rows_by_arch(pivot):
         lines, marks = [], []
-        for slot, (row, style) in enumerate(zip(rows, styles_of(keys))):
+        for slot, (row, style) in enumerate(rows):
             label = row_label(row.labels)
             dots = Style(style.color, "", style.marker, line=False)
             legend.setdefault(label, dots)
