@@ -3,6 +3,7 @@ torch.nn, pass gradcheck, and fall back to eager with a warning where they canno
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import warnings
@@ -133,6 +134,27 @@ def test_one_pass_moments_survive_an_outlier_where_the_pivot_is_taken(layout):
     layer(x)
     exact_var = x.double().var(dim=[d for d in range(x.dim()) if d != 1])
     torch.testing.assert_close((layer.running_var.double() - 0.9) / 0.1, exact_var, rtol=1e-5, atol=0)  # measured 7e-7
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0, 300.0], ids=["centred", "mean-3-sd", "mean-300-sd"])
+def test_bf16_planes_sums_match_float64_wherever_the_mean_lies(offset):
+    """bfloat16 (N, C, H, W) statistics and gradient sums, with the mean at 0, 3 and 300 standard
+    deviations: every build must give float64's variance, dγ and dβ. (The avx512-bf16 build sums x, x²,
+    dy and dy·x by dot products without a pivot below about 4 standard deviations, and takes the
+    pivoted loops above.)"""
+    torch.manual_seed(0)
+    x = (torch.randn(32, 6, 14, 14) + offset).bfloat16()
+    upstream = torch.randn(x.shape).bfloat16()
+    layer = bnn.BatchNorm2d(6, fused=True, momentum=1.0)
+    xi = x.clone().requires_grad_(True)
+    layer(xi).backward(upstream)
+    xd, ud = x.double(), upstream.double()
+    dims = [0, 2, 3]
+    mean, var = xd.mean(dims), xd.var(dims, unbiased=False)
+    x_hat = (xd - mean.view(1, -1, 1, 1)) / (var.view(1, -1, 1, 1) + layer.eps).sqrt()
+    torch.testing.assert_close(layer.running_var.double(), xd.var(dims), rtol=1e-5, atol=0)
+    torch.testing.assert_close(layer.bias.grad.double(), ud.sum(dims), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(layer.weight.grad.double(), (ud * x_hat).sum(dims), rtol=1e-4, atol=1e-3)
 
 
 def test_cpu_kernel_build_failure_warns_and_trains_eagerly(monkeypatch):
@@ -384,11 +406,12 @@ def test_bfloat16_rounding_matches_torch():
     assert torch.isnan(nan.float()).all()
 
 
-# Outputs of 4 MiB and more are written with streaming stores (bn_cpu.cpp, kStreamBytes), in both
-# dtypes here; rows of 899 values and stripes of 7 rows of 40 channels start off the vector width.
+# A pass whose tensors take the kernel's stream_bytes() or more (this machine's last-level cache) streams its
+# output (bn_cpu.cpp, streams_output); the tests below lower the threshold to 1 MiB so that these shapes
+# reach it in both dtypes. Planes of 899 values and rows of 40 channels start off the vector width.
 STREAMED_CASES = [((64, 40, 29, 31), torch.contiguous_format), ((64, 40, 29, 31), torch.channels_last)]
-# Pieces longer than the streaming write's staging buffer (1024 values): rows of 2257 values, and
-# stripes of one row of 1100 channels.
+STREAMED_THRESHOLD = 1 << 20
+# Long pieces, streamed: planes of 2257 values, and rows of 1100 channels.
 LONG_STREAMED_CASES = [((64, 16, 37, 61), torch.contiguous_format), ((128, 1100, 4, 4), torch.channels_last)]
 KERNEL_CASES = [((64, 16, 28, 28), torch.channels_last), ((8, 3, 5, 7), torch.channels_last),
                 ((300, 40), torch.contiguous_format), ((32, 6, 35), torch.contiguous_format),
@@ -438,9 +461,10 @@ def test_every_build_this_cpu_can_run_matches_torch(isa):
         pytest.skip(f"this CPU (or torch's dispatch) cannot run the {isa} build: it runs {fused.supported_isas()}")
     kernel = fused.cpu_kernel(isa)
     assert kernel is not None and kernel.isa() == isa
-    for (shape, memory_format), dtype, relu in itertools.product(KERNEL_CASES, (torch.float32, torch.bfloat16),
-                                                                  (False, True)):
-        assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu)
+    with streaming_from(kernel, STREAMED_THRESHOLD):  # the larger cases stream, STREAMED_CASES among them
+        for (shape, memory_format), dtype, relu in itertools.product(KERNEL_CASES, (torch.float32, torch.bfloat16),
+                                                                      (False, True)):
+            assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu)
 
 
 def assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu) -> None:
@@ -462,9 +486,20 @@ def assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu) -> No
 @pytest.mark.parametrize("shape,memory_format", STREAMED_CASES + LONG_STREAMED_CASES,
                          ids=["nchw", "channels_last", "nchw-long-rows", "channels_last-long-stripes"])
 def test_streamed_outputs_match_torch(shape, memory_format, dtype, relu):
-    """This machine's build on outputs large enough to be streamed: training step, prediction mode
-    and moments against torch.nn in float64."""
+    """This machine's build with its outputs streamed: training step, prediction mode and moments
+    against torch.nn in float64."""
     kernel = fused.cpu_kernel()
     assert kernel is not None
-    assert math.prod(shape) * dtype.itemsize >= kernel.stream_bytes  # the case does reach the threshold
-    assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu)
+    assert 2 * math.prod(shape) * dtype.itemsize >= STREAMED_THRESHOLD  # every pass reaches it
+    with streaming_from(kernel, STREAMED_THRESHOLD):
+        assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu)
+
+
+@contextlib.contextmanager
+def streaming_from(kernel, threshold: int):
+    """The kernel streams the outputs of passes whose tensors take `threshold` bytes or more."""
+    previous = kernel.set_stream_bytes(threshold)
+    try:
+        yield
+    finally:
+        kernel.set_stream_bytes(previous)

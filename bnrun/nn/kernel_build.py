@@ -39,8 +39,12 @@ KERNEL_NAME = "bnrun_bn_cpu"
 # float64 result and the other builds' bfloat16 are as in 1. 3: sums in register vectors of the
 # build's width, the moments in one pass around a pivot (blocks of 128 values per lane merged with
 # Chan's update), chunks of rows of channels of 128-row blocks; every build's outputs a vector at
-# a time (results differ from 2 in float rounding only; bfloat16 rounding unchanged).
-KERNEL_VERSION = 3
+# a time (results differ from 2 in float rounding only; bfloat16 rounding unchanged). 4: (N, C, S)
+# input summed and written in memory order (images in chunks, blocks of images merged with Chan's
+# update); the avx512-bf16 build sums bfloat16 planes by vdpbf16ps without a pivot (Σx, Σx², Σdy,
+# Σdy·x), a block or pass whose sums would cancel taking the pivoted loops; blocks merged with 1/n
+# multiplied rather than divided (results differ from 3 in float rounding only).
+KERNEL_VERSION = 4
 # The kernel's builds, most capable first, with the compiler flags of each.
 _AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512"]
 _AVX2 = ["-mavx2", "-mfma", "-mf16c"]

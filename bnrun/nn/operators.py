@@ -373,14 +373,13 @@ def vmap_rules(ops) -> dict:
 
 class CpuKernel:
     """One loaded build of the kernel: its operators (`ops`, torch.ops.<namespace>) and what the
-    build holds (`isa()`, `version`: kernel_build.KERNEL_VERSION as built, `stream_bytes`, `to_bf16`); `train` and `eval` call its eager binding (the
-    operators' kernels and autograd nodes in one call, without the dispatcher), `moments` its
-    operator; each says when it cannot serve an input."""
+    build holds (`isa()`, `version`: kernel_build.KERNEL_VERSION as built, `stream_bytes()`, `to_bf16`);
+    `train` and `eval` call its eager binding (the operators' kernels and autograd nodes in one call,
+    without the dispatcher), `moments` its operator; each says when it cannot serve an input."""
 
     def __init__(self, module: ModuleType):
         self.module = module
         self.namespace: str = module.namespace
-        self.stream_bytes: int = module.stream_bytes
         self.version: int = module.version
         register_python_side(self.namespace)
         self.ops = getattr(torch.ops, self.namespace)
@@ -390,6 +389,15 @@ class CpuKernel:
 
     def to_bf16(self, x: Tensor) -> Tensor:
         return self.module.to_bf16(x)
+
+    def stream_bytes(self) -> int:
+        """The bytes a pass's tensors take from which it streams its output: this machine's
+        last-level cache size, unless set_stream_bytes changed it."""
+        return self.module.stream_bytes()
+
+    def set_stream_bytes(self, bytes_: int) -> int:
+        """Sets stream_bytes() for every later call; returns the value it replaces."""
+        return self.module.set_stream_bytes(bytes_)
 
     def train(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
               running_var: Tensor | None, factor: float, eps: float, relu: bool = False,

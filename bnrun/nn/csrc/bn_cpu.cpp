@@ -5,7 +5,7 @@
 //
 // The input is viewed as (N, C, S), S = 1 for (N, C), L for (N, C, L) and H·W for (N, C, H, W);
 // every statistic is per channel over m = N·S values. Per channel:
-//   forward   μ = Σx/m, σ² = Σ(x−μ)²/m (biased; see plane_moments), ι = 1/√(σ²+ε),
+//   forward   μ = Σx/m, σ² = Σ(x−μ)²/m (biased; see images_moments), ι = 1/√(σ²+ε),
 //             y = a·x + k with a = γι, k = β − μa; running stats move towards μ and σ²·m/(m−1).
 //   backward  dβ = Σdy, dγ = ι·Σdy·(x−μ), and the closed form of functional.normalize_backward,
 //             dx = γι·(dy − (dβ + x̂·dγ)/m), expanded to dx = a·dy + b·x + k per channel.
@@ -17,15 +17,17 @@
 // output, without reading it).
 //
 // Passes: forward reads x once for the moments and once more (read + write) for the output;
-// backward reads x and dy once for the two sums and once more for dx. Contiguous (N, C, S) input
-// is processed one channel at a time, so the second pass finds the channel's N·S values in L2.
-// Outputs (y, dx) of kStreamBytes and more are written with streaming stores, which skip reading
-// the lines they overwrite and leave the cache to the input the next pass reads again.
+// backward reads x and dy once for the two sums and once more for dx. Every pass walks memory in
+// order (contiguous (N, C, S) input as its N·C planes, channels_last as rows of channels), in a
+// fixed split among threads. A pass whose tensors take more bytes than the last-level cache writes
+// its output (y, dx) with streaming stores, which skip reading the lines they overwrite and leave
+// the cache to the input the next pass reads again (streams_output).
 // Sums run in register vectors of acc_t (vec, the build's vector width) within a block, in double
 // beyond: each lane adds about kValuesPerLane values before its block is merged. The moments take
 // one pass: a block's Σ(x − p) and Σ(x − p)² around a pivot p, the running mean of the blocks
 // before it, give its mean and Σ(x − mean)² (around()), and blocks are merged with Chan et al.'s
-// update. Every output is computed and stored a register vector at a time (write()).
+// update; bfloat16 planes in the avx512-bf16 build are summed by dot products instead (dot_sums).
+// Every output is computed and stored a register vector at a time (write()).
 //
 // Precision: x (and y, dy, dx) may be float32, float64, bfloat16 or float16; every per-channel
 // tensor (γ, β, running and saved statistics, dγ, dβ) and every arithmetic step is acc_t, the
@@ -34,7 +36,7 @@
 // nearest even: by vcvtne2ps2bf16 in the avx512-bf16 build (subnormals flushed to zero),
 // elsewhere by integer arithmetic on register vectors (pack_bf16).
 // Layout: contiguous input is (N, C, S); channels_last (N, C, H, W) is read in place as N·H·W rows
-// of C channels, i.e. (N·H·W, C, 1), and y and dx are allocated in x's layout. Rows of channels are
+// of C channels, i.e. (N·H·W, C, 1), and y and dx are allocated in x's layout. Rows (or images) are
 // split among threads in fixed chunks whose partial sums are merged in order: the result does
 // not depend on the number of threads.
 //
@@ -49,13 +51,16 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
+
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -280,50 +285,68 @@ inline T narrow(acc_t v) {
   }
 }
 
+// The first `bytes` (< kVecBytes) of src at dst: one masked store where AVX-512 has them.
+inline void store_first(void* dst, const char* src, int64_t bytes) {
+#if defined(__AVX512BW__)
+  _mm512_mask_storeu_epi8(dst, (uint64_t(1) << bytes) - 1, _mm512_loadu_si512(src));
+#else
+  char* d = static_cast<char*>(dst);
+  for (int64_t j = 0; j < bytes; ++j) d[j] = src[j];
+#endif
+}
+
 // dst[i] = value(i) for i in [0, len), where value(U{}, i) gives one value (U = acc_t) or the kWidth from
 // i on (U = vec<acc_t>). float32, float64 and bfloat16 outputs are computed and stored a register vector
 // at a time (bfloat16 two vectors per store, through pack_bf16); with `stream`, and a piece of a few
 // vectors, stored with streaming stores from the first aligned address on (inside a task of
-// parallel_writes, which fences them). float16 goes one value at a time.
+// parallel_writes, which fences them). A piece shorter than a store (the head before that address, the
+// tail) is computed as whole vectors too where value's inputs have `room` values from dst's index 0 on,
+// and only its own values are stored; else one value at a time, as float16 always is.
 template <typename T, typename acc_t, typename F>
-inline void write(T* dst, int64_t len, const F& value, bool stream = false) {
+inline void write(T* dst, int64_t len, const F& value, bool stream = false, int64_t room = 0) {
   using V = vec<acc_t>;
   constexpr int64_t W = kWidth<acc_t>;
   if constexpr (!std::is_same_v<T, acc_t> && !std::is_same_v<T, uint16_t>) {
     for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<T>(value(acc_t{}, i));
   } else {
     constexpr int64_t kStep = kVecBytes / static_cast<int64_t>(sizeof(T));  // values per stored vector
-    const bool streamed = kCanStream && stream && len * static_cast<int64_t>(sizeof(T)) >= 4 * kVecBytes;
-    int64_t i = 0;
-    if (streamed)
-      for (; i < len && reinterpret_cast<uintptr_t>(dst + i) % kVecBytes != 0; ++i)
-        dst[i] = narrow<T>(value(acc_t{}, i));
-    for (; i + kStep <= len; i += kStep) {
-      alignas(64) char packed[kVecBytes];
+    alignas(64) char packed[kVecBytes];
+    const auto pack = [&](int64_t i) {
       if constexpr (std::is_same_v<T, uint16_t>) {
         pack_bf16(packed, value(V{}, i), value(V{}, i + W));
       } else {
         const V v = value(V{}, i);
         std::memcpy(packed, &v, sizeof v);
       }
+    };
+    // values [i, i + count), count < kStep
+    const auto part = [&](int64_t i, int64_t count) {
+      if (i + kStep <= room) {
+        pack(i);
+        store_first(dst + i, packed, count * static_cast<int64_t>(sizeof(T)));
+      } else {
+        for (int64_t j = i; j < i + count; ++j) dst[j] = narrow<T>(value(acc_t{}, j));
+      }
+    };
+    const bool streamed = kCanStream && stream && len * static_cast<int64_t>(sizeof(T)) >= 4 * kVecBytes;
+    int64_t i = 0;
+    if (streamed) {
+      const int64_t misaligned = static_cast<int64_t>(reinterpret_cast<uintptr_t>(dst) % kVecBytes);
+      if (misaligned != 0) {
+        i = std::min(len, (kVecBytes - misaligned) / static_cast<int64_t>(sizeof(T)));
+        part(0, i);
+      }
+    }
+    for (; i + kStep <= len; i += kStep) {
+      pack(i);
       if (streamed) {
         stream_vector(dst + i, packed);
       } else {
         std::memcpy(dst + i, packed, kVecBytes);
       }
     }
-    for (; i < len; ++i) dst[i] = narrow<T>(value(acc_t{}, i));
+    if (i < len) part(i, len - i);
   }
-}
-
-// at::parallel_for whose tasks fence their streamed stores, so that the output is whole when it
-// returns.
-template <typename F>
-void parallel_writes(int64_t begin, int64_t end, int64_t grain, const F& f) {
-  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
-    f(b, e);
-    fence_streams();
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,14 +367,38 @@ Shape shape_of(const Tensor& x) {
   return {n, c, x.numel() / (n * c)};
 }
 
-// Outputs of at least this many bytes are streamed (write's `stream`): on the AVX512-BF16 EPYC
-// (1 MiB of L2 per core) bn_layer.py's 6.4 MB and 12.8 MB outputs gained 13–22 % and its 3.2 MB
-// bfloat16 ones lost 8–12 %.
-constexpr int64_t kStreamBytes = int64_t(4) << 20;
+// The size of cpu0's highest-level cache as Linux reports it (sysfs, as lscpu reads it; glibc's
+// sysconf(_SC_LEVEL3_CACHE_SIZE) gave 320 MiB for the EPYC's 32 MiB L3 in a VM), else 32 MiB.
+int64_t last_level_cache_bytes() {
+  int64_t bytes = int64_t(32) << 20;
+  for (int index = 0, level = 0;; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    std::ifstream level_file(dir + "level"), size_file(dir + "size");
+    int this_level = 0;
+    int64_t size = 0;
+    std::string unit;
+    if (!(level_file >> this_level) || !(size_file >> size)) break;
+    size_file >> unit;  // "K" or "M", read apart from the number ("32768K")
+    const int64_t scale = unit == "M" ? int64_t(1) << 20 : unit == "K" ? int64_t(1) << 10 : 1;
+    if (this_level > level && size > 0) {
+      level = this_level;
+      bytes = size * scale;
+    }
+  }
+  return bytes;
+}
+
+// A pass whose tensors (inputs and output) take at least this many bytes streams its output (write's
+// `stream`): the last-level cache's size, so that a pass whose tensors fit leaves its output in the cache for
+// the next pass or layer. On the AVX512-BF16 EPYC (32 MiB of L3), bn_layer.py's rows, whose passes touch
+// 6.4–38.4 MB, measured best at this threshold against 8 and 16 MiB (streaming from 8 MiB was up to 1.9×
+// slower on the backward of 3.2 MB bfloat16 tensors) and against never streaming.
+std::atomic<int64_t> stream_threshold{last_level_cache_bytes()};
 
 template <typename T>
-bool streams_output(const Shape& shape) {
-  return shape.n * shape.c * shape.s * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+bool streams_output(const Shape& shape, int64_t tensors) {
+  return tensors * shape.n * shape.c * shape.s * static_cast<int64_t>(sizeof(T)) >=
+         stream_threshold.load(std::memory_order_relaxed);
 }
 
 // x itself when it is contiguous or channels_last, otherwise a contiguous copy.
@@ -366,9 +413,6 @@ Tensor laid_out_as(const Tensor& t, const Tensor& like) {
 
 constexpr int64_t kWork = 32768;         // values per task worth waking a thread for
 constexpr int64_t kValuesPerLane = 128;  // values a register vector's lane adds in acc_t before a merge in double
-
-// Channels per task (S > 1), so that each thread gets enough work to be worth waking.
-int64_t channel_grain(const Shape& shape) { return std::max<int64_t>(1, kWork / std::max<int64_t>(1, shape.m())); }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -406,13 +450,13 @@ struct Merge {
 };
 
 // A block's one-pass moments around a pivot p: its mean and Σ(x − mean)² from n values' Σ(x − p) and
-// Σ(x − p)², in double. The pivot is the running mean of the blocks before (or, for the first block, a
+// Σ(x − p)², in double, given 1/n. The pivot is the running mean of the blocks before (or, for the first block, a
 // mean of its first values), so that x − p stays near the spread and the float sums lose no digits.
 struct BlockMoments {
   double mean, m2;
 };
-inline BlockMoments around(double n, double pivot, double s1, double s2) {
-  return {pivot + s1 / n, std::max(0.0, s2 - s1 * s1 / n)};
+inline BlockMoments around(double inv_n, double pivot, double s1, double s2) {
+  return {pivot + s1 * inv_n, std::max(0.0, s2 - s1 * s1 * inv_n)};
 }
 
 // f(U, first channel) for tiles of U = kUnroll register vectors across a row of C channels, then one tile of
@@ -429,146 +473,291 @@ inline void over_channels(int64_t channels, const F& f, const G& tail) {
   for (c += left * W; c < channels; ++c) tail(c);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Contiguous (N, C, S), S > 1: one channel's N rows of S values.
-
-// The sums over a channel's rows run in kUnroll register vectors per sum; a block of rows adds about
-// kValuesPerLane values to each vector lane before its sums are merged in double.
-template <typename acc_t>
-int64_t plane_block_rows(const Shape& shape) {
-  return std::max<int64_t>(1, kValuesPerLane * kUnroll * kWidth<acc_t> / shape.s);
+// at::parallel_for whose tasks fence their streamed stores, so that the output is whole when it
+// returns. Each thread takes one contiguous range (a split that hands out pieces to whichever thread is free
+// measured up to 2× slower on an output pass).
+template <typename F>
+void parallel_writes(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+    f(b, e);
+    fence_streams();
+  });
 }
 
-// f(vector index u, offset) over a row of S values in groups of kUnroll vectors, then single vectors (u = 0),
-// then tail(offset) for the last S % kWidth values.
+// ---------------------------------------------------------------------------------------------
+// Contiguous (N, C, S), S > 1: the N·C planes of S values, in memory order. Images are split into
+// fixed chunks (one task each); in a chunk, each plane's sums run in register vectors and are added
+// to its channel's, held in a buffer of C vectors per sum, which a block of images fills before it
+// is merged in double. Every pass is one sequential stream, the hardware prefetchers' best case (a
+// walk per channel jumps C·S values between planes of S, and measured 10–30 % slower).
+
+// Images per block: a vector lane of a channel's sums adds about kValuesPerLane values before the block
+// is merged in double.
+template <typename acc_t>
+int64_t image_block(const Shape& shape) {
+  return std::max<int64_t>(1, kValuesPerLane * kWidth<acc_t> / shape.s);
+}
+
+// Images per chunk (one task): whole blocks, at least kWork values, fixed by the shape alone, so that the
+// sums do not depend on the number of threads.
+template <typename acc_t>
+Chunks image_chunks(const Shape& shape) {
+  const int64_t block = image_block<acc_t>(shape);
+  const int64_t images = block * std::max<int64_t>(1, ceil_div(kWork, block * shape.c * shape.s));
+  return {images, ceil_div(shape.n, images)};
+}
+
+// A whole register vector of a plane, as over_plane passes it.
+struct Whole {};
+
+// v with the lanes from `valid` on set to zero (the values over_plane read past the plane's end).
+template <typename A, typename N>
+inline vec<A> keep(vec<A> v, N valid) {
+  if constexpr (std::is_same_v<N, Whole>) {
+    return v;
+  } else {
+    using M = decltype(v < v);
+    M lane;
+    for (int64_t j = 0; j < kWidth<A>; ++j) lane[j] = j;
+    return lane < static_cast<decltype(lane[0] + 0)>(valid) ? v : vec<A>{};
+  }
+}
+
+// f(u, i, valid) over a plane of `len` values: groups of kUnroll whole vectors (u = 0 .. kUnroll − 1, valid =
+// Whole{}), single whole vectors (u = 0), then the last len % kWidth values as one vector (u = 0, valid = their
+// count) whose other lanes are read past the plane, where the tensor has `room` values from the plane's
+// start; else (its last plane) one value at a time through tail(i).
 template <typename acc_t, typename F, typename G>
-inline void over_row(int64_t len, const F& f, const G& tail) {
+inline void over_plane(int64_t len, int64_t room, const F& f, const G& tail) {
   constexpr int64_t W = kWidth<acc_t>;
   int64_t i = 0;
   for (; i + kUnroll * W <= len; i += kUnroll * W)
 #pragma GCC unroll 4
-    for (int64_t u = 0; u < kUnroll; ++u) f(u, i + u * W);
-  for (; i + W <= len; i += W) f(0, i);
+    for (int64_t u = 0; u < kUnroll; ++u) f(u, i + u * W, Whole{});
+  for (; i + W <= len; i += W) f(0, i, Whole{});
+  if (i < len && i + W <= room) {
+    f(0, i, len - i);
+    return;
+  }
   for (; i < len; ++i) tail(i);
 }
 
-// Mean and Σ(x − μ)² of channel c in one pass: each block's sums around the running mean, merged in
-// double with Chan et al.'s update (around()).
+// bfloat16 sums by dot products, in the avx512-bf16 build: vdpbf16ps multiplies bfloat16 pairs exactly into
+// float32 and adds both products to a float32 lane, so that Σx (as x·1) and Σx² cost one instruction per 32
+// values each, where the widened sums around a pivot cost five per 16. Without a pivot, Σ(x − mean)² =
+// Σx² − (Σx)²/n cancels where the mean is large against the spread: a block whose Σ(x − mean)² is under
+// 1/kCancels of its Σx² (|mean| above about 3.9 standard deviations) is summed again around its mean, and the
+// gradient sums take the pivoted loops when a channel's |μ|·ι is above √kCancels.
+constexpr double kCancels = 16;
+
+#if defined(BNRUN_AVX512_BF16)
+template <typename T>
+constexpr bool kDots = std::is_same_v<T, uint16_t>;
+
+// Σa and Σa·b over `len` bfloat16 values, added to sum_a and sum_ab (a pair of values per float32 lane); the
+// last len % 32 values are loaded masked, their zeros adding nothing.
+inline void dot_sums(const uint16_t* a, const uint16_t* b, int64_t len, vec<float>& sum_a, vec<float>& sum_ab) {
+  const __m512bh ones = (__m512bh)_mm512_set1_epi16(0x3F80);
+  __m512 sa[kUnroll], sab[kUnroll];
+  for (int64_t u = 0; u < kUnroll; ++u) sa[u] = sab[u] = _mm512_setzero_ps();
+  const auto add = [&](int64_t u, __m512i va, __m512i vb) {
+    sa[u] = _mm512_dpbf16_ps(sa[u], (__m512bh)va, ones);
+    sab[u] = _mm512_dpbf16_ps(sab[u], (__m512bh)va, (__m512bh)vb);
+  };
+  int64_t i = 0;
+  for (; i + kUnroll * 32 <= len; i += kUnroll * 32)
+#pragma GCC unroll 4
+    for (int64_t u = 0; u < kUnroll; ++u) add(u, _mm512_loadu_si512(a + i + 32 * u), _mm512_loadu_si512(b + i + 32 * u));
+  for (; i + 32 <= len; i += 32) add(0, _mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i));
+  if (i < len) {
+    const __mmask32 part = static_cast<__mmask32>((uint64_t(1) << (len - i)) - 1);
+    add(1, _mm512_maskz_loadu_epi16(part, a + i), _mm512_maskz_loadu_epi16(part, b + i));
+  }
+  const __m512 ta = _mm512_add_ps(_mm512_add_ps(sa[0], sa[1]), _mm512_add_ps(sa[2], sa[3]));
+  const __m512 tab = _mm512_add_ps(_mm512_add_ps(sab[0], sab[1]), _mm512_add_ps(sab[2], sab[3]));
+  vec<float> va, vab;
+  std::memcpy(&va, &ta, sizeof va);
+  std::memcpy(&vab, &tab, sizeof vab);
+  sum_a += va;
+  sum_ab += vab;
+}
+#else
+template <typename T>
+constexpr bool kDots = false;
+
+// Never called (kDots is false): declared so that the templates that test kDots compile in every build.
+void dot_sums(const uint16_t* a, const uint16_t* b, int64_t len, vec<float>& sum_a, vec<float>& sum_ab);
+#endif
+
+template <typename acc_t>
+inline vec<acc_t> fold(const vec<acc_t> (&v)[kUnroll]) {
+  return (v[0] + v[1]) + (v[2] + v[3]);
+}
+
+// Σ(x − p) and Σ(x − p)² over a plane of S values at x, added to s1 and s2 (register vectors) and to t1 and t2
+// (the values over_plane takes one at a time); the tensor has `room` values from x on.
 template <typename T, typename acc_t>
-void plane_moments(const Shape& shape, int64_t c, const T* px, double& mean, double& squares) {
+inline void plane_sums_around(const T* x, int64_t S, int64_t room, acc_t p, vec<acc_t>& s1, vec<acc_t>& s2, acc_t& t1,
+                              acc_t& t2) {
   using V = vec<acc_t>;
-  const int64_t block = plane_block_rows<acc_t>(shape);
-  double first = 0;
-  for (int64_t i = 0; i < shape.s; ++i) first += widen(px[c * shape.s + i]);
-  double count = 0, mu = 0, m2 = 0, pivot = first / static_cast<double>(shape.s);
-  for (int64_t n0 = 0; n0 < shape.n; n0 += block) {
-    const int64_t n1 = std::min(shape.n, n0 + block);
-    const acc_t p = static_cast<acc_t>(pivot);
-    const V vp = splat(p);
-    V s1[kUnroll] = {}, s2[kUnroll] = {};
-    acc_t t1 = 0, t2 = 0;
-    for (int64_t n = n0; n < n1; ++n) {
-      const T* x = px + (n * shape.c + c) * shape.s;
-      over_row<acc_t>(shape.s, [&](int64_t u, int64_t i) {
-        const V d = load<acc_t>(x + i) - vp;
-        s1[u] += d;
-        s2[u] += d * d;
-      }, [&](int64_t i) {
-        const acc_t d = acc_t(widen(x[i])) - p;
-        t1 += d;
-        t2 += d * d;
-      });
-    }
-    double b1 = t1, b2 = t2;
-    for (int64_t u = 0; u < kUnroll; ++u) {
-      b1 += total<acc_t>(s1[u]);
-      b2 += total<acc_t>(s2[u]);
-    }
-    const double values = static_cast<double>((n1 - n0) * shape.s);
-    const BlockMoments b = around(values, static_cast<double>(p), b1, b2);
-    Merge(count, values)(mu, m2, b.mean, b.m2);
-    count += values;
-    pivot = mu;
-  }
-  mean = mu;
-  squares = m2;
+  const V vp = splat(p);
+  V a1[kUnroll] = {}, a2[kUnroll] = {};
+  over_plane<acc_t>(S, room, [&](int64_t u, int64_t i, auto valid) {
+    const V d = keep<acc_t>(load<acc_t>(x + i) - vp, valid);
+    a1[u] += d;
+    a2[u] += d * d;
+  }, [&](int64_t i) {
+    const acc_t d = acc_t(widen(x[i])) - p;
+    t1 += d;
+    t2 += d * d;
+  });
+  s1 += fold<acc_t>(a1);
+  s2 += fold<acc_t>(a2);
 }
 
-// y = g(a·x + k) over channel c.
-template <bool kRelu, typename T, typename acc_t>
-void plane_affine(const Shape& shape, int64_t c, const T* px, acc_t a, acc_t k, T* py) {
-  const bool stream = streams_output<T>(shape);
-  for (int64_t n = 0; n < shape.n; ++n) {
+// Mean and Σ(x − mean)² of channel c over images [b0, b1), summed around the pivot p.
+template <typename T, typename acc_t>
+BlockMoments block_around(const Shape& shape, const T* px, int64_t c, int64_t b0, int64_t b1, acc_t p) {
+  vec<acc_t> s1{}, s2{};
+  acc_t t1 = 0, t2 = 0;
+  for (int64_t n = b0; n < b1; ++n) {
     const int64_t base = (n * shape.c + c) * shape.s;
-    const T* x = px + base;
-    write<T, acc_t>(py + base, shape.s, [&](auto u, int64_t s) {
-      using U = decltype(u);
-      return activate<kRelu>(pre(broadcast<U>(a), get<U>(x, s), broadcast<U>(k)));
-    }, stream);
+    plane_sums_around<T, acc_t>(px + base, shape.s, shape.n * shape.c * shape.s - base, p, s1, s2, t1, t2);
   }
+  return around(1.0 / static_cast<double>((b1 - b0) * shape.s), static_cast<double>(p), total<acc_t>(s1) + t1,
+                total<acc_t>(s2) + t2);
 }
 
-// Σg and Σg·(x − μ) over channel c, g = dy masked by the ReLU when kRelu: in register vectors within
-// a block of plane_block_rows rows, in double beyond.
-template <bool kRelu, typename T, typename acc_t>
-void plane_gradient_sums(const Shape& shape, int64_t c, const T* pdy, const T* px, acc_t mu, acc_t a, acc_t k,
-                         double& sum_dy, double& sum_dy_centered) {
+// Per-channel mean and Σ(x − μ)² over images [n0, n1) in one pass: blocks of image_block images summed
+// around the running mean in register vectors per channel, merged in double (around()). bfloat16 in the
+// avx512-bf16 build sums x and x² by dot_sums instead, and sums a block again around its mean where those
+// sums cancel (kCancels).
+template <typename T, typename acc_t>
+void images_moments(const Shape& shape, int64_t n0, int64_t n1, const T* px, double* mean, double* squares) {
   using V = vec<acc_t>;
-  const int64_t block = plane_block_rows<acc_t>(shape);
-  const V vmu = splat(mu), va = splat(a), vk = splat(k);
-  double total_dy = 0, total_dy_centered = 0;
-  for (int64_t n0 = 0; n0 < shape.n; n0 += block) {
-    V s0[kUnroll] = {}, s1[kUnroll] = {};
-    acc_t t0 = 0, t1 = 0;
-    for (int64_t n = n0; n < std::min(shape.n, n0 + block); ++n) {
-      const int64_t base = (n * shape.c + c) * shape.s;
-      const T *dy = pdy + base, *x = px + base;
-      over_row<acc_t>(shape.s, [&](int64_t u, int64_t i) {
-        const V xv = load<acc_t>(x + i);
-        const V g = masked<kRelu>(load<acc_t>(dy + i), va, xv, vk);
-        s0[u] += g;
-        s1[u] += g * (xv - vmu);
-      }, [&](int64_t i) {
-        const acc_t xv = widen(x[i]);
-        const acc_t g = masked<kRelu>(acc_t(widen(dy[i])), a, xv, k);
-        t0 += g;
-        t1 += g * (xv - mu);
-      });
-    }
-    total_dy += t0;
-    total_dy_centered += t1;
-    for (int64_t u = 0; u < kUnroll; ++u) {
-      total_dy += total<acc_t>(s0[u]);
-      total_dy_centered += total<acc_t>(s1[u]);
-    }
+  const int64_t C = shape.c, S = shape.s, block = image_block<acc_t>(shape), numel = shape.n * C * S;
+  std::vector<V> s1(C), s2(C);
+  std::vector<acc_t> pivot(C), t1(C), t2(C);
+  const int64_t head = std::min<int64_t>(S, 16);
+  for (int64_t c = 0; c < C; ++c) {
+    double first = 0;
+    for (int64_t i = 0; i < head; ++i) first += widen(px[(n0 * C + c) * S + i]);
+    pivot[c] = static_cast<acc_t>(first / static_cast<double>(head));
+    mean[c] = squares[c] = 0;
   }
-  sum_dy = total_dy;
-  sum_dy_centered = total_dy_centered;
-}
-
-// dx = A·g + B·x + K over channel c (kWithX), or dx = A·g; g masked as above with (a, k).
-template <bool kRelu, bool kWithX, typename T, typename acc_t>
-void plane_grad_input(const Shape& shape, int64_t c, const T* pdy, const T* px, acc_t a, acc_t k, acc_t A, acc_t B,
-                      acc_t K, T* pdx) {
-  const bool stream = streams_output<T>(shape);
-  for (int64_t n = 0; n < shape.n; ++n) {
-    const int64_t base = (n * shape.c + c) * shape.s;
-    const T *dy = pdy + base, *x = px + base;
-    write<T, acc_t>(pdx + base, shape.s, [&](auto u, int64_t s) {
-      using U = decltype(u);
-      if constexpr (!kRelu && !kWithX) {
-        return broadcast<U>(A) * get<U>(dy, s);
-      } else {
-        const U xv = get<U>(x, s);
-        const U g = masked<kRelu>(get<U>(dy, s), broadcast<U>(a), xv, broadcast<U>(k));
-        if constexpr (kWithX) {
-          return broadcast<U>(A) * g + broadcast<U>(B) * xv + broadcast<U>(K);
+  double count = 0;
+  for (int64_t b0 = n0; b0 < n1; b0 += block) {
+    const int64_t b1 = std::min(n1, b0 + block);
+    std::fill(s1.begin(), s1.end(), V{});
+    std::fill(s2.begin(), s2.end(), V{});
+    std::fill(t1.begin(), t1.end(), acc_t(0));
+    std::fill(t2.begin(), t2.end(), acc_t(0));
+    for (int64_t n = b0; n < b1; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t base = (n * C + c) * S;
+        if constexpr (kDots<T>) {
+          dot_sums(px + base, px + base, S, s1[c], s2[c]);
         } else {
-          return broadcast<U>(A) * g;
+          plane_sums_around<T, acc_t>(px + base, S, numel - base, pivot[c], s1[c], s2[c], t1[c], t2[c]);
         }
       }
-    }, stream);
+    const double values = static_cast<double>((b1 - b0) * S), inv_values = 1.0 / values;
+    const Merge merge(count, values);
+    for (int64_t c = 0; c < C; ++c) {
+      BlockMoments b;
+      if constexpr (kDots<T>) {
+        const double sum = total<acc_t>(s1[c]), sum_squares = total<acc_t>(s2[c]);
+        b = around(inv_values, 0.0, sum, sum_squares);
+        if (b.m2 * kCancels < sum_squares) b = block_around<T, acc_t>(shape, px, c, b0, b1, static_cast<acc_t>(b.mean));
+      } else {
+        b = around(inv_values, static_cast<double>(pivot[c]), total<acc_t>(s1[c]) + t1[c],
+                   total<acc_t>(s2[c]) + t2[c]);
+      }
+      merge(mean[c], squares[c], b.mean, b.m2);
+      pivot[c] = static_cast<acc_t>(mean[c]);
+    }
+    count += values;
   }
+}
+
+// Σg and Σg·(x − μ) per channel over images [n0, n1), added to the double sums: blocks of image_block images
+// in register vectors per channel; with `dots` (bfloat16 without the ReLU, kDots), Σg and Σg·x by dot_sums.
+template <bool kRelu, typename T, typename acc_t>
+void images_gradient_sums(const Shape& shape, int64_t n0, int64_t n1, const T* pdy, const T* px, const acc_t* mu,
+                          const acc_t* a, const acc_t* k, bool dots, double* sum_dy, double* sum_dy_centered) {
+  using V = vec<acc_t>;
+  const int64_t C = shape.c, S = shape.s, block = image_block<acc_t>(shape), numel = shape.n * C * S;
+  std::vector<V> s0(C), s1(C);
+  std::vector<acc_t> t0(C), t1(C);
+  for (int64_t b0 = n0; b0 < n1; b0 += block) {
+    const int64_t b1 = std::min(n1, b0 + block);
+    std::fill(s0.begin(), s0.end(), V{});
+    std::fill(s1.begin(), s1.end(), V{});
+    std::fill(t0.begin(), t0.end(), acc_t(0));
+    std::fill(t1.begin(), t1.end(), acc_t(0));
+    for (int64_t n = b0; n < b1; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t base = (n * C + c) * S;
+        const T *dy = pdy + base, *x = px + base;
+        if constexpr (kDots<T> && !kRelu) {
+          if (dots) {
+            dot_sums(dy, x, S, s0[c], s1[c]);  // Σg and Σg·x
+            continue;
+          }
+        }
+        const V vmu = splat(mu[c]), va = splat(a[c]), vk = splat(k[c]);
+        V g0[kUnroll] = {}, g1[kUnroll] = {};
+        acc_t e0 = 0, e1 = 0;
+        over_plane<acc_t>(S, numel - base, [&](int64_t u, int64_t i, auto valid) {
+          const V xv = load<acc_t>(x + i);
+          const V g = keep<acc_t>(masked<kRelu>(load<acc_t>(dy + i), va, xv, vk), valid);
+          g0[u] += g;
+          g1[u] += g * (xv - vmu);
+        }, [&](int64_t i) {
+          const acc_t xv = widen(x[i]);
+          const acc_t g = masked<kRelu>(acc_t(widen(dy[i])), a[c], xv, k[c]);
+          e0 += g;
+          e1 += g * (xv - mu[c]);
+        });
+        s0[c] += fold<acc_t>(g0);
+        s1[c] += fold<acc_t>(g1);
+        t0[c] += e0;
+        t1[c] += e1;
+      }
+    for (int64_t c = 0; c < C; ++c) {
+      const double g = total<acc_t>(s0[c]) + t0[c], gx = total<acc_t>(s1[c]) + t1[c];
+      sum_dy[c] += g;
+      sum_dy_centered[c] += dots ? gx - static_cast<double>(mu[c]) * g : gx;
+    }
+  }
+}
+
+// out[p·S + s] = value(U{}, q, p·S + s) over the planes p in memory order, in parallel, where q holds the K
+// coefficients of the plane's channel (coefficients[i][c]) broadcast to U, as rows_map's value takes them.
+template <typename T, typename acc_t, size_t K, typename F>
+void planes_map(const Shape& shape, const std::array<const acc_t*, K>& coefficients, T* out, int64_t tensors,
+                const F& value) {
+  using V = vec<acc_t>;
+  const int64_t planes = shape.n * shape.c, grain = std::max<int64_t>(1, kWork / shape.s), numel = planes * shape.s;
+  const bool stream = streams_output<T>(shape, tensors);
+  parallel_writes(0, planes, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0, c = p0 % shape.c; p < p1; ++p, c = c + 1 == shape.c ? 0 : c + 1) {
+      const int64_t base = p * shape.s;
+      acc_t q[K];
+      V vq[K];
+      for (size_t i = 0; i < K; ++i) {
+        q[i] = coefficients[i][c];
+        vq[i] = splat(q[i]);
+      }
+      write<T, acc_t>(out + base, shape.s, [&](auto u, int64_t s) {
+        if constexpr (std::is_same_v<decltype(u), V>) {
+          return value(u, vq, base + s);
+        } else {
+          return value(u, q, base + s);
+        }
+      }, stream, numel - base);
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -619,10 +808,10 @@ void rows_moments(const Shape& shape, int64_t r0, int64_t r1, const T* px, doubl
       s1[c] = t1;
       s2[c] = t2;
     });
-    const double n = static_cast<double>(last - first);
+    const double n = static_cast<double>(last - first), inv_n = 1.0 / n;
     const Merge merge(count, n);
     for (int64_t c = 0; c < C; ++c) {
-      const BlockMoments b = around(n, static_cast<double>(pivot[c]), s1[c], s2[c]);
+      const BlockMoments b = around(inv_n, static_cast<double>(pivot[c]), s1[c], s2[c]);
       merge(mean[c], squares[c], b.mean, b.m2);
       pivot[c] = static_cast<acc_t>(mean[c]);
     }
@@ -630,22 +819,29 @@ void rows_moments(const Shape& shape, int64_t r0, int64_t r1, const T* px, doubl
   }
 }
 
-// Per-channel mean and Σ(x − μ)² over all rows: fixed chunks in parallel, merged in order.
+// Per-channel mean and Σ(x − μ)² over the batch: fixed chunks (of rows, or of images) in parallel, merged in
+// order.
 template <typename T, typename acc_t>
-void all_rows_moments(const Shape& shape, const T* px, double* mean, double* squares) {
-  const Chunks chunks = chunks_of(shape);
+void batch_moments(const Shape& shape, const T* px, double* mean, double* squares) {
+  const Chunks chunks = shape.s == 1 ? chunks_of(shape) : image_chunks<acc_t>(shape);
   const int64_t C = shape.c;
   std::vector<double> part_mean(chunks.count * C), part_m2(chunks.count * C);
   at::parallel_for(0, chunks.count, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i)
-      rows_moments<T, acc_t>(shape, i * chunks.rows, std::min(shape.n, (i + 1) * chunks.rows), px,
-                             &part_mean[i * C], &part_m2[i * C]);
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t first = i * chunks.rows, last = std::min(shape.n, (i + 1) * chunks.rows);
+      if (shape.s == 1) {
+        rows_moments<T, acc_t>(shape, first, last, px, &part_mean[i * C], &part_m2[i * C]);
+      } else {
+        images_moments<T, acc_t>(shape, first, last, px, &part_mean[i * C], &part_m2[i * C]);
+      }
+    }
   });
   std::copy(part_mean.begin(), part_mean.begin() + C, mean);
   std::copy(part_m2.begin(), part_m2.begin() + C, squares);
+  const double per_row = static_cast<double>(shape.s);  // values per channel in a row (S == 1) or an image
   for (int64_t i = 1; i < chunks.count; ++i) {
-    const double count = static_cast<double>(i * chunks.rows);
-    const Merge merge(count, static_cast<double>(std::min(shape.n, (i + 1) * chunks.rows)) - count);
+    const double count = static_cast<double>(i * chunks.rows) * per_row;
+    const Merge merge(count, static_cast<double>(std::min(shape.n, (i + 1) * chunks.rows)) * per_row - count);
     for (int64_t c = 0; c < C; ++c) merge(mean[c], squares[c], part_mean[i * C + c], part_m2[i * C + c]);
   }
 }
@@ -686,12 +882,13 @@ inline void store_vectors(T* dst, const vec<acc_t> (&v)[U], bool stream) {
 // channels (over_channels) and kept in registers down the rows, or one value per channel for the last
 // C % kWidth.
 template <typename T, typename acc_t, size_t K, typename F>
-void rows_map(const Shape& shape, const std::array<const acc_t*, K>& coefficients, T* out, const F& value) {
+void rows_map(const Shape& shape, const std::array<const acc_t*, K>& coefficients, T* out, int64_t tensors,
+              const F& value) {
   using V = vec<acc_t>;
   constexpr int64_t W = kWidth<acc_t>;
   const int64_t C = shape.c;
   const Chunks chunks = chunks_of(shape);
-  const bool stream = streams_output<T>(shape);
+  const bool stream = streams_output<T>(shape, tensors);
   parallel_writes(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
     const int64_t r0 = i0 * chunks.rows, r1 = std::min(shape.n, i1 * chunks.rows);
     over_channels<acc_t>(C, [&](auto tile, int64_t c0) {
@@ -712,15 +909,6 @@ void rows_map(const Shape& shape, const std::array<const acc_t*, K>& coefficient
       for (size_t i = 0; i < K; ++i) q[i] = coefficients[i][c];
       for (int64_t r = r0; r < r1; ++r) out[r * C + c] = narrow<T>(value(acc_t{}, q, r * C + c));
     });
-  });
-}
-
-// y = g(a·x + k) over all rows, in parallel.
-template <bool kRelu, typename T, typename acc_t>
-void rows_affine(const Shape& shape, const T* px, const acc_t* a, const acc_t* k, T* py) {
-  rows_map<T, acc_t, 2>(shape, {a, k}, py, [&](auto u, const auto* q, int64_t at) {
-    using U = decltype(u);
-    return activate<kRelu>(pre(q[0], get<U>(px, at), q[1]));
   });
 }
 
@@ -772,17 +960,29 @@ void rows_gradient_sums(const Shape& shape, int64_t r0, int64_t r1, const T* pdy
   }
 }
 
-// Σg and Σg·(x − μ) per channel over all rows: fixed chunks in parallel, merged in double in order.
+// Σg and Σg·(x − μ) per channel over the batch: fixed chunks (of rows, or of images) in parallel, merged in
+// double in order.
 template <bool kRelu, typename T, typename acc_t>
-void all_rows_gradient_sums(const Shape& shape, const T* pdy, const T* px, const acc_t* mu, const acc_t* a,
-                            const acc_t* k, double* sum_dy, double* sum_dy_centered) {
-  const Chunks chunks = chunks_of(shape);
+void batch_gradient_sums(const Shape& shape, const T* pdy, const T* px, const acc_t* mu, const acc_t* inv,
+                         const acc_t* a, const acc_t* k, double* sum_dy, double* sum_dy_centered) {
+  const Chunks chunks = shape.s == 1 ? chunks_of(shape) : image_chunks<acc_t>(shape);
   const int64_t C = shape.c;
+  bool dots = kDots<T> && !kRelu;
+  for (int64_t c = 0; c < C && dots; ++c) {
+    const double z = static_cast<double>(mu[c]) * inv[c];  // the mean in standard deviations
+    dots = z * z <= kCancels;
+  }
   std::vector<double> part0(chunks.count * C, 0.0), part1(chunks.count * C, 0.0);
   at::parallel_for(0, chunks.count, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i)
-      rows_gradient_sums<kRelu, T, acc_t>(shape, i * chunks.rows, std::min(shape.n, (i + 1) * chunks.rows), pdy,
-                                          px, mu, a, k, &part0[i * C], &part1[i * C]);
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t first = i * chunks.rows, last = std::min(shape.n, (i + 1) * chunks.rows);
+      if (shape.s == 1) {
+        rows_gradient_sums<kRelu, T, acc_t>(shape, first, last, pdy, px, mu, a, k, &part0[i * C], &part1[i * C]);
+      } else {
+        images_gradient_sums<kRelu, T, acc_t>(shape, first, last, pdy, px, mu, a, k, dots, &part0[i * C],
+                                              &part1[i * C]);
+      }
+    }
   });
   for (int64_t c = 0; c < C; ++c) {
     double t0 = 0, t1 = 0;
@@ -795,29 +995,49 @@ void all_rows_gradient_sums(const Shape& shape, const T* pdy, const T* px, const
   }
 }
 
-// dx = A·g + B·x + K per channel (kWithX), or dx = A·g, over all rows, in parallel.
+// out = value(U{}, q, at) with q the K coefficients of at's channel, in either layout (rows_map or planes_map).
+template <typename T, typename acc_t, size_t K, typename F>
+void map_channels(const Shape& shape, const std::array<const acc_t*, K>& coefficients, T* out, int64_t tensors,
+                  const F& value) {
+  if (shape.s == 1) {
+    rows_map<T, acc_t, K>(shape, coefficients, out, tensors, value);
+  } else {
+    planes_map<T, acc_t, K>(shape, coefficients, out, tensors, value);
+  }
+}
+
+// y = g(a·x + k), in parallel.
+template <bool kRelu, typename T, typename acc_t>
+void affine_map(const Shape& shape, const T* px, const acc_t* a, const acc_t* k, T* py) {
+  map_channels<T, acc_t, 2>(shape, {a, k}, py, 2, [&](auto u, const auto* q, int64_t at) {
+    using U = decltype(u);
+    return activate<kRelu>(pre(q[0], get<U>(px, at), q[1]));
+  });
+}
+
+// dx = A·g + B·x + K per channel (kWithX), or dx = A·g, in parallel.
 template <bool kRelu, bool kWithX, typename T, typename acc_t>
-void rows_grad_input(const Shape& shape, const T* pdy, const T* px, const acc_t* a, const acc_t* k, const acc_t* A,
+void grad_input_map(const Shape& shape, const T* pdy, const T* px, const acc_t* a, const acc_t* k, const acc_t* A,
                      const acc_t* B, const acc_t* K, T* pdx) {
   if constexpr (kWithX && kRelu) {
-    rows_map<T, acc_t, 5>(shape, {a, k, A, B, K}, pdx, [&](auto u, const auto* q, int64_t at) {
+    map_channels<T, acc_t, 5>(shape, {a, k, A, B, K}, pdx, 3, [&](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
       const U xv = get<U>(px, at);
       return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], xv, q[1]) + q[3] * xv + q[4];
     });
   } else if constexpr (kWithX) {  // no mask: three coefficients in registers instead of five
-    rows_map<T, acc_t, 3>(shape, {A, B, K}, pdx, [&](auto u, const auto* q, int64_t at) {
+    map_channels<T, acc_t, 3>(shape, {A, B, K}, pdx, 3, [&](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
       return q[0] * get<U>(pdy, at) + q[1] * get<U>(px, at) + q[2];
     });
   } else {
     if constexpr (kRelu) {
-      rows_map<T, acc_t, 3>(shape, {a, k, A}, pdx, [&](auto u, const auto* q, int64_t at) {
+      map_channels<T, acc_t, 3>(shape, {a, k, A}, pdx, 3, [&](auto u, const auto* q, int64_t at) {
         using U = decltype(u);
         return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], get<U>(px, at), q[1]);
       });
     } else {
-      rows_map<T, acc_t, 1>(shape, {A}, pdx, [&](auto u, const auto* q, int64_t at) {
+      map_channels<T, acc_t, 1>(shape, {A}, pdx, 2, [&](auto u, const auto* q, int64_t at) {
         using U = decltype(u);
         return q[0] * get<U>(pdy, at);
       });
@@ -847,23 +1067,14 @@ const acc_t* maybe(const Tensor& t) {
   return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
 }
 
-// Σg and Σg·(x − μ) per channel, in double; g = dy masked by the ReLU of a·x + k when `relu`.
+// Σg and Σg·(x − μ) per channel, in double; g = dy masked by the ReLU of a·x + k when `relu`; ι = 1/σ̂ (inv)
+// tells where the mean is far from zero.
 template <typename scalar_t, typename acc_t>
-void gradient_sums(const Shape& shape, bool relu, const Tensor& dy, const Tensor& x, const acc_t* mu, const acc_t* a,
-                   const acc_t* k, double* sum_dy, double* sum_dy_centered) {
-  using T = raw_t<scalar_t>;
+void gradient_sums(const Shape& shape, bool relu, const Tensor& dy, const Tensor& x, const acc_t* mu, const acc_t* inv,
+                   const acc_t* a, const acc_t* k, double* sum_dy, double* sum_dy_centered) {
   with_relu(relu, [&](auto r) {
-    constexpr bool kRelu = decltype(r)::value;
-    if (shape.s == 1) {
-      all_rows_gradient_sums<kRelu, T, acc_t>(shape, in<scalar_t>(dy), in<scalar_t>(x), mu, a, k, sum_dy,
-                                              sum_dy_centered);
-      return;
-    }
-    at::parallel_for(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c)
-        plane_gradient_sums<kRelu, T, acc_t>(shape, c, in<scalar_t>(dy), in<scalar_t>(x), mu[c], a[c], k[c], sum_dy[c],
-                                              sum_dy_centered[c]);
-    });
+    batch_gradient_sums<decltype(r)::value, raw_t<scalar_t>, acc_t>(shape, in<scalar_t>(dy), in<scalar_t>(x), mu, inv,
+                                                                    a, k, sum_dy, sum_dy_centered);
   });
 }
 
@@ -876,22 +1087,10 @@ void grad_input(const Shape& shape, bool relu, bool with_x, const Tensor& dy, co
   T* pdx = out<scalar_t>(dx);
   with_relu(relu, [&](auto r) {
     constexpr bool kRelu = decltype(r)::value;
-    const auto run = [&](auto w) {
-      constexpr bool kWithX = decltype(w)::value;
-      if (shape.s == 1) {
-        rows_grad_input<kRelu, kWithX, T, acc_t>(shape, pdy, px, a, k, A, B, K, pdx);
-        return;
-      }
-      parallel_writes(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c)
-          plane_grad_input<kRelu, kWithX, T, acc_t>(shape, c, pdy, px, a[c], k[c], A[c], kWithX ? B[c] : acc_t(0),
-                                                    kWithX ? K[c] : acc_t(0), pdx);
-      });
-    };
     if (with_x) {
-      run(std::true_type{});
+      grad_input_map<kRelu, true, T, acc_t>(shape, pdy, px, a, k, A, B, K, pdx);
     } else {
-      run(std::false_type{});
+      grad_input_map<kRelu, false, T, acc_t>(shape, pdy, px, a, k, A, B, K, pdx);
     }
   });
 }
@@ -899,28 +1098,8 @@ void grad_input(const Shape& shape, bool relu, bool with_x, const Tensor& dy, co
 // y = g(a·x + k) per channel.
 template <typename scalar_t, typename acc_t>
 void affine_output(const Shape& shape, bool relu, const Tensor& x, const acc_t* a, const acc_t* k, Tensor& y) {
-  using T = raw_t<scalar_t>;
-  const T* px = in<scalar_t>(x);
-  T* py = out<scalar_t>(y);
   with_relu(relu, [&](auto r) {
-    constexpr bool kRelu = decltype(r)::value;
-    if (shape.s == 1) {
-      rows_affine<kRelu, T, acc_t>(shape, px, a, k, py);
-      return;
-    }
-    // Prediction mode has no statistics pass to keep a channel together: split (n, c) planes.
-    const int64_t planes = shape.n * shape.c, grain = std::max<int64_t>(1, kWork / shape.s);
-    const bool stream = streams_output<T>(shape);
-    parallel_writes(0, planes, grain, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t c = p % shape.c;
-        const T* x = px + p * shape.s;
-        write<T, acc_t>(py + p * shape.s, shape.s, [&](auto u, int64_t s) {
-          using U = decltype(u);
-          return activate<kRelu>(pre(broadcast<U>(a[c]), get<U>(x, s), broadcast<U>(k[c])));
-        }, stream);
-      }
-    });
+    affine_map<decltype(r)::value, raw_t<scalar_t>, acc_t>(shape, in<scalar_t>(x), a, k, out<scalar_t>(y));
   });
 }
 
@@ -962,25 +1141,10 @@ std::tuple<Tensor, Tensor> forward_kernel(const Tensor& x, const Tensor& weight,
     Stats<acc_t> st = stats_of<acc_t>(stats);
     const acc_t *pw = maybe<acc_t>(weight), *pb = maybe<acc_t>(bias);
     const double m = static_cast<double>(shape.m());
-    if (shape.s == 1) {
-      std::vector<double> mu(shape.c), squares(shape.c);
-      all_rows_moments<T, acc_t>(shape, in<scalar_t>(x), mu.data(), squares.data());
-      for (int64_t c = 0; c < shape.c; ++c) st.set(c, mu[c], squares[c] / m, eps, pw, pb);
-      affine_output<scalar_t, acc_t>(shape, relu, x, st.a, st.k, y);
-      return;
-    }
-    const T* px = in<scalar_t>(x);
-    T* py = out<scalar_t>(y);
-    with_relu(relu, [&](auto r) {
-      parallel_writes(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {  // the output pass finds the channel still in L2
-          double mu, squares;
-          plane_moments<T, acc_t>(shape, c, px, mu, squares);
-          st.set(c, mu, squares / m, eps, pw, pb);
-          plane_affine<decltype(r)::value, T, acc_t>(shape, c, px, st.a[c], st.k[c], py);
-        }
-      });
-    });
+    std::vector<double> mu(shape.c), squares(shape.c);
+    batch_moments<T, acc_t>(shape, in<scalar_t>(x), mu.data(), squares.data());
+    for (int64_t c = 0; c < shape.c; ++c) st.set(c, mu[c], squares[c] / m, eps, pw, pb);
+    affine_output<scalar_t, acc_t>(shape, relu, x, st.a, st.k, y);
   });
   return {y, stats};
 }
@@ -1010,26 +1174,9 @@ std::tuple<Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_y, const T
       B[c] = static_cast<acc_t>(bc);
       K[c] = static_cast<acc_t>(-ac * db / m - bc * pmean[c]);
     };
-    if (shape.s == 1) {
-      gradient_sums<scalar_t, acc_t>(shape, relu, grad_y, x, pmean, pa, pk, sum_dy.data(), sum_dy_centered.data());
-      for (int64_t c = 0; c < shape.c; ++c) coefficients(c);
-      grad_input<scalar_t, acc_t>(shape, relu, true, grad_y, x, pa, pk, A.data(), B.data(), K.data(), grad_x);
-      return;
-    }
-    using T = raw_t<scalar_t>;
-    const T *pdy = in<scalar_t>(grad_y), *px = in<scalar_t>(x);
-    T* pdx = out<scalar_t>(grad_x);
-    with_relu(relu, [&](auto r) {
-      constexpr bool kRelu = decltype(r)::value;
-      parallel_writes(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {  // the dx pass finds the channel's x and dy still in L2
-          plane_gradient_sums<kRelu, T, acc_t>(shape, c, pdy, px, pmean[c], pa[c], pk[c], sum_dy[c],
-                                               sum_dy_centered[c]);
-          coefficients(c);
-          plane_grad_input<kRelu, true, T, acc_t>(shape, c, pdy, px, pa[c], pk[c], A[c], B[c], K[c], pdx);
-        }
-      });
-    });
+    gradient_sums<scalar_t, acc_t>(shape, relu, grad_y, x, pmean, pinv, pa, pk, sum_dy.data(), sum_dy_centered.data());
+    for (int64_t c = 0; c < shape.c; ++c) coefficients(c);
+    grad_input<scalar_t, acc_t>(shape, relu, true, grad_y, x, pa, pk, A.data(), B.data(), K.data(), grad_x);
   });
   return {grad_x, grad_weight, grad_bias};
 }
@@ -1115,7 +1262,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> eval_backward_statistics(const Tensor
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t *pi = coefficients.const_data_ptr<acc_t>(), *pa = pi + shape.c, *pk = pi + 2 * shape.c;
     std::vector<double> s0(shape.c), s1(shape.c);
-    gradient_sums<scalar_t, acc_t>(shape, relu, dy, x, mean.const_data_ptr<acc_t>(), pa, pk, s0.data(), s1.data());
+    gradient_sums<scalar_t, acc_t>(shape, relu, dy, x, mean.const_data_ptr<acc_t>(), pi, pa, pk, s0.data(), s1.data());
     const acc_t* pw = maybe<acc_t>(weight);
     acc_t *pdm = d_mean.mutable_data_ptr<acc_t>(), *pdv = d_var.mutable_data_ptr<acc_t>();
     acc_t *pdw = d_weight.mutable_data_ptr<acc_t>(), *pdb = d_bias.mutable_data_ptr<acc_t>();
@@ -1138,13 +1285,7 @@ std::tuple<Tensor, Tensor> moments(const Tensor& x) {
     using acc_t = at::opmath_type<scalar_t>;
     using T = raw_t<scalar_t>;
     double *pm = mean.mutable_data_ptr<double>(), *ps = squares.mutable_data_ptr<double>();
-    if (shape.s == 1) {
-      all_rows_moments<T, acc_t>(shape, in<scalar_t>(input), pm, ps);
-      return;
-    }
-    at::parallel_for(0, shape.c, channel_grain(shape), [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) plane_moments<T, acc_t>(shape, c, in<scalar_t>(input), pm[c], ps[c]);
-    });
+    batch_moments<T, acc_t>(shape, in<scalar_t>(input), pm, ps);
   });
   return {mean, squares};
 }
@@ -1160,6 +1301,8 @@ Tensor to_bf16(const Tensor& x) {
 
 const char* isa() { return kIsa; }
 
-int64_t stream_bytes() { return kStreamBytes; }
+int64_t stream_bytes() { return stream_threshold.load(); }
+
+int64_t set_stream_bytes(int64_t bytes) { return stream_threshold.exchange(bytes); }
 
 }  // namespace bnrun

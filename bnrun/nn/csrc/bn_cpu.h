@@ -50,8 +50,12 @@ std::tuple<at::Tensor, at::Tensor> moments(const at::Tensor& x);
 // float32 → bfloat16 through the kernels' output loop (tests).
 at::Tensor to_bf16(const at::Tensor& x);
 
-// The vector instruction set this build was compiled for, and the output size from which it streams.
+// The vector instruction set this build was compiled for.
 const char* isa();
+
+// The bytes a pass's tensors take from which it streams its output (the last-level cache's size), and a
+// setter that returns the value it replaces (tests reach the streamed path with small tensors).
 int64_t stream_bytes();
+int64_t set_stream_bytes(int64_t bytes);
 
 }  // namespace bnrun

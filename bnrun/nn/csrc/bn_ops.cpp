@@ -299,7 +299,6 @@ BNRUN_LIBRARY_IMPL(BNRUN_OPS_NAMESPACE, CPU, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", [] { return std::string(bnrun::isa()); }, "the vector instruction set this build was compiled for");
-  m.attr("stream_bytes") = bnrun::stream_bytes();
   m.attr("version") = BNRUN_KERNEL_VERSION;
   m.attr("namespace") = BNRUN_STRING(BNRUN_OPS_NAMESPACE);
   // The kernels run without the GIL, as torch's operators do (the trial's heartbeat thread keeps beating).
@@ -307,5 +306,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("eval_step", &eval_step, "eager: batch_norm_eval's output in one call: (y, why-not)",
         py::call_guard<py::gil_scoped_release>());
+  m.def("stream_bytes", &bnrun::stream_bytes, "bytes a pass's tensors take from which it streams its output");
+  m.def("set_stream_bytes", &bnrun::set_stream_bytes, "sets stream_bytes; returns the value it replaces");
   m.def("to_bf16", &bnrun::to_bf16, "float32 to bfloat16 through the kernels' output loop (tests)");
 }
