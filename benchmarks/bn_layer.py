@@ -19,7 +19,9 @@ untimed step, so that no variant always inherits the caches of the eager path's 
 the table gives each variant's median time and, as the ratios, the median over rounds of each
 round's ratio to native or to the floor (paired, so that a background load or this VM's drifts in speed slow every
 variant of a round alike instead of skewing the ratios), with the fused ratio's interquartile
-range over the rounds. The header names the
+range over the rounds. Python's cyclic garbage collector is paused while a row is timed, as timeit
+pauses it (its collections, which the interpreter triggers by allocation counts, land on whichever
+variant is running: they slowed a (128, 64, 14, 14) step by about a quarter on the project's VMs). The header names the
 vector instruction set the fused kernel was built for.
 
 glibc hands the layers' multi-megabyte outputs fresh pages or reused heap depending on its state,
@@ -32,6 +34,7 @@ thresholds makes every round reuse the heap, so that the kernels are what is com
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import platform
 import statistics
@@ -83,7 +86,17 @@ def time_once(step_fn, layer, x, upstream, inner: int) -> float:
 
 
 def measure(shape, dtype, layout: str, repeats: int, inner: int) -> dict[str, list[float]]:
-    """Seconds per step of each variant, one sample per round."""
+    """Seconds per step of each variant, one sample per round, with Python's cyclic garbage collector
+    paused (as timeit pauses it): a collection that lands in one variant's rounds is not its cost."""
+    gc.collect()
+    gc.disable()
+    try:
+        return measure_rounds(shape, dtype, layout, repeats, inner)
+    finally:
+        gc.enable()
+
+
+def measure_rounds(shape, dtype, layout: str, repeats: int, inner: int) -> dict[str, list[float]]:
     torch.manual_seed(0)
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format).requires_grad_(True)

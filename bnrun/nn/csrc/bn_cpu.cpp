@@ -389,16 +389,19 @@ int64_t last_level_cache_bytes() {
 }
 
 // A pass whose tensors (inputs and output) take at least this many bytes streams its output (write's
-// `stream`): the last-level cache's size, so that a pass whose tensors fit leaves its output in the cache for
-// the next pass or layer. On the AVX512-BF16 EPYC (32 MiB of L3), bn_layer.py's rows, whose passes touch
-// 6.4–38.4 MB, measured best at this threshold against 8 and 16 MiB (streaming from 8 MiB was up to 1.9×
-// slower on the backward of 3.2 MB bfloat16 tensors) and against never streaming.
+// `stream`): the last-level cache's size, so that a pass whose tensors fit leaves its output in the cache
+// for the next pass or layer. Rows of channels (channels_last, (N, C)) stream from a quarter of it: their
+// stores are whole aligned vectors, where (N, C, S) planes of a few hundred bytes each start and end in
+// partial lines. On the AVX512-BF16 EPYC (32 MiB of L3), bn_layer.py's layer steps (tensors of 3.2–12.8 MB)
+// measured best with these two thresholds against 8, 16 and 32 MiB for both and against never streaming:
+// streaming planes from 8 MiB was up to 1.9× slower, not streaming channels_last rows of 6.4 MB 1.1× slower.
 std::atomic<int64_t> stream_threshold{last_level_cache_bytes()};
 
 template <typename T>
 bool streams_output(const Shape& shape, int64_t tensors) {
+  const int64_t threshold = stream_threshold.load(std::memory_order_relaxed);
   return tensors * shape.n * shape.c * shape.s * static_cast<int64_t>(sizeof(T)) >=
-         stream_threshold.load(std::memory_order_relaxed);
+         (shape.s == 1 ? threshold / 4 : threshold);
 }
 
 // x itself when it is contiguous or channels_last, otherwise a contiguous copy.
