@@ -10,7 +10,8 @@ against torch's own kernel. Also each trial's peak memory (max RSS of its proces
 
 With --repeats N every path runs N times, in rounds that run each path once; the table gives each
 time and memory figure's median over the rounds and each ratio's median over the rounds' paired
-ratios (the BN path and test accuracy are the first round's: a seed repeats on one machine).
+ratios, followed by each round's ratio (the BN path and test accuracy are the first round's: a seed
+repeats on one machine).
 
 Run it on a quiet machine: nothing else may use the CPU meanwhile.
 """
@@ -76,8 +77,11 @@ def median_of(rows: list[dict], key: str) -> float:
     return statistics.median(row[key] for row in rows)
 
 
-def paired_ratio(ours: list[dict], theirs: list[dict], key: str) -> float:
-    return statistics.median(a[key] / b[key] for a, b in zip(ours, theirs, strict=True))
+def paired_ratio(ours: list[dict], theirs: list[dict], key: str) -> str:
+    """The median over rounds of each round's ratio, then (with several rounds) each round's."""
+    ratios = [a[key] / b[key] for a, b in zip(ours, theirs, strict=True)]
+    rounds = f" (rounds: {', '.join(f'{r:.2f}×' for r in ratios)})" if len(ratios) > 1 else ""
+    return f"{statistics.median(ratios):.2f}×{rounds}"
 
 
 def main() -> None:
@@ -104,9 +108,8 @@ def main() -> None:
                       f"{100 * runs[0]['acc']:.2f} % |")
             for precision in precisions():
                 ours, theirs = rows[f"{precision} custom fused"], rows[f"{precision} torch BN"]
-                print(f"| {arch} | {precision}: custom fused / torch BN | {paired_ratio(ours, theirs, 'trial'):.2f}× | "
-                      f"{paired_ratio(ours, theirs, 'epoch'):.2f}× | {paired_ratio(ours, theirs, 'after'):.2f}× "
-                      "| | | |")
+                print(f"| {arch} | {precision}: custom fused / torch BN | {paired_ratio(ours, theirs, 'trial')} | "
+                      f"{paired_ratio(ours, theirs, 'epoch')} | {paired_ratio(ours, theirs, 'after')} | | | |")
 
 
 def cpu_name() -> str:
