@@ -14,7 +14,12 @@ stores skips the read a copy's write-allocate pays, so it may in principle come 
     python benchmarks/bn_layer.py            # full measurement
     python benchmarks/bn_layer.py --quick    # fewer repetitions
 
-Timings are interleaved (copy, native, eager, fused, then rotated by one each round, each slot after one
+A sixth variant, "operators", calls the fused kernel's training operators directly (forward, then
+backward, each output dropped when done): the layer's passes without its Python, the autograd engine
+or a y that lives until the backward, so that the two ratios to the floor separate the kernel's
+passes from what a layer step adds around them.
+
+Timings are interleaved (copy, operators, native, eager, fused, then rotated by one each round, each slot after one
 untimed step, so that no variant always inherits the caches of the eager path's larger footprint):
 the table gives each variant's median time and, as the ratios, the median over rounds of each
 round's ratio to native or to the floor (paired, so that a background load or this VM's drifts in speed slow every
@@ -78,6 +83,24 @@ def copy_step(copy, x, upstream) -> None:
     copy(x)
 
 
+class Operators:
+    """The fused kernel's two training operators called directly, forward then backward: the layer's
+    passes without the layer (its Python, the autograd engine, a y kept alive until the backward)."""
+
+    def __init__(self, x):
+        self.ops = fused.cpu_kernel().ops
+        self.weight, self.bias = torch.ones(x.shape[1]), torch.zeros(x.shape[1])
+
+    def __call__(self, x, upstream) -> None:
+        y, stats = self.ops.batch_norm_train(x.detach(), self.weight, self.bias, 1e-5, False)
+        del y
+        self.ops.batch_norm_train_backward(upstream, x.detach(), stats, self.weight, False)
+
+
+def operators_step(operators, x, upstream) -> None:
+    operators(x, upstream)
+
+
 def time_once(step_fn, layer, x, upstream, inner: int) -> float:
     start = time.perf_counter()
     for _ in range(inner):
@@ -101,8 +124,9 @@ def measure_rounds(shape, dtype, layout: str, repeats: int, inner: int) -> dict[
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format).requires_grad_(True)
     upstream = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format)
-    layers = {"copy": Copy(x), **{name: layer_for(shape, name).train() for name in ("native", "eager", "fused")}}
-    steps = {name: copy_step if name == "copy" else step for name in layers}
+    layers = {"copy": Copy(x), "operators": Operators(x),
+              **{name: layer_for(shape, name).train() for name in ("native", "eager", "fused")}}
+    steps = {name: {"copy": copy_step, "operators": operators_step}.get(name, step) for name in layers}
     for name, layer in layers.items():  # warm-up; for "fused" this is where compilation happens
         for _ in range(3):
             steps[name](layer, x, upstream)
@@ -142,8 +166,9 @@ def main() -> None:
           f"fused kernel built for {fused.kernel_isa()} (version {fused.KERNEL_VERSION}); floor: "
           f"{2 * FLOOR_COPIES} passes over the tensor = {FLOOR_COPIES} copies at the copy bandwidth measured per row")
     print("| shape | dtype | layout | MB moved | copy GB/s | floor ms | native ms | eager ms | fused ms "
-          "| native / floor | fused / floor | eager / native | fused / native | fused / native, IQR |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| native / floor | fused / floor | operators / floor | eager / native | fused / native "
+          "| fused / native, IQR |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for dtype, layout in CASES:
         for shape in SHAPES:
             if layout == "channels_last" and len(shape) != 4:
@@ -159,7 +184,8 @@ def row(shape, dtype, layout: str, samples: dict[str, list[float]]) -> str:
             f"{2 * tensor_bytes / t['copy'] / 1e9:.1f} | {FLOOR_COPIES * t['copy'] * 1e3:.3f} | "
             f"{t['native'] * 1e3:.3f} | {t['eager'] * 1e3:.3f} | {t['fused'] * 1e3:.3f} | "
             f"{median_ratio(samples, 'native', 'floor')} | {median_ratio(samples, 'fused', 'floor')} | "
-            f"{median_ratio(samples, 'eager')} | {median_ratio(samples, 'fused')} | "
+            f"{median_ratio(samples, 'operators', 'floor')} | {median_ratio(samples, 'eager')} | "
+            f"{median_ratio(samples, 'fused')} | "
             f"{spread(paired_ratios(samples, 'fused'))} |")
 
 
