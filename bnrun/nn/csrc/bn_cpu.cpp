@@ -392,9 +392,9 @@ int64_t last_level_cache_bytes() {
 // `stream`): the last-level cache's size, so that a pass whose tensors fit leaves its output in the cache
 // for the next pass or layer. Rows of channels (channels_last, (N, C)) stream from a quarter of it: their
 // stores are whole aligned vectors, where (N, C, S) planes of a few hundred bytes each start and end in
-// partial lines. On the AVX512-BF16 EPYC (32 MiB of L3), bn_layer.py's layer steps (tensors of 3.2–12.8 MB)
-// measured best with these two thresholds against 8, 16 and 32 MiB for both and against never streaming:
-// streaming planes from 8 MiB was up to 1.9× slower, not streaming channels_last rows of 6.4 MB 1.1× slower.
+// partial lines. On the AVX512-BF16 EPYC (32 MiB of L3), with bn_layer.py's shapes (tensors of 3.2–12.8 MB):
+// streaming planes from 8 MiB made a forward and backward up to 1.9× slower than from 32 MiB, and
+// channels_last rows of 6.4 MB were 1.1× faster streamed than not.
 std::atomic<int64_t> stream_threshold{last_level_cache_bytes()};
 
 template <typename T>
