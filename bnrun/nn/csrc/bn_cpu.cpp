@@ -597,6 +597,23 @@ inline vec<acc_t> fold(const vec<acc_t> (&v)[kUnroll]) {
   return (v[0] + v[1]) + (v[2] + v[3]);
 }
 
+// Two sums per channel over a block of images: register vectors (v0, v1) and the values over_plane takes
+// one at a time (t0, t1).
+template <typename acc_t>
+struct ChannelSums {
+  std::vector<vec<acc_t>> v0, v1;
+  std::vector<acc_t> t0, t1;
+  explicit ChannelSums(int64_t channels) : v0(channels), v1(channels), t0(channels), t1(channels) {}
+  void clear() {
+    std::fill(v0.begin(), v0.end(), vec<acc_t>{});
+    std::fill(v1.begin(), v1.end(), vec<acc_t>{});
+    std::fill(t0.begin(), t0.end(), acc_t(0));
+    std::fill(t1.begin(), t1.end(), acc_t(0));
+  }
+  double first(int64_t c) const { return total<acc_t>(v0[c]) + t0[c]; }
+  double second(int64_t c) const { return total<acc_t>(v1[c]) + t1[c]; }
+};
+
 // Σ(x − p) and Σ(x − p)² over a plane of S values at x, added to s1 and s2 (register vectors) and to t1 and t2
 // (the values over_plane takes one at a time); the tensor has `room` values from x on.
 template <typename T, typename acc_t>
@@ -637,10 +654,9 @@ BlockMoments block_around(const Shape& shape, const T* px, int64_t c, int64_t b0
 // sums cancel (kCancels).
 template <typename T, typename acc_t>
 void images_moments(const Shape& shape, int64_t n0, int64_t n1, const T* px, double* mean, double* squares) {
-  using V = vec<acc_t>;
   const int64_t C = shape.c, S = shape.s, block = image_block<acc_t>(shape), numel = shape.n * C * S;
-  std::vector<V> s1(C), s2(C);
-  std::vector<acc_t> pivot(C), t1(C), t2(C);
+  ChannelSums<acc_t> sums(C);  // Σ(x − p) and Σ(x − p)², or Σx and Σx² (kDots)
+  std::vector<acc_t> pivot(C);
   const int64_t head = std::min<int64_t>(S, 16);
   for (int64_t c = 0; c < C; ++c) {
     double first = 0;
@@ -651,17 +667,15 @@ void images_moments(const Shape& shape, int64_t n0, int64_t n1, const T* px, dou
   double count = 0;
   for (int64_t b0 = n0; b0 < n1; b0 += block) {
     const int64_t b1 = std::min(n1, b0 + block);
-    std::fill(s1.begin(), s1.end(), V{});
-    std::fill(s2.begin(), s2.end(), V{});
-    std::fill(t1.begin(), t1.end(), acc_t(0));
-    std::fill(t2.begin(), t2.end(), acc_t(0));
+    sums.clear();
     for (int64_t n = b0; n < b1; ++n)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t base = (n * C + c) * S;
         if constexpr (kDots<T>) {
-          dot_sums(px + base, px + base, S, s1[c], s2[c]);
+          dot_sums(px + base, px + base, S, sums.v0[c], sums.v1[c]);
         } else {
-          plane_sums_around<T, acc_t>(px + base, S, numel - base, pivot[c], s1[c], s2[c], t1[c], t2[c]);
+          plane_sums_around<T, acc_t>(px + base, S, numel - base, pivot[c], sums.v0[c], sums.v1[c], sums.t0[c],
+                                      sums.t1[c]);
         }
       }
     const double values = static_cast<double>((b1 - b0) * S), inv_values = 1.0 / values;
@@ -669,12 +683,12 @@ void images_moments(const Shape& shape, int64_t n0, int64_t n1, const T* px, dou
     for (int64_t c = 0; c < C; ++c) {
       BlockMoments b;
       if constexpr (kDots<T>) {
-        const double sum = total<acc_t>(s1[c]), sum_squares = total<acc_t>(s2[c]);
-        b = around(inv_values, 0.0, sum, sum_squares);
-        if (b.m2 * kCancels < sum_squares) b = block_around<T, acc_t>(shape, px, c, b0, b1, static_cast<acc_t>(b.mean));
+        b = around(inv_values, 0.0, sums.first(c), sums.second(c));
+        if (b.m2 * kCancels < sums.second(c)) {
+          b = block_around<T, acc_t>(shape, px, c, b0, b1, static_cast<acc_t>(b.mean));
+        }
       } else {
-        b = around(inv_values, static_cast<double>(pivot[c]), total<acc_t>(s1[c]) + t1[c],
-                   total<acc_t>(s2[c]) + t2[c]);
+        b = around(inv_values, static_cast<double>(pivot[c]), sums.first(c), sums.second(c));
       }
       merge(mean[c], squares[c], b.mean, b.m2);
       pivot[c] = static_cast<acc_t>(mean[c]);
@@ -690,21 +704,17 @@ void images_gradient_sums(const Shape& shape, int64_t n0, int64_t n1, const T* p
                           const acc_t* a, const acc_t* k, bool dots, double* sum_dy, double* sum_dy_centered) {
   using V = vec<acc_t>;
   const int64_t C = shape.c, S = shape.s, block = image_block<acc_t>(shape), numel = shape.n * C * S;
-  std::vector<V> s0(C), s1(C);
-  std::vector<acc_t> t0(C), t1(C);
+  ChannelSums<acc_t> sums(C);  // Σg and Σg·(x − μ), or Σg and Σg·x (dots)
   for (int64_t b0 = n0; b0 < n1; b0 += block) {
     const int64_t b1 = std::min(n1, b0 + block);
-    std::fill(s0.begin(), s0.end(), V{});
-    std::fill(s1.begin(), s1.end(), V{});
-    std::fill(t0.begin(), t0.end(), acc_t(0));
-    std::fill(t1.begin(), t1.end(), acc_t(0));
+    sums.clear();
     for (int64_t n = b0; n < b1; ++n)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t base = (n * C + c) * S;
         const T *dy = pdy + base, *x = px + base;
         if constexpr (kDots<T> && !kRelu) {
           if (dots) {
-            dot_sums(dy, x, S, s0[c], s1[c]);  // Σg and Σg·x
+            dot_sums(dy, x, S, sums.v0[c], sums.v1[c]);
             continue;
           }
         }
@@ -722,13 +732,13 @@ void images_gradient_sums(const Shape& shape, int64_t n0, int64_t n1, const T* p
           e0 += g;
           e1 += g * (xv - mu[c]);
         });
-        s0[c] += fold<acc_t>(g0);
-        s1[c] += fold<acc_t>(g1);
-        t0[c] += e0;
-        t1[c] += e1;
+        sums.v0[c] += fold<acc_t>(g0);
+        sums.v1[c] += fold<acc_t>(g1);
+        sums.t0[c] += e0;
+        sums.t1[c] += e1;
       }
     for (int64_t c = 0; c < C; ++c) {
-      const double g = total<acc_t>(s0[c]) + t0[c], gx = total<acc_t>(s1[c]) + t1[c];
+      const double g = sums.first(c), gx = sums.second(c);
       sum_dy[c] += g;
       sum_dy_centered[c] += dots ? gx - static_cast<double>(mu[c]) * g : gx;
     }
