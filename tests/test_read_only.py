@@ -43,6 +43,7 @@ def lock_down(directory: Path) -> list[str] | None:
     return []
 
 
+@pytest.mark.slow  # every read-only command as a subprocess, twice per store (7 s each)
 @pytest.mark.parametrize("make", [head_store, lambda p: shutil.copyfile(FIXTURE_0001, p) and p], ids=["head", "older-schema"])
 def test_read_only_commands_match_a_writable_copy_and_write_nothing(tmp_path, make):
     writable, directory = tmp_path / "rw" / "store.db", tmp_path / "ro"

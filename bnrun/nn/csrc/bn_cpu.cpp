@@ -419,9 +419,9 @@ constexpr int64_t kValuesPerLane = 128;  // values a register vector's lane adds
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Rows of C channels (S == 1) are split into chunks (one task each) of whole blocks of kValuesPerLane
-// rows, at least kWork values, fixed by the shape alone, so that the sums do not depend on the number
-// of threads.
+// The batch's split into chunks (one task each): `rows` rows of channels (S == 1) or images (S > 1, see
+// image_chunks) per chunk, `count` chunks, fixed by the shape alone so that the sums do not depend on the
+// number of threads. Rows of C channels come in whole blocks of kValuesPerLane rows, at least kWork values.
 struct Chunks {
   int64_t rows, count;
 };
