@@ -15,7 +15,8 @@ stores skips the read a copy's write-allocate pays, so it may in principle come 
     python benchmarks/bn_layer.py --quick    # fewer repetitions
 
 A sixth variant, "operators", calls the fused kernel's training operators directly (forward, then
-backward, each output dropped when done): the layer's passes without its Python, the autograd engine
+backward, each output dropped when done), below the autograd dispatch key: the layer's passes without
+its Python, the autograd engine, the Python autograd formulas that operators.py registers for tracing,
 or a y that lives until the backward, so that the two ratios to the floor separate the kernel's
 passes from what a layer step adds around them.
 
@@ -92,9 +93,10 @@ class Operators:
         self.weight, self.bias = torch.ones(x.shape[1]), torch.zeros(x.shape[1])
 
     def __call__(self, x, upstream) -> None:
-        y, stats = self.ops.batch_norm_train(x.detach(), self.weight, self.bias, 1e-5, False)
-        del y
-        self.ops.batch_norm_train_backward(upstream, x.detach(), stats, self.weight, False)
+        with torch._C._AutoDispatchBelowAutograd():  # the kernels, not operators.py's Python autograd formulas
+            y, stats = self.ops.batch_norm_train(x.detach(), self.weight, self.bias, 1e-5, False)
+            del y
+            self.ops.batch_norm_train_backward(upstream, x.detach(), stats, self.weight, False)
 
 
 def operators_step(operators, x, upstream) -> None:
