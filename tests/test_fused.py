@@ -136,22 +136,32 @@ def test_one_pass_moments_survive_an_outlier_where_the_pivot_is_taken(layout):
     torch.testing.assert_close((layer.running_var.double() - 0.9) / 0.1, exact_var, rtol=1e-5, atol=0)  # measured 7e-7
 
 
+# (N, C, H, W) planes; channels_last rows of 48 channels (three register vectors: a group of 32 channels
+# and one of 16) over an odd number of rows; (N, C) rows of 40 channels (32 by dot products, 8 one at a time).
+BF16_SUM_SHAPES = {"nchw": (32, 6, 14, 14), "channels_last": (31, 48, 5, 3), "rows": (257, 40)}
+
+
+@pytest.mark.parametrize("layout", list(BF16_SUM_SHAPES))
 @pytest.mark.parametrize("offset", [0.0, 3.0, 300.0], ids=["centred", "mean-3-sd", "mean-300-sd"])
-def test_bf16_planes_sums_match_float64_wherever_the_mean_lies(offset):
-    """bfloat16 (N, C, H, W) statistics and gradient sums, with the mean at 0, 3 and 300 standard
-    deviations: every build must give float64's variance, dγ and dβ. (The avx512-bf16 build sums x, x²,
-    dy and dy·x by dot products without a pivot below about 4 standard deviations, and takes the
-    pivoted loops above.)"""
+def test_bf16_sums_match_float64_wherever_the_mean_lies(offset, layout):
+    """bfloat16 statistics and gradient sums, with the mean at 0, 3 and 300 standard deviations, in each
+    layout: every build must give float64's variance, dγ and dβ. (The avx512-bf16 build sums x, x², dy and
+    dy·x by dot products without a pivot below about 4 standard deviations, and takes the pivoted loops
+    above.)"""
     torch.manual_seed(0)
-    x = (torch.randn(32, 6, 14, 14) + offset).bfloat16()
-    upstream = torch.randn(x.shape).bfloat16()
-    layer = bnn.BatchNorm2d(6, fused=True, momentum=1.0)
+    shape = BF16_SUM_SHAPES[layout]
+    x = (torch.randn(shape) + offset).bfloat16()
+    upstream = torch.randn(shape).bfloat16()
+    if layout == "channels_last":
+        x, upstream = (t.contiguous(memory_format=torch.channels_last) for t in (x, upstream))
+    layer = (bnn.BatchNorm1d if layout == "rows" else bnn.BatchNorm2d)(shape[1], fused=True, momentum=1.0)
     xi = x.clone().requires_grad_(True)
     layer(xi).backward(upstream)
     xd, ud = x.double(), upstream.double()
-    dims = [0, 2, 3]
+    dims = [d for d in range(x.dim()) if d != 1]
+    channel = [1, -1] + [1] * (x.dim() - 2)
     mean, var = xd.mean(dims), xd.var(dims, unbiased=False)
-    x_hat = (xd - mean.view(1, -1, 1, 1)) / (var.view(1, -1, 1, 1) + layer.eps).sqrt()
+    x_hat = (xd - mean.view(channel)) / (var.view(channel) + layer.eps).sqrt()
     torch.testing.assert_close(layer.running_var.double(), xd.var(dims), rtol=1e-5, atol=0)
     torch.testing.assert_close(layer.bias.grad.double(), ud.sum(dims), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(layer.weight.grad.double(), (ud * x_hat).sum(dims), rtol=1e-4, atol=1e-3)

@@ -43,8 +43,11 @@ KERNEL_NAME = "bnrun_bn_cpu"
 # input summed and written in memory order (images in chunks, blocks of images merged with Chan's
 # update); the avx512-bf16 build sums bfloat16 planes by vdpbf16ps without a pivot (Σx, Σx², Σdy,
 # Σdy·x), a block or pass whose sums would cancel taking the pivoted loops; blocks merged with 1/n
-# multiplied rather than divided (results differ from 3 in float rounding only).
-KERNEL_VERSION = 4
+# multiplied rather than divided (results differ from 3 in float rounding only). 5: the avx512-bf16 build
+# sums bfloat16 rows of channels (channels_last, (N, C)) by vdpbf16ps too, two rows per instruction, without
+# a pivot (Σx, Σx², Σdy, Σdy·x), a block whose sums would cancel taking the pivoted loops; every other build
+# and dtype is as in 4.
+KERNEL_VERSION = 5
 # The kernel's builds, most capable first, with the compiler flags of each.
 _AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512"]
 _AVX2 = ["-mavx2", "-mfma", "-mf16c"]

@@ -584,12 +584,82 @@ inline void dot_sums(const uint16_t* a, const uint16_t* b, int64_t len, vec<floa
   sum_a += va;
   sum_ab += vab;
 }
+
+// Rows of C bfloat16 channels (channels_last, (N, C)) by dot products, two rows at a time: unpacklo and
+// unpackhi interleave rows r and r + 1 channel by channel, so that each float32 lane adds one channel's two
+// values. The channels of a register vector come in groups of 32 (the last group of an odd U: 16, zero-
+// extended); lo's lanes hold channels 8L..8L+3 and hi's 8L+4..8L+7 of each 128-bit lane L, put back in channel
+// order once per block. Σa over rows [first, last) and Σa·b (b = a for the moments: kSame) of the channels
+// c0 .. c0 + U·16 − 1 are added to sum_a[u] and sum_ab[u]; an odd last row is paired with zeros. Two sets of
+// accumulators take alternate pairs of rows, so that the dot products' latency overlaps.
+template <int64_t U, bool kSame>
+inline void row_pair_dot_sums(const uint16_t* a, const uint16_t* b, int64_t C, int64_t c0, int64_t first,
+                              int64_t last, vec<float> (&sum_a)[U], vec<float> (&sum_ab)[U]) {
+  constexpr int64_t P = (U + 1) / 2;  // groups of 32 channels
+  const __m512bh ones = (__m512bh)_mm512_set1_epi16(0x3F80);
+  __m512 sa[2][P][2], sab[2][P][2];  // [set][group][lo, hi]
+  for (int set = 0; set < 2; ++set)
+    for (int64_t g = 0; g < P; ++g)
+      for (int h = 0; h < 2; ++h) sa[set][g][h] = sab[set][g][h] = _mm512_setzero_ps();
+  const auto row = [&](const uint16_t* p, int64_t r, int64_t g) {
+    const uint16_t* at = p + r * C + c0 + 32 * g;
+    if (2 * g + 1 < U) return _mm512_loadu_si512(at);
+    return _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at)));
+  };
+  const auto add = [&](int set, int64_t r, bool pair) {
+#pragma GCC unroll 2
+    for (int64_t g = 0; g < P; ++g) {
+      const __m512i a0 = row(a, r, g), a1 = pair ? row(a, r + 1, g) : _mm512_setzero_si512();
+      const __m512i alo = _mm512_unpacklo_epi16(a0, a1), ahi = _mm512_unpackhi_epi16(a0, a1);
+      __m512i blo = alo, bhi = ahi;
+      if constexpr (!kSame) {
+        const __m512i b0 = row(b, r, g), b1 = pair ? row(b, r + 1, g) : _mm512_setzero_si512();
+        blo = _mm512_unpacklo_epi16(b0, b1);
+        bhi = _mm512_unpackhi_epi16(b0, b1);
+      }
+      sa[set][g][0] = _mm512_dpbf16_ps(sa[set][g][0], (__m512bh)alo, ones);
+      sa[set][g][1] = _mm512_dpbf16_ps(sa[set][g][1], (__m512bh)ahi, ones);
+      sab[set][g][0] = _mm512_dpbf16_ps(sab[set][g][0], (__m512bh)alo, (__m512bh)blo);
+      sab[set][g][1] = _mm512_dpbf16_ps(sab[set][g][1], (__m512bh)ahi, (__m512bh)bhi);
+    }
+  };
+  int64_t r = first;
+  for (; r + 4 <= last; r += 4) {
+    add(0, r, true);
+    add(1, r + 2, true);
+  }
+  for (; r + 2 <= last; r += 2) add(0, r, true);
+  if (r < last) add(1, r, false);
+  // Lane j of the channel-ordered vector: channel 8L + i is lo's lane 4L + i (i < 4), else hi's lane 4L + i − 4.
+  alignas(64) int32_t order[2][16];
+  for (int half = 0; half < 2; ++half)
+    for (int j = 0; j < 16; ++j) {
+      const int channel = 16 * half + j, lane = channel / 8, i = channel % 8;  // lane: the 128-bit lane
+      order[half][j] = i < 4 ? 4 * lane + i : 16 + 4 * lane + i - 4;
+    }
+  for (int64_t g = 0; g < P; ++g)
+    for (int half = 0; half < 2 && 2 * g + half < U; ++half) {
+      const __m512i index = _mm512_load_si512(order[half]);
+      const __m512 lo = _mm512_add_ps(sa[0][g][0], sa[1][g][0]), hi = _mm512_add_ps(sa[0][g][1], sa[1][g][1]);
+      const __m512 lo_ab = _mm512_add_ps(sab[0][g][0], sab[1][g][0]);
+      const __m512 hi_ab = _mm512_add_ps(sab[0][g][1], sab[1][g][1]);
+      const __m512 va = _mm512_permutex2var_ps(lo, index, hi), vab = _mm512_permutex2var_ps(lo_ab, index, hi_ab);
+      vec<float> ta, tab;
+      std::memcpy(&ta, &va, sizeof ta);
+      std::memcpy(&tab, &vab, sizeof tab);
+      sum_a[2 * g + half] += ta;
+      sum_ab[2 * g + half] += tab;
+    }
+}
 #else
 template <typename T>
 constexpr bool kDots = false;
 
 // Never called (kDots is false): declared so that the templates that test kDots compile in every build.
 void dot_sums(const uint16_t* a, const uint16_t* b, int64_t len, vec<float>& sum_a, vec<float>& sum_ab);
+template <int64_t U, bool kSame>
+void row_pair_dot_sums(const uint16_t* a, const uint16_t* b, int64_t C, int64_t c0, int64_t first, int64_t last,
+                       vec<float> (&sum_a)[U], vec<float> (&sum_ab)[U]);
 #endif
 
 template <typename acc_t>
@@ -776,13 +846,28 @@ void planes_map(const Shape& shape, const std::array<const acc_t*, K>& coefficie
 // ---------------------------------------------------------------------------------------------
 // Rows of C channels (S == 1: (N, C) and channels_last): vectorized across the channels.
 
+// Mean and Σ(x − mean)² of channel c over rows [first, last) of C channels, summed around the pivot p.
+template <typename T, typename acc_t>
+BlockMoments rows_around(const T* px, int64_t C, int64_t c, int64_t first, int64_t last, acc_t p) {
+  acc_t t1 = 0, t2 = 0;
+  for (int64_t r = first; r < last; ++r) {
+    const acc_t d = acc_t(widen(px[r * C + c])) - p;
+    t1 += d;
+    t2 += d * d;
+  }
+  return around(1.0 / static_cast<double>(last - first), static_cast<double>(p), t1, t2);
+}
+
 // Mean and Σ(x − μ)² per channel over rows [r0, r1) in one pass: blocks of kValuesPerLane rows summed
-// around the running mean in register vectors across the channels, merged in double (around()).
+// around the running mean in register vectors across the channels, merged in double (around()). bfloat16 in
+// the avx512-bf16 build sums x and x² by row_pair_dot_sums instead (the last C % kWidth channels as before),
+// and sums a block again around its mean where those sums cancel (kCancels).
 template <typename T, typename acc_t>
 void rows_moments(const Shape& shape, int64_t r0, int64_t r1, const T* px, double* mean, double* squares) {
   using V = vec<acc_t>;
   constexpr int64_t W = kWidth<acc_t>;
   const int64_t C = shape.c, head = std::min<int64_t>(8, r1 - r0);
+  const int64_t dotted = kDots<T> ? C - C % W : 0;  // channels summed by row_pair_dot_sums, without a pivot
   std::vector<acc_t> pivot(C), s1(C), s2(C);
   std::fill(mean, mean + C, 0.0);
   std::fill(squares, squares + C, 0.0);
@@ -796,6 +881,9 @@ void rows_moments(const Shape& shape, int64_t r0, int64_t r1, const T* px, doubl
     over_channels<acc_t>(C, [&](auto tile, int64_t c0) {
       constexpr int64_t U = decltype(tile)::value;
       V p[U], a1[U] = {}, a2[U] = {};
+      if constexpr (kDots<T>) {
+        row_pair_dot_sums<U, true>(px, px, C, c0, first, last, a1, a2);  // Σx and Σx², no pivot
+      } else {
 #pragma GCC unroll 4
       for (int64_t u = 0; u < U; ++u) p[u] = load<acc_t>(pivot.data() + c0 + u * W);
       for (int64_t r = first; r < last; ++r) {
@@ -806,6 +894,7 @@ void rows_moments(const Shape& shape, int64_t r0, int64_t r1, const T* px, doubl
           a1[u] += d;
           a2[u] += d * d;
         }
+      }
       }
       for (int64_t u = 0; u < U; ++u) {
         std::memcpy(s1.data() + c0 + u * W, &a1[u], sizeof(V));
@@ -824,7 +913,13 @@ void rows_moments(const Shape& shape, int64_t r0, int64_t r1, const T* px, doubl
     const double n = static_cast<double>(last - first), inv_n = 1.0 / n;
     const Merge merge(count, n);
     for (int64_t c = 0; c < C; ++c) {
-      const BlockMoments b = around(inv_n, static_cast<double>(pivot[c]), s1[c], s2[c]);
+      BlockMoments b;
+      if (c < dotted) {
+        b = around(inv_n, 0.0, s1[c], s2[c]);
+        if (b.m2 * kCancels < s2[c]) b = rows_around<T, acc_t>(px, C, c, first, last, static_cast<acc_t>(b.mean));
+      } else {
+        b = around(inv_n, static_cast<double>(pivot[c]), s1[c], s2[c]);
+      }
       merge(mean[c], squares[c], b.mean, b.m2);
       pivot[c] = static_cast<acc_t>(mean[c]);
     }
@@ -926,10 +1021,11 @@ void rows_map(const Shape& shape, const std::array<const acc_t*, K>& coefficient
 }
 
 // Σg and Σg·(x − μ) per channel over rows [r0, r1), added to the double sums: blocks of kValuesPerLane rows
-// in register vectors across the channels.
+// in register vectors across the channels; with `dots` (bfloat16 without the ReLU, kDots), Σg and Σg·x by
+// row_pair_dot_sums.
 template <bool kRelu, typename T, typename acc_t>
 void rows_gradient_sums(const Shape& shape, int64_t r0, int64_t r1, const T* pdy, const T* px, const acc_t* mu,
-                        const acc_t* a, const acc_t* k, double* sum_dy, double* sum_dy_centered) {
+                        const acc_t* a, const acc_t* k, bool dots, double* sum_dy, double* sum_dy_centered) {
   using V = vec<acc_t>;
   constexpr int64_t W = kWidth<acc_t>;
   const int64_t C = shape.c;
@@ -938,6 +1034,18 @@ void rows_gradient_sums(const Shape& shape, int64_t r0, int64_t r1, const T* pdy
     over_channels<acc_t>(C, [&](auto tile, int64_t c0) {
       constexpr int64_t U = decltype(tile)::value;
       V vmu[U], va[U], vk[U], s0[U] = {}, s1[U] = {};
+      if constexpr (kDots<T> && !kRelu) {
+        if (dots) {  // Σg and Σg·x; Σg·(x − μ) = Σg·x − μΣg in double
+          row_pair_dot_sums<U, false>(pdy, px, C, c0, first, last, s0, s1);
+          for (int64_t u = 0; u < U; ++u)
+            for (int64_t j = 0; j < W; ++j) {
+              const int64_t c = c0 + u * W + j;
+              sum_dy[c] += s0[u][j];
+              sum_dy_centered[c] += s1[u][j] - static_cast<double>(mu[c]) * s0[u][j];
+            }
+          return;
+        }
+      }
 #pragma GCC unroll 4
       for (int64_t u = 0; u < U; ++u) {
         vmu[u] = load<acc_t>(mu + c0 + u * W);
@@ -990,7 +1098,8 @@ void batch_gradient_sums(const Shape& shape, const T* pdy, const T* px, const ac
     for (int64_t i = b; i < e; ++i) {
       const int64_t first = i * chunks.rows, last = std::min(shape.n, (i + 1) * chunks.rows);
       if (shape.s == 1) {
-        rows_gradient_sums<kRelu, T, acc_t>(shape, first, last, pdy, px, mu, a, k, &part0[i * C], &part1[i * C]);
+        rows_gradient_sums<kRelu, T, acc_t>(shape, first, last, pdy, px, mu, a, k, dots, &part0[i * C],
+                                            &part1[i * C]);
       } else {
         images_gradient_sums<kRelu, T, acc_t>(shape, first, last, pdy, px, mu, a, k, dots, &part0[i * C],
                                               &part1[i * C]);
