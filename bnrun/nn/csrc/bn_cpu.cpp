@@ -846,6 +846,27 @@ void planes_map(const Shape& shape, const std::array<const acc_t*, K>& coefficie
 // ---------------------------------------------------------------------------------------------
 // Rows of C channels (S == 1: (N, C) and channels_last): vectorized across the channels.
 
+// Σ(x − p) and Σ(x − p)² of the U·kWidth channels from c0 over rows [first, last) of C channels, with the
+// channels' pivots at pivot, added to s1[u] and s2[u].
+template <typename T, typename acc_t, int64_t U>
+inline void rows_sums_around(const T* px, int64_t C, int64_t c0, int64_t first, int64_t last, const acc_t* pivot,
+                             vec<acc_t> (&s1)[U], vec<acc_t> (&s2)[U]) {
+  using V = vec<acc_t>;
+  constexpr int64_t W = kWidth<acc_t>;
+  V p[U];
+#pragma GCC unroll 4
+  for (int64_t u = 0; u < U; ++u) p[u] = load<acc_t>(pivot + u * W);
+  for (int64_t r = first; r < last; ++r) {
+    const T* x = px + r * C + c0;
+#pragma GCC unroll 4
+    for (int64_t u = 0; u < U; ++u) {
+      const V d = load<acc_t>(x + u * W) - p[u];
+      s1[u] += d;
+      s2[u] += d * d;
+    }
+  }
+}
+
 // Mean and Σ(x − mean)² of channel c over rows [first, last) of C channels, summed around the pivot p.
 template <typename T, typename acc_t>
 BlockMoments rows_around(const T* px, int64_t C, int64_t c, int64_t first, int64_t last, acc_t p) {
@@ -880,21 +901,11 @@ void rows_moments(const Shape& shape, int64_t r0, int64_t r1, const T* px, doubl
     const int64_t last = std::min(r1, first + kValuesPerLane);
     over_channels<acc_t>(C, [&](auto tile, int64_t c0) {
       constexpr int64_t U = decltype(tile)::value;
-      V p[U], a1[U] = {}, a2[U] = {};
+      V a1[U] = {}, a2[U] = {};
       if constexpr (kDots<T>) {
         row_pair_dot_sums<U, true>(px, px, C, c0, first, last, a1, a2);  // Σx and Σx², no pivot
       } else {
-#pragma GCC unroll 4
-      for (int64_t u = 0; u < U; ++u) p[u] = load<acc_t>(pivot.data() + c0 + u * W);
-      for (int64_t r = first; r < last; ++r) {
-        const T* x = px + r * C + c0;
-#pragma GCC unroll 4
-        for (int64_t u = 0; u < U; ++u) {
-          const V d = load<acc_t>(x + u * W) - p[u];
-          a1[u] += d;
-          a2[u] += d * d;
-        }
-      }
+        rows_sums_around<T, acc_t, U>(px, C, c0, first, last, pivot.data() + c0, a1, a2);
       }
       for (int64_t u = 0; u < U; ++u) {
         std::memcpy(s1.data() + c0 + u * W, &a1[u], sizeof(V));
