@@ -36,10 +36,10 @@ import torch
 from torch.utils import cpp_extension
 
 from bnrun.nn import fused
-from bnrun.nn.kernel_build import ISA_FLAGS, SOURCES, kernel_isa
+from bnrun.nn.kernel_build import HEADERS, ISA_FLAGS, SOURCES, kernel_isa
 
 REPO = Path(__file__).resolve().parents[1]
-CSRC_FILES = ("bn_cpu.cpp", "bn_ops.cpp", "bn_cpu.h")
+CSRC_FILES = [path.name for path in (*SOURCES, *HEADERS)]
 SHAPES = [(128, 32, 28, 28), (128, 64, 14, 14), (128, 256), (128, 128)]
 CASES = [(dtype, layout) for dtype in (torch.float32, torch.bfloat16) for layout in ("nchw", "channels_last")]
 SAMPLE_SECONDS = 0.002  # each sample repeats a call until about this long
@@ -65,8 +65,11 @@ def other_operators(commit: str):
     sources = [str(directory / path.name) for path in SOURCES]
     flags = ["-O3", "-fopenmp", f"-DBNRUN_OPS_NAMESPACE={namespace}", *ISA_FLAGS[kernel_isa()]]
     print(f"building {commit}'s kernel for {kernel_isa()} (once per commit, ~30-60 s)", file=sys.stderr, flush=True)
-    cpp_extension.load(name=namespace, sources=sources, extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                       build_directory=str(directory))
+    try:
+        cpp_extension.load(name=namespace, sources=sources, extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                           build_directory=str(directory))
+    except Exception as error:  # noqa: BLE001 - a compiler's or loader's failure, said in one line
+        sys.exit(f"kernel_ab.py: {commit}'s kernel did not build: {str(error).splitlines()[0]}")
     return getattr(torch.ops, namespace)
 
 
