@@ -110,6 +110,19 @@ def test_convert_sync_batchnorm_converts_the_layers(fused):
     assert not any(isinstance(m, (bnn.BatchNorm1d, bnn.BatchNorm2d)) for m in converted.modules())
 
 
+def test_a_fused_relu_survives_convert_sync_batchnorm_through_to_torch(fused):
+    """SyncBatchNorm has no ReLU: a model whose layers apply it (relu=True, with an Identity in the
+    ReLU's place, as bnrun's models build them) keeps its outputs when it goes through to_torch first."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), bnn.BatchNorm2d(4, fused=fused, relu=True), nn.Identity(),
+                          nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = images()
+    expected = model(x)
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(bnn.to_torch(model)).eval()
+    assert [type(m).__name__ for m in converted.modules()].count("SyncBatchNorm") == 1
+    torch.testing.assert_close(converted(x), expected, **TOL)
+
+
 def test_fuse_conv_bn_eval_folds_the_layer(fused):
     ours, _ = pair(fused)
     ours.eval()
