@@ -585,6 +585,21 @@ inline void dot_sums(const uint16_t* a, const uint16_t* b, int64_t len, vec<floa
   sum_ab += vab;
 }
 
+// Where row_pair_dot_sums finds each channel of a group of 32: channel 8L + i (L the 128-bit lane) is lo's
+// lane 4L + i for i < 4, else hi's lane 4L + i − 4 (hi's lanes numbered from 16, as _mm512_permutex2var_ps takes
+// them); index[0] covers channels 0-15, index[1] channels 16-31.
+struct RowPairLanes {
+  alignas(64) int32_t index[2][16];
+};
+constexpr RowPairLanes kRowPairLanes = [] {
+  RowPairLanes lanes{};
+  for (int channel = 0; channel < 32; ++channel) {
+    const int lane = channel / 8, i = channel % 8;
+    lanes.index[channel / 16][channel % 16] = i < 4 ? 4 * lane + i : 16 + 4 * lane + i - 4;
+  }
+  return lanes;
+}();
+
 // Rows of C bfloat16 channels (channels_last, (N, C)) by dot products, two rows at a time: unpacklo and
 // unpackhi interleave rows r and r + 1 channel by channel, so that each float32 lane adds one channel's two
 // values. The channels of a register vector come in groups of 32 (the last group of an odd U: 16, zero-
@@ -630,19 +645,12 @@ inline void row_pair_dot_sums(const uint16_t* a, const uint16_t* b, int64_t C, i
   }
   for (; r + 2 <= last; r += 2) add(0, r, true);
   if (r < last) add(1, r, false);
-  // Lane j of the channel-ordered vector: channel 8L + i is lo's lane 4L + i (i < 4), else hi's lane 4L + i − 4.
-  alignas(64) int32_t order[2][16];
-  for (int half = 0; half < 2; ++half)
-    for (int j = 0; j < 16; ++j) {
-      const int channel = 16 * half + j, lane = channel / 8, i = channel % 8;  // lane: the 128-bit lane
-      order[half][j] = i < 4 ? 4 * lane + i : 16 + 4 * lane + i - 4;
-    }
-  for (int64_t g = 0; g < P; ++g)
+  for (int64_t g = 0; g < P; ++g) {
+    const __m512 lo = _mm512_add_ps(sa[0][g][0], sa[1][g][0]), hi = _mm512_add_ps(sa[0][g][1], sa[1][g][1]);
+    const __m512 lo_ab = _mm512_add_ps(sab[0][g][0], sab[1][g][0]);
+    const __m512 hi_ab = _mm512_add_ps(sab[0][g][1], sab[1][g][1]);
     for (int half = 0; half < 2 && 2 * g + half < U; ++half) {
-      const __m512i index = _mm512_load_si512(order[half]);
-      const __m512 lo = _mm512_add_ps(sa[0][g][0], sa[1][g][0]), hi = _mm512_add_ps(sa[0][g][1], sa[1][g][1]);
-      const __m512 lo_ab = _mm512_add_ps(sab[0][g][0], sab[1][g][0]);
-      const __m512 hi_ab = _mm512_add_ps(sab[0][g][1], sab[1][g][1]);
+      const __m512i index = _mm512_load_si512(kRowPairLanes.index[half]);
       const __m512 va = _mm512_permutex2var_ps(lo, index, hi), vab = _mm512_permutex2var_ps(lo_ab, index, hi_ab);
       vec<float> ta, tab;
       std::memcpy(&ta, &va, sizeof ta);
@@ -650,6 +658,7 @@ inline void row_pair_dot_sums(const uint16_t* a, const uint16_t* b, int64_t C, i
       sum_a[2 * g + half] += ta;
       sum_ab[2 * g + half] += tab;
     }
+  }
 }
 #else
 template <typename T>
