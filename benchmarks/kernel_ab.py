@@ -124,8 +124,10 @@ def main() -> None:
     parser.add_argument("commit", help="the commit whose kernel this checkout's is compared with")
     parser.add_argument("--passes", choices=("train", "eval"), default="train",
                         help="train: forward and backward operators; eval: the prediction-mode operator")
-    parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--rounds", type=int, default=31, help="paired samples per row (at least 2)")
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error(f"--rounds must be at least 2, got {args.rounds}")
     commit = resolve(args.commit)
     this, other = fused.cpu_kernel().ops, other_operators(commit)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, both kernels built for {kernel_isa()}; "
