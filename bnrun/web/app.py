@@ -105,10 +105,14 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
         controls = {"params": request.query_params, "metrics": METRICS, "pivot_fields": PIVOT_FIELDS}
         with view.open() as store:
             controls["choices"] = choices.of(store)
-            try:
-                return html("report.html", request, page=pages.report_page(store, ask, then), **controls)
-            except NothingMatched as error:
-                message, running = str(error), pages.running_instead(store)
+            for second_try in (False, True):
+                try:
+                    return html("report.html", request, page=pages.report_page(store, ask, then), **controls)
+                except NothingMatched as error:
+                    message, running = str(error), pages.running_instead(store)
+                if running or second_try:
+                    break
+                # none running: the last one may have completed between the two reads, so report once more
         # nothing completed yet but trials running: what is running, a page that reloads (200); else a 404
         response = html("report.html", request, message=message, running=running, **controls,
                         refresh=REFRESH_S if running else None)
