@@ -28,22 +28,14 @@ import gc
 import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from bnrun.nn import fused
+from bnrun.training.hardware import cpu_info
 
 SHAPES = {"small": (8, 8, 768), "large": (16, 8, 768)}  # (N, C, S); float32 in, bf16 out: 288 and 576 KiB
 ROUNDS, INNER = 101, 100
-
-
-def cpu_name() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    units = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
-    return f"{model or 'unknown CPU'} ({', '.join(units) or 'no vector flags read'})"
 
 
 def variants(shape: tuple[int, int, int]) -> dict:
@@ -86,7 +78,8 @@ def time_calls(call) -> float:
 
 def main() -> None:
     torch.set_num_threads(1)
-    print(f"{cpu_name()}; torch {torch.__version__}, 1 thread, fused kernel built for {fused.kernel_isa()} "
+    model, features = cpu_info()
+    print(f"{model} ({features}); torch {torch.__version__}, 1 thread, fused kernel built for {fused.kernel_isa()} "
           f"(version {fused.KERNEL_VERSION}); shapes {SHAPES['small']} and {SHAPES['large']}")
     gc.disable()
     try:
