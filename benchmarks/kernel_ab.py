@@ -36,7 +36,7 @@ import torch
 from torch.utils import cpp_extension
 
 from bnrun.nn import fused
-from bnrun.nn.kernel_build import HEADERS, ISA_FLAGS, SOURCES, kernel_isa
+from bnrun.nn.kernel_build import HEADERS, SOURCES, compiler_flags, kernel_isa
 
 REPO = Path(__file__).resolve().parents[1]
 CSRC_FILES = [path.name for path in (*SOURCES, *HEADERS)]
@@ -63,7 +63,7 @@ def other_operators(commit: str):
         if shown.returncode == 0:
             (directory / name).write_bytes(shown.stdout)
     sources = [str(directory / path.name) for path in SOURCES]
-    flags = ["-O3", "-fopenmp", f"-DBNRUN_OPS_NAMESPACE={namespace}", *ISA_FLAGS[kernel_isa()]]
+    flags = compiler_flags(kernel_isa(), namespace)
     print(f"building {commit}'s kernel for {kernel_isa()} (once per commit, ~30-60 s)", file=sys.stderr, flush=True)
     try:
         cpp_extension.load(name=namespace, sources=sources, extra_cflags=flags, extra_ldflags=["-fopenmp"],
