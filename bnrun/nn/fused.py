@@ -56,9 +56,9 @@ def traced(x: Tensor) -> bool:
     goes through the registered operators, which each of these sees as one node. Plain eager calls take the
     kernel's own binding, the same kernels and autograd nodes in one call without the dispatcher's round trips
     (a few microseconds per layer: a tenth of a small MLP layer's step)."""
-    return (type(x) is not Tensor or torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack() > 0
-            or torch._C._is_torch_function_mode_enabled())
+    return (type(x) is not Tensor or torch._C._are_functorch_transforms_active()
+            or torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
+            or torch._C._is_tracing() or torch.compiler.is_compiling())
 
 
 def train_step(
