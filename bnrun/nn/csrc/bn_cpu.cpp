@@ -1343,11 +1343,11 @@ void backward_coefficients(int64_t C, double m, const GradientSums& sums, const 
 }
 
 // Returns (dx, dγ, dβ); dy must be laid out as x; stats: the forward's (StatRow), whose a and k
-// give the ReLU mask.
+// give the ReLU mask. With reuse_grad_y, dx is dy's memory, overwritten.
 std::tuple<Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_y, const Tensor& x, const Tensor& stats,
-                                                   const Tensor& weight, bool relu) {
+                                                   const Tensor& weight, bool relu, bool reuse_grad_y) {
   const Shape shape = shape_of(x);
-  Tensor grad_x = at::empty_like(x), grad_weight = at::empty({shape.c}, per_channel_options(x));
+  Tensor grad_x = reuse_grad_y ? grad_y : at::empty_like(x), grad_weight = at::empty({shape.c}, per_channel_options(x));
   Tensor grad_bias = at::empty_like(grad_weight);
   BNRUN_DISPATCH(x.scalar_type(), "bnrun_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -1391,9 +1391,12 @@ std::tuple<Tensor, Tensor> train_forward(const Tensor& x, const Tensor& weight, 
 }
 
 std::tuple<Tensor, Tensor, Tensor> train_backward(const Tensor& grad_y, const Tensor& x, const Tensor& stats,
-                                                  const Tensor& weight, bool relu) {
-  const Tensor input = dense(x);
-  return backward_kernel(laid_out_as(grad_y, input), input, stats, weight, relu);
+                                                  const Tensor& weight, bool relu, bool reuse_grad_y) {
+  const Tensor input = dense(x), dy = laid_out_as(grad_y, input);
+  // A copy that laid_out_as made is this call's own to overwrite.
+  const bool own = reuse_grad_y || !dy.is_same(grad_y);
+  const bool reuse = own && dy.scalar_type() == input.scalar_type() && dy.strides() == input.strides();
+  return backward_kernel(dy, input, stats, weight, relu, reuse);
 }
 
 void update_running_stats(const Tensor& stats, const Tensor& running_mean, const Tensor& running_var, int64_t count,

@@ -19,10 +19,12 @@ namespace bnrun {
 std::tuple<at::Tensor, at::Tensor> train_forward(const at::Tensor& x, const at::Tensor& weight,
                                                  const at::Tensor& bias, double eps, bool relu);
 
-// (dx, dγ, dβ) of the training step, from train_forward's x and stats.
+// (dx, dγ, dβ) of the training step, from train_forward's x and stats. With `reuse_grad_y` (the caller
+// holds the only reference to grad_y and to its memory), dx is written over grad_y where their layouts
+// match: dx reads each value of dy before writing the same position.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> train_backward(const at::Tensor& grad_y, const at::Tensor& x,
                                                               const at::Tensor& stats, const at::Tensor& weight,
-                                                              bool relu);
+                                                              bool relu, bool reuse_grad_y = false);
 
 // Moves the running statistics towards the batch's (stats of a batch of `count` values per
 // channel): running += factor · (batch − running), the variance unbiased.

@@ -23,6 +23,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #ifndef BNRUN_OPS_NAMESPACE
@@ -88,10 +89,27 @@ std::tuple<Tensor, Tensor> train_cpu(const Tensor& x, const OptionalTensor& weig
   return bnrun::train_forward(x, or_undefined(weight), or_undefined(bias), eps, relu);
 }
 
+// The backward operator's kernel; with `reuse_grad_y` (the eager node's), dx may take grad_y's memory.
+std::tuple<Tensor, Tensor, Tensor> train_backward_into(const Tensor& grad_y, const Tensor& x, const Tensor& stats,
+                                                       const OptionalTensor& weight, bool relu, bool reuse_grad_y) {
+  check_input(x, {&weight});
+  return bnrun::train_backward(grad_y, x, stats, or_undefined(weight), relu, reuse_grad_y);
+}
+
 std::tuple<Tensor, Tensor, Tensor> train_backward_cpu(const Tensor& grad_y, const Tensor& x, const Tensor& stats,
                                                       const OptionalTensor& weight, bool relu) {
-  check_input(x, {&weight});
-  return bnrun::train_backward(grad_y, x, stats, or_undefined(weight), relu);
+  return train_backward_into(grad_y, x, stats, weight, relu, false);
+}
+
+// Whether the eager node writes dx over a dy it alone holds (set_reuse_grad: benchmarks compare both).
+bool reuse_grad = true;
+
+bool set_reuse_grad(bool reuse) { return std::exchange(reuse_grad, reuse); }
+
+// Whether `t` and its memory are held by this reference alone: no other tensor, view, hook, retained
+// .grad or caller of backward can see them, so a kernel may write its result over them.
+bool sole_reference(const Tensor& t) {
+  return reuse_grad && t.use_count() == 1 && t.storage().use_count() == 1 && !t.requires_grad();
 }
 
 void update_running_stats_cpu(const Tensor& stats, const Tensor& running_mean, const Tensor& running_var,
@@ -196,12 +214,16 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
     return kept_outputs(ctx, y, stats, {x, or_undefined(weight)}, relu, weight, bias);
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  // `grads` by reference: the node's own list, which the engine hands over. A dy that nothing else
+  // holds (the output gradient of the layer that follows, as a rule) takes dx: one tensor less
+  // allocated and in cache per step.
+  static variable_list backward(AutogradContext* ctx, variable_list& grads) {
     variable_list result(5);
     auto saved = saved_for_backward(ctx, grads);
     if (saved.empty()) return result;
-    auto [dx, dw, db] = train_backward_cpu(grads[0], saved[0], saved[2], optional(saved[1]),
-                                                ctx->saved_data["relu"].toBool());
+    const Tensor dy = std::move(grads[0]);
+    auto [dx, dw, db] = train_backward_into(dy, saved[0], saved[2], optional(saved[1]), ctx->saved_data["relu"].toBool(),
+                                            sole_reference(dy));
     const Tensor gradients[] = {dx, dw, db};  // none for an absent γ or β
     for (int i = 0; i < 3; ++i)
       if (wants_grad(ctx, i, 3)) result[i] = gradients[i];
@@ -306,6 +328,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("eval_step", &eval_step, "eager: batch_norm_eval's output in one call: (y, why-not)",
         py::call_guard<py::gil_scoped_release>());
+  m.def("set_reuse_grad", &set_reuse_grad,
+        "whether the training node writes dx over a dy that it alone holds (default true); returns the previous value");
   m.def("stream_bytes", &bnrun::stream_bytes, "bytes a pass's tensors take from which it streams its output");
   m.def("set_stream_bytes", &bnrun::set_stream_bytes, "sets stream_bytes; returns the value it replaces");
   m.def("to_bf16", &bnrun::to_bf16, "float32 to bfloat16 through the kernels' output loop (tests)");
