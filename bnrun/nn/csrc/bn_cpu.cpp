@@ -1381,6 +1381,21 @@ void update_running(const Stats<acc_t>& st, int64_t channels, double m, double f
   }
 }
 
+// Prediction mode's per-channel ι, a = γι and k = β − μa (in double) from the running statistics, for
+// channels [0, C); restrict-qualified, so that the compiler vectorizes the square roots and divisions.
+template <typename acc_t>
+void eval_coefficients(int64_t C, const acc_t* __restrict mean, const acc_t* __restrict var,
+                       const acc_t* __restrict weight, const acc_t* __restrict bias, double eps, acc_t* __restrict inv,
+                       acc_t* __restrict a, acc_t* __restrict k) {
+  for (int64_t c = 0; c < C; ++c) {
+    const double iv = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
+    const double ac = (weight ? static_cast<double>(weight[c]) : 1.0) * iv;
+    inv[c] = static_cast<acc_t>(iv);
+    a[c] = static_cast<acc_t>(ac);
+    k[c] = static_cast<acc_t>((bias ? static_cast<double>(bias[c]) : 0.0) - static_cast<double>(mean[c]) * ac);
+  }
+}
+
 }  // namespace
 
 namespace bnrun {
@@ -1415,17 +1430,10 @@ std::tuple<Tensor, Tensor> eval_forward(const Tensor& x_in, const Tensor& mean, 
   Tensor y = at::empty_like(x), coefficients = at::empty({3, shape.c}, mean.options());
   BNRUN_DISPATCH(x.scalar_type(), "bnrun_eval", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t *pm = mean.const_data_ptr<acc_t>(), *pv = var.const_data_ptr<acc_t>();
-    const acc_t *pw = maybe<acc_t>(weight), *pb = maybe<acc_t>(bias);
     acc_t* pi = coefficients.mutable_data_ptr<acc_t>();
     acc_t *pa = pi + shape.c, *pk = pi + 2 * shape.c;
-    for (int64_t c = 0; c < shape.c; ++c) {
-      const double iv = 1.0 / std::sqrt(static_cast<double>(pv[c]) + eps);
-      const double ac = (pw ? static_cast<double>(pw[c]) : 1.0) * iv;
-      pi[c] = static_cast<acc_t>(iv);
-      pa[c] = static_cast<acc_t>(ac);
-      pk[c] = static_cast<acc_t>((pb ? static_cast<double>(pb[c]) : 0.0) - static_cast<double>(pm[c]) * ac);
-    }
+    eval_coefficients<acc_t>(shape.c, mean.const_data_ptr<acc_t>(), var.const_data_ptr<acc_t>(), maybe<acc_t>(weight),
+                             maybe<acc_t>(bias), eps, pi, pa, pk);
     affine_output<scalar_t, acc_t>(shape, relu, x, pa, pk, y);
   });
   return {y, coefficients};
