@@ -76,14 +76,38 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if self.training:
+            y = self._fused_cpu_step(x) if self.fused and self.ghost_batch is None else None
+            return self._forward_batch_stats(x) if y is None else y
         buffers, params = self._buffers, self._parameters
         mean, var, weight, bias = buffers["running_mean"], buffers["running_var"], params["weight"], params["bias"]
-        if self.training or mean is None or var is None:  # as torch: running statistics in eval mode where held
+        if mean is None or var is None:  # as torch: running statistics in eval mode where held
             return self._forward_batch_stats(x)
         if self.fused and x.shape[0] > 0:
             return fused_kernels.eval_step(x, mean, var, weight, bias, self.eps, self.relu)
         y = F.batch_norm_eval(x, mean, var, weight, bias, self.eps)
         return torch.relu(y) if self.relu else y
+
+    def _fused_cpu_step(self, x: Tensor) -> Tensor | None:
+        """The training step of nearly every fused call in one call of the kernel's eager binding
+        (`fused.cpu_train_step`): the layer's Python is a share of a small layer's step. None
+        where that call does not apply: no momentum (the cumulative average counts the batch first),
+        an empty batch, or what `fused.cpu_train_step` declines; `_forward_batch_stats` then takes
+        the input."""
+        buffers = self._buffers
+        running_mean = buffers["running_mean"]
+        tracking = self.track_running_stats and running_mean is not None
+        if (tracking and self.momentum is None) or x.shape[0] == 0:
+            return None
+        params = self._parameters
+        if tracking:
+            y = fused_kernels.cpu_train_step(x, params["weight"], params["bias"], running_mean, buffers["running_var"],
+                                             self.momentum, self.eps, self.relu, buffers["num_batches_tracked"])
+        else:
+            y = fused_kernels.cpu_train_step(x, params["weight"], params["bias"], None, None, 0.0, self.eps, self.relu)
+        if y is not None and self.path != fused_kernels.FUSED_CPU:
+            self.path = fused_kernels.FUSED_CPU
+        return y
 
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
         buffers, params = self._buffers, self._parameters

@@ -36,7 +36,7 @@ from bnrun.nn.paths import COMPILED, EAGER, FUSED_CPU, PATHS, eager_step, warn_o
 
 # Names other layers import from here: the kernel's build and the compiled path.
 __all__ = ["COMPILED", "EAGER", "FUSED_CPU", "ISA_FLAGS", "KERNEL_VERSION", "PATHS", "RECOMPILE_LIMIT", "compiled_kernel",
-           "compiled_train_step", "cpu_kernel", "cpu_kernel_built", "eval_step", "kernel_isa", "moments",
+           "compiled_train_step", "cpu_kernel", "cpu_kernel_built", "cpu_train_step", "eval_step", "kernel_isa", "moments",
            "supported_isas", "train_step", "warm_up"]
 
 OPS = getattr(torch.ops, operators.OPS_NAMESPACE)  # this machine's build's operators, once loaded
@@ -59,6 +59,17 @@ def traced(x: Tensor) -> bool:
     return (type(x) is not Tensor or torch._C._are_functorch_transforms_active()
             or torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
             or torch._C._is_tracing() or torch.compiler.is_compiling())
+
+
+def cpu_train_step(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+                   running_var: Tensor | None, factor: float, eps: float, relu: bool = False,
+                   counter: Tensor | None = None) -> Tensor | None:
+    """`train_step`'s output where it would take the kernel's eager binding (a plain CPU tensor that
+    nothing traces or transforms, input the kernel serves), else None, without a word: the caller
+    then calls `train_step`, which chooses the path and says why."""
+    if not x.is_cpu or traced(x) or not cpu_kernel_ready():
+        return None
+    return cpu_kernel().train(x, weight, bias, running_mean, running_var, factor, eps, relu, counter)[0]
 
 
 def train_step(
