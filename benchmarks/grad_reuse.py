@@ -4,7 +4,8 @@ backward hands it), instead of allocating a tensor for dx. One SGD step of `bnru
 trial (BN before the activation, fused, channels_last CNN, `--precision auto` resolved for this
 CPU, the trial's optimizer) on a batch of 128 synthetic images, timed with the reuse on and off
 (`CpuKernel.set_reuse_grad`) in alternating rounds of one process: each time's median over the
-rounds, and the median of the rounds' paired ratios with their interquartile range.
+rounds, and the median of the rounds' paired ratios with their interquartile range; and how many
+of the model's BN layers wrote dx over dy in a step (`CpuKernel.grads_reused`).
 
     python benchmarks/grad_reuse.py [--arch cnn,mlp] [--rounds 21] [--inner 10]
 
@@ -32,7 +33,7 @@ from bnrun.training.precision import bf16_unsupported
 
 
 def default_step(arch: str):
-    """One SGD step of `bnrun train`'s default trial for `arch`, and its precision."""
+    """One SGD step of `bnrun train`'s default trial for `arch`, its precision and its model."""
     precision = resolve_precision(AUTO_PRECISION, arch, not bf16_unsupported("cpu"))
     channels_last = arch == "cnn"
     torch.manual_seed(0)
@@ -42,7 +43,19 @@ def default_step(arch: str):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (BATCH,))
-    return sgd_step(model, optimizer, x, y, precision), precision
+    return sgd_step(model, optimizer, x, y, precision), precision, model
+
+
+def reuses_per_step(step) -> int:
+    """How many BN layers of one step write dx over their output gradient (the reuse on)."""
+    kernel = fused.cpu_kernel()
+    previous = kernel.set_reuse_grad(True)
+    try:
+        before = kernel.grads_reused()
+        step()
+        return kernel.grads_reused() - before
+    finally:
+        kernel.set_reuse_grad(previous)
 
 
 def paired_times(step, rounds: int, inner: int) -> dict[bool, list[float]]:
@@ -84,16 +97,18 @@ def main() -> None:
     print(f"{model} ({features}); torch {torch.__version__}, {torch.get_num_threads()} threads, fused kernel built "
           f"for {fused.kernel_isa()} (version {fused.KERNEL_VERSION}); batch {BATCH}, {args.rounds} rounds of "
           f"{args.inner} steps")
-    print("| model | precision | dx over dy ms | fresh dx ms | over / fresh | IQR |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| model | precision | BN layers | dx over dy | dx over dy ms | fresh dx ms | over / fresh | IQR |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for arch in archs:
-        step, precision = default_step(arch)
+        step, precision, model = default_step(arch)
         for _ in range(5):  # warm-up: oneDNN's primitives
             step()
+        layers = sum(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
+        reused = reuses_per_step(step)
         times = paired_times(step, args.rounds, args.inner)
         ratios = [a / b for a, b in zip(times[True], times[False])]
         low, _, high = statistics.quantiles(ratios, n=4)
-        print(f"| {arch} | {precision} | {statistics.median(times[True]) * 1e3:.2f} | "
+        print(f"| {arch} | {precision} | {layers} | {reused} | {statistics.median(times[True]) * 1e3:.2f} | "
               f"{statistics.median(times[False]) * 1e3:.2f} | {statistics.median(ratios):.2f}× | "
               f"{low:.2f}–{high:.2f} |", flush=True)
 

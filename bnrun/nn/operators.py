@@ -374,9 +374,9 @@ def vmap_rules(ops) -> dict:
 class CpuKernel:
     """One loaded build of the kernel: its operators (`ops`, torch.ops.<namespace>) and what the
     build holds (`isa()`, `version`: kernel_build.KERNEL_VERSION as built, `stream_bytes()`,
-    `set_reuse_grad`, `to_bf16`); `train` and `eval` call its eager binding (the operators' kernels
-    and autograd nodes in one call, without the dispatcher), `moments` its operator; each says when it
-    cannot serve an input."""
+    `set_reuse_grad`, `grads_reused()`, `to_bf16`); `train` and `eval` call its eager binding (the
+    operators' kernels and autograd nodes in one call, without the dispatcher), `moments` its
+    operator; each says when it cannot serve an input."""
 
     def __init__(self, module: ModuleType):
         self.module = module
@@ -404,6 +404,10 @@ class CpuKernel:
         """Whether the eager training node writes dx over an output gradient that nothing else holds
         (default True); returns the value it replaces."""
         return self.module.set_reuse_grad(reuse)
+
+    def grads_reused(self) -> int:
+        """How many training backward calls of this process wrote dx over the output gradient."""
+        return self.module.grads_reused()
 
     def train(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
               running_var: Tensor | None, factor: float, eps: float, relu: bool = False,

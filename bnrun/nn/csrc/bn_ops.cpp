@@ -19,6 +19,7 @@
 #include <torch/python.h>
 
 #include <algorithm>
+#include <atomic>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -101,10 +102,13 @@ std::tuple<Tensor, Tensor, Tensor> train_backward_cpu(const Tensor& grad_y, cons
   return train_backward_into(grad_y, x, stats, weight, relu, false);
 }
 
-// Whether the eager node writes dx over a dy it alone holds (set_reuse_grad: benchmarks compare both).
+// Whether the eager node writes dx over a dy it alone holds (set_reuse_grad: benchmarks compare both),
+// and how many backward calls of this process did (grads_reused: tests and benchmarks see where it applies).
 bool reuse_grad = true;
+std::atomic<int64_t> reused_grads{0};
 
 bool set_reuse_grad(bool reuse) { return std::exchange(reuse_grad, reuse); }
+int64_t grads_reused() { return reused_grads.load(); }
 
 // Whether `t` and its memory are held by this reference alone: no other tensor, view, hook, retained
 // .grad or caller of backward can see them, so a kernel may write its result over them.
@@ -224,6 +228,7 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
     const Tensor dy = std::move(grads[0]);
     auto [dx, dw, db] = train_backward_into(dy, saved[0], saved[2], optional(saved[1]), ctx->saved_data["relu"].toBool(),
                                             sole_reference(dy));
+    if (dx.is_same(dy)) ++reused_grads;
     const Tensor gradients[] = {dx, dw, db};  // none for an absent γ or β
     for (int i = 0; i < 3; ++i)
       if (wants_grad(ctx, i, 3)) result[i] = gradients[i];
@@ -330,6 +335,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("set_reuse_grad", &set_reuse_grad,
         "whether the training node writes dx over a dy that it alone holds (default true); returns the previous value");
+  m.def("grads_reused", &grads_reused, "how many training backward calls of this process wrote dx over dy");
   m.def("stream_bytes", &bnrun::stream_bytes, "bytes a pass's tensors take from which it streams its output");
   m.def("set_stream_bytes", &bnrun::set_stream_bytes, "sets stream_bytes; returns the value it replaces");
   m.def("to_bf16", &bnrun::to_bf16, "float32 to bfloat16 through the kernels' output loop (tests)");
