@@ -18,7 +18,7 @@
 #include <torch/library.h>
 #include <torch/python.h>
 
-#include <algorithm>
+#include <array>
 #include <atomic>
 #include <initializer_list>
 #include <optional>
@@ -192,13 +192,17 @@ variable_list kept_outputs(AutogradContext* ctx, const Tensor& y, const Tensor& 
   return {y, extra};
 }
 
-// Whether the forward input at `position` (of `inputs`, the last two γ and β) wants a gradient.
-bool wants_grad(AutogradContext* ctx, int position, int inputs) {
-  std::vector<bool> given(inputs, true);
-  given[inputs - 2] = ctx->saved_data["weight"].toBool();
-  given[inputs - 1] = ctx->saved_data["bias"].toBool();
-  if (!given[position]) return false;
-  return ctx->needs_input_grad(std::count(given.begin(), given.begin() + position, true));
+// Which of the forward's `kInputs` tensor inputs (the last two γ and β) want a gradient, in order.
+template <int kInputs>
+std::array<bool, kInputs> wanted_grads(AutogradContext* ctx) {
+  std::array<bool, kInputs> given;
+  given.fill(true);
+  given[kInputs - 2] = ctx->saved_data["weight"].toBool();
+  given[kInputs - 1] = ctx->saved_data["bias"].toBool();
+  std::array<bool, kInputs> wanted{};
+  for (int position = 0, edge = 0; position < kInputs; ++position)
+    if (given[position]) wanted[position] = ctx->needs_input_grad(edge++);
+  return wanted;
 }
 
 // The forward's saved tensors, or none when no gradient flows in. The kernel's gradient is not
@@ -230,8 +234,9 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
                                             sole_reference(dy));
     if (dx.is_same(dy)) ++reused_grads;
     const Tensor gradients[] = {dx, dw, db};  // none for an absent γ or β
+    const auto wanted = wanted_grads<3>(ctx);
     for (int i = 0; i < 3; ++i)
-      if (wants_grad(ctx, i, 3)) result[i] = gradients[i];
+      if (wanted[i]) result[i] = gradients[i];
     return result;
   }
 };
@@ -253,16 +258,17 @@ class EvalFunction : public torch::autograd::Function<EvalFunction> {
     if (saved.empty()) return result;
     const Tensor &x = saved[0], &mean = saved[1], &weight = saved[2], &coefficients = saved[3];
     const bool relu = ctx->saved_data["relu"].toBool();
-    if (wants_grad(ctx, 0, 5)) {
+    const auto wanted = wanted_grads<5>(ctx);
+    if (wanted[0]) {
       result[0] = eval_backward_cpu(grads[0], x, coefficients, relu);
     }
-    if (!(wants_grad(ctx, 1, 5) || wants_grad(ctx, 2, 5) || wants_grad(ctx, 3, 5) || wants_grad(ctx, 4, 5)))
+    if (!(wanted[1] || wanted[2] || wanted[3] || wanted[4]))
       return result;
     auto [d_mean, d_var, d_weight, d_bias] =
         eval_backward_statistics_cpu(grads[0], x, mean, optional(weight), coefficients, relu);
     const Tensor grads_of_statistics[] = {d_mean, d_var, d_weight, d_bias};
     for (int i = 1; i <= 4; ++i)
-      if (wants_grad(ctx, i, 5)) result[i] = grads_of_statistics[i - 1];
+      if (wanted[i]) result[i] = grads_of_statistics[i - 1];
     return result;
   }
 };
