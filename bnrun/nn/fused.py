@@ -56,9 +56,11 @@ def traced(x: Tensor) -> bool:
     goes through the registered operators, which each of these sees as one node. Plain eager calls take the
     kernel's own binding, the same kernels and autograd nodes in one call without the dispatcher's round trips
     (a few microseconds per layer: a tenth of a small MLP layer's step)."""
-    return (type(x) is not Tensor or torch._C._are_functorch_transforms_active()
+    # is_compiling first: torch.compile's tracer reads it as a constant, and it then evaluates none of
+    # the torch._C predicates after it (on them, fullgraph=True breaks the graph).
+    return (type(x) is not Tensor or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
             or torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
-            or torch._C._is_tracing() or torch.compiler.is_compiling())
+            or torch._C._is_tracing())
 
 
 def cpu_train_step(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
