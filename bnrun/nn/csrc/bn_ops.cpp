@@ -104,10 +104,10 @@ std::tuple<Tensor, Tensor, Tensor> train_backward_cpu(const Tensor& grad_y, cons
 
 // Whether the eager node writes dx over a dy it alone holds (set_reuse_grad: benchmarks compare both),
 // and how many backward calls of this process did (grads_reused: tests and benchmarks see where it applies).
-bool reuse_grad = true;
+std::atomic<bool> reuse_grad{true};
 std::atomic<int64_t> reused_grads{0};
 
-bool set_reuse_grad(bool reuse) { return std::exchange(reuse_grad, reuse); }
+bool set_reuse_grad(bool reuse) { return reuse_grad.exchange(reuse); }
 int64_t grads_reused() { return reused_grads.load(); }
 
 // Whether `t` and its memory are held by this reference alone: no other tensor, view, hook, retained
