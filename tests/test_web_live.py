@@ -17,7 +17,9 @@ from bnrun.web.app import create_app
 from conftest import bnrun_command
 
 pytestmark = [pytest.mark.slow]
-TRIAL = ["train", "--arch", "mlp", "--bn", "pre", "--epochs", "3", "--train-subset", "600", "--seeds", "1"]
+# Epochs enough that the trial runs for several of the view's polls: with 3 the whole run took less than
+# one poll on the project's CI once, and the view never saw it running.
+TRIAL = ["train", "--arch", "mlp", "--bn", "pre", "--epochs", "10", "--train-subset", "600", "--seeds", "1"]
 
 
 def app_when_ready(db, process: subprocess.Popen, timeout: float = 240) -> TestClient:
