@@ -21,29 +21,10 @@ import statistics
 import time
 
 import torch
-from step_profile import BATCH  # benchmarks/, the script's own folder
-from train_throughput import sgd_step
+from step_profile import BATCH, default_step  # benchmarks/, the script's own folder
 
-from bnrun.config import AUTO_PRECISION, TrainConfig, resolve_precision
 from bnrun.nn import fused
 from bnrun.training.hardware import cpu_info
-from bnrun.training.loop import make_optimizer
-from bnrun.training.models import build_model
-from bnrun.training.precision import bf16_unsupported
-
-
-def default_step(arch: str):
-    """One SGD step of `bnrun train`'s default trial for `arch`, its precision and its model."""
-    precision = resolve_precision(AUTO_PRECISION, arch, not bf16_unsupported("cpu"))
-    channels_last = arch == "cnn"
-    torch.manual_seed(0)
-    model = build_model(arch, "pre", "custom", True, channels_last).train()
-    optimizer = make_optimizer(TrainConfig(arch=arch), model)
-    x = torch.randn(BATCH, 1, 28, 28)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (BATCH,))
-    return sgd_step(model, optimizer, x, y, precision), precision, model
 
 
 def reuses_per_step(step) -> int:
@@ -90,11 +71,11 @@ def main() -> None:
         parser.error("--rounds must be at least 2 and --inner at least 1")
     archs = [arch.strip() for arch in args.arch.split(",")]
     if unknown := [arch for arch in archs if arch not in ("cnn", "mlp")]:
-        parser.error(f"--arch takes cnn and mlp, got {', '.join(unknown)}")
+        parser.error(f"--arch takes cnn and mlp, got {', '.join(map(repr, unknown))}")
     if fused.cpu_kernel() is None:
         parser.exit(1, "grad_reuse.py: the fused kernel is not available on this machine\n")
-    model, features = cpu_info()
-    print(f"{model} ({features}); torch {torch.__version__}, {torch.get_num_threads()} threads, fused kernel built "
+    cpu_model, features = cpu_info()
+    print(f"{cpu_model} ({features}); torch {torch.__version__}, {torch.get_num_threads()} threads, fused kernel built "
           f"for {fused.kernel_isa()} (version {fused.KERNEL_VERSION}); batch {BATCH}, {args.rounds} rounds of "
           f"{args.inner} steps")
     print("| model | precision | BN layers | dx over dy | dx over dy ms | fresh dx ms | over / fresh | IQR |")

@@ -62,18 +62,25 @@ def label_batch_norm(model: torch.nn.Module) -> None:
 
 
 def make_step(arch: str, impl: str):
-    """One SGD step of `bnrun train`'s default trial (its model, layout, precision and optimizer)."""
+    """One SGD step of `bnrun train`'s default trial, its BN layers labelled for the profiler, and its precision."""
+    step, precision, model = default_step(arch, impl)
+    label_batch_norm(model)
+    return step, precision
+
+
+def default_step(arch: str, impl: str = "custom"):
+    """One SGD step of `bnrun train`'s default trial (its model, layout, precision and optimizer), its
+    precision and its model."""
     precision = resolve_precision(AUTO_PRECISION, arch, not bf16_unsupported("cpu"))
     channels_last = arch == "cnn"
     torch.manual_seed(0)
     model = build_model(arch, "pre", impl, impl == "custom", channels_last).train()
-    label_batch_norm(model)
     optimizer = make_optimizer(TrainConfig(arch=arch), model)
     x = torch.randn(BATCH, 1, 28, 28)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (BATCH,))
-    return sgd_step(model, optimizer, x, y, precision), precision
+    return sgd_step(model, optimizer, x, y, precision), precision, model
 
 
 def step_times(steps: dict, rounds: int, inner: int) -> dict[str, list[float]]:
