@@ -825,18 +825,6 @@ void images_gradient_sums(const Shape& shape, int64_t n0, int64_t n1, const T* p
   }
 }
 
-// What planes_map's task reads in its loop, copied into the task: its stores (memcpy, streamed or masked) may
-// alias any memory, so that values read through the task's captured references are read again after every
-// store, where the task's own copies stay in registers (value's lambdas capture their pointers by value). A
-// forward of fp32 (16, 64, 14, 14) took 0.93–0.95× the time. rows_map keeps its references: the copy measured no
-// faster there, and it changed which of grad_input_map's products gcc fused into a multiply-add in one case.
-template <typename T, typename F>
-struct Local {
-  T* out;
-  F value;
-  bool stream;
-};
-
 // out[p·S + s] = value(U{}, q, p·S + s) over the planes p in memory order, in parallel, where q holds the K
 // coefficients of the plane's channel (coefficients[i][c]) broadcast to U, as rows_map's value takes them.
 template <typename T, typename acc_t, size_t K, typename F>
@@ -845,8 +833,7 @@ void planes_map(const Shape& shape, const std::array<const acc_t*, K>& coefficie
   using V = vec<acc_t>;
   const int64_t planes = shape.n * shape.c, grain = std::max<int64_t>(1, kWork / shape.s), numel = planes * shape.s;
   const bool stream = streams_output<T>(shape, tensors);
-  parallel_writes(0, planes, grain, [&, shape](int64_t p0, int64_t p1) {
-    const Local<T, F> local{out, value, stream};
+  parallel_writes(0, planes, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0, c = p0 % shape.c; p < p1; ++p, c = c + 1 == shape.c ? 0 : c + 1) {
       const int64_t base = p * shape.s;
       acc_t q[K];
@@ -855,13 +842,13 @@ void planes_map(const Shape& shape, const std::array<const acc_t*, K>& coefficie
         q[i] = coefficients[i][c];
         vq[i] = splat(q[i]);
       }
-      write<T, acc_t>(local.out + base, shape.s, [&](auto u, int64_t s) {
+      write<T, acc_t>(out + base, shape.s, [&](auto u, int64_t s) {
         if constexpr (std::is_same_v<decltype(u), V>) {
-          return local.value(u, vq, base + s);
+          return value(u, vq, base + s);
         } else {
-          return local.value(u, q, base + s);
+          return value(u, q, base + s);
         }
-      }, local.stream, numel - base);
+      }, stream, numel - base);
     }
   });
 }
@@ -1165,7 +1152,7 @@ void map_channels(const Shape& shape, const std::array<const acc_t*, K>& coeffic
 // y = g(a·x + k), in parallel.
 template <bool kRelu, typename T, typename acc_t>
 void affine_map(const Shape& shape, const T* px, const acc_t* a, const acc_t* k, T* py) {
-  map_channels<T, acc_t, 2>(shape, {a, k}, py, 2, [=](auto u, const auto* q, int64_t at) {
+  map_channels<T, acc_t, 2>(shape, {a, k}, py, 2, [&](auto u, const auto* q, int64_t at) {
     using U = decltype(u);
     return activate<kRelu>(pre(q[0], get<U>(px, at), q[1]));
   });
@@ -1176,24 +1163,24 @@ template <bool kRelu, bool kWithX, typename T, typename acc_t>
 void grad_input_map(const Shape& shape, const T* pdy, const T* px, const acc_t* a, const acc_t* k, const acc_t* A,
                      const acc_t* B, const acc_t* K, T* pdx) {
   if constexpr (kWithX && kRelu) {
-    map_channels<T, acc_t, 5>(shape, {a, k, A, B, K}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
+    map_channels<T, acc_t, 5>(shape, {a, k, A, B, K}, pdx, 3, [&](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
       const U xv = get<U>(px, at);
       return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], xv, q[1]) + q[3] * xv + q[4];
     });
   } else if constexpr (kWithX) {  // no mask: three coefficients in registers instead of five
-    map_channels<T, acc_t, 3>(shape, {A, B, K}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
+    map_channels<T, acc_t, 3>(shape, {A, B, K}, pdx, 3, [&](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
       return q[0] * get<U>(pdy, at) + q[1] * get<U>(px, at) + q[2];
     });
   } else {
     if constexpr (kRelu) {
-      map_channels<T, acc_t, 3>(shape, {a, k, A}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
+      map_channels<T, acc_t, 3>(shape, {a, k, A}, pdx, 3, [&](auto u, const auto* q, int64_t at) {
         using U = decltype(u);
         return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], get<U>(px, at), q[1]);
       });
     } else {
-      map_channels<T, acc_t, 1>(shape, {A}, pdx, 2, [=](auto u, const auto* q, int64_t at) {
+      map_channels<T, acc_t, 1>(shape, {A}, pdx, 2, [&](auto u, const auto* q, int64_t at) {
         using U = decltype(u);
         return q[0] * get<U>(pdy, at);
       });
