@@ -16,7 +16,7 @@ stores skips the read a copy's write-allocate pays, so it may in principle come 
 
 The streaming reference. The floor's copy touches two tensors of B bytes; a layer step touches four (x, y, dy,
 dx), and past the last-level cache that costs more per byte: on the AVX512-BF16 EPYC, a copy of 6.4 MB ran
-from the L3 cache at 120-150 GB/s while torch.add of two 6.4 MB tensors into a third took 2.1 copy times,
+from the L3 cache at 110–150 GB/s while torch.add of two 6.4 MB tensors into a third took 2.1 copy times,
 where the pass model counts 1.5. So each row also times "streaming": the same 8 passes over the same four
 tensors by torch's plainest vectorized ops on the tensors' bytes read as float32 (forward: x.sum(), then
 y = 2·x; backward: x·dy, then dx = x + dy; y and dx allocated by the op and kept until the next round, as
