@@ -23,7 +23,7 @@ y = 2·x; backward: x·dy, then dx = x + dy; y and dx allocated by the op and ke
 the layer's are). Its time is what this machine's memory gives BN's pass structure without any arithmetic
 of BN; "fused / streaming" is the layer's distance from it.
 
-A sixth variant, "operators", calls the fused kernel's training operators directly (forward, then
+The "operators" variant calls the fused kernel's training operators directly (forward, then
 backward, each output dropped when done), below the autograd dispatch key: the layer's passes without
 its Python, the autograd engine, the Python autograd formulas that operators.py registers for tracing,
 or a y that lives until the backward, so that the two ratios to the floor separate the kernel's
