@@ -14,14 +14,17 @@ stores skips the read a copy's write-allocate pays, so it may in principle come 
     python benchmarks/bn_layer.py            # full measurement
     python benchmarks/bn_layer.py --quick    # fewer repetitions
 
-The streaming reference. The floor's copy touches two tensors of B bytes; a layer step touches four (x, y, dy,
-dx), and past the last-level cache that costs more per byte: on the AVX512-BF16 EPYC, a copy of 6.4 MB ran
-from the L3 cache at 110–150 GB/s while torch.add of two 6.4 MB tensors into a third took 2.1 copy times,
-where the pass model counts 1.5. So each row also times "streaming": the same 8 passes over the same four
-tensors by torch's plainest vectorized ops on the tensors' bytes read as float32 (forward: x.sum(), then
-y = 2·x; backward: x·dy, then dx = x + dy; y and dx allocated by the op and kept until the next round, as
-the layer's are). Its time is what this machine's memory gives BN's pass structure without any arithmetic
-of BN; "fused / streaming" is the layer's distance from it.
+The floor over the step's four tensors. The floor's copy touches two tensors of B bytes; a layer step
+touches four (x, y, dy, dx), and once those outgrow a cache level each byte costs more: on the
+AVX512-BF16 EPYC, 4 copies of a 12.8 MB tensor into one target took 0.92 ms, and the same 4 copies over
+four tensors 1.98 ms. So each row also times "copies": x copied into y and dy into dx, twice, the same 8·B
+bytes as the floor over the step's own working set; "floor, 4 tensors" is its time.
+
+The streaming reference: the same 8 passes over the same four tensors by torch's plainest vectorized ops
+on the tensors' bytes read as float32 (forward: x.sum(), then y = 2·x; backward: x·dy, then dx = x + dy;
+y and dx allocated by the op and kept until the next round, as the layer's are). Its time is what this
+machine's memory gives BN's pass structure without any arithmetic of BN; "fused / streaming" is the
+layer's distance from it.
 
 The "operators" variant calls the fused kernel's training operators directly (forward, then
 backward, each output dropped when done), below the autograd dispatch key: the layer's passes without
@@ -29,7 +32,7 @@ its Python, the autograd engine, the Python autograd formulas that operators.py 
 or a y that lives until the backward, so that the two ratios to the floor separate the kernel's
 passes from what a layer step adds around them.
 
-Timings are interleaved (copy, streaming, operators, native, eager, fused, then rotated by one each round, each slot after one
+Timings are interleaved (copy, copies, streaming, operators, native, eager, fused, then rotated by one each round, each slot after one
 untimed step, so that no variant always inherits the caches of the eager path's larger footprint):
 the table gives each variant's median time and, as the ratios, the median over rounds of each
 round's ratio to native or to the floor (paired, so that a background load or this VM's drifts in speed slow every
@@ -91,6 +94,23 @@ class Copy:
 
 def copy_step(copy, x, upstream) -> None:
     copy(x)
+
+
+class Copies:
+    """x copied into y and dy into dx, twice: the floor's 4 copies over the four tensors a layer step touches."""
+
+    def __init__(self, x):
+        self.y, self.dx = torch.empty_like(x), torch.empty_like(x)
+
+    def __call__(self, x, upstream) -> None:
+        x = x.detach()
+        for _ in range(FLOOR_COPIES // 2):
+            self.y.copy_(x)
+            self.dx.copy_(upstream)
+
+
+def copies_step(copies, x, upstream) -> None:
+    copies(x, upstream)
 
 
 def as_float32(t: torch.Tensor) -> torch.Tensor:
@@ -161,10 +181,10 @@ def measure_rounds(shape, dtype, layout: str, repeats: int, inner: int) -> dict[
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format).requires_grad_(True)
     upstream = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format)
-    layers = {"copy": Copy(x), "streaming": Streaming(x), "operators": Operators(x),
+    layers = {"copy": Copy(x), "copies": Copies(x), "streaming": Streaming(x), "operators": Operators(x),
               **{name: layer_for(shape, name).train() for name in ("native", "eager", "fused")}}
-    steps = {name: {"copy": copy_step, "streaming": streaming_step, "operators": operators_step}.get(name, step)
-             for name in layers}
+    steps = {name: {"copy": copy_step, "copies": copies_step, "streaming": streaming_step,
+                    "operators": operators_step}.get(name, step) for name in layers}
     for name, layer in layers.items():  # warm-up; for "fused" this is where compilation happens
         for _ in range(3):
             steps[name](layer, x, upstream)
@@ -179,7 +199,8 @@ def measure_rounds(shape, dtype, layout: str, repeats: int, inner: int) -> dict[
 
 
 def paired_ratios(samples: dict[str, list[float]], name: str, to: str = "native") -> list[float]:
-    """Per round, `name`'s time over `to`'s ("floor": FLOOR_COPIES copy times)."""
+    """Per round, `name`'s time over `to`'s ("floor": FLOOR_COPIES copy times; "copies": the floor over the
+    step's four tensors)."""
     reference = [FLOOR_COPIES * t for t in samples["copy"]] if to == "floor" else samples[to]
     return [a / b for a, b in zip(samples[name], reference)]
 
@@ -203,10 +224,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {machine}, {torch.get_num_threads()} threads, "
           f"fused kernel built for {fused.kernel_isa()} (version {fused.KERNEL_VERSION}); floor: "
           f"{2 * FLOOR_COPIES} passes over the tensor = {FLOOR_COPIES} copies at the copy bandwidth measured per row")
-    print("| shape | dtype | layout | MB moved | copy GB/s | floor ms | streaming ms | native ms | eager ms | fused ms "
-          "| streaming / floor | native / floor | fused / floor | operators / floor | fused / streaming "
+    print("| shape | dtype | layout | MB moved | copy GB/s | floor ms | floor, 4 tensors ms | streaming ms | native ms "
+          "| eager ms | fused ms | streaming / floor | native / floor | fused / floor | operators / floor "
+          "| fused / floor, 4 tensors | operators / floor, 4 tensors | fused / streaming "
           "| eager / native | fused / native | fused / native, IQR |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|" + "---:|" * 18)
     for dtype, layout in CASES:
         for shape in SHAPES:
             if layout == "channels_last" and len(shape) != 4:
@@ -220,9 +242,11 @@ def row(shape, dtype, layout: str, samples: dict[str, list[float]]) -> str:
     moved = 2 * FLOOR_COPIES * tensor_bytes
     return (f"| {tuple(shape)} | {str(dtype).removeprefix('torch.')} | {layout} | {moved / 1e6:.2f} | "
             f"{2 * tensor_bytes / t['copy'] / 1e9:.1f} | {FLOOR_COPIES * t['copy'] * 1e3:.3f} | "
-            f"{t['streaming'] * 1e3:.3f} | {t['native'] * 1e3:.3f} | {t['eager'] * 1e3:.3f} | {t['fused'] * 1e3:.3f} | "
+            f"{t['copies'] * 1e3:.3f} | {t['streaming'] * 1e3:.3f} | {t['native'] * 1e3:.3f} | "
+            f"{t['eager'] * 1e3:.3f} | {t['fused'] * 1e3:.3f} | "
             f"{median_ratio(samples, 'streaming', 'floor')} | {median_ratio(samples, 'native', 'floor')} | "
             f"{median_ratio(samples, 'fused', 'floor')} | {median_ratio(samples, 'operators', 'floor')} | "
+            f"{median_ratio(samples, 'fused', 'copies')} | {median_ratio(samples, 'operators', 'copies')} | "
             f"{median_ratio(samples, 'fused', 'streaming')} | {median_ratio(samples, 'eager')} | "
             f"{median_ratio(samples, 'fused')} | "
             f"{spread(paired_ratios(samples, 'fused'))} |")
