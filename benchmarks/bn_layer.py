@@ -16,9 +16,10 @@ stores skips the read a copy's write-allocate pays, so it may in principle come 
 
 The floor over the step's four tensors. The floor's copy touches two tensors of B bytes; a layer step
 touches four (x, y, dy, dx), and once those outgrow a cache level each byte costs more: on the
-AVX512-BF16 EPYC, 4 copies of a 12.8 MB tensor into one target took 0.92 ms, and the same 4 copies over
-four tensors 1.98 ms. So each row also times "copies": x copied into y and dy into dx, twice, the same 8·B
-bytes as the floor over the step's own working set; "floor, 4 tensors" is its time.
+AVX512-BF16 EPYC (32 MiB of L3), 4 copies of a 12.8 MB float32 tensor into one target took 0.69–1.29 ms
+in runs where the same 4 copies over four tensors took 0.96–2.11 ms. So each row also times "copies": x
+copied into y and dy into dx, twice, the same 8·B bytes as the floor over the step's own working set;
+"floor, 4 tensors" is its time.
 
 The streaming reference: the same 8 passes over the same four tensors by torch's plainest vectorized ops
 on the tensors' bytes read as float32 (forward: x.sum(), then y = 2·x; backward: x·dy, then dx = x + dy;
