@@ -21,7 +21,8 @@
 // order (contiguous (N, C, S) input as its N·C planes, channels_last as rows of channels), in a
 // fixed split among threads. A pass whose tensors take more bytes than the last-level cache writes
 // its output (y, dx) with streaming stores, which skip reading the lines they overwrite and leave
-// the cache to the input the next pass reads again (streams_output).
+// the cache to the input the next pass reads again (streams_output; bfloat16 output only in the
+// avx512-bf16 build).
 // Sums run in register vectors of acc_t (vec, the build's vector width) within a block, in double
 // beyond: each lane adds about kValuesPerLane values before its block is merged. The moments take
 // one pass: a block's Σ(x − p) and Σ(x − p)² around a pivot p, the running mean of the blocks
@@ -398,8 +399,20 @@ int64_t last_level_cache_bytes() {
 // channels_last rows of 6.4 MB were 1.1× faster streamed than not.
 std::atomic<int64_t> stream_threshold{last_level_cache_bytes()};
 
+// bfloat16 output is streamed only where the CPU converts it (vcvtne2ps2bf16, the avx512-bf16 build). The
+// other builds round it by integer arithmetic, and their streamed bfloat16 stores ran slower than cached
+// ones at every size measured: the avx2 build on the AVX512-BF16 EPYC (ATEN_CPU_CAPABILITY=avx2), a
+// bfloat16 layer step at bn_layer.py's channels_last shapes and at (512, 32, 28, 28), NCHW and
+// channels_last, took 0.62–0.81× of its streamed time unstreamed, where float32 steps took 1.04–1.47×.
+#if defined(BNRUN_AVX512_BF16)
+constexpr bool kStreamsBf16 = true;
+#else
+constexpr bool kStreamsBf16 = false;
+#endif
+
 template <typename T>
 bool streams_output(const Shape& shape, int64_t tensors) {
+  if constexpr (std::is_same_v<T, uint16_t> && !kStreamsBf16) return false;
   const int64_t threshold = stream_threshold.load(std::memory_order_relaxed);
   return tensors * shape.n * shape.c * shape.s * static_cast<int64_t>(sizeof(T)) >=
          (shape.s == 1 ? threshold / 4 : threshold);
