@@ -400,9 +400,9 @@ int64_t last_level_cache_bytes() {
 std::atomic<int64_t> stream_threshold{last_level_cache_bytes()};
 
 // bfloat16 output is streamed only where the CPU converts it (vcvtne2ps2bf16, the avx512-bf16 build). The
-// other builds round it by integer arithmetic, and their streamed bfloat16 stores ran slower than cached
-// ones at every size measured: the avx2 build on the AVX512-BF16 EPYC (ATEN_CPU_CAPABILITY=avx2), a
-// bfloat16 layer step at bn_layer.py's channels_last shapes and at (512, 32, 28, 28), NCHW and
+// other builds round it by integer arithmetic. In the avx2 build, run on the AVX512-BF16 EPYC with
+// ATEN_CPU_CAPABILITY=avx2, streamed bfloat16 stores were slower than cached ones at every size measured:
+// a bfloat16 layer step at bn_layer.py's channels_last shapes and at (512, 32, 28, 28), NCHW and
 // channels_last, took 0.62–0.81× of its streamed time unstreamed, where float32 steps took 1.04–1.47×.
 #if defined(BNRUN_AVX512_BF16)
 constexpr bool kStreamsBf16 = true;
