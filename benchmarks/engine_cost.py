@@ -84,9 +84,12 @@ def measure(shape, dtype, rounds: int, inner: int) -> dict[tuple[str, bool], lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--inner", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=21, help="interleaved rounds, one sample each (at least 1)")
+    parser.add_argument("--inner", type=int, default=5, help="steps per sample (at least 1)")
     args = parser.parse_args()
+    for name in ("rounds", "inner"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     warnings.simplefilter("ignore")
     fused.cpu_kernel()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
