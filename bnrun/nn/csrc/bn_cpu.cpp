@@ -137,6 +137,16 @@ struct VecOf {
 };
 template <typename A>
 using vec = typename VecOf<A>::type;
+// One register vector's bytes, as stored: kWidth values of acc_t, or 2·kWidth bfloat16 packed from two
+// vectors of float32. Passed by value, so that a computed vector goes to memory once, at its destination.
+using Bytes = vec<int32_t>;
+
+template <typename A>
+inline Bytes bytes_of(vec<A> v) {
+  Bytes b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
 template <typename A>
 constexpr int64_t kWidth = kVecBytes / static_cast<int64_t>(sizeof(A));
 constexpr int64_t kUnroll = 4;  // register vectors per sum in a loop, to hide the adds' latency
@@ -230,51 +240,79 @@ inline U broadcast(A a) {
 }
 
 // Non-temporal ("streaming") stores write whole cache lines to memory without first reading them
-// into the cache, and leave the cache to the input that the next pass reads again. One vector's
-// worth (kVecBytes) per call, at an address aligned to it.
+// into the cache, and leave the cache to the input that the next pass reads again. One register vector
+// (kVecBytes) per call, at an address aligned to it.
 #if defined(__x86_64__)
 constexpr bool kCanStream = true;
-inline void stream_vector(void* dst, const void* src) {
+inline void stream_vector(void* dst, Bytes v) {
 #if defined(__AVX512F__)
-  _mm512_stream_si512(static_cast<__m512i*>(dst), _mm512_loadu_si512(src));
+  __m512i r;
+  std::memcpy(&r, &v, sizeof r);
+  _mm512_stream_si512(static_cast<__m512i*>(dst), r);
 #elif defined(__AVX2__)
-  _mm256_stream_si256(static_cast<__m256i*>(dst), _mm256_loadu_si256(static_cast<const __m256i*>(src)));
+  __m256i r;
+  std::memcpy(&r, &v, sizeof r);
+  _mm256_stream_si256(static_cast<__m256i*>(dst), r);
 #else
-  _mm_stream_si128(static_cast<__m128i*>(dst), _mm_loadu_si128(static_cast<const __m128i*>(src)));
+  __m128i r;
+  std::memcpy(&r, &v, sizeof r);
+  _mm_stream_si128(static_cast<__m128i*>(dst), r);
 #endif
 }
 // Streamed stores are weakly ordered: each task fences them before other threads may read.
 inline void fence_streams() { _mm_sfence(); }
 #else
 constexpr bool kCanStream = false;
-inline void stream_vector(void* dst, const void* src) { std::memcpy(dst, src, kVecBytes); }
+inline void stream_vector(void* dst, Bytes v) { std::memcpy(dst, &v, kVecBytes); }
 inline void fence_streams() {}
 #endif
 
 // Two register vectors of float32 as 2·kWidth bfloat16 (kVecBytes bytes), rounded to nearest even: by
 // vcvtne2ps2bf16 in the avx512-bf16 build (which flushes subnormal inputs and outputs to zero), elsewhere
 // by bf16_bits' integer arithmetic a vector at a time (subnormals kept, as torch's conversion keeps them).
-inline void pack_bf16(void* out, vec<float> lo, vec<float> hi) {
+inline Bytes pack_bf16(vec<float> lo, vec<float> hi) {
 #if defined(BNRUN_AVX512_BF16)
   __m512 l, h;
   std::memcpy(&l, &lo, sizeof l);
   std::memcpy(&h, &hi, sizeof h);
   const __m512bh packed = _mm512_cvtne2ps_pbh(h, l);
-  std::memcpy(out, &packed, sizeof packed);
+  Bytes b;
+  std::memcpy(&b, &packed, sizeof b);
+  return b;
+#elif defined(__AVX2__) && !defined(__AVX512F__)
+  // Both halves rounded in 32-bit lanes, then narrowed by one vpackusdw (exact: every lane is at most
+  // 0xFFFF) and put in order by one vpermq, its lanes being interleaved per 128 bits; the generic code
+  // below narrows each half apart and took a third more instructions.
+  const auto rounded = [](vec<float> v) {
+    __m256 f;
+    std::memcpy(&f, &v, sizeof f);
+    const __m256i u = _mm256_castps_si256(f);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i bits = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+    const __m256i ordered = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_ORD_Q));
+    return _mm256_blendv_epi8(_mm256_set1_epi32(0x7FC0), bits, ordered);
+  };
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded(lo), rounded(hi)), 0xD8);
+  Bytes b;
+  std::memcpy(&b, &packed, sizeof b);
+  return b;
 #else
   typedef uint32_t bits_t __attribute__((vector_size(kVecBytes)));
   typedef int32_t mask_t __attribute__((vector_size(kVecBytes)));
   typedef uint16_t half_t __attribute__((vector_size(kVecBytes / 2)));
   const vec<float> halves[2] = {lo, hi};
+  half_t narrow[2];
   for (int h = 0; h < 2; ++h) {
     bits_t u;
     std::memcpy(&u, &halves[h], sizeof u);
     const bits_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
     const mask_t nan = halves[h] != halves[h];
     const bits_t bits = nan ? bits_t{} + 0x7FC0u : rounded;
-    const half_t narrow = __builtin_convertvector(bits, half_t);
-    std::memcpy(static_cast<char*>(out) + h * (kVecBytes / 2), &narrow, sizeof narrow);
+    narrow[h] = __builtin_convertvector(bits, half_t);
   }
+  Bytes b;
+  std::memcpy(&b, narrow, sizeof b);
+  return b;
 #endif
 }
 
@@ -312,20 +350,18 @@ inline void write(T* dst, int64_t len, const F& value, bool stream = false, int6
     for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<T>(value(acc_t{}, i));
   } else {
     constexpr int64_t kStep = kVecBytes / static_cast<int64_t>(sizeof(T));  // values per stored vector
-    alignas(64) char packed[kVecBytes];
-    const auto pack = [&](int64_t i) {
+    const auto pack = [&](int64_t i) -> Bytes {
       if constexpr (std::is_same_v<T, uint16_t>) {
-        pack_bf16(packed, value(V{}, i), value(V{}, i + W));
+        return pack_bf16(value(V{}, i), value(V{}, i + W));
       } else {
-        const V v = value(V{}, i);
-        std::memcpy(packed, &v, sizeof v);
+        return bytes_of<acc_t>(value(V{}, i));
       }
     };
     // values [i, i + count), count < kStep
     const auto part = [&](int64_t i, int64_t count) {
       if (i + kStep <= room) {
-        pack(i);
-        store_first(dst + i, packed, count * static_cast<int64_t>(sizeof(T)));
+        const Bytes packed = pack(i);
+        store_first(dst + i, reinterpret_cast<const char*>(&packed), count * static_cast<int64_t>(sizeof(T)));
       } else {
         for (int64_t j = i; j < i + count; ++j) dst[j] = narrow<T>(value(acc_t{}, j));
       }
@@ -340,11 +376,11 @@ inline void write(T* dst, int64_t len, const F& value, bool stream = false, int6
       }
     }
     for (; i + kStep <= len; i += kStep) {
-      pack(i);
+      const Bytes packed = pack(i);
       if (streamed) {
         stream_vector(dst + i, packed);
       } else {
-        std::memcpy(dst + i, packed, kVecBytes);
+        std::memcpy(dst + i, &packed, kVecBytes);
       }
     }
     if (i < len) part(i, len - i);
@@ -847,6 +883,7 @@ void planes_map(const Shape& shape, const std::array<const acc_t*, K>& coefficie
   const int64_t planes = shape.n * shape.c, grain = std::max<int64_t>(1, kWork / shape.s), numel = planes * shape.s;
   const bool stream = streams_output<T>(shape, tensors);
   parallel_writes(0, planes, grain, [&](int64_t p0, int64_t p1) {
+    const F fn = value;  // a copy the task owns, whose pointers the stores cannot alias, so kept in registers
     for (int64_t p = p0, c = p0 % shape.c; p < p1; ++p, c = c + 1 == shape.c ? 0 : c + 1) {
       const int64_t base = p * shape.s;
       acc_t q[K];
@@ -857,9 +894,9 @@ void planes_map(const Shape& shape, const std::array<const acc_t*, K>& coefficie
       }
       write<T, acc_t>(out + base, shape.s, [&](auto u, int64_t s) {
         if constexpr (std::is_same_v<decltype(u), V>) {
-          return value(u, vq, base + s);
+          return fn(u, vq, base + s);
         } else {
-          return value(u, q, base + s);
+          return fn(u, q, base + s);
         }
       }, stream, numel - base);
     }
@@ -994,24 +1031,20 @@ void batch_moments(const Shape& shape, const T* px, double* mean, double* square
 template <typename T, int64_t U, typename acc_t>
 inline void store_vectors(T* dst, const vec<acc_t> (&v)[U], bool stream) {
   constexpr int64_t W = kWidth<acc_t>;
-  const auto put = [stream](void* to, const void* from) {
+  const auto put = [stream](void* to, Bytes packed) {
     if (stream && reinterpret_cast<uintptr_t>(to) % kVecBytes == 0) {
-      stream_vector(to, from);
+      stream_vector(to, packed);
     } else {
-      std::memcpy(to, from, kVecBytes);
+      std::memcpy(to, &packed, kVecBytes);
     }
   };
   if constexpr (std::is_same_v<T, acc_t>) {
-    for (int64_t u = 0; u < U; ++u) put(dst + u * W, &v[u]);
+    for (int64_t u = 0; u < U; ++u) put(dst + u * W, bytes_of<acc_t>(v[u]));
   } else if constexpr (std::is_same_v<T, uint16_t>) {
-    alignas(64) char packed[kVecBytes];
-    for (int64_t u = 0; u + 1 < U; u += 2) {
-      pack_bf16(packed, v[u], v[u + 1]);
-      put(dst + u * W, packed);
-    }
+    for (int64_t u = 0; u + 1 < U; u += 2) put(dst + u * W, pack_bf16(v[u], v[u + 1]));
     if constexpr (U % 2 == 1) {
-      pack_bf16(packed, v[U - 1], v[U - 1]);
-      std::memcpy(dst + (U - 1) * W, packed, kVecBytes / 2);
+      const Bytes packed = pack_bf16(v[U - 1], v[U - 1]);
+      std::memcpy(dst + (U - 1) * W, &packed, kVecBytes / 2);
     }
   } else {
     for (int64_t u = 0; u < U; ++u)
@@ -1032,6 +1065,8 @@ void rows_map(const Shape& shape, const std::array<const acc_t*, K>& coefficient
   const Chunks chunks = chunks_of(shape);
   const bool stream = streams_output<T>(shape, tensors);
   parallel_writes(0, chunks.count, 1, [&](int64_t i0, int64_t i1) {
+    const F fn = value;  // as in planes_map
+    T* const dst = out;
     const int64_t r0 = i0 * chunks.rows, r1 = std::min(shape.n, i1 * chunks.rows);
     over_channels<acc_t>(C, [&](auto tile, int64_t c0) {
       constexpr int64_t U = decltype(tile)::value;
@@ -1043,13 +1078,13 @@ void rows_map(const Shape& shape, const std::array<const acc_t*, K>& coefficient
         const int64_t at = r * C + c0;
         V values[U];
 #pragma GCC unroll 4
-        for (int64_t u = 0; u < U; ++u) values[u] = value(V{}, q[u], at + u * W);
-        store_vectors<T, U, acc_t>(out + at, values, stream);
+        for (int64_t u = 0; u < U; ++u) values[u] = fn(V{}, q[u], at + u * W);
+        store_vectors<T, U, acc_t>(dst + at, values, stream);
       }
     }, [&](int64_t c) {
       acc_t q[K];
       for (size_t i = 0; i < K; ++i) q[i] = coefficients[i][c];
-      for (int64_t r = r0; r < r1; ++r) out[r * C + c] = narrow<T>(value(acc_t{}, q, r * C + c));
+      for (int64_t r = r0; r < r1; ++r) dst[r * C + c] = narrow<T>(fn(acc_t{}, q, r * C + c));
     });
   });
 }
@@ -1165,7 +1200,7 @@ void map_channels(const Shape& shape, const std::array<const acc_t*, K>& coeffic
 // y = g(a·x + k), in parallel.
 template <bool kRelu, typename T, typename acc_t>
 void affine_map(const Shape& shape, const T* px, const acc_t* a, const acc_t* k, T* py) {
-  map_channels<T, acc_t, 2>(shape, {a, k}, py, 2, [&](auto u, const auto* q, int64_t at) {
+  map_channels<T, acc_t, 2>(shape, {a, k}, py, 2, [=](auto u, const auto* q, int64_t at) {
     using U = decltype(u);
     return activate<kRelu>(pre(q[0], get<U>(px, at), q[1]));
   });
@@ -1176,24 +1211,24 @@ template <bool kRelu, bool kWithX, typename T, typename acc_t>
 void grad_input_map(const Shape& shape, const T* pdy, const T* px, const acc_t* a, const acc_t* k, const acc_t* A,
                      const acc_t* B, const acc_t* K, T* pdx) {
   if constexpr (kWithX && kRelu) {
-    map_channels<T, acc_t, 5>(shape, {a, k, A, B, K}, pdx, 3, [&](auto u, const auto* q, int64_t at) {
+    map_channels<T, acc_t, 5>(shape, {a, k, A, B, K}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
       const U xv = get<U>(px, at);
       return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], xv, q[1]) + q[3] * xv + q[4];
     });
   } else if constexpr (kWithX) {  // no mask: three coefficients in registers instead of five
-    map_channels<T, acc_t, 3>(shape, {A, B, K}, pdx, 3, [&](auto u, const auto* q, int64_t at) {
+    map_channels<T, acc_t, 3>(shape, {A, B, K}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
       return q[0] * get<U>(pdy, at) + q[1] * get<U>(px, at) + q[2];
     });
   } else {
     if constexpr (kRelu) {
-      map_channels<T, acc_t, 3>(shape, {a, k, A}, pdx, 3, [&](auto u, const auto* q, int64_t at) {
+      map_channels<T, acc_t, 3>(shape, {a, k, A}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
         using U = decltype(u);
         return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], get<U>(px, at), q[1]);
       });
     } else {
-      map_channels<T, acc_t, 1>(shape, {A}, pdx, 2, [&](auto u, const auto* q, int64_t at) {
+      map_channels<T, acc_t, 1>(shape, {A}, pdx, 2, [=](auto u, const auto* q, int64_t at) {
         using U = decltype(u);
         return q[0] * get<U>(pdy, at);
       });
