@@ -874,16 +874,117 @@ void images_gradient_sums(const Shape& shape, int64_t n0, int64_t n1, const T* p
   }
 }
 
+// The lanes [0, n) of a and the others of b (n may be ≤ 0 or ≥ kWidth).
+template <typename A>
+inline vec<A> first_lanes(vec<A> a, vec<A> b, int64_t n) {
+  using M = decltype(a < a);
+  M lane;
+  for (int64_t j = 0; j < kWidth<A>; ++j) lane[j] = j;
+  return lane < static_cast<decltype(lane[0] + 0)>(std::clamp<int64_t>(n, 0, kWidth<A>)) ? a : b;
+}
+
+// out[i] = fn(V{}, coefficients of i's plane, i) over planes [p0, p1) of S ≥ a store's values, walked as one run
+// of memory a whole store at a time from the first aligned address: a store that spans two planes takes each
+// lane's coefficients from its own plane. Walked plane by plane instead, planes whose bytes are not a multiple of
+// a store (S = 196 float32) each start off the stores' alignment, so that half their stores split a cache line,
+// and end in a partial store. Each output is the same arithmetic on the same coefficients either way. Only
+// the values before the first aligned address and after the last whole store are stored in part (write()).
+template <typename T, typename acc_t, size_t K, typename F>
+void planes_run(const Shape& shape, const std::array<const acc_t*, K>& coefficients, T* out, int64_t p0, int64_t p1,
+                bool stream, const F& fn) {
+  using V = vec<acc_t>;
+  constexpr int64_t W = kWidth<acc_t>;
+  constexpr int64_t kStep = kVecBytes / static_cast<int64_t>(sizeof(T));  // values per store
+  constexpr int64_t kParts = kStep / W;                                  // register vectors per store
+  const int64_t S = shape.s, C = shape.c, numel = shape.n * C * S;
+  acc_t q[K];
+  V vq[K], next[K];
+  const auto take = [&](int64_t c, acc_t (&qs)[K], V (&vs)[K]) {
+    for (size_t k = 0; k < K; ++k) {
+      qs[k] = coefficients[k][c];
+      vs[k] = splat(qs[k]);
+    }
+  };
+  // values [i, i + len) of one plane, in part stores (write())
+  const auto piece = [&](int64_t i, int64_t len) {
+    write<T, acc_t>(out + i, len, [&](auto u, int64_t s) {
+      if constexpr (std::is_same_v<decltype(u), V>) {
+        return fn(u, vq, i + s);
+      } else {
+        return fn(u, q, i + s);
+      }
+    }, false, numel - i);
+  };
+  bool streamed = false;  // set once the run is aligned
+  const auto put = [&](int64_t i, Bytes packed) {
+    if (streamed) {
+      stream_vector(out + i, packed);
+    } else {
+      std::memcpy(out + i, &packed, kVecBytes);
+    }
+  };
+  int64_t c = p0 % C, i = p0 * S;
+  take(c, q, vq);
+  const int64_t misaligned = static_cast<int64_t>(reinterpret_cast<uintptr_t>(out + i) % kVecBytes);
+  if (misaligned != 0 && misaligned % static_cast<int64_t>(sizeof(T)) == 0) {
+    const int64_t head = (kVecBytes - misaligned) / static_cast<int64_t>(sizeof(T));
+    piece(i, head);
+    i += head;
+  }
+  streamed = stream && reinterpret_cast<uintptr_t>(out + i) % kVecBytes == 0;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t plane_end = (p + 1) * S;
+    for (; i + kStep <= plane_end; i += kStep) {
+      if constexpr (kParts == 2) {
+        put(i, pack_bf16(fn(V{}, vq, i), fn(V{}, vq, i + W)));
+      } else {
+        put(i, bytes_of<acc_t>(fn(V{}, vq, i)));
+      }
+    }
+    c = c + 1 == C ? 0 : c + 1;
+    if (p + 1 == p1) {
+      if (i < plane_end) piece(i, plane_end - i);
+      break;
+    }
+    acc_t next_q[K];
+    take(c, next_q, next);
+    if (i < plane_end) {  // a store over this plane's last values and the next plane's first
+      V lanes[kParts][K];
+      for (int64_t part = 0; part < kParts; ++part)
+        for (size_t k = 0; k < K; ++k) lanes[part][k] = first_lanes<acc_t>(vq[k], next[k], plane_end - i - part * W);
+      if constexpr (kParts == 2) {
+        put(i, pack_bf16(fn(V{}, lanes[0], i), fn(V{}, lanes[1], i + W)));
+      } else {
+        put(i, bytes_of<acc_t>(fn(V{}, lanes[0], i)));
+      }
+      i += kStep;
+    }
+    for (size_t k = 0; k < K; ++k) {
+      q[k] = next_q[k];
+      vq[k] = next[k];
+    }
+  }
+}
+
 // out[p·S + s] = value(U{}, q, p·S + s) over the planes p in memory order, in parallel, where q holds the K
-// coefficients of the plane's channel (coefficients[i][c]) broadcast to U, as rows_map's value takes them.
+// coefficients of the plane's channel (coefficients[i][c]) broadcast to U, as rows_map's value takes them:
+// planes of at least a store's values as one run (planes_run), shorter ones one at a time.
 template <typename T, typename acc_t, size_t K, typename F>
 void planes_map(const Shape& shape, const std::array<const acc_t*, K>& coefficients, T* out, int64_t tensors,
                 const F& value) {
   using V = vec<acc_t>;
+  constexpr bool kVectorStores = std::is_same_v<T, acc_t> || std::is_same_v<T, uint16_t>;
   const int64_t planes = shape.n * shape.c, grain = std::max<int64_t>(1, kWork / shape.s), numel = planes * shape.s;
-  const bool stream = streams_output<T>(shape, tensors);
+  const bool stream = kCanStream && streams_output<T>(shape, tensors);
+  const bool run = kVectorStores && shape.s >= kVecBytes / static_cast<int64_t>(sizeof(T));
   parallel_writes(0, planes, grain, [&](int64_t p0, int64_t p1) {
     const F fn = value;  // a copy the task owns, whose pointers the stores cannot alias, so kept in registers
+    if constexpr (kVectorStores) {
+      if (run) {
+        planes_run<T, acc_t, K>(shape, coefficients, out, p0, p1, stream, fn);
+        return;
+      }
+    }
     for (int64_t p = p0, c = p0 % shape.c; p < p1; ++p, c = c + 1 == shape.c ? 0 : c + 1) {
       const int64_t base = p * shape.s;
       acc_t q[K];
