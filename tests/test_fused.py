@@ -555,3 +555,26 @@ def test_an_output_gradient_nothing_else_holds_takes_dx(shape, memory_format, dt
     torch.testing.assert_close(kept[0], upstream * scale, atol=0, rtol=0)
     torch.testing.assert_close(reused, fresh, atol=0, rtol=0)
     torch.testing.assert_close(switched_off, fresh, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["cached", "streamed"])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 6, 14, 14), (4, 3, 5, 5), (40, 16, 14, 14)])
+def test_prediction_output_has_the_same_bits_in_either_layout(shape, dtype, relu, streamed):
+    """y = g(a·x + k) per element: NCHW planes, written as one run of stores that may span two planes
+    (each lane with its own plane's coefficients), give the bits that channels_last rows give."""
+    kernel = fused.cpu_kernel()
+    assert kernel is not None
+    torch.manual_seed(0)
+    channels = shape[1]
+    x = (torch.randn(shape) * 3 + 1).to(dtype)
+    mean, var = torch.randn(channels), torch.rand(channels) + 0.5
+    weight, bias = torch.rand(channels) + 0.5, torch.randn(channels)
+    with streaming_from(kernel, 0 if streamed else 1 << 40), torch._C._AutoDispatchBelowAutograd():
+        planes, _ = kernel.ops.batch_norm_eval(x, mean, var, weight, bias, 1e-5, relu)
+        rows, _ = kernel.ops.batch_norm_eval(x.contiguous(memory_format=torch.channels_last), mean, var, weight, bias,
+                                             1e-5, relu)
+    assert planes.is_contiguous() and rows.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(planes.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                       rows.contiguous().view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
