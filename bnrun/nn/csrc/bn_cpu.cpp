@@ -218,11 +218,43 @@ inline U masked(U g, U a, U x, U k) {
   }
 }
 
+// In the avx2 build, an output pass over bfloat16 (planes_run, rows_interleaved) takes 16 values at a time as
+// two register vectors of float32, the even-indexed values and the odd ones (U = Interleaved<kOdd>): one load
+// of 32 bytes, then a shift or a mask, where load() widens 8 values by vpmovzxwd and a shift; and
+// pack_bf16_interleaved puts the two rounded halves back in order by one OR, where pack_bf16 narrows and
+// permutes. Every value is the same arithmetic on the same coefficients either way.
+template <bool kIsOdd>
+struct Interleaved {
+  static constexpr bool kOdd = kIsOdd;
+};
+template <typename U>
+struct IsInterleaved : std::false_type {};
+template <bool kOdd>
+struct IsInterleaved<Interleaved<kOdd>> : std::true_type {};
+#if defined(__AVX2__) && !defined(__AVX512F__)
+constexpr bool kInterleavedBf16 = true;
+template <bool kOdd>
+inline vec<float> interleaved_half(const uint16_t* p) {
+  const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i bits = kOdd ? _mm256_and_si256(pairs, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)))
+                            : _mm256_slli_epi32(pairs, 16);
+  vec<float> v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+#else
+constexpr bool kInterleavedBf16 = false;
+template <bool kOdd>
+inline vec<float> interleaved_half(const uint16_t*);  // never called: kInterleavedBf16 is false
+#endif
+
 // Element i of p widened to U's element type: one value when U is a scalar, the kWidth values from i on
 // when U is a register vector.
 template <typename U, typename P>
-inline U get(const P* p, int64_t i) {
-  if constexpr (std::is_arithmetic_v<U>) {
+inline auto get(const P* p, int64_t i) {
+  if constexpr (IsInterleaved<U>::value) {
+    return interleaved_half<U::kOdd>(p + i);
+  } else if constexpr (std::is_arithmetic_v<U>) {
     return static_cast<U>(widen(p[i]));
   } else {
     return load<std::remove_cv_t<std::remove_reference_t<decltype(std::declval<U>()[0])>>>(p + i);
@@ -267,6 +299,33 @@ inline void stream_vector(void* dst, Bytes v) { std::memcpy(dst, &v, kVecBytes);
 inline void fence_streams() {}
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// v's values rounded to bfloat16 in 32-bit lanes, as bf16_bits rounds them: in each lane's low 16 bits (the
+// rest zero), or with kHigh in its high 16 bits (the rest zero).
+template <bool kHigh>
+inline __m256i rounded_bf16(vec<float> v) {
+  __m256 f;
+  std::memcpy(&f, &v, sizeof f);
+  const __m256i u = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb);
+  const __m256i bits = kHigh ? _mm256_and_si256(sum, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)))
+                             : _mm256_srli_epi32(sum, 16);
+  const __m256i ordered = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_ORD_Q));
+  return _mm256_blendv_epi8(_mm256_set1_epi32(kHigh ? 0x7FC00000 : 0x7FC0), bits, ordered);
+}
+
+// 16 bfloat16 in order from the even-indexed values and the odd ones (interleaved_half's two halves).
+inline Bytes pack_bf16_interleaved(vec<float> even, vec<float> odd) {
+  const __m256i packed = _mm256_or_si256(rounded_bf16<false>(even), rounded_bf16<true>(odd));
+  Bytes b;
+  std::memcpy(&b, &packed, sizeof b);
+  return b;
+}
+#else
+inline Bytes pack_bf16_interleaved(vec<float>, vec<float>);  // never called: kInterleavedBf16 is false
+#endif
+
 // Two register vectors of float32 as 2·kWidth bfloat16 (kVecBytes bytes), rounded to nearest even: by
 // vcvtne2ps2bf16 in the avx512-bf16 build (which flushes subnormal inputs and outputs to zero), elsewhere
 // by bf16_bits' integer arithmetic a vector at a time (subnormals kept, as torch's conversion keeps them).
@@ -283,16 +342,8 @@ inline Bytes pack_bf16(vec<float> lo, vec<float> hi) {
   // Both halves rounded in 32-bit lanes, then narrowed by one vpackusdw (exact: every lane is at most
   // 0xFFFF) and put in order by one vpermq, its lanes being interleaved per 128 bits; the generic code
   // below narrows each half apart and took a third more instructions.
-  const auto rounded = [](vec<float> v) {
-    __m256 f;
-    std::memcpy(&f, &v, sizeof f);
-    const __m256i u = _mm256_castps_si256(f);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    const __m256i bits = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
-    const __m256i ordered = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_ORD_Q));
-    return _mm256_blendv_epi8(_mm256_set1_epi32(0x7FC0), bits, ordered);
-  };
-  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded(lo), rounded(hi)), 0xD8);
+  const __m256i packed =
+      _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded_bf16<false>(lo), rounded_bf16<false>(hi)), 0xD8);
   Bytes b;
   std::memcpy(&b, &packed, sizeof b);
   return b;
@@ -935,7 +986,9 @@ void planes_run(const Shape& shape, const std::array<const acc_t*, K>& coefficie
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t plane_end = (p + 1) * S;
     for (; i + kStep <= plane_end; i += kStep) {
-      if constexpr (kParts == 2) {
+      if constexpr (kParts == 2 && kInterleavedBf16) {
+        put(i, pack_bf16_interleaved(fn(Interleaved<false>{}, vq, i), fn(Interleaved<true>{}, vq, i)));
+      } else if constexpr (kParts == 2) {
         put(i, pack_bf16(fn(V{}, vq, i), fn(V{}, vq, i + W)));
       } else {
         put(i, bytes_of<acc_t>(fn(V{}, vq, i)));
@@ -950,9 +1003,15 @@ void planes_run(const Shape& shape, const std::array<const acc_t*, K>& coefficie
     take(c, next_q, next);
     if (i < plane_end) {  // a store over this plane's last values and the next plane's first
       V lanes[kParts][K];
-      for (int64_t part = 0; part < kParts; ++part)
-        for (size_t k = 0; k < K; ++k) lanes[part][k] = first_lanes<acc_t>(vq[k], next[k], plane_end - i - part * W);
-      if constexpr (kParts == 2) {
+      const int64_t left = plane_end - i;  // this plane's values in the store
+      for (int64_t part = 0; part < kParts; ++part) {
+        // lanes of this plane: the first `left` of the store, or of its even-indexed (odd-indexed) values
+        const int64_t own = kParts == 2 && kInterleavedBf16 ? (left + 1 - part) / 2 : left - part * W;
+        for (size_t k = 0; k < K; ++k) lanes[part][k] = first_lanes<acc_t>(vq[k], next[k], own);
+      }
+      if constexpr (kParts == 2 && kInterleavedBf16) {
+        put(i, pack_bf16_interleaved(fn(Interleaved<false>{}, lanes[0], i), fn(Interleaved<true>{}, lanes[1], i)));
+      } else if constexpr (kParts == 2) {
         put(i, pack_bf16(fn(V{}, lanes[0], i), fn(V{}, lanes[1], i + W)));
       } else {
         put(i, bytes_of<acc_t>(fn(V{}, lanes[0], i)));
@@ -1153,6 +1212,41 @@ inline void store_vectors(T* dst, const vec<acc_t> (&v)[U], bool stream) {
   }
 }
 
+// rows_map's tile of U register vectors of channels from c0, over rows [r0, r1), for bfloat16 in the avx2
+// build: each store's 16 channels as their even-indexed and odd-indexed halves (interleaved_half), with their
+// coefficients gathered to match once per tile; with an odd U, the last vector's 8 channels (coefficients
+// `last`) as half a store, through pack_bf16.
+template <int64_t U, size_t K, typename F>
+inline void rows_interleaved(const std::array<const float*, K>& coefficients, int64_t c0, int64_t C, int64_t r0,
+                             int64_t r1, uint16_t* dst, bool stream, const vec<float> (&last)[K], const F& fn) {
+  using V = vec<float>;
+  constexpr int64_t W = kWidth<float>, kPairs = U / 2;
+  V halves[kPairs][2][K];  // [store][even, odd][coefficient]
+  for (int64_t p = 0; p < kPairs; ++p)
+    for (int64_t odd = 0; odd < 2; ++odd)
+      for (size_t i = 0; i < K; ++i)
+        for (int64_t j = 0; j < W; ++j) halves[p][odd][i][j] = coefficients[i][c0 + 2 * p * W + 2 * j + odd];
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t at = r * C + c0;
+#pragma GCC unroll 2
+    for (int64_t p = 0; p < kPairs; ++p) {
+      const int64_t first = at + 2 * p * W;
+      const Bytes packed =
+          pack_bf16_interleaved(fn(Interleaved<false>{}, halves[p][0], first), fn(Interleaved<true>{}, halves[p][1], first));
+      if (stream && reinterpret_cast<uintptr_t>(dst + first) % kVecBytes == 0) {
+        stream_vector(dst + first, packed);
+      } else {
+        std::memcpy(dst + first, &packed, kVecBytes);
+      }
+    }
+    if constexpr (U % 2 == 1) {
+      const V v = fn(V{}, last, at + (U - 1) * W);
+      const Bytes packed = pack_bf16(v, v);
+      std::memcpy(dst + at + (U - 1) * W, &packed, kVecBytes / 2);
+    }
+  }
+}
+
 // out[r·C + c] = value(U{}, q, r·C + c) over all rows, in parallel chunks, where q holds the K per-channel
 // coefficients (coefficients[i][c]) as U: register vectors of kWidth channels, loaded once per tile of
 // channels (over_channels) and kept in registers down the rows, or one value per channel for the last
@@ -1175,6 +1269,10 @@ void rows_map(const Shape& shape, const std::array<const acc_t*, K>& coefficient
 #pragma GCC unroll 4
       for (int64_t u = 0; u < U; ++u)
         for (size_t i = 0; i < K; ++i) q[u][i] = load<acc_t>(coefficients[i] + c0 + u * W);
+      if constexpr (std::is_same_v<T, uint16_t> && kInterleavedBf16 && U >= 2) {
+        rows_interleaved<U, K>(coefficients, c0, C, r0, r1, dst, stream, q[U - 1], fn);
+        return;
+      }
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t at = r * C + c0;
         V values[U];
@@ -1314,7 +1412,7 @@ void grad_input_map(const Shape& shape, const T* pdy, const T* px, const acc_t* 
   if constexpr (kWithX && kRelu) {
     map_channels<T, acc_t, 5>(shape, {a, k, A, B, K}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
-      const U xv = get<U>(px, at);
+      const auto xv = get<U>(px, at);
       return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], xv, q[1]) + q[3] * xv + q[4];
     });
   } else if constexpr (kWithX) {  // no mask: three coefficients in registers instead of five
