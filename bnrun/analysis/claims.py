@@ -25,10 +25,11 @@ inconclusive one says how many seeds the observed spread would need to decide.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,6 +44,8 @@ from bnrun.store import RunRecord, RunStatus, Store
 RULES = ("superiority", "equivalence", "non-inferiority", "describe")
 ALPHA = 0.05
 VERDICTS = ("supported", "contradicted", "inconclusive", "incomplete", "described")
+# The runs a filter accepts: `filtered_runs` on one store, read once per filter while claims are evaluated.
+RunsOf = Callable[[RunFilter], list[RunRecord]]
 # What a claim's runs must share, or declare pooled: the run record's field for each.
 AUDITED = {"commit": "git_commit", "cpu": "cpu_model", "kernel": "kernel_isa", "threads": "torch_threads",
            "precision": "precision", "executor": "executor"}
@@ -203,16 +206,16 @@ def arm_filter(claim: Claim, arm: tuple[tuple[str, tuple], ...]) -> RunFilter:
     return RunFilter(archs=archs, placements=placements, impls=impls, where=tuple(sorted(options.items())))
 
 
-def counted_runs(store: Store, claim: Claim, arm) -> list[RunRecord]:
+def counted_runs(runs_of: RunsOf, claim: Claim, arm) -> list[RunRecord]:
     """The arm's completed runs (and diverged ones, where the claim counts them at chance), oldest first."""
     kept = (RunStatus.COMPLETED, RunStatus.DIVERGED) if claim.diverged_at_chance else (RunStatus.COMPLETED,)
-    runs = [run for run in filtered_runs(store, arm_filter(claim, arm)) if run.status in kept]
+    runs = [run for run in runs_of(arm_filter(claim, arm)) if run.status in kept]
     return sorted(runs, key=lambda run: run.id)
 
 
-def arm_runs(store: Store, claim: Claim, arm) -> dict[int, RunRecord]:
+def arm_runs(runs_of: RunsOf, claim: Claim, arm) -> dict[int, RunRecord]:
     """The arm's runs by seed (the latest where a seed was trained more than once)."""
-    return {run.seed: run for run in counted_runs(store, claim, arm)}
+    return {run.seed: run for run in counted_runs(runs_of, claim, arm)}
 
 
 def settings_of(claim: Claim, arm) -> list[tuple]:
@@ -221,13 +224,13 @@ def settings_of(claim: Claim, arm) -> list[tuple]:
     return list(itertools.product(*(options[name] for name in claim.tune)))
 
 
-def tuned_arm(store: Store, claim: Claim, arm) -> tuple[dict[int, RunRecord], str | None, tuple[str, ...]]:
+def tuned_arm(runs_of: RunsOf, claim: Claim, arm) -> tuple[dict[int, RunRecord], str | None, tuple[str, ...]]:
     """A tuned arm at its best setting: its runs by seed, the setting in words, and the trials any
     setting lacks (the choice waits for all of them)."""
     if not claim.tune:
-        return arm_runs(store, claim, arm), None, ()
+        return arm_runs(runs_of, claim, arm), None, ()
     by_setting: dict[tuple, dict[int, RunRecord]] = {}
-    for run in counted_runs(store, claim, arm):
+    for run in counted_runs(runs_of, claim, arm):
         by_setting.setdefault(tuple(getattr(run, name) for name in claim.tune), {})[run.seed] = run
     lacking = tuple(f"{setting_text(claim, setting)} seed {seed}" for setting in settings_of(claim, arm)
                     for seed in range(claim.min_seeds) if seed not in by_setting.get(setting, {}))
@@ -273,13 +276,15 @@ def missing_trials(claim: Claim, a: dict[int, RunRecord], b: dict[int, RunRecord
 
 
 def evaluate(store: Store, claims: list[Claim]) -> list[Result]:
-    """Every claim computed from the store, Holm-corrected within each family."""
-    results = [evaluate_one(store, claim) for claim in claims]
+    """Every claim computed from the store, Holm-corrected within each family (the runs of an arm that several
+    claims share read once)."""
+    runs_of = functools.cache(functools.partial(filtered_runs, store))
+    results = [evaluate_one(runs_of, claim) for claim in claims]
     return with_family_holm(results)
 
 
-def evaluate_one(store: Store, claim: Claim) -> Result:
-    (a, chosen_a, lacking_a), (b, chosen_b, lacking_b) = (tuned_arm(store, claim, arm) for arm in (claim.a, claim.b))
+def evaluate_one(runs_of: RunsOf, claim: Claim) -> Result:
+    (a, chosen_a, lacking_a), (b, chosen_b, lacking_b) = (tuned_arm(runs_of, claim, arm) for arm in (claim.a, claim.b))
     seeds = sorted(set(a) & set(b))
     pairs = [(claim_value(a[s], claim), claim_value(b[s], claim)) for s in seeds]
     pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
@@ -351,19 +356,22 @@ def decide(result: Result, p_holm: float) -> Result:
 def seeds_needed(claim: Claim, mean: float, std: float | None) -> int | None:
     """The paired seeds at which the observed mean and spread would decide the claim (before Holm), or
     None where no number of seeds would (a mean of 0 for superiority, one beyond the margin for equivalence)."""
+    import numpy as np
     from scipy.stats import t
 
-    if not std:
+    if not std or (claim.rule == "superiority" and not mean):
         return None
-    for n in range(3, MAX_SEEDS + 1):
-        se = std / math.sqrt(n)
-        if claim.rule == "superiority" and mean and abs(mean) / se > t.ppf(1 - ALPHA / 2, n - 1):
-            return n
-        if claim.rule == "equivalence" and claim.margin - abs(mean) > t.ppf(1 - ALPHA, n - 1) * se:
-            return n
-        if claim.rule == "non-inferiority" and (mean + claim.margin) / se > t.ppf(1 - ALPHA, n - 1):
-            return n
-    return None
+    n = np.arange(3, MAX_SEEDS + 1)
+    se = std / np.sqrt(n)
+    if claim.rule == "superiority":
+        decided = abs(mean) / se > t.ppf(1 - ALPHA / 2, n - 1)
+    elif claim.rule == "equivalence":
+        decided = claim.margin - abs(mean) > t.ppf(1 - ALPHA, n - 1) * se
+    elif claim.rule == "non-inferiority":
+        decided = (mean + claim.margin) / se > t.ppf(1 - ALPHA, n - 1)
+    else:
+        return None
+    return int(n[decided.argmax()]) if decided.any() else None
 
 
 # -- the results as records and text ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ IN_CHUNK = 500  # ids per IN (...): well under every backend's bound-parameter l
 # each row is RunRecord(*row), EpochRecord(*row).
 RUN_COLUMNS = tuple(Run.__table__.c[f.name] for f in fields(RunRecord))
 EPOCH_COLUMNS = tuple(Epoch.__table__.c[f.name] for f in fields(EpochRecord))
+DIAGNOSTIC_COLUMNS = tuple(Diagnostic.__table__.c[f.name] for f in fields(DiagnosticRecord))
 
 
 @dataclass(frozen=True)
@@ -338,9 +339,10 @@ class Store:
         result: dict[int, list[DiagnosticRecord]] = {run_id: [] for run_id in run_ids}
         with self.session() as session:
             for chunk in chunked(list(result)):
-                query = select(Diagnostic).where(Diagnostic.run_id.in_(chunk)).order_by(Diagnostic.id)
-                for row in session.scalars(query):
-                    result[row.run_id].append(record_from_row(DiagnosticRecord, row))
+                query = select(Diagnostic.run_id, *DIAGNOSTIC_COLUMNS).where(Diagnostic.run_id.in_(chunk)).order_by(
+                    Diagnostic.id)
+                for run_id, *values in core_rows(session, query):
+                    result[run_id].append(DiagnosticRecord(*values))
         return result
 
     # -- checkpoints and evaluations ------------------------------------------------------------
