@@ -233,7 +233,7 @@ def test_only_a_loopback_address_goes_without_a_warning():
 def test_the_server_listens_beyond_loopback_only_with_its_token(study):
     """A real `bnrun ui` process on every interface: its warning, the URL with a token; a request without
     the token is 401, with it 200 (and a cookie that serves the next request), a rebound Host 400."""
-    import httpx
+    import httpx2 as httpx
 
     port = free_port()
     process = subprocess.Popen(bnrun_command("ui", "--db", str(study), "--host", "0.0.0.0", "--port", str(port)),

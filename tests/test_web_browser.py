@@ -34,7 +34,7 @@ class Base(str):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`bnrun ui` on a copy of the shipped store, at a free port; its base URL."""
-    import httpx
+    import httpx2 as httpx
 
     study = tmp_path_factory.mktemp("browser") / "study.db"
     shutil.copyfile(SHIPPED, study)
