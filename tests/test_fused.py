@@ -6,6 +6,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
+import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -388,6 +392,26 @@ def test_each_source_and_flag_set_builds_in_its_own_directory(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setitem(kernel_build.ISA_FLAGS, fused.kernel_isa(), [*kernel_build.ISA_FLAGS[fused.kernel_isa()], "-g"])
     assert kernel_build.build_directory() != directory
+
+
+@pytest.mark.slow
+def test_another_checkout_of_the_same_sources_loads_the_build_without_compiling(tmp_path):
+    """The build compiles copies of the sources kept in its directory: a second checkout (here a copy of the
+    package elsewhere) finds the same build and links nothing; the build file names no checkout's path."""
+    from bnrun.nn import kernel_build
+
+    fused.cpu_kernel()
+    directory = kernel_build.build_directory()
+    library = directory / f"{kernel_build.KERNEL_NAME}.so"
+    built = library.stat().st_mtime_ns
+    assert str(kernel_build.CSRC) not in (directory / "build.ninja").read_text()
+    shutil.copytree(Path(bnn.__file__).parents[1], tmp_path / "bnrun")
+    probe = "from bnrun.nn import fused, kernel_build; print(fused.cpu_kernel().version, kernel_build.CSRC)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(fused.KERNEL_VERSION), str(tmp_path / "bnrun" / "nn" / "csrc")]
+    assert "building" not in done.stderr and library.stat().st_mtime_ns == built
 
 
 def special_floats() -> torch.Tensor:
