@@ -11,6 +11,11 @@ this machine's vector instruction set under an operator namespace of their own
 
 Both are called below the autograd dispatch key, so that each call is the kernel's own passes, checks
 and allocations, without the Python autograd formulas that `operators.py` registers for tracing.
+
+Before a row is timed, both builds run its operators on its tensors with the ReLU off and on, and the
+"differing" column counts the output values (y, the saved statistics, dx, dγ, dβ; or the prediction
+output and its coefficients) whose bits differ: 0 for a change that keeps the kernel's results, as a
+change must that keeps its version (kernel_build.KERNEL_VERSION).
 Rounds alternate which build runs first; each timed sample follows an untimed call. The table gives
 each build's median time and the median over rounds of the paired ratio (this checkout over the
 other), with its interquartile range.
@@ -85,6 +90,28 @@ def call(ops, passes: str, x, upstream, per_channel):
     return train
 
 
+def outputs(ops, passes: str, x, upstream, per_channel, relu: bool) -> tuple[torch.Tensor, ...]:
+    weight, bias, mean, var = per_channel
+    if passes == "eval":
+        return tuple(ops.batch_norm_eval(x, mean, var, weight, bias, 1e-5, relu))
+    y, stats = ops.batch_norm_train(x, weight, bias, 1e-5, relu)
+    return (y, stats, *ops.batch_norm_train_backward(upstream, x, stats, weight, relu))
+
+
+def as_bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def differing(this, other, passes: str, x, upstream, per_channel) -> int:
+    """How many output values of the two builds differ in their bits, with the ReLU off and on."""
+    count = 0
+    for relu in (False, True):
+        pairs = zip(outputs(this, passes, x, upstream, per_channel, relu),
+                    outputs(other, passes, x, upstream, per_channel, relu))
+        count += sum(int((as_bits(a) != as_bits(b)).sum()) for a, b in pairs)
+    return count
+
+
 def repeats_for(fn) -> int:
     start = time.perf_counter()
     fn()
@@ -106,6 +133,7 @@ def compare(this, other, shape, dtype, layout: str, passes: str, rounds: int) ->
     upstream = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format)
     channels = shape[1]
     per_channel = (torch.rand(channels) + 0.5, torch.rand(channels), torch.randn(channels), torch.rand(channels) + 0.5)
+    different = differing(this, other, passes, x, upstream, per_channel)
     calls = [call(ops, passes, x, upstream, per_channel) for ops in (this, other)]
     repeats = repeats_for(calls[0])
     times: list[list[float]] = [[], []]
@@ -116,7 +144,7 @@ def compare(this, other, shape, dtype, layout: str, passes: str, rounds: int) ->
     low, median, high = statistics.quantiles(ratios, n=4)
     return (f"| {tuple(shape)} | {str(dtype).removeprefix('torch.')} | {layout} | "
             f"{statistics.median(times[0]) * 1e3:.3f} | {statistics.median(times[1]) * 1e3:.3f} | "
-            f"{statistics.median(ratios):.2f}× | {low:.2f}–{high:.2f} |")
+            f"{statistics.median(ratios):.2f}× | {low:.2f}–{high:.2f} | {different} |")
 
 
 def main() -> None:
@@ -132,8 +160,8 @@ def main() -> None:
     this, other = fused.cpu_kernel().ops, other_operators(commit)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, both kernels built for {kernel_isa()}; "
           f"{args.passes} operators, this checkout against {commit}, {args.rounds} rounds")
-    print("| shape | dtype | layout | this ms | other ms | this / other | IQR |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| shape | dtype | layout | this ms | other ms | this / other | IQR | differing |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     gc.disable()
     with torch._C._AutoDispatchBelowAutograd():
         for dtype, layout in CASES:

@@ -440,9 +440,10 @@ def test_bfloat16_rounding_matches_torch():
     assert torch.isnan(nan.float()).all()
 
 
-# A pass whose tensors take the kernel's stream_bytes() or more (this machine's last-level cache) streams its
-# output (bn_cpu.cpp, streams_output; bfloat16 output only in the avx512-bf16 build); the tests below lower
-# the threshold to 1 MiB so that these shapes reach it in both dtypes. Planes of 899 values and rows of 40
+# A pass whose tensors take the kernel's stream_bytes() or more (this machine's last-level cache; a quarter of it
+# where the output is stored whole vectors at a time) streams its output (bn_cpu.cpp, streams_output; bfloat16
+# output only in the avx512-bf16 build); the tests below lower the threshold to 1 MiB so that these shapes reach
+# it in both dtypes. Planes of 899 values and rows of 40
 # channels start off the vector width.
 STREAMED_CASES = [((64, 40, 29, 31), torch.contiguous_format), ((64, 40, 29, 31), torch.channels_last)]
 STREAMED_THRESHOLD = 1 << 20
@@ -602,3 +603,26 @@ def test_prediction_output_has_the_same_bits_in_either_layout(shape, dtype, relu
     assert planes.is_contiguous() and rows.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(planes.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
                        rows.contiguous().view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_streaming_changes_no_bit_of_a_training_step(memory_format, dtype, relu):
+    """The training operators' outputs (y, the saved statistics, dx, dγ, dβ) are the same bits whether
+    the output passes stream their stores or write them through the cache, at planes of 196 values
+    (whole stores that span two planes) and rows of 24 channels."""
+    kernel = fused.cpu_kernel()
+    assert kernel is not None
+    torch.manual_seed(0)
+    shape = (32, 24, 14, 14)
+    x, upstream = ((torch.randn(shape) * 3 + 1).to(dtype).contiguous(memory_format=memory_format) for _ in range(2))
+    weight, bias = torch.rand(shape[1]) + 0.5, torch.randn(shape[1])
+    outputs = []
+    for threshold in (0, 1 << 40):
+        with streaming_from(kernel, threshold), torch._C._AutoDispatchBelowAutograd():
+            y, stats = kernel.ops.batch_norm_train(x, weight, bias, 1e-5, relu)
+            outputs.append([y, stats, *kernel.ops.batch_norm_train_backward(upstream, x, stats, weight, relu)])
+    for streamed, cached in zip(*outputs, strict=True):
+        bits = torch.int16 if streamed.dtype == torch.bfloat16 else torch.int32
+        assert torch.equal(streamed.contiguous().view(bits), cached.contiguous().view(bits))

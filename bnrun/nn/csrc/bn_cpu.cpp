@@ -19,10 +19,10 @@
 // Passes: forward reads x once for the moments and once more (read + write) for the output;
 // backward reads x and dy once for the two sums and once more for dx. Every pass walks memory in
 // order (contiguous (N, C, S) input as its N·C planes, channels_last as rows of channels), in a
-// fixed split among threads. A pass whose tensors take more bytes than the last-level cache writes
-// its output (y, dx) with streaming stores, which skip reading the lines they overwrite and leave
-// the cache to the input the next pass reads again (streams_output; bfloat16 output only in the
-// avx512-bf16 build).
+// fixed split among threads. A pass whose tensors take more bytes than the last-level cache (a quarter
+// of it, where the output is stored a whole aligned vector at a time) writes its output (y, dx) with
+// streaming stores, which skip reading the lines they overwrite and leave the cache to the input the
+// next pass reads again (streams_output; bfloat16 output only in the avx512-bf16 build).
 // Sums run in register vectors of acc_t (vec, the build's vector width) within a block, in double
 // beyond: each lane adds about kValuesPerLane values before its block is merged. The moments take
 // one pass: a block's Σ(x − p) and Σ(x − p)² around a pivot p, the running mean of the blocks
@@ -479,11 +479,15 @@ int64_t last_level_cache_bytes() {
 
 // A pass whose tensors (inputs and output) take at least this many bytes streams its output (write's
 // `stream`): the last-level cache's size, so that a pass whose tensors fit leaves its output in the cache
-// for the next pass or layer. Rows of channels (channels_last, (N, C)) stream from a quarter of it: their
-// stores are whole aligned vectors, where (N, C, S) planes of a few hundred bytes each start and end in
-// partial lines. On the AVX512-BF16 EPYC (32 MiB of L3), with bn_layer.py's shapes (tensors of 3.2–12.8 MB):
-// streaming planes from 8 MiB made a forward and backward up to 1.9× slower than from 32 MiB, and
-// channels_last rows of 6.4 MB were 1.1× faster streamed than not.
+// for the next pass or layer. An output stored a whole aligned vector at a time streams from a quarter of it:
+// rows of channels (channels_last, (N, C)), and (N, C, S) planes of at least a store's values, which
+// planes_run writes as one run per task. Shorter planes start and end in partial stores, and a streamed
+// store to a line that a cached store has just written costs more than it saves. On the AVX512-BF16 EPYC (32
+// MiB of L3), with bn_layer.py's shapes (tensors of 3.2–12.8 MB): channels_last rows of 6.4 MB were 1.1×
+// faster streamed than not. There, streaming planes from 8 MiB made a forward and backward up to 1.9× slower
+// than from 32 MiB, when each plane was still written on its own, its ends in partial stores (before
+// planes_run). On the AVX2-only EPYC, with planes written as runs, streaming them from 8 MiB made the
+// float32 NCHW layer steps at (128, 64, 14, 14) and (128, 32, 28, 28) 1.4–1.6× faster.
 std::atomic<int64_t> stream_threshold{last_level_cache_bytes()};
 
 // bfloat16 output is streamed only where the CPU converts it (vcvtne2ps2bf16, the avx512-bf16 build). The
@@ -501,8 +505,11 @@ template <typename T>
 bool streams_output(const Shape& shape, int64_t tensors) {
   if constexpr (std::is_same_v<T, uint16_t> && !kStreamsBf16) return false;
   const int64_t threshold = stream_threshold.load(std::memory_order_relaxed);
+  constexpr bool kVectorStores = std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, uint16_t>;
+  const bool whole_stores =
+      shape.s == 1 || (kVectorStores && shape.s >= kVecBytes / static_cast<int64_t>(sizeof(T)));
   return tensors * shape.n * shape.c * shape.s * static_cast<int64_t>(sizeof(T)) >=
-         (shape.s == 1 ? threshold / 4 : threshold);
+         (whole_stores ? threshold / 4 : threshold);
 }
 
 // x itself when it is contiguous or channels_last, otherwise a contiguous copy.
