@@ -162,7 +162,15 @@ def test_reproduce_reports_the_first_epoch_that_differs(grid_store, tmp_path):
         connection.execute("UPDATE epochs SET val_acc = val_acc + 0.01 WHERE run_id = ? AND epoch = 1", (run_id,))
     result = invoke("reproduce", str(run_id), "--db", str(db))
     assert result.exit_code == 1, result.output
-    assert "differs first at epoch 1" in result.output and "val_acc" in result.output and "Δ -0.01" in result.output
+    assert "differs first at epoch 1" in result.output and "  val_acc: Δ -0.01\n    stored " in result.output
+
+
+def test_reproduce_names_commits_as_git_abbreviates_them():
+    from bnrun.run.provenance import differences
+
+    stored, now = {"git_commit": "8c17a7885651c5c8e7fff62fd5be77bea66a57ad"}, {"git_commit": "36773ba49da568d8" + "0" * 24}
+    assert differences(stored, now) == ["git_commit: 8c17a7885651 → 36773ba49da5"]
+    assert differences({"kernel_isa": None}, {"kernel_isa": "avx2/v5"}) == ["kernel_isa: None → avx2/v5"]
 
 
 def test_grid_options_parse_and_refuse_bad_values():

@@ -163,11 +163,12 @@ def reproduction_lines(result: Reproduction) -> list[str]:
             lines.append("every epoch matches; the final metrics differ:")
         else:
             lines.append(f"status differs: stored {original.status}, reproduced {new.status}")
-        for d in first:
-            amount = "" if d.amount is None else f" (Δ {d.amount:+.3g})"
-            lines.append(f"  {d.field}: stored {d.stored!r}, reproduced {d.reproduced!r}{amount}")
+        for d in first:  # a field's two values on lines of their own: full floats do not fit 80 columns side by side
+            lines.append(f"  {d.field}:" + ("" if d.amount is None else f" Δ {d.amount:+.3g}"))
+            lines += [f"    stored     {d.stored!r}", f"    reproduced {d.reproduced!r}"]
     if result.provenance_differences:
-        lines.append("provenance that differs: " + "; ".join(result.provenance_differences))
+        lines.append("provenance that differs:")
+        lines += [f"  {difference}" for difference in result.provenance_differences]
     else:
         lines.append("provenance: same commit, versions, CPU features, threads and device")
     return lines

@@ -53,5 +53,9 @@ def kernel_build(bn_path: str | None) -> str | None:
 
 
 def differences(a: dict, b: dict) -> list[str]:
-    """'torch_threads: 2 → 1' for every provenance field that differs between two runs."""
-    return [f"{name}: {a.get(name)} → {b.get(name)}" for name in PROVENANCE_FIELDS if a.get(name) != b.get(name)]
+    """'torch_threads: 2 → 1' for every provenance field that differs between two runs (commits as
+    their first 12 hex digits, as git abbreviates them)."""
+    def shown(name: str, value):
+        return value[:12] if name == "git_commit" and isinstance(value, str) else value
+    return [f"{name}: {shown(name, a.get(name))} → {shown(name, b.get(name))}"
+            for name in PROVENANCE_FIELDS if a.get(name) != b.get(name)]
