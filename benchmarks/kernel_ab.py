@@ -12,13 +12,14 @@ this machine's vector instruction set under an operator namespace of their own
 Both are called below the autograd dispatch key, so that each call is the kernel's own passes, checks
 and allocations, without the Python autograd formulas that `operators.py` registers for tracing.
 
+Rounds alternate which build runs first; each timed sample follows an untimed call. The table gives
+each build's median time and the median over rounds of the paired ratio (this checkout over the
+other), with its interquartile range.
+
 Before a row is timed, both builds run its operators on its tensors with the ReLU off and on, and the
 "differing" column counts the output values (y, the saved statistics, dx, dγ, dβ; or the prediction
 output and its coefficients) whose bits differ: 0 for a change that keeps the kernel's results, as a
 change must that keeps its version (kernel_build.KERNEL_VERSION).
-Rounds alternate which build runs first; each timed sample follows an untimed call. The table gives
-each build's median time and the median over rounds of the paired ratio (this checkout over the
-other), with its interquartile range.
 
     python benchmarks/kernel_ab.py COMMIT [--passes train|eval] [--rounds N]
 

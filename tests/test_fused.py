@@ -443,8 +443,7 @@ def test_bfloat16_rounding_matches_torch():
 # A pass whose tensors take the kernel's stream_bytes() or more (this machine's last-level cache; a quarter of it
 # where the output is stored whole vectors at a time) streams its output (bn_cpu.cpp, streams_output; bfloat16
 # output only in the avx512-bf16 build); the tests below lower the threshold to 1 MiB so that these shapes reach
-# it in both dtypes. Planes of 899 values and rows of 40
-# channels start off the vector width.
+# it in both dtypes. Planes of 899 values and rows of 40 channels start off the vector width.
 STREAMED_CASES = [((64, 40, 29, 31), torch.contiguous_format), ((64, 40, 29, 31), torch.channels_last)]
 STREAMED_THRESHOLD = 1 << 20
 # Long pieces, streamed: planes of 2257 values, and rows of 1100 channels.

@@ -501,15 +501,22 @@ constexpr bool kStreamsBf16 = true;
 constexpr bool kStreamsBf16 = false;
 #endif
 
+// Outputs of float32, float64 and bfloat16 are stored a register vector at a time, float16 a value at a time.
+template <typename T>
+constexpr bool kVectorStores = std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, uint16_t>;
+
+// Whether planes_map writes (N, C, S) planes as runs of whole stores (planes_run): planes of a store's values or more.
+template <typename T>
+bool planes_in_runs(const Shape& shape) {
+  return kVectorStores<T> && shape.s >= kVecBytes / static_cast<int64_t>(sizeof(T));
+}
+
 template <typename T>
 bool streams_output(const Shape& shape, int64_t tensors) {
   if constexpr (std::is_same_v<T, uint16_t> && !kStreamsBf16) return false;
   const int64_t threshold = stream_threshold.load(std::memory_order_relaxed);
-  constexpr bool kVectorStores = std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, uint16_t>;
-  const bool whole_stores =
-      shape.s == 1 || (kVectorStores && shape.s >= kVecBytes / static_cast<int64_t>(sizeof(T)));
   return tensors * shape.n * shape.c * shape.s * static_cast<int64_t>(sizeof(T)) >=
-         (whole_stores ? threshold / 4 : threshold);
+         (shape.s == 1 || planes_in_runs<T>(shape) ? threshold / 4 : threshold);
 }
 
 // x itself when it is contiguous or channels_last, otherwise a contiguous copy.
@@ -1039,13 +1046,12 @@ template <typename T, typename acc_t, size_t K, typename F>
 void planes_map(const Shape& shape, const std::array<const acc_t*, K>& coefficients, T* out, int64_t tensors,
                 const F& value) {
   using V = vec<acc_t>;
-  constexpr bool kVectorStores = std::is_same_v<T, acc_t> || std::is_same_v<T, uint16_t>;
   const int64_t planes = shape.n * shape.c, grain = std::max<int64_t>(1, kWork / shape.s), numel = planes * shape.s;
   const bool stream = kCanStream && streams_output<T>(shape, tensors);
-  const bool run = kVectorStores && shape.s >= kVecBytes / static_cast<int64_t>(sizeof(T));
+  const bool run = planes_in_runs<T>(shape);
   parallel_writes(0, planes, grain, [&](int64_t p0, int64_t p1) {
     const F fn = value;  // a copy the task owns, whose pointers the stores cannot alias, so kept in registers
-    if constexpr (kVectorStores) {
+    if constexpr (kVectorStores<T>) {
       if (run) {
         planes_run<T, acc_t, K>(shape, coefficients, out, p0, p1, stream, fn);
         return;
