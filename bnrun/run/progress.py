@@ -90,13 +90,12 @@ class RichReporter(SilentReporter):
         if self.epoch_task is not None:
             self.progress.remove_task(self.epoch_task)
             self.epoch_task = None
-        detail = (
-            f"test acc. {100 * metrics.test_acc_population:.2f} % (population stats), "
-            f"{100 * metrics.test_acc_running:.2f} % (running averages)"
-            if metrics
-            else note
-        )
-        self.line(f"{status:<11} {self.label}: {detail}")
+        if metrics:  # the accuracies on a line of their own, under the label: together they outgrow 80 columns
+            self.line(f"{status:<11} {self.label}")
+            self.line(f"{'':<11} test acc. {100 * metrics.test_acc_population:.2f} % (population stats), "
+                      f"{100 * metrics.test_acc_running:.2f} % (running averages)")
+        else:
+            self.line(f"{status:<11} {self.label}: {note}")
         self.progress.advance(self.sweep_task)
 
     def remote_trial_finished(self, run_id: int | None, config: TrainConfig, seed: int, status: str) -> None:
