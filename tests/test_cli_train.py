@@ -88,6 +88,18 @@ def test_rerun_skips_completed_trials(trained_store):
         assert connection.execute("select count(*) from runs").fetchone()[0] == 2
 
 
+def test_the_sweep_summary_gives_each_kind_of_unfinished_trial_a_line_that_fits_80_columns():
+    from types import SimpleNamespace
+
+    from bnrun.cli.actions import sweep_summary
+
+    result = SimpleNamespace(completed=[1, 2], skipped=[], elsewhere=[7], diverged=[3, 4], failed=[5])
+    assert sweep_summary(result).splitlines() == [
+        "2 completed; 0 skipped (already completed or diverged in the store)",
+        "1 running elsewhere (runs 7)", "2 diverged (runs 3, 4)", "1 failed (runs 5)"]
+    assert max(map(len, sweep_summary(result).splitlines())) <= 80
+
+
 def test_runs_and_show(trained_store):
     listed = invoke("runs", "--arch", "cnn", "--status", "completed", "--db", str(trained_store))
     assert listed.exit_code == 0 and "2 runs" in listed.output

@@ -163,17 +163,15 @@ def draw(db: str | None, request: PlotRequest) -> Path:
 
 
 def sweep_summary(result) -> str:
-    parts = [
-        f"{len(result.completed)} completed",
-        f"{len(result.skipped)} skipped (already completed or diverged in the store)",
-    ]
-    if result.elsewhere:
-        parts.append(f"{len(result.elsewhere)} running elsewhere (runs {', '.join(map(str, result.elsewhere))})")
-    if result.diverged:
-        parts.append(f"{len(result.diverged)} diverged (runs {', '.join(map(str, result.diverged))})")
-    if result.failed:
-        parts.append(f"{len(result.failed)} failed (runs {', '.join(map(str, result.failed))})")
-    return "; ".join(parts)
+    """What a sweep did: completed and skipped on one line, then a line each for the trials running
+    elsewhere, diverged or failed, with their run ids (together they outgrow 80 columns)."""
+    lines = [f"{len(result.completed)} completed; {len(result.skipped)} skipped "
+             "(already completed or diverged in the store)"]
+    for runs, what in ((result.elsewhere, "running elsewhere"), (result.diverged, "diverged"),
+                       (result.failed, "failed")):
+        if runs:
+            lines.append(f"{len(runs)} {what} (runs {', '.join(map(str, runs))})")
+    return "\n".join(lines)
 
 
 def emit(content, output: Path | None, console: Console) -> Path | None:
