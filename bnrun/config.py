@@ -112,6 +112,18 @@ def impl_label(bn_impl: str, fused: bool) -> str:
     return bn_impl + ("+fused" if fused else "")
 
 
+def option_text(value: object) -> str:
+    """An option's value as the command line spells it, in every human view (the terminal and the web):
+    — for none, yes and no for booleans, floats in their shortest form."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 # A study tag: a letter or digit, then letters, digits, '.', '_' or '-' (no comma, no space), at most
 # STUDY_LENGTH characters; "none" is --where's word for an untagged trial.
 STUDY_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"

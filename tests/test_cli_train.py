@@ -100,6 +100,35 @@ def test_the_sweep_summary_gives_each_kind_of_unfinished_trial_a_line_that_fits_
     assert max(map(len, sweep_summary(result).splitlines())) <= 80
 
 
+def test_a_trial_is_labelled_by_the_options_its_grid_varies():
+    from bnrun.config import TrainConfig
+    from bnrun.run.progress import brief_label, trial_label
+
+    config = TrainConfig(arch="mlp", bn="pre", bn_impl="custom", fused=True, lr=0.1, batch_size=64)
+    assert trial_label(config, 2) == "mlp bn=pre (custom+fused) seed=2"
+    assert trial_label(config, 2, ("arch", "lr", "batch_size")) == "mlp bn=pre (custom+fused) lr=0.1 batch_size=64 seed=2"
+    assert brief_label(config, 2, ("arch", "lr")) == "arch=mlp lr=0.1 seed=2"
+    assert brief_label(config, 2) == trial_label(config, 2)
+
+
+def test_the_trials_bar_keeps_its_bar_and_times_at_80_columns_beside_a_long_label():
+    from rich.console import Console
+
+    from bnrun.config import TrainConfig
+    from bnrun.run.progress import RichReporter
+
+    console = Console(width=80, record=True, force_terminal=True)
+    reporter = RichReporter(console)
+    varied = ("lr", "batch_size", "label_smoothing", "weight_decay")
+    reporter.sweep_started(16, "16 trials", varied)
+    reporter.trial_started(7, TrainConfig(lr=0.1, batch_size=64, label_smoothing=0.1, weight_decay=1e-4), 0)
+    reporter.progress.stop()
+    console.print(reporter.progress.make_tasks_table(reporter.progress.tasks))
+    bar = [line for line in console.export_text().splitlines() if line.startswith("trials")][-1]
+    assert len(bar) <= 80 and "━" in bar and bar.rstrip().endswith("-:--:--"), bar
+    assert "run 7: lr=0.1 batch_size=64" in bar and "…" in bar, bar
+
+
 def test_runs_and_show(trained_store):
     listed = invoke("runs", "--arch", "cnn", "--status", "completed", "--db", str(trained_store))
     assert listed.exit_code == 0 and "2 runs" in listed.output

@@ -48,7 +48,12 @@ def test_grid_stores_every_trial_with_an_honest_status(grid_store):
 def test_second_run_of_the_grid_skips_every_trial_that_ran_to_an_outcome(grid_store):
     result = invoke("train", *GRID, "--diagnostics", "--db", str(grid_store))
     assert result.exit_code == 0, result.output
-    assert "0 completed; 4 skipped" in result.output and "already diverged as run" in result.output
+    assert "0 completed; 4 skipped" in result.output and "already diverged (--force reruns it)" in result.output
+    labels = [line.split(": ", 1)[1] for line in result.output.splitlines() if line.startswith("skip ")]
+    # each trial's label names the grid's lr beside the model, so that no two read alike
+    impls = {"pre": "custom+fused", "none": "custom"}  # without BN the fused path has nothing to apply to
+    assert sorted(labels) == sorted(f"mlp bn={bn} ({impl}) lr={lr} seed=0" for bn, impl in impls.items()
+                                    for lr in ("0.05", "1000"))
 
 
 @pytest.mark.parametrize("fmt", ["table", "markdown", "latex", "csv", "json"])

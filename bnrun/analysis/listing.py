@@ -58,18 +58,6 @@ def sort_value(run: RunRecord, name: str):
     return metric_value(run, name) if name in METRICS else getattr(run, name)
 
 
-def option_text(value: object) -> str:
-    """An option's value as the command line spells it, in every human view (the terminal and the web):
-    — for none, yes and no for booleans, floats in their shortest form."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def option_value(run: RunRecord, name: str):
     """A listed option's value ("impl" is the implementation label)."""
     return impl_label(run.bn_impl, run.fused) if name == "impl" else getattr(run, name)

@@ -11,8 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bnrun.analysis.diagnostic_summaries import mode_gap
-from bnrun.analysis.listing import option_text
-from bnrun.config import TRAIN_FIELDS, counted, impl_label
+from bnrun.config import TRAIN_FIELDS, counted, impl_label, option_text
 from bnrun.registry import OPTIONS, PATH
 from bnrun.store import DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord, RunStatus
 

@@ -7,23 +7,60 @@ from __future__ import annotations
 from typing import Protocol
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column
 
-from bnrun.config import TrainConfig, impl_label
+from bnrun.config import TrainConfig, impl_label, option_text
 from bnrun.store import EpochRecord, FinalMetrics, RunRecord, RunStatus
 from bnrun.training.results import TrainingProgress
 
 stderr = Console(stderr=True)
 
 
-def trial_label(config: TrainConfig, seed: int) -> str:
-    return f"{config.arch} bn={config.bn} ({impl_label(config.bn_impl, config.fused)}) seed={seed}"
+LABEL_HEAD = ("arch", "bn", "bn_impl", "fused")  # the options every trial label names
+
+
+def trial_label(config: TrainConfig, seed: int, varied: tuple[str, ...] = ()) -> str:
+    """'cnn bn=pre (custom+fused) lr=0.1 seed=0': the model, the implementation, the value of each option
+    the grid varies (`varied`), so that no two trials of a grid read alike, and the seed."""
+    options = "".join(f" {name}={option_text(getattr(config, name))}" for name in varied if name not in LABEL_HEAD)
+    return f"{config.arch} bn={config.bn} ({impl_label(config.bn_impl, config.fused)}){options} seed={seed}"
+
+
+def brief_label(config: TrainConfig, seed: int, varied: tuple[str, ...] = ()) -> str:
+    """'lr=0.1 batch_size=64 seed=0': what sets the trial apart in its grid, for a bar's narrow column
+    (the whole label where the grid varies nothing but the seed)."""
+    if not varied:
+        return trial_label(config, seed)
+    return " ".join(f"{name}={option_text(getattr(config, name))}" for name in varied) + f" seed={seed}"
+
+
+def bar_columns() -> tuple[ProgressColumn, ...]:
+    """The bars' columns at fixed widths but for the info (a trial's label, an epoch's loss), which takes the
+    rest of the line and ends in … where the line would outgrow the terminal: at 80 columns the bars and times
+    stay whole beside a long label."""
+    return (
+        TextColumn("{task.description}", table_column=Column(no_wrap=True, min_width=len("epoch 10/10"))),
+        BarColumn(bar_width=12),
+        MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=7)),
+        TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
 
 
 class Reporter(TrainingProgress, Protocol):
     """What a sweep tells whoever watches it, on top of the training loop's progress."""
 
-    def sweep_started(self, total: int, description: str = "") -> None: ...
+    def sweep_started(self, total: int, description: str = "", varied: tuple[str, ...] = ()) -> None: ...
     def trial_skipped(self, done: RunRecord, config: TrainConfig, seed: int) -> None: ...
     def trial_started(self, run_id: int, config: TrainConfig, seed: int) -> None: ...
     def trial_finished(self, run_id: int, status: str, metrics: FinalMetrics | None, note: str = "") -> None: ...
@@ -40,39 +77,35 @@ class RichReporter(SilentReporter):
 
     def __init__(self, console: Console = stderr) -> None:
         self.console = console
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-        )
+        self.progress = Progress(*bar_columns(), console=console, transient=False, expand=True)
         self.sweep_task = None
         self.epoch_task = None
         self.label = ""
+        self.varied: tuple[str, ...] = ()  # the options the grid varies, which each trial's label names
 
     def line(self, text: str, **settings) -> None:
         """One log line: wrapped to a terminal's width, whole when piped (a log is read line by line)."""
         self.console.print(text, soft_wrap=not self.console.is_terminal, **settings)
 
-    def sweep_started(self, total: int, description: str = "") -> None:
+    def sweep_started(self, total: int, description: str = "", varied: tuple[str, ...] = ()) -> None:
+        self.varied = varied
         if description:
             self.line(f"grid: {description}", highlight=False)
         self.progress.start()
         self.sweep_task = self.progress.add_task("trials", total=total, info="")
 
     def trial_skipped(self, done: RunRecord, config: TrainConfig, seed: int) -> None:
+        # why on a line of its own, under the label, as a finished trial's accuracies
+        self.line(f"{'skip':<11} run {done.id}: {trial_label(config, seed, self.varied)}")
         if done.status == RunStatus.RUNNING:
-            self.line(
-                f"skip   {trial_label(config, seed)}: running elsewhere as run {done.id} (host {done.host}, pid "
-                f"{done.pid})"
-            )
+            self.line(f"{'':<11} running elsewhere (host {done.host}, pid {done.pid})")
         else:
-            self.line(
-                f"skip   {trial_label(config, seed)}: already {done.status} as run {done.id} (--force reruns it)"
-            )
+            self.line(f"{'':<11} already {done.status} (--force reruns it)")
         self.progress.advance(self.sweep_task)
 
     def trial_started(self, run_id: int, config: TrainConfig, seed: int) -> None:
-        self.label = f"run {run_id}: {trial_label(config, seed)}"
-        self.progress.update(self.sweep_task, info=self.label)
+        self.label = f"run {run_id}: {trial_label(config, seed, self.varied)}"
+        self.progress.update(self.sweep_task, info=f"run {run_id}: {brief_label(config, seed, self.varied)}")
 
     def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
         if self.epoch_task is not None:
@@ -101,7 +134,7 @@ class RichReporter(SilentReporter):
     def remote_trial_finished(self, run_id: int | None, config: TrainConfig, seed: int, status: str) -> None:
         """A trial an executor ran in another process (its epochs are in the store, not here)."""
         where = f"run {run_id}" if run_id is not None else "no run"
-        self.line(f"{status:<11} {where}: {trial_label(config, seed)}")
+        self.line(f"{status:<11} {where}: {trial_label(config, seed, self.varied)}")
         self.progress.advance(self.sweep_task)
 
     def sweep_finished(self) -> None:

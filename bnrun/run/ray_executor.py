@@ -119,7 +119,9 @@ def run_sweep_on_ray(sweep: SweepConfig, store: Store, reporter: Reporter, optio
     result = SweepResult()
     with sigterm_as_interrupt():
         per_trial = f"{options.cpus_per_trial:g} CPU" + (f", {gpus:g} GPU" if gpus else "")
-        reporter.sweep_started(len(specs), sweep.describe() + f" on Ray ({per_trial} per trial)")
+        reporter.sweep_started(
+            len(specs), sweep.describe() + f" on Ray ({per_trial} per trial)", tuple(sweep.varied())
+        )
         pending = {}
         for spec in specs:
             token = uuid.uuid4().hex

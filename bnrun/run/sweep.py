@@ -55,7 +55,7 @@ def run_sweep(sweep: SweepConfig, store: Store, reporter: Reporter) -> SweepResu
     result = SweepResult()
     specs = plan(sweep)
     with sigterm_as_interrupt():
-        reporter.sweep_started(len(specs), sweep.describe())
+        reporter.sweep_started(len(specs), sweep.describe(), tuple(sweep.varied()))
         for spec in specs:
             outcome = run_trial(spec, load(sweep.data_dir, spec.config["train_subset"]), store, reporter)
             result.add(outcome)

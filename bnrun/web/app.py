@@ -24,8 +24,8 @@ from starlette.routing import Route
 
 from bnrun.analysis.export import EXPORT_FORMATS
 from bnrun.analysis.grouping import PIVOT_FIELDS
-from bnrun.analysis.listing import option_text
 from bnrun.analysis.metrics import METRICS
+from bnrun.config import option_text
 from bnrun.errors import NothingMatched, RunNotFound, StoreError, UsageError
 from bnrun.store import RunStatus, Store
 from bnrun.web import pages

@@ -19,12 +19,11 @@ from bnrun.analysis.figures import (
     spans_decades,
 )
 from bnrun.analysis.grouping import Group, Report, value_order
-from bnrun.analysis.listing import option_text
 from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, METRICS, at_chance, metric_value, scale
 from bnrun.analysis.pivots import Cell, Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS
 from bnrun.analysis.texts import recipe_line
-from bnrun.config import impl_label
+from bnrun.config import impl_label, option_text
 from bnrun.store import DiagnosticRecord, EpochRecord, RunRecord
 from bnrun.web.svg import Figure, Line, Mark, Panel, Style, shared_y
 
