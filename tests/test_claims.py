@@ -192,6 +192,15 @@ def test_every_format_renders(fmt):
     assert result.exit_code == 0 and "cnn-placement" in result.stdout
 
 
+def test_the_table_keeps_every_claim_id_whole_within_80_columns():
+    ids = [r["id"] for r in json.loads(invoke("--format", "json", "--db", str(SHIPPED)).stdout)]
+    result = runner.invoke(app, ["claims", "--claims", str(CLAIMS), "--db", str(SHIPPED)], env={"COLUMNS": "80"})
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 0 and max(map(len, lines)) <= 80
+    first_words = {line.split()[0] for line in lines if line.strip()}
+    assert set(ids) <= first_words  # each id on a line of its own, copyable into --id and train --claim
+
+
 @pytest.mark.parametrize("text,message", [
     ("", "no [[claims]]"),
     ("[[claims]]\nid = 'x'\n", "no statement"),

@@ -495,17 +495,21 @@ def claims_table(results: list) -> Table:
     statements, the evidence audit and the trials missing are in --format markdown and json."""
     from bnrun.analysis.claims import p_text, rule_text, signed
 
-    table = Table(title="bnrun claims", box=box.SIMPLE_HEAD, caption="a − b in points; --format markdown or json "
-                  "for the statements, missing trials and each claim's commits and CPUs")
-    for name, justify in (("claim (rule)", "left"), ("verdict", "left"), ("a − b", "right"), ("95% CI", "right"),
-                          ("n", "right"), ("Holm p", "right")):
-        table.add_column(name, justify=justify, overflow="fold", no_wrap=name != "claim (rule)")
+    table = Table(title="bnrun claims", box=box.SIMPLE_HEAD, caption="a − b in points; --format json, or markdown "
+                  "with --detail, for the statements, missing trials and each claim's commits and CPUs")
+    longest_id = max((len(result.claim.id) for result in results), default=0)
+    for name, justify in (("claim (rule)", "left"), ("verdict (n)", "left"), ("a − b (95% CI)", "right"),
+                          ("Holm p", "right")):
+        # each row two lines, so that 80 columns hold it: the claim's id whole (what --id and train --claim
+        # take) over its rule, the verdict over its n, the effect over its interval
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=name != "claim (rule)",
+                         min_width=longest_id if name == "claim (rule)" else None)
     for result in results:
         ci = f"[{signed(result.ci[0])}, {signed(result.ci[1])}]" if result.ci else "—"
         verdict = result.verdict + ("*" if result.undeclared_pooling else "")
         claim = Text(result.claim.id)
-        claim.append(f" {rule_text(result.claim)}", style="dim")
-        table.add_row(claim, verdict, signed(result.effect), ci, str(result.n), p_text(result.p_holm))
+        claim.append(f"\n{rule_text(result.claim)}", style="dim")
+        table.add_row(claim, f"{verdict}\nn = {result.n}", f"{signed(result.effect)}\n{ci}", p_text(result.p_holm))
     if any(result.undeclared_pooling for result in results):
         table.caption += "; * its runs pool commits, CPUs or kernels the claim does not declare"
     return table
