@@ -115,7 +115,7 @@ def test_batch_sizes_sort_as_numbers(study):
     (["report", "--standalone"], "--standalone applies to --format latex only"),
     (["report", "--wide", "--format", "csv"], "--wide applies to --format table only"),
     (["report", "--where", "lr=abc"], "--where lr=abc: 'abc' is not a number"),
-    (["report", "--where", "augment=no"], "--where augment=no: augment is true or false"),
+    (["report", "--where", "augment=maybe"], "--where augment=maybe: augment is yes or no (true or false)"),
     (["report", "--where", "bn_impl=fused"], "--where bn_impl=fused: choose from custom, custom+fused, torch"),
     (["report", "--run-id", "12-1"], "--run-id: '12-1' runs backwards"),
     (["report", "--arch", "mlp", "--where", "arch=cnn"], "contradictory filters: --arch and --where arch"),

@@ -105,7 +105,8 @@ def parse_run_ids(text: str) -> frozenset[int]:
 
 IMPL_LABELS = ("custom", "custom+fused", "torch")  # --bn-impl and --where bn_impl=: names and the tables' labels
 CHOICES = {**{option.name: option.choices for option in OPTIONS if option.choices}, "bn_impl": IMPL_LABELS}
-BOOLEANS = {"true": True, "false": False}
+# a switch's value as --where takes it: true or false, or yes and no as the views print it (option_text)
+BOOLEANS = {"true": True, "false": False, "yes": True, "no": False}
 
 
 def option_kind(name: str) -> type:
@@ -124,7 +125,7 @@ def option_value(name: str, text: str) -> object:
         require(getattr(DEFAULTS, name) is None, f"{where}: {name} always has a value")
         return None
     if option_kind(name) is bool:
-        require(text.lower() in BOOLEANS, f"{where}: {name} is true or false")
+        require(text.lower() in BOOLEANS, f"{where}: {name} is yes or no (true or false)")
         return BOOLEANS[text.lower()]
     if option_kind(name) is str:
         return text
