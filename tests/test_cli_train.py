@@ -131,7 +131,9 @@ def test_the_trials_bar_keeps_its_bar_and_times_at_80_columns_beside_a_long_labe
 
 def test_runs_and_show(trained_store):
     listed = invoke("runs", "--arch", "cnn", "--status", "completed", "--db", str(trained_store))
-    assert listed.exit_code == 0 and "2 runs" in listed.output
+    assert listed.exit_code == 0 and "2 runs" in listed.output and "all: arch=cnn, bn=pre" in listed.output
+    one = invoke("runs", "--run-id", "1", "--db", str(trained_store))  # no column of options: they are below
+    assert one.exit_code == 0 and "1 run" in one.output and "options: arch=cnn, bn=pre" in one.output
     shown = invoke("show", "1", "--db", str(trained_store))
     assert shown.exit_code == 0 and "epochs" in shown.output and "config_key" not in shown.output
     assert "config_key" in invoke("show", "1", "--all", "--db", str(trained_store)).output

@@ -211,8 +211,9 @@ def runs_table(
     varying, hidden = fitting_columns(runs, candidates, width - sum(w + 2 for w in fixed), option_value)
     shared = shared_options(runs)
     parts = []
-    if shared and len(runs) > 1:
-        parts.append("all: " + ", ".join(f"{name}={option_text(value)}" for name, value in shared.items()))
+    if shared:  # a single run's too: its table has no column of options
+        head = "all" if len(runs) > 1 else "options"
+        parts.append(f"{head}: " + ", ".join(f"{name}={option_text(value)}" for name, value in shared.items()))
     if hidden:
         parts.append("also varying (see bnrun show, or filter with --where): " + ", ".join(hidden))
     caption = "; ".join(parts) or None
