@@ -139,6 +139,18 @@ def test_runs_and_show(trained_store):
     assert "config_key" in invoke("show", "1", "--all", "--db", str(trained_store)).output
 
 
+def test_an_empty_listing_says_what_would_list_something(trained_store, tmp_path):
+    import shutil
+
+    nothing = invoke("runs", "--where", "lr=7", "--db", str(trained_store))
+    assert nothing.exit_code == 3 and "no run matches these filters (of 2 in the store;" in nothing.output
+    assert "bnrun runs lists the others" in invoke("runs", "--deleted", "--db", str(trained_store)).output
+    copy = shutil.copy(trained_store, tmp_path / "purged.db")
+    assert invoke("delete", "1", "2", "--purge", "--yes", "--db", str(copy)).exit_code == 0
+    empty = invoke("runs", "--db", str(copy))
+    assert empty.exit_code == 3 and "the store holds no runs; train some first" in empty.output
+
+
 def test_eval_unknown_run_is_one_line(trained_store):
     result = invoke("eval", "--run-id", "99", "--db", str(trained_store))
     assert result.exit_code == 2

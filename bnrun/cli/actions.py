@@ -201,10 +201,20 @@ def list_selected(db: str | None, query: RunQuery) -> tuple[list[RunRecord], set
         runs = store.list_runs(statuses=query.statuses, deleted=query.deleted, tags=query.tags)
         matched = select_runs(runs, replace(query, limit=None))
         if not matched:
-            raise NothingMatched(f"no run matches these filters (the store holds {store.count_runs():,}); "
-                                 "bnrun runs --all lists every one")
+            raise nothing_listed(store.count_runs(), query.deleted)
         chosen = matched if query.limit is None else matched[:query.limit]
         return chosen, store.orphan_ids(), store.labels([run.id for run in chosen]), len(matched)
+
+
+def nothing_listed(held: int, deleted: bool | None) -> NothingMatched:
+    """Why a listing is empty: the store holds no run, or the filters, or the choice of the deleted runs
+    or the others, leave out the `held` it has."""
+    if not held:
+        return NothingMatched("the store holds no runs; train some first, e.g.: bnrun train --arch mlp")
+    if deleted:
+        return NothingMatched("no deleted run matches these filters; bnrun runs lists the others")
+    return NothingMatched(f"no run matches these filters (of {held:,} in the store; bnrun runs --deleted lists "
+                          "the deleted ones)")
 
 
 def show_stored(db: str | None, run_id: int):
