@@ -70,6 +70,17 @@ def test_groups_means_stds_and_exclusions():
     assert report.varying == ()
 
 
+def test_the_comparisons_heading_counts_the_tested_or_says_why_none_is():
+    from bnrun.analysis.texts import comparisons_heading
+
+    tested = build_report(sample_runs()).comparisons
+    assert "corrected over the 3 comparisons with a test" in comparisons_heading(tested)
+    one_seed = [make_run(1, bn="pre", acc=0.92), make_run(2, bn="post", acc=0.91)]
+    untested = build_report(one_seed).comparisons
+    assert untested and all(c.test.p_value is None for c in untested)
+    assert "no p-values: a paired test needs two or more seeds a side" in comparisons_heading(untested)
+
+
 def test_hyperparameters_that_differ_split_groups_and_show():
     runs = [make_run(1, seed=0), make_run(2, seed=1), make_run(3, seed=0, lr=0.1)]
     report = build_report(runs)

@@ -79,7 +79,7 @@ def test_the_default_report_is_the_default_recipe_with_holm_over_what_it_prints(
     assert re.search(r"shown: the default recipe; left out: \d+ of \d+ trials, in \d+ other recipes: --where ", text), text
     assert "--all shows every trial" in text
     tested = [line for line in result.stdout.splitlines() if re.search(r" − .*\] +[0-9.e-]+ +[0-9.e-]+ +\d+$", line)]
-    assert f"corrected over the {len(tested)} with a test" in text and len(tested) >= 10
+    assert f"corrected over the {len(tested)} comparisons with a test" in text and len(tested) >= 10
     grid = invoke("report", "--run-id", "1-32,204-215", "--db", str(study), env=NARROW).stdout
     mlp = "mlp pre (custom+fused) − none "
     assert next(row for row in tested if row.startswith(mlp)).split() in [row.split() for row in grid.splitlines()]

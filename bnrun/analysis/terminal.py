@@ -111,7 +111,7 @@ def comparisons_block(comparisons: tuple[Comparison, ...]) -> list:
         return [Text("paired comparisons: none (need matching groups)", style="bold")]
     metric = METRICS[shown[0].metric]
     heading = (f"paired comparisons, a − b in {metric} by seed (same seed = same initial weights and batch order); "
-               f"p Holm–Bonferroni corrected over the {texts.tested(comparisons)} with a test:")
+               f"{texts.holm_scope(comparisons)}:")
     header = ["a − b", "mean", "95% CI", "p", "Holm p", "n"]
     rows = [[escape(pair_label(c.a, c.b) + (f" at {c.setting}" if c.setting else "")), *comparison_cells(c)]
             for c in shown]

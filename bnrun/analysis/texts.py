@@ -8,7 +8,7 @@ from bnrun.analysis.grouping import Comparison, Group, Report, spelled
 from bnrun.analysis.metrics import METRICS, digits, mean_std_text, scaled_pair
 from bnrun.analysis.pivots import Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS, Summary
-from bnrun.config import impl_label
+from bnrun.config import counted, impl_label
 
 COLUMNS = ("test_acc_population", "test_acc_running", "best_val_acc", "train_loss", "seconds_per_epoch")
 NARROW = ("test_acc_population", "test_acc_running")  # the terminal table's metrics without --wide
@@ -122,10 +122,18 @@ def tested(comparisons: tuple[Comparison, ...]) -> int:
     return sum(c.test.p_value is not None for c in comparisons)
 
 
+def holm_scope(comparisons: tuple[Comparison, ...]) -> str:
+    """'p-values Holm–Bonferroni corrected over the 5 comparisons with a test', or why no comparison has one."""
+    count = tested(comparisons)
+    if not count:
+        return "no p-values: a paired test needs two or more seeds a side"
+    return f"p-values Holm–Bonferroni corrected over the {counted(count, 'comparison')} with a test"
+
+
 def comparisons_heading(comparisons: tuple[Comparison, ...]) -> str:
     return (
         f"paired comparisons (same seed = same initial weights and batch order; 95% CI of the mean difference; "
-        f"p-values Holm–Bonferroni corrected over the {tested(comparisons)} comparisons with a test):"
+        f"{holm_scope(comparisons)}):"
     )
 
 
