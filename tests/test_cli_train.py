@@ -151,6 +151,15 @@ def test_an_empty_listing_says_what_would_list_something(trained_store, tmp_path
     assert empty.exit_code == 3 and "the store holds no runs; train some first" in empty.output
 
 
+def test_show_says_whether_a_runs_weights_are_kept(trained_store, tmp_path):
+    import shutil
+
+    assert "kept, " in invoke("show", "1", "--db", str(trained_store)).output
+    copy = shutil.copy(trained_store, tmp_path / "light.db")
+    assert invoke("delete", "1", "--checkpoints", "--yes", "--db", str(copy)).exit_code == 0
+    assert "not kept (bnrun eval and export model need them)" in invoke("show", "1", "--db", str(copy)).output
+
+
 def test_eval_unknown_run_is_one_line(trained_store):
     result = invoke("eval", "--run-id", "99", "--db", str(trained_store))
     assert result.exit_code == 2

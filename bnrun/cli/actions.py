@@ -218,11 +218,11 @@ def nothing_listed(held: int, deleted: bool | None) -> NothingMatched:
 
 
 def show_stored(db: str | None, run_id: int):
-    """One run with its epochs, diagnostics, labels and stored evaluations."""
+    """One run with its epochs, diagnostics, labels, stored evaluations and what is known of its weights."""
     with open_store(db, read_only=True) as store:
         run = store.get_run(run_id)
         return (run, store.epochs(run_id), store.diagnostics_by_run([run_id])[run_id], store.labels([run_id])[run_id],
-                store.evaluations(run_id))
+                store.evaluations(run_id), store.checkpoint_info(run_id))
 
 
 def compare_stored(db: str | None, a: int, b: int) -> RunDiff:

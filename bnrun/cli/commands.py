@@ -417,8 +417,8 @@ def show(
     """One trial: configuration, final metrics, tags and note, the per-epoch table, its stored evaluations."""
     from bnrun.cli import actions, views
 
-    run, epochs, diagnostics, labels, evaluations = actions.show_stored(db, run_id)
-    out.print(views.run_table(run, labels, all_fields))
+    run, epochs, diagnostics, labels, evaluations, weights = actions.show_stored(db, run_id)
+    out.print(views.run_table(run, labels, weights, all_fields))
     out.print(views.epochs_table(epochs))
     for table in views.diagnostics_tables(diagnostics, epochs):
         out.print(table)

@@ -13,7 +13,7 @@ from rich.text import Text
 from bnrun.analysis.diagnostic_summaries import mode_gap
 from bnrun.config import TRAIN_FIELDS, counted, impl_label, option_text
 from bnrun.registry import OPTIONS, PATH
-from bnrun.store import DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord, RunStatus
+from bnrun.store import CheckpointInfo, DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord, RunStatus
 
 if TYPE_CHECKING:  # importing the run layer would pull in torch for every table
     from bnrun.analysis.comparison import RunDiff
@@ -311,9 +311,17 @@ def fitting_columns(runs: list[RunRecord], varying: tuple[str, ...], budget: int
     return [name for name in varying if name in shown], left
 
 
-def run_table(run: RunRecord, labels: RunLabels | None, everything: bool = False) -> Table:
-    """One run: what it is, how it ended, what it measured, where it ran. Internal fields (the
-    claim, the process, the key) only with `everything`."""
+def weights_text(weights: CheckpointInfo | None) -> str:
+    """Whether a completed run's weights are in the store, which bnrun eval and bnrun export model need."""
+    if weights is None:
+        return "not kept (bnrun eval and export model need them)"
+    return f"kept, {weights.size_bytes / 1e6:.1f} MB (bnrun eval, bnrun export model)"
+
+
+def run_table(run: RunRecord, labels: RunLabels | None, weights: CheckpointInfo | None = None,
+              everything: bool = False) -> Table:
+    """One run: what it is, how it ended, what it measured, whether its weights are kept, where it ran.
+    Internal fields (the claim, the process, the key) only with `everything`."""
     table = Table(title=f"run {run.id}", show_header=False, box=box.SIMPLE, pad_edge=False)
     table.add_column("field", no_wrap=True, style="bold")
     table.add_column("value", overflow="fold")
@@ -322,6 +330,8 @@ def run_table(run: RunRecord, labels: RunLabels | None, everything: bool = False
         ("implementation", impl_label(run.bn_impl, run.fused)),
         ("epochs", f"{run.epochs_completed}/{run.epochs}"),
     ]
+    if run.status == RunStatus.COMPLETED:
+        rows.append(("weights", weights_text(weights)))
     if labels is not None and labels.tags:
         rows.append(("tags", ", ".join(labels.tags)))
     if run.user_note:
