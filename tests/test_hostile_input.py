@@ -305,6 +305,16 @@ def test_impossible_values_are_refused_in_one_line(words, hostile_store, tmp_pat
     assert hostile_store.read_bytes() == before
 
 
+@pytest.mark.parametrize("words,says", [
+    (["show", "abc"], "invalid value for 'run_id': not an integer (see "),
+    (["train", "--seeds", "abc", "--dry-run"], "invalid value for '--seeds': not an integer (see "),
+    (["runs", "--epoch", "3"], "no such option: --epoch"),
+])
+def test_click_and_pydantic_errors_read_as_bnruns_own(words, says, hostile_store, tmp_path):
+    result, _ = run_line(words, hostile_store, tmp_path)
+    assert says in one_line_failure(result)
+
+
 @pytest.mark.parametrize("words", [["runs", "--where", "batch_size=4096"], ["runs", "--tag", "absent"],
                                    ["report", "--where", "lr=0.7"], ["export", "runs", "--arch", "cnn", "--bn", "post"]])
 def test_an_empty_selection_exits_with_its_own_code(words, hostile_store, tmp_path):

@@ -47,8 +47,18 @@ class OneLineErrors(typer.core.TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+# what pydantic, which parses Typer's numbers, says of a value that is not one, as bnrun's own messages say it
+PLAIN_WORDS = {
+    "Input should be a valid integer, unable to parse string as an integer": "not an integer",
+    "Input should be a valid number, unable to parse string as a number": "not a number",
+}
+
+
 def one_line_click_error(error: click_errors.ClickException) -> str:
     message = " ".join(error.format_message().split())
+    for words, plain in PLAIN_WORDS.items():
+        message = message.replace(words, plain)
+    message = message[:1].lower() + message[1:]  # 'no such option', as bnrun's own lines begin
     context = getattr(error, "ctx", None)
     if isinstance(error, click_errors.UsageError) and context is not None:
         message += f" (see {context.command_path} --help)"
