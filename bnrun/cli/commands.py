@@ -147,7 +147,9 @@ WhereOption = Annotated[
 ]
 ArchFilter = Annotated[Optional[str], option("Filter: comma list of archs.")]
 BnFilter = Annotated[Optional[str], option("Filter: comma list of placements.")]
-ImplFilter = Annotated[Optional[str], option(f"Filter: comma list of {', '.join(IMPL_LABELS)}.")]
+ImplFilter = Annotated[
+    Optional[str], option(f"Filter: comma list of {', '.join(IMPL_LABELS)} (custom: fused or not).")
+]
 RunIdFilter = Annotated[Optional[str], option("Filter: ids and ranges, e.g. 1-12,15.", "--run-id")]
 SinceFilter = Annotated[Optional[str], option("Filter: trials started on/after this date (YYYY-MM-DD[THH:MM]).")]
 StatusFilter = Annotated[Optional[str], option("Filter: comma list of statuses.")]
