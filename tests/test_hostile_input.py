@@ -309,8 +309,10 @@ def test_impossible_values_are_refused_in_one_line(words, hostile_store, tmp_pat
     (["show", "abc"], "invalid value for 'run_id': not an integer (see "),
     (["train", "--seeds", "abc", "--dry-run"], "invalid value for '--seeds': not an integer (see "),
     (["runs", "--epoch", "3"], "no such option: --epoch"),
+    (["train", "--lr", "0.1,,0.2", "--dry-run"], "--lr: an empty value in '0.1,,0.2'"),  # not a grid of two
+    (["runs", "--run-id", "1,,3"], "--run-id: an empty value in '1,,3'"),
 ])
-def test_click_and_pydantic_errors_read_as_bnruns_own(words, says, hostile_store, tmp_path):
+def test_slips_are_named_in_bnruns_words(words, says, hostile_store, tmp_path):
     result, _ = run_line(words, hostile_store, tmp_path)
     assert says in one_line_failure(result)
 

@@ -42,9 +42,17 @@ def choices_text(choices: tuple[str, ...] | dict[str, str | None]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+def comma_items(text: str, option: str) -> list[str]:
+    """'a, b' -> ['a', 'b']: a comma list's items, stripped; UsageError for an empty item between or after
+    others ('0.1,,0.2', '0.1,'), a slip that dropping it would hide. An empty text gives []."""
+    parts = [part.strip() for part in text.split(",")]
+    require(len(parts) == 1 or all(parts), f"{option}: an empty value in {text!r}; separate values by one comma")
+    return [part for part in parts if part]
+
+
 def split_list(value: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
     """A comma list of allowed values, deduplicated in order; UsageError names the unknown ones."""
-    items = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    items = tuple(dict.fromkeys(comma_items(value, option)))
     unknown = [item for item in items if item not in allowed]
     if unknown or not items:
         raise UsageError(
@@ -63,7 +71,7 @@ def parse_numbers(text: str | int | float, kind: type, option: str, minimum: flo
                   maximum: float = STORED_INT_MAX) -> tuple:
     """'0.01,0.1,1' -> (0.01, 0.1, 1.0): a comma list of numbers, each ≥ minimum (> with strict) and
     at most `maximum` (by default the largest integer the store holds)."""
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    parts = comma_items(str(text), option)
     require(bool(parts), f"{option}: no value given")
     values = []
     for part in parts:
@@ -87,10 +95,7 @@ def parse_run_ids(text: str) -> frozenset[int]:
     """'1-12,15' -> {1, ..., 12, 15}: ids up to the largest the store holds, a range spanning at most
     MAX_ID_RANGE of them."""
     ids: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
+    for part in comma_items(text, "--run-id"):
         low, _, high = part.partition("-")
         if not (low.isascii() and low.isdigit()) or (high and not (high.isascii() and high.isdigit())):
             raise UsageError(f"--run-id: {part!r} is not an id or a range like 1-12")
@@ -146,7 +151,7 @@ def parse_where(items: list[str]) -> tuple[tuple[str, tuple], ...]:
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
-        parts = [part.strip() for part in value.split(",") if part.strip()]
+        parts = comma_items(value, f"--where {name}")
         if not sep or not parts:
             raise UsageError(f"--where: {item!r} is not OPTION=VALUE, e.g. epochs=10 or lr=0.1,0.3")
         if name not in PIVOT_FIELDS:
