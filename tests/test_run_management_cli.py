@@ -75,6 +75,8 @@ def test_tag_add_remove_note_and_filter(mlp_trials_copy):
 def test_tag_refuses_a_bad_tag_and_changes_nothing(mlp_trials_copy):
     result = invoke("tag", "1", "--add", "two words", "--db", str(mlp_trials_copy))
     assert result.exit_code == 2 and "tag" in result.output
+    both = invoke("tag", "1", "--add", "ok", "--remove", "ok", "--db", str(mlp_trials_copy))
+    assert both.exit_code == 2 and "tag ok: given to --add and --remove" in both.output
     store = Store(str(mlp_trials_copy), read_only=True)
     assert store.labels([1])[1].tags == ()
     store.close()
@@ -127,6 +129,10 @@ def test_soft_delete_hides_the_run_until_restored(mlp_trials_copy):
     assert runs_ids("--db", str(mlp_trials_copy)) == ["3", "2"]
     assert runs_ids("--deleted", "--db", str(mlp_trials_copy)) == ["1"]
     assert "1" not in report_ids(mlp_trials_copy)
+    again = invoke("delete", "1", "2", "--yes", "--db", str(mlp_trials_copy))  # run 1 is deleted already
+    assert again.output.splitlines() == ["deleted runs 2; bring them back with: bnrun restore 2",
+                                         "already deleted, left as they are: runs 1"]
+    assert invoke("restore", "2", "--db", str(mlp_trials_copy)).exit_code == 0
     assert invoke("restore", "1", "--db", str(mlp_trials_copy)).exit_code == 0
     assert runs_ids("--db", str(mlp_trials_copy)) == ["3", "2", "1"] and report_ids(mlp_trials_copy) == before
 

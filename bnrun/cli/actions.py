@@ -236,7 +236,10 @@ def compare_stored(db: str | None, a: int, b: int) -> RunDiff:
 
 def label_stored(db: str | None, run_ids: list[int], add: tuple[str, ...], remove: tuple[str, ...],
                  note: str | None) -> list[RunLabels]:
-    """Change the runs' tags and note; with nothing to change, only read them."""
+    """Change the runs' tags and note; with nothing to change, only read them. A tag both added and
+    removed is refused: which one was meant cannot be told."""
+    both_ways = sorted(set(add) & set(remove))
+    require(not both_ways, f"tag {', '.join(both_ways)}: given to --add and --remove; give it to one of them")
     if not add and not remove and note is None:
         with open_store(db, read_only=True) as store:
             labels = store.labels(store_ids(store, run_ids))

@@ -621,10 +621,12 @@ def delete(
             highlight=False,
         )
     else:
-        out.print(
-            f"deleted runs {', '.join(map(str, ids))}; bring them back with: bnrun restore {' '.join(map(str, ids))}",
-            highlight=False,
-        )
+        already = {run.id for run in chosen if run.deleted_at is not None}
+        deleted = [run_id for run_id in ids if run_id not in already]
+        lines = [f"deleted runs {', '.join(map(str, deleted))}; bring them back with: bnrun restore "
+                 f"{' '.join(map(str, deleted))}"] if deleted else []
+        lines += [f"already deleted, left as they are: runs {', '.join(map(str, sorted(already)))}"] if already else []
+        out.print("\n".join(lines), highlight=False)
 
 
 @app.command()
