@@ -96,6 +96,15 @@ def test_a_broken_link_or_anchor_or_image_is_caught(tmp_path):
     ]
 
 
+def test_help_paragraphs_are_wrapped_by_the_terminal_not_by_the_source():
+    from bnrun.cli.commands import unwrapped
+
+    assert unwrapped("First line.\n\n    A paragraph\n    in two lines.\n\n    code()") == (
+        "First line.\n\nA paragraph in two lines.\n\ncode()")
+    page = (REPO / "docs" / "cli.md").read_text()
+    assert '"input" (the training split\'s mean and std)' in page  # its docstring breaks the line after "mean"
+
+
 def test_the_cli_reference_is_what_bnrun_prints():
     assert (REPO / "docs" / "cli.md").read_text() == render(), "run python scripts/cli_reference.py"
 

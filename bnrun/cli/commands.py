@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer._click import core as click_core
 from typer._click import exceptions as click_errors  # Typer's own copy of Click: what its parser raises
 
 from bnrun.analysis.export import EXPORT_FORMATS
@@ -26,9 +27,30 @@ from bnrun.registry import MODEL, OPTIONS, PATH, RECIPE, STUDY, Option
 from bnrun.requests.parsing import IMPL_LABELS, FilterOptions, RunSelection, choices_text
 
 
+def unwrapped(text: str | None) -> str | None:
+    """A help text's paragraphs each as one line, for the terminal to wrap: Typer keeps the line breaks of a
+    docstring's source past its first paragraph, which at 80 columns left half-filled lines."""
+    if text is None:
+        return None
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split("\n")) for paragraph in paragraphs)
+
+
+def unwrap_help(command: click_core.Command) -> click_core.Command:
+    """`command`'s help, and its subcommands' where it is a group, unwrapped."""
+    command.help = unwrapped(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        unwrap_help(sub)
+    return command
+
+
 class OneLineErrors(typer.core.TyperGroup):
     """Click's own usage errors (a run id that is not a number, an unknown option) as one stderr line, like
-    bnrun's: `bnrun: error: ...`, exit 2, instead of Typer's boxed panel."""
+    bnrun's: `bnrun: error: ...`, exit 2, instead of Typer's boxed panel. Help texts are unwrapped."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        unwrap_help(self)
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
@@ -699,9 +721,10 @@ def export_model(
     It holds "state_dict" (plain tensors), "model" (build_model's arguments), "input" (the training split's mean
     and std), "classes", "config", "run_id", "test_acc".
 
-    Load it with:
+    Load it with the lines below. The model is in eval mode and takes raw uint8 (N, 28, 28) images or floats in
+    [0, 1].
 
-    model = bnrun.run.export.load_model("model.pt")  # eval mode; raw uint8 (N, 28, 28) images or floats in [0, 1]
+    model = bnrun.run.export.load_model("model.pt")
 
     classes = torch.load("model.pt", weights_only=True)["classes"]
 
