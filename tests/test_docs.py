@@ -103,6 +103,7 @@ def test_help_paragraphs_are_wrapped_by_the_terminal_not_by_the_source():
         "First line.\n\nA paragraph in two lines.\n\ncode()")
     page = (REPO / "docs" / "cli.md").read_text()
     assert '"input" (the training split\'s mean and std)' in page  # its docstring breaks the line after "mean"
+    assert "--help " in page and "<bool>" not in page  # a switch takes no value: no type beside it
 
 
 def test_the_cli_reference_is_what_bnrun_prints():

@@ -37,11 +37,29 @@ def unwrapped(text: str | None) -> str | None:
 
 
 def unwrap_help(command: click_core.Command) -> click_core.Command:
-    """`command`'s help, and its subcommands' where it is a group, unwrapped."""
+    """`command`'s help, and its subcommands' where it is a group, unwrapped; a switch shown without a type
+    (Typer shows <bool> beside --all, as if it took a value)."""
     command.help = unwrapped(command.help)
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    command.get_help_option = without_type(command.get_help_option)  # --help, which click makes when asked
     for sub in getattr(command, "commands", {}).values():
         unwrap_help(sub)
     return command
+
+
+def without_type(make_option):
+    """`make_option` (a command's get_help_option) giving its option without a type beside it."""
+
+    @functools.wraps(make_option)
+    def made(ctx):
+        option = make_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    return made
 
 
 class OneLineErrors(typer.core.TyperGroup):
