@@ -88,6 +88,14 @@ def test_read_only_commands_write_nothing_even_where_writing_is_allowed(tmp_path
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["curves.png"]
 
 
+@pytest.mark.parametrize("url", ["foo://bar", "mysql://user@host/db"])
+def test_a_database_bnrun_does_not_store_in_is_named_in_one_line(tmp_path, url):
+    result = bnrun_in_process("runs", "--db", url)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "bnrun stores in SQLite (a path) or PostgreSQL" in lines[0] and "pip install" not in lines[0]
+
+
 @pytest.mark.parametrize("command", [["report"], ["runs"], ["show", "1"], ["plot"], ["reproduce", "1"]])
 def test_a_missing_store_is_never_created(tmp_path, command):
     db = tmp_path / "typo.db"

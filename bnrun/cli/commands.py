@@ -179,7 +179,8 @@ DbOption = Annotated[
 ]
 DataDirOption = Annotated[
     Optional[Path],
-    option("Where Fashion-MNIST lives or goes (env BNRUN_DATA_DIR; default ~/.cache/bnrun/data).", "--data-dir"),
+    option("An existing directory where Fashion-MNIST lives or is fetched to (env BNRUN_DATA_DIR; default "
+           "~/.cache/bnrun/data, made when needed).", "--data-dir"),
 ]
 WhereOption = Annotated[
     Optional[list[str]],

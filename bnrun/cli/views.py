@@ -377,7 +377,7 @@ def evaluations_table(evaluations: list[EvaluationRecord]) -> Table | None:
     if not evaluations:
         return None
     table = Table(title="evaluations (bnrun eval)", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("id", "when", "device", "val % run", "val % pop", "test % run", "test % pop", "same"):
+    for column in ("eval", "when", "device", "val % run", "val % pop", "test % run", "test % pop", "same"):
         table.add_column(
             column, justify="right" if column not in ("when", "device") else "left", no_wrap=column == "when"
         )

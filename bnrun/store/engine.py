@@ -23,6 +23,7 @@ BUSY_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10
 MIGRATION_LOCK_KEY = 0x626E72756E  # "bnrun": the advisory lock that serializes migrations on a server
 SQLITE_MAGIC = b"SQLite format 3\x00"
+STORE_BACKENDS = ("sqlite", "postgresql")  # what the schema and its migrations are written for
 
 
 def resolve_url(db: str | None) -> str:
@@ -272,8 +273,12 @@ def open_engine(url: str, create: bool = True) -> tuple[Engine, Migration | None
 
 
 def checked_engine(url: str) -> Engine:
-    """The engine, with a bad URL or a missing database driver said in one line."""
+    """The engine, with a bad URL, a database bnrun does not store in, or a missing driver said in one line."""
     try:
+        backend = make_url(url).get_backend_name()
+        if backend not in STORE_BACKENDS:
+            raise StoreError(f"cannot store in {backend} ({display_url(url)}): bnrun stores in SQLite (a path) or "
+                             "PostgreSQL (postgresql://user:password@host/dbname)")
         return make_engine(url)
     except NoSuchModuleError:
         raise StoreError(
