@@ -148,12 +148,14 @@ def layer_table(records: list[DiagnosticRecord]) -> Table:
 def reproduction_lines(result: Reproduction) -> list[str]:
     original, new = result.original, result.reproduced
     lines = [
-        f"run {original.id} ({original.arch} bn={original.bn}, {original.bn_impl}, seed {original.seed}) "
+        f"run {original.id} ({original.arch} bn={original.bn}, {impl_label(original.bn_impl, original.fused)}, "
+        f"seed {original.seed}) "
         f"trained again{'' if result.scratch is None else f' into {result.scratch}'}: {new.status}, "
         f"{new.epochs_completed}/{new.epochs} epochs"
     ]
     if result.identical:
-        lines.append(f"bit-identical: all {new.epochs_completed} epochs and the final metrics match exactly")
+        epochs = "the epoch" if new.epochs_completed == 1 else f"all {new.epochs_completed} epochs"
+        lines.append(f"bit-identical: {epochs} and the final metrics match exactly")
     else:
         first = result.epoch_differences or result.final_differences
         if result.epoch_differences:
@@ -463,7 +465,8 @@ def plan_table(plan: SweepPlan) -> Table:
     more = len(plan.configs) - len(shown)
     caption = f"and {more} more configurations (counted in the totals)" if more else None
     table = Table(
-        title=f"{len(plan.configs)} configurations × {plan.configs[0].seeds if plan.configs else 0} seeds",
+        title=f"{counted(len(plan.configs), 'configuration')} × "
+              f"{counted(plan.configs[0].seeds if plan.configs else 0, 'seed')}",
         caption=caption,
         box=box.SIMPLE_HEAD,
         pad_edge=False,
