@@ -3,7 +3,8 @@ first-line rule every error message quoted from elsewhere goes through."""
 
 
 import contextlib
-from collections.abc import Iterator
+import difflib
+from collections.abc import Iterable, Iterator
 from enum import IntEnum
 from pathlib import Path
 
@@ -60,6 +61,16 @@ class NothingMatched(BnrunError):
     """The store holds no trial that the filters select (nothing was written)."""
 
     exit_code = ExitCode.NOTHING_MATCHED
+
+
+def unknown_choice(what: str, given: str, choices: Iterable[str], noun: str = "option") -> str:
+    """"--where: unknown option 'lrr'; did you mean lr?" where a choice is close to `given`, else every choice
+    named: a slip gets a line that fits, a guess gets the list."""
+    names = [str(choice) for choice in choices]
+    close = difflib.get_close_matches(given, names, n=2, cutoff=0.6)
+    if close:
+        return f"{what}: unknown {noun} {given!r}; did you mean {' or '.join(close)}?"
+    return f"{what}: unknown {noun} {given!r}; choose from {', '.join(names)}"
 
 
 def printable(text: str) -> str:

@@ -108,6 +108,8 @@ def test_batch_sizes_sort_as_numbers(study):
 
 @pytest.mark.parametrize("args,message", [
     (["plot", "--x", "learning_rate"], "--x: unknown option 'learning_rate'"),
+    (["report", "--by", "batchsize"], "--by: unknown option 'batchsize'; did you mean batch_size?"),
+    (["runs", "--where", "lrr=0.1"], "--where: unknown option 'lrr'; did you mean lr?"),
     (["plot", "--output", "c.jpgx"], "unknown extension .jpgx; end the file name in .png, .pdf, .svg"),
     (["plot", "--output", "noext"], "--output noext: no extension"),
     (["plot", "--metric", "best_val_acc"], "--metric applies to --x only"),

@@ -25,7 +25,7 @@ from bnrun.analysis.grouping import (
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, digits, mean_std_text, metric_value, scaled_pair
 from bnrun.analysis.stats import Summary, summarize
 from bnrun.config import options_without_effect
-from bnrun.errors import UsageError
+from bnrun.errors import UsageError, unknown_choice
 from bnrun.store import OUTCOMES, RunRecord, RunStatus
 
 
@@ -100,7 +100,7 @@ def build_pivot(
     `narrowed`: the sweep over `by` of one recipe (`narrow`), at most SCREEN_ROWS rows, saying what was left out;
     `left_recipes` as in `build_report` (the runs are that recipe's already)."""
     if by not in PIVOT_FIELDS:
-        raise UsageError(f"--by: unknown option {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
+        raise UsageError(unknown_choice("--by", by, PIVOT_FIELDS))
     chosen = [run for run in runs if run_filter.accepts(run)]
     if left_recipes is None:
         chosen, left_recipes = narrow(chosen, run_filter.named() | {by}, by) if narrowed else (chosen, "")

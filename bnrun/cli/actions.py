@@ -14,7 +14,7 @@ from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
 from bnrun.cli.options import BATCH_STATS, PlotRequest
 from bnrun.config import SweepConfig
-from bnrun.errors import NothingMatched, UsageError, writing
+from bnrun.errors import NothingMatched, UsageError, unknown_choice, writing
 from bnrun.requests.parsing import require
 from bnrun.store import RunLabels, RunRecord, RunStatus, Store
 
@@ -288,8 +288,8 @@ def claims_of(db: str | None, path: Path, only: tuple[str, ...] = (), families: 
     for name in only:
         require(name in declared, f"--id {name!r}: no such claim in {path}; bnrun claims lists them")
     for name in families:
-        require(name in declared_families, f"--family {name!r}: no such family in {path}; choose from "
-                                           f"{', '.join(sorted(declared_families))}")
+        require(name in declared_families,
+                unknown_choice("--family", name, sorted(declared_families), "family"))
     with open_store(db, read_only=True) as store:
         results = evaluate(store, claims)
     return [result for result in results if (not only or result.claim.id in only)

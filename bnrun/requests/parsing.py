@@ -16,7 +16,7 @@ from bnrun.analysis.listing import RunQuery
 from bnrun.analysis.metrics import METRICS
 from bnrun.analysis.queries import ReportRequest
 from bnrun.config import ARCHS, PLACEMENTS, STORED_INT_MAX, TrainConfig
-from bnrun.errors import UsageError
+from bnrun.errors import UsageError, unknown_choice
 from bnrun.registry import OPTIONS
 from bnrun.store import STATUSES
 
@@ -30,7 +30,7 @@ def require(condition: bool, message: str) -> None:
 
 def require_choice(value: str, choices: tuple[str, ...] | dict[str, str | None], option: str) -> str:
     """`value` if it is one of `choices`, else UsageError naming them."""
-    require(value in choices, f"{option}: unknown value {value!r}; choose from {', '.join(choices)}")
+    require(value in choices, unknown_choice(option, value, choices, "value"))
     return value
 
 
@@ -155,7 +155,7 @@ def parse_where(items: list[str]) -> tuple[tuple[str, tuple], ...]:
         if not sep or not parts:
             raise UsageError(f"--where: {item!r} is not OPTION=VALUE, e.g. epochs=10 or lr=0.1,0.3")
         if name not in PIVOT_FIELDS:
-            raise UsageError(f"--where: unknown option {name!r}; choose from {', '.join(PIVOT_FIELDS)}")
+            raise UsageError(unknown_choice("--where", name, PIVOT_FIELDS))
         values = tuple(dict.fromkeys(option_value(name, part) for part in parts))
         allowed[name] = both(allowed[name], values, f"--where {name}") if name in allowed else values
     return tuple(allowed.items())
@@ -245,7 +245,7 @@ def report_request(
     """`everything` (--all): every trial the filters accept, not one recipe's on one screen."""
     require(by is None or by.strip() != "", "--by: give an option to pivot on, e.g. --by lr")
     by = by.replace("-", "_") if by else None
-    require(by is None or by in PIVOT_FIELDS, f"--by: unknown option {by!r}; choose from {', '.join(PIVOT_FIELDS)}")
+    require(by is None or by in PIVOT_FIELDS, unknown_choice("--by", by or "", PIVOT_FIELDS))
     require_choice(metric, METRICS, "--metric")
     require(seeds is None or seeds > 0, f"--seeds must be positive, got {seeds}")
     return ReportRequest(metric, filters.run_filter(), seeds, by, everything)
