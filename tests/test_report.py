@@ -341,6 +341,18 @@ def test_a_one_epoch_learning_curve_has_whole_epoch_ticks_a_clear_legend_and_its
     assert points and not any(legend.contains(x, y) for x, y in points)
 
 
+def test_a_log_axis_is_labelled_in_plain_decimals(drawn, tmp_path):
+    from bnrun.analysis import figures
+
+    figure, axis = figures.plt.subplots()
+    axis.plot([1, 2], [0.08, 0.75])
+    figures.log_scale(axis)
+    figure.canvas.draw()
+    labels = [t.get_text() for t in (*axis.get_yticklabels(), *axis.get_yticklabels(minor=True)) if t.get_text()]
+    figures.plt.close(figure)
+    assert {"0.1", "0.2", "0.4"} <= set(labels) and not any("10^" in label or "×" in label for label in labels), labels
+
+
 def test_plot_against_option_draws_diverged_trials_on_the_axis_with_their_own_legend_entry(drawn, tmp_path):
     from bnrun.analysis import figures
     from bnrun.analysis.pivots import Cell, Pivot, PivotRow

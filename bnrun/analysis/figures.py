@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 from matplotlib.transforms import offset_copy  # noqa: E402
 
 from bnrun.analysis.diagnostic_summaries import diagnostic_series  # noqa: E402
@@ -100,11 +100,26 @@ def plot_learning_curves(
             axis.set_ylabel(label)
             axis.grid(alpha=0.3)
             if field == "train_loss":
-                axis.set_yscale("log")
+                log_scale(axis)
             else:
                 within(axis, PERCENT_RANGE)
         axes[row][0].legend(fontsize=8, loc="best")
     return save(figure, output, dpi, "Fashion-MNIST learning curves: mean ± std over seeds", recipe_line(report.recipe))
+
+
+class DecimalLogFormatter(LogFormatter):
+    """A log axis's tick labels as plain decimals (0.2, not 2×10⁻¹), on the ticks matplotlib labels."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:g}"
+
+
+def log_scale(axis, x: bool = False) -> None:
+    """`axis`'s y (with `x`, its x) on a log scale, labelled in plain decimals."""
+    (axis.set_xscale if x else axis.set_yscale)("log")
+    ticks = axis.xaxis if x else axis.yaxis
+    ticks.set_major_formatter(DecimalLogFormatter())
+    ticks.set_minor_formatter(DecimalLogFormatter(labelOnlyBase=False))
 
 
 def epoch_axis(axis) -> None:
@@ -305,8 +320,10 @@ def plot_diagnostic(
                  (None, None))
         if name == "loss_ratio":
             axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-        axis.set_xscale("log" if log_x else "linear")
-        axis.set_yscale("log" if log_y else "linear")
+        if log_x:
+            log_scale(axis, x=True)
+        if log_y:
+            log_scale(axis)
         axis.set_title(f"{arch.upper()}: {label}")
         if axis_field == "x":
             axis.set_xlabel("step size η")
