@@ -272,13 +272,15 @@ def test_report_tables_keep_every_label_and_number_whole(study, width, wide):
 def test_report_fits_one_screen_with_one_line_per_comparison(study, selection):
     """At 80 columns: at most 50 lines, each paired comparison one line with its mean difference, 95% CI,
     Holm's p and n."""
+    from bnrun.analysis.metrics import signed  # a true minus sign, as in "a − b"
+
     text = invoke("report", *selection, "--db", str(study), env=NARROW).stdout
     fits(text)
     assert len(text.splitlines()) <= 50, text
     payload = json.loads(invoke("report", *selection, "--format", "json", "--db", str(study)).stdout)
     assert payload["comparisons"]
     for c in payload["comparisons"]:
-        cells = [f"{100 * c['mean_diff']:+.2f}", f"[{100 * c['ci95_low']:+.2f},", f"{100 * c['ci95_high']:+.2f}]",
+        cells = [signed(100 * c["mean_diff"]), f"[{signed(100 * c['ci95_low'])},", f"{signed(100 * c['ci95_high'])}]",
                  f"{c['p_holm']:.2g}", str(c["n"])]
         rows = [line.split() for line in text.splitlines() if line.startswith(c["arch"] + " ")]
         assert any(row[-6:] == cells[:3] + row[-3:-2] + cells[3:] for row in rows), (c, text)

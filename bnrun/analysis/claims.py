@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bnrun.analysis.grouping import PIVOT_FIELDS, RunFilter
-from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, METRICS, metric_value, scale
+from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, METRICS, metric_value, scale, signed
 from bnrun.analysis.queries import filtered_runs
 from bnrun.analysis.stats import CONFIDENCE, holm_adjust, paired_t_test
 from bnrun.config import TRAIN_FIELDS, TrainConfig
@@ -393,10 +393,6 @@ def result_record(result: Result) -> dict:
         "run_ids": list(result.run_ids), "tuned": list(claim.tune), "tuned_by": claim.tune_by if claim.tune else None,
         "chosen": {"a": result.chosen[0], "b": result.chosen[1]} if result.chosen else None,
     }
-
-
-def signed(value: float | None, places: int = 2) -> str:
-    return "—" if value is None else f"{value:+.{places}f}".replace("-", "−")
 
 
 def p_text(p: float | None) -> str:

@@ -52,6 +52,11 @@ def scale(metric: str) -> float:
     return 100.0 if metric in PERCENT_METRICS else 1.0
 
 
+def signed(value: float | None, places: int = 2) -> str:
+    """'+0.03', '−0.13' (a true minus sign, as in 'a − b'), '—' for none: a difference in every text view."""
+    return "—" if value is None else f"{value:+.{places}f}".replace("-", "−")
+
+
 def digits(metric: str) -> int:
     return 1 if metric == "seconds_per_epoch" else (3 if metric == "train_loss" else 2)
 

@@ -15,7 +15,7 @@ from rich.text import Text
 from bnrun.analysis import texts
 from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
 from bnrun.analysis.grouping import Comparison, Report
-from bnrun.analysis.metrics import METRICS, digits, scaled_pair
+from bnrun.analysis.metrics import METRICS, digits, scaled_pair, signed
 from bnrun.analysis.pivots import Pivot
 from bnrun.analysis.stats import MIN_TRIALS
 from bnrun.store import RunStatus
@@ -137,10 +137,10 @@ def comparison_cells(c: Comparison) -> list[str]:
     places = digits(c.metric)
     mean, _ = scaled_pair(c.test.mean_diff, None, c.metric)
     low, high = scaled_pair(c.test.ci_low, c.test.ci_high, c.metric)
-    interval = "—" if low is None else f"[{low:+.{places}f}, {high:+.{places}f}]"
+    interval = "—" if low is None else f"[{signed(low, places)}, {signed(high, places)}]"
     holm = num(c.test.p_holm)
     return [
-        f"{mean:+.{places}f}",
+        signed(mean, places),
         escape(interval),
         num(c.test.p_value),
         f"[bold green]{holm}[/]" if c.test.significant() else holm,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
 from bnrun.analysis.grouping import Comparison, Group, Report, spelled
-from bnrun.analysis.metrics import METRICS, digits, mean_std_text, scaled_pair
+from bnrun.analysis.metrics import METRICS, digits, mean_std_text, scaled_pair, signed
 from bnrun.analysis.pivots import Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS, Summary
 from bnrun.config import counted, impl_label
@@ -111,7 +111,7 @@ def comparison_lines(comparisons: tuple[Comparison, ...]) -> list[str]:
         spread = f" ± {std:.2f}" if std is not None else ""
         setting = f" at {c.setting}" if c.setting else ""
         lines.append(
-            f"{c.a} − {c.b}{setting}: {mean:+.2f}{spread}{interval_text(c)} ({METRICS[c.metric]}, "
+            f"{c.a} − {c.b}{setting}: {signed(mean)}{spread}{interval_text(c)} ({METRICS[c.metric]}, "
             f"paired by seed; {c.test.verdict()})"
         )
     return lines
@@ -139,7 +139,7 @@ def comparisons_heading(comparisons: tuple[Comparison, ...]) -> str:
 
 def interval_text(c: Comparison) -> str:
     low, high = scaled_pair(c.test.ci_low, c.test.ci_high, c.metric)
-    return "" if low is None else f", 95% CI [{low:+.2f}, {high:+.2f}]"
+    return "" if low is None else f", 95% CI [{signed(low)}, {signed(high)}]"
 
 
 def diagnostic_cells(report: Report, group: Group) -> list[str]:

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from bnrun.analysis.export import EXPORT_FORMATS
 from bnrun.analysis.grouping import PIVOT_FIELDS
 from bnrun.analysis.metrics import METRICS
+from bnrun.analysis.metrics import signed as signed_text
 from bnrun.config import option_text
 from bnrun.errors import NothingMatched, RunNotFound, StoreError, UsageError
 from bnrun.store import RunStatus, Store
@@ -66,7 +67,7 @@ def number_text(value: object, places: int = 2, signed: bool = False) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:+.{places}f}" if signed else f"{value:.{places}f}"
+        return signed_text(value, places) if signed else f"{value:.{places}f}"
     return str(value)
 
 
