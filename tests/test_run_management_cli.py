@@ -77,6 +77,8 @@ def test_tag_refuses_a_bad_tag_and_changes_nothing(mlp_trials_copy):
     assert result.exit_code == 2 and "tag" in result.output
     both = invoke("tag", "1", "--add", "ok", "--remove", "ok", "--db", str(mlp_trials_copy))
     assert both.exit_code == 2 and "tag ok: given to --add and --remove" in both.output
+    absent = invoke("tag", "1", "2", "--remove", "nosuch", "--db", str(mlp_trials_copy))
+    assert absent.exit_code == 0 and "not tagged nosuch, left as they are: runs 1, 2" in absent.output
     store = Store(str(mlp_trials_copy), read_only=True)
     assert store.labels([1])[1].tags == ()
     store.close()

@@ -235,19 +235,26 @@ def compare_stored(db: str | None, a: int, b: int) -> RunDiff:
 
 
 def label_stored(db: str | None, run_ids: list[int], add: tuple[str, ...], remove: tuple[str, ...],
-                 note: str | None) -> list[RunLabels]:
-    """Change the runs' tags and note; with nothing to change, only read them. A tag both added and
-    removed is refused: which one was meant cannot be told."""
+                 note: str | None) -> tuple[list[RunLabels], dict[str, list[int]]]:
+    """Change the runs' tags and note (with nothing to change, only read them): the runs' labels, and the tags
+    to remove that some runs lacked (`untagged`). A tag both added and removed is refused: which one was meant
+    cannot be told."""
     both_ways = sorted(set(add) & set(remove))
     require(not both_ways, f"tag {', '.join(both_ways)}: given to --add and --remove; give it to one of them")
     if not add and not remove and note is None:
         with open_store(db, read_only=True) as store:
             labels = store.labels(store_ids(store, run_ids))
-            return [labels[run_id] for run_id in run_ids]
+            return [labels[run_id] for run_id in run_ids], {}
     with open_store(db, read_only=True) as store:
-        store_ids(store, run_ids)  # unknown ids refused before the store is opened for writing
+        before = store.labels(store_ids(store, run_ids))  # unknown ids refused before the store is opened for writing
     with open_store(db) as store:
-        return store.label_runs(run_ids, add, remove, note)
+        return store.label_runs(run_ids, add, remove, note), untagged(before, remove)
+
+
+def untagged(labels: dict[int, RunLabels], remove: tuple[str, ...]) -> dict[str, list[int]]:
+    """Each tag to remove that some of the runs lack, with those runs: removing it there changes nothing."""
+    lacking = {tag: [run_id for run_id, item in labels.items() if tag not in item.tags] for tag in remove}
+    return {tag: run_ids for tag, run_ids in lacking.items() if run_ids}
 
 
 def store_ids(store: Store, run_ids: list[int]) -> list[int]:

@@ -612,8 +612,9 @@ def tag(
     from bnrun.cli import actions, views
     from bnrun.requests.parsing import run_ids_of, tags_of
 
-    labels = actions.label_stored(db, run_ids_of(runs), tags_of(add, "--add"), tags_of(remove, "--remove"), note)
-    out.print("\n".join(views.labels_lines(labels)), highlight=False, markup=False)
+    labels, lacking = actions.label_stored(db, run_ids_of(runs), tags_of(add, "--add"), tags_of(remove, "--remove"),
+                                           note)
+    out.print("\n".join(views.labels_lines(labels, lacking)), highlight=False, markup=False)
 
 
 @app.command()

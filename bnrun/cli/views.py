@@ -446,13 +446,16 @@ def comparison_tables(diff: RunDiff) -> list:
     return [config, same, metrics, curves]
 
 
-def labels_lines(labels: list[RunLabels]) -> list[str]:
-    """'run 3: tags a, b; note: text' per run."""
-    return [
+def labels_lines(labels: list[RunLabels], lacking: dict[str, list[int]] | None = None) -> list[str]:
+    """'run 3: tags a, b; note: text' per run, then each tag to remove that runs did not have."""
+    lines = [
         f"run {item.run_id}: tags {', '.join(item.tags) or '—'}"
         + (f"; note: {item.user_note}" if item.user_note else "")
         for item in labels
     ]
+    lines += [f"not tagged {tag}, left as they are: runs {', '.join(map(str, run_ids))}"
+              for tag, run_ids in (lacking or {}).items()]
+    return lines
 
 
 PLAN_ROWS = 40  # configurations listed by --dry-run; the totals always cover all
