@@ -57,10 +57,11 @@ def epochs_table(epochs: list[EpochRecord]) -> Table:
 
 def evaluation_table(result: EvalResult) -> Table:
     run, ev = result.run, result.evaluation
-    table = Table(title=f"run {run.id}: {run.arch} bn={run.bn} {impl_label(run.bn_impl, run.fused)} seed={run.seed}, "
-                  + (f"evaluation {ev.id}" if ev.id is not None else "not stored (--save keeps it)"))
+    title = (f"run {run.id}: {run.arch} bn={run.bn} {impl_label(run.bn_impl, run.fused)} seed={run.seed}, "
+             + (f"evaluation {ev.id}" if ev.id is not None else "not stored (--save keeps it)"))
+    table = Table(title=title, min_width=len(title), **COMPACT)  # the title on one line where the terminal allows
     for column in ("statistics", "val %", "test %", "test loss", "stored test %", "same"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="left" if column == "statistics" else "right")
     rows = (
         ("running averages", ev.val_acc_running, ev.test_acc_running, ev.test_loss_running, run.test_acc_running),
         ("population", ev.val_acc_population, ev.test_acc_population, ev.test_loss_population, run.test_acc_population),
