@@ -193,7 +193,9 @@ def test_every_format_renders(fmt):
 
 
 def test_the_table_keeps_every_claim_id_whole_within_80_columns():
-    ids = [r["id"] for r in json.loads(invoke("--format", "json", "--db", str(SHIPPED)).stdout)]
+    from bnrun.analysis.claims import load_claims
+
+    ids = [claim.id for claim in load_claims(CLAIMS)]
     result = runner.invoke(app, ["claims", "--claims", str(CLAIMS), "--db", str(SHIPPED)], env={"COLUMNS": "80"})
     lines = result.stdout.splitlines()
     assert result.exit_code == 0 and max(map(len, lines)) <= 80
