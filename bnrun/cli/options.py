@@ -389,7 +389,8 @@ def plot_request(
     require(x is None or x.strip() != "", "--x: give a numeric option to put on the x axis, e.g. --x lr")
     x = x.replace("-", "_") if x else None
     numeric = [name for name in PIVOT_FIELDS if option_kind(name) in (int, float)]
-    require(x is None or x in PIVOT_FIELDS, unknown_choice("--x", x or "", numeric))
+    if x is not None and x not in PIVOT_FIELDS:
+        raise UsageError(unknown_choice("--x", x, numeric))
     require(x is None or x in numeric, f"--x: {x!r} is not a numeric option; choose from {', '.join(numeric)}")
     metric = metric or "test_acc_population"
     name = f"{metric}_by_{x}.png" if x else (f"{diagnostic}.png" if diagnostic else "learning_curves.png")

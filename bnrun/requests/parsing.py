@@ -30,7 +30,8 @@ def require(condition: bool, message: str) -> None:
 
 def require_choice(value: str, choices: tuple[str, ...] | dict[str, str | None], option: str) -> str:
     """`value` if it is one of `choices`, else UsageError naming them."""
-    require(value in choices, unknown_choice(option, value, choices, "value"))
+    if value not in choices:
+        raise UsageError(unknown_choice(option, value, choices, "value"))
     return value
 
 
@@ -245,7 +246,8 @@ def report_request(
     """`everything` (--all): every trial the filters accept, not one recipe's on one screen."""
     require(by is None or by.strip() != "", "--by: give an option to pivot on, e.g. --by lr")
     by = by.replace("-", "_") if by else None
-    require(by is None or by in PIVOT_FIELDS, unknown_choice("--by", by or "", PIVOT_FIELDS))
+    if by is not None and by not in PIVOT_FIELDS:
+        raise UsageError(unknown_choice("--by", by, PIVOT_FIELDS))
     require_choice(metric, METRICS, "--metric")
     require(seeds is None or seeds > 0, f"--seeds must be positive, got {seeds}")
     return ReportRequest(metric, filters.run_filter(), seeds, by, everything)
