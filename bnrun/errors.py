@@ -63,14 +63,22 @@ class NothingMatched(BnrunError):
     exit_code = ExitCode.NOTHING_MATCHED
 
 
-def unknown_choice(what: str, given: str, choices: Iterable[str], noun: str = "option") -> str:
+LISTED_CHOICES = 100  # the longest "choose from ..." line worth printing; past it the line points to a listing
+
+
+def unknown_choice(what: str, given: str, choices: Iterable[str], noun: str = "option",
+                   listed_in: str | None = None) -> str:
     """"--where: unknown option 'lrr'; did you mean lr?" where a choice is close to `given`, else every choice
-    named: a slip gets a line that fits, a guess gets the list."""
+    named, unless that line would be long and `listed_in` says where the choices are listed: a slip gets a line
+    that fits, a guess gets the list or where to find it."""
     names = [str(choice) for choice in choices]
     close = difflib.get_close_matches(given, names, n=2, cutoff=0.6)
     if close:
         return f"{what}: unknown {noun} {given!r}; did you mean {' or '.join(close)}?"
-    return f"{what}: unknown {noun} {given!r}; choose from {', '.join(names)}"
+    every = f"{what}: unknown {noun} {given!r}; choose from {', '.join(names)}"
+    if listed_in is None or len(every) <= LISTED_CHOICES:
+        return every
+    return f"{what}: unknown {noun} {given!r}; {listed_in}"
 
 
 def printable(text: str) -> str:

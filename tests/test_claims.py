@@ -243,4 +243,4 @@ def test_family_selects_claims_and_keeps_holm_over_the_whole_family():
     assert chosen and {r["family"] for r in chosen} == {"headline-cnn"}
     assert all(r["holm_p"] == every[r["id"]]["holm_p"] for r in chosen)
     unknown = invoke("--family", "nope", "--db", str(SHIPPED))
-    assert unknown.exit_code == ExitCode.USAGE and "--family: unknown family 'nope'; choose from " in unknown.stderr
+    assert unknown.exit_code == ExitCode.USAGE and f"--family: unknown family 'nope'; see the families in {CLAIMS}" in unknown.stderr

@@ -16,7 +16,7 @@ from bnrun.analysis import figures
 from bnrun.analysis.pivots import Cell, Pivot, PivotRow
 from bnrun.analysis.stats import summarize
 from bnrun.cli import app
-from bnrun.errors import ExitCode
+from bnrun.errors import ExitCode, unknown_choice
 from bnrun.store import Store
 from conftest import SHIPPED, bnrun_in_process, run_bnrun
 
@@ -104,6 +104,24 @@ def test_batch_sizes_sort_as_numbers(study):
     assert settings == [f"batch_size={size}" for size in sizes]
     pivot = json.loads(invoke("report", "--format", "json", "--by", "batch_size", *filters).stdout)
     assert pivot["columns"] == sizes
+
+
+@pytest.mark.parametrize("args,message", [
+    (["runs", "--where", "foo=1"], "--where: unknown option 'foo'; see bnrun train --help, e.g. lr"),
+    (["report", "--by", "foo"], "--by: unknown option 'foo'; see bnrun train --help, e.g. lr"),
+    (["plot", "--x", "foo"], "--x: unknown option 'foo'; see bnrun plot --help, e.g. lr"),
+    (["plot", "--x", "arch"], "--x: 'arch' is not numeric; see bnrun plot --help, e.g. lr"),
+    (["report", "--metric", "foo"], "--metric: unknown value 'foo'; bnrun report --help lists them"),
+    (["runs", "--sort", "foo"], "--sort: unknown field 'foo'; e.g. id, lr, test_acc_population"),
+    (["runs", "--sort", "-lrr"], "--sort: unknown field 'lrr'; did you mean lr?"),
+])
+def test_a_name_close_to_none_points_to_the_listing_in_one_short_line(study, args, message):
+    line = one_line_error(invoke(*args, "--db", str(study)))
+    assert message in line and len(line) <= 100, line
+
+
+def test_a_short_list_of_choices_is_named_in_the_error():
+    assert unknown_choice("--x", "foo", ("a", "b"), listed_in="see --help") == "--x: unknown option 'foo'; choose from a, b"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -20,6 +20,9 @@ BN_ORDER = {"pre": 0, "post": 1, "none": 2}
 
 
 PIVOT_FIELDS = IDENTITY + HYPERPARAMETERS  # the options a filter (--where) or a pivot (--by) can name
+# Where an unknown name's error points, rather than naming all of PIVOT_FIELDS on one line: each is an option
+# of bnrun train, as its --help spells it or with underscores.
+PIVOT_FIELDS_LISTED = "see bnrun train --help, e.g. lr"
 # The options that make the training recipe; precision and memory layout, like the fused path, only change
 # how the same math is computed, so a report of the default recipe keeps them (as columns where they vary).
 RECIPE = tuple(name for name in HYPERPARAMETERS if name not in ("precision", "channels_last"))

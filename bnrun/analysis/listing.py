@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from bnrun.analysis.grouping import HYPERPARAMETERS, RunFilter
 from bnrun.analysis.metrics import METRICS, metric_value
 from bnrun.config import TrainConfig, impl_label
+from bnrun.errors import unknown_choice
 from bnrun.store import RunRecord
 
 SORT_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name != "config_json") + tuple(
@@ -34,10 +35,8 @@ def sort_key_name(sort: str) -> tuple[str, bool]:
     """'-test_acc_population' -> ('test_acc_population', True); ValueError names the fields."""
     name, descending = sort.removeprefix("-").replace("-", "_"), sort.startswith("-")
     if name not in SORT_FIELDS:
-        raise ValueError(
-            f"--sort: unknown field {name!r}; e.g. id, started_at, lr, batch_size, test_acc_population, "
-            f"duration_s (a leading - sorts descending)"
-        )
+        raise ValueError(unknown_choice("--sort", name, SORT_FIELDS, "field",
+                                        "e.g. id, lr, test_acc_population; -id sorts descending"))
     return name, descending
 
 

@@ -11,6 +11,7 @@ from bnrun.analysis.grouping import (
     HYPERPARAMETERS,
     IDENTITY,
     PIVOT_FIELDS,
+    PIVOT_FIELDS_LISTED,
     RECIPE,
     SCREEN_ROWS,
     Comparison,
@@ -100,7 +101,7 @@ def build_pivot(
     `narrowed`: the sweep over `by` of one recipe (`narrow`), at most SCREEN_ROWS rows, saying what was left out;
     `left_recipes` as in `build_report` (the runs are that recipe's already)."""
     if by not in PIVOT_FIELDS:
-        raise UsageError(unknown_choice("--by", by, PIVOT_FIELDS))
+        raise UsageError(unknown_choice("--by", by, PIVOT_FIELDS, listed_in=PIVOT_FIELDS_LISTED))
     chosen = [run for run in runs if run_filter.accepts(run)]
     if left_recipes is None:
         chosen, left_recipes = narrow(chosen, run_filter.named() | {by}, by) if narrowed else (chosen, "")

@@ -296,7 +296,8 @@ def claims_of(db: str | None, path: Path, only: tuple[str, ...] = (), families: 
         require(name in declared, f"--id {name!r}: no such claim in {path}; bnrun claims lists them")
     for name in families:
         if name not in declared_families:
-            raise UsageError(unknown_choice("--family", name, sorted(declared_families), "family"))
+            raise UsageError(unknown_choice("--family", name, sorted(declared_families), "family",
+                                                f"see the families in {path}"))
     with open_store(db, read_only=True) as store:
         results = evaluate(store, claims)
     return [result for result in results if (not only or result.claim.id in only)

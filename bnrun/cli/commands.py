@@ -24,7 +24,7 @@ from bnrun.cli.options import BATCH_STATS, EXECUTORS, REPORT_FORMATS, STATISTICS
 from bnrun.config import DEVICES
 from bnrun.errors import BnrunError, ExitCode, printable
 from bnrun.registry import MODEL, OPTIONS, PATH, RECIPE, STUDY, Option
-from bnrun.requests.parsing import IMPL_LABELS, FilterOptions, RunSelection, choices_text
+from bnrun.requests.parsing import IMPL_LABELS, NUMERIC_FIELDS, FilterOptions, RunSelection, choices_text
 
 
 def unwrapped(text: str | None) -> str | None:
@@ -558,8 +558,8 @@ def plot(
     x: Annotated[
         Optional[str],
         option(
-            "Plot the metric against this option (lr, batch_size, ...), one line per placement; diverged trials "
-            "marked.",
+            f"Plot the metric against a numeric option ({', '.join(NUMERIC_FIELDS)}), one line per placement; "
+            "diverged trials marked.",
             "--x",
         ),
     ] = None,

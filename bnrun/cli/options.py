@@ -30,9 +30,9 @@ from bnrun.errors import UsageError, unknown_choice
 from bnrun.registry import OPTIONS, PATH, Option
 from bnrun.requests.parsing import (
     DEFAULTS,
+    NUMERIC_FIELDS,
     FilterOptions,
     number_text,
-    option_kind,
     parse_numbers,
     report_request,
     require,
@@ -388,10 +388,10 @@ def plot_request(
             "have their own axes); add --x OPTION or drop --metric")
     require(x is None or x.strip() != "", "--x: give a numeric option to put on the x axis, e.g. --x lr")
     x = x.replace("-", "_") if x else None
-    numeric = [name for name in PIVOT_FIELDS if option_kind(name) in (int, float)]
+    listed = "see bnrun plot --help, e.g. lr"
     if x is not None and x not in PIVOT_FIELDS:
-        raise UsageError(unknown_choice("--x", x, numeric))
-    require(x is None or x in numeric, f"--x: {x!r} is not a numeric option; choose from {', '.join(numeric)}")
+        raise UsageError(unknown_choice("--x", x, NUMERIC_FIELDS, listed_in=listed))
+    require(x is None or x in NUMERIC_FIELDS, f"--x: {x!r} is not numeric; {listed}")
     metric = metric or "test_acc_population"
     name = f"{metric}_by_{x}.png" if x else (f"{diagnostic}.png" if diagnostic else "learning_curves.png")
     path = figure_output(output, name)

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from bnrun.analysis.grouping import PIVOT_FIELDS, RunFilter, spelled
+from bnrun.analysis.grouping import PIVOT_FIELDS, PIVOT_FIELDS_LISTED, RunFilter, spelled
 from bnrun.analysis.listing import RunQuery
 from bnrun.analysis.metrics import METRICS
 from bnrun.analysis.queries import ReportRequest
@@ -28,10 +28,11 @@ def require(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
-def require_choice(value: str, choices: tuple[str, ...] | dict[str, str | None], option: str) -> str:
-    """`value` if it is one of `choices`, else UsageError naming them."""
+def require_choice(value: str, choices: tuple[str, ...] | dict[str, str | None], option: str,
+                   listed_in: str | None = None) -> str:
+    """`value` if it is one of `choices`, else UsageError naming them (or where they are listed)."""
     if value not in choices:
-        raise UsageError(unknown_choice(option, value, choices, "value"))
+        raise UsageError(unknown_choice(option, value, choices, "value", listed_in))
     return value
 
 
@@ -121,6 +122,9 @@ def option_kind(name: str) -> type:
     return next((kind for kind in typing.get_args(hint) if kind is not type(None)), hint)
 
 
+NUMERIC_FIELDS = tuple(name for name in PIVOT_FIELDS if option_kind(name) in (int, float))  # what --x can name
+
+
 def option_value(name: str, text: str) -> object:
     """One --where value as the store holds it: a choice, a bool (true/false), a number, or none."""
     where = f"--where {name}={text}"
@@ -156,7 +160,7 @@ def parse_where(items: list[str]) -> tuple[tuple[str, tuple], ...]:
         if not sep or not parts:
             raise UsageError(f"--where: {item!r} is not OPTION=VALUE, e.g. epochs=10 or lr=0.1,0.3")
         if name not in PIVOT_FIELDS:
-            raise UsageError(unknown_choice("--where", name, PIVOT_FIELDS))
+            raise UsageError(unknown_choice("--where", name, PIVOT_FIELDS, listed_in=PIVOT_FIELDS_LISTED))
         values = tuple(dict.fromkeys(option_value(name, part) for part in parts))
         allowed[name] = both(allowed[name], values, f"--where {name}") if name in allowed else values
     return tuple(allowed.items())
@@ -247,8 +251,8 @@ def report_request(
     require(by is None or by.strip() != "", "--by: give an option to pivot on, e.g. --by lr")
     by = by.replace("-", "_") if by else None
     if by is not None and by not in PIVOT_FIELDS:
-        raise UsageError(unknown_choice("--by", by, PIVOT_FIELDS))
-    require_choice(metric, METRICS, "--metric")
+        raise UsageError(unknown_choice("--by", by, PIVOT_FIELDS, listed_in=PIVOT_FIELDS_LISTED))
+    require_choice(metric, METRICS, "--metric", listed_in="bnrun report --help lists them")
     require(seeds is None or seeds > 0, f"--seeds must be positive, got {seeds}")
     return ReportRequest(metric, filters.run_filter(), seeds, by, everything)
 
