@@ -500,6 +500,8 @@ def test_every_build_this_cpu_can_run_matches_torch(isa):
         for (shape, memory_format), dtype, relu in itertools.product(KERNEL_CASES, (torch.float32, torch.bfloat16),
                                                                       (False, True)):
             assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu)
+    for memory_format, relu in itertools.product((torch.contiguous_format, torch.channels_last), (False, True)):
+        assert_a_nan_stays_in_its_channel(kernel, memory_format, relu)
 
 
 def assert_kernel_matches_torch(kernel, shape, memory_format, dtype, relu) -> None:
@@ -625,3 +627,52 @@ def test_streaming_changes_no_bit_of_a_training_step(memory_format, dtype, relu)
     for streamed, cached in zip(*outputs, strict=True):
         bits = torch.int16 if streamed.dtype == torch.bfloat16 else torch.int32
         assert torch.equal(streamed.contiguous().view(bits), cached.contiguous().view(bits))
+
+
+NAN_WITH_PAYLOAD = -63  # bfloat16 bits 0xFFC1: a negative NaN with a payload, which torch's rounding writes as 0x7FC0
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_nan_in_one_channel_changes_no_bit_of_the_others_and_reads_as_torchs_nan(memory_format, relu):
+    """bfloat16 outputs of a training step whose coefficients are all finite round without the NaN test
+    (bn_cpu.cpp, NaNFree); a NaN in x or dy makes the step take the test. Either way every finite output is
+    the same bits: a NaN put in one channel of x (then of dy) leaves the other channels' y and dx as they
+    were, and makes that channel's outputs bfloat16's NaN as torch writes it (0x7FC0)."""
+    kernel = fused.cpu_kernel()
+    assert kernel is not None
+    assert_a_nan_stays_in_its_channel(kernel, memory_format, relu)
+
+
+def assert_a_nan_stays_in_its_channel(kernel, memory_format, relu) -> None:
+    torch.manual_seed(0)
+    shape, channel = (16, 24, 14, 14), 5
+    x, upstream = ((torch.randn(shape) * 3 + 1).to(torch.bfloat16).contiguous(memory_format=memory_format)
+                   for _ in range(2))
+    weight, bias = torch.rand(shape[1]) + 0.5, torch.randn(shape[1])
+
+    def step(x, upstream):
+        with torch._C._AutoDispatchBelowAutograd():
+            y, stats = kernel.ops.batch_norm_train(x, weight, bias, 1e-5, relu)
+            return y, kernel.ops.batch_norm_train_backward(upstream, x, stats, weight, relu)[0]
+
+    def bits(t):
+        return t.contiguous().view(torch.int16)
+
+    def poisoned(t):
+        t = t.clone()
+        t.view(torch.int16)[3, channel, 7, 7] = NAN_WITH_PAYLOAD
+        return t
+
+    clean_y, clean_dx = step(x, upstream)
+    others = torch.arange(shape[1]) != channel
+    where = f"{kernel.isa()} {memory_format} relu={relu}"
+    y, dx = step(poisoned(x), upstream)
+    assert torch.equal(bits(y[:, others]), bits(clean_y[:, others])), where
+    assert torch.equal(bits(dx[:, others]), bits(clean_dx[:, others])), where
+    assert (bits(y[:, channel]) == 0x7FC0).all() and (bits(dx[:, channel]) == 0x7FC0).all(), where
+    y, dx = step(x, poisoned(upstream))
+    assert torch.equal(bits(y), bits(clean_y)), where
+    assert torch.equal(bits(dx[:, others]), bits(clean_dx[:, others])), where
+    nan = torch.isnan(dx[:, channel].float())
+    assert (nan.any() or relu) and (bits(dx[:, channel])[nan] == 0x7FC0).all(), where  # the ReLU may mask it

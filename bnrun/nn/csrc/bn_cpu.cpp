@@ -35,7 +35,8 @@
 // op-math type (float32 for the 16-bit types), as in torch's own mixed-precision kernel. bfloat16
 // is read as its bits shifted into a float32 (vpmovzxwd and a shift) and written rounded to
 // nearest even: by vcvtne2ps2bf16 in the avx512-bf16 build (subnormals flushed to zero),
-// elsewhere by integer arithmetic on register vectors (pack_bf16).
+// elsewhere by integer arithmetic on register vectors (pack_bf16), whose test that writes NaN as
+// torch does (0x7FC0) the training passes leave out where their coefficients are finite (NaNFree).
 // Layout: contiguous input is (N, C, S); channels_last (N, C, H, W) is read in place as N·H·W rows
 // of C channels, i.e. (N·H·W, C, 1), and y and dx are allocated in x's layout. Rows (or images) are
 // split among threads in fixed chunks whose partial sums are merged in order: the result does
@@ -56,6 +57,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -301,8 +304,9 @@ inline void fence_streams() {}
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
 // v's values rounded to bfloat16 in 32-bit lanes, as bf16_bits rounds them: in each lane's low 16 bits (the
-// rest zero), or with kHigh in its high 16 bits (the rest zero).
-template <bool kHigh>
+// rest zero), or with kHigh in its high 16 bits (the rest zero). Without kNaNs (NaNFree), NaN lanes are not
+// made 0x7FC0: a NaN of the lanes' own arithmetic keeps its upper half's bits, and so stays a NaN.
+template <bool kHigh, bool kNaNs>
 inline __m256i rounded_bf16(vec<float> v) {
   __m256 f;
   std::memcpy(&f, &v, sizeof f);
@@ -311,24 +315,29 @@ inline __m256i rounded_bf16(vec<float> v) {
   const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb);
   const __m256i bits = kHigh ? _mm256_and_si256(sum, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)))
                              : _mm256_srli_epi32(sum, 16);
+  if constexpr (!kNaNs) return bits;
   const __m256i ordered = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_ORD_Q));
   return _mm256_blendv_epi8(_mm256_set1_epi32(kHigh ? 0x7FC00000 : 0x7FC0), bits, ordered);
 }
 
 // 16 bfloat16 in order from the even-indexed values and the odd ones (interleaved_half's two halves).
+template <bool kNaNs>
 inline Bytes pack_bf16_interleaved(vec<float> even, vec<float> odd) {
-  const __m256i packed = _mm256_or_si256(rounded_bf16<false>(even), rounded_bf16<true>(odd));
+  const __m256i packed = _mm256_or_si256(rounded_bf16<false, kNaNs>(even), rounded_bf16<true, kNaNs>(odd));
   Bytes b;
   std::memcpy(&b, &packed, sizeof b);
   return b;
 }
 #else
+template <bool kNaNs>
 inline Bytes pack_bf16_interleaved(vec<float>, vec<float>);  // never called: kInterleavedBf16 is false
 #endif
 
 // Two register vectors of float32 as 2·kWidth bfloat16 (kVecBytes bytes), rounded to nearest even: by
 // vcvtne2ps2bf16 in the avx512-bf16 build (which flushes subnormal inputs and outputs to zero), elsewhere
-// by bf16_bits' integer arithmetic a vector at a time (subnormals kept, as torch's conversion keeps them).
+// by bf16_bits' integer arithmetic a vector at a time (subnormals kept, as torch's conversion keeps them),
+// NaNs made 0x7FC0 as bf16_bits makes them unless !kNaNs (rounded_bf16).
+template <bool kNaNs = true>
 inline Bytes pack_bf16(vec<float> lo, vec<float> hi) {
 #if defined(BNRUN_AVX512_BF16)
   __m512 l, h;
@@ -343,7 +352,8 @@ inline Bytes pack_bf16(vec<float> lo, vec<float> hi) {
   // 0xFFFF) and put in order by one vpermq, its lanes being interleaved per 128 bits; the generic code
   // below narrows each half apart and took a third more instructions.
   const __m256i packed =
-      _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded_bf16<false>(lo), rounded_bf16<false>(hi)), 0xD8);
+      _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded_bf16<false, kNaNs>(lo), rounded_bf16<false, kNaNs>(hi)),
+                               0xD8);
   Bytes b;
   std::memcpy(&b, &packed, sizeof b);
   return b;
@@ -357,14 +367,38 @@ inline Bytes pack_bf16(vec<float> lo, vec<float> hi) {
     bits_t u;
     std::memcpy(&u, &halves[h], sizeof u);
     const bits_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    const mask_t nan = halves[h] != halves[h];
-    const bits_t bits = nan ? bits_t{} + 0x7FC0u : rounded;
+    bits_t bits = rounded;
+    if constexpr (kNaNs) {
+      const mask_t nan = halves[h] != halves[h];
+      bits = nan ? bits_t{} + 0x7FC0u : rounded;
+    }
     narrow[h] = __builtin_convertvector(bits, half_t);
   }
   Bytes b;
   std::memcpy(&b, narrow, sizeof b);
   return b;
 #endif
+}
+
+// A map's value function whose outputs hold no NaN but what its own arithmetic makes of an overflow (inf − inf):
+// the training passes' when every coefficient is finite, which their sums show x and dy to be (nan_free()). Its
+// bfloat16 outputs round without making NaNs 0x7FC0 (pack_bf16<false>), two of the seven operations per vector
+// of the builds that round by integer arithmetic; the NaN that an overflow makes stays a NaN.
+template <typename F>
+struct NaNFree : F {};
+template <typename F>
+constexpr bool kExactNaNs = true;
+template <typename F>
+constexpr bool kExactNaNs<NaNFree<F>> = false;
+
+// g as F is: NaNFree where F is, so that a function wrapping F's calls keeps its rounding.
+template <typename F, typename G>
+inline auto as_nans_of(const G& g) {
+  if constexpr (kExactNaNs<F>) {
+    return g;
+  } else {
+    return NaNFree<G>{g};
+  }
 }
 
 template <typename T, typename acc_t>
@@ -403,7 +437,7 @@ inline void write(T* dst, int64_t len, const F& value, bool stream = false, int6
     constexpr int64_t kStep = kVecBytes / static_cast<int64_t>(sizeof(T));  // values per stored vector
     const auto pack = [&](int64_t i) -> Bytes {
       if constexpr (std::is_same_v<T, uint16_t>) {
-        return pack_bf16(value(V{}, i), value(V{}, i + W));
+        return pack_bf16<kExactNaNs<F>>(value(V{}, i), value(V{}, i + W));
       } else {
         return bytes_of<acc_t>(value(V{}, i));
       }
@@ -972,13 +1006,13 @@ void planes_run(const Shape& shape, const std::array<const acc_t*, K>& coefficie
   };
   // values [i, i + len) of one plane, in part stores (write())
   const auto piece = [&](int64_t i, int64_t len) {
-    write<T, acc_t>(out + i, len, [&](auto u, int64_t s) {
+    write<T, acc_t>(out + i, len, as_nans_of<F>([&](auto u, int64_t s) {
       if constexpr (std::is_same_v<decltype(u), V>) {
         return fn(u, vq, i + s);
       } else {
         return fn(u, q, i + s);
       }
-    }, false, numel - i);
+    }), false, numel - i);
   };
   bool streamed = false;  // set once the run is aligned
   const auto put = [&](int64_t i, Bytes packed) {
@@ -1001,9 +1035,9 @@ void planes_run(const Shape& shape, const std::array<const acc_t*, K>& coefficie
     const int64_t plane_end = (p + 1) * S;
     for (; i + kStep <= plane_end; i += kStep) {
       if constexpr (kParts == 2 && kInterleavedBf16) {
-        put(i, pack_bf16_interleaved(fn(Interleaved<false>{}, vq, i), fn(Interleaved<true>{}, vq, i)));
+        put(i, pack_bf16_interleaved<kExactNaNs<F>>(fn(Interleaved<false>{}, vq, i), fn(Interleaved<true>{}, vq, i)));
       } else if constexpr (kParts == 2) {
-        put(i, pack_bf16(fn(V{}, vq, i), fn(V{}, vq, i + W)));
+        put(i, pack_bf16<kExactNaNs<F>>(fn(V{}, vq, i), fn(V{}, vq, i + W)));
       } else {
         put(i, bytes_of<acc_t>(fn(V{}, vq, i)));
       }
@@ -1024,9 +1058,10 @@ void planes_run(const Shape& shape, const std::array<const acc_t*, K>& coefficie
         for (size_t k = 0; k < K; ++k) lanes[part][k] = first_lanes<acc_t>(vq[k], next[k], own);
       }
       if constexpr (kParts == 2 && kInterleavedBf16) {
-        put(i, pack_bf16_interleaved(fn(Interleaved<false>{}, lanes[0], i), fn(Interleaved<true>{}, lanes[1], i)));
+        put(i, pack_bf16_interleaved<kExactNaNs<F>>(fn(Interleaved<false>{}, lanes[0], i),
+                                                    fn(Interleaved<true>{}, lanes[1], i)));
       } else if constexpr (kParts == 2) {
-        put(i, pack_bf16(fn(V{}, lanes[0], i), fn(V{}, lanes[1], i + W)));
+        put(i, pack_bf16<kExactNaNs<F>>(fn(V{}, lanes[0], i), fn(V{}, lanes[1], i + W)));
       } else {
         put(i, bytes_of<acc_t>(fn(V{}, lanes[0], i)));
       }
@@ -1065,13 +1100,13 @@ void planes_map(const Shape& shape, const std::array<const acc_t*, K>& coefficie
         q[i] = coefficients[i][c];
         vq[i] = splat(q[i]);
       }
-      write<T, acc_t>(out + base, shape.s, [&](auto u, int64_t s) {
+      write<T, acc_t>(out + base, shape.s, as_nans_of<F>([&](auto u, int64_t s) {
         if constexpr (std::is_same_v<decltype(u), V>) {
           return fn(u, vq, base + s);
         } else {
           return fn(u, q, base + s);
         }
-      }, stream, numel - base);
+      }), stream, numel - base);
     }
   });
 }
@@ -1201,7 +1236,7 @@ void batch_moments(const Shape& shape, const T* px, double* mean, double* square
 // Stores U register vectors of acc_t at dst as T: bfloat16 two vectors per store (pack_bf16), an odd
 // last one as half a store; streamed where `stream` and the address is aligned (inside a task of
 // parallel_writes, which fences them); float16 a value at a time.
-template <typename T, int64_t U, typename acc_t>
+template <typename T, int64_t U, typename acc_t, bool kNaNs = true>
 inline void store_vectors(T* dst, const vec<acc_t> (&v)[U], bool stream) {
   constexpr int64_t W = kWidth<acc_t>;
   const auto put = [stream](void* to, Bytes packed) {
@@ -1214,9 +1249,9 @@ inline void store_vectors(T* dst, const vec<acc_t> (&v)[U], bool stream) {
   if constexpr (std::is_same_v<T, acc_t>) {
     for (int64_t u = 0; u < U; ++u) put(dst + u * W, bytes_of<acc_t>(v[u]));
   } else if constexpr (std::is_same_v<T, uint16_t>) {
-    for (int64_t u = 0; u + 1 < U; u += 2) put(dst + u * W, pack_bf16(v[u], v[u + 1]));
+    for (int64_t u = 0; u + 1 < U; u += 2) put(dst + u * W, pack_bf16<kNaNs>(v[u], v[u + 1]));
     if constexpr (U % 2 == 1) {
-      const Bytes packed = pack_bf16(v[U - 1], v[U - 1]);
+      const Bytes packed = pack_bf16<kNaNs>(v[U - 1], v[U - 1]);
       std::memcpy(dst + (U - 1) * W, &packed, kVecBytes / 2);
     }
   } else {
@@ -1244,8 +1279,8 @@ inline void rows_interleaved(const std::array<const float*, K>& coefficients, in
 #pragma GCC unroll 2
     for (int64_t p = 0; p < kPairs; ++p) {
       const int64_t first = at + 2 * p * W;
-      const Bytes packed =
-          pack_bf16_interleaved(fn(Interleaved<false>{}, halves[p][0], first), fn(Interleaved<true>{}, halves[p][1], first));
+      const Bytes packed = pack_bf16_interleaved<kExactNaNs<F>>(fn(Interleaved<false>{}, halves[p][0], first),
+                                                                fn(Interleaved<true>{}, halves[p][1], first));
       if (stream && reinterpret_cast<uintptr_t>(dst + first) % kVecBytes == 0) {
         stream_vector(dst + first, packed);
       } else {
@@ -1254,7 +1289,7 @@ inline void rows_interleaved(const std::array<const float*, K>& coefficients, in
     }
     if constexpr (U % 2 == 1) {
       const V v = fn(V{}, last, at + (U - 1) * W);
-      const Bytes packed = pack_bf16(v, v);
+      const Bytes packed = pack_bf16<kExactNaNs<F>>(v, v);
       std::memcpy(dst + at + (U - 1) * W, &packed, kVecBytes / 2);
     }
   }
@@ -1291,7 +1326,7 @@ void rows_map(const Shape& shape, const std::array<const acc_t*, K>& coefficient
         V values[U];
 #pragma GCC unroll 4
         for (int64_t u = 0; u < U; ++u) values[u] = fn(V{}, q[u], at + u * W);
-        store_vectors<T, U, acc_t>(dst + at, values, stream);
+        store_vectors<T, U, acc_t, kExactNaNs<F>>(dst + at, values, stream);
       }
     }, [&](int64_t c) {
       acc_t q[K];
@@ -1409,38 +1444,70 @@ void map_channels(const Shape& shape, const std::array<const acc_t*, K>& coeffic
   }
 }
 
-// y = g(a·x + k), in parallel.
+#if defined(BNRUN_AVX512_BF16)
+constexpr bool kRoundsByIntegers = false;  // vcvtne2ps2bf16 rounds NaNs itself
+#else
+constexpr bool kRoundsByIntegers = true;
+#endif
+
+// Whether outputs of type T round without the NaN test when their pass is NaN-free (map_outputs).
+template <typename T>
+constexpr bool kNaNFreeRounding = std::is_same_v<T, uint16_t> && kRoundsByIntegers;
+
+// map_channels, with `value` NaNFree where `nan_free` and this build rounds bfloat16 outputs by integer arithmetic.
+template <typename T, typename acc_t, size_t K, typename F>
+void map_outputs(bool nan_free, const Shape& shape, const std::array<const acc_t*, K>& coefficients, T* out,
+                 int64_t tensors, const F& value) {
+  if constexpr (kNaNFreeRounding<T>) {
+    if (nan_free) {
+      map_channels<T, acc_t, K>(shape, coefficients, out, tensors, NaNFree<F>{value});
+      return;
+    }
+  }
+  map_channels<T, acc_t, K>(shape, coefficients, out, tensors, value);
+}
+
+// Whether every one of the C values of each array is finite (one vectorized pass each, without an early exit).
+template <typename A>
+bool all_finite(int64_t C, std::initializer_list<const A*> arrays) {
+  bool finite = true;
+  for (const A* p : arrays)
+    for (int64_t c = 0; c < C; ++c) finite &= std::abs(p[c]) <= std::numeric_limits<A>::max();
+  return finite;
+}
+
+// y = g(a·x + k), in parallel; nan_free as map_outputs takes it.
 template <bool kRelu, typename T, typename acc_t>
-void affine_map(const Shape& shape, const T* px, const acc_t* a, const acc_t* k, T* py) {
-  map_channels<T, acc_t, 2>(shape, {a, k}, py, 2, [=](auto u, const auto* q, int64_t at) {
+void affine_map(const Shape& shape, const T* px, const acc_t* a, const acc_t* k, T* py, bool nan_free) {
+  map_outputs<T, acc_t, 2>(nan_free, shape, {a, k}, py, 2, [=](auto u, const auto* q, int64_t at) {
     using U = decltype(u);
     return activate<kRelu>(pre(q[0], get<U>(px, at), q[1]));
   });
 }
 
-// dx = A·g + B·x + K per channel (kWithX), or dx = A·g, in parallel.
+// dx = A·g + B·x + K per channel (kWithX), or dx = A·g, in parallel; nan_free as map_outputs takes it.
 template <bool kRelu, bool kWithX, typename T, typename acc_t>
 void grad_input_map(const Shape& shape, const T* pdy, const T* px, const acc_t* a, const acc_t* k, const acc_t* A,
-                     const acc_t* B, const acc_t* K, T* pdx) {
+                     const acc_t* B, const acc_t* K, T* pdx, bool nan_free) {
   if constexpr (kWithX && kRelu) {
-    map_channels<T, acc_t, 5>(shape, {a, k, A, B, K}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
+    map_outputs<T, acc_t, 5>(nan_free, shape, {a, k, A, B, K}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
       const auto xv = get<U>(px, at);
       return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], xv, q[1]) + q[3] * xv + q[4];
     });
   } else if constexpr (kWithX) {  // no mask: three coefficients in registers instead of five
-    map_channels<T, acc_t, 3>(shape, {A, B, K}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
+    map_outputs<T, acc_t, 3>(nan_free, shape, {A, B, K}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
       using U = decltype(u);
       return q[0] * get<U>(pdy, at) + q[1] * get<U>(px, at) + q[2];
     });
   } else {
     if constexpr (kRelu) {
-      map_channels<T, acc_t, 3>(shape, {a, k, A}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
+      map_outputs<T, acc_t, 3>(nan_free, shape, {a, k, A}, pdx, 3, [=](auto u, const auto* q, int64_t at) {
         using U = decltype(u);
         return q[2] * masked<kRelu>(get<U>(pdy, at), q[0], get<U>(px, at), q[1]);
       });
     } else {
-      map_channels<T, acc_t, 1>(shape, {A}, pdx, 2, [=](auto u, const auto* q, int64_t at) {
+      map_outputs<T, acc_t, 1>(nan_free, shape, {A}, pdx, 2, [=](auto u, const auto* q, int64_t at) {
         using U = decltype(u);
         return q[0] * get<U>(pdy, at);
       });
@@ -1490,28 +1557,29 @@ void gradient_sums(const Shape& shape, bool relu, const Tensor& dy, const Tensor
   });
 }
 
-// dx = A·g (+ B·x + K when `with_x`) per channel, g masked as in gradient_sums.
+// dx = A·g (+ B·x + K when `with_x`) per channel, g masked as in gradient_sums; nan_free as map_outputs takes it.
 template <typename scalar_t, typename acc_t>
 void grad_input(const Shape& shape, bool relu, bool with_x, const Tensor& dy, const Tensor& x, const acc_t* a,
-                const acc_t* k, const acc_t* A, const acc_t* B, const acc_t* K, Tensor& dx) {
+                const acc_t* k, const acc_t* A, const acc_t* B, const acc_t* K, Tensor& dx, bool nan_free = false) {
   using T = raw_t<scalar_t>;
   const T *pdy = in<scalar_t>(dy), *px = in<scalar_t>(x);
   T* pdx = out<scalar_t>(dx);
   with_relu(relu, [&](auto r) {
     constexpr bool kRelu = decltype(r)::value;
     if (with_x) {
-      grad_input_map<kRelu, true, T, acc_t>(shape, pdy, px, a, k, A, B, K, pdx);
+      grad_input_map<kRelu, true, T, acc_t>(shape, pdy, px, a, k, A, B, K, pdx, nan_free);
     } else {
-      grad_input_map<kRelu, false, T, acc_t>(shape, pdy, px, a, k, A, B, K, pdx);
+      grad_input_map<kRelu, false, T, acc_t>(shape, pdy, px, a, k, A, B, K, pdx, nan_free);
     }
   });
 }
 
-// y = g(a·x + k) per channel.
+// y = g(a·x + k) per channel; nan_free as map_outputs takes it.
 template <typename scalar_t, typename acc_t>
-void affine_output(const Shape& shape, bool relu, const Tensor& x, const acc_t* a, const acc_t* k, Tensor& y) {
+void affine_output(const Shape& shape, bool relu, const Tensor& x, const acc_t* a, const acc_t* k, Tensor& y,
+                   bool nan_free = false) {
   with_relu(relu, [&](auto r) {
-    affine_map<decltype(r)::value, raw_t<scalar_t>, acc_t>(shape, in<scalar_t>(x), a, k, out<scalar_t>(y));
+    affine_map<decltype(r)::value, raw_t<scalar_t>, acc_t>(shape, in<scalar_t>(x), a, k, out<scalar_t>(y), nan_free);
   });
 }
 
@@ -1572,7 +1640,9 @@ std::tuple<Tensor, Tensor> forward_kernel(const Tensor& x, const Tensor& weight,
     std::vector<double> mu(shape.c), squares(shape.c);
     batch_moments<T, acc_t>(shape, in<scalar_t>(x), mu.data(), squares.data());
     st.set(shape.c, mu.data(), squares.data(), m, eps, pw, pb);
-    affine_output<scalar_t, acc_t>(shape, relu, x, st.a, st.k, y);
+    // x holds no NaN or infinity where a and k are finite: its mean, and so k, would not be.
+    const bool nan_free = kNaNFreeRounding<T> && all_finite<acc_t>(shape.c, {st.a, st.k});
+    affine_output<scalar_t, acc_t>(shape, relu, x, st.a, st.k, y, nan_free);
   });
   return {y, stats};
 }
@@ -1634,7 +1704,12 @@ std::tuple<Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_y, const T
     } else {
       backward_coefficients<false>(shape.c, m, sums, pw, pmean, pinv, out);
     }
-    grad_input<scalar_t, acc_t>(shape, relu, true, grad_y, x, pa, pk, A.data(), B.data(), K.data(), grad_x);
+    // Finite sums and coefficients: x (its mean finite) and the dy that dx takes (their sums finite) hold no
+    // NaN or infinity.
+    const bool nan_free = kNaNFreeRounding<raw_t<scalar_t>> &&
+                          all_finite<acc_t>(shape.c, {pmean, pinv, pa, pk, A.data(), B.data(), K.data()}) &&
+                          all_finite<double>(shape.c, {sum_dy.data(), sum_dy_centered.data()});
+    grad_input<scalar_t, acc_t>(shape, relu, true, grad_y, x, pa, pk, A.data(), B.data(), K.data(), grad_x, nan_free);
   });
   return {grad_x, grad_weight, grad_bias};
 }
