@@ -56,6 +56,10 @@ class StoreError(BnrunError):
 class RunNotFound(StoreError):
     """A run id that names no stored run (an id out of the store's range included)."""
 
+    def __init__(self, message: str, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing  # the ids asked for, as given: what the web view names, without the store's path
+
 
 class NothingMatched(BnrunError):
     """The store holds no trial that the filters select (nothing was written)."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from bnrun.training.data import Split, shuffled_batches
+from bnrun.training.data import RAW_SHA256, SYSTEM_DIR, Split, check_available, data_dir_from_env, shuffled_batches
 
 
 def per_batch_reference(split: Split, batch_size: int, generator: torch.Generator, flip: bool):
@@ -44,3 +45,16 @@ def test_flip_mirrors_about_half_the_images():
         assert all(torch.equal(a, b) or torch.equal(a, b.flip(2)) for a, b in zip(x, originals))
         mirrored += sum(not torch.equal(a, b) for a, b in zip(x, originals))
     assert 400 < mirrored < 600
+
+
+def test_the_system_copy_named_as_data_dir_is_only_read(tmp_path, monkeypatch):
+    """--data-dir /usr/share/datasets/fashion-mnist (where the README says the files are) stages the
+    archives in BNRUN_DATA_DIR, never in the system directory."""
+    if not all((SYSTEM_DIR / f"{name}.gz").is_file() for name in RAW_SHA256):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    before = sorted(path.name for path in SYSTEM_DIR.iterdir())
+    monkeypatch.setenv("BNRUN_DATA_DIR", str(tmp_path))
+    assert data_dir_from_env(SYSTEM_DIR) == tmp_path
+    assert check_available.__wrapped__(SYSTEM_DIR) == tmp_path
+    assert sorted(path.name for path in SYSTEM_DIR.iterdir()) == before
+    assert (tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file()

@@ -170,6 +170,36 @@ def test_unknown_ids_and_methods_and_parameters_are_refused_as_error_pages(clien
             assert getattr(client, method)(url).status_code == 405, (method, url)
 
 
+@pytest.mark.parametrize("url,status,message", [
+    ("/?foo=bar", 400, "unknown parameter 'foo'; this page takes arch, bn, bn_impl, run_id, since, where"),
+    ("/runs?claim=cnn-placement", 400, "unknown parameter 'claim'; this page takes arch"),
+    ("/api/runs?arch=cnn&limit=1", 400, "unknown parameter 'limit'"),
+    ("/runs?pagee=2", 400, "unknown parameter 'pagee'; did you mean page?"),
+    ("/claims?family=depth", 400, "unknown parameter 'family'; this page takes none"),
+    ("/runs/12?x=1", 400, "this page takes none"),
+    ("/compare?ids=11,12&ids=13&b=1", 400, "unknown parameter 'b'; this page takes ids"),
+    ("/runs?per_page=0", 400, "per_page: expected a whole number, 1 or more, got '0'"),
+    ("/runs?per_page=100000", 400, "per_page: at most 500, got 100000"),
+    ("/runs?page=0", 400, "page: expected a whole number, 1 or more, got '0'"),
+    ("/runs?sort=--id", 400, "unknown field '-id'"),
+    ("/runs?deleted=maybe", 400, "deleted: expected 1 or 0 (true or false), got 'maybe'"),
+    ("/runs/999999", 404, "no run with id 999999"),
+    ("/api/runs/999999", 404, "no run with id 999999"),
+])
+def test_a_bad_parameter_is_named_in_the_error_and_the_store_path_is_not(client, study, url, status, message):
+    response = client.get(url)
+    assert response.status_code == status, (url, response.text)
+    text = response.json()["error"] if url.startswith("/api/") else unescape(response.text)
+    assert message in text, (url, text)
+    assert str(study) not in text and study.name not in text, url
+
+
+def test_switches_take_yes_and_no_and_a_long_value_is_cut_in_the_error(client):
+    assert client.get("/runs?deleted=yes").status_code == 200 and client.get("/runs?deleted=no").status_code == 200
+    response = client.get("/?where=" + "x" * 3000)
+    assert response.status_code == 400 and "x" * 400 not in response.text and "…" in response.text
+
+
 def test_a_filter_that_matches_nothing_keeps_the_form(client):
     response = client.get("/?where=lr=0.123456")
     assert response.status_code == 404

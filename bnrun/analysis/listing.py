@@ -33,9 +33,10 @@ class RunQuery:
 
 def sort_key_name(sort: str) -> tuple[str, bool]:
     """'-test_acc_population' -> ('test_acc_population', True); ValueError names the fields."""
-    name, descending = sort.removeprefix("-").replace("-", "_"), sort.startswith("-")
+    given, descending = sort.removeprefix("-"), sort.startswith("-")
+    name = given.replace("-", "_")
     if name not in SORT_FIELDS:
-        raise ValueError(unknown_choice("--sort", name, SORT_FIELDS, "field",
+        raise ValueError(unknown_choice("--sort", given, SORT_FIELDS, "field",
                                         "e.g. id, lr, test_acc_population; -id sorts descending"))
     return name, descending
 

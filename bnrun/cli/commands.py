@@ -180,7 +180,7 @@ DbOption = Annotated[
 DataDirOption = Annotated[
     Optional[Path],
     option("An existing directory where Fashion-MNIST lives or is fetched to (env BNRUN_DATA_DIR; default "
-           "~/.cache/bnrun/data, made when needed).", "--data-dir"),
+           "~/.cache/bnrun/data, made when needed); /usr/share/datasets/fashion-mnist is only read.", "--data-dir"),
 ]
 WhereOption = Annotated[
     Optional[list[str]],

@@ -388,7 +388,8 @@ class Store:
         rows = {row.id: row for row in session.scalars(select(Run).where(Run.id.in_(storable)))}
         missing = [str(run_id) for run_id in dict.fromkeys(run_ids) if run_id not in rows]
         if missing:
-            raise RunNotFound(f"no run with id {', '.join(missing)} in {self.name}; list them with: bnrun runs")
+            raise RunNotFound(f"no run with id {', '.join(missing)} in {self.name}; list them with: bnrun runs",
+                              tuple(missing))
         return [rows[run_id] for run_id in dict.fromkeys(run_ids)]
 
     def labels(self, run_ids: list[int]) -> dict[int, RunLabels]:

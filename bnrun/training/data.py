@@ -103,7 +103,9 @@ class FashionMNISTData:
 
 
 def data_dir_from_env(explicit: Path | None = None) -> Path:
-    if explicit is not None:
+    """The data directory: `explicit`, else BNRUN_DATA_DIR, else the default. The system copy's directory is
+    only read: named as the data directory, its archives are staged in BNRUN_DATA_DIR or the default."""
+    if explicit is not None and Path(explicit).expanduser().resolve() != SYSTEM_DIR.resolve():
         return Path(explicit).expanduser()
     return Path(os.environ.get("BNRUN_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
 

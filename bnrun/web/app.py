@@ -31,7 +31,7 @@ from bnrun.errors import NothingMatched, RunNotFound, StoreError, UsageError
 from bnrun.store import RunStatus, Store
 from bnrun.web import pages
 from bnrun.web.access import Access, AccessMiddleware
-from bnrun.web.params import compared_ids, report_of_params, runs_of_params
+from bnrun.web.params import COMPARE_PARAMETERS, compared_ids, known_only, report_of_params, runs_of_params
 from bnrun.web.svg import figure_html
 
 REFRESH_S = 10  # a page with running trials reloads itself this often
@@ -149,6 +149,7 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
         return StreamingResponse(chunks(), media_type=media, headers=headers)
 
     def run(request: Request) -> Response:
+        known_only(request.query_params)
         with view.open() as store:
             context = pages.run_page(store, request.path_params["run_id"])
         refresh = REFRESH_S if context["run"].status == RunStatus.RUNNING else None
@@ -156,6 +157,7 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
 
     def compare(request: Request) -> Response:
         params = request.query_params
+        known_only(params, COMPARE_PARAMETERS)
         # the runs page's checkboxes send ids=11&ids=12 without a script; a link writes ids=11,12
         joined = QueryParams({"ids": ",".join(v for v in params.getlist("ids") if v.strip())}) \
             if len(params.getlist("ids")) > 1 else params
@@ -164,6 +166,7 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
             return html("compare.html", request, **pages.compare_page(store, ids))
 
     def claims(request: Request) -> Response:
+        known_only(request.query_params)
         with view.open() as store:
             return html("claims.html", request, **pages.claims_page(store, claims_file))
 
@@ -173,6 +176,7 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
             return json_response(pages.api_runs(store, page))
 
     def api_run(request: Request) -> Response:
+        known_only(request.query_params)
         with view.open() as store:
             return json_response(pages.api_run(store, request.path_params["run_id"]))
 
@@ -237,10 +241,20 @@ HEADINGS = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 503
 ERROR_PAGE = environment().get_template("error.html")
 
 
+MESSAGE_LIMIT = 300  # characters of an error message a page or a JSON answer quotes
+
+
 def web_wording(message: str) -> str:
-    """A store or parser message in the web's words: its first line, without the command-line hint."""
+    """A store or parser message in the web's words: its first line (at most MESSAGE_LIMIT characters, as a
+    message may quote a long parameter), without the command-line hint."""
     line = message.splitlines()[0] if message else ""
-    return line.split("; list them with: bnrun runs")[0]
+    line = line.split("; list them with: bnrun runs")[0]
+    return line if len(line) <= MESSAGE_LIMIT else line[:MESSAGE_LIMIT - 1] + "…"
+
+
+def run_not_found(request: Request, error: RunNotFound) -> Response:
+    """404 naming the ids, not the store: a page served beyond this machine does not show where its store lies."""
+    return error_response(request, 404, f"no run with id {', '.join(error.missing)}" if error.missing else str(error))
 
 
 def error_response(request: Request, status: int, message: str) -> Response:
@@ -261,6 +275,6 @@ ERRORS = {
     HTTPException: http_error,
     UsageError: lambda request, error: error_response(request, 400, str(error)),
     NothingMatched: lambda request, error: error_response(request, 404, str(error)),
-    RunNotFound: lambda request, error: error_response(request, 404, str(error)),
+    RunNotFound: run_not_found,
     StoreError: lambda request, error: error_response(request, 503, str(error)),  # gone, damaged or unreachable
 }
