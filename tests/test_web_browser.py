@@ -173,6 +173,13 @@ def test_the_report_draws_a_curve_panel_per_architecture(server, page):
             assert legend["y"] >= box["y"] + box["height"] - 1
 
 
+@pytest.mark.parametrize("path", ["/", "/claims", "/runs", "/runs/12", "/compare?ids=11,12"])
+def test_a_phone_wide_screen_scrolls_tables_not_the_page(server, page, path):
+    page.set_viewport_size({"width": 400, "height": 900})
+    visit(page, server + path)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400, path
+
+
 def test_runs_shows_the_cli_values_and_a_far_page_is_not_found(server, page):
     visit(page, server + "/runs?per_page=500")
     cells = {cell.strip() for cell in page.locator("table.runs td").all_inner_texts()}
