@@ -314,3 +314,23 @@ def test_runs_fold_notes_at_word_boundaries(study, tmp_path):
     text = invoke("runs", "--sort", "-id", "--limit", "30", "--db", str(copy), env=NARROW).stdout  # as a terminal
     fits(text)
     assert set(note.split()) <= set(text.split()), text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["export", "runs", "--format", "json", "--output", "x.csv"], "--output x.csv: .csv is for csv output, not json output; end it in .json"),
+    (["export", "epochs", "12", "--output", "e.json"], "--output e.json: .json is for json output, not csv output; end it in .csv"),
+    (["export", "model", "12", "--output", "m.txt"], "--output m.txt: .txt is for table output, not a model; end it in .pt"),
+    (["report", "--format", "latex", "--output", "r.md"], "--output r.md: .md is for markdown output, not latex output"),
+    (["claims", "--format", "json", "--output", "c.png"], "--output c.png: .png is for png output, not json output"),
+])
+def test_an_output_named_for_another_format_is_refused_before_anything_is_written(study, tmp_path, monkeypatch,
+                                                                                   args, message):
+    monkeypatch.chdir(tmp_path)
+    assert message in one_line_error(invoke(*args, "--db", str(study)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_with_its_formats_extension_or_another_is_written(study, tmp_path):
+    for name in ("runs.json", "runs.data"):
+        result = invoke("export", "runs", "--format", "json", "--output", str(tmp_path / name), "--db", str(study))
+        assert result.exit_code == 0 and json.loads((tmp_path / name).read_text()), result.stderr

@@ -533,9 +533,10 @@ def report(
     from bnrun.requests.parsing import one_pivot, report_request
 
     fmt = report_format(fmt, standalone, wide)
+    path = report_output(output, fmt)
     request = report_request(filters, metric, seeds, one_pivot(by), everything)
     content = actions.report(db, request, fmt, standalone, wide)
-    say_wrote(actions.emit(content, report_output(output, fmt), out))
+    say_wrote(actions.emit(content, path, out))
 
 
 @app.command(cls=PlotCommand)
@@ -705,7 +706,7 @@ def export_runs(
     from bnrun.cli import actions
     from bnrun.cli.options import export_format
 
-    fmt = export_format(fmt)
+    fmt = export_format(fmt, output)
     query = selection.query(deleted)
     say_wrote(actions.emit(actions.export_runs(db, query, fmt), output, out))
 
@@ -721,7 +722,7 @@ def export_epochs(
     from bnrun.cli.options import export_format
     from bnrun.requests.parsing import run_ids_of
 
-    fmt = export_format(fmt)
+    fmt = export_format(fmt, output)
     say_wrote(actions.emit(actions.export_epochs(db, run_ids_of(runs), fmt), output, out))
 
 
@@ -750,9 +751,11 @@ def export_model(
 
     predicted = [classes\\[i] for i in model(images).argmax(1)]"""
     from bnrun.cli import actions
+    from bnrun.cli.options import matching_output
     from bnrun.requests.parsing import require_choice
 
     require_choice(statistics, STATISTICS, "--statistics")
+    matching_output(output, "model")
     saved = actions.export_model(db, run, output, statistics, data_dir)
     say_wrote(output, f" (run {run}, {saved['model']['arch']} bn={saved['model']['bn']}, {statistics} statistics)")
 
@@ -776,10 +779,12 @@ def claims(
     """Compute each declared claim's verdict from the store: supported, contradicted, inconclusive or incomplete,
     with its effect, 95 % CI, n, Holm p within its family, and the commits and CPUs its runs come from."""
     from bnrun.cli import actions
+    from bnrun.cli.options import matching_output
     from bnrun.requests.parsing import require, require_choice
 
     require_choice(fmt, CLAIM_FORMATS, "--format")
     require(not detail or fmt == "markdown", "--detail applies to --format markdown")
+    matching_output(output, fmt)
     results = actions.claims_of(db, claims_file, tuple(only or ()), tuple(family or ()))
     say_wrote(actions.emit(actions.claims_text(results, fmt, detail), output, out))
 

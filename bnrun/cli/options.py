@@ -342,10 +342,27 @@ def report_output(output: Path | None, fmt: str) -> Path | None:
     """Where the report goes: None for stdout; a directory gets REPORT_FILES' name inside it."""
     if output is None:
         return None
-    return output / REPORT_FILES[fmt] if output.is_dir() else output
+    return output / REPORT_FILES[fmt] if output.is_dir() else matching_output(output, fmt)
 
 
 FIGURE_FORMATS = ("png", "pdf", "svg")
+# The extension each kind of file bnrun writes takes (a model: torch.save's .pt).
+SUFFIXES = {**{fmt: Path(name).suffix for fmt, name in REPORT_FILES.items()},
+            **{fmt: f".{fmt}" for fmt in FIGURE_FORMATS}, "model": ".pt"}
+
+
+def matching_output(output: Path | None, kind: str) -> Path | None:
+    """`output`, refused where its extension is another kind's (x.csv for --format json): a mistyped format
+    or name, caught before the file is written. A name without an extension, or with one bnrun does not
+    write, is taken as given."""
+    if output is None or output.is_dir():
+        return output
+    suffix = output.suffix.lower()
+    other = next((name for name, known in SUFFIXES.items() if known == suffix and name != kind), None)
+    what = "a model" if kind == "model" else f"{kind} output"
+    require(other is None or suffix == SUFFIXES.get(kind),
+            f"--output {output.name}: {suffix} is for {other} output, not {what}; end it in {SUFFIXES[kind]}")
+    return output
 
 
 def figure_output(output: Path | None, default_name: str) -> Path:
@@ -400,8 +417,10 @@ def plot_request(
 
 # -- run management ---------------------------------------------------------------------------------------
 
-def export_format(fmt: str) -> str:
-    return require_choice(fmt, EXPORT_FORMATS, "--format")
+def export_format(fmt: str, output: Path | None = None) -> str:
+    require_choice(fmt, EXPORT_FORMATS, "--format")
+    matching_output(output, fmt)
+    return fmt
 
 
 def run_argument(run: int | None, run_id: int | None) -> int:
