@@ -224,6 +224,26 @@ def test_standalone_latex_compiles_fits_the_page_and_carries_comparisons_and_dia
     assert "Overfull \\hbox" not in (tmp_path / "report.log").read_text(errors="replace")
 
 
+@pytest.mark.skipif(shutil.which("pdflatex") is None and not os.environ.get("CI"),
+                    reason="pdflatex comes with texlive-latex-recommended, which .ci/run installs; CI never skips this")
+def test_the_claims_latex_breaks_across_pages_within_the_width_with_true_minus_signs(tmp_path):
+    """Every shipped claim in one longtable: it compiles, no line is wider than the page, its numbers are in
+    math mode (a minus, not a hyphen), and an option's dashes in the report's notes stay two hyphens."""
+    claims = runner.invoke(app, ["claims", "--format", "latex", "--db", str(SHIPPED)]).stdout
+    report = runner.invoke(app, ["report", "--format", "latex", "--db", str(SHIPPED)]).stdout
+    assert r"\begin{longtable}" in claims and "$-0.02$" in claims and "& -0." not in claims
+    assert "-{}-where" in report and "-{}-all" in report
+    (tmp_path / "claims.tex").write_text(claims)
+    (tmp_path / "report.tex").write_text(report)
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage[utf8]{inputenc}\n"
+                                      "\\usepackage{booktabs,longtable,graphicx}\n\\begin{document}\n"
+                                      "\\input{claims}\n\\input{report}\n\\end{document}\n")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text(errors="replace")
+
+
 @pytest.fixture
 def small_store(tmp_path):
     """A real store holding hand-made finished trials (no training needed)."""
@@ -389,3 +409,10 @@ def test_the_batch_statistics_legend_counts_the_runs_evaluated():
     evaluations = {run.id: [EvaluationRecord(run_id=run.id, **evaluation)] for run in runs[:3]}
     ((label, series),) = batch_stat_rows(report.groups, evaluations)
     assert label.endswith("(n=3)") and [len(values) for values in series.values()] == [3, 3]
+
+
+def test_every_view_prints_a_p_value_alike():
+    from bnrun.analysis.stats import p_text
+
+    assert [p_text(p) for p in (None, 0.6751, 0.01789, 0.0012, 8.1e-05, 0.000124)] == \
+        ["—", "0.68", "0.018", "0.0012", "8e-05", "1e-04"]

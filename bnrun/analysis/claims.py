@@ -36,7 +36,7 @@ from pathlib import Path
 from bnrun.analysis.grouping import PIVOT_FIELDS, RunFilter
 from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, METRICS, metric_value, scale, signed
 from bnrun.analysis.queries import filtered_runs
-from bnrun.analysis.stats import CONFIDENCE, holm_adjust, paired_t_test
+from bnrun.analysis.stats import CONFIDENCE, holm_adjust, p_text, paired_t_test
 from bnrun.config import TRAIN_FIELDS, TrainConfig
 from bnrun.errors import UsageError
 from bnrun.store import RunRecord, RunStatus, Store
@@ -395,10 +395,6 @@ def result_record(result: Result) -> dict:
     }
 
 
-def p_text(p: float | None) -> str:
-    return "—" if p is None else f"{p:.2g}" if p >= 0.001 else f"{p:.0e}"
-
-
 def numbers_text(result: Result) -> str:
     """'a − b +0.03 points, 95 % CI [−0.13, +0.19], n = 12, Holm p 0.01' (what each verdict rests on)."""
     if result.effect is None:
@@ -460,15 +456,18 @@ def markdown_detail(results: list[Result]) -> str:
 
 
 def latex(results: list[Result]) -> str:
-    """A booktabs table of the claims: id, rule, verdict, effect with its CI, n, Holm p."""
-    def escape(text: str) -> str:
-        return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+    """A booktabs longtable of the claims (it breaks across pages, its header repeated), two lines a claim as
+    the terminal's table: the id over its rule, the verdict over n, the effect over its CI, Holm p; numbers in
+    math mode, so that a minus is a minus."""
+    from bnrun.analysis.latex import latex_escape
 
-    rows = [r"\begin{tabular}{llllrl}", r"\toprule", r"claim & rule & verdict & effect [95\% CI] & $n$ & Holm $p$ \\",
-            r"\midrule"]
+    header = r"claim (rule) & verdict ($n$) & $a - b$ (95\% CI) & Holm $p$ \\"
+    rows = ["% needs \\usepackage{booktabs,longtable}", r"{\footnotesize", r"\begin{longtable}{llrr}", r"\toprule",
+            header, r"\midrule", r"\endhead", r"\bottomrule", r"\endfoot"]
     for result in results:
-        ci = "" if not result.ci else f" [{result.ci[0]:+.2f}, {result.ci[1]:+.2f}]"
-        effect = "--" if result.effect is None else f"{result.effect:+.2f}{ci}"
-        rows.append(f"{escape(result.claim.id)} & {escape(rule_text(result.claim))} & {result.verdict} & {effect} & "
-                    f"{result.n} & {p_text(result.p_holm)} \\\\")
-    return "\n".join([*rows, r"\bottomrule", r"\end{tabular}"])
+        ci = "" if not result.ci else f"$[{result.ci[0]:+.2f}, {result.ci[1]:+.2f}]$"
+        effect = "--" if result.effect is None else f"${result.effect:+.2f}$"
+        rows.append(f"{latex_escape(result.claim.id)} & {result.verdict} & {effect} & "
+                    f"{latex_escape(p_text(result.p_holm))} \\\\")
+        rows.append(f"\\quad {latex_escape(rule_text(result.claim))} & $n = {result.n}$ & {ci} & \\\\[2pt]")
+    return "\n".join([*rows, r"\end{longtable}", "}"])

@@ -9,16 +9,18 @@ from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
 from bnrun.analysis.grouping import Comparison, Report
 from bnrun.analysis.metrics import METRICS, scaled_pair
 from bnrun.analysis.pivots import Cell, Pivot
-from bnrun.analysis.stats import Summary
+from bnrun.analysis.stats import Summary, p_text
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "<": r"$<$", ">": r"$>$", "≥": r"$\geq$", "≤": r"$\leq$", "η": r"$\eta$", "β": r"$\beta$",
-                  "∇": r"$\nabla$", "·": r"$\cdot$", "‖": r"$\|$"}
+                  "∇": r"$\nabla$", "·": r"$\cdot$", "‖": r"$\|$", "−": r"$-$", "±": r"$\pm$"}
 
 
 def latex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in text).replace("−", "-").replace("±", r"$\pm$")
+    """`text` in LaTeX's text mode: its specials escaped, and "--" (an option's dashes, --where) kept as two
+    hyphens rather than set as an en dash."""
+    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in text).replace("--", "-{}-")
 
 
 def math_cell(value: str, bold: bool) -> str:
@@ -73,8 +75,8 @@ def comparisons_table(comparisons: tuple[Comparison, ...], label: str) -> list[s
             f"${mean:+.2f}" + ("" if std is None else f" \\pm {std:.2f}") + "$",
             "--" if low is None else f"$[{low:+.2f}, {high:+.2f}]$",
             str(c.test.n),
-            number(c.test.p_value),
-            number(c.test.p_holm, bold=c.test.significant()),
+            p_cell(c.test.p_value),
+            p_cell(c.test.p_holm, bold=c.test.significant()),
         ]
         rows.append(" & ".join(cells) + r" \\")
     if not rows:
@@ -82,6 +84,10 @@ def comparisons_table(comparisons: tuple[Comparison, ...], label: str) -> list[s
     caption = latex_escape(texts.comparisons_heading(comparisons).rstrip(":")) + "; bold: significant after Holm."
     header = ["comparison", "difference", "95\\% CI", "$n$", "$p$", "Holm $p$"]
     return ["", *latex_table(caption, label, "p{0.5\\linewidth}rrrrr", header, rows, False).splitlines()[1:]]
+
+
+def p_cell(p: float | None, bold: bool = False) -> str:
+    return "--" if p is None else math_cell(p_text(p).replace("e-0", "e-"), bold)
 
 
 def number(value: float | None, bold: bool = False) -> str:

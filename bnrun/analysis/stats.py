@@ -10,6 +10,11 @@ MIN_TRIALS = 3  # below this a comparison is flagged: the t-test has too few deg
 CONFIDENCE = 0.95
 
 
+def p_text(p: float | None) -> str:
+    """A p-value as every view prints it: two significant digits, one below 0.001 ('0.013', '8e-05'); '—' for none."""
+    return "—" if p is None else f"{p:.2g}" if p >= 0.001 else f"{p:.0e}"
+
+
 @dataclass(frozen=True)
 class Summary:
     n: int
@@ -50,12 +55,12 @@ class PairedTest:
     def verdict(self, alpha: float = 0.05) -> str:
         if self.n < 2 or self.p_value is None:
             return f"n={self.n}: cannot test"
-        holm = "" if self.p_holm is None else f", Holm p={self.p_holm:.3g}"
+        holm = "" if self.p_holm is None else f", Holm p={p_text(self.p_holm)}"
         word = "significant" if self.significant(alpha) else "not significant"
         if self.p_holm is not None:
             word += " after Holm"
         few = f" (n < {MIN_TRIALS}: too few seeds to rely on)" if self.too_few else ""
-        return f"n={self.n}: {word} (p={self.p_value:.3g}{holm}){few}"
+        return f"n={self.n}: {word} (p={p_text(self.p_value)}{holm}){few}"
 
 
 def paired_t_test(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> PairedTest:

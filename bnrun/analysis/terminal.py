@@ -17,7 +17,7 @@ from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
 from bnrun.analysis.grouping import Comparison, Report
 from bnrun.analysis.metrics import METRICS, digits, scaled_pair, signed
 from bnrun.analysis.pivots import Pivot
-from bnrun.analysis.stats import MIN_TRIALS
+from bnrun.analysis.stats import MIN_TRIALS, p_text
 from bnrun.store import RunStatus
 
 
@@ -149,7 +149,7 @@ def comparison_cells(c: Comparison) -> list[str]:
 
 
 def num(p: float | None) -> str:
-    return "—" if p is None else f"{p:.2g}"
+    return p_text(p)
 
 
 def report_table(report: Report, wide: bool = False) -> Group:

@@ -180,7 +180,7 @@ DbOption = Annotated[
 DataDirOption = Annotated[
     Optional[Path],
     option("An existing directory where Fashion-MNIST lives or is fetched to (env BNRUN_DATA_DIR; default "
-           "~/.cache/bnrun/data, made when needed); /usr/share/datasets/fashion-mnist is only read.", "--data-dir"),
+           "~/.cache/bnrun/data); the system copy is only read.", "--data-dir"),
 ]
 WhereOption = Annotated[
     Optional[list[str]],
@@ -584,17 +584,17 @@ def plot(
 @app.command()
 @friendly_errors
 def compare(
-    a: Annotated[Optional[int], typer.Argument(help="The first run.", show_default=False)] = None,
-    b: Annotated[Optional[int], typer.Argument(help="The second run.", show_default=False)] = None,
+    first: Annotated[Optional[int], typer.Argument(help="The first run (a).", show_default=False)] = None,
+    second: Annotated[Optional[int], typer.Argument(help="The second run (b).", show_default=False)] = None,
     db: DbOption = None,
 ) -> None:
     """Two runs side by side: the options that differ, the final metrics and their difference, the curves."""
     from bnrun.cli import actions, views
     from bnrun.requests.parsing import require
 
-    require(a is not None and b is not None, "compare: give two run ids, e.g. bnrun compare 11 12")
+    require(first is not None and second is not None, "compare: give two run ids, e.g. bnrun compare 11 12")
 
-    for table in views.comparison_tables(actions.compare_stored(db, a, b)):
+    for table in views.comparison_tables(actions.compare_stored(db, first, second)):
         out.print(table)
 
 

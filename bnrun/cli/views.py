@@ -511,8 +511,9 @@ def plan_lines(plan: SweepPlan, store_name: str) -> list[str]:
 def claims_table(results: list) -> Table:
     """`bnrun claims`: one row per claim (its id, rule, verdict, effect with its 95 % CI, n, Holm p); the
     statements, the evidence audit and the trials missing are in --format markdown and json."""
-    from bnrun.analysis.claims import p_text, rule_text
+    from bnrun.analysis.claims import rule_text
     from bnrun.analysis.metrics import signed
+    from bnrun.analysis.stats import p_text
 
     table = Table(title="bnrun claims", box=box.SIMPLE_HEAD, caption="a − b in points; --format json, or markdown "
                   "with --detail, for the statements, missing trials and each claim's commits and CPUs")

@@ -26,6 +26,7 @@ from bnrun.analysis.export import EXPORT_FORMATS
 from bnrun.analysis.grouping import PIVOT_FIELDS
 from bnrun.analysis.metrics import METRICS
 from bnrun.analysis.metrics import signed as signed_text
+from bnrun.analysis.stats import p_text
 from bnrun.config import option_text
 from bnrun.errors import NothingMatched, RunNotFound, StoreError, UsageError
 from bnrun.store import RunStatus, Store
@@ -49,6 +50,7 @@ SECURITY_HEADERS = {
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("bnrun.web"), autoescape=select_autoescape(default=True))
     env.filters["number"] = number_text
+    env.filters["p"] = p_text
     env.filters["when"] = lambda value: "" if value is None else value.isoformat(sep=" ", timespec="seconds")
     env.filters["figure_json"] = lambda figure: json.dumps(figure, default=str)
     env.filters["shown"] = option_text  # None, booleans and floats as the CLI shows them
