@@ -416,3 +416,12 @@ def test_every_view_prints_a_p_value_alike():
 
     assert [p_text(p) for p in (None, 0.6751, 0.01789, 0.0012, 8.1e-05, 0.000124)] == \
         ["—", "0.68", "0.018", "0.0012", "8e-05", "1e-04"]
+
+
+def test_a_band_on_a_log_axis_is_the_geometric_spread_and_stays_above_zero():
+    from bnrun.analysis.figures import center_and_band
+
+    centers, lows, highs = center_and_band([[0.01, 1.0, 100.0]], log=True)
+    assert centers == pytest.approx([1.0]) and lows[0] > 0 and lows[0] * highs[0] == pytest.approx(1.0)
+    means, lows, highs = center_and_band([[0.01, 1.0, 100.0]], log=False, bounds=(0.0, None))
+    assert means == pytest.approx([101.01 / 3]) and lows == [0.0]

@@ -6,6 +6,7 @@ their seeds as points instead of a band, and a figure refuses more series than i
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -280,16 +281,37 @@ def save(figure, output: Path, dpi: int, title: str, caption: str = "") -> Path:
     return output
 
 
+def center_and_band(values: list[list[float]], log: bool = False,
+                    bounds: tuple[float | None, float | None] = (None, None)) -> tuple[list, list, list]:
+    """Per position of `values` (each inner list a position's value per run): the line and its band's two
+    edges. The mean ± std, clipped to `bounds`; for a log axis (`log`, every value positive) the geometric
+    mean ×/÷ the geometric std, a band as wide above the line as below it where it is drawn."""
+    if log and all(value > 0 for column in values for value in column):
+        centers, spreads = mean_and_std([[math.log10(value) for value in column] for column in values])
+        return ([10 ** c for c in centers], [10 ** (c - s) for c, s in zip(centers, spreads)],
+                [10 ** (c + s) for c, s in zip(centers, spreads)])
+    low, high = bounds
+    means, stds = mean_and_std(values)
+
+    def clip(value: float) -> float:
+        value = value if low is None else max(low, value)
+        return value if high is None else min(high, value)
+
+    return means, [clip(m - s) for m, s in zip(means, stds)], [clip(m + s) for m, s in zip(means, stds)]
+
+
 def band(axis, series: dict[float, list[float]], label: str, scale: float = 1.0,
-         bounds: tuple[float | None, float | None] = (None, None)):
-    """A mean line with a ±std band (clipped to `bounds`) from {x: [value per run]}; returns the line."""
+         bounds: tuple[float | None, float | None] = (None, None), log: bool = False):
+    """A line with its band (center_and_band's) from {x: [value per run]}; returns the line."""
     xs = sorted(series)
-    means, stds = mean_and_std([[value * scale for value in series[x]] for x in xs])
-    (line,) = axis.plot(xs, means, marker="o", markersize=3, label=label)
-    fill_band(axis, xs, means, stds, line, bounds)
+    centers, lows, highs = center_and_band([[value * scale for value in series[x]] for x in xs], log, bounds)
+    (line,) = axis.plot(xs, centers, marker="o", markersize=3, label=label)
+    axis.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
     return line
 
 
+# A diagnostic's y axis, short (the panel's title says the rest); a log axis is marked so.
+DIAGNOSTIC_AXES = {"loss_ratio": "r(η)", "mode_gap": "gap (points)", "smoothness": "β", "grad_norm": "‖∇L‖"}
 DIAGNOSTIC_PLOTS = {
     # name: (kind, x axis: "x" (step size) or "epoch", y label, log x, log y)
     "loss_ratio": ("loss_ratio", "x", "one-step loss ratio r(η) at initialization", True, True),
@@ -316,10 +338,10 @@ def plot_diagnostic(
             series = drawn[id(group)]
             if not series:
                 continue
-            band(axis, series, f"{report.label(group)} (n={len(group.runs)})", bounds=(0.0, None) if log_y else
-                 (None, None))
+            band(axis, series, f"{report.label(group)} (n={len(group.runs)})", log=log_y)
         if name == "loss_ratio":
-            axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+            axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--", label="r = 1: the loss unchanged")
+        axis.set_ylabel(DIAGNOSTIC_AXES[name] + (" (log)" if log_y else ""))
         if log_x:
             log_scale(axis, x=True)
         if log_y:
@@ -331,7 +353,8 @@ def plot_diagnostic(
             epoch_axis(axis)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, loc="best")
-    return save(figure, output, dpi, "batch-norm diagnostics: mean ± std over seeds", recipe_line(report.recipe))
+    spread = "geometric mean ×/÷ geometric std" if log_y else "mean ± std"
+    return save(figure, output, dpi, f"batch-norm diagnostics: {spread} over seeds", recipe_line(report.recipe))
 
 
 def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]]]], output: Path, recipe: dict,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from bnrun.analysis.diagnostic_summaries import diagnostic_series, run_diagnostic
 from bnrun.analysis.figures import (
+    DIAGNOSTIC_AXES,
     DIAGNOSTIC_PLOTS,
     MAX_SERIES,
     PANELS,
+    center_and_band,
     curve,
-    mean_and_std,
     row_label,
     spans_decades,
 )
@@ -41,7 +42,6 @@ RUN_PANELS = (
     ("beta_smoothness", "β-smoothness per epoch", "effective β along ∇L", True),
     ("loss_range", "loss range along ∇L per epoch", "loss range", True),
 )
-SHORT_LABELS = {"loss_ratio": "r(η)", "mode_gap": "gap (points)", "smoothness": "β", "grad_norm": "‖∇L‖"}
 LAYER_KINDS = (("grad_norm", "gradient norm per layer", "‖∇‖ (log)", True),
                ("bn_input_std", "BN input std per layer", "std of the BN input", False))
 
@@ -148,14 +148,14 @@ def group_diagnostics(report: Report, diagnostics: dict, epochs: dict) -> list[F
             for group, series in ((g, s) for g, s in drawn if g.value("arch") == arch):
                 label = f"{without_arch(report.label(group), arch)}"
                 xs = sorted(series)
-                means, stds = mean_and_std([series[x] for x in xs])
-                low, high = band_of(means, stds, (0.0, None) if log_y else (None, None))
-                lines.append(Line(label, styles[id(group)], tuple(xs), tuple(means), low, high))
+                centers, low, high = center_and_band([series[x] for x in xs], log_y)
+                lines.append(Line(label, styles[id(group)], tuple(xs), tuple(centers), tuple(low), tuple(high)))
                 legend.setdefault(label, styles[id(group)])
             panels.append(Panel(f"{arch.upper()}: {name.replace('_', ' ')}", "step size η" if axis_field == "x"
-                                else "epoch", SHORT_LABELS[name], tuple(lines), x_log=log_x, y_log=log_y,
+                                else "epoch", DIAGNOSTIC_AXES[name], tuple(lines), x_log=log_x, y_log=log_y,
                                 integer_x=axis_field == "epoch", reference_y=1.0 if name == "loss_ratio" else None))
-        figures.append(Figure(f"diagnostic: {y_label}, mean ± std over seeds", tuple(panels),
+        spread = "geometric mean ×/÷ geometric std" if log_y else "mean ± std"
+        figures.append(Figure(f"diagnostic: {y_label}, {spread} over seeds", tuple(panels),
                               tuple(legend.items()), "diagnostic"))
     return figures
 
