@@ -551,3 +551,10 @@ def test_a_second_option_draws_the_sensitivity_at_each_of_its_values(client):
     assert "off the default recipe: epochs=10" in figure and "batch_size=16</p>" not in figure
     for query, status in (({"then": "lr"}, 400), ({"by": "lr", "then": "lr"}, 400), ({"by": "lr", "then": "x"}, 400)):
         assert client.get("/", params=query).status_code == status, query
+
+
+def test_runs_names_what_every_run_on_the_page_shares_and_heads_each_column_once(client):
+    page = client.get("/runs", params={"arch": "cnn", "per_page": 5}).text
+    assert "all on this page: arch=cnn" in page
+    headers = re.findall(r"<th[^>]*>(?:<a [^>]*>)?([^<]+)", page.split("<thead>")[1].split("</thead>")[0])
+    assert len(headers) == len(set(headers)), headers

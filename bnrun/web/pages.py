@@ -16,7 +16,7 @@ from bnrun.analysis.comparison import FINAL_METRICS
 from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
 from bnrun.analysis.export import RUN_COLUMNS, epoch_rows, render, run_rows
 from bnrun.analysis.grouping import Comparison, Report, value_order
-from bnrun.analysis.listing import RunQuery, option_value, sort_key_name, varying_options
+from bnrun.analysis.listing import RunQuery, option_value, shared_options, sort_key_name, varying_options
 from bnrun.analysis.machine import comparison_record, group_records
 from bnrun.analysis.metrics import METRICS, metric_value, scaled_pair
 from bnrun.analysis.pivots import Pivot
@@ -158,6 +158,7 @@ def runs_page(store: Store, page: RunsPage, choices: FilterChoices) -> dict:
         "page_tags": sorted({tag for run in runs for tag in labels[run.id].tags}),
         "runs": [run_row(run, labels[run.id], options, run.id in orphans) for run in runs],
         "options": options,
+        "shared": shared_options(runs),
         "metrics": {name: METRICS[name] for name in HEADLINE},
         "total": found.total,
         "page": page.page,
