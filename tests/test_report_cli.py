@@ -334,3 +334,12 @@ def test_an_output_with_its_formats_extension_or_another_is_written(study, tmp_p
     for name in ("runs.json", "runs.data"):
         result = invoke("export", "runs", "--format", "json", "--output", str(tmp_path / name), "--db", str(study))
         assert result.exit_code == 0 and json.loads((tmp_path / name).read_text()), result.stderr
+
+
+def test_a_metric_the_shown_trials_lack_is_said_not_left_as_blank_cells():
+    """The lr sweep's trials predate train acc. (population): gen_gap by lr has no value, and the notes say so;
+    the default recipe has the values, and no such note."""
+    lacking = invoke("report", "--metric", "gen_gap", "--by", "lr", "--db", str(SHIPPED))
+    assert lacking.exit_code == 0 and "no trial shown stores train − test acc." in " ".join(lacking.stdout.split())
+    held = invoke("report", "--metric", "gen_gap", "--db", str(SHIPPED))
+    assert held.exit_code == 0 and "no trial shown stores" not in held.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
 from bnrun.analysis.grouping import Comparison, Group, Report, spelled
-from bnrun.analysis.metrics import METRICS, digits, mean_std_text, scaled_pair, signed
+from bnrun.analysis.metrics import METRICS, digits, mean_std_text, metric_value, scaled_pair, signed
 from bnrun.analysis.pivots import Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS, Summary
 from bnrun.config import counted, impl_label
@@ -87,6 +87,8 @@ def is_best(report: Report, group: Group) -> bool:
 
 def footnotes(report: Report) -> list[str]:
     notes = caption_lines(report) + [f"mean ± sample std (n−1) over seeds; headline: {METRICS[report.metric]}"]
+    if all(metric_value(run, report.metric) is None for group in report.groups for run in group.runs):
+        notes.append(no_values_note(report.metric))
     if report.excluded:
         notes.append(
             "left out (not completed): " + ", ".join(f"{n} {status}" for status, n in sorted(report.excluded.items()))
@@ -183,10 +185,16 @@ def pivot_cells(pivot: Pivot, row: PivotRow) -> list[str]:
     return [row.cells[v].text(pivot.metric) if v in row.cells else "" for v in pivot.columns]
 
 
+def no_values_note(metric: str) -> str:
+    """Why every cell is empty: the trials shown lack the metric (trials stored before it was recorded)."""
+    return f"no trial shown stores {METRICS[metric]}; --where or --all selects others"
+
+
 def pivot_notes(pivot: Pivot) -> list[str]:
     held = "every other option held fixed at the default recipe" + (
         f" but {spelled_settings(pivot.held)}" if pivot.held else "")
-    return [held, *pivot.left_out,
+    empty = all(cell.summary.mean is None for row in pivot.rows for cell in row.cells.values())
+    return [held, *pivot.left_out, *([no_values_note(pivot.metric)] if empty else []),
         f"{METRICS[pivot.metric]} by {pivot.by}: mean ± sample std over seeds of the completed trials; "
         f"'diverged k/n': k of the n trials that ran to an outcome diverged (they are not in the mean)"
     ]
