@@ -551,7 +551,8 @@ def plot(
             "DIAGNOSTIC.png)."
         ),
     ] = None,
-    everything: AllOption = False,
+    everything: Annotated[bool, option("Every trial the filters select, rather than one recipe's; a figure tells "
+                                       "only a few series apart, so narrow --all with --where.", "--all")] = False,
     filters: FilterOptions = NO_FILTER,
     metric: Annotated[
         Optional[str], option("The metric for --x (as in report; default test_acc_population).", show_default=False)
