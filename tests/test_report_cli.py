@@ -343,3 +343,9 @@ def test_a_metric_the_shown_trials_lack_is_said_not_left_as_blank_cells():
     assert lacking.exit_code == 0 and "no trial shown stores train − test acc." in " ".join(lacking.stdout.split())
     held = invoke("report", "--metric", "gen_gap", "--db", str(SHIPPED))
     assert held.exit_code == 0 and "no trial shown stores" not in held.stdout
+
+
+def test_every_options_value_in_a_report_is_spelled_as_the_command_line_spells_it():
+    markdown = invoke("report", "--all", "--format", "markdown", "--db", str(SHIPPED)).stdout
+    cells = {cell.strip() for line in markdown.splitlines() if line.startswith("|") for cell in line.split("|")}
+    assert not {"None", "True", "False", "0.0"} & cells and "—" in cells

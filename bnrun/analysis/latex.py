@@ -10,11 +10,12 @@ from bnrun.analysis.grouping import Comparison, Report
 from bnrun.analysis.metrics import METRICS, scaled_pair
 from bnrun.analysis.pivots import Cell, Pivot
 from bnrun.analysis.stats import Summary, p_text
+from bnrun.config import option_text
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "<": r"$<$", ">": r"$>$", "≥": r"$\geq$", "≤": r"$\leq$", "η": r"$\eta$", "β": r"$\beta$",
-                  "∇": r"$\nabla$", "·": r"$\cdot$", "‖": r"$\|$", "−": r"$-$", "±": r"$\pm$"}
+                  "∇": r"$\nabla$", "·": r"$\cdot$", "‖": r"$\|$", "−": r"$-$", "±": r"$\pm$", "—": r"\textemdash{}"}
 
 
 def latex_escape(text: str) -> str:
@@ -139,7 +140,7 @@ def report_latex(report: Report, standalone: bool = False) -> str:
             group.value("arch").upper(),
             texts.PLACEMENT_NAMES.get(group.value("bn"), group.value("bn")),
             texts.impl_name(group),
-            *(str(group.value(v)) for v in report.varying),
+            *(option_text(group.value(v)) for v in report.varying),
             texts.seeds_cell(group),
         ]
         cells = [latex_escape(c) for c in cells]

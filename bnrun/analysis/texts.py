@@ -8,7 +8,7 @@ from bnrun.analysis.grouping import Comparison, Group, Report, spelled
 from bnrun.analysis.metrics import METRICS, digits, mean_std_text, metric_value, scaled_pair, signed
 from bnrun.analysis.pivots import Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS, Summary
-from bnrun.config import counted, impl_label
+from bnrun.config import counted, impl_label, option_text
 
 COLUMNS = ("test_acc_population", "test_acc_running", "best_val_acc", "train_loss", "seconds_per_epoch")
 NARROW = ("test_acc_population", "test_acc_running")  # the terminal table's metrics without --wide
@@ -54,7 +54,8 @@ def header_names(report: Report, wide: bool = True) -> list[str]:
 
 
 def row_values(report: Report, group: Group, wide: bool = True) -> list[str]:
-    return [group.value("arch"), group.value("bn"), impl_name(group), *(str(group.value(v)) for v in report.varying),
+    return [group.value("arch"), group.value("bn"), impl_name(group),
+            *(option_text(group.value(v)) for v in report.varying),
             seeds_cell(group), *(plain_cell(group.stats[c], c) for c in columns(report, wide))]
 
 
