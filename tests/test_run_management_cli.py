@@ -46,6 +46,9 @@ def test_compare_shows_the_configuration_diff_metrics_and_curves_at_80_columns(m
     assert "test acc. (population)" in text and "pp" in text  # metrics side by side with the difference
     assert re.search(r"^\s*1\s+\d\.\d{3}", text, re.M)  # epoch 1's curve row
     assert "custom+fused" in text
+    assert not re.search(r"\s-\d[\d.]*(?: pp| s)?\s*$", text, re.M)  # differences with a true minus sign
+    loss = next(line for line in text.splitlines() if line.strip().startswith("final train loss"))
+    assert re.fullmatch(r"[+−]\d\.\d{4}", loss.split()[-1]), loss  # in the loss column's 4 decimals
 
 
 def test_compare_refuses_an_unknown_run(mlp_trials):

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bnrun.analysis.diagnostic_summaries import mode_gap
+from bnrun.analysis.metrics import signed
 from bnrun.config import TRAIN_FIELDS, counted, impl_label, option_text
 from bnrun.registry import OPTIONS, PATH
 from bnrun.store import CheckpointInfo, DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord, RunStatus
@@ -399,19 +400,20 @@ def evaluations_table(evaluations: list[EvaluationRecord]) -> Table | None:
 
 
 def difference(kind: str, a: float | None, b: float | None) -> str:
+    """b − a in a's column's decimals, with a true minus sign."""
     if a is None or b is None:
         return "—"
     if kind == "pct":
-        return f"{100 * (b - a):+.2f} pp"
-    return f"{b - a:+.4g}" + (" s" if kind == "seconds" else "")
+        return f"{signed(100 * (b - a), 2)} pp"
+    return f"{signed(b - a, 2)} s" if kind == "seconds" else signed(b - a, 4)
 
 
 def metric_text(kind: str, value: float | None) -> str:
     if kind == "pct":
         return pct_sign(value)
     if kind == "seconds":
-        return "—" if value is None else f"{value:.3g} s"
-    return num(value)
+        return "—" if value is None else f"{value:.1f} s"
+    return num(value, ".4f")
 
 
 def comparison_tables(diff: RunDiff) -> list:
@@ -438,8 +440,8 @@ def comparison_tables(diff: RunDiff) -> list:
     for epoch, ea, eb in diff.curves:
         curves.add_row(
             str(epoch),
-            num(ea and ea.train_loss),
-            num(eb and eb.train_loss),
+            num(ea and ea.train_loss, ".4f"),
+            num(eb and eb.train_loss, ".4f"),
             pct(ea and ea.val_acc),
             pct(eb and eb.val_acc),
         )
@@ -512,7 +514,6 @@ def claims_table(results: list) -> Table:
     """`bnrun claims`: one row per claim (its id, rule, verdict, effect with its 95 % CI, n, Holm p); the
     statements, the evidence audit and the trials missing are in --format markdown and json."""
     from bnrun.analysis.claims import rule_text
-    from bnrun.analysis.metrics import signed
     from bnrun.analysis.stats import p_text
 
     table = Table(title="bnrun claims", box=box.SIMPLE_HEAD, caption="a − b in points; --format json, or markdown "
