@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 from torchvision.datasets import FashionMNIST
 from typer.testing import CliRunner
@@ -16,6 +17,7 @@ from bnrun.training.data import CLASSES, check_available, load, standardized
 from conftest import SHIPPED
 
 
+@pytest.mark.slow  # a pass over the 10,000 test images
 def test_raw_uint8_test_images_give_the_stored_accuracy(tmp_path):
     db, target = tmp_path / "s.db", tmp_path / "model.pt"
     shutil.copyfile(SHIPPED, db)

@@ -226,6 +226,7 @@ def test_standalone_latex_compiles_fits_the_page_and_carries_comparisons_and_dia
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None and not os.environ.get("CI"),
                     reason="pdflatex comes with texlive-latex-recommended, which .ci/run installs; CI never skips this")
+@pytest.mark.slow  # pdflatex
 def test_the_claims_latex_breaks_across_pages_within_the_width_with_true_minus_signs(tmp_path):
     """Every shipped claim in one longtable: it compiles, no line is wider than the page, its numbers are in
     math mode (a minus, not a hyphen), and an option's dashes in the report's notes stay two hyphens."""

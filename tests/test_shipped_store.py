@@ -109,6 +109,7 @@ def test_regularization_study_sizes_dropout_placements(shipped_copy, dropout):
     assert all(found[bn, 1000]["mean"] > found[bn, 55000]["mean"] for bn in PLACEMENTS)  # more data, smaller gap
 
 
+@pytest.mark.slow  # a pass over the 10,000 test images (test_cli_train's eval test covers the path by default)
 def test_eval_run_12_reproduces_stored_accuracy(shipped_copy):
     result = runner.invoke(app, ["eval", "12", "--save", "--db", str(shipped_copy)])
     assert result.exit_code == 0, result.output
