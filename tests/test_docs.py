@@ -110,6 +110,7 @@ def test_the_cli_reference_is_what_bnrun_prints():
     assert (REPO / "docs" / "cli.md").read_text() == render(), "run python scripts/cli_reference.py"
 
 
+@pytest.mark.slow  # two subprocesses of the script (test_the_cli_reference_is_what_bnrun_prints checks the page)
 def test_the_reference_script_checks_and_writes(tmp_path):
     spec = importlib.util.spec_from_file_location("cli_reference", REPO / "scripts" / "cli_reference.py")
     script = importlib.util.module_from_spec(spec)

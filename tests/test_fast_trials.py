@@ -128,6 +128,7 @@ def test_bf16_where_the_cpu_lacks_bf16_units_is_one_line_and_creates_nothing(tmp
     assert not db.exists()
 
 
+@pytest.mark.slow  # a whole trial in bfloat16
 def test_bf16_trial_end_to_end(tmp_path, monkeypatch):
     """A bf16 trial (autocast, the kernel's bf16 path) trains, records what ran, and `eval`
     reproduces its accuracy exactly. On a CPU without bf16 units the refusal is lifted for this test

@@ -134,6 +134,7 @@ def copy_of(grid_store, tmp_path, name: str):
     return db, trained_run(db)
 
 
+@pytest.mark.slow  # passes over the test set at each batch size
 def test_eval_with_batch_statistics(grid_store, tmp_path):
     db, run_id = copy_of(grid_store, tmp_path, "copy.db")
     result = invoke("eval", str(run_id), "--batch-stats", "2,8,32", "--save", "--db", str(db))
