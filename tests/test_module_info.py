@@ -21,7 +21,15 @@ def batch_norm_module_infos() -> list:
 
 
 def samples() -> list:
-    """(id, module class, constructor args, constructor kwargs, input, dtype, training) for every sample."""
+    """(id, module class, constructor args, constructor kwargs, input, dtype, training) for every sample.
+    The inputs are drawn under a fixed seed, as torch's own TestCase seeds them: a float32 γ gradient sums
+    dy·x̂ with cancellation, and unseeded draws put it past the default tolerance now and then."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return _drawn_samples()
+
+
+def _drawn_samples() -> list:
     found = []
     for info in batch_norm_module_infos():
         for dtype in info.dtypes:
