@@ -117,6 +117,7 @@ def test_shipped_trials_keep_their_keys():
     (["--dropout", "-0.1"], "--dropout must be"),
     (["--depth", "0"], "--depth must be"),
     (["--width", "abc"], "--width: 'abc' is not an integer"),
+    (["--width", "１２８"], "--width: '１２８' is not an integer"),  # full-width digits, which int() would read
 ])
 def test_bad_model_options_get_one_line(args, message, isolated_store):
     result = invoke("train", "--arch", "mlp", *args, *SMOKE)

@@ -107,7 +107,7 @@ def test_where_filters_on_any_option_as_spelled_on_the_command_line():
     assert kept("augment=no") == [3] and kept("augment=yes") == [1, 2]  # as option_text prints a switch
     assert kept("lr=0.05,0.1") == [1, 2, 3] and kept("lr=0.05,0.1", "lr=0.1,0.3") == [1, 3]
     for bad in ("lr", "lr=", "speed=3", "lr=abc", "augment=maybe", "epochs=1.5", "arch=resnet", "lr=none",
-                "lr=0.1,,0.2", "lr=0.1,"):
+                "lr=0.1,,0.2", "lr=0.1,", "lr=٠.١", "epochs=１０"):
         with pytest.raises(UsageError, match="--where"):
             parse_where([bad])
     with pytest.raises(UsageError, match="contradictory"):

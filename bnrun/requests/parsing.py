@@ -69,6 +69,14 @@ def optional_list(value: str | None, allowed: tuple[str, ...], option: str) -> t
     return split_list(value, allowed, option) if value else ()
 
 
+def number(text: str, kind: type) -> int | float:
+    """`kind(text)` for ASCII text only: Python reads other scripts' digits too (float('٠.١') is 0.1), which
+    a stored query or a caption would then echo as typed. ValueError otherwise."""
+    if not text.isascii():
+        raise ValueError(text)
+    return kind(text)
+
+
 def parse_numbers(text: str | int | float, kind: type, option: str, minimum: float, strict: bool = False,
                   maximum: float = STORED_INT_MAX) -> tuple:
     """'0.01,0.1,1' -> (0.01, 0.1, 1.0): a comma list of numbers, each ≥ minimum (> with strict) and
@@ -78,7 +86,7 @@ def parse_numbers(text: str | int | float, kind: type, option: str, minimum: flo
     values = []
     for part in parts:
         try:
-            value = kind(part)
+            value = number(part, kind)
         except ValueError:
             raise UsageError(f"{option}: {part!r} is not {'an integer' if kind is int else 'a number'}") from None
         bad = value <= minimum if strict else value < minimum
@@ -140,7 +148,7 @@ def option_value(name: str, text: str) -> object:
     if option_kind(name) is str:
         return text
     try:
-        value = option_kind(name)(text)
+        value = number(text, option_kind(name))
     except ValueError:
         kind = "an integer" if option_kind(name) is int else "a number"
         raise UsageError(f"{where}: {text!r} is not {kind}") from None
