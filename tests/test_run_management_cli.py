@@ -196,19 +196,21 @@ def test_export_runs_as_csv_and_json(mlp_trials, tmp_path):
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [row["id"] for row in rows] == ["3", "2"] and {row["lr"] for row in rows} == {"0.1"}
     target = tmp_path / "runs.json"
-    assert (
-        bnrun_in_process("export", "runs", "--format", "json", "--output", str(target), "--db", str(mlp_trials)).returncode == 0
-    )
+    written = bnrun_in_process("export", "runs", "--format", "json", "--output", str(target), "--db", str(mlp_trials))
+    assert written.returncode == 0 and written.stderr == f"wrote {target} (3 runs)\n"
     records = json.loads(target.read_text())
     assert [r["id"] for r in records] == [3, 2, 1] and records[-1]["status"] == "completed"
     assert isinstance(records[0]["test_acc_population"], float) and records[0]["tags"] == []
 
 
-def test_export_epochs(mlp_trials):
+def test_export_epochs(mlp_trials, tmp_path):
     result = bnrun_in_process("export", "epochs", "1", "2", "--db", str(mlp_trials))
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(row["run_id"], row["epoch"]) for row in rows] == [("1", "1"), ("2", "1")]
+    target = tmp_path / "epochs.csv"
+    written = bnrun_in_process("export", "epochs", "1", "2", "--output", str(target), "--db", str(mlp_trials))
+    assert written.stderr == f"wrote {target} (2 epochs of 2 runs)\n" and target.read_text() == result.stdout
     assert (
         json.loads(bnrun_in_process("export", "epochs", "1", "--format", "json", "--db", str(mlp_trials)).stdout)[0]["val_acc"]
         > 0
@@ -228,8 +230,10 @@ def test_exported_model_loads_with_weights_only_and_gives_the_same_logits(mlp_tr
     model = build_model(**saved["model"])
     model.load_state_dict(saved["state_dict"])
     store = Store(str(mlp_trials), read_only=True)
-    reference, population = rebuild_model(store.get_run(2), store.load_checkpoint(2))
+    run = store.get_run(2)
+    reference, population = rebuild_model(run, store.load_checkpoint(2))
     store.close()
+    assert saved["test_acc_percent"] == 100 * run.test_acc_population  # percent, as every view gives it
     load_population(reference, population)
     x = torch.randn(16, 1, 28, 28)
     torch.testing.assert_close(model.eval()(x), reference.eval()(x), rtol=0, atol=0)

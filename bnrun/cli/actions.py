@@ -13,7 +13,7 @@ from bnrun.analysis.comparison import RunDiff, diff_runs
 from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
 from bnrun.cli.options import BATCH_STATS, PlotRequest
-from bnrun.config import SweepConfig
+from bnrun.config import SweepConfig, counted
 from bnrun.errors import NothingMatched, UsageError, unknown_choice, writing
 from bnrun.requests.parsing import require
 from bnrun.store import RunLabels, RunRecord, RunStatus, Store
@@ -336,20 +336,24 @@ def restore_stored(db: str | None, run_ids: list[int]) -> tuple[list[int], list[
     return deleted, [run_id for run_id in run_ids if run_id not in deleted]
 
 
-def export_runs(db: str | None, query: RunQuery, fmt: str) -> str:
+def export_runs(db: str | None, query: RunQuery, fmt: str) -> tuple[str, str]:
+    """The runs as `fmt`, and how many they are ("12 runs")."""
     from bnrun.analysis import export
 
     runs, _, labels, _ = list_selected(db, query)
-    return export.render(export.run_rows(runs, labels), fmt, export.RUN_COLUMNS)
+    return export.render(export.run_rows(runs, labels), fmt, export.RUN_COLUMNS), counted(len(runs), "run")
 
 
-def export_epochs(db: str | None, run_ids: list[int], fmt: str) -> str:
+def export_epochs(db: str | None, run_ids: list[int], fmt: str) -> tuple[str, str]:
+    """The runs' epochs as `fmt`, and how many they are ("20 epochs of 2 runs")."""
     from bnrun.analysis import export
 
     with open_store(db, read_only=True) as store:
         ids = store_ids(store, run_ids)
         epochs = store.epochs_by_run(ids)
-    return export.render(export.epoch_rows({run_id: epochs[run_id] for run_id in ids}), fmt, export.EPOCH_COLUMNS)
+    rows = export.epoch_rows({run_id: epochs[run_id] for run_id in ids})
+    count = f"{counted(len(rows), 'epoch')} of {counted(len(ids), 'run')}"
+    return export.render(rows, fmt, export.EPOCH_COLUMNS), count
 
 
 def export_model(db: str | None, run_id: int, output: Path, statistics: str, data_dir: Path | None = None) -> dict:

@@ -709,7 +709,8 @@ def export_runs(
 
     fmt = export_format(fmt, output)
     query = selection.query(deleted)
-    say_wrote(actions.emit(actions.export_runs(db, query, fmt), output, out))
+    content, count = actions.export_runs(db, query, fmt)
+    say_wrote(actions.emit(content, output, out), f" ({count})")
 
 
 @export_app.command("epochs")
@@ -724,7 +725,8 @@ def export_epochs(
     from bnrun.requests.parsing import run_ids_of
 
     fmt = export_format(fmt, output)
-    say_wrote(actions.emit(actions.export_epochs(db, run_ids_of(runs), fmt), output, out))
+    content, count = actions.export_epochs(db, run_ids_of(runs), fmt)
+    say_wrote(actions.emit(content, output, out), f" ({count})")
 
 
 @export_app.command("model")

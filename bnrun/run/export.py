@@ -49,7 +49,7 @@ def export_model(run: RunRecord, blob: bytes, output: Path, statistics: str = "p
         "statistics": statistics,
         "run_id": run.id,
         "seed": run.seed,
-        "test_acc": run.test_acc_population if statistics == "population" else run.test_acc_running,
+        "test_acc_percent": 100 * (run.test_acc_population if statistics == "population" else run.test_acc_running),
         "bnrun_version": bnrun.__version__,
     }
     with writing(output), output.open("wb") as handle:
