@@ -349,3 +349,16 @@ def test_every_options_value_in_a_report_is_spelled_as_the_command_line_spells_i
     markdown = invoke("report", "--all", "--run-id", "1-6,782-787", "--format", "markdown", "--db", str(SHIPPED)).stdout
     cells = {cell.strip() for line in markdown.splitlines() if line.startswith("|") for cell in line.split("|")}
     assert not {"None", "True", "False", "0.0"} & cells and "—" in cells
+
+
+@pytest.mark.parametrize("args", [
+    ("report", "--metric", "a_metric_name_long_enough_to_pass_the_edge"),  # bnrun's own error
+    ("runs", "--an-option-nobody-has-defined"),  # click's
+])
+def test_an_error_folds_between_words_on_a_terminal_and_stays_one_line_when_piped(args):
+    piped = bnrun_in_process(*args, "--db", str(SHIPPED), env={"COLUMNS": "50"})
+    assert piped.returncode == 2 and len(piped.stderr.splitlines()) == 1
+    on_terminal = bnrun_in_process(*args, "--db", str(SHIPPED), env={"COLUMNS": "50", "FORCE_COLOR": "1"})
+    lines = on_terminal.stderr.splitlines()
+    assert len(lines) > 1 and all(len(line) <= 50 for line in lines)
+    assert " ".join(line.strip() for line in lines) == piped.stderr.strip()  # folded at spaces, no word cut

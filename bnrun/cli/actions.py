@@ -13,12 +13,13 @@ from bnrun.analysis.comparison import RunDiff, diff_runs
 from bnrun.analysis.listing import RunQuery, select_runs
 from bnrun.analysis.queries import ReportRequest, batch_stats_of, pivot_of, report_of
 from bnrun.cli.options import BATCH_STATS, PlotRequest
+from bnrun.cli.views import CommandConsole
 from bnrun.config import SweepConfig, counted
 from bnrun.errors import NothingMatched, UsageError, unknown_choice, writing
 from bnrun.requests.parsing import require
 from bnrun.store import RunLabels, RunRecord, RunStatus, Store
 
-stderr = Console(stderr=True)
+stderr = CommandConsole(stderr=True)
 
 
 @contextlib.contextmanager
@@ -37,7 +38,7 @@ def open_store(db: str | None, read_only: bool = False, create: bool = False) ->
 
 
 def notice(message: str) -> None:
-    stderr.print(f"bnrun: {message}", highlight=False, markup=False, soft_wrap=True)
+    stderr.say(f"bnrun: {message}")
 
 
 def train(sweep: SweepConfig, db: str | None, ray_options=None):

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from typer._click import core as click_core
 from typer._click import exceptions as click_errors  # Typer's own copy of Click: what its parser raises
 
 from bnrun.analysis.export import EXPORT_FORMATS
 from bnrun.analysis.metrics import METRICS
 from bnrun.cli.options import BATCH_STATS, EXECUTORS, REPORT_FORMATS, STATISTICS, TRAINING_DIAGNOSTICS, GridOptions
+from bnrun.cli.views import CommandConsole
 from bnrun.config import DEVICES
 from bnrun.errors import BnrunError, ExitCode, printable
 from bnrun.registry import MODEL, OPTIONS, PATH, RECIPE, STUDY, Option
@@ -79,7 +79,7 @@ class OneLineErrors(typer.core.TyperGroup):
             error.show()
             sys.exit(error.exit_code)
         except click_errors.ClickException as error:
-            err.print(one_line_click_error(error), markup=False, highlight=False, soft_wrap=True)
+            err.say(one_line_click_error(error))
             sys.exit(error.exit_code)
         except typer.Abort:
             err.print("bnrun: aborted", highlight=False)
@@ -107,17 +107,6 @@ def one_line_click_error(error: click_errors.ClickException) -> str:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=OneLineErrors,
                   help="Study a from-scratch Batch Norm on Fashion-MNIST: train, evaluate, report.")
-
-
-class CommandConsole:
-    """Rich's console, built afresh for each use: its width is COLUMNS if set, else the terminal's, else 80
-    (also when piped), read when the command prints, not when bnrun was imported."""
-
-    def __init__(self, **settings) -> None:
-        self.settings = settings
-
-    def __getattr__(self, name: str):
-        return getattr(Console(**self.settings), name)
 
 
 out = CommandConsole()
@@ -215,7 +204,7 @@ def friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except BnrunError as error:
-            err.print(f"bnrun: error: {printable(str(error))}", markup=False, highlight=False, soft_wrap=True)
+            err.say(f"bnrun: error: {printable(str(error))}")
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             err.print("bnrun: interrupted", highlight=False)

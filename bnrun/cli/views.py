@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rich import box
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -21,6 +22,23 @@ if TYPE_CHECKING:  # importing the run layer would pull in torch for every table
     from bnrun.run.plan import SweepPlan
     from bnrun.run.reevaluation import EvalResult
     from bnrun.run.reproduction import Reproduction
+
+class CommandConsole:
+    """Rich's console, built afresh for each use: its width is COLUMNS if set, else the terminal's, else 80
+    (also when piped), read when the command prints, not when bnrun was imported."""
+
+    def __init__(self, **settings) -> None:
+        self.settings = settings
+
+    def __getattr__(self, name: str):
+        return getattr(Console(**self.settings), name)
+
+    def say(self, message: str) -> None:
+        """A message (an error, a notice): one line where the stream is piped or a file, for grep and scripts;
+        folded between words on a terminal narrower than it, which would otherwise cut it mid-word."""
+        console = Console(**self.settings)
+        console.print(message, markup=False, highlight=False, soft_wrap=not console.is_terminal)
+
 
 STATUS_STYLE = {
     RunStatus.COMPLETED: "green",
