@@ -289,7 +289,7 @@ def test_report_tables_keep_every_label_and_number_whole(study, width, wide):
 @pytest.mark.parametrize("selection", [["--arch", "mlp"], ["--where", "lr=0.05"]])
 def test_report_fits_one_screen_with_one_line_per_comparison(study, selection):
     """At 80 columns: at most 50 lines, each paired comparison one line with its mean difference, 95% CI,
-    Holm's p and n."""
+    Holm's p and n (a column, or once in the heading where every comparison has the same)."""
     from bnrun.analysis.metrics import signed  # a true minus sign, as in "a − b"
 
     text = invoke("report", *selection, "--db", str(study), env=NARROW).stdout
@@ -300,8 +300,11 @@ def test_report_fits_one_screen_with_one_line_per_comparison(study, selection):
     for c in payload["comparisons"]:
         cells = [signed(100 * c["mean_diff"]), f"[{signed(100 * c['ci95_low'])},", f"{signed(100 * c['ci95_high'])}]",
                  f"{c['p_holm']:.2g}", str(c["n"])]
-        rows = [line.split() for line in text.splitlines() if line.startswith(c["arch"] + " ")]
-        assert any(row[-6:] == cells[:3] + row[-3:-2] + cells[3:] for row in rows), (c, text)
+        if f"n = {c['n']} pairs each" in " ".join(text.split()):
+            cells.pop()
+        rows = [line.split() for line in text.splitlines() if line.strip().startswith(c["arch"] + " ")]
+        held = len(cells) - 3  # after the raw p
+        assert any(row[-len(cells) - 1:] == cells[:3] + row[-held - 1:-held] + cells[3:] for row in rows), (c, text)
 
 
 def test_runs_fold_notes_at_word_boundaries(study, tmp_path):
@@ -362,3 +365,15 @@ def test_an_error_folds_between_words_on_a_terminal_and_stays_one_line_when_pipe
     lines = on_terminal.stderr.splitlines()
     assert len(lines) > 1 and all(len(line) <= 50 for line in lines)
     assert " ".join(line.strip() for line in lines) == piped.stderr.strip()  # folded at spaces, no word cut
+
+
+def test_a_pivots_comparisons_fit_80_columns_in_one_table_under_a_line_per_setting():
+    """Each value of the pivot heads its comparisons once, rather than ending every label (which took 85 columns
+    and split the table in two), and the one n they share is said in the heading."""
+    text = invoke("report", "--by", "lr", "--arch", "mlp", "--db", str(SHIPPED), env=NARROW).stdout
+    fits(text)
+    comparisons = text.split("paired comparisons")[1]
+    assert "(1/2)" not in comparisons and "n = 3 pairs each" in " ".join(comparisons.split())
+    settings = [line.strip() for line in comparisons.splitlines() if line.strip().startswith("at lr=")]
+    assert settings == ["at lr=0.003", "at lr=0.01", "at lr=0.03", "at lr=0.05", "at lr=0.1", "at lr=0.3", "at lr=1.0"]
+    assert not any(line.rstrip().endswith(tuple(settings)) for line in comparisons.splitlines()[1:] if "−" in line)

@@ -68,8 +68,10 @@ class ColumnChunks:
     FOLDED = 20  # the room a folded label column keeps at least
 
     def __init__(self, title: str, header: list[str], labels: int, rows: list[list[str]],
-                 folded: list[str] | None = None) -> None:
-        self.title, self.header, self.labels, self.rows = title, header, labels, rows
+                 folded: list[str] | None = None, fold_first: bool = False) -> None:
+        """`fold_first`: where the labels leave room for some numbers but not all, fold the labels rather
+        than split the numbers over tables, if that keeps every number in one table."""
+        self.title, self.header, self.labels, self.rows, self.fold_first = title, header, labels, rows, fold_first
         self.folded = folded or [", ".join(f"{h}={cell}" for h, cell in zip(header[:labels], row)) if labels > 1
                                  else row[0] for row in rows]
 
@@ -80,12 +82,19 @@ class ColumnChunks:
     def __rich_console__(self, console, options):
         widths = self.widths()
         labels, values = sum(widths[: self.labels]), widths[self.labels:]
+        folding_keeps_one_table = self.FOLDED + GAP + sum(values) - GAP <= options.max_width
+        if labels + sum(values) - GAP > options.max_width and self.fold_first and folding_keeps_one_table:
+            yield from self.folded_tables(widths, values, options.max_width)
+            return
         if labels + max(values, default=GAP) - GAP <= options.max_width:
             yield from self.tables(self.header, self.rows, self.labels, chunked(values, options.max_width - labels))
             return
+        yield from self.folded_tables(widths, values, options.max_width)
+
+    def folded_tables(self, widths: list[int], values: list[int], room: int):
         yield Text(f"(labels folded: a line per row needs {sum(widths) - GAP} columns)", style="dim")
         rows = [[label, *row[self.labels:]] for label, row in zip(self.folded, self.rows)]
-        chunks = chunked(values, options.max_width - self.FOLDED - GAP)
+        chunks = chunked(values, room - self.FOLDED - GAP)
         name = self.header[0] if self.labels == 1 else "group"
         yield from self.tables([name, *self.header[self.labels:]], rows, 1, chunks, fold=True)
 
@@ -113,9 +122,23 @@ def comparisons_block(comparisons: tuple[Comparison, ...]) -> list:
     heading = (f"paired comparisons, a − b in {metric} by seed (same seed = same initial weights and batch order); "
                f"{texts.holm_scope(comparisons)}:")
     header = ["a − b", "mean", "95% CI", "p", "Holm p", "n"]
-    rows = [[escape(pair_label(c.a, c.b) + (f" at {c.setting}" if c.setting else "")), *comparison_cells(c)]
-            for c in shown]
-    return [Text(heading, style="bold"), ColumnChunks("", header, 1, rows)]
+    rows = comparison_rows(shown)
+    if len({c.test.n for c in shown}) == 1 and not shown[0].test.too_few:  # one n: said once, not a column
+        heading = heading.removesuffix(":") + f"; n = {shown[0].test.n} pairs each:"
+        header, rows = header[:-1], [row[:-1] for row in rows]
+    return [Text(heading, style="bold"), ColumnChunks("", header, 1, rows, fold_first=True)]
+
+
+def comparison_rows(shown: list[Comparison]) -> list[list[str]]:
+    """A row per comparison; those made at a setting (a pivot's value, a grid's point) under a line naming it,
+    once for the comparisons in a row that share it, rather than at the end of every label."""
+    rows, setting = [], None
+    for c in shown:
+        if c.setting and c.setting != setting:
+            rows.append([f"[dim]at {escape(c.setting)}[/]", *[""] * 5])
+        setting = c.setting
+        rows.append([("  " if c.setting else "") + escape(pair_label(c.a, c.b)), *comparison_cells(c)])
+    return rows
 
 
 def pair_label(a: str, b: str) -> str:
