@@ -374,7 +374,10 @@ def test_a_log_axis_is_labelled_in_plain_decimals(drawn, tmp_path):
     assert {"0.1", "0.2", "0.4"} <= set(labels) and not any("10^" in label or "×" in label for label in labels), labels
 
 
-def test_plot_against_option_draws_diverged_trials_on_the_axis_with_their_own_legend_entry(drawn, tmp_path):
+def test_plot_against_option_marks_diverged_and_chance_cells_at_their_own_value(drawn, tmp_path):
+    """At lr=3 one line diverged and the other ended at chance: both marks stand at x=3, where the data's axis
+    draws 3 (no lr that was not run), one above the other below the data, each with its count; the legend names
+    each kind of mark once."""
     from bnrun.analysis import figures
     from bnrun.analysis.pivots import Cell, Pivot, PivotRow
 
@@ -387,12 +390,15 @@ def test_plot_against_option_draws_diverged_trials_on_the_axis_with_their_own_le
     figures.plot_against_option(pivot, tmp_path / "lr.png", "test acc.", 100.0)
     figure, title = drawn[0]
     assert "off the default recipe: epochs=10" in title
-    (axis,) = figure.axes
     figure.canvas.draw()
-    bottom = axis.transAxes.transform((0, 0))[1]
-    for kind in ("x", "v"):
-        (mark,) = [line for line in axis.lines if line.get_marker() == kind]
-        assert mark.get_transform().transform(mark.get_xydata())[0][1] == pytest.approx(bottom)  # on the axis
+    axis = figure.axes[0]
+    marks = [line for panel in figure.axes for line in panel.lines if line.get_marker() in ("x", "v")]
+    assert sorted(mark.get_marker() for mark in marks) == ["v", "x"]
+    assert all(list(mark.get_xdata()) == [3.0] for mark in marks)
+    at = [tuple(mark.get_transform().transform(mark.get_xydata())[0]) for mark in marks]
+    assert [x for x, _ in at] == pytest.approx([axis.transData.transform((3.0, 50.0))[0]] * 2)
+    assert len({y for _, y in at}) == 2 and all(y < axis.get_window_extent().y0 for _, y in at)
+    assert sorted(text.get_text() for panel in figure.axes for text in panel.texts) == ["3/3", "3/3"]
     labels = [text.get_text() for text in axis.get_legend().get_texts()]
     assert "diverged (k/n trials)" in labels and any(label.startswith("chance level") for label in labels)
 
