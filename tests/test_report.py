@@ -374,6 +374,25 @@ def test_a_log_axis_is_labelled_in_plain_decimals(drawn, tmp_path):
     assert {"0.1", "0.2", "0.4"} <= set(labels) and not any("10^" in label or "×" in label for label in labels), labels
 
 
+@pytest.mark.parametrize("low, high", [(0.12, 0.85), (0.3, 0.9), (0.02, 3.0), (0.0011, 9.0), (3.0, 4000.0)])
+def test_a_log_axis_is_labelled_along_its_whole_length(low, high):
+    """A training loss from 0.12 to 0.85 once showed no label below 0.2: no stretch of a log axis, its ends
+    included, runs past a quarter of its length without a label."""
+    from bnrun.analysis import figures
+
+    figure, axis = figures.plt.subplots()
+    axis.plot([1, 2], [low, high])
+    figures.log_scale(axis)
+    figure.canvas.draw()
+    bottom, top = axis.get_ylim()
+    labelled = [t.get_position()[1] for t in (*axis.get_yticklabels(), *axis.get_yticklabels(minor=True))
+                if t.get_text() and bottom <= t.get_position()[1] <= top]
+    figures.plt.close(figure)
+    at = sorted(math.log(value / bottom) / math.log(top / bottom) for value in labelled)  # 0 bottom, 1 top
+    gaps = [b - a for a, b in zip([0.0, *at], [*at, 1.0])]
+    assert bottom <= low and high <= top and max(gaps) <= 0.25, (labelled, gaps)
+
+
 def test_plot_against_option_marks_diverged_and_chance_cells_at_their_own_value(drawn, tmp_path):
     """At lr=3 one line diverged and the other ended at chance: both marks stand at x=3, where the data's axis
     draws 3 (no lr that was not run), one above the other below the data, each with its count; the legend names

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, StrMethodFormatter  # noqa: E402
 
 from bnrun.analysis.diagnostic_summaries import diagnostic_series  # noqa: E402
 from bnrun.analysis.grouping import Group, Report  # noqa: E402
@@ -108,19 +108,51 @@ def plot_learning_curves(
     return save(figure, output, dpi, "Fashion-MNIST learning curves: mean ± std over seeds", recipe_line(report.recipe))
 
 
-class DecimalLogFormatter(LogFormatter):
-    """A log axis's tick labels as plain decimals (0.2, not 2×10⁻¹), on the ticks matplotlib labels."""
-
-    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
-        return f"{x:g}"
+# The mantissas a log axis may label in each decade, coarsest first: it takes the first that leaves no stretch of
+# more than LOG_GAP of its length unlabelled, its ends included.
+LOG_MANTISSAS = ((1,), (1, 3), (1, 2, 5), (1, 1.5, 2, 3, 4, 6), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8))
+LOG_GAP = 0.25
 
 
 def log_scale(axis, x: bool = False) -> None:
-    """`axis`'s y (with `x`, its x) on a log scale, labelled in plain decimals."""
+    """`axis`'s y (with `x`, its x) on a log scale, labelled in plain decimals (0.2, not 2×10⁻¹) along its whole
+    length (log_view)."""
     (axis.set_xscale if x else axis.set_yscale)("log")
+    low, high, labelled = log_view(*(axis.get_xlim() if x else axis.get_ylim()))
+    (axis.set_xlim if x else axis.set_ylim)(low, high)
     ticks = axis.xaxis if x else axis.yaxis
-    ticks.set_major_formatter(DecimalLogFormatter())
-    ticks.set_minor_formatter(DecimalLogFormatter(labelOnlyBase=False))
+    ticks.set_major_locator(FixedLocator(labelled))
+    ticks.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ticks.set_minor_formatter(NullFormatter())
+
+
+def log_view(low: float, high: float) -> tuple[float, float, list[float]]:
+    """A log axis's limits and labelled values: those of the coarsest LOG_MANTISSAS that label it every LOG_GAP of
+    its length (the finest where none does)."""
+    for mantissas in LOG_MANTISSAS:
+        view = labelled_view(low, high, mantissas)
+        if largest_gap(*view) <= LOG_GAP:
+            break
+    return view
+
+
+def labelled_view(low: float, high: float, mantissas: tuple[float, ...]) -> tuple[float, float, list[float]]:
+    """(low, high), an end widened to the next labelled value where none lies within LOG_GAP of it, and the values
+    the mantissas label between them."""
+    reach = (high / low) ** LOG_GAP
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    values = [float(f"{mantissa}e{decade}") for decade in decades for mantissa in mantissas]
+    if not any(low <= value <= low * reach for value in values):
+        low = max(value for value in values if value <= low)
+    if not any(high / reach <= value <= high for value in values):
+        high = min(value for value in values if value >= high)
+    return low, high, [value for value in values if low <= value <= high]
+
+
+def largest_gap(low: float, high: float, labelled: list[float]) -> float:
+    """The longest stretch of a log axis from `low` to `high` without a label, as a fraction of its length."""
+    at = [math.log(value / low) / math.log(high / low) for value in labelled]
+    return max(b - a for a, b in zip([0.0, *at], [*at, 1.0]))
 
 
 def epoch_axis(axis) -> None:
