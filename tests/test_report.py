@@ -356,9 +356,8 @@ def test_a_one_epoch_learning_curve_has_whole_epoch_ticks_a_clear_legend_and_its
     for axis in figure.axes:
         ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
         assert ticks == [1.0], ticks  # not 0.945 ... 1.050
-    axis = figure.axes[0]
-    legend = axis.get_legend().get_window_extent()
-    points = [axis.transData.transform(xy) for line in axis.lines for xy in line.get_xydata()]
+    legend = figure.axes[-1].get_legend().get_window_extent()
+    points = [axis.transData.transform(xy) for axis in figure.axes for line in axis.lines for xy in line.get_xydata()]
     assert points and not any(legend.contains(x, y) for x, y in points)
 
 
@@ -420,6 +419,51 @@ def test_plot_against_option_marks_diverged_and_chance_cells_at_their_own_value(
     assert sorted(text.get_text() for panel in figure.axes for text in panel.texts) == ["3/3", "3/3"]
     labels = [text.get_text() for text in axis.get_legend().get_texts()]
     assert "diverged (k/n trials)" in labels and any(label.startswith("chance level") for label in labels)
+
+
+@pytest.fixture
+def laid_out(monkeypatch):
+    """The figures as saved (laid out, written), kept open instead of closed."""
+    from bnrun.analysis import figures
+
+    kept, close = [], figures.plt.close
+    monkeypatch.setattr(figures.plt, "close", kept.append)
+    yield kept
+    for figure in kept:
+        close(figure)
+
+
+def test_a_legend_stands_beside_the_panels_and_covers_no_data(laid_out, tmp_path):
+    """A depth plot's legend once covered a band that loc="best" does not see: whatever the lines do, every
+    figure's legend lies outside each of its panels and inside the figure."""
+    from bnrun.analysis import figures
+    from bnrun.analysis.pivots import Cell, Pivot, PivotRow
+
+    depths = (1, 2, 4, 8, 16, 32)
+
+    def cells(*means):
+        return {d: Cell(summarize([m - 0.01, m, m + 0.01]), 0, 3, (), ()) for d, m in zip(depths, means)}
+
+    rows = tuple(PivotRow({"arch": "mlp", "bn": bn}, cells(*means), 0.1) for bn, means in
+                 (("pre", (0.9, 0.2, 0.9, 0.2, 0.9, 0.2)), ("post", (0.2, 0.9, 0.2, 0.9, 0.2, 0.9)),
+                  ("none", (0.5, 0.5, 0.9, 0.5, 0.5, 0.2))))
+    figures.plot_against_option(Pivot("depth", "test_acc_population", depths, ("arch", "bn"), rows, ()),
+                                tmp_path / "depth.png", "test acc.", 100.0)
+    runs = [make_run(i + 1, arch=arch, bn=bn, seed=0) for i, (arch, bn) in
+            enumerate((arch, bn) for arch in ("cnn", "mlp") for bn in ("pre", "post", "none"))]
+    epochs = {run.id: [EpochRecord(e, 1 / e, 0.5 + e / 30, 1 / e, 0.5 + e / 30, 0.1, 2.0, 1.5) for e in (1, 2, 3)]
+              for run in runs}
+    figures.plot_learning_curves(build_report(runs), epochs, tmp_path / "curves.png")
+    figures.plot_batch_stats([(f"bn={bn}", {2: [0.2 + k], 64: [0.9 - k], 512: [0.5]}) for k, bn in
+                              ((0.0, "pre"), (0.3, "post"))], tmp_path / "stats.png", {})
+    assert len(laid_out) == 3
+    for figure in laid_out:
+        figure.canvas.draw()
+        legends = [axis.get_legend().get_window_extent() for axis in figure.axes if axis.get_legend()]
+        assert legends, figure.axes
+        for legend in legends:
+            assert not any(legend.overlaps(axis.get_window_extent()) for axis in figure.axes)
+            assert figure.bbox.x0 <= legend.x0 and legend.x1 <= figure.bbox.x1
 
 
 def test_the_batch_statistics_legend_counts_the_runs_evaluated():

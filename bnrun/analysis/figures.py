@@ -85,7 +85,7 @@ def plot_learning_curves(
     groups = list(report.groups)
     check_series(len(groups), report.varying)
     archs = list(dict.fromkeys(g.value("arch") for g in groups))
-    figure, axes = plt.subplots(len(archs), len(PANELS), figsize=(11, 3.8 * len(archs)), squeeze=False)
+    figure, axes = plt.subplots(len(archs), len(PANELS), figsize=(14, 3.8 * len(archs)), squeeze=False)
     for row, arch in enumerate(archs):
         for column, (field, label, scale) in enumerate(PANELS):
             axis = axes[row][column]
@@ -104,7 +104,7 @@ def plot_learning_curves(
                 log_scale(axis)
             else:
                 within(axis, PERCENT_RANGE)
-        axes[row][0].legend(fontsize=8, loc="best")
+        outside_legend(axes[row][-1], *axes[row][0].get_legend_handles_labels())
     return save(figure, output, dpi, "Fashion-MNIST learning curves: mean ± std over seeds", recipe_line(report.recipe))
 
 
@@ -153,6 +153,16 @@ def largest_gap(low: float, high: float, labelled: list[float]) -> float:
     """The longest stretch of a log axis from `low` to `high` without a label, as a fraction of its length."""
     at = [math.log(value / low) / math.log(high / low) for value in labelled]
     return max(b - a for a, b in zip([0.0, *at], [*at, 1.0]))
+
+
+PANEL_WIDTH = 9.0  # inches of a panel with its legend to the right
+
+
+def outside_legend(axis, handles: list | None = None, labels: list[str] | None = None) -> None:
+    """The legend (of `handles` and `labels`, else the axis's own) to the right of the axis, outside it: no line,
+    band or count runs under it (loc="best" weighs lines alone, and a corner free of them can hold a band)."""
+    entries = (handles, labels) if handles is not None else ()
+    axis.legend(*entries, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def epoch_axis(axis) -> None:
@@ -224,10 +234,10 @@ STRIP_LEVEL = 0.22  # inches of the mark strip per mark stacked at one value
 def option_panels(count: int, levels: int) -> tuple:
     """The figure and, per panel, (its axes, the strip of `levels` stacked marks below it, None without marks)."""
     if not levels:
-        figure, axes = plt.subplots(1, count, figsize=(6.5 * count, 4.5), squeeze=False)
+        figure, axes = plt.subplots(1, count, figsize=(PANEL_WIDTH * count, 4.5), squeeze=False)
         return figure, [(axis, None) for axis in axes[0]]
     strip = STRIP_LEVEL * levels + 0.1
-    figure, axes = plt.subplots(2, count, figsize=(6.5 * count, 4.5 + strip), squeeze=False, sharex="col",
+    figure, axes = plt.subplots(2, count, figsize=(PANEL_WIDTH * count, 4.5 + strip), squeeze=False, sharex="col",
                                 height_ratios=(3.6, strip))
     return figure, list(zip(axes[0], axes[1]))
 
@@ -306,7 +316,7 @@ def unique_legend(axis, kinds: set[str]) -> None:
     seen = dict(zip(labels, handles))
     for kind in sorted(kinds, reverse=True):
         seen[mark_label(kind)] = Line2D([], [], color="grey", linestyle="none", **MARKS[kind])
-    axis.legend(list(seen.values()), list(seen), fontsize=8, loc="best")
+    outside_legend(axis, list(seen.values()), list(seen))
 
 
 def option_line(axis, row, scale: float, bounds: tuple, chance: bool):
@@ -392,7 +402,7 @@ def plot_diagnostic(
         raise UsageError(f"no stored {name} diagnostics among these runs; they are recorded by training with "
                          "--diagnostics, e.g.: bnrun train --arch mlp --bn pre,post --seeds 3 --diagnostics")
     archs = list(dict.fromkeys(g.value("arch") for g in groups))
-    figure, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)
+    figure, axes = plt.subplots(1, len(archs), figsize=(PANEL_WIDTH * len(archs), 4.5), squeeze=False)
     for axis, arch in zip(axes[0], archs):
         for group in (g for g in groups if g.value("arch") == arch):
             series = drawn[id(group)]
@@ -412,7 +422,7 @@ def plot_diagnostic(
         else:
             epoch_axis(axis)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8, loc="best")
+        outside_legend(axis)
     spread = "geometric mean ×/÷ geometric std" if log_y else "mean ± std"
     return save(figure, output, dpi, f"batch-norm diagnostics: {spread} over seeds", recipe_line(report.recipe))
 
@@ -423,7 +433,7 @@ def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]]]], output: Pat
     (Wu & Johnson 2021), one line per configuration: rows of (label, {batch size: [acc per run]}); `recipe`:
     the options off the default recipe that every row shares (the caption)."""
     check_series(len(rows), [])
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(PANEL_WIDTH + 0.5, 4.5))
     for label, series in rows:
         band(axis, series, label, scale=100.0, bounds=PERCENT_RANGE)
     within(axis, PERCENT_RANGE)
@@ -434,6 +444,6 @@ def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]]]], output: Pat
     axis.set_xlabel("batch size whose statistics normalize the test images")
     axis.set_ylabel("test accuracy (%)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="best")
+    outside_legend(axis)
     return save(figure, output, dpi, "prediction with batch statistics (latest evaluation of each run)",
                 recipe_line(recipe))
