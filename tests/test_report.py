@@ -356,9 +356,8 @@ def test_a_one_epoch_learning_curve_has_whole_epoch_ticks_a_clear_legend_and_its
     for axis in figure.axes:
         ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
         assert ticks == [1.0], ticks  # not 0.945 ... 1.050
-    axis = figure.axes[0]
-    legend = axis.get_legend().get_window_extent()
-    points = [axis.transData.transform(xy) for line in axis.lines for xy in line.get_xydata()]
+    legend = figure.axes[-1].get_legend().get_window_extent()
+    points = [axis.transData.transform(xy) for axis in figure.axes for line in axis.lines for xy in line.get_xydata()]
     assert points and not any(legend.contains(x, y) for x, y in points)
 
 
@@ -374,7 +373,29 @@ def test_a_log_axis_is_labelled_in_plain_decimals(drawn, tmp_path):
     assert {"0.1", "0.2", "0.4"} <= set(labels) and not any("10^" in label or "×" in label for label in labels), labels
 
 
-def test_plot_against_option_draws_diverged_trials_on_the_axis_with_their_own_legend_entry(drawn, tmp_path):
+@pytest.mark.parametrize("low, high", [(0.12, 0.85), (0.3, 0.9), (0.02, 3.0), (0.0011, 9.0), (3.0, 4000.0)])
+def test_a_log_axis_is_labelled_along_its_whole_length(low, high):
+    """A training loss from 0.12 to 0.85 once showed no label below 0.2: no stretch of a log axis, its ends
+    included, runs past a quarter of its length without a label."""
+    from bnrun.analysis import figures
+
+    figure, axis = figures.plt.subplots()
+    axis.plot([1, 2], [low, high])
+    figures.log_scale(axis)
+    figure.canvas.draw()
+    bottom, top = axis.get_ylim()
+    labelled = [t.get_position()[1] for t in (*axis.get_yticklabels(), *axis.get_yticklabels(minor=True))
+                if t.get_text() and bottom <= t.get_position()[1] <= top]
+    figures.plt.close(figure)
+    at = sorted(math.log(value / bottom) / math.log(top / bottom) for value in labelled)  # 0 bottom, 1 top
+    gaps = [b - a for a, b in zip([0.0, *at], [*at, 1.0])]
+    assert bottom <= low and high <= top and max(gaps) <= 0.25, (labelled, gaps)
+
+
+def test_plot_against_option_marks_diverged_and_chance_cells_at_their_own_value(drawn, tmp_path):
+    """At lr=3 one line diverged and the other ended at chance: both marks stand at x=3, where the data's axis
+    draws 3 (no lr that was not run), one above the other below the data, each with its count; the legend names
+    each kind of mark once."""
     from bnrun.analysis import figures
     from bnrun.analysis.pivots import Cell, Pivot, PivotRow
 
@@ -387,14 +408,62 @@ def test_plot_against_option_draws_diverged_trials_on_the_axis_with_their_own_le
     figures.plot_against_option(pivot, tmp_path / "lr.png", "test acc.", 100.0)
     figure, title = drawn[0]
     assert "off the default recipe: epochs=10" in title
-    (axis,) = figure.axes
     figure.canvas.draw()
-    bottom = axis.transAxes.transform((0, 0))[1]
-    for kind in ("x", "v"):
-        (mark,) = [line for line in axis.lines if line.get_marker() == kind]
-        assert mark.get_transform().transform(mark.get_xydata())[0][1] == pytest.approx(bottom)  # on the axis
+    axis = figure.axes[0]
+    marks = [line for panel in figure.axes for line in panel.lines if line.get_marker() in ("x", "v")]
+    assert sorted(mark.get_marker() for mark in marks) == ["v", "x"]
+    assert all(list(mark.get_xdata()) == [3.0] for mark in marks)
+    at = [tuple(mark.get_transform().transform(mark.get_xydata())[0]) for mark in marks]
+    assert [x for x, _ in at] == pytest.approx([axis.transData.transform((3.0, 50.0))[0]] * 2)
+    assert len({y for _, y in at}) == 2 and all(y < axis.get_window_extent().y0 for _, y in at)
+    assert sorted(text.get_text() for panel in figure.axes for text in panel.texts) == ["3/3", "3/3"]
     labels = [text.get_text() for text in axis.get_legend().get_texts()]
     assert "diverged (k/n trials)" in labels and any(label.startswith("chance level") for label in labels)
+
+
+@pytest.fixture
+def laid_out(monkeypatch):
+    """The figures as saved (laid out, written), kept open instead of closed."""
+    from bnrun.analysis import figures
+
+    kept, close = [], figures.plt.close
+    monkeypatch.setattr(figures.plt, "close", kept.append)
+    yield kept
+    for figure in kept:
+        close(figure)
+
+
+def test_a_legend_stands_beside_the_panels_and_covers_no_data(laid_out, tmp_path):
+    """A depth plot's legend once covered a band that loc="best" does not see: whatever the lines do, every
+    figure's legend lies outside each of its panels and inside the figure."""
+    from bnrun.analysis import figures
+    from bnrun.analysis.pivots import Cell, Pivot, PivotRow
+
+    depths = (1, 2, 4, 8, 16, 32)
+
+    def cells(*means):
+        return {d: Cell(summarize([m - 0.01, m, m + 0.01]), 0, 3, (), ()) for d, m in zip(depths, means)}
+
+    rows = tuple(PivotRow({"arch": "mlp", "bn": bn}, cells(*means), 0.1) for bn, means in
+                 (("pre", (0.9, 0.2, 0.9, 0.2, 0.9, 0.2)), ("post", (0.2, 0.9, 0.2, 0.9, 0.2, 0.9)),
+                  ("none", (0.5, 0.5, 0.9, 0.5, 0.5, 0.2))))
+    figures.plot_against_option(Pivot("depth", "test_acc_population", depths, ("arch", "bn"), rows, ()),
+                                tmp_path / "depth.png", "test acc.", 100.0)
+    runs = [make_run(i + 1, arch=arch, bn=bn, seed=0) for i, (arch, bn) in
+            enumerate((arch, bn) for arch in ("cnn", "mlp") for bn in ("pre", "post", "none"))]
+    epochs = {run.id: [EpochRecord(e, 1 / e, 0.5 + e / 30, 1 / e, 0.5 + e / 30, 0.1, 2.0, 1.5) for e in (1, 2, 3)]
+              for run in runs}
+    figures.plot_learning_curves(build_report(runs), epochs, tmp_path / "curves.png")
+    figures.plot_batch_stats([(f"bn={bn}", {2: [0.2 + k], 64: [0.9 - k], 512: [0.5]}) for k, bn in
+                              ((0.0, "pre"), (0.3, "post"))], tmp_path / "stats.png", {})
+    assert len(laid_out) == 3
+    for figure in laid_out:
+        figure.canvas.draw()
+        legends = [axis.get_legend().get_window_extent() for axis in figure.axes if axis.get_legend()]
+        assert legends, figure.axes
+        for legend in legends:
+            assert not any(legend.overlaps(axis.get_window_extent()) for axis in figure.axes)
+            assert figure.bbox.x0 <= legend.x0 and legend.x1 <= figure.bbox.x1
 
 
 def test_the_batch_statistics_legend_counts_the_runs_evaluated():

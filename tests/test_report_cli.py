@@ -202,14 +202,14 @@ def test_figures_keep_accuracy_inside_0_to_100(tmp_path, monkeypatch):
     )
     figures.plot_against_option(Pivot("lr", "test_acc_population", (0.1, 0.3, 3.0), ("arch", "bn"), rows, ()),
                                 tmp_path / "x.png", "test acc.", 100.0)
-    (axis,) = drawn[0].axes
+    axis = drawn[0].axes[0]
     bands = [path.vertices[:, 1] for collection in axis.collections for path in collection.get_paths()]
     assert bands and all(0 <= y.min() and y.max() <= 100 for y in bands)
     assert axis.get_ylim()[0] >= 0
     seeds = [line for line in axis.lines if line.get_linestyle() == "None" and line.get_marker() == "_"]
     assert sorted(seeds[0].get_ydata()) == pytest.approx([10.0, 85.0])
-    marks = [tuple(line.get_transform().transform(line.get_xydata())[0]) for line in axis.lines
-             if line.get_marker() == "x"]
+    marks = [tuple(line.get_transform().transform(line.get_xydata())[0]) for panel in drawn[0].axes
+             for line in panel.lines if line.get_marker() == "x"]
     assert len(marks) == 3 and len(set(marks)) == 3  # two at lr 3, apart
 
 

@@ -7,7 +7,8 @@ their seeds as points instead of a band, and a figure refuses more series than i
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -15,8 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
-from matplotlib.transforms import offset_copy  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, StrMethodFormatter  # noqa: E402
 
 from bnrun.analysis.diagnostic_summaries import diagnostic_series  # noqa: E402
 from bnrun.analysis.grouping import Group, Report  # noqa: E402
@@ -85,7 +85,7 @@ def plot_learning_curves(
     groups = list(report.groups)
     check_series(len(groups), report.varying)
     archs = list(dict.fromkeys(g.value("arch") for g in groups))
-    figure, axes = plt.subplots(len(archs), len(PANELS), figsize=(11, 3.8 * len(archs)), squeeze=False)
+    figure, axes = plt.subplots(len(archs), len(PANELS), figsize=(14, 3.8 * len(archs)), squeeze=False)
     for row, arch in enumerate(archs):
         for column, (field, label, scale) in enumerate(PANELS):
             axis = axes[row][column]
@@ -104,23 +104,65 @@ def plot_learning_curves(
                 log_scale(axis)
             else:
                 within(axis, PERCENT_RANGE)
-        axes[row][0].legend(fontsize=8, loc="best")
+        outside_legend(axes[row][-1], *axes[row][0].get_legend_handles_labels())
     return save(figure, output, dpi, "Fashion-MNIST learning curves: mean ± std over seeds", recipe_line(report.recipe))
 
 
-class DecimalLogFormatter(LogFormatter):
-    """A log axis's tick labels as plain decimals (0.2, not 2×10⁻¹), on the ticks matplotlib labels."""
-
-    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
-        return f"{x:g}"
+# The mantissas a log axis may label in each decade, coarsest first: it takes the first that leaves no stretch of
+# more than LOG_GAP of its length unlabelled, its ends included.
+LOG_MANTISSAS = ((1,), (1, 3), (1, 2, 5), (1, 1.5, 2, 3, 4, 6), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8))
+LOG_GAP = 0.25
 
 
 def log_scale(axis, x: bool = False) -> None:
-    """`axis`'s y (with `x`, its x) on a log scale, labelled in plain decimals."""
+    """`axis`'s y (with `x`, its x) on a log scale, labelled in plain decimals (0.2, not 2×10⁻¹) along its whole
+    length (log_view)."""
     (axis.set_xscale if x else axis.set_yscale)("log")
+    low, high, labelled = log_view(*(axis.get_xlim() if x else axis.get_ylim()))
+    (axis.set_xlim if x else axis.set_ylim)(low, high)
     ticks = axis.xaxis if x else axis.yaxis
-    ticks.set_major_formatter(DecimalLogFormatter())
-    ticks.set_minor_formatter(DecimalLogFormatter(labelOnlyBase=False))
+    ticks.set_major_locator(FixedLocator(labelled))
+    ticks.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ticks.set_minor_formatter(NullFormatter())
+
+
+def log_view(low: float, high: float) -> tuple[float, float, list[float]]:
+    """A log axis's limits and labelled values: those of the coarsest LOG_MANTISSAS that label it every LOG_GAP of
+    its length (the finest where none does)."""
+    for mantissas in LOG_MANTISSAS:
+        view = labelled_view(low, high, mantissas)
+        if largest_gap(*view) <= LOG_GAP:
+            break
+    return view
+
+
+def labelled_view(low: float, high: float, mantissas: tuple[float, ...]) -> tuple[float, float, list[float]]:
+    """(low, high), an end widened to the next labelled value where none lies within LOG_GAP of it, and the values
+    the mantissas label between them."""
+    reach = (high / low) ** LOG_GAP
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    values = [float(f"{mantissa}e{decade}") for decade in decades for mantissa in mantissas]
+    if not any(low <= value <= low * reach for value in values):
+        low = max(value for value in values if value <= low)
+    if not any(high / reach <= value <= high for value in values):
+        high = min(value for value in values if value >= high)
+    return low, high, [value for value in values if low <= value <= high]
+
+
+def largest_gap(low: float, high: float, labelled: list[float]) -> float:
+    """The longest stretch of a log axis from `low` to `high` without a label, as a fraction of its length."""
+    at = [math.log(value / low) / math.log(high / low) for value in labelled]
+    return max(b - a for a, b in zip([0.0, *at], [*at, 1.0]))
+
+
+PANEL_WIDTH = 9.0  # inches of a panel with its legend to the right
+
+
+def outside_legend(axis, handles: list | None = None, labels: list[str] | None = None) -> None:
+    """The legend (of `handles` and `labels`, else the axis's own) to the right of the axis, outside it: no line,
+    band or count runs under it (loc="best" weighs lines alone, and a corner free of them can hold a band)."""
+    entries = (handles, labels) if handles is not None else ()
+    axis.legend(*entries, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def epoch_axis(axis) -> None:
@@ -156,9 +198,9 @@ def set_values_only(pivot: Pivot) -> Pivot:
 def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: float, dpi: int = 120) -> Path:
     """The headline metric against one option: a mean line per placement with a ±std band where at
     least MIN_TRIALS seeds completed and the seeds as points where fewer did, one panel per
-    architecture; on the x axis, an x marks each value where trials diverged (labelled k/n) and a triangle each
-    value whose trials ended at chance, each line's marks beside the others'; the caption names the options held
-    off the default recipe."""
+    architecture; in a strip below a panel, an x at each value where a line's trials diverged (labelled k/n) and a
+    triangle at each value whose trials ended at chance, at that value, the marks at one value stacked; the caption
+    names the options held off the default recipe."""
     check_series(len(pivot.rows), [f for f in pivot.row_fields if f not in ("arch", "bn", "bn_impl", "fused")])
     pivot = set_values_only(pivot)
     if len(pivot.columns) < 2:
@@ -167,35 +209,51 @@ def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: fl
     bounds = PERCENT_RANGE if scale == 100.0 else (None, None)
     chance = pivot.metric in HIGHER_IS_BETTER  # an accuracy can be at chance; a gap cannot
     archs = list(dict.fromkeys(row.labels.get("arch", "all") for row in pivot.rows))
-    figure, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)
-    for axis, arch in zip(axes[0], archs):
-        rows = [r for r in pivot.rows if r.labels.get("arch", "all") == arch]
-        for level, row in enumerate(rows):
-            line = option_line(axis, row, scale, bounds, chance)
-            slot = offset_copy(axis.get_xaxis_transform(), figure, x=MARK_SPACING * (level - (len(rows) - 1) / 2),
-                               units="points")
-            divergence_marks(axis, row, line, slot)
-            if chance:
-                chance_marks(axis, row, line, slot)
+    rows = {arch: [r for r in pivot.rows if r.labels.get("arch", "all") == arch] for arch in archs}
+    marks = {arch: stacked_marks(rows[arch], chance) for arch in archs}
+    figure, panels = option_panels(len(archs), max((m.level + 1 for ms in marks.values() for m in ms), default=0))
+    for (axis, strip), arch in zip(panels, archs):
+        lines = [option_line(axis, row, scale, bounds, chance) for row in rows[arch]]
         if scale == 100.0:
             within(axis, PERCENT_RANGE)
-        if spans_decades(list(pivot.columns)):
-            axis.set_xscale("log")
-            axis.minorticks_off()  # the grid's own values label the axis, not 3×10¹
-        value_limits(axis, list(pivot.columns), spans_decades(list(pivot.columns)))
-        axis.set_xticks(list(pivot.columns), [f"{value:g}" for value in pivot.columns])
+        value_axis(axis, list(pivot.columns))
+        if strip is not None:
+            mark_strip(strip, marks[arch], lines)
         axis.set_title(f"{arch.upper()}: {metric_label} vs {pivot.by}")
-        axis.set_xlabel(pivot.by)
+        (axis if strip is None else strip).set_xlabel(pivot.by)
         axis.set_ylabel(metric_label)
         axis.grid(alpha=0.3)
-        unique_legend(axis)
+        unique_legend(axis, {mark.kind for mark in marks[arch]})
     return save(figure, output, dpi, f"mean ± std over seeds (points: the seeds of cells with n < {MIN_TRIALS}), "
                                      f"by {pivot.by}", recipe_line(pivot.held))
 
 
+STRIP_LEVEL = 0.22  # inches of the mark strip per mark stacked at one value
+
+
+def option_panels(count: int, levels: int) -> tuple:
+    """The figure and, per panel, (its axes, the strip of `levels` stacked marks below it, None without marks)."""
+    if not levels:
+        figure, axes = plt.subplots(1, count, figsize=(PANEL_WIDTH * count, 4.5), squeeze=False)
+        return figure, [(axis, None) for axis in axes[0]]
+    strip = STRIP_LEVEL * levels + 0.1
+    figure, axes = plt.subplots(2, count, figsize=(PANEL_WIDTH * count, 4.5 + strip), squeeze=False, sharex="col",
+                                height_ratios=(3.6, strip))
+    return figure, list(zip(axes[0], axes[1]))
+
+
+def value_axis(axis, values: list[float]) -> None:
+    """The option's axis: logarithmic where its values span decades, ticked at the values run and no others."""
+    log = spans_decades(values)
+    if log:
+        axis.set_xscale("log")
+        axis.minorticks_off()  # the grid's own values label the axis, not 3×10¹
+    value_limits(axis, values, log)
+    axis.set_xticks(values, [f"{value:g}" for value in values])
+
+
 def value_limits(axis, values: list[float], log: bool) -> None:
-    """The x axis over every value of the grid, a mark on the axis included, with room either side for the
-    marks of several lines."""
+    """The x axis over every value of the grid, with room either side for a mark's count."""
     low, high = min(values), max(values)
     if log:
         pad = (high / low) ** 0.08
@@ -205,30 +263,65 @@ def value_limits(axis, values: list[float], log: bool) -> None:
         axis.set_xlim(low - pad, high + pad)
 
 
-MARK_SPACING = 16  # points between two lines' marks on the axis at one value (their counts side by side)
-MARKS = {  # the marks on the x axis, in grey in the legend (each line's own in its colour)
+MARKS = {  # the marks below a panel, in grey in the legend (each line's own in its colour)
     "diverged": {"marker": "x", "markersize": 8, "mew": 2},
     "chance": {"marker": "v", "markersize": 8},
 }
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A mark in the strip below a panel: at `value`, the `level`-th (from the top) of the marks at that value."""
+
+    row: int  # the pivot row's position in the panel, whose line's colour the mark takes
+    value: float
+    kind: str  # a key of MARKS
+    text: str  # its count, k/n
+    level: int
+
+
+def stacked_marks(rows: list, chance: bool) -> list[Mark]:
+    """Every mark of the rows' cells (Cell.marks), the marks at one value stacked in the rows' order."""
+    taken: Counter = Counter()
+    marks = []
+    for index, row in enumerate(rows):
+        for value, cell in sorted(row.cells.items(), key=lambda item: item[0]):
+            for kind, text in cell.marks(chance):
+                marks.append(Mark(index, value, kind, text, taken[value]))
+                taken[value] += 1
+    return marks
+
+
+def mark_strip(strip, marks: list[Mark], lines: list) -> None:
+    """The marks in the strip below a panel (sharing its x axis), each in its line's colour with its count beside it."""
+    levels = max(mark.level for mark in marks) + 1 if marks else 1
+    for mark in marks:
+        line = lines[mark.row]
+        color = line.get_color() if line is not None else "grey"
+        strip.plot([mark.value], [mark.level], color=color, linestyle="none", gid=mark.kind, **MARKS[mark.kind])
+        strip.annotate(mark.text, (mark.value, mark.level), xytext=(7, 0), textcoords="offset points", fontsize=7,
+                       color=color, ha="left", va="center")
+    strip.set_ylim(levels - 0.5, -0.5)
+    strip.set_yticks([])
+    strip.grid(axis="x", alpha=0.3)
 
 
 def mark_label(kind: str) -> str:
     return "diverged (k/n trials)" if kind == "diverged" else f"chance level ({100 * CHANCE:g} %, n trials)"
 
 
-def unique_legend(axis) -> None:
-    """The legend with each line once, then one grey entry per kind of mark on the axis."""
+def unique_legend(axis, kinds: set[str]) -> None:
+    """The legend with each line once, then one grey entry per kind of mark drawn (`kinds`)."""
     handles, labels = axis.get_legend_handles_labels()
     seen = dict(zip(labels, handles))
-    kinds = {line.get_gid() for line in axis.lines} & set(MARKS)
     for kind in sorted(kinds, reverse=True):
         seen[mark_label(kind)] = Line2D([], [], color="grey", linestyle="none", **MARKS[kind])
-    axis.legend(list(seen.values()), list(seen), fontsize=8, loc="best")
+    outside_legend(axis, list(seen.values()), list(seen))
 
 
 def option_line(axis, row, scale: float, bounds: tuple, chance: bool):
     """One row of the pivot: its mean line, the band where n ≥ MIN_TRIALS, the seeds where n is smaller;
-    with `chance`, cells at chance level are left to chance_marks."""
+    with `chance`, cells at chance level are left to their marks."""
     done = [(v, c) for v, c in sorted(row.cells.items(), key=lambda item: item[0])
             if c.summary.mean is not None and not (chance and at_chance(c.summary.mean))]
     if not done:
@@ -244,29 +337,6 @@ def option_line(axis, row, scale: float, bounds: tuple, chance: bool):
             axis.plot([value] * len(cell.values), [v * scale for v in cell.values], linestyle="none", marker="_",
                       markersize=10, mew=1.5, color=line.get_color(), alpha=0.8)
     return line
-
-
-def chance_marks(axis, row, line, slot) -> None:
-    """A triangle on the x axis (in the row's `slot`) at each value where the row's completed trials ended at
-    chance level (metrics.at_chance), labelled n, instead of a point on its line."""
-    for value, cell in sorted(row.cells.items(), key=lambda item: item[0]):
-        if cell.summary.mean is not None and at_chance(cell.summary.mean):
-            axis_mark(axis, "chance", value, f"{cell.summary.n}/{cell.ended}", line, slot)
-
-
-def divergence_marks(axis, row, line, slot) -> None:
-    """An x on the x axis (in the row's `slot`) at each value where the row's trials diverged, labelled k/n."""
-    for value, cell in sorted(row.cells.items(), key=lambda item: item[0]):
-        if cell.diverged:
-            axis_mark(axis, "diverged", value, f"{cell.diverged}/{cell.ended}", line, slot)
-
-
-def axis_mark(axis, kind: str, value: float, text: str, line, slot) -> None:
-    """One mark on the bottom of the axis at `value`, in the line's colour, its count above it."""
-    color = line.get_color() if line is not None else "grey"
-    axis.plot([value], [0.0], color=color, linestyle="none", transform=slot, clip_on=False, gid=kind, **MARKS[kind])
-    axis.annotate(text, (value, 0.0), xycoords=slot, xytext=(0, 7), textcoords="offset points", fontsize=7,
-                  color=color, ha="center", va="bottom")
 
 
 def save(figure, output: Path, dpi: int, title: str, caption: str = "") -> Path:
@@ -332,7 +402,7 @@ def plot_diagnostic(
         raise UsageError(f"no stored {name} diagnostics among these runs; they are recorded by training with "
                          "--diagnostics, e.g.: bnrun train --arch mlp --bn pre,post --seeds 3 --diagnostics")
     archs = list(dict.fromkeys(g.value("arch") for g in groups))
-    figure, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)
+    figure, axes = plt.subplots(1, len(archs), figsize=(PANEL_WIDTH * len(archs), 4.5), squeeze=False)
     for axis, arch in zip(axes[0], archs):
         for group in (g for g in groups if g.value("arch") == arch):
             series = drawn[id(group)]
@@ -352,7 +422,7 @@ def plot_diagnostic(
         else:
             epoch_axis(axis)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8, loc="best")
+        outside_legend(axis)
     spread = "geometric mean ×/÷ geometric std" if log_y else "mean ± std"
     return save(figure, output, dpi, f"batch-norm diagnostics: {spread} over seeds", recipe_line(report.recipe))
 
@@ -363,7 +433,7 @@ def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]]]], output: Pat
     (Wu & Johnson 2021), one line per configuration: rows of (label, {batch size: [acc per run]}); `recipe`:
     the options off the default recipe that every row shares (the caption)."""
     check_series(len(rows), [])
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(PANEL_WIDTH + 0.5, 4.5))
     for label, series in rows:
         band(axis, series, label, scale=100.0, bounds=PERCENT_RANGE)
     within(axis, PERCENT_RANGE)
@@ -374,6 +444,6 @@ def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]]]], output: Pat
     axis.set_xlabel("batch size whose statistics normalize the test images")
     axis.set_ylabel("test accuracy (%)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="best")
+    outside_legend(axis)
     return save(figure, output, dpi, "prediction with batch statistics (latest evaluation of each run)",
                 recipe_line(recipe))

@@ -23,7 +23,7 @@ from bnrun.analysis.grouping import (
     off_default,
     value_order,
 )
-from bnrun.analysis.metrics import HIGHER_IS_BETTER, digits, mean_std_text, metric_value, scaled_pair
+from bnrun.analysis.metrics import HIGHER_IS_BETTER, at_chance, digits, mean_std_text, metric_value, scaled_pair
 from bnrun.analysis.stats import Summary, summarize
 from bnrun.config import options_without_effect
 from bnrun.errors import UsageError, unknown_choice
@@ -44,6 +44,14 @@ class Cell:
 
     def flag_text(self) -> str:
         return f"diverged {self.diverged}/{self.ended}" if self.diverged else ""
+
+    def marks(self, chance: bool) -> list[tuple[str, str]]:
+        """(kind, count) of what a figure marks at this cell besides its line: ("diverged", "k/n") where trials
+        diverged; with `chance` (an accuracy), ("chance", "n/ended") where the completed trials ended at chance."""
+        marks = [("diverged", f"{self.diverged}/{self.ended}")] if self.diverged else []
+        if chance and self.summary.mean is not None and at_chance(self.summary.mean):
+            marks.append(("chance", f"{self.summary.n}/{self.ended}"))
+        return marks
 
     def text(self, metric: str) -> str:
         return " · ".join(p for p in (self.value_text(metric), self.flag_text()) if p) or "—"

@@ -2,7 +2,7 @@
 written into a PNG as two text chunks, `bnrun:command` and `bnrun:data-sha256`.
 
 The data are read back from the figure's own artists when it is saved: every line's label, marker,
-x and y values (means, seeds, marks on the axis), every band's polygon (mean ± std, as clipped),
+x and y values (means, seeds, the marks below a panel), every band's polygon (mean ± std, as clipped),
 every annotation's text and position (the k/n of a mark, n) and every legend entry. So the digest
 covers exactly what is drawn, with no second computation of it that could drift; titles, axis
 labels, styling and pixels are not part of it. Values are rounded to 8 significant digits, below
