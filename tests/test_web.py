@@ -409,6 +409,33 @@ def test_runs_has_a_selection_that_leads_to_compare(client):
     assert client.get("/compare", params=[("ids", "11"), ("ids", "")]).status_code == 400
 
 
+def compared_differences(html: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The final metrics' difference columns: their heads, and each metric's differences."""
+    table = re.search(r"<h2>Final metrics</h2>.*?</table>", html, flags=re.S).group(0)
+    body = table.split("<tbody>")[1]
+    heads = re.findall(r'<th class="difference">([^<]*)</th>', table)
+    rows = re.findall(r"<tr><th>([^<]*)</th>(.*?)</tr>", body)
+    return heads, {label: re.findall(r'<td class="number difference">([^<]*)</td>', cells) for label, cells in rows}
+
+
+def test_compare_shows_the_differences_bnrun_compare_prints(client, study):
+    heads, differences = compared_differences(client.get("/compare", params={"ids": "11,12"}).text)
+    printed = runner.invoke(cli, ["compare", "11", "12", "--db", str(study)], env={"COLUMNS": "80"})
+    assert printed.exit_code == 0, printed.output
+    assert heads == ["12 − 11"] and "12 − 11" in printed.stdout
+    lines = {line.strip().split("  ")[0]: line.rstrip() for line in printed.stdout.splitlines()}
+    assert len(differences) == 8 and differences["test acc. (population)"] == ["−0.05 pp"]
+    for label, (text,) in differences.items():
+        assert lines[label].endswith(" " + text), (label, text)
+
+
+def test_compare_of_more_runs_gives_each_ones_difference_from_the_first(client):
+    html = client.get("/compare", params={"ids": "13,11,12"}).text
+    heads, differences = compared_differences(html)
+    assert heads == ["12 − 11", "13 − 11"] and "each run minus the first, run 11" in html
+    assert all(len(texts) == 2 for texts in differences.values())
+
+
 def test_compare_colours_each_run(client):
     html = client.get("/compare", params={"ids": "11,12"}).text
     for figure in figures_of(html):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bnrun.analysis.grouping import HYPERPARAMETERS
-from bnrun.analysis.metrics import metric_value
+from bnrun.analysis.metrics import metric_value, signed
 from bnrun.config import impl_label
 from bnrun.store import EpochRecord, RunRecord
 
@@ -34,6 +34,15 @@ class RunDiff:
     shared: tuple[tuple[str, object], ...]  # the other options, equal in both
     metrics: tuple[tuple[str, str, float | None, float | None], ...]  # (label, kind, a, b)
     curves: tuple[tuple[int, EpochRecord | None, EpochRecord | None], ...]  # per epoch
+
+
+def difference(kind: str, a: float | None, b: float | None) -> str:
+    """b − a in the decimals of its column's kind (FINAL_METRICS), with a true minus sign: '+0.0004', '−0.05 pp'."""
+    if a is None or b is None:
+        return "—"
+    if kind == "pct":
+        return f"{signed(100 * (b - a), 2)} pp"
+    return f"{signed(b - a, 2)} s" if kind == "seconds" else signed(b - a, 4)
 
 
 def option_of(run: RunRecord, name: str):

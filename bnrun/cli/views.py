@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from bnrun.analysis.comparison import difference
 from bnrun.analysis.diagnostic_summaries import mode_gap
 from bnrun.analysis.metrics import signed
 from bnrun.config import TRAIN_FIELDS, counted, impl_label, option_text
@@ -397,15 +398,6 @@ def evaluations_table(evaluations: list[EvaluationRecord]) -> Table | None:
             "yes" if e.matches_stored else "[red]no[/]",
         )
     return table
-
-
-def difference(kind: str, a: float | None, b: float | None) -> str:
-    """b − a in a's column's decimals, with a true minus sign."""
-    if a is None or b is None:
-        return "—"
-    if kind == "pct":
-        return f"{signed(100 * (b - a), 2)} pp"
-    return f"{signed(b - a, 2)} s" if kind == "seconds" else signed(b - a, 4)
 
 
 def metric_text(kind: str, value: float | None) -> str:
