@@ -568,6 +568,15 @@ def test_the_reports_filters_offer_the_stores_values(client):
     assert '<datalist id="report-arch">' in client.get("/", params={"where": "lr=0.123456"}).text  # on a 404 too
 
 
+def test_the_report_form_shows_the_filled_where_boxes_and_one_empty_one_wide_enough(client):
+    """A submitted form sends its empty box (where=): the page shows each value given, then one empty box,
+    each wide enough for the longest study the list suggests."""
+    html = client.get("/", params=[("where", "study=headline-mlp"), ("where", "")]).text
+    boxes = re.findall(r'<input name="where" value="([^"]*)" placeholder="epochs=10" size="(\d+)"', html)
+    assert [value for value, _ in boxes] == ["study=headline-mlp", ""]
+    assert all(int(size) > len("study=placement-robust") for _, size in boxes)
+
+
 def test_a_second_option_draws_the_sensitivity_at_each_of_its_values(client):
     html = unescape(client.get("/", params={"by": "lr", "then": "batch_size", "arch": "mlp"}).text)
     figure = next(f for f in figures_of(html) if "a panel per batch_size" in f)
