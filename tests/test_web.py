@@ -300,6 +300,19 @@ def test_runs_shows_values_as_the_cli_does_and_compare_shows_the_seeds(client):
     assert re.search(r"<th>seed</th><td>1</td><td>2</td>", compared)
 
 
+def test_runs_spells_the_implementation_of_a_run_without_bn_as_the_report_does(client):
+    """bn=none runs store bn_impl's default (custom), but there is no BN, so no implementation: —."""
+    page = client.get("/runs", params={"run_id": "1-40"}).text
+    head = re.findall(r"<th[^>]*>(?:<a [^>]*>)?([^<]*)", re.search(r"<thead>(.*?)</thead>", page, flags=re.S).group(1))
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row)
+            for row in re.findall(r'<tr class="status-[^"]*">(.*?)</tr>', page, flags=re.S)]
+    impls = {(row[head.index("bn")], row[head.index("impl")]) for row in rows}
+    assert {impl for bn, impl in impls if bn == "none"} == {"—"}
+    assert "—" not in {impl for bn, impl in impls if bn != "none"} and ("pre", "custom+fused") in impls
+    report = client.get("/", params={"arch": "mlp", "bn": "none"}).text
+    assert re.search(r'<td class="label">mlp</td><td class="label">none</td><td class="label">—</td>', report)
+
+
 # -- the figures --------------------------------------------------------------------------------------------------
 
 def figures_of(html: str) -> list[str]:

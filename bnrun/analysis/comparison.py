@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from bnrun.analysis.grouping import HYPERPARAMETERS
 from bnrun.analysis.metrics import metric_value, signed
-from bnrun.config import impl_label
+from bnrun.config import impl_text
 from bnrun.store import EpochRecord, RunRecord
 
 # Always shown, equal or not: what the run is.
@@ -46,7 +46,7 @@ def difference(kind: str, a: float | None, b: float | None) -> str:
 
 
 def option_of(run: RunRecord, name: str):
-    return impl_label(run.bn_impl, run.fused) if name == "impl" else getattr(run, name)
+    return impl_text(run.bn, run.bn_impl, run.fused) if name == "impl" else getattr(run, name)
 
 
 def diff_runs(a: RunRecord, b: RunRecord, epochs_a: list[EpochRecord], epochs_b: list[EpochRecord]) -> RunDiff:

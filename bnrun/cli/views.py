@@ -13,7 +13,7 @@ from rich.text import Text
 from bnrun.analysis.comparison import difference
 from bnrun.analysis.diagnostic_summaries import mode_gap
 from bnrun.analysis.metrics import signed
-from bnrun.config import TRAIN_FIELDS, counted, impl_label, option_text
+from bnrun.config import TRAIN_FIELDS, counted, impl_label, impl_text, option_text
 from bnrun.registry import OPTIONS, PATH
 from bnrun.store import CheckpointInfo, DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord, RunStatus
 
@@ -332,7 +332,7 @@ def run_table(run: RunRecord, labels: RunLabels | None, weights: CheckpointInfo 
     table.add_column("value", overflow="fold")
     rows = [
         ("status", run.status + (f" (deleted {when(run.deleted_at)})" if run.deleted_at else "")),
-        ("implementation", impl_label(run.bn_impl, run.fused)),
+        ("implementation", impl_text(run.bn, run.bn_impl, run.fused)),
         ("epochs", f"{run.epochs_completed}/{run.epochs}"),
     ]
     if run.status == RunStatus.COMPLETED:
