@@ -112,6 +112,12 @@ def impl_label(bn_impl: str, fused: bool) -> str:
     return bn_impl + ("+fused" if fused else "")
 
 
+def impl_text(bn: str | None, bn_impl: str, fused: bool) -> str:
+    """The implementation as every view shows it: `impl_label`'s, or — for bn=none (no BN, so no implementation,
+    though the run stores bn_impl's default)."""
+    return "—" if bn == "none" else impl_label(bn_impl, fused)
+
+
 def option_text(value: object) -> str:
     """An option's value as the command line spells it, in every human view (the terminal and the web):
     — for none, yes and no for booleans, floats in their shortest form."""

@@ -34,6 +34,15 @@ def test_the_means_are_the_reports(tmp_path):
     assert set(curves.run_id) == set(runs.id[:2]) and curves.val_acc.max() > 80
 
 
+def test_a_run_without_bn_has_no_implementation_as_in_the_report(tmp_path):
+    db = tmp_path / "s.db"
+    shutil.copyfile(SHIPPED, db)
+    with bnrun.load(str(db)) as results:
+        runs = results.runs(where={"arch": "mlp"})
+    assert set(runs[runs.bn == "none"].impl) == {"—"} and set(runs[runs.bn == "none"].bn_impl) == {"custom"}
+    assert "—" not in set(runs[runs.bn != "none"].impl)
+
+
 def fill(db: str) -> None:
     store = Store(db, create=True)
     for seed in range(3):

@@ -300,6 +300,19 @@ def test_runs_shows_values_as_the_cli_does_and_compare_shows_the_seeds(client):
     assert re.search(r"<th>seed</th><td>1</td><td>2</td>", compared)
 
 
+def test_runs_spells_the_implementation_of_a_run_without_bn_as_the_report_does(client):
+    """bn=none runs store bn_impl's default (custom), but there is no BN, so no implementation: —."""
+    page = client.get("/runs", params={"run_id": "1-40"}).text
+    head = re.findall(r"<th[^>]*>(?:<a [^>]*>)?([^<]*)", re.search(r"<thead>(.*?)</thead>", page, flags=re.S).group(1))
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row)
+            for row in re.findall(r'<tr class="status-[^"]*">(.*?)</tr>', page, flags=re.S)]
+    impls = {(row[head.index("bn")], row[head.index("impl")]) for row in rows}
+    assert {impl for bn, impl in impls if bn == "none"} == {"—"}
+    assert "—" not in {impl for bn, impl in impls if bn != "none"} and ("pre", "custom+fused") in impls
+    report = client.get("/", params={"arch": "mlp", "bn": "none"}).text
+    assert re.search(r'<td class="label">mlp</td><td class="label">none</td><td class="label">—</td>', report)
+
+
 # -- the figures --------------------------------------------------------------------------------------------------
 
 def figures_of(html: str) -> list[str]:
@@ -407,6 +420,33 @@ def test_runs_has_a_selection_that_leads_to_compare(client):
     picked = client.get("/compare", params=[("ids", boxes[0]), ("ids", boxes[1])])  # the form without a script
     assert picked.status_code == 200 and f"Compare runs {boxes[1]}, {boxes[0]}" in picked.text
     assert client.get("/compare", params=[("ids", "11"), ("ids", "")]).status_code == 400
+
+
+def compared_differences(html: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The final metrics' difference columns: their heads, and each metric's differences."""
+    table = re.search(r"<h2>Final metrics</h2>.*?</table>", html, flags=re.S).group(0)
+    body = table.split("<tbody>")[1]
+    heads = re.findall(r'<th class="difference">([^<]*)</th>', table)
+    rows = re.findall(r"<tr><th>([^<]*)</th>(.*?)</tr>", body)
+    return heads, {label: re.findall(r'<td class="number difference">([^<]*)</td>', cells) for label, cells in rows}
+
+
+def test_compare_shows_the_differences_bnrun_compare_prints(client, study):
+    heads, differences = compared_differences(client.get("/compare", params={"ids": "11,12"}).text)
+    printed = runner.invoke(cli, ["compare", "11", "12", "--db", str(study)], env={"COLUMNS": "80"})
+    assert printed.exit_code == 0, printed.output
+    assert heads == ["12 − 11"] and "12 − 11" in printed.stdout
+    lines = {line.strip().split("  ")[0]: line.rstrip() for line in printed.stdout.splitlines()}
+    assert len(differences) == 8 and differences["test acc. (population)"] == ["−0.05 pp"]
+    for label, (text,) in differences.items():
+        assert lines[label].endswith(" " + text), (label, text)
+
+
+def test_compare_of_more_runs_gives_each_ones_difference_from_the_first(client):
+    html = client.get("/compare", params={"ids": "13,11,12"}).text
+    heads, differences = compared_differences(html)
+    assert heads == ["12 − 11", "13 − 11"] and "each run minus the first, run 11" in html
+    assert all(len(texts) == 2 for texts in differences.values())
 
 
 def test_compare_colours_each_run(client):
@@ -539,6 +579,15 @@ def test_the_reports_filters_offer_the_stores_values(client):
     assert listed("arch") == ["cnn", "mlp"] and listed("bn") == ["none", "post", "pre"]
     assert "study=headline-mlp" in listed("where")
     assert '<datalist id="report-arch">' in client.get("/", params={"where": "lr=0.123456"}).text  # on a 404 too
+
+
+def test_the_report_form_shows_the_filled_where_boxes_and_one_empty_one_wide_enough(client):
+    """A submitted form sends its empty box (where=): the page shows each value given, then one empty box,
+    each wide enough for the longest study the list suggests."""
+    html = client.get("/", params=[("where", "study=headline-mlp"), ("where", "")]).text
+    boxes = re.findall(r'<input name="where" value="([^"]*)" placeholder="epochs=10" size="(\d+)"', html)
+    assert [value for value, _ in boxes] == ["study=headline-mlp", ""]
+    assert all(int(size) > len("study=placement-robust") for _, size in boxes)
 
 
 def test_a_second_option_draws_the_sensitivity_at_each_of_its_values(client):

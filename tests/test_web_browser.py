@@ -142,6 +142,20 @@ def test_the_runs_filters_offer_the_stores_values(server, page):
     assert not page.errors, page.errors
 
 
+def test_the_report_form_keeps_one_empty_where_box_that_fits_a_study(server, page):
+    visit(page, server + "/")
+    page.fill("input[name=where]", "study=headline-mlp")
+    page.click("form.controls button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    page.click("form.controls button[type=submit]")  # again: the empty box goes with the form as where=
+    page.wait_for_load_state("networkidle")
+    boxes = page.locator("input[name=where]")
+    assert "where=study%3Dheadline-mlp&where=&" in page.url
+    assert [boxes.nth(i).input_value() for i in range(boxes.count())] == ["study=headline-mlp", ""]
+    assert boxes.first.evaluate("box => box.scrollWidth <= box.clientWidth"), "the value is cut"
+    assert not page.errors, page.errors
+
+
 def test_click_to_compare(server, page):
     visit(page, server + "/runs?run_id=1-20&sort=id")
     button = page.locator("#compare-button")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bnrun.analysis.grouping import HYPERPARAMETERS
-from bnrun.analysis.metrics import metric_value
-from bnrun.config import impl_label
+from bnrun.analysis.metrics import metric_value, signed
+from bnrun.config import impl_text
 from bnrun.store import EpochRecord, RunRecord
 
 # Always shown, equal or not: what the run is.
@@ -36,8 +36,17 @@ class RunDiff:
     curves: tuple[tuple[int, EpochRecord | None, EpochRecord | None], ...]  # per epoch
 
 
+def difference(kind: str, a: float | None, b: float | None) -> str:
+    """b − a in the decimals of its column's kind (FINAL_METRICS), with a true minus sign: '+0.0004', '−0.05 pp'."""
+    if a is None or b is None:
+        return "—"
+    if kind == "pct":
+        return f"{signed(100 * (b - a), 2)} pp"
+    return f"{signed(b - a, 2)} s" if kind == "seconds" else signed(b - a, 4)
+
+
 def option_of(run: RunRecord, name: str):
-    return impl_label(run.bn_impl, run.fused) if name == "impl" else getattr(run, name)
+    return impl_text(run.bn, run.bn_impl, run.fused) if name == "impl" else getattr(run, name)
 
 
 def diff_runs(a: RunRecord, b: RunRecord, epochs_a: list[EpochRecord], epochs_b: list[EpochRecord]) -> RunDiff:

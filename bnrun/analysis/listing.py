@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 
 from bnrun.analysis.grouping import HYPERPARAMETERS, RunFilter
 from bnrun.analysis.metrics import METRICS, metric_value
-from bnrun.config import TrainConfig, impl_label
+from bnrun.config import TrainConfig, impl_text
 from bnrun.errors import unknown_choice
 from bnrun.store import RunRecord
 
@@ -60,7 +60,7 @@ def sort_value(run: RunRecord, name: str):
 
 def option_value(run: RunRecord, name: str):
     """A listed option's value ("impl" is the implementation label)."""
-    return impl_label(run.bn_impl, run.fused) if name == "impl" else getattr(run, name)
+    return impl_text(run.bn, run.bn_impl, run.fused) if name == "impl" else getattr(run, name)
 
 
 def varying_options(runs: list[RunRecord]) -> tuple[str, ...]:

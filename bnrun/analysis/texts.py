@@ -8,7 +8,7 @@ from bnrun.analysis.grouping import Comparison, Group, Report, spelled
 from bnrun.analysis.metrics import METRICS, digits, mean_std_text, metric_value, scaled_pair, signed
 from bnrun.analysis.pivots import Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS, Summary
-from bnrun.config import counted, impl_label, option_text
+from bnrun.config import counted, impl_text, option_text
 
 COLUMNS = ("test_acc_population", "test_acc_running", "best_val_acc", "train_loss", "seconds_per_epoch")
 NARROW = ("test_acc_population", "test_acc_running")  # the terminal table's metrics without --wide
@@ -46,7 +46,7 @@ def seeds_cell(group: Group) -> str:
 
 
 def impl_name(group: Group) -> str:
-    return "—" if group.value("bn") == "none" else impl_label(group.value("bn_impl"), group.value("fused"))
+    return impl_text(group.value("bn"), group.value("bn_impl"), group.value("fused"))
 
 
 def header_names(report: Report, wide: bool = True) -> list[str]:
@@ -176,7 +176,7 @@ def pivot_label(pivot: Pivot, labels: dict, name: str) -> str:
     """One row label as the report's tables give it: impl as custom+fused, torch or — (no BN), yes/no for a flag."""
     value = labels[name]
     if name == "bn_impl" and "fused" not in pivot.row_fields:
-        return "—" if labels.get("bn") == "none" else impl_label(value, bool(labels.get("fused")))
+        return impl_text(labels.get("bn"), value, bool(labels.get("fused")))
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)

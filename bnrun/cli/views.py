@@ -11,9 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from bnrun.analysis.comparison import difference
 from bnrun.analysis.diagnostic_summaries import mode_gap
 from bnrun.analysis.metrics import signed
-from bnrun.config import TRAIN_FIELDS, counted, impl_label, option_text
+from bnrun.config import TRAIN_FIELDS, counted, impl_label, impl_text, option_text
 from bnrun.registry import OPTIONS, PATH
 from bnrun.store import CheckpointInfo, DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord, RunStatus
 
@@ -349,7 +350,7 @@ def run_table(run: RunRecord, labels: RunLabels | None, weights: CheckpointInfo 
     table.add_column("value", overflow="fold")
     rows = [
         ("status", run.status + (f" (deleted {when(run.deleted_at)})" if run.deleted_at else "")),
-        ("implementation", impl_label(run.bn_impl, run.fused)),
+        ("implementation", impl_text(run.bn, run.bn_impl, run.fused)),
         ("epochs", f"{run.epochs_completed}/{run.epochs}"),
     ]
     if run.status == RunStatus.COMPLETED:
@@ -415,15 +416,6 @@ def evaluations_table(evaluations: list[EvaluationRecord]) -> Table | None:
             "yes" if e.matches_stored else "[red]no[/]",
         )
     return table
-
-
-def difference(kind: str, a: float | None, b: float | None) -> str:
-    """b − a in a's column's decimals, with a true minus sign."""
-    if a is None or b is None:
-        return "—"
-    if kind == "pct":
-        return f"{signed(100 * (b - a), 2)} pp"
-    return f"{signed(b - a, 2)} s" if kind == "seconds" else signed(b - a, 4)
 
 
 def metric_text(kind: str, value: float | None) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from bnrun.analysis.grouping import HYPERPARAMETERS, IDENTITY, PIVOT_FIELDS, RunFilter
 from bnrun.analysis.metrics import METRICS, metric_value, scale
-from bnrun.config import impl_label
+from bnrun.config import impl_text
 from bnrun.errors import UsageError
 from bnrun.requests.parsing import CHOICES, option_kind, option_value
 from bnrun.store import RunRecord, RunStatus, Store
@@ -62,7 +62,7 @@ def typed_value(name: str, value: object) -> object:
 def run_row(run: RunRecord) -> dict[str, object]:
     """One run's options and metrics; each metric in the report's unit (accuracies in percent)."""
     row = {name: getattr(run, name) for name in RUN_COLUMNS if name not in METRICS and name != "impl"}
-    row["impl"] = impl_label(run.bn_impl, run.fused)
+    row["impl"] = impl_text(run.bn, run.bn_impl, run.fused)
     for name in METRICS:
         value = metric_value(run, name)
         row[name] = None if value is None else value * scale(name)

@@ -105,9 +105,12 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
     def report(request: Request) -> Response:
         ask = report_of_params(request.query_params)
         then = second_option(request.query_params, ask.by)
-        controls = {"params": request.query_params, "metrics": METRICS, "pivot_fields": PIVOT_FIELDS}
+        given = filled(request.query_params, "where")
+        controls = {"params": request.query_params, "metrics": METRICS, "pivot_fields": PIVOT_FIELDS, "where": given}
         with view.open() as store:
             controls["choices"] = choices.of(store)
+            suggested = [f"study={name}" for name in controls["choices"]["study"]]
+            controls |= {"where_suggested": suggested, "where_size": box_size([*given, *suggested])}
             for second_try in (False, True):
                 try:
                     return html("report.html", request, page=pages.report_page(store, ask, then), **controls)
@@ -130,7 +133,7 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
         return html("runs.html", request, refresh=REFRESH_S if context["running"] else None, params=params,
                     sorted_by=lambda name: sorted_link(params, name), paged=lambda number: changed(params, page=number),
                     download=changed(params, page=1), study_where=[w for w in params.getlist("where") if is_study(w)],
-                    other_where=[w for w in params.getlist("where") if w.strip() and not is_study(w)], **context)
+                    other_where=[w for w in filled(params, "where") if not is_study(w)], **context)
 
     def download(request: Request) -> Response:
         """Every run the filters select (not one page), as `bnrun export runs` writes them, streamed."""
@@ -203,6 +206,19 @@ def second_option(params: QueryParams, by: str | None) -> str | None:
         raise UsageError(f"then: {then[:40]!r} is not an option other than by={by}; choose from "
                          f"{', '.join(name for name in PIVOT_FIELDS if name != by)}")
     return then
+
+
+def filled(params: QueryParams, name: str) -> list[str]:
+    """A repeated parameter's non-blank values: a form sends its empty box too, which the page adds back once."""
+    return [value for value in params.getlist(name) if value.strip()]
+
+
+BOX_SIZE = 12  # characters a text box shows at least ('epochs=10', 'lr=0.1,0.03')
+
+
+def box_size(values: list[str]) -> int:
+    """A text box's width in characters: wide enough for each of `values` (those given, those suggested)."""
+    return max([BOX_SIZE, *(len(value) + 1 for value in values)])
 
 
 def is_study(where: str) -> bool:

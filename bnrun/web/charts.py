@@ -24,7 +24,7 @@ from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, METRICS, at_chance,
 from bnrun.analysis.pivots import Cell, Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS
 from bnrun.analysis.texts import recipe_line
-from bnrun.config import impl_label, option_text
+from bnrun.config import impl_text, option_text
 from bnrun.store import DiagnosticRecord, EpochRecord, RunRecord
 from bnrun.web.svg import Figure, Line, Mark, Panel, Style, shared_y
 
@@ -47,7 +47,7 @@ LAYER_KINDS = (("grad_norm", "gradient norm per layer", "‖∇‖ (log)", True)
 
 
 def impl_of(bn: object, bn_impl: object, fused: object) -> str:
-    return "—" if bn == "none" or bn_impl is None else impl_label(bn_impl, bool(fused))
+    return "—" if bn_impl is None else impl_text(str(bn), str(bn_impl), bool(fused))
 
 
 def lighter(color: str, amount: float) -> str:

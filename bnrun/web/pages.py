@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from bnrun.analysis import texts
 from bnrun.analysis.claims import evaluate, evidence_text, load_claims, numbers_text, result_record, rule_text
-from bnrun.analysis.comparison import FINAL_METRICS
+from bnrun.analysis.comparison import FINAL_METRICS, difference
 from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
 from bnrun.analysis.export import RUN_COLUMNS, epoch_rows, render, run_rows
 from bnrun.analysis.grouping import Comparison, Report, value_order
@@ -206,7 +206,8 @@ def run_page(store: Store, run_id: int) -> dict:
 
 
 def compare_page(store: Store, run_ids: list[int]) -> dict:
-    """Several runs: their curves overlaid, and the configuration fields where they differ."""
+    """Several runs: their curves overlaid, the final metrics with each run's difference from the first (as
+    `bnrun compare A B` gives B − A), and the configuration fields where they differ."""
     runs = store.get_runs(run_ids)
     epochs = store.epochs_by_run(run_ids)
     configs = {run.id: {**json.loads(run.config_json), "seed": run.seed} for run in runs}  # the seed is no option
@@ -216,9 +217,17 @@ def compare_page(store: Store, run_ids: list[int]) -> dict:
         "runs": runs,
         "config_diff": [(name, [configs[run.id].get(name) for run in runs]) for name in differing],
         "shared": [(name, configs[runs[0].id].get(name)) for name in names if name not in differing],
-        "metrics": [(label, kind, [metric_value(run, name) for run in runs]) for label, name, kind in FINAL_METRICS],
+        "metrics": [final_metric(label, kind, [metric_value(run, name) for run in runs])
+                    for label, name, kind in FINAL_METRICS],
+        "differences": [f"{run.id} − {runs[0].id}" for run in runs[1:]],
         "figures": charts.run_curves({f"run {run.id}": epochs[run.id] for run in runs}),
     }
+
+
+def final_metric(label: str, kind: str, values: list[float | None]) -> dict:
+    """One row of compare's final metrics: each run's value, and each later run's difference from the first."""
+    return {"label": label, "kind": kind, "values": values,
+            "differences": [difference(kind, values[0], value) for value in values[1:]]}
 
 
 def api_runs(store: Store, page: RunsPage) -> dict:
