@@ -388,6 +388,21 @@ def test_the_sensitivity_figure_keeps_chance_out_of_its_y_range_and_marks_diverg
     assert "bn=pre (custom+fused)" in sensitivity and "bn=none" in sensitivity
 
 
+def test_marks_stand_at_their_own_value_stacked_where_several_share_it(client):
+    """A diverged or chance mark is drawn exactly above its value's tick (side by side, they had read as other
+    learning rates on a log axis); marks at one value stand one above the other, each with its count beside it."""
+    html = unescape(client.get("/", params={"by": "lr", "arch": "mlp"}).text)
+    sensitivity = next(f for f in figures_of(html) if 'data-kind="sensitivity"' in f)
+    panel = re.search(r'<svg class="panel".*?</svg>', sensitivity, flags=re.S).group(0)
+    ticks = {name: float(x) for x, name in
+             re.findall(r'<text x="([\d.]+)" y="[\d.]+" font-size="10" text-anchor="middle">([^<]*)</text>', panel)}
+    marks = re.findall(r'<g class="mark \w+"><title>([^:]*):[^<]*</title>.*?<text x="([\d.]+)" y="([\d.]+)"', panel)
+    assert sorted(value for value, _, _ in marks) == ["1", "3", "3", "3"], marks
+    for value, x, _ in marks:
+        assert float(x) - 7 == pytest.approx(ticks[value], abs=0.11)  # the count starts 7 px right of the mark
+    assert len({y for value, _, y in marks if value == "3"}) == 3
+
+
 def test_the_grid_view_opens_each_trial(client, study):
     html = client.get("/", params={"by": "lr", "arch": "mlp"}).text
     grid = next(f for f in figures_of(html) if 'data-kind="grid"' in f)

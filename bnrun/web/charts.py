@@ -21,7 +21,7 @@ from bnrun.analysis.figures import (
 )
 from bnrun.analysis.grouping import Group, Report, value_order
 from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, METRICS, at_chance, metric_value, scale
-from bnrun.analysis.pivots import Cell, Pivot, PivotRow
+from bnrun.analysis.pivots import Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS
 from bnrun.analysis.texts import recipe_line
 from bnrun.config import impl_text, option_text
@@ -290,16 +290,16 @@ def sensitivity(pivot: Pivot, where: str = "", columns: tuple | None = None) -> 
     panels, legend, kinds = [], {}, set()
     for arch, rows in styled_rows_by_arch(pivot):
         lines, marks, left = [], [], set()
-        for slot, (row, style) in enumerate(rows):
+        for row, style in rows:
             label = row_label(row.labels)
             legend.setdefault(label, style)
             lines.append(option_line(row, axis, style, label, pivot.metric, chance))
             for value, cell in row.cells.items():
-                for kind, count in cell_marks(cell, chance):
+                for kind, count in cell.marks(chance):
                     kinds.add(kind)
                     if kind == "chance":
                         left.add(axis.name(value))
-                    marks.append(Mark(axis.x(value), kind, count, style.color, slot, len(rows), axis.name(value)))
+                    marks.append(Mark(axis.x(value), kind, count, style.color, axis.name(value)))
         note = (f"{pivot.by}={', '.join(sorted(left))}: at chance level ({100 * CHANCE:g} %), a triangle on the x "
                 "axis, not a point that would stretch the y axis") if left else ""
         name = str(arch).upper()
@@ -333,15 +333,6 @@ def sensitivity_by(then: str, pivots: list[tuple[object, Pivot]]) -> Figure:
 def pivot_crowded(pivot: Pivot, kind: str) -> Figure | None:
     return crowded(f"{METRICS[pivot.metric]} by {pivot.by}", most_per_arch([r.labels.get("arch") for r in pivot.rows]),
                    kind)
-
-
-def cell_marks(cell: Cell, chance: bool) -> list[tuple[str, str]]:
-    marks = []
-    if cell.diverged:
-        marks.append(("diverged", f"{cell.diverged}/{cell.ended}"))
-    if chance and cell.summary.mean is not None and at_chance(cell.summary.mean):
-        marks.append(("chance", f"{cell.summary.n}/{cell.ended}"))
-    return marks
 
 
 def option_line(row, axis: ValueAxis, style: Style, label: str, metric: str, chance: bool) -> Line:
@@ -395,7 +386,7 @@ def grid(pivot: Pivot, runs: dict[int, RunRecord]) -> Figure:
             lines.append(Line(label, dots, xs, ys, tips=tips, links=links, points=True))
             for (value, kind), count in counts.items():
                 kinds.add(kind)
-                marks.append(Mark(axis.x(value), kind, count, style.color, slot, len(rows), axis.name(value)))
+                marks.append(Mark(axis.x(value), kind, count, style.color, axis.name(value)))
         panels.append(Panel(f"{str(arch).upper()}: each trial", pivot.by, METRICS[pivot.metric], tuple(lines),
                             tuple(marks), x_log=axis.log, x_ticks=ticks, x_names=names,
                             y_bounds=PERCENT if factor == 100.0 else (None, None), width=OPTION_WIDTH))

@@ -13,7 +13,7 @@ from html import escape
 
 WIDTH, HEIGHT = 430, 290
 MARGIN = {"left": 58, "right": 14, "top": 30, "bottom": 46}
-MARK_SPACING = 22  # pixels between two lines' marks on the x axis at one value
+MARK_STEP = 13  # pixels between two lines' marks at one value, stacked upwards from the x axis
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,13 @@ class Line:
 
 @dataclass(frozen=True)
 class Mark:
-    """A mark on the x axis at `x`: "diverged" (an x) or "chance" (a triangle), its count above it."""
+    """A mark on the x axis at `x`: "diverged" (an x) or "chance" (a triangle), its count beside it. Marks at one
+    value stand above each other, in their order, each exactly at its value."""
 
     x: float
     kind: str
     text: str
     color: str
-    slot: int = 0  # which line's mark it is, so marks at one value stand side by side
-    slots: int = 1
     where: str = ""  # the value as the axis names it (default: x)
 
 
@@ -272,9 +271,19 @@ def line_svg(line: Line, sx: Scale, sy: Scale) -> list[str]:
     return shapes
 
 
-def mark_svg(mark: Mark, sx: Scale, bottom: float) -> str:
-    x = sx(mark.x) + MARK_SPACING * (mark.slot - (mark.slots - 1) / 2)
-    y = bottom - 6
+def stacked(marks: tuple[Mark, ...]) -> list[tuple[Mark, int]]:
+    """Each mark with its level: how many marks at the same value come before it."""
+    seen: dict[float, int] = {}
+    levels = []
+    for mark in marks:
+        levels.append((mark, seen.get(mark.x, 0)))
+        seen[mark.x] = seen.get(mark.x, 0) + 1
+    return levels
+
+
+def mark_svg(mark: Mark, level: int, sx: Scale, bottom: float) -> str:
+    x = sx(mark.x)
+    y = bottom - 6 - MARK_STEP * level
     if mark.kind == "diverged":
         shape = (f'<path d="M{x - 4:.1f},{y - 4:.1f} L{x + 4:.1f},{y + 4:.1f} M{x - 4:.1f},{y + 4:.1f} '
                  f'L{x + 4:.1f},{y - 4:.1f}" stroke="{escape(mark.color)}" stroke-width="2.2"/>')
@@ -282,7 +291,7 @@ def mark_svg(mark: Mark, sx: Scale, bottom: float) -> str:
         shape = (f'<path d="M{x - 4.5:.1f},{y - 4:.1f} L{x + 4.5:.1f},{y - 4:.1f} L{x:.1f},{y + 4:.1f} Z" '
                  f'fill="{escape(mark.color)}"/>')
     title = f"<title>{escape(mark_title(mark))}</title>"
-    label = text(x, y - 7, mark.text, fill=mark.color, font_size=8, text_anchor="middle")
+    label = text(x + 7, y + 3, mark.text, fill=mark.color, font_size=8, text_anchor="start")
     return f'<g {attrs(class_="mark " + mark.kind)}>{title}{shape}{label}</g>'
 
 
@@ -345,7 +354,7 @@ def panel_svg(panel: Panel, ident: str, width: int = WIDTH, height: int = HEIGHT
     for line in panel.lines:
         parts += line_svg(line, sx, sy)
     parts.append("</g>")
-    parts += [mark_svg(mark, sx, bottom) for mark in panel.marks if drawable(mark.x, sx.log)]
+    parts += [mark_svg(mark, level, sx, bottom) for mark, level in stacked(panel.marks) if drawable(mark.x, sx.log)]
     return (f'<svg class="panel" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
             f'width="{width}" height="{height}" role="img" {attrs(aria_label=panel.title)}>'
             f'<g font-family="system-ui, sans-serif" fill="#222">{"".join(parts)}</g></svg>')
