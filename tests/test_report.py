@@ -495,3 +495,29 @@ def test_a_band_on_a_log_axis_is_the_geometric_spread_and_stays_above_zero():
     assert centers == pytest.approx([1.0]) and lows[0] > 0 and lows[0] * highs[0] == pytest.approx(1.0)
     means, lows, highs = center_and_band([[0.01, 1.0, 100.0]], log=False, bounds=(0.0, None))
     assert means == pytest.approx([101.01 / 3]) and lows == [0.0]
+
+
+def test_the_png_and_the_web_view_draw_each_group_in_one_style(laid_out, tmp_path):
+    """One visual grammar (analysis/styles.py): a group's hue is its placement, its dash and marker its
+    implementation, in the learning curves that `bnrun plot` saves and in those the web view draws."""
+    from matplotlib.colors import to_hex
+
+    from bnrun.analysis import figures
+    from bnrun.web import charts
+
+    runs = [make_run(i + 1, arch="mlp", bn=bn, impl=impl, seed=0) for i, (bn, impl) in
+            enumerate((("pre", "custom"), ("pre", "torch"), ("post", "custom"), ("none", "custom")))]
+    epochs = {run.id: [EpochRecord(e, 1 / e, 0.5 + e / 30, 1 / e, 0.5 + e / 30, 0.1, 2.0, 1.5) for e in (1, 2, 3)]
+              for run in runs}
+    report = build_report(runs)
+    figures.plot_learning_curves(report, epochs, tmp_path / "curves.png")
+    drawn = {line.get_label().removesuffix(" (n=1)"): line for line in laid_out[0].axes[0].get_lines()}
+    web = {label.removesuffix(" (n=1)"): style for label, style in charts.group_curves(report, epochs)[0].legend}
+    assert len(drawn) == len(web) == 4
+    for label, style in web.items():
+        line = drawn[f"mlp {label}"]
+        assert to_hex(line.get_color()) == style.color
+        assert line.get_marker() == figures.MARKERS[style.marker]
+        assert (line.get_linestyle() == "-") == (style.dash == "")
+    colors = {label.split()[0]: style.color for label, style in web.items()}
+    assert len(set(colors.values())) == 3  # one hue per placement: pre, post, none

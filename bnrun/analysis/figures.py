@@ -24,6 +24,7 @@ from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, at_chance  # noqa: 
 from bnrun.analysis.pivots import Pivot  # noqa: E402
 from bnrun.analysis.provenance import metadata  # noqa: E402
 from bnrun.analysis.stats import MIN_TRIALS, summarize  # noqa: E402
+from bnrun.analysis.styles import Style, group_styles, label_styles  # noqa: E402
 from bnrun.analysis.texts import recipe_line  # noqa: E402
 from bnrun.config import impl_label  # noqa: E402
 from bnrun.errors import UsageError, writing  # noqa: E402
@@ -89,12 +90,13 @@ def plot_learning_curves(
     for row, arch in enumerate(archs):
         for column, (field, label, scale) in enumerate(PANELS):
             axis = axes[row][column]
-            for group in (g for g in groups if g.value("arch") == arch):
+            in_arch = [g for g in groups if g.value("arch") == arch]
+            for group, style in zip(in_arch, group_styles(in_arch)):
                 x, mean, std = curve(group, epochs, field, scale)
                 if not x:
                     continue
                 name = f"{report.label(group)} (n={len(group.runs)})"
-                (line,) = axis.plot(x, mean, marker="o", markersize=3, label=name)
+                (line,) = axis.plot(x, mean, markersize=3, label=name, **line_style(style))
                 fill_band(axis, x, mean, std, line, PERCENT_RANGE if scale == 100.0 else (0.0, None))
             axis.set_title(f"{arch.upper()}: {label}")
             epoch_axis(axis)
@@ -178,6 +180,20 @@ def spans_decades(values: list[float]) -> bool:
     return len(positive) == len(values) and len(values) > 1 and max(positive) / min(positive) >= 10
 
 
+MARKERS = {"circle": "o", "square": "s", "none": ""}  # styles.Style's markers as matplotlib names them
+
+
+def line_style(style: Style) -> dict:
+    """matplotlib's keywords for a group's Style, as the web view draws it: its colour, its marker and its dash
+    (the SVG dash array, in matplotlib's units of the line's width)."""
+    dashes = tuple(float(length) / LINE_WIDTH for length in style.dash.split())
+    return {"color": style.color, "marker": MARKERS[style.marker], "linewidth": LINE_WIDTH,
+            "linestyle": (0, dashes) if dashes else "-"}
+
+
+LINE_WIDTH = 1.5
+
+
 def row_label(labels: dict) -> str:
     text = f"bn={labels.get('bn')}"
     if labels.get("bn") != "none" and "bn_impl" in labels:
@@ -213,7 +229,8 @@ def plot_against_option(pivot: Pivot, output: Path, metric_label: str, scale: fl
     marks = {arch: stacked_marks(rows[arch], chance) for arch in archs}
     figure, panels = option_panels(len(archs), max((m.level + 1 for ms in marks.values() for m in ms), default=0))
     for (axis, strip), arch in zip(panels, archs):
-        lines = [option_line(axis, row, scale, bounds, chance) for row in rows[arch]]
+        styles = label_styles([row.labels for row in rows[arch]])
+        lines = [option_line(axis, row, style, scale, bounds, chance) for row, style in zip(rows[arch], styles)]
         if scale == 100.0:
             within(axis, PERCENT_RANGE)
         value_axis(axis, list(pivot.columns))
@@ -319,7 +336,7 @@ def unique_legend(axis, kinds: set[str]) -> None:
     outside_legend(axis, list(seen.values()), list(seen))
 
 
-def option_line(axis, row, scale: float, bounds: tuple, chance: bool):
+def option_line(axis, row, style: Style, scale: float, bounds: tuple, chance: bool):
     """One row of the pivot: its mean line, the band where n ≥ MIN_TRIALS, the seeds where n is smaller;
     with `chance`, cells at chance level are left to their marks."""
     done = [(v, c) for v, c in sorted(row.cells.items(), key=lambda item: item[0])
@@ -329,7 +346,7 @@ def option_line(axis, row, scale: float, bounds: tuple, chance: bool):
     xs = [v for v, _ in done]
     means = [c.summary.mean * scale for _, c in done]
     stds = [(c.summary.std or 0.0) * scale for _, c in done]
-    (line,) = axis.plot(xs, means, marker="o", markersize=4, label=row_label(row.labels))
+    (line,) = axis.plot(xs, means, markersize=4, label=row_label(row.labels), **line_style(style))
     enough = [c.summary.n >= MIN_TRIALS for _, c in done]
     fill_band(axis, xs, means, stds, line, bounds, where=enough)
     for value, cell in done:
@@ -371,11 +388,13 @@ def center_and_band(values: list[list[float]], log: bool = False,
 
 
 def band(axis, series: dict[float, list[float]], label: str, scale: float = 1.0,
-         bounds: tuple[float | None, float | None] = (None, None), log: bool = False):
-    """A line with its band (center_and_band's) from {x: [value per run]}; returns the line."""
+         bounds: tuple[float | None, float | None] = (None, None), log: bool = False, style: Style | None = None):
+    """A line with its band (center_and_band's) from {x: [value per run]}, in `style` (default: the next colour
+    of matplotlib's cycle); returns the line."""
     xs = sorted(series)
     centers, lows, highs = center_and_band([[value * scale for value in series[x]] for x in xs], log, bounds)
-    (line,) = axis.plot(xs, centers, marker="o", markersize=3, label=label)
+    looks = line_style(style) if style else {"marker": "o"}
+    (line,) = axis.plot(xs, centers, markersize=3, label=label, **looks)
     axis.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
     return line
 
@@ -404,11 +423,12 @@ def plot_diagnostic(
     archs = list(dict.fromkeys(g.value("arch") for g in groups))
     figure, axes = plt.subplots(1, len(archs), figsize=(PANEL_WIDTH * len(archs), 4.5), squeeze=False)
     for axis, arch in zip(axes[0], archs):
-        for group in (g for g in groups if g.value("arch") == arch):
+        in_arch = [g for g in groups if g.value("arch") == arch]
+        for group, style in zip(in_arch, group_styles(in_arch)):
             series = drawn[id(group)]
             if not series:
                 continue
-            band(axis, series, f"{report.label(group)} (n={len(group.runs)})", log=log_y)
+            band(axis, series, f"{report.label(group)} (n={len(group.runs)})", log=log_y, style=style)
         if name == "loss_ratio":
             axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--", label="r = 1: the loss unchanged")
         axis.set_ylabel(DIAGNOSTIC_AXES[name] + (" (log)" if log_y else ""))

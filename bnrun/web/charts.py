@@ -19,20 +19,16 @@ from bnrun.analysis.figures import (
     row_label,
     spans_decades,
 )
-from bnrun.analysis.grouping import Group, Report, value_order
+from bnrun.analysis.grouping import Report, value_order
 from bnrun.analysis.metrics import CHANCE, HIGHER_IS_BETTER, METRICS, at_chance, metric_value, scale
 from bnrun.analysis.pivots import Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS
+from bnrun.analysis.styles import RUN_COLORS, Style, group_styles, label_styles
 from bnrun.analysis.texts import recipe_line
-from bnrun.config import impl_text, option_text
+from bnrun.config import option_text
 from bnrun.store import DiagnosticRecord, EpochRecord, RunRecord
-from bnrun.web.svg import Figure, Line, Mark, Panel, Style, shared_y
+from bnrun.web.svg import Figure, Line, Mark, Panel, shared_y
 
-PLACEMENT_COLORS = {"pre": "#1f6fb4", "post": "#d95f02", "none": "#555555"}  # one hue per BN placement
-IMPL_DASHES = {"custom+fused": "", "custom": "8 3 2 3", "torch": "5 3", "—": ""}  # one dash per implementation
-IMPL_MARKERS = {"torch": "square"}
-RUN_COLORS = ("#1f6fb4", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
-              "#17becf", "#8c564b", "#bcbd22")  # a comparison's runs, one each
 PERCENT = (0.0, 100.0)
 RUN_WIDTH = 320  # a run's four curve panels in one row at 1400 px
 OPTION_WIDTH = 620  # a panel against an option: room for a grid's values and the marks beside each other
@@ -44,31 +40,6 @@ RUN_PANELS = (
 )
 LAYER_KINDS = (("grad_norm", "gradient norm per layer", "‖∇‖ (log)", True),
                ("bn_input_std", "BN input std per layer", "std of the BN input", False))
-
-
-def impl_of(bn: object, bn_impl: object, fused: object) -> str:
-    return "—" if bn_impl is None else impl_text(str(bn), str(bn_impl), bool(fused))
-
-
-def lighter(color: str, amount: float) -> str:
-    """`color` mixed with white (0: itself; 1: white): groups that share a placement and an implementation."""
-    red, green, blue = (int(color[i:i + 2], 16) for i in (1, 3, 5))
-    return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in (red, green, blue))
-
-
-def group_style(bn: object, impl: str, shade: int = 0) -> Style:
-    color = PLACEMENT_COLORS.get(str(bn), "#555555")
-    return Style(lighter(color, min(0.6, 0.3 * shade)), IMPL_DASHES.get(impl, "2 2"), IMPL_MARKERS.get(impl, "circle"))
-
-
-def styles_of(keys: list[tuple[str, str]]) -> list[Style]:
-    """A style per (bn, impl): a group that repeats an earlier one's pair gets a lighter shade of its hue."""
-    seen: dict[tuple[str, str], int] = {}
-    styles = []
-    for key in keys:
-        styles.append(group_style(key[0], key[1], seen.get(key, 0)))
-        seen[key] = seen.get(key, 0) + 1
-    return styles
 
 
 def band_of(means: list[float], stds: list[float], bounds: tuple) -> tuple[tuple, tuple]:
@@ -99,11 +70,6 @@ def without_arch(label: str, arch: str) -> str:
 
 
 # -- the report: learning curves and diagnostics per group --------------------------------------------------------
-
-def group_styles(groups: list[Group]) -> list[Style]:
-    return styles_of([(str(g.value("bn")), impl_of(g.value("bn"), g.value("bn_impl"), g.value("fused")))
-                      for g in groups])
-
 
 def group_curves(report: Report, epochs: dict[int, list[EpochRecord]]) -> list[Figure]:
     """Per architecture one figure: a panel per metric of `bnrun plot` (validation accuracy, training loss), a
@@ -269,12 +235,6 @@ class ValueAxis:
         return f"{value:g}" if is_number(value) else str(value)
 
 
-def row_style_label(labels: dict) -> tuple[str, Style]:
-    bn = labels.get("bn")
-    impl = impl_of(bn, labels.get("bn_impl"), labels.get("fused"))
-    return row_label(labels), group_style(bn, impl)
-
-
 def sensitivity(pivot: Pivot, where: str = "", columns: tuple | None = None) -> Figure:
     """As `bnrun plot --x`: per architecture a panel, a mean line per row with a ±std band where at least
     MIN_TRIALS seeds completed; diverged cells an x on the x axis (k/n), cells at chance a triangle there; the y
@@ -357,9 +317,7 @@ def styled_rows_by_arch(pivot: Pivot) -> list[tuple[str, list[tuple[PivotRow, St
     result = []
     for arch in dict.fromkeys(row.labels.get("arch", "all") for row in pivot.rows):
         rows = [row for row in pivot.rows if row.labels.get("arch", "all") == arch]
-        keys = [(str(row.labels.get("bn")), impl_of(row.labels.get("bn"), row.labels.get("bn_impl"),
-                                                     row.labels.get("fused"))) for row in rows]
-        result.append((arch, list(zip(rows, styles_of(keys)))))
+        result.append((arch, list(zip(rows, label_styles([row.labels for row in rows])))))
     return result
 
 

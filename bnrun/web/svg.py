@@ -11,19 +11,11 @@ import zlib
 from dataclasses import dataclass, field, replace
 from html import escape
 
+from bnrun.analysis.styles import Style
+
 WIDTH, HEIGHT = 430, 290
 MARGIN = {"left": 58, "right": 14, "top": 30, "bottom": 46}
 MARK_STEP = 13  # pixels between two lines' marks at one value, stacked upwards from the x axis
-
-
-@dataclass(frozen=True)
-class Style:
-    """How a series looks: its colour, its dash (an SVG stroke-dasharray, "" for solid) and its point marker."""
-
-    color: str
-    dash: str = ""
-    marker: str = "circle"  # circle, square, none
-    line: bool = True  # False: points only (each trial of a grid)
 
 
 @dataclass(frozen=True)
