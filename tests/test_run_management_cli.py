@@ -408,3 +408,14 @@ def test_runs_of_the_shipped_store_fit_80_columns():
     assert result.returncode == 0, result.stderr
     fits(result.stdout)
     assert "also varying" in result.stdout
+
+
+def test_a_final_metrics_values_and_their_differences_share_its_decimals():
+    """compare printed seconds per epoch as 29.0 s beside a difference of −0.03 s."""
+    from bnrun.analysis.comparison import FINAL_METRICS, difference, value_text
+
+    def decimals(text: str) -> int:
+        return len(text.split()[0].split(".")[1])
+
+    for _, _, kind in FINAL_METRICS:
+        assert decimals(value_text(kind, 0.123456)) == decimals(difference(kind, 0.1, 0.123456)), kind

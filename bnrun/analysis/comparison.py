@@ -36,13 +36,25 @@ class RunDiff:
     curves: tuple[tuple[int, EpochRecord | None, EpochRecord | None], ...]  # per epoch
 
 
+DECIMALS = {"pct": 2, "loss": 4, "seconds": 2}  # a final metric's decimals, in its values and their differences
+
+
+def value_text(kind: str, value: float | None) -> str:
+    """A final metric's value in its kind's decimals and unit: '93.07 %', '0.0850', '29.03 s'."""
+    if value is None:
+        return "—"
+    if kind == "pct":
+        return f"{100 * value:.{DECIMALS[kind]}f} %"
+    return f"{value:.{DECIMALS[kind]}f}" + (" s" if kind == "seconds" else "")
+
+
 def difference(kind: str, a: float | None, b: float | None) -> str:
     """b − a in the decimals of its column's kind (FINAL_METRICS), with a true minus sign: '+0.0004', '−0.05 pp'."""
     if a is None or b is None:
         return "—"
     if kind == "pct":
-        return f"{signed(100 * (b - a), 2)} pp"
-    return f"{signed(b - a, 2)} s" if kind == "seconds" else signed(b - a, 4)
+        return f"{signed(100 * (b - a), DECIMALS[kind])} pp"
+    return signed(b - a, DECIMALS[kind]) + (" s" if kind == "seconds" else "")
 
 
 def option_of(run: RunRecord, name: str):

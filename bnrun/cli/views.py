@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bnrun.analysis.comparison import difference
+from bnrun.analysis.comparison import difference, value_text
 from bnrun.analysis.diagnostic_summaries import mode_gap
 from bnrun.analysis.metrics import signed
 from bnrun.config import TRAIN_FIELDS, counted, impl_label, impl_text, option_text
@@ -418,14 +418,6 @@ def evaluations_table(evaluations: list[EvaluationRecord]) -> Table | None:
     return table
 
 
-def metric_text(kind: str, value: float | None) -> str:
-    if kind == "pct":
-        return pct_sign(value)
-    if kind == "seconds":
-        return "—" if value is None else f"{value:.1f} s"
-    return num(value, ".4f")
-
-
 def comparison_tables(diff: RunDiff) -> list:
     """`bnrun compare`: configuration, final metrics, per-epoch curves."""
     a, b = diff.a.id, diff.b.id
@@ -442,7 +434,7 @@ def comparison_tables(diff: RunDiff) -> list:
     for header in (f"run {a}", f"run {b}", f"{b} − {a}"):
         metrics.add_column(header, justify="right", no_wrap=True)
     for label, kind, va, vb in diff.metrics:
-        metrics.add_row(label, metric_text(kind, va), metric_text(kind, vb), difference(kind, va, vb))
+        metrics.add_row(label, value_text(kind, va), value_text(kind, vb), difference(kind, va, vb))
     curves = Table(title="per epoch", box=box.SIMPLE_HEAD, pad_edge=False)
     curves.add_column("epoch", justify="right", no_wrap=True)
     for header in (f"train loss {a}", f"train loss {b}", f"val % {a}", f"val % {b}"):

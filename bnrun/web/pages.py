@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from bnrun.analysis import texts
 from bnrun.analysis.claims import evaluate, evidence_text, load_claims, numbers_text, result_record, rule_text
-from bnrun.analysis.comparison import FINAL_METRICS, difference
+from bnrun.analysis.comparison import FINAL_METRICS, difference, value_text
 from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
 from bnrun.analysis.export import RUN_COLUMNS, epoch_rows, render, run_rows
 from bnrun.analysis.grouping import Comparison, Report, value_order
@@ -226,7 +226,7 @@ def compare_page(store: Store, run_ids: list[int]) -> dict:
 
 def final_metric(label: str, kind: str, values: list[float | None]) -> dict:
     """One row of compare's final metrics: each run's value, and each later run's difference from the first."""
-    return {"label": label, "kind": kind, "values": values,
+    return {"label": label, "kind": kind, "values": [value_text(kind, value) for value in values],
             "differences": [difference(kind, values[0], value) for value in values[1:]]}
 
 
