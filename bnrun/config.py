@@ -118,6 +118,12 @@ def impl_text(bn: str | None, bn_impl: str, fused: bool) -> str:
     return "—" if bn == "none" else impl_label(bn_impl, fused)
 
 
+def bn_text(bn: str | None, bn_impl: str, fused: bool) -> str:
+    """'bn=pre (custom+fused)', or 'bn=none' alone: the placement and its implementation, as every label of a
+    run, a trial or a group names them."""
+    return f"bn={bn}" if bn == "none" else f"bn={bn} ({impl_label(bn_impl, fused)})"
+
+
 def option_text(value: object) -> str:
     """An option's value as the command line spells it, in every human view (the terminal and the web):
     — for none, yes and no for booleans, floats in their shortest form."""

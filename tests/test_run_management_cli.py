@@ -419,3 +419,14 @@ def test_a_final_metrics_values_and_their_differences_share_its_decimals():
 
     for _, _, kind in FINAL_METRICS:
         assert decimals(value_text(kind, 0.123456)) == decimals(difference(kind, 0.1, 0.123456)), kind
+
+
+def test_a_trial_without_bn_is_labelled_without_an_implementation():
+    """Training's progress, eval's title and reproduce's line name a run as the report does: bn=none has no
+    implementation to name (the run stores bn_impl's default all the same)."""
+    from bnrun.config import TrainConfig, bn_text
+    from bnrun.run.progress import trial_label
+
+    assert trial_label(TrainConfig(arch="mlp", bn="none"), 0) == "mlp bn=none seed=0"
+    assert trial_label(TrainConfig(arch="mlp", bn="pre", fused=True), 1) == "mlp bn=pre (custom+fused) seed=1"
+    assert bn_text("none", "torch", False) == "bn=none"

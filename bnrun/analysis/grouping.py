@@ -10,7 +10,7 @@ from datetime import datetime
 
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, METRICS, metric_value
 from bnrun.analysis.stats import MIN_TRIALS, PairedTest, Summary, paired_t_test, summarize, with_holm
-from bnrun.config import DEFAULT_EPOCHS, TRAIN_FIELDS, TrainConfig, canonical_model, counted, impl_label
+from bnrun.config import DEFAULT_EPOCHS, TRAIN_FIELDS, TrainConfig, bn_text, canonical_model, counted, impl_label
 from bnrun.store import OUTCOMES, RunRecord, RunStatus
 
 IDENTITY = ("arch", "bn", "bn_impl", "fused")
@@ -98,8 +98,7 @@ class Group:
 
     def label(self, varying: tuple[str, ...] = ()) -> str:
         """'cnn bn=pre (custom+fused)', then the `varying` options' values: 'cnn bn=none, lr=0.1'."""
-        impl = impl_label(self.value("bn_impl"), self.value("fused"))
-        text = f"{self.value('arch')} bn={self.value('bn')}" + ("" if self.value("bn") == "none" else f" ({impl})")
+        text = f"{self.value('arch')} {bn_text(self.value('bn'), self.value('bn_impl'), self.value('fused'))}"
         return ", ".join([text, *(f"{name}={self.value(name)}" for name in varying)])
 
 

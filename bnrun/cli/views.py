@@ -14,7 +14,7 @@ from rich.text import Text
 from bnrun.analysis.comparison import difference, value_text
 from bnrun.analysis.diagnostic_summaries import mode_gap
 from bnrun.analysis.metrics import signed
-from bnrun.config import TRAIN_FIELDS, counted, impl_label, impl_text, option_text
+from bnrun.config import TRAIN_FIELDS, bn_text, counted, impl_text, option_text
 from bnrun.registry import OPTIONS, PATH
 from bnrun.store import CheckpointInfo, DiagnosticRecord, EpochRecord, EvaluationRecord, RunLabels, RunRecord, RunStatus
 
@@ -77,7 +77,7 @@ def epochs_table(epochs: list[EpochRecord]) -> Table:
 
 def evaluation_table(result: EvalResult) -> Table:
     run, ev = result.run, result.evaluation
-    title = (f"run {run.id}: {run.arch} bn={run.bn} {impl_label(run.bn_impl, run.fused)} seed={run.seed}, "
+    title = (f"run {run.id}: {run.arch} {bn_text(run.bn, run.bn_impl, run.fused)} seed={run.seed}, "
              + (f"evaluation {ev.id}" if ev.id is not None else "not stored (--save keeps it)"))
     table = Table(title=title, min_width=len(title), **COMPACT)  # the title on one line where the terminal allows
     for column in ("statistics", "val %", "test %", "test loss", "stored test %", "same"):
@@ -169,7 +169,7 @@ def layer_table(records: list[DiagnosticRecord]) -> Table:
 def reproduction_lines(result: Reproduction) -> list[str]:
     original, new = result.original, result.reproduced
     lines = [
-        f"run {original.id} ({original.arch} bn={original.bn}, {impl_label(original.bn_impl, original.fused)}, "
+        f"run {original.id} ({original.arch} {bn_text(original.bn, original.bn_impl, original.fused)}, "
         f"seed {original.seed}) "
         f"trained again{'' if result.scratch is None else f' into {result.scratch}'}: {new.status}, "
         f"{new.epochs_completed}/{new.epochs} epochs"

@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.table import Column
 
-from bnrun.config import TrainConfig, impl_label, option_text
+from bnrun.config import TrainConfig, bn_text, option_text
 from bnrun.store import EpochRecord, FinalMetrics, RunRecord, RunStatus
 from bnrun.training.results import TrainingProgress
 
@@ -32,7 +32,7 @@ def trial_label(config: TrainConfig, seed: int, varied: tuple[str, ...] = ()) ->
     """'cnn bn=pre (custom+fused) lr=0.1 seed=0': the model, the implementation, the value of each option
     the grid varies (`varied`), so that no two trials of a grid read alike, and the seed."""
     options = "".join(f" {name}={option_text(getattr(config, name))}" for name in varied if name not in LABEL_HEAD)
-    return f"{config.arch} bn={config.bn} ({impl_label(config.bn_impl, config.fused)}){options} seed={seed}"
+    return f"{config.arch} {bn_text(config.bn, config.bn_impl, config.fused)}{options} seed={seed}"
 
 
 def brief_label(config: TrainConfig, seed: int, varied: tuple[str, ...] = ()) -> str:

@@ -21,7 +21,7 @@ from bnrun.analysis.machine import comparison_record, group_records
 from bnrun.analysis.metrics import METRICS, metric_value, scaled_pair
 from bnrun.analysis.pivots import Pivot
 from bnrun.analysis.queries import ReportRequest, criteria_of, pivot_of, report_of
-from bnrun.config import impl_label
+from bnrun.config import bn_text, impl_label
 from bnrun.errors import NothingMatched, UsageError
 from bnrun.store import STATUSES, RunCriteria, RunRecord, RunStatus, Store
 from bnrun.web import charts
@@ -264,8 +264,7 @@ def running_instead(store: Store) -> dict | None:
 
 
 def run_label(run: RunRecord) -> str:
-    impl = "" if run.bn == "none" else f" ({impl_label(run.bn_impl, run.fused)})"
-    return f"{run.arch} bn={run.bn}{impl} seed {run.seed}"
+    return f"{run.arch} {bn_text(run.bn, run.bn_impl, run.fused)} seed {run.seed}"
 
 
 EXPORT_CHUNK = 2000  # runs read per query while a download streams
