@@ -732,7 +732,7 @@ def export_model(
     """Write a run's trained model as a .pt file for torch.load(path, weights_only=True) that takes raw images.
 
     It holds "state_dict" (plain tensors), "model" (build_model's arguments), "input" (the training split's mean
-    and std), "classes", "config", "run_id", "test_acc".
+    and std), "classes", "config", "run_id", "test_acc_percent".
 
     Load it with the lines below. The model is in eval mode and takes raw uint8 (N, 28, 28) images or floats in
     [0, 1].

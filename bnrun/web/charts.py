@@ -3,8 +3,8 @@ band over seeds; the batch-norm diagnostics per group and per run; the metric ag
 (sensitivity) and each trial of the grid as a point that opens its run. The numbers come from the analysis layer
 (`curve`, `diagnostic_series`, `run_diagnostic`, the pivot's cells); nothing is recomputed here.
 
-One visual grammar everywhere a group is drawn: the hue is the BN placement, the dash the implementation,
-train and validation are separate panels; a comparison of runs gives each run its own hue."""
+One visual grammar everywhere a group is drawn, the PNGs' too (analysis/styles.py): the hue is the BN placement, the
+dash the implementation; train and validation are separate panels; a comparison of runs gives each run its own hue."""
 
 from __future__ import annotations
 
