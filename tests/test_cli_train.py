@@ -129,6 +129,31 @@ def test_the_trials_bar_keeps_its_bar_and_times_at_80_columns_beside_a_long_labe
     assert "run 7: lr=0.1 batch_size=64" in bar and "…" in bar, bar
 
 
+def test_a_ctrl_c_while_the_epoch_bar_is_replaced_still_ends_in_one_interrupted_line(monkeypatch):
+    """A Ctrl-C that landed between removing the last epoch's bar and adding the next one left the removed bar's id
+    behind, and trial_finished removed it again: a KeyError's traceback where "interrupted" belongs."""
+    from rich.console import Console
+
+    from bnrun.config import TrainConfig
+    from bnrun.run.progress import RichReporter
+
+    console = Console(width=80, record=True)
+    reporter = RichReporter(console)
+    reporter.sweep_started(1)
+    reporter.trial_started(6, TrainConfig(arch="cnn", bn="post"), 2)
+    reporter.epoch_started(1, 4, 10)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reporter.progress, "add_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reporter.epoch_started(2, 4, 10)
+    reporter.trial_finished(6, "interrupted", None, "interrupted by the user (SIGINT/SIGTERM)")
+    reporter.sweep_finished()
+    assert "interrupted run 6: cnn bn=post (custom) seed=2: interrupted by the user" in console.export_text()
+
+
 def test_runs_and_show(trained_store):
     listed = invoke("runs", "--arch", "cnn", "--status", "completed", "--db", str(trained_store))
     assert listed.exit_code == 0 and "2 runs" in listed.output and "all: arch=cnn, bn=pre" in listed.output

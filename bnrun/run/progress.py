@@ -108,9 +108,15 @@ class RichReporter(SilentReporter):
         self.progress.update(self.sweep_task, info=f"run {run_id}: {brief_label(config, seed, self.varied)}")
 
     def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
-        if self.epoch_task is not None:
-            self.progress.remove_task(self.epoch_task)
+        self.drop_epoch_bar()
         self.epoch_task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=batches, info="")
+
+    def drop_epoch_bar(self) -> None:
+        """The epoch's bar removed, forgotten before it goes: a Ctrl-C that lands between the two must not leave
+        trial_finished a task to remove twice (a KeyError and a traceback instead of "interrupted")."""
+        task, self.epoch_task = self.epoch_task, None
+        if task is not None:
+            self.progress.remove_task(task)
 
     def batch(self) -> None:
         self.progress.update(self.epoch_task, advance=1)
@@ -120,9 +126,7 @@ class RichReporter(SilentReporter):
         self.progress.update(self.epoch_task, info=f"loss {record.train_loss:.4f} val. acc. {accuracy:.2f} %")
 
     def trial_finished(self, run_id: int, status: str, metrics: FinalMetrics | None, note: str = "") -> None:
-        if self.epoch_task is not None:
-            self.progress.remove_task(self.epoch_task)
-            self.epoch_task = None
+        self.drop_epoch_bar()
         if metrics:  # the accuracies on a line of their own, under the label: together they outgrow 80 columns
             self.line(f"{status:<11} {self.label}")
             self.line(f"{'':<11} test acc. {100 * metrics.test_acc_population:.2f} % (population stats), "

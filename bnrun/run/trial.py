@@ -107,8 +107,8 @@ def run_trial(spec: TrialSpec, dataset: FashionMNISTData, store: Store, reporter
             callbacks = callbacks_into(store, run_id, reporter, spec.diagnostics)
             metrics = fit(config, spec.seed, dataset, callbacks, spec.checkpoint)
     except KeyboardInterrupt:
-        store.end_run(run_id, RunStatus.INTERRUPTED, "interrupted by the user (SIGINT/SIGTERM)")
-        reporter.trial_finished(run_id, RunStatus.INTERRUPTED, None)
+        store.end_run(run_id, RunStatus.INTERRUPTED, INTERRUPTED_NOTE)
+        reporter.trial_finished(run_id, RunStatus.INTERRUPTED, None, INTERRUPTED_NOTE)
         raise
     except Diverged as error:
         return _end(store, reporter, run_id, RunStatus.DIVERGED, str(error), STOPPED_BY_DIVERGED)
@@ -119,6 +119,9 @@ def run_trial(spec: TrialSpec, dataset: FashionMNISTData, store: Store, reporter
         return _end(store, reporter, run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
     reporter.trial_finished(run_id, RunStatus.COMPLETED, metrics)
     return TrialOutcome(run_id, RunStatus.COMPLETED)
+
+
+INTERRUPTED_NOTE = "interrupted by the user (SIGINT/SIGTERM)"
 
 
 def _end(store: Store, reporter: Reporter, run_id: int, status: str, note: str,
