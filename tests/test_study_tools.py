@@ -170,6 +170,16 @@ def test_reproduce_reports_the_first_epoch_that_differs(grid_store, tmp_path):
     assert "differs first at epoch 1" in result.output and "  val_acc: Δ -0.01\n    stored " in result.output
 
 
+def test_reproduce_refuses_a_run_that_stopped_before_its_outcome(grid_store, tmp_path):
+    """An interrupted run retrained to the end read as a mismatch ("epochs completed: Δ +3", exit 1)."""
+    db, run_id = copy_of(grid_store, tmp_path, "interrupted.db")
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE runs SET status = 'interrupted' WHERE id = ?", (run_id,))
+    result = invoke("reproduce", str(run_id), "--db", str(db))
+    assert result.exit_code == 2, result.output
+    assert f"run {run_id} is interrupted after 1 of 1 epochs: reproduce retrains a run that completed" in result.output
+
+
 def test_reproduce_names_commits_as_git_abbreviates_them():
     from bnrun.run.provenance import differences
 

@@ -17,7 +17,7 @@ from bnrun.cli.views import CommandConsole
 from bnrun.config import SweepConfig, counted
 from bnrun.errors import NothingMatched, UsageError, unknown_choice, writing
 from bnrun.requests.parsing import require
-from bnrun.store import RunLabels, RunRecord, RunStatus, Store
+from bnrun.store import OUTCOMES, RunLabels, RunRecord, RunStatus, Store
 
 stderr = CommandConsole(stderr=True)
 
@@ -118,9 +118,16 @@ def reproduce_stored(db: str | None, run_id: int, scratch: Path | None, data_dir
         f"--scratch: directory {scratch.parent if scratch else ''} does not exist",
     )
     with open_store(db, read_only=True) as store:
-        store.get_run(run_id)  # an unknown id fails before the data are touched
+        require_outcome(store.get_run(run_id))  # an unknown or unfinished run fails before the data are touched
         check_available(data_dir)
         return reproduce_run(store, run_id, data_dir, RichReporter(), scratch)
+
+
+def require_outcome(run: RunRecord) -> None:
+    """Only a trial that ran to an outcome (completed or diverged) can be reproduced: one that was interrupted,
+    failed or still runs stopped for a reason of its process, which a retraining would not share."""
+    require(run.status in OUTCOMES, f"run {run.id} is {run.status} after {run.epochs_completed} of {run.epochs} "
+                                    "epochs: reproduce retrains a run that completed or diverged, and compares the two")
 
 
 def report(db: str | None, request: ReportRequest, fmt: str, standalone: bool = False, wide: bool = False):
