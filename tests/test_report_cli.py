@@ -322,7 +322,9 @@ def test_runs_fold_notes_at_word_boundaries(study, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["export", "runs", "--format", "json", "--output", "x.csv"], "--output x.csv: .csv is for csv output, not json output; end it in .json"),
     (["export", "epochs", "12", "--output", "e.json"], "--output e.json: .json is for json output, not csv output; end it in .csv"),
-    (["export", "model", "12", "--output", "m.txt"], "--output m.txt: .txt is for table output, not a model; end it in .pt"),
+    (["export", "model", "12", "--output", "m.onnx"], "--output m.onnx: the model is written by torch.save; end it in .pt"),
+    (["export", "model", "12", "--output", "m.PTH.x"], "--output m.PTH.x: the model is written by torch.save"),
+    (["export", "model", "12", "--output", "m.txt"], "--output m.txt: the model is written by torch.save; end it in .pt or .pth"),
     (["report", "--format", "latex", "--output", "r.md"], "--output r.md: .md is for markdown output, not latex output"),
     (["claims", "--format", "json", "--output", "c.png"], "--output c.png: .png is for png output, not json output"),
 ])

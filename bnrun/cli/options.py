@@ -351,13 +351,18 @@ SUFFIXES = {**{fmt: Path(name).suffix for fmt, name in REPORT_FILES.items()},
             **{fmt: f".{fmt}" for fmt in FIGURE_FORMATS}, "model": ".pt"}
 
 
+MODEL_SUFFIXES = ("", ".pt", ".pth")  # torch.save's names: a model is not written as .onnx or .safetensors
+
+
 def matching_output(output: Path | None, kind: str) -> Path | None:
-    """`output`, refused where its extension is another kind's (x.csv for --format json): a mistyped format
-    or name, caught before the file is written. A name without an extension, or with one bnrun does not
-    write, is taken as given."""
+    """`output`, refused where its extension is another kind's (x.csv for --format json), or is not torch.save's
+    for a model: a mistyped format or name, caught before the file is written. A name without an extension, or
+    with one bnrun does not write, is taken as given."""
     if output is None or output.is_dir():
         return output
     suffix = output.suffix.lower()
+    require(kind != "model" or suffix in MODEL_SUFFIXES,
+            f"--output {output.name}: the model is written by torch.save; end it in .pt or .pth")
     other = next((name for name, known in SUFFIXES.items() if known == suffix and name != kind), None)
     what = "a model" if kind == "model" else f"{kind} output"
     require(other is None or suffix == SUFFIXES.get(kind),
