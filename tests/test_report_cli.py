@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import sqlite3
 
@@ -377,5 +378,14 @@ def test_a_pivots_comparisons_fit_80_columns_in_one_table_under_a_line_per_setti
     comparisons = text.split("paired comparisons")[1]
     assert "(1/2)" not in comparisons and "n = 3 pairs each" in " ".join(comparisons.split())
     settings = [line.strip() for line in comparisons.splitlines() if line.strip().startswith("at lr=")]
-    assert settings == ["at lr=0.003", "at lr=0.01", "at lr=0.03", "at lr=0.05", "at lr=0.1", "at lr=0.3", "at lr=1.0"]
+    assert settings == ["at lr=0.003", "at lr=0.01", "at lr=0.03", "at lr=0.05", "at lr=0.1", "at lr=0.3", "at lr=1"]
     assert not any(line.rstrip().endswith(tuple(settings)) for line in comparisons.splitlines()[1:] if "−" in line)
+
+
+def test_every_label_of_a_report_spells_values_as_the_command_line_does():
+    """Group labels, comparison settings and pivot columns read — and 0, not None and 0.0 (report --all printed
+    ghost_batch=None, dropout=0.0; a pivot's columns lr=1.0 where its figure says 1)."""
+    text = invoke("report", "--all", "--arch", "mlp", "--db", str(SHIPPED), env={"COLUMNS": "300"}).stdout
+    assert "ghost_batch=—" in text and not re.search(r"=(None|True|False|\d+\.0)\b", text)
+    pivot = invoke("report", "--by", "lr", "--arch", "mlp", "--db", str(SHIPPED), env={"COLUMNS": "300"}).stdout
+    assert "lr=1 " in pivot and "lr=1.0" not in pivot

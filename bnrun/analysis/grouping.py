@@ -10,7 +10,16 @@ from datetime import datetime
 
 from bnrun.analysis.metrics import HIGHER_IS_BETTER, METRICS, metric_value
 from bnrun.analysis.stats import MIN_TRIALS, PairedTest, Summary, paired_t_test, summarize, with_holm
-from bnrun.config import DEFAULT_EPOCHS, TRAIN_FIELDS, TrainConfig, bn_text, canonical_model, counted, impl_label
+from bnrun.config import (
+    DEFAULT_EPOCHS,
+    TRAIN_FIELDS,
+    TrainConfig,
+    bn_text,
+    canonical_model,
+    counted,
+    impl_label,
+    option_text,
+)
 from bnrun.store import OUTCOMES, RunRecord, RunStatus
 
 IDENTITY = ("arch", "bn", "bn_impl", "fused")
@@ -99,7 +108,7 @@ class Group:
     def label(self, varying: tuple[str, ...] = ()) -> str:
         """'cnn bn=pre (custom+fused)', then the `varying` options' values: 'cnn bn=none, lr=0.1'."""
         text = f"{self.value('arch')} {bn_text(self.value('bn'), self.value('bn_impl'), self.value('fused'))}"
-        return ", ".join([text, *(f"{name}={self.value(name)}" for name in varying)])
+        return ", ".join([text, *(f"{name}={option_text(self.value(name))}" for name in varying)])
 
 
 @dataclass(frozen=True)
@@ -217,7 +226,7 @@ def paired_comparisons(groups: list[Group], metric: str, varying: tuple[str, ...
             other = by_key.get((arch, bn_b, other_impl, other_fused) + group.key[4:])
             if other is None:
                 continue
-            setting = ", ".join(f"{name}={group.value(name)}" for name in varying)
+            setting = ", ".join(f"{name}={option_text(group.value(name))}" for name in varying)
             comparisons.append(replace(compare(group, other, metric), setting=setting))
     return comparisons
 

@@ -60,7 +60,7 @@ def row_values(report: Report, group: Group, wide: bool = True) -> list[str]:
 
 
 def settings_text(settings: dict) -> str:
-    return ", ".join(f"{name}={value}" for name, value in settings.items())
+    return ", ".join(f"{name}={option_text(value)}" for name, value in settings.items())
 
 
 def recipe_line(settings: dict) -> str:
@@ -165,7 +165,7 @@ def pivot_header(pivot: Pivot) -> list[str]:
     """The row fields as the report names them (bn_impl as impl, with the kernel in it unless fused is a field
     of its own), then one column per value of `by`."""
     names = [("impl" if name == "bn_impl" and "fused" not in pivot.row_fields else name) for name in pivot.row_fields]
-    return [*names, *(f"{pivot.by}={value}" for value in pivot.columns)]
+    return [*names, *(f"{pivot.by}={option_text(value)}" for value in pivot.columns)]
 
 
 def pivot_label_values(pivot: Pivot, row: PivotRow) -> list[str]:
