@@ -241,4 +241,4 @@ class SweepConfig:
         total = len(self.trials())
         product = math.prod(len(values) for values in self.varied().values()) * len(self.seeds)
         suffix = "" if total == product else f" ({product - total} repeated)"
-        return " × ".join(parts) + f" = {total} trial" + ("s" if total != 1 else "") + suffix
+        return " × ".join(parts) + f" = {counted(total, 'trial')}" + suffix

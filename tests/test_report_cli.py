@@ -77,7 +77,7 @@ def test_the_default_report_is_the_default_recipe_with_holm_over_what_it_prints(
     result = invoke("report", "--db", str(study), env=NARROW)
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
-    assert re.search(r"shown: the default recipe; left out: \d+ of \d+ trials, in \d+ other recipes: --where ", text), text
+    assert re.search(r"shown: the default recipe; left out: [\d,]+ of [\d,]+ trials, in \d+ other recipes: --where ", text), text
     assert "--all shows every trial" in text
     tested = [line for line in result.stdout.splitlines() if re.search(r" − .*\] +[0-9.e-]+ +[0-9.e-]+ +\d+$", line)]
     assert f"corrected over the {len(tested)} comparisons with a test" in text and len(tested) >= 10

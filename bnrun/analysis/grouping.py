@@ -311,7 +311,7 @@ def narrow(runs: list[RunRecord], named: frozenset[str] = frozenset(), sweep: st
     more = f"; and {len(others) - SHOWN_RECIPES} more" if len(others) > SHOWN_RECIPES else ""
     left = len(runs) - len(recipes[chosen])
     return recipes[chosen], (
-        f"shown: {'the default recipe' if chosen == () else 'the largest recipe'}; left out: {left} of {len(runs)} "
+        f"shown: {'the default recipe' if chosen == () else 'the largest recipe'}; left out: {left:,} of {len(runs):,} "
         f"trials, in {counted(len(others), 'other recipe')}: {'; '.join(listed)}{more}; --all shows every trial"
     )
 

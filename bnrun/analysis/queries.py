@@ -29,7 +29,7 @@ def nothing_matched(store: Store) -> NothingMatched:
     completed = store.count_runs(RunCriteria(equal=(("status", (RunStatus.COMPLETED,)),)))
     if not completed:
         return NothingMatched(EMPTY_STORE)
-    return NothingMatched(NOTHING_MATCHED.format(count=f"{completed} completed"))
+    return NothingMatched(NOTHING_MATCHED.format(count=f"{completed:,} completed"))
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,7 @@ def runs_table(
     labels never wrap, statuses, tags and notes fold."""
     from bnrun.analysis.listing import option_value, shared_options, varying_options
 
-    more = "" if total == len(runs) else f" (of {total} matching; --limit N or --all for more)"
+    more = "" if total == len(runs) else f" (of {total:,} matching; --limit N or --all for more)"
     title = counted(len(runs), "run") + more
     tags = {run.id: ", ".join(labels[run.id].tags) for run in runs if run.id in labels and labels[run.id].tags}
     notes = {run.id: "; ".join(text for text in (run.user_note, run.note) if text) for run in runs}
@@ -504,11 +504,11 @@ def plan_lines(plan: SweepPlan, store_name: str) -> list[str]:
         "no store yet (training creates it)"
         if not plan.store_exists
         else (
-            f"the store holds {plan.total(RunStatus.COMPLETED)} completed, {plan.total(RunStatus.DIVERGED)} diverged, "
-            f"{plan.total(RunStatus.RUNNING)} running"
+            f"the store holds {plan.total(RunStatus.COMPLETED):,} completed, {plan.total(RunStatus.DIVERGED):,} "
+            f"diverged, {plan.total(RunStatus.RUNNING):,} running"
         )
     )
-    to_run = f"{store_name}: {held}; {plan.total('to_run')} to run"
+    to_run = f"{store_name}: {held}; {plan.total('to_run'):,} to run"
     return [plan.description, "every trial: " + ", ".join(shared), to_run]
 
 
