@@ -187,11 +187,21 @@ def test_the_report_draws_a_curve_panel_per_architecture(server, page):
             assert legend["y"] >= box["y"] + box["height"] - 1
 
 
-@pytest.mark.parametrize("path", ["/", "/claims", "/runs", "/runs/12", "/compare?ids=11,12"])
+@pytest.mark.parametrize("path", ["/", "/claims", "/runs", "/runs/12", "/compare?ids=11,12", "/?by=lr&arch=mlp",
+                                  "/?by=lr&arch=mlp&then=batch_size"])
 def test_a_phone_wide_screen_scrolls_tables_not_the_page(server, page, path):
+    """Tables scroll within the page; figures and their legends shrink to it (a pivot's figure was 461 px)."""
     page.set_viewport_size({"width": 400, "height": 900})
     visit(page, server + path)
     assert page.evaluate("document.documentElement.scrollWidth") <= 400, path
+
+
+def test_a_phone_wide_screen_shows_each_claims_verdict_without_scrolling(server, page):
+    """The verdict stands beside the claim's name, not past its rule at the table's scrolled-off edge."""
+    page.set_viewport_size({"width": 400, "height": 900})
+    visit(page, server + "/claims")
+    boxes = [cell.bounding_box() for cell in page.locator("table.claims td.verdict").all()]
+    assert boxes and all(box["x"] + box["width"] <= 400 for box in boxes)
 
 
 def test_runs_shows_the_cli_values_and_a_far_page_is_not_found(server, page):
