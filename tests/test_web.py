@@ -152,6 +152,15 @@ def test_the_json_api_is_export_runs(client, study):
     assert [e["epoch"] for e in one["per_epoch"]] == list(range(1, one["epochs"] + 1))
 
 
+def test_a_report_parameter_that_is_refused_gives_the_form_back_as_submitted(client):
+    """The form's mistake (where=epoch=10) answered with a bare error page: its values had to be typed again."""
+    response = client.get("/", params={"where": "epoch=10", "metric": "best_val_acc"})
+    assert response.status_code == 400 and 'class="error"' in response.text
+    assert "unknown option &#39;epoch&#39;; did you mean epochs" in response.text
+    form = re.search(r'<form method="get" action="/".*?</form>', response.text, flags=re.S).group(0)
+    assert 'value="epoch=10"' in form and '<option value="best_val_acc" selected>' in form
+
+
 def test_unknown_ids_and_methods_and_parameters_are_refused_as_error_pages(client):
     cases = {"/runs/999999": 404, "/api/runs/999999": 404, "/runs/abc": 404, "/nowhere": 404, "/?metric=bogus": 400,
              "/?by=colour": 400, "/runs?page=0": 400, "/runs?per_page=9999": 400, "/runs?sort=gen_gap": 400,
@@ -197,7 +206,9 @@ def test_a_bad_parameter_is_named_in_the_error_and_the_store_path_is_not(client,
 def test_switches_take_yes_and_no_and_a_long_value_is_cut_in_the_error(client):
     assert client.get("/runs?deleted=yes").status_code == 200 and client.get("/runs?deleted=no").status_code == 200
     response = client.get("/?where=" + "x" * 3000)
-    assert response.status_code == 400 and "x" * 400 not in response.text and "…" in response.text
+    error = re.search(r'<p class="error">(.*?)</p>', response.text, flags=re.S).group(1)
+    assert response.status_code == 400 and "x" * 400 not in error and error.endswith("…")
+    assert 'value="' + "x" * 3000 + '"' in response.text and 'size="40"' in response.text  # the form, as submitted
 
 
 def test_a_filter_that_matches_nothing_keeps_the_form(client):

@@ -103,14 +103,19 @@ def create_app(db: str | None, access: Access = Access(), claims_file: Path = CL
         return HTMLResponse(body, headers=SECURITY_HEADERS)
 
     def report(request: Request) -> Response:
-        ask = report_of_params(request.query_params)
-        then = second_option(request.query_params, ask.by)
         given = filled(request.query_params, "where")
         controls = {"params": request.query_params, "metrics": METRICS, "pivot_fields": PIVOT_FIELDS, "where": given}
         with view.open() as store:
             controls["choices"] = choices.of(store)
             suggested = [f"study={name}" for name in controls["choices"]["study"]]
             controls |= {"where_suggested": suggested, "where_size": box_size([*given, *suggested])}
+            try:
+                ask = report_of_params(request.query_params)
+                then = second_option(request.query_params, ask.by)
+            except UsageError as error:  # the form again, as submitted, with what to correct above it
+                response = html("report.html", request, error=web_wording(str(error)), **controls)
+                response.status_code = 400
+                return response
             for second_try in (False, True):
                 try:
                     return html("report.html", request, page=pages.report_page(store, ask, then), **controls)
@@ -213,12 +218,14 @@ def filled(params: QueryParams, name: str) -> list[str]:
     return [value for value in params.getlist(name) if value.strip()]
 
 
+BOX_SIZE_LIMIT = 40  # characters at most: a longer value scrolls within its box
 BOX_SIZE = 12  # characters a text box shows at least ('epochs=10', 'lr=0.1,0.03')
 
 
 def box_size(values: list[str]) -> int:
-    """A text box's width in characters: wide enough for each of `values` (those given, those suggested)."""
-    return max([BOX_SIZE, *(len(value) + 1 for value in values)])
+    """A text box's width in characters: wide enough for each of `values` (those given, those suggested), up to
+    BOX_SIZE_LIMIT (a longer value scrolls within its box)."""
+    return min(BOX_SIZE_LIMIT, max([BOX_SIZE, *(len(value) + 1 for value in values)]))
 
 
 def is_study(where: str) -> bool:
