@@ -186,6 +186,8 @@ def test_unknown_ids_and_methods_and_parameters_are_refused_as_error_pages(clien
     ("/runs?pagee=2", 400, "unknown parameter 'pagee'; did you mean page?"),
     ("/claims?family=depth", 400, "unknown parameter 'family'; this page takes none"),
     ("/runs/12?x=1", 400, "this page takes none"),
+    ("/compare?ids=11,11", 400, "ids: run 11 given twice: name two different runs"),
+    ("/compare?ids=11", 400, "ids: compare 2 to 12 runs, got 1"),
     ("/compare?ids=11,12&ids=13&b=1", 400, "unknown parameter 'b'; this page takes ids"),
     ("/runs?per_page=0", 400, "per_page: expected a whole number, 1 or more, got '0'"),
     ("/runs?per_page=100000", 400, "per_page: at most 500, got 100000"),

@@ -108,5 +108,6 @@ def compared_ids(params: QueryParams) -> list[int]:
         ids = sorted(parse_run_ids(value))
     except UsageError as error:
         raise UsageError(str(error).replace("--run-id", "ids")) from None
+    require(len(ids) != 1 or "," not in value, f"ids: run {ids[0]} given twice: name two different runs")
     require(2 <= len(ids) <= 12, f"ids: compare 2 to 12 runs, got {len(ids)}")
     return ids
