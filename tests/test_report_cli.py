@@ -389,3 +389,10 @@ def test_every_label_of_a_report_spells_values_as_the_command_line_does():
     assert "ghost_batch=—" in text and not re.search(r"=(None|True|False|\d+\.0)\b", text)
     pivot = invoke("report", "--by", "lr", "--arch", "mlp", "--db", str(SHIPPED), env={"COLUMNS": "300"}).stdout
     assert "lr=1 " in pivot and "lr=1.0" not in pivot
+
+
+def test_a_pivot_cell_at_chance_says_so_as_its_figure_marks_it():
+    """lr=3's bn=pre trials all ended at 10 %: the figures mark the cell "chance level", the table said 10.00 ± 0.00."""
+    text = invoke("report", "--by", "lr", "--arch", "mlp", "--db", str(SHIPPED), env={"COLUMNS": "300"}).stdout
+    assert "10.00 ± 0.00 · at chance" in text
+    assert "'at chance': the completed trials ended at chance level (10 %)" in " ".join(text.split())

@@ -54,7 +54,9 @@ class Cell:
         return marks
 
     def text(self, metric: str) -> str:
-        return " · ".join(p for p in (self.value_text(metric), self.flag_text()) if p) or "—"
+        """'89.41 ± 0.06', 'diverged 3/3', or '10.00 ± 0.00 · at chance' (what a figure marks, said in words)."""
+        chance = "at chance" if any(kind == "chance" for kind, _ in self.marks(metric in HIGHER_IS_BETTER)) else ""
+        return " · ".join(p for p in (self.value_text(metric), self.flag_text(), chance) if p) or "—"
 
 
 @dataclass(frozen=True)

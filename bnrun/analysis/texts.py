@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
 from bnrun.analysis.grouping import Comparison, Group, Report, spelled
-from bnrun.analysis.metrics import METRICS, digits, mean_std_text, metric_value, scaled_pair, signed
+from bnrun.analysis.metrics import CHANCE, METRICS, digits, mean_std_text, metric_value, scaled_pair, signed
 from bnrun.analysis.pivots import Pivot, PivotRow
 from bnrun.analysis.stats import MIN_TRIALS, Summary
 from bnrun.config import counted, impl_text, option_text
@@ -195,7 +195,9 @@ def pivot_notes(pivot: Pivot) -> list[str]:
     held = "every other option held fixed at the default recipe" + (
         f" but {spelled_settings(pivot.held)}" if pivot.held else "")
     empty = all(cell.summary.mean is None for row in pivot.rows for cell in row.cells.values())
+    chance = any("at chance" in cell.text(pivot.metric) for row in pivot.rows for cell in row.cells.values())
     return [held, *pivot.left_out, *([no_values_note(pivot.metric)] if empty else []),
         f"{METRICS[pivot.metric]} by {pivot.by}: mean ± sample std over seeds of the completed trials; "
         f"'diverged k/n': k of the n trials that ran to an outcome diverged (they are not in the mean)"
+        + (f"; 'at chance': the completed trials ended at chance level ({100 * CHANCE:g} %)" if chance else "")
     ]
