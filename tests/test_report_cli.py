@@ -396,3 +396,9 @@ def test_a_pivot_cell_at_chance_says_so_as_its_figure_marks_it():
     text = invoke("report", "--by", "lr", "--arch", "mlp", "--db", str(SHIPPED), env={"COLUMNS": "300"}).stdout
     assert "10.00 ± 0.00 · at chance" in text
     assert "'at chance': the completed trials ended at chance level (10 %)" in " ".join(text.split())
+
+
+def test_eval_with_a_missing_data_directory_says_so_in_one_line(tmp_path):
+    """"loading Fashion-MNIST" came first, then the error: two lines for one mistake."""
+    result = bnrun_in_process("eval", "1", "--data-dir", str(tmp_path / "none"), "--db", str(SHIPPED))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "does not exist" in result.stderr

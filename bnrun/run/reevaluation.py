@@ -14,7 +14,7 @@ from pathlib import Path
 import bnrun
 from bnrun.store import EvaluationRecord, RunRecord, Store
 from bnrun.training.checkpoint import load_population, rebuild_model
-from bnrun.training.data import load
+from bnrun.training.data import check_available, load
 from bnrun.training.evaluation import evaluate_split, evaluate_with_batch_statistics
 from bnrun.training.hardware import resolve_device
 
@@ -41,6 +41,7 @@ def evaluate_run(store: Store, run_id: int, data_dir: Path | None = None, device
     blob = store.load_checkpoint(run_id)
     model, population = rebuild_model(run, blob)
     device = resolve_device(device)
+    check_available(data_dir)  # a missing data directory is one line, before any step is announced
     progress("loading Fashion-MNIST")
     dataset = load(data_dir, run.train_subset)
     model.to(device)
