@@ -34,6 +34,7 @@ def rows(db, query):
     (["--lr", "0"], "--lr must be positive"),
     (["--lr", "-1"], "--lr must be positive"),
     (["--data-dir", "/nonexistent/fmnist"], "--data-dir /nonexistent/fmnist does not exist"),
+    (["--device", "gpu"], "--device gpu: a GPU is --device cuda"),  # difflib's nearest choice was cpu
 ])
 def test_invalid_options_exit_2_and_leave_store_identical(mlp_trials_copy, args, message):
     before = digest(mlp_trials_copy)
@@ -112,3 +113,14 @@ def test_two_processes_write_one_store(mlp_trials_copy):
         assert "locked" not in stderr
     assert rows(mlp_trials_copy, "select count(*) from runs where status = 'completed'") == [(3 + 4,)]
     assert rows(mlp_trials_copy, "select count(*) from epochs") == [(3 + 4 * 2,)]
+
+
+@pytest.mark.parametrize("words,message", [
+    (["delete", "2-1"], "RUN: '2-1' runs backwards; write 1-2"),  # as --run-id 2-1 says it
+    (["tag", "5-x", "--add", "a"], "RUN: '5-x' is not an id or a range like 1-12"),
+])
+def test_run_arguments_say_what_is_wrong_with_them_as_run_id_does(mlp_trials_copy, words, message):
+    before = digest(mlp_trials_copy)
+    result = bnrun_in_process(*words, "--db", str(mlp_trials_copy))
+    assert result.returncode == 2 and result.stderr.strip() == f"bnrun: error: {message}"
+    assert digest(mlp_trials_copy) == before

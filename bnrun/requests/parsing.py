@@ -274,8 +274,8 @@ def run_ids_of(values: list[str], option: str = "RUN") -> list[int]:
     for value in values:
         try:
             ids.extend(sorted(parse_run_ids(value)))
-        except UsageError:
-            raise UsageError(f"{option}: {value!r} is not a run id or a range like 5-7") from None
+        except UsageError as error:  # parse_run_ids' reason, under this argument's name
+            raise UsageError(str(error).replace("--run-id", option, 1)) from None
     require(bool(ids), f"{option}: give at least one run id")
     return list(dict.fromkeys(ids))
 
