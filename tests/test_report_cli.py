@@ -150,7 +150,8 @@ def test_every_mistake_is_one_line_exit_2(study, tmp_path, monkeypatch, args, me
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("device,message", [("gpu", "--device: unknown value 'gpu'"), ("cuda", "no CUDA device")])
+@pytest.mark.parametrize("device,message", [("gpu", "--device gpu: a GPU is --device cuda"),
+                                            ("tpu", "--device: unknown value 'tpu'"), ("cuda", "no CUDA device")])
 def test_eval_on_a_device_this_machine_lacks_is_one_line(study, device, message):
     import torch
 

@@ -101,7 +101,7 @@ def one_line_click_error(error: click_errors.ClickException) -> str:
     message = message[:1].lower() + message[1:]  # 'no such option', as bnrun's own lines begin
     context = getattr(error, "ctx", None)
     if isinstance(error, click_errors.UsageError) and context is not None:
-        message += f" (see {context.command_path} --help)"
+        message = message.rstrip(".") + f" (see {context.command_path} --help)"
     return f"bnrun: error: {printable(message)}"
 
 
@@ -574,15 +574,12 @@ def plot(
 @app.command()
 @friendly_errors
 def compare(
-    first: Annotated[Optional[int], typer.Argument(help="The first run (a).", show_default=False)] = None,
-    second: Annotated[Optional[int], typer.Argument(help="The second run (b).", show_default=False)] = None,
+    first: Annotated[int, typer.Argument(help="The first run (a).", show_default=False)],
+    second: Annotated[int, typer.Argument(help="The second run (b).", show_default=False)],
     db: DbOption = None,
 ) -> None:
     """Two runs side by side: the options that differ, the final metrics and their difference, the curves."""
     from bnrun.cli import actions, views
-    from bnrun.requests.parsing import require
-
-    require(first is not None and second is not None, "compare: give two run ids, e.g. bnrun compare 11 12")
 
     for table in views.comparison_tables(actions.compare_stored(db, first, second)):
         out.print(table)
