@@ -43,6 +43,8 @@ def unwrap_help(command: click_core.Command) -> click_core.Command:
     for param in command.params:
         if getattr(param, "is_flag", False):
             param.metavar = ""
+        elif param.param_type_name == "option" and getattr(param, "multiple", False):
+            param.metavar = "<str>"  # one value a time, the help saying "repeatable" (Typer shows <list[str]>)
     command.get_help_option = without_type(command.get_help_option)  # --help, which click makes when asked
     for sub in getattr(command, "commands", {}).values():
         unwrap_help(sub)
