@@ -331,7 +331,8 @@ def train(
         bool,
         option(
             "Also record the batch-norm diagnostics (loss ratio at init, gradient norms, BN input moments, "
-            "mode gap, smoothness)."
+            "mode gap, smoothness).",
+            "--diagnostics",
         ),
     ] = False,
     checkpoint: Annotated[
@@ -342,7 +343,7 @@ def train(
         ),
     ] = True,
     device: DeviceOption = "auto",
-    force: Annotated[bool, option("Rerun trials already completed in the store.")] = False,
+    force: Annotated[bool, option("Rerun trials already completed in the store.", "--force")] = False,
     executor: Annotated[str, option(f"{choices_text(EXECUTORS)}.")] = "local",
     ray_address: Annotated[
         Optional[str], option("Ray cluster to join, e.g. auto or 10.0.0.5:6379 (default: start a local one).")
@@ -354,9 +355,10 @@ def train(
     ] = None,
     dry_run: Annotated[
         bool,
-        option("Print the grid and what the store already holds of it, then exit (nothing is trained or created)."),
+        option("Print the grid and what the store already holds of it, then exit (nothing is trained or created).",
+               "--dry-run"),
     ] = False,
-    yes: Annotated[bool, option("Train a grid of more than 10,000 trials.")] = False,
+    yes: Annotated[bool, option("Train a grid of more than 10,000 trials.", "--yes")] = False,
     claim: Annotated[Optional[str], option(
         "Train what this claim of --claims lacks: its two arms' configurations at the seeds it needs (the "
         "recipe options then come from the claim).")] = None,
@@ -412,7 +414,8 @@ def eval_(
         ),
     ] = None,
     save: Annotated[
-        bool, option("Keep the evaluation in the store (plot --diagnostic batch_stats reads it); default: only read.")
+        bool, option("Keep the evaluation in the store (plot --diagnostic batch_stats reads it); default: only read.",
+                     "--save")
     ] = False,
     db: DbOption = None,
     data_dir: DataDirOption = None,
@@ -435,7 +438,7 @@ def eval_(
 def runs(
     selection: RunSelection = EVERY_RUN,
     deleted: Annotated[
-        bool, option("List the deleted runs instead (bnrun delete; bring one back with bnrun restore).")
+        bool, option("List the deleted runs instead (bnrun delete; bring one back with bnrun restore).", "--deleted")
     ] = False,
     everything: Annotated[bool, option("Every matching run (in a terminal the default is the newest 30).",
                                        "--all")] = False,
@@ -612,13 +615,13 @@ def tag(
 def delete(
     runs: RunArguments,
     purge: Annotated[
-        bool, option("Remove the runs for good: rows, epochs, checkpoints, diagnostics, evaluations, tags.")
+        bool, option("Remove the runs for good: rows, epochs, checkpoints, diagnostics, evaluations, tags.", "--purge")
     ] = False,
     checkpoints: Annotated[
         bool, option("Remove only the runs' stored weights and compact the store: the runs, curves and metrics "
-                     "stay; eval, export model and population statistics then have no model to load.")
+                     "stay; eval, export model and population statistics then have no model to load.", "--checkpoints")
     ] = False,
-    yes: Annotated[bool, option("Do not ask for confirmation (needed without a terminal).")] = False,
+    yes: Annotated[bool, option("Do not ask for confirmation (needed without a terminal).", "--yes")] = False,
     db: DbOption = None,
 ) -> None:
     """Delete runs (runs, report and plot leave them out; bnrun restore undoes it), or --purge them for good, or
@@ -687,7 +690,7 @@ def export_runs(
     fmt: ExportFormat = "csv",
     output: OutputOption = None,
     selection: RunSelection = EVERY_RUN,
-    deleted: Annotated[bool, option("Export the deleted runs instead.")] = False,
+    deleted: Annotated[bool, option("Export the deleted runs instead.", "--deleted")] = False,
     db: DbOption = None,
 ) -> None:
     """Every stored field of the runs (filters as in bnrun runs), one row or object per run, with its tags;
