@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from bnrun.cli import app
 from bnrun.store import Store
-from conftest import MLP_TRIALS, bnrun_in_process
+from conftest import MLP_TRIALS, SHIPPED, bnrun_in_process
 
 runner = CliRunner()
 SMOKE = ["--epochs", "1", "--train-subset", "600"]
@@ -430,3 +430,12 @@ def test_a_trial_without_bn_is_labelled_without_an_implementation():
     assert trial_label(TrainConfig(arch="mlp", bn="none"), 0) == "mlp bn=none seed=0"
     assert trial_label(TrainConfig(arch="mlp", bn="pre", fused=True), 1) == "mlp bn=pre (custom+fused) seed=1"
     assert bn_text("none", "torch", False) == "bn=none"
+
+
+def test_show_names_the_fields_a_run_did_not_record_in_one_row():
+    """A CPU run's CUDA fields took a row of — each; --all still gives every field a row."""
+    shown = bnrun_in_process("show", "12", "--db", str(SHIPPED), env={"COLUMNS": "80"}).stdout
+    assert re.search(r"not recorded\s+gpu_name, cuda_version", shown) and not re.search(r"cuda_version\s+—", shown)
+    assert "train_subset" in shown  # an option's none is a value, not a field left unrecorded
+    every = bnrun_in_process("show", "12", "--all", "--db", str(SHIPPED), env={"COLUMNS": "80"}).stdout
+    assert re.search(r"cuda_version\s+—", every) and "not recorded" not in every

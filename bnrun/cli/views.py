@@ -377,10 +377,16 @@ def run_table(run: RunRecord, labels: RunLabels | None, weights: CheckpointInfo 
         *(name for _, name in METRIC_ROWS),
         *(name for _, name in LOSS_ROWS),
     }
+    unrecorded = []
     for key, value in run.__dict__.items():
         if key in skip or (key in INTERNAL and not everything):
             continue
+        if value is None and key not in TRAIN_FIELDS and not everything:  # a CPU run's CUDA fields, say
+            unrecorded.append(key)
+            continue
         rows.append((key, when(value) if isinstance(value, datetime) else option_text(num_or(value))))
+    if unrecorded:
+        rows.append(("not recorded", ", ".join(unrecorded)))
     for key, value in rows:
         table.add_row(key, escape(value))
     return table
