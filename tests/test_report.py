@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from bnrun.analysis import latex, machine
 from bnrun.analysis.grouping import RunFilter, build_report
 from bnrun.analysis.stats import holm_adjust, paired_t_test, summarize
+from bnrun.analysis.styles import Style
 from bnrun.analysis.texts import comparison_lines
 from bnrun.cli import app
 from bnrun.errors import ExitCode, UsageError
@@ -454,7 +455,7 @@ def test_a_legend_stands_beside_the_panels_and_covers_no_data(laid_out, tmp_path
     epochs = {run.id: [EpochRecord(e, 1 / e, 0.5 + e / 30, 1 / e, 0.5 + e / 30, 0.1, 2.0, 1.5) for e in (1, 2, 3)]
               for run in runs}
     figures.plot_learning_curves(build_report(runs), epochs, tmp_path / "curves.png")
-    figures.plot_batch_stats([(f"bn={bn}", {2: [0.2 + k], 64: [0.9 - k], 512: [0.5]}) for k, bn in
+    figures.plot_batch_stats([(f"bn={bn}", {2: [0.2 + k], 64: [0.9 - k], 512: [0.5]}, Style("#000")) for k, bn in
                               ((0.0, "pre"), (0.3, "post"))], tmp_path / "stats.png", {})
     assert len(laid_out) == 3
     for figure in laid_out:
@@ -477,7 +478,7 @@ def test_the_batch_statistics_legend_counts_the_runs_evaluated():
                   "test_loss_population": 0.3, "test_acc_population": 0.9, "matches_stored": True,
                   "bnrun_version": "0", "batch_stats_json": json.dumps({"8": [0.4, 0.8], "32": [0.35, 0.88]})}
     evaluations = {run.id: [EvaluationRecord(run_id=run.id, **evaluation)] for run in runs[:3]}
-    ((label, series),) = batch_stat_rows(report.groups, evaluations)
+    ((label, series, _),) = batch_stat_rows(report.groups, evaluations)
     assert label.endswith("(n=3)") and [len(values) for values in series.values()] == [3, 3]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bnrun.analysis.grouping import Group
 from bnrun.analysis.stats import Summary, summarize
+from bnrun.analysis.styles import Style, group_styles
 from bnrun.errors import UsageError
 from bnrun.store import DiagnosticRecord, EpochRecord, EvaluationRecord
 
@@ -82,11 +83,11 @@ def run_diagnostic(
 
 def batch_stat_rows(
     groups: tuple[Group, ...], evaluations: dict[int, list[EvaluationRecord]], varying: tuple[str, ...] = ()
-) -> list[tuple[str, dict[int, list[float]]]]:
+) -> list[tuple[str, dict[int, list[float]], Style]]:
     """Per group: {batch size: [test accuracy per run]} from each run's latest stored `eval --batch-stats`;
-    each labelled with the `varying` options too and n, the runs evaluated."""
+    each labelled with the `varying` options too and n, the runs evaluated, and drawn in the group's style."""
     rows = []
-    for group in groups:
+    for group, style in zip(groups, group_styles(list(groups))):
         series: dict[int, list[float]] = {}
         evaluated = 0
         for run in group.runs:
@@ -95,7 +96,7 @@ def batch_stat_rows(
             for size, (_, accuracy) in latest[-1].batch_stats().items() if latest else ():
                 series.setdefault(size, []).append(accuracy)
         if series:
-            rows.append((f"{group.label(varying)} (n={evaluated})", series))
+            rows.append((f"{group.label(varying)} (n={evaluated})", series, style))
     if not rows:
         raise UsageError(
             "no stored evaluation with batch statistics among these runs; run e.g.: bnrun eval N "

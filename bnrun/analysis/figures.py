@@ -447,18 +447,18 @@ def plot_diagnostic(
     return save(figure, output, dpi, f"batch-norm diagnostics: {spread} over seeds", recipe_line(report.recipe))
 
 
-def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]]]], output: Path, recipe: dict,
+def plot_batch_stats(rows: list[tuple[str, dict[int, list[float]], Style]], output: Path, recipe: dict,
                      dpi: int = 120) -> Path:
     """Test accuracy when prediction normalizes with the statistics of batches of each size
-    (Wu & Johnson 2021), one line per configuration: rows of (label, {batch size: [acc per run]}); `recipe`:
+    (Wu & Johnson 2021), one line per configuration: rows of (label, {batch size: [acc per run]}, style); `recipe`:
     the options off the default recipe that every row shares (the caption)."""
     check_series(len(rows), [])
     figure, axis = plt.subplots(figsize=(PANEL_WIDTH + 0.5, 4.5))
-    for label, series in rows:
-        band(axis, series, label, scale=100.0, bounds=PERCENT_RANGE)
+    for label, series, style in rows:
+        band(axis, series, label, scale=100.0, bounds=PERCENT_RANGE, style=style)
     within(axis, PERCENT_RANGE)
     axis.set_xscale("log", base=2)
-    sizes = sorted({size for _, series in rows for size in series})
+    sizes = sorted({size for _, series, _ in rows for size in series})
     axis.set_xticks(sizes, [str(size) for size in sizes])  # the sizes evaluated, not 2¹, 2², ...
     axis.minorticks_off()
     axis.set_xlabel("batch size whose statistics normalize the test images")
