@@ -618,6 +618,25 @@ def test_the_report_form_shows_the_filled_where_boxes_and_one_empty_one_wide_eno
     assert all(int(size) > len("study=placement-robust") for _, size in boxes)
 
 
+def test_the_pivots_at_a_second_options_values_hold_the_first_pivots_recipe():
+    """then=batch_size drew batch sizes 16 and 32 from study=placement-robust, beside a pivot of the default
+    recipe at epochs=10: each panel chose its own largest recipe."""
+    from starlette.datastructures import QueryParams
+
+    from bnrun.analysis.queries import pivot_of
+    from bnrun.web import pages
+    from bnrun.web.params import report_of_params
+
+    store = Store(str(SHIPPED), read_only=True)
+    request = report_of_params(QueryParams("by=lr&arch=mlp"))
+    pivot = pivot_of(store, request)
+    runs = store.get_runs([run_id for row in pivot.rows for cell in row.cells.values() for run_id in cell.run_ids])
+    beside = pages.pivots_at(store, request, "batch_size", pages.shared_recipe(runs, ("lr", "batch_size")))
+    store.close()
+    assert len(beside) == 6 and pivot.held == {"epochs": 10}
+    assert all({k: v for k, v in other.held.items() if k != "batch_size"} == pivot.held for _, other in beside)
+
+
 def test_a_second_option_draws_the_sensitivity_at_each_of_its_values(client):
     html = unescape(client.get("/", params={"by": "lr", "then": "batch_size", "arch": "mlp"}).text)
     figure = next(f for f in figures_of(html) if "a panel per batch_size" in f)

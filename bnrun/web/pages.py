@@ -15,7 +15,7 @@ from bnrun.analysis.claims import evaluate, evidence_text, load_claims, numbers_
 from bnrun.analysis.comparison import FINAL_METRICS, difference, value_text
 from bnrun.analysis.diagnostic_summaries import DIAGNOSTIC_SUMMARIES
 from bnrun.analysis.export import RUN_COLUMNS, epoch_rows, render, run_rows
-from bnrun.analysis.grouping import Comparison, Report, value_order
+from bnrun.analysis.grouping import RECIPE, Comparison, Report, value_order
 from bnrun.analysis.listing import RunQuery, option_value, shared_options, sort_key_name, varying_options
 from bnrun.analysis.machine import comparison_record, group_records
 from bnrun.analysis.metrics import METRICS, metric_value, scaled_pair
@@ -52,9 +52,11 @@ def report_page(store: Store, request: ReportRequest, then: str | None = None) -
     if request.by:
         pivot = pivot_of(store, request)
         run_ids = [run_id for row in pivot.rows for cell in row.cells.values() for run_id in cell.run_ids]
-        context = pivot_context(pivot, {run.id: run for run in store.get_runs(run_ids)})
+        runs = store.get_runs(run_ids)
+        context = pivot_context(pivot, {run.id: run for run in runs})
         if then:
-            context["figures"].append(charts.sensitivity_by(then, pivots_at(store, request, then)))
+            held = shared_recipe(runs, (request.by, then))
+            context["figures"].append(charts.sensitivity_by(then, pivots_at(store, request, then, held)))
         return context
     return report_context(*report_of(store, request))
 
@@ -62,14 +64,26 @@ def report_page(store: Store, request: ReportRequest, then: str | None = None) -
 SECOND_VALUES = 6  # the values of a second option drawn, the first in its order
 
 
-def pivots_at(store: Store, request: ReportRequest, then: str) -> list[tuple[object, Pivot]]:
+def shared_recipe(runs: list[RunRecord], free: tuple[str, ...]) -> tuple[tuple[str, tuple], ...]:
+    """The recipe options (but `free`) that all `runs` set alike, as --where conditions: what a pivot's trials
+    hold, so that the pivots beside it are drawn from the same recipe."""
+    held = []
+    for name in RECIPE:
+        values = {getattr(run, name) for run in runs}
+        if name not in free and len(values) == 1:
+            held.append((name, (values.pop(),)))
+    return tuple(held)
+
+
+def pivots_at(store: Store, request: ReportRequest, then: str,
+              held: tuple[tuple[str, tuple], ...] = ()) -> list[tuple[object, Pivot]]:
     """The pivot at each of the first SECOND_VALUES values of option `then` among the trials the request
-    selects (a value where no trial ran to an outcome is left out)."""
+    selects, each from the recipe `held` (a value where no trial of it ran to an outcome is left out)."""
     counted = store.option_counts(criteria_of(request.run_filter), (then,))
     values = sorted({row[0] for row in counted}, key=value_order)[:SECOND_VALUES]
     pivots = []
     for value in values:
-        narrowed = replace(request.run_filter, where=(*request.run_filter.where, (then, (value,))))
+        narrowed = replace(request.run_filter, where=(*request.run_filter.where, *held, (then, (value,))))
         try:
             pivots.append((value, pivot_of(store, replace(request, run_filter=narrowed))))
         except NothingMatched:
