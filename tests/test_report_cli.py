@@ -60,7 +60,7 @@ def test_the_headline_fits_80_columns_when_piped(study):
         tables.append(result.stdout)
     table = tables[0]  # report --run-id 1-12
     assert "93.19 ± 0.22" in table and "custom+fused" in table  # cells whole, labels as --where takes them
-    assert "cnn: epochs=10, channels_last=True; mlp: epochs=20, channels_last=False" in table
+    assert "cnn: epochs=10, channels_last=yes; mlp: epochs=20, channels_last=no" in table  # as --where takes them
 
 
 def test_piped_output_follows_columns(study):
