@@ -161,21 +161,25 @@ def test_reproduce_is_bit_identical_on_this_machine(grid_store):
     assert grid_store.read_bytes() == before  # the original store is only read
 
 
-def test_reproduce_reports_the_first_epoch_that_differs(grid_store, tmp_path):
+def reproduced_after(grid_store, tmp_path, change: str):
+    """`bnrun reproduce` of the trained run in a copy of the store where `change` (SQL on that run's id) ran;
+    (the result, the run id)."""
     db, run_id = copy_of(grid_store, tmp_path, "altered.db")
     with sqlite3.connect(db) as connection:
-        connection.execute("UPDATE epochs SET val_acc = val_acc + 0.01 WHERE run_id = ? AND epoch = 1", (run_id,))
-    result = invoke("reproduce", str(run_id), "--db", str(db))
+        connection.execute(change, (run_id,))
+    return invoke("reproduce", str(run_id), "--db", str(db)), run_id
+
+
+def test_reproduce_reports_the_first_epoch_that_differs(grid_store, tmp_path):
+    result, _ = reproduced_after(grid_store, tmp_path,
+                                 "UPDATE epochs SET val_acc = val_acc + 0.01 WHERE run_id = ? AND epoch = 1")
     assert result.exit_code == 1, result.output
     assert "differs first at epoch 1" in result.output and "  val_acc: Δ -0.01\n    stored " in result.output
 
 
 def test_reproduce_refuses_a_run_that_stopped_before_its_outcome(grid_store, tmp_path):
     """An interrupted run retrained to the end read as a mismatch ("epochs completed: Δ +3", exit 1)."""
-    db, run_id = copy_of(grid_store, tmp_path, "interrupted.db")
-    with sqlite3.connect(db) as connection:
-        connection.execute("UPDATE runs SET status = 'interrupted' WHERE id = ?", (run_id,))
-    result = invoke("reproduce", str(run_id), "--db", str(db))
+    result, run_id = reproduced_after(grid_store, tmp_path, "UPDATE runs SET status = 'interrupted' WHERE id = ?")
     assert result.exit_code == 2, result.output
     assert f"run {run_id} is interrupted after 1 of 1 epochs: reproduce retrains a run that completed" in result.output
 
