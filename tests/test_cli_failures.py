@@ -119,6 +119,7 @@ def test_two_processes_write_one_store(mlp_trials_copy):
     (["delete", "2-1"], "RUN: '2-1' runs backwards; write 1-2"),  # as --run-id 2-1 says it
     (["tag", "5-x", "--add", "a"], "RUN: '5-x' is not an id or a range like 1-12"),
     (["compare", "11"], "missing argument 'second' (see bnrun compare --help)"),  # its usage says both are needed
+    (["runs", "--bnn", "pre"], "no such option: --bnn; did you mean --bn or --db? (see bnrun runs --help)"),
 ])
 def test_run_arguments_say_what_is_wrong_with_them_as_run_id_does(mlp_trials_copy, words, message):
     before = digest(mlp_trials_copy)

@@ -98,6 +98,8 @@ PLAIN_WORDS = {
 
 def one_line_click_error(error: click_errors.ClickException) -> str:
     message = " ".join(error.format_message().split())
+    if isinstance(error, click_errors.NoSuchOption) and error.possibilities:  # as unknown_choice words a guess
+        message = f"no such option: {error.option_name}; did you mean {' or '.join(sorted(error.possibilities))}?"
     for words, plain in PLAIN_WORDS.items():
         message = message.replace(words, plain)
     message = message[:1].lower() + message[1:]  # 'no such option', as bnrun's own lines begin
