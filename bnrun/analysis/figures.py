@@ -26,7 +26,7 @@ from bnrun.analysis.provenance import metadata  # noqa: E402
 from bnrun.analysis.stats import MIN_TRIALS, summarize  # noqa: E402
 from bnrun.analysis.styles import Style, group_styles, label_styles  # noqa: E402
 from bnrun.analysis.texts import recipe_line  # noqa: E402
-from bnrun.config import impl_label  # noqa: E402
+from bnrun.config import bn_text  # noqa: E402
 from bnrun.errors import UsageError, writing  # noqa: E402
 from bnrun.store import EpochRecord  # noqa: E402
 
@@ -195,9 +195,8 @@ LINE_WIDTH = 1.5
 
 
 def row_label(labels: dict) -> str:
-    text = f"bn={labels.get('bn')}"
-    if labels.get("bn") != "none" and "bn_impl" in labels:
-        text += f" ({impl_label(labels['bn_impl'], labels.get('fused'))})"
+    bn = labels.get("bn")
+    text = bn_text(bn, labels["bn_impl"], labels.get("fused")) if "bn_impl" in labels else f"bn={bn}"
     extras = [f"{k}={v}" for k, v in labels.items() if k not in ("arch", "bn", "bn_impl", "fused")]
     return text + (f", {', '.join(extras)}" if extras else "")
 

@@ -456,5 +456,5 @@ def ui_access(port: int, allowed_hosts: list[str] | None, token: str | None,
 
 def usable_device(device: str) -> str:
     """--device checked: one of DEVICES (whether this machine has cuda is resolve_device's to say)."""
-    require(device.lower() != "gpu", "--device gpu: a GPU is --device cuda (auto takes it where there is one)")
+    require(device.lower() != "gpu", f"--device {device}: a GPU is --device cuda (auto takes it where there is one)")
     return require_choice(device, DEVICES, "--device")
