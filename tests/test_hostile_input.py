@@ -171,13 +171,19 @@ def run_line(words: list[str], store: Path, tmp: Path):
     return result, before
 
 
+def is_verdict(result, path: tuple[str, ...]) -> bool:
+    """reproduce's exit 1 of a run it retrained: its verdict (not bit-identical, as a hostile store's made-up
+    numbers never are), printed on stdout after the training's progress on stderr; not an error."""
+    return path == ("reproduce",) and result.exit_code == ExitCode.FAILED and " trained again" in result.stdout
+
+
 def assert_well_behaved(result, path: tuple[str, ...], store: Path, before: bytes) -> None:
     code = result.exit_code
     shown = f"exit {code}: {result.output[-600:]!r} ({result.exception!r})"
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), shown
     assert code in EXIT_CODES, shown
     assert "Traceback" not in result.output, shown
-    if code != 0:
+    if code != 0 and not is_verdict(result, path):
         assert len(result.stderr.strip().splitlines()) <= 1, shown
     if path not in WRITERS:
         assert store.read_bytes() == before, f"{path} changed the store: {shown}"
